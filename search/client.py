@@ -1,0 +1,163 @@
+"""``SearchClient``: query a collection by image, by indexed item or by vector.
+
+The facade the CLI, the UI and users' scripts use. It opens the store, reads which encoder filled
+the collection and loads that same encoder (lazily, on the first image query).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .config import Settings
+from .encoder import Encoder
+from .errors import BadQueryError
+from .images import ImageLike
+from .store import META_FIELDS, Store
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result.
+
+    Attributes:
+        path: absolute path of the indexed image file.
+        score: cosine similarity of the CLS embeddings, in [-1, 1]; higher is closer, 1 is identical.
+        metadata: the stored fields: ``folder``, ``size`` (bytes), ``mtime`` (Unix seconds),
+            ``width``, ``height`` (pixels), ``sha256``, ``indexed_at`` (Unix seconds).
+    """
+
+    path: str
+    score: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"path", "score", **metadata}``, JSON-serialisable."""
+        return {"path": self.path, "score": self.score,
+                **{k: v for k, v in self.metadata.items() if k != "path"}}
+
+
+class SearchClient:
+    """Search an indexed collection for visually similar images.
+
+    Args:
+        uri: Milvus URI (Lite path or ``http://host:19530``); default ``VITSEARCH_URI``, else the
+            Lite database in the user data directory.
+        collection: default ``VITSEARCH_COLLECTION``, else ``images``.
+        model: ``None`` loads the encoder recorded in the collection. A model given here must be
+            the one that filled the collection.
+        device, dtype: passed to :meth:`Encoder.load`.
+        encoder: an already loaded :class:`Encoder` to reuse (checked against the collection).
+
+    Raises:
+        StoreError: Milvus cannot be reached.
+        CollectionNotFoundError: nothing has been indexed into this collection.
+        EncoderMismatchError: ``model``/``encoder`` is not the collection's encoder.
+    """
+
+    def __init__(self, uri: str | None = None, collection: str | None = None, model: str | None = None,
+                 *, device: str | None = None, dtype: str | None = None, token: str | None = None,
+                 encoder: Encoder | None = None, settings: Settings | None = None):
+        self.settings = settings or Settings()
+        s = self.settings
+        self.store = Store(uri or s.resolved_uri(), collection or s.collection,
+                           token or (s.token.get_secret_value() if s.token else None))
+        self.encoder_info = self.store.encoder_info()
+        self._model, self._device, self._dtype = model, device, dtype
+        self._encoder = encoder
+        if encoder is not None:
+            self.encoder_info.check_same(encoder.info, self._where)
+        elif model is not None:
+            self._load_encoder()
+
+    @property
+    def _where(self) -> str:
+        return f"collection {self.store.collection!r} at {self.store.uri}"
+
+    @property
+    def encoder(self) -> Encoder:
+        """The collection's encoder, loaded on first use."""
+        if self._encoder is None:
+            self._load_encoder()
+        return self._encoder
+
+    def _load_encoder(self) -> None:
+        enc = Encoder.load(self._model or self.encoder_info.model, device=self._device,
+                           dtype=self._dtype, settings=self.settings)
+        self.encoder_info.check_same(enc.info, self._where)
+        self._encoder = enc
+
+    def search(self, image: ImageLike, k: int = 10, filter: str | None = None) -> list[Hit]:
+        """The ``k`` indexed images most similar to ``image``, best first.
+
+        Args:
+            image: a path, encoded bytes, a PIL image or an ``(H, W, 3) uint8`` RGB array.
+            k: number of results (1 to 16384).
+            filter: Milvus boolean expression on the stored fields, e.g.
+                ``folder == "/photos/2024"`` or ``width >= 1000``.
+
+        Raises:
+            BadImageError: ``image`` cannot be decoded.
+            BadQueryError: ``k`` out of range.
+        """
+        _check_k(k)
+        return self.search_vector(self.encoder.embed([image])[0], k, filter)
+
+    def search_similar(self, path: str, k: int = 10, filter: str | None = None,
+                       exclude_self: bool = True) -> list[Hit]:
+        """Images similar to an already indexed file, using its stored vector (no model needed).
+
+        Args:
+            path: the indexed file's path (as stored: absolute).
+            exclude_self: leave ``path`` itself out of the results.
+
+        Raises:
+            BadQueryError: ``path`` is not in the collection, or ``k`` out of range.
+        """
+        _check_k(k)
+        rows = self.store.get([path], fields=["vector"])
+        if path not in rows:
+            raise BadQueryError(f"{path} is not indexed in {self._where}")
+        if exclude_self:
+            own = f'path != "{escape(path)}"'
+            filter = f"({filter}) and {own}" if filter else own
+        return self.search_vector(np.asarray(rows[path]["vector"], np.float32), k, filter)
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, filter: str | None = None) -> list[Hit]:
+        """The ``k`` nearest rows to a ``(D,) float32`` L2-normalised embedding, best first."""
+        _check_k(k)
+        hits = self.store.search(np.asarray(vector, np.float32)[None, :], k, filter, META_FIELDS)[0]
+        return [Hit(h.path, h.score, h.fields) for h in hits]
+
+    def stats(self) -> dict[str, Any]:
+        """Collection facts: ``count``, ``model``, ``dim``, ``pooling``, ``image_size``,
+        ``weights_sha256``, ``index_type``, ``metric_type``, ``uri``, ``collection``."""
+        info = self.encoder_info
+        index = self.store.index_info()
+        return {
+            "uri": self.store.uri, "collection": self.store.collection, "count": self.store.count(),
+            "model": info.model, "dim": info.dim, "pooling": info.pooling, "image_size": info.image_size,
+            "weights_sha256": info.weights_sha256, "index_type": index["index_type"],
+            "metric_type": index["metric_type"], "index_params": index["params"],
+        }
+
+    def close(self) -> None:
+        """Close the Milvus connection."""
+        self.store.close()
+
+    def __enter__(self) -> "SearchClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def escape(value: str) -> str:
+    """Escape a string for use inside double quotes in a Milvus filter expression."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _check_k(k: int) -> None:
+    if not isinstance(k, int) or not 1 <= k <= 16384:
+        raise BadQueryError(f"k must be an integer from 1 to 16384, got {k!r}")

@@ -1,0 +1,54 @@
+"""Settings shared by the library, the CLI and the UI.
+
+Resolution order for every value: explicit argument (or CLI flag), then the ``VITSEARCH_*``
+environment variable, then the default below.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "facebook/dinov2-small"
+DEFAULT_COLLECTION = "images"
+
+
+class Settings(BaseSettings):
+    """vitsearch settings, read from ``VITSEARCH_<NAME>`` environment variables.
+
+    Attributes:
+        data_dir: where the default Milvus Lite database and pulled models live
+            (default: the platform's user data directory, e.g. ``~/.local/share/vitsearch``).
+        uri: Milvus URI: a Milvus Lite path (``something.db``) or ``http://host:19530``.
+            Default: ``<data_dir>/milvus.db``.
+        token: Milvus server token (``user:password`` or API key); never logged.
+        collection: collection name.
+        model: encoder, a Hugging Face hub id, a local folder or a pulled model's name.
+        device: ``cuda``, ``cuda:1``, ``mps`` or ``cpu``; ``None`` picks CUDA, then MPS, then CPU.
+        dtype: ``bfloat16`` or ``float16`` on CUDA; ``None`` gives bf16 on CUDA, fp32 elsewhere.
+        batch_size: images per forward pass.
+        workers: decode/preprocess worker processes.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="VITSEARCH_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("vitsearch")))
+    uri: str | None = None
+    token: SecretStr | None = None
+    collection: str = DEFAULT_COLLECTION
+    model: str = DEFAULT_MODEL
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int = Field(default=32, ge=1)
+    workers: int = Field(default=2, ge=0)
+
+    @property
+    def models_dir(self) -> Path:
+        """Folder of models built or downloaded by ``vitsearch model pull``."""
+        return self.data_dir / "models"
+
+    def resolved_uri(self) -> str:
+        """The Milvus URI to use: ``uri`` if set, else the Milvus Lite file in ``data_dir``."""
+        return self.uri or str(self.data_dir / "milvus.db")

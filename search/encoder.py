@@ -1,0 +1,201 @@
+"""The image encoder: a Vision Transformer's CLS token, L2-normalised.
+
+One :class:`Encoder` object serves the indexer, :class:`~vitsearch.search.client.SearchClient`
+and the UI, so index and query vectors are computed by the same code. The embedding is
+``last_hidden_state[:, 0]``, the class token of the last layer (Dosovitskiy et al. 2020, "An Image
+is Worth 16x16 Words"), never ``pooler_output``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import Settings
+from .errors import EncoderMismatchError, ModelNotFoundError
+from .images import ImageLike, load_image
+from .models import resolve_model, weights_sha256
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """What a collection records about the encoder that filled it.
+
+    Attributes:
+        model: hub id, pulled model name or absolute folder path the encoder was loaded from.
+        weights_sha256: sha256 of the weights file(s); two encoders are the same model iff equal.
+        dim: embedding dimension D.
+        pooling: how the image vector is taken from the tokens; ``"cls"``.
+        image_size: model input ``"HxW"`` in pixels after preprocessing.
+    """
+
+    model: str
+    weights_sha256: str
+    dim: int
+    pooling: str
+    image_size: str
+
+    def to_json(self) -> str:
+        """Serialise to a JSON object string."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EncoderInfo":
+        """Parse what :meth:`to_json` wrote."""
+        return cls(**json.loads(text))
+
+    def check_same(self, other: "EncoderInfo", where: str) -> None:
+        """Refuse to mix vectors: raise unless ``other`` computes the same embeddings.
+
+        The ``model`` name may differ (a hub id and its local copy); weights, dimension, pooling
+        and input size may not.
+
+        Raises:
+            EncoderMismatchError: naming ``where`` (the collection) and both encoders.
+        """
+        fields = ("weights_sha256", "dim", "pooling", "image_size")
+        diffs = [f for f in fields if getattr(self, f) != getattr(other, f)]
+        if diffs:
+            raise EncoderMismatchError(
+                f"{where} was indexed with model {self.model!r} "
+                f"(dim {self.dim}, {self.pooling}, {self.image_size}, weights {self.weights_sha256[:12]}), "
+                f"not with {other.model!r} (dim {other.dim}, {other.pooling}, {other.image_size}, "
+                f"weights {other.weights_sha256[:12]}); differing: {', '.join(diffs)}. "
+                f"Leave --model out to use the collection's own model, or index into another "
+                f"collection (--collection NAME)."
+            )
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA, then Apple MPS, then CPU."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
+    """``dtype`` if given, else bfloat16 on CUDA and float32 elsewhere.
+
+    Raises:
+        ValueError: an unknown dtype name.
+    """
+    if dtype:
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16")
+        return _DTYPES[dtype]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class Encoder:
+    """A ViT-family checkpoint turning RGB images into ``(N, D) float32`` L2-normalised CLS embeddings.
+
+    Build one with :meth:`load`. :meth:`preprocess` (CPU, picklable processor, run in worker
+    processes by the indexer) and :meth:`embed_pixels` (the model) can be called separately;
+    :meth:`embed` does both.
+
+    Attributes:
+        info: the :class:`EncoderInfo` recorded in collections.
+        processor: the checkpoint's ``AutoImageProcessor``.
+        device, dtype: where and in which precision the model runs.
+    """
+
+    def __init__(self, model: torch.nn.Module, processor, info: EncoderInfo,
+                 device: torch.device, dtype: torch.dtype):
+        self.model = model
+        self.processor = processor
+        self.info = info
+        self.device = device
+        self.dtype = dtype
+
+    @classmethod
+    def load(cls, model: str | None = None, *, device: str | None = None, dtype: str | None = None,
+             settings: Settings | None = None) -> "Encoder":
+        """Load a checkpoint by hub id, local folder or pulled model name.
+
+        Args:
+            model: default ``VITSEARCH_MODEL``, else ``facebook/dinov2-small``.
+            device: ``cuda``, ``mps``, ``cpu``...; default: auto (CUDA, MPS, CPU).
+            dtype: ``bfloat16``/``float16``/``float32``; default bf16 on CUDA, fp32 elsewhere.
+
+        Raises:
+            ModelNotFoundError: the model cannot be found locally nor fetched.
+        """
+        import transformers
+        from transformers import AutoImageProcessor, AutoModel
+
+        settings = settings or Settings()
+        resolved = resolve_model(model or settings.model, settings.models_dir)
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        dev = pick_device(device or settings.device)
+        dt = pick_dtype(dev, dtype or settings.dtype)
+        try:
+            processor = AutoImageProcessor.from_pretrained(resolved.folder)
+            net = AutoModel.from_pretrained(resolved.folder, attn_implementation="sdpa")
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelNotFoundError(f"cannot load model {resolved.name!r} from {resolved.folder}: {exc}") from exc
+        # A CLIP checkpoint loads as text + vision model: keep the vision tower.
+        net = getattr(net, "vision_model", net)
+        net = net.to(dev, dt).eval()
+        pixel = _preprocess(processor, [Image.new("RGB", (64, 48))])
+        info = EncoderInfo(
+            model=resolved.name,
+            weights_sha256=weights_sha256(resolved.folder),
+            dim=int(net.config.hidden_size),
+            pooling="cls",
+            image_size=f"{pixel.shape[2]}x{pixel.shape[3]}",
+        )
+        log.info("loaded %s on %s (%s), dim %d", resolved.name, dev, dt, info.dim)
+        return cls(net, processor, info, dev, dt)
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension D."""
+        return self.info.dim
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """RGB PIL images to model input, ``(N, 3, H, W) float32`` (resize, crop, normalise)."""
+        return _preprocess(self.processor, images)
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
+        """Model input ``(N, 3, H, W)`` to embeddings ``(N, D) float32``, each row of L2 norm 1."""
+        x = pixel_values.to(self.device, self.dtype, non_blocking=True)
+        cls_token = self.model(pixel_values=x).last_hidden_state[:, 0]
+        return torch.nn.functional.normalize(cls_token.float(), dim=-1).cpu().numpy()
+
+    def embed(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
+        """Images (paths, bytes, PIL, ``(H, W, 3) uint8`` arrays) to ``(N, D) float32`` embeddings.
+
+        Always 2-D, also for one image.
+
+        Raises:
+            BadImageError: an input cannot be decoded.
+        """
+        out = [np.empty((0, self.dim), np.float32)]
+        for start in range(0, len(images), batch_size):
+            batch = [load_image(im) for im in images[start:start + batch_size]]
+            out.append(self.embed_pixels(self.preprocess(batch)))
+        return np.concatenate(out)
+
+
+def _preprocess(processor, images: Sequence[Image.Image]) -> torch.Tensor:
+    return processor(images=list(images), return_tensors="pt")["pixel_values"]

@@ -1,0 +1,42 @@
+"""The exceptions vitsearch raises. Every one derives from :class:`VitsearchError`.
+
+Library code raises these and never exits the process; only ``cli.py`` turns them into a message
+and an exit code.
+"""
+from __future__ import annotations
+
+
+class VitsearchError(Exception):
+    """Root of every error vitsearch raises on purpose."""
+
+
+class ModelNotFoundError(VitsearchError):
+    """A model id or folder cannot be loaded (not a folder, not cached, hub out of reach)."""
+
+
+class EncoderMismatchError(VitsearchError):
+    """A collection was filled by another encoder than the one asked for.
+
+    Vectors of two models live in different spaces: mixing them gives meaningless scores.
+    """
+
+
+class StoreError(VitsearchError):
+    """Milvus cannot be reached or refused an operation. The message names the URI."""
+
+
+class CollectionNotFoundError(StoreError):
+    """The collection does not exist (nothing has been indexed into it yet)."""
+
+
+class BadImageError(VitsearchError):
+    """An image file or buffer cannot be read or decoded. ``source`` names it, ``reason`` says why."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class BadQueryError(VitsearchError):
+    """A search request is malformed (bad k, unknown path, unsupported query type)."""

@@ -1,0 +1,100 @@
+"""Turning files, bytes, PIL images and arrays into upright RGB PIL images.
+
+Every decode path of the product (indexer workers, ``SearchClient``, UI) goes through
+:func:`load_image`, so a query is decoded exactly like an indexed file.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import BadImageError
+
+#: File extensions the indexer picks up (compared in lower case).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True when the file name has one of :data:`IMAGE_EXTENSIONS`."""
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+def decode_bytes(data: bytes, source: str) -> Image.Image:
+    """Decode an encoded image (JPEG, PNG, WebP, BMP, GIF, TIFF) to an upright RGB image.
+
+    EXIF orientation is applied, the first frame of an animation or multi-page file is used and
+    transparent pixels are composited onto white.
+
+    Raises:
+        BadImageError: ``source`` (a path or label) with a one-line reason.
+    """
+    if not data:
+        raise BadImageError(source, "empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.seek(0)
+            img.load()
+            return to_rgb(img)
+    except UnidentifiedImageError:
+        raise BadImageError(source, "not a recognised image format") from None
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(source, f"image too large: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImageError(source, f"corrupt or truncated image data ({exc})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Return ``img`` upright (EXIF orientation applied) in RGB, alpha composited onto white."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if img.mode != "RGB":
+        # I;16 and other wide modes: Pillow scales them when going through "L".
+        if img.mode.startswith("I"):
+            img = img.point(lambda v: v / 256).convert("L")
+        img = img.convert("RGB")
+    return img
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """Read a file's bytes, turning OS errors into :class:`BadImageError` naming the path."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise BadImageError(os.fspath(path), exc.strerror or str(exc)) from None
+
+
+def load_image(image: ImageLike) -> Image.Image:
+    """Any supported query or file to an upright RGB :class:`PIL.Image.Image`.
+
+    Args:
+        image: a path (``str`` or ``PathLike``), encoded bytes, a PIL image, or an
+            ``(H, W, 3)`` ``uint8`` array in RGB order.
+
+    Raises:
+        BadImageError: unreadable or undecodable input, or an array of the wrong shape/dtype.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return decode_bytes(read_file(image), os.fspath(image))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_bytes(bytes(image), "<bytes>")
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise BadImageError(
+                "<array>", f"expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}"
+            )
+        return Image.fromarray(image, mode="RGB")
+    raise BadImageError(repr(type(image)), "unsupported query type: use a path, bytes, PIL image or array")

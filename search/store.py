@@ -1,0 +1,258 @@
+"""Milvus storage of image embeddings: the only module that imports pymilvus.
+
+One collection holds one row per image file, keyed by the file's absolute path. The same code
+talks to Milvus Lite (a local ``.db`` directory) and to a Milvus server (``http://host:19530``);
+backend differences (hit keys, ``delete`` return values, errors) are absorbed here, so callers
+never branch on the backend.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+# gRPC logs a line each time a DataLoader worker forks; our errors carry what matters.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+from pymilvus import DataType, MilvusClient  # noqa: E402
+from pymilvus.exceptions import MilvusException  # noqa: E402
+
+from .encoder import EncoderInfo  # noqa: E402
+from .errors import CollectionNotFoundError, StoreError  # noqa: E402
+
+log = logging.getLogger(__name__)
+# pymilvus logs every failed call with a traceback; StoreError already names the call and cause.
+logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+
+SCHEMA_VERSION = "1"
+_ENCODER_KEY = "vitsearch.encoder"
+_SCHEMA_KEY = "vitsearch.schema_version"
+MAX_PATH_BYTES = 4096
+#: Upper bound of one upsert request in bytes (Milvus's gRPC messages are limited; ~20 MB is safe).
+UPSERT_BYTES = 20 * 1024 * 1024
+#: HNSW build parameters (Malkov & Yashunin 2016): M links per node, efConstruction beam width.
+HNSW_PARAMS = {"M": 16, "efConstruction": 200}
+#: Fields of a row besides the vector, in schema order.
+META_FIELDS = ("path", "folder", "size", "mtime", "width", "height", "sha256", "indexed_at")
+
+
+@dataclass(frozen=True)
+class StoredHit:
+    """One search result as the store returns it: ``score`` is cosine similarity in [-1, 1]."""
+
+    path: str
+    score: float
+    fields: dict[str, Any]
+
+
+def is_server_uri(uri: str) -> bool:
+    """True for a Milvus server URI (``http(s)://``, ``tcp://``), False for a Milvus Lite path."""
+    return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+
+class Store:
+    """One Milvus collection of image embeddings.
+
+    Args:
+        uri: a Milvus Lite path (``.../milvus.db``, created with its parent folders) or a
+            server URI ``http://host:19530``.
+        collection: collection name.
+        token: server auth token (``user:password`` or an API key); kept private, never logged.
+
+    Raises:
+        StoreError: Milvus cannot be opened or reached; the message names the URI.
+    """
+
+    def __init__(self, uri: str, collection: str, token: str | None = None):
+        self.uri = uri
+        self.collection = collection
+        self._loaded = False
+        if not is_server_uri(uri):
+            Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._client = MilvusClient(uri=uri, token=token or "")
+        except Exception as exc:  # pymilvus and milvus-lite raise assorted types
+            raise StoreError(self._describe_connect_error(exc)) from exc
+
+    def _describe_connect_error(self, exc: BaseException) -> str:
+        chain, e = [], exc
+        while e is not None:
+            chain.append(f"{type(e).__name__}: {e}")
+            e = e.__cause__ or e.__context__
+        text = " <- ".join(chain)
+        if "lock" in text.lower():
+            return (f"Milvus Lite database {self.uri} is open in another process (a Lite database "
+                    f"allows one process at a time); wait for it to finish, or use a Milvus server")
+        return f"cannot open Milvus at {self.uri}: {text}"
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MilvusException as exc:
+            raise StoreError(f"Milvus at {self.uri}, collection {self.collection!r}: {what} failed: {exc}") from exc
+
+    # --- the collection and its encoder record ---------------------------------------------------
+
+    def exists(self) -> bool:
+        """Whether the collection exists."""
+        return bool(self._call("has_collection", self._client.has_collection, self.collection))
+
+    def encoder_info(self) -> EncoderInfo:
+        """The encoder recorded in the collection.
+
+        Raises:
+            CollectionNotFoundError: the collection does not exist.
+            StoreError: it exists but was not made by vitsearch (no encoder record).
+        """
+        props = self._properties()
+        if _ENCODER_KEY not in props:
+            raise StoreError(f"collection {self.collection!r} at {self.uri} has no vitsearch encoder "
+                             f"record: it was not created by vitsearch; use another --collection")
+        return EncoderInfo.from_json(props[_ENCODER_KEY])
+
+    def _properties(self) -> dict[str, str]:
+        if not self.exists():
+            raise CollectionNotFoundError(
+                f"collection {self.collection!r} does not exist at {self.uri}: "
+                f"index a folder first: vitsearch index DIR")
+        if not self._loaded:  # a collection reopened after a restart is "released" until loaded
+            self._call("load_collection", self._client.load_collection, self.collection)
+            self._loaded = True
+        desc = self._call("describe_collection", self._client.describe_collection, self.collection)
+        return dict(desc.get("properties") or {})
+
+    def ensure(self, info: EncoderInfo) -> bool:
+        """Create the collection for ``info``'s embeddings, or check an existing one matches.
+
+        Returns:
+            True if the collection was created now.
+
+        Raises:
+            EncoderMismatchError: the collection holds vectors of another encoder.
+            StoreError: unknown schema version, or Milvus refused.
+        """
+        if self.exists():
+            props = self._properties()
+            if props.get(_SCHEMA_KEY) != SCHEMA_VERSION:
+                raise StoreError(f"collection {self.collection!r} at {self.uri} has schema version "
+                                 f"{props.get(_SCHEMA_KEY)!r}, this vitsearch writes {SCHEMA_VERSION!r}")
+            self.encoder_info().check_same(info, f"collection {self.collection!r} at {self.uri}")
+            return False
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("path", DataType.VARCHAR, is_primary=True, max_length=MAX_PATH_BYTES)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=info.dim)
+        schema.add_field("folder", DataType.VARCHAR, max_length=MAX_PATH_BYTES)
+        schema.add_field("size", DataType.INT64)
+        schema.add_field("mtime", DataType.DOUBLE)
+        schema.add_field("width", DataType.INT64)
+        schema.add_field("height", DataType.INT64)
+        schema.add_field("sha256", DataType.VARCHAR, max_length=64)
+        schema.add_field("indexed_at", DataType.DOUBLE)
+        index = self._client.prepare_index_params()
+        index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE", params=HNSW_PARAMS)
+        self._call("create_collection", self._client.create_collection, self.collection,
+                   schema=schema, index_params=index, consistency_level="Strong",
+                   properties={_ENCODER_KEY: info.to_json(), _SCHEMA_KEY: SCHEMA_VERSION})
+        log.info("created collection %s at %s for %s", self.collection, self.uri, info.model)
+        self._loaded = True
+        return True
+
+    def drop(self) -> None:
+        """Delete the collection and all its rows (no error if it does not exist)."""
+        if self.exists():
+            self._call("drop_collection", self._client.drop_collection, self.collection)
+            self._loaded = False
+
+    # --- rows ----------------------------------------------------------------------------------
+
+    def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert or replace rows (keyed by ``path``), in requests of at most :data:`UPSERT_BYTES`.
+
+        Each row has the fields of :data:`META_FIELDS` and ``vector``, a ``(D,) float32`` array
+        or list.
+        """
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for row in rows:
+            row_bytes = 4 * len(row["vector"]) + 2 * len(row["path"]) + len(row["folder"]) + 128
+            if batch and size + row_bytes > UPSERT_BYTES:
+                self._call("upsert", self._client.upsert, self.collection, batch)
+                batch, size = [], 0
+            batch.append({**row, "vector": np.asarray(row["vector"], np.float32).tolist()})
+            size += row_bytes
+        if batch:
+            self._call("upsert", self._client.upsert, self.collection, batch)
+
+    def get(self, paths: Sequence[str], fields: Sequence[str] = META_FIELDS) -> dict[str, dict[str, Any]]:
+        """Rows of the given paths that exist, by path. Missing paths are absent from the result."""
+        if not paths:
+            return {}
+        fields = list(dict.fromkeys(["path", *fields]))
+        rows = self._call("get", self._client.get, self.collection, ids=list(paths), output_fields=fields)
+        return {r["path"]: dict(r) for r in rows}
+
+    def iter_rows(self, fields: Sequence[str] = ("path",), filter: str = "",
+                  batch_size: int = 1000) -> Iterator[dict[str, Any]]:
+        """All rows (optionally matching a Milvus ``filter`` expression), streamed in batches."""
+        fields = list(dict.fromkeys(["path", *fields]))
+        it = self._call("query_iterator", self._client.query_iterator, self.collection,
+                        batch_size=batch_size, filter=filter, output_fields=fields)
+        try:
+            while batch := self._call("query_iterator.next", it.next):
+                yield from (dict(r) for r in batch)
+        finally:
+            it.close()
+
+    def delete(self, paths: Sequence[str]) -> None:
+        """Delete the rows of these paths (paths without a row are ignored)."""
+        if paths:
+            self._call("delete", self._client.delete, self.collection, ids=list(paths))
+
+    def count(self) -> int:
+        """Number of rows in the collection."""
+        res = self._call("count", self._client.query, self.collection, filter="",
+                         output_fields=["count(*)"])
+        return int(res[0]["count(*)"])
+
+    def search(self, vectors: np.ndarray, k: int, filter: str | None = None,
+               fields: Sequence[str] = META_FIELDS, ef: int | None = None) -> list[list[StoredHit]]:
+        """Top-``k`` rows by cosine similarity for each query vector.
+
+        Args:
+            vectors: ``(Q, D) float32`` query embeddings.
+            k: results per query, best first.
+            filter: Milvus boolean expression on the scalar fields, e.g. ``width > 500``.
+            ef: HNSW search beam width; default ``max(64, k)``.
+
+        Returns:
+            Q lists of hits, best first; ``score`` is cosine similarity (higher is closer).
+        """
+        fields = list(dict.fromkeys(["path", *fields]))
+        res = self._call(
+            "search", self._client.search, self.collection, data=np.asarray(vectors, np.float32).tolist(),
+            limit=k, filter=filter or "", output_fields=fields,
+            search_params={"metric_type": "COSINE", "params": {"ef": max(ef or 64, k)}},
+        )
+        # A server keys hits "id", Milvus Lite by the primary-key name: read the path from the entity.
+        return [[StoredHit(h["entity"]["path"], float(h["distance"]), dict(h["entity"])) for h in hits]
+                for hits in res]
+
+    def index_info(self) -> dict[str, Any]:
+        """The vector index: ``index_type``, ``metric_type`` and its build ``params``."""
+        desc = self._call("describe_index", self._client.describe_index, self.collection, "vector")
+        params = {k: v for k, v in desc.items() if k in ("M", "efConstruction", "nlist")}
+        return {"index_type": desc.get("index_type"), "metric_type": desc.get("metric_type"), "params": params}
+
+    def close(self) -> None:
+        """Release the connection (and Milvus Lite's lock on its database)."""
+        self._client.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+

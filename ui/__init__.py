@@ -1,0 +1,1 @@
+"""The Streamlit search page (built on :class:`vitsearch.search.SearchClient`)."""
