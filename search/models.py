@@ -192,7 +192,7 @@ def _convert_onnx_backbone(onnx_path: Path, out: Path) -> None:
     state: dict[str, torch.Tensor] = {}
 
     def put(key: str, array) -> None:
-        state[key] = torch.from_numpy(np.ascontiguousarray(array)).float()
+        state[key] = torch.from_numpy(np.array(array, order="C")).float()  # a writable copy
 
     for name, value in inits.items():
         if name.startswith("backbone."):

@@ -26,6 +26,10 @@ from .errors import CollectionNotFoundError, StoreError  # noqa: E402
 log = logging.getLogger(__name__)
 # pymilvus logs every failed call with a traceback; StoreError already names the call and cause.
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)
+# Milvus Lite's in-process gRPC server logs "Method not implemented" for query_iterator's
+# timestamp probe, which pymilvus then replaces with a client-side timestamp.
+logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
 SCHEMA_VERSION = "1"
 _ENCODER_KEY = "vitsearch.encoder"
@@ -78,15 +82,10 @@ class Store:
             raise StoreError(self._describe_connect_error(exc)) from exc
 
     def _describe_connect_error(self, exc: BaseException) -> str:
-        chain, e = [], exc
-        while e is not None:
-            chain.append(f"{type(e).__name__}: {e}")
-            e = e.__cause__ or e.__context__
-        text = " <- ".join(chain)
-        if "lock" in text.lower():
+        if not is_server_uri(self.uri) and _lite_is_locked(Path(self.uri).expanduser()):
             return (f"Milvus Lite database {self.uri} is open in another process (a Lite database "
                     f"allows one process at a time); wait for it to finish, or use a Milvus server")
-        return f"cannot open Milvus at {self.uri}: {text}"
+        return f"cannot open Milvus at {self.uri}: {type(exc).__name__}: {exc}"
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
@@ -256,3 +255,18 @@ class Store:
     def __exit__(self, *exc) -> None:
         self.close()
 
+
+def _lite_is_locked(db: Path) -> bool:
+    """Whether another process holds Milvus Lite's exclusive ``flock`` on ``<db>/LOCK``."""
+    lock = db / "LOCK"
+    if os.name != "posix" or not lock.exists():
+        return False
+    import fcntl
+
+    with open(lock, "rb") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False

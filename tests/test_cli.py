@@ -1,0 +1,73 @@
+"""Contract of the `vitsearch` command, run as a user runs it (a subprocess): index, search
+(table and --json), stats, errors as one line without a traceback, exit codes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import EXAMPLES
+
+VITSEARCH = [sys.executable, "-c", "from vitsearch.search.cli import main; main()"]
+
+
+def cli(*args, ok=True, **env):
+    out = subprocess.run([*VITSEARCH, *map(str, args)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **env})
+    if ok:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_help_explains_every_command():
+    top = cli("--help").stdout
+    for command in ("index", "search", "stats", "model"):
+        assert command in top
+    assert "VITSEARCH_URI" in cli("index", "--help").stdout
+    assert "--similar" in cli("search", "--help").stdout
+
+
+def test_index_search_stats(photos, db_uri, tiny_model):
+    (photos / "broken.jpg").write_text("nope")
+    out = cli("index", photos, "--model", tiny_model, "--uri", db_uri, "--workers", "1")
+    assert "indexed 11, unchanged 0, removed 0, failed 1" in out.stdout
+    assert f"{photos / 'broken.jpg'}: not a recognised image format" in out.stdout
+
+    table = cli("search", EXAMPLES / "queries" / "cat-crop.jpg", "-k", "3", "--uri", db_uri).stdout
+    assert len(table.strip().splitlines()) == 3
+
+    hits = json.loads(cli("search", photos / "coffee.jpg", "--json", "-k", "4", "--uri", db_uri).stdout)
+    assert hits[0]["path"] == str(photos / "coffee.jpg") and hits[0]["score"] > 0.999
+    assert {"path", "score", "width", "height", "size", "mtime", "sha256"} <= set(hits[0])
+
+    similar = json.loads(cli("search", "--similar", photos / "coffee.jpg", "--json", "-k", "3",
+                             "--uri", db_uri).stdout)
+    assert [h["path"] for h in similar] == [h["path"] for h in hits[1:]]
+
+    stats = json.loads(cli("stats", "--json", "--uri", db_uri).stdout)
+    assert stats["count"] == 11 and stats["model"] == str(tiny_model) and stats["dim"] == 32
+
+    again = json.loads(cli("index", photos, "--uri", db_uri, "--json").stdout)  # model from the collection
+    assert (again["indexed"], again["unchanged"], again["failed"]) == (0, 11, 1)
+
+
+def test_env_settings(photos, tmp_path, tiny_model):
+    uri = str(tmp_path / "env.db")
+    cli("index", photos, VITSEARCH_URI=uri, VITSEARCH_MODEL=str(tiny_model), VITSEARCH_COLLECTION="mine")
+    stats = json.loads(cli("stats", "--json", VITSEARCH_URI=uri, VITSEARCH_COLLECTION="mine").stdout)
+    assert stats["collection"] == "mine" and stats["count"] == 11
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["index", "/no/such/folder"], 2, "does not exist"),
+    (["index", "{photos}"], 1, "vitsearch model pull dinov2-small-9l"),  # default hub model, offline
+    (["search", "{photos}/cat.jpg"], 1, "index a folder first"),
+    (["stats"], 1, "index a folder first"),
+])
+def test_errors_are_one_clear_line(args, code, message, photos, db_uri):
+    out = cli(*[a.format(photos=photos) for a in args], "--uri", db_uri, ok=False)
+    assert out.returncode == code
+    assert message in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,94 @@
+"""Contract of SearchClient: query by path, bytes, PIL image or array (same answer), by an
+indexed item's stored vector, or by vector; scores are cosine similarity, best first; the
+collection's own encoder is used and a different one refused."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitsearch.indexer import index_folder
+from vitsearch.search import (BadImageError, BadQueryError, CollectionNotFoundError,
+                              EncoderMismatchError, Hit, SearchClient)
+from vitsearch.search.encoder import Encoder
+from vitsearch.search.store import Store
+
+from conftest import EXAMPLES
+
+
+@pytest.fixture
+def indexed(photos, db_uri, tiny_model):
+    with Store(db_uri, "images") as store:
+        index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
+    return photos, db_uri
+
+
+def test_an_indexed_image_finds_itself_first(indexed):
+    photos, uri = indexed
+    with SearchClient(uri=uri) as client:  # model=None: the collection's encoder
+        for name in ("cat.jpg", "coffee.jpg", "sub/rocket.jpg"):
+            hits = client.search(str(photos / name), k=5)
+            assert isinstance(hits[0], Hit) and hits[0].path == str(photos / name)
+            assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+            assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+            assert hits[0].metadata["width"] > 0 and hits[0].metadata["folder"]
+
+
+def test_every_query_type_gives_the_same_answer(indexed):
+    photos, uri = indexed
+    path = photos / "astronaut.jpg"
+    with SearchClient(uri=uri) as client:
+        ref = client.search(path, k=4)
+        for query in (str(path), path.read_bytes(), Image.open(path), np.asarray(Image.open(path).convert("RGB"))):
+            got = client.search(query, k=4)
+            assert [h.path for h in got] == [h.path for h in ref]
+            np.testing.assert_allclose([h.score for h in got], [h.score for h in ref], atol=1e-5)
+
+
+def test_search_similar_uses_the_stored_vector_and_leaves_the_item_out(indexed):
+    photos, uri = indexed
+    cat = str(photos / "cat.jpg")
+    with SearchClient(uri=uri) as client:
+        similar = client.search_similar(cat, k=3)
+        assert client._encoder is None  # no model was needed
+        by_image = client.search(cat, k=4)
+        assert [h.path for h in similar] == [h.path for h in by_image[1:]]
+        with_self = client.search_similar(cat, k=1, exclude_self=False)
+        assert with_self[0].path == cat
+        with pytest.raises(BadQueryError, match="not indexed"):
+            client.search_similar(str(photos / "nope.jpg"))
+
+
+def test_filter_and_bad_queries(indexed):
+    photos, uri = indexed
+    with SearchClient(uri=uri) as client:
+        sub = client.search(photos / "cat.jpg", k=10, filter=f'folder == "{photos / "sub"}"')
+        assert [h.path for h in sub] == [str(photos / "sub" / "rocket.jpg")]
+        with pytest.raises(BadQueryError, match="k must be"):
+            client.search(photos / "cat.jpg", k=0)
+        with pytest.raises(BadImageError, match="not a recognised image format"):
+            client.search(b"definitely not an image")
+
+
+def test_hit_to_dict():
+    h = Hit("/a.jpg", 0.5, {"path": "/a.jpg", "width": 3})
+    assert h.to_dict() == {"path": "/a.jpg", "score": 0.5, "width": 3}
+
+
+def test_other_model_refused_missing_collection_explained(indexed, other_tiny_model, tiny_model, db_uri):
+    _, uri = indexed
+    with pytest.raises(EncoderMismatchError):
+        SearchClient(uri=uri, model=str(other_tiny_model))
+    with pytest.raises(EncoderMismatchError):
+        SearchClient(uri=uri, encoder=Encoder.load(str(other_tiny_model)))
+    SearchClient(uri=uri, model=str(tiny_model)).close()  # the same model by name is fine
+    with pytest.raises(CollectionNotFoundError, match="index a folder first"):
+        SearchClient(uri=uri, collection="never_indexed")
+
+
+def test_stats(indexed, tiny_model):
+    _, uri = indexed
+    with SearchClient(uri=uri) as client:
+        s = client.stats()
+    assert s["count"] == 11 and s["dim"] == 32 and s["model"] == str(tiny_model)
+    assert s["index_type"] == "HNSW" and s["metric_type"] == "COSINE" and s["uri"] == uri

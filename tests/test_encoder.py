@@ -1,0 +1,85 @@
+"""Contract of search/encoder.py and search/models.py: CLS token of the last hidden state,
+L2-normalised, (N, D) float32; equal to a plain transformers forward pass; encoder identity
+recorded and compared; offline failures are one clear error."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitsearch.search.encoder import Encoder, EncoderInfo
+from vitsearch.search.errors import EncoderMismatchError, ModelNotFoundError
+from vitsearch.search.models import DINOV2_SMALL_9L_SHA256, weights_sha256
+
+from conftest import EXAMPLES
+
+PHOTOS = sorted((EXAMPLES / "images").glob("*.jpg"))
+
+
+def plain_cls(folder, paths) -> np.ndarray:
+    """Reference: AutoImageProcessor + AutoModel, last_hidden_state[:, 0], normalised in numpy."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    processor = AutoImageProcessor.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    images = [Image.open(p).convert("RGB") for p in paths]
+    with torch.no_grad():
+        cls = model(**processor(images=images, return_tensors="pt")).last_hidden_state[:, 0].numpy()
+    return cls / np.linalg.norm(cls, axis=1, keepdims=True)
+
+
+def test_tiny_model_shapes_and_norms(tiny_model):
+    enc = Encoder.load(str(tiny_model))
+    assert enc.device.type == "cpu" and enc.dtype == torch.float32
+    v = enc.embed([str(p) for p in PHOTOS[:3]])
+    assert v.shape == (3, 32) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    one = enc.embed([str(PHOTOS[0])])
+    assert one.shape == (1, 32)  # one image is still 2-D
+    assert enc.embed([]).shape == (0, 32)
+    assert enc.info.dim == 32 and enc.info.pooling == "cls" and enc.info.image_size == "32x32"
+    assert enc.info.weights_sha256 == weights_sha256(tiny_model)
+
+
+@pytest.mark.parametrize("which", ["tiny", "real"])
+def test_embedding_equals_plain_transformers_cls(which, tiny_model, request):
+    folder = tiny_model if which == "tiny" else request.getfixturevalue("real_model")
+    enc = Encoder.load(str(folder))
+    ours = enc.embed([str(p) for p in PHOTOS[:4]], batch_size=3)
+    ref = plain_cls(folder, PHOTOS[:4])
+    cos = (ours * ref).sum(axis=1)
+    assert cos.min() > 0.999, cos
+
+
+def test_real_model_identity(real_model):
+    enc = Encoder.load(str(real_model))
+    assert enc.info.dim == 384 and enc.info.image_size == "224x224"
+    assert enc.info.weights_sha256 == DINOV2_SMALL_9L_SHA256
+
+
+def test_encoder_info_round_trip_and_mismatch(tiny_model, other_tiny_model):
+    a = Encoder.load(str(tiny_model)).info
+    b = Encoder.load(str(other_tiny_model)).info
+    assert EncoderInfo.from_json(a.to_json()) == a
+    a.check_same(EncoderInfo(**{**a.__dict__, "model": "renamed"}), "here")  # same weights: fine
+    with pytest.raises(EncoderMismatchError, match="weights_sha256"):
+        a.check_same(b, "collection 'x'")
+
+
+def test_uncached_hub_id_offline_says_how_to_fix():
+    with pytest.raises(ModelNotFoundError) as err:
+        Encoder.load("facebook/dinov2-small")
+    msg = str(err.value)
+    assert "facebook/dinov2-small" in msg and "--model /path/to/model" in msg
+    assert "vitsearch model pull dinov2-small-9l" in msg
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        Encoder.load(str(tmp_path / "no-such-model"))
+
+
+def test_bad_dtype_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="unknown dtype"):
+        Encoder.load(str(tiny_model), dtype="int3")
