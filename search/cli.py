@@ -51,6 +51,25 @@ def _client(uri: Optional[str], collection: Optional[str], model: Optional[str],
     return SearchClient(model=model, settings=settings)
 
 
+def _progress_bar():
+    """A tqdm bar (images/s) implementing the indexer's ``Progress`` callbacks."""
+    from tqdm import tqdm
+
+    from vitsearch.indexer import Progress
+
+    class Bar(Progress):
+        def start(self, total: int) -> None:
+            self.bar = tqdm(total=total, unit="img", desc="embedding", disable=total == 0, dynamic_ncols=True)
+
+        def advance(self, n: int) -> None:
+            self.bar.update(n)
+
+        def close(self) -> None:
+            self.bar.close()
+
+    return Bar()
+
+
 @app.command()
 def index(
     folder: Path = typer.Argument(..., help="Folder of images, scanned recursively.",
@@ -74,29 +93,17 @@ def index(
     """
     from tqdm import tqdm
 
-    from vitsearch.indexer import Progress, encoder_for, index_folder
+    from vitsearch.indexer import encoder_for, index_folder
 
     from .store import Store
 
     s = _settings(model=model, uri=uri, collection=collection, batch_size=batch_size,
                   workers=workers, device=device, dtype=dtype)
-
-    class Bar(Progress):
-        def start(self, total: int) -> None:
-            self.bar = tqdm(total=total, unit="img", desc="embedding", disable=total == 0, dynamic_ncols=True)
-
-        def advance(self, n: int) -> None:
-            self.bar.update(n)
-
-        def close(self) -> None:
-            self.bar.close()
-
-    bar = Bar()
     try:
         with Store(s.resolved_uri(), s.collection, s.token.get_secret_value() if s.token else None) as store:
             encoder = encoder_for(store, s)
             report = index_folder(str(folder), encoder=encoder, store=store, batch_size=s.batch_size,
-                                  workers=s.workers, prune=prune, progress=bar,
+                                  workers=s.workers, prune=prune, progress=_progress_bar(),
                                   on_failure=lambda p, r: tqdm.write(f"skipped {p}: {r}", file=sys.stderr))
     except VitsearchError as exc:
         _fail(str(exc))
@@ -134,12 +141,10 @@ def search(
     as_json: bool = JSON,
 ) -> None:
     """Find the indexed images most similar to IMAGE, best first (score: cosine similarity)."""
-    import os
-
     try:
         with _client(uri, collection, model, device) as client:
             if similar:
-                hits = client.search_similar(os.path.abspath(image), k=k, filter=filter)
+                hits = client.search_similar(image, k=k, filter=filter)
             else:
                 hits = client.search(image, k=k, filter=filter)
     except VitsearchError as exc:
@@ -149,9 +154,11 @@ def search(
         return
     if not hits:
         typer.echo("no results")
+        return
+    typer.echo(f"{'rank':>4}  {'score':>6}  {'size':>11}  path")
     for rank, h in enumerate(hits, 1):
         size = f"{h.metadata.get('width')}x{h.metadata.get('height')}"
-        typer.echo(f"{rank:>3}  {h.score:.4f}  {size:>11}  {h.path}")
+        typer.echo(f"{rank:>4}  {h.score:.4f}  {size:>11}  {h.path}")
 
 
 @app.command()

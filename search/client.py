@@ -5,6 +5,7 @@ the collection and loads that same encoder (lazily, on the first image query).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 from .config import Settings
 from .encoder import Encoder
 from .errors import BadQueryError
-from .images import ImageLike
+from .images import ImageLike, load_image
 from .store import META_FIELDS, Store
 
 
@@ -102,20 +103,22 @@ class SearchClient:
             BadQueryError: ``k`` out of range.
         """
         _check_k(k)
-        return self.search_vector(self.encoder.embed([image])[0], k, filter)
+        picture = load_image(image)  # a bad image fails before the model is loaded
+        return self.search_vector(self.encoder.embed([picture])[0], k, filter)
 
     def search_similar(self, path: str, k: int = 10, filter: str | None = None,
                        exclude_self: bool = True) -> list[Hit]:
         """Images similar to an already indexed file, using its stored vector (no model needed).
 
         Args:
-            path: the indexed file's path (as stored: absolute).
+            path: the indexed file's path; a relative path is taken from the current folder.
             exclude_self: leave ``path`` itself out of the results.
 
         Raises:
             BadQueryError: ``path`` is not in the collection, or ``k`` out of range.
         """
         _check_k(k)
+        path = os.path.abspath(path)
         rows = self.store.get([path], fields=["vector"])
         if path not in rows:
             raise BadQueryError(f"{path} is not indexed in {self._where}")

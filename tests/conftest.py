@@ -39,34 +39,29 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """A randomly initialised ViT (2 layers, hidden 32, 32x32 input, patch 8) saved as a model folder."""
+def make_tiny_vit(folder: Path, seed: int) -> Path:
+    """Save a randomly initialised ViT (2 layers, hidden 32, 32x32 input, patch 8) with its processor."""
     import torch
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-vit")
+    torch.manual_seed(seed)
     config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                        intermediate_size=64, image_size=32, patch_size=8)
     ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random ViT saved as a model folder, loaded back through the product's loader."""
+    return make_tiny_vit(tmp_path_factory.mktemp("tiny-vit"), seed=0)
 
 
 @pytest.fixture(scope="session")
 def other_tiny_model(tmp_path_factory) -> Path:
     """A second tiny ViT with other weights: same shape, different embedding space."""
-    import torch
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
-    torch.manual_seed(1)
-    folder = tmp_path_factory.mktemp("tiny-vit-2")
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, image_size=32, patch_size=8)
-    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
+    return make_tiny_vit(tmp_path_factory.mktemp("tiny-vit-2"), seed=1)
 
 
 @pytest.fixture(scope="session")

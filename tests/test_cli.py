@@ -37,7 +37,9 @@ def test_index_search_stats(photos, db_uri, tiny_model):
     assert f"{photos / 'broken.jpg'}: not a recognised image format" in out.stdout
 
     table = cli("search", EXAMPLES / "queries" / "cat-crop.jpg", "-k", "3", "--uri", db_uri).stdout
-    assert len(table.strip().splitlines()) == 3
+    lines = table.strip().splitlines()
+    assert lines[0].split() == ["rank", "score", "size", "path"] and len(lines) == 4
+    assert lines[1].endswith(str(photos / "cat.jpg"))  # the crop of the cat finds the cat
 
     hits = json.loads(cli("search", photos / "coffee.jpg", "--json", "-k", "4", "--uri", db_uri).stdout)
     assert hits[0]["path"] == str(photos / "coffee.jpg") and hits[0]["score"] > 0.999

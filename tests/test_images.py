@@ -33,6 +33,7 @@ def test_exif_orientation_is_applied(tmp_path):
     stored.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
     got = decode_bytes(buf.getvalue(), "rotated.jpg")
     assert got.size == upright.size
+    assert load_image(got).size == got.size  # decoding an upright image again does not turn it
     diff = np.abs(np.asarray(got, np.int16) - np.asarray(upright, np.int16)).mean()
     assert diff < 3  # JPEG re-encoding noise only
 
