@@ -142,7 +142,7 @@ class SearchClient:
             "uri": self.store.uri, "collection": self.store.collection, "count": self.store.count(),
             "model": info.model, "dim": info.dim, "pooling": info.pooling, "image_size": info.image_size,
             "weights_sha256": info.weights_sha256, "index_type": index["index_type"],
-            "metric_type": index["metric_type"], "index_params": index["params"],
+            "metric_type": index["metric_type"],
         }
 
     def close(self) -> None:

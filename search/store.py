@@ -240,10 +240,9 @@ class Store:
                 for hits in res]
 
     def index_info(self) -> dict[str, Any]:
-        """The vector index: ``index_type``, ``metric_type`` and its build ``params``."""
+        """The vector index as Milvus describes it: ``index_type`` and ``metric_type``."""
         desc = self._call("describe_index", self._client.describe_index, self.collection, "vector")
-        params = {k: v for k, v in desc.items() if k in ("M", "efConstruction", "nlist")}
-        return {"index_type": desc.get("index_type"), "metric_type": desc.get("metric_type"), "params": params}
+        return {"index_type": desc.get("index_type"), "metric_type": desc.get("metric_type")}
 
     def close(self) -> None:
         """Release the connection (and Milvus Lite's lock on its database)."""

@@ -83,3 +83,54 @@ def test_missing_folder(tmp_path):
 def test_bad_dtype_is_refused(tiny_model):
     with pytest.raises(ValueError, match="unknown dtype"):
         Encoder.load(str(tiny_model), dtype="int3")
+
+
+def save_tiny(kind: str, folder):
+    """A tiny random checkpoint of each ViT family the product claims, with its image processor."""
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, DeiTConfig, DeiTModel,
+                              Dinov2Config, Dinov2Model, ViTImageProcessor)
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 image_size=32, patch_size=8)
+    if kind == "clip":
+        model = CLIPModel(CLIPConfig(vision_config=small, text_config=dict(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64), projection_dim=16))
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    else:
+        if kind == "deit":
+            model = DeiTModel(DeiTConfig(**small), add_pooling_layer=False)
+        else:
+            model = Dinov2Model(Dinov2Config(**{k: v for k, v in small.items() if k != "intermediate_size"}))
+        ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["deit", "dinov2", "clip"])
+def test_vit_families_give_their_cls_token(kind, tmp_path):
+    from transformers import AutoImageProcessor
+
+    model = save_tiny(kind, tmp_path)
+    enc = Encoder.load(str(tmp_path))
+    ours = enc.embed([str(p) for p in PHOTOS[:3]])
+    assert ours.shape == (3, 32)
+    tower = model.vision_model if kind == "clip" else model  # CLIP: the vision tower only
+    pixels = AutoImageProcessor.from_pretrained(tmp_path)(
+        images=[Image.open(p).convert("RGB") for p in PHOTOS[:3]], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        ref = tower(pixel_values=pixels).last_hidden_state[:, 0].numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert (ours * ref).sum(axis=1).min() > 0.999
+
+
+def test_hub_id_is_recorded_as_given(tiny_model, monkeypatch):
+    """The hub cannot be reached here: stand in for its download with a local snapshot folder."""
+    import huggingface_hub
+
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, allow_patterns: asked.append(repo_id) or str(tiny_model))
+    enc = Encoder.load("someone/tiny-vit")
+    assert asked == ["someone/tiny-vit"]
+    assert enc.info.model == "someone/tiny-vit" and enc.info.weights_sha256 == weights_sha256(tiny_model)
