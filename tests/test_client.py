@@ -13,8 +13,6 @@ from vitsearch.search import (BadImageError, BadQueryError, CollectionNotFoundEr
 from vitsearch.search.encoder import Encoder
 from vitsearch.search.store import Store
 
-from conftest import EXAMPLES
-
 
 @pytest.fixture
 def indexed(photos, db_uri, tiny_model):
