@@ -104,7 +104,8 @@ class SearchClient:
         """
         _check_k(k)
         picture = load_image(image)  # a bad image fails before the model is loaded
-        return self.search_vector(self.encoder.embed([picture])[0], k, filter)
+        encoder = self.encoder
+        return self.search_vector(encoder.embed_pixels(encoder.preprocess([picture]))[0], k, filter)
 
     def search_similar(self, path: str, k: int = 10, filter: str | None = None,
                        exclude_self: bool = True) -> list[Hit]:
