@@ -100,7 +100,7 @@ def index(
     s = _settings(model=model, uri=uri, collection=collection, batch_size=batch_size,
                   workers=workers, device=device, dtype=dtype)
     try:
-        with Store(s.resolved_uri(), s.collection, s.token.get_secret_value() if s.token else None) as store:
+        with Store.from_settings(s) as store:
             encoder = encoder_for(store, s)
             report = index_folder(str(folder), encoder=encoder, store=store, batch_size=s.batch_size,
                                   workers=s.workers, prune=prune, progress=_progress_bar(),

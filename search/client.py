@@ -61,9 +61,7 @@ class SearchClient:
                  *, device: str | None = None, dtype: str | None = None, token: str | None = None,
                  encoder: Encoder | None = None, settings: Settings | None = None):
         self.settings = settings or Settings()
-        s = self.settings
-        self.store = Store(uri or s.resolved_uri(), collection or s.collection,
-                           token or (s.token.get_secret_value() if s.token else None))
+        self.store = Store.from_settings(self.settings, uri, collection, token)
         self.encoder_info = self.store.encoder_info()
         self._model, self._device, self._dtype = model, device, dtype
         self._encoder = encoder

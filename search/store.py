@@ -20,6 +20,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 from pymilvus import DataType, MilvusClient  # noqa: E402
 from pymilvus.exceptions import MilvusException  # noqa: E402
 
+from .config import Settings  # noqa: E402
 from .encoder import EncoderInfo  # noqa: E402
 from .errors import CollectionNotFoundError, StoreError  # noqa: E402
 
@@ -80,6 +81,17 @@ class Store:
             self._client = MilvusClient(uri=uri, token=token or "")
         except Exception as exc:  # pymilvus and milvus-lite raise assorted types
             raise StoreError(self._describe_connect_error(exc)) from exc
+
+    @classmethod
+    def from_settings(cls, settings: Settings, uri: str | None = None, collection: str | None = None,
+                      token: str | None = None) -> "Store":
+        """Open the store that ``settings`` names; explicit ``uri``/``collection``/``token`` win.
+
+        Raises:
+            StoreError: Milvus cannot be opened or reached.
+        """
+        token = token or (settings.token.get_secret_value() if settings.token else None)
+        return cls(uri or settings.resolved_uri(), collection or settings.collection, token)
 
     def _describe_connect_error(self, exc: BaseException) -> str:
         if not is_server_uri(self.uri) and _lite_is_locked(Path(self.uri).expanduser()):
