@@ -30,6 +30,9 @@ class Settings(BaseSettings):
         dtype: ``bfloat16`` or ``float16`` on CUDA; ``None`` gives bf16 on CUDA, fp32 elsewhere.
         batch_size: images per forward pass.
         workers: decode/preprocess worker processes.
+        lite_wait_s: seconds to wait for a Milvus Lite database that another process has just
+            opened to be shared (see :mod:`vitsearch.search.lite`).
+        max_upload_mb: largest query image the UI accepts, in megabytes.
     """
 
     model_config = SettingsConfigDict(env_prefix="VITSEARCH_", extra="ignore")
@@ -43,6 +46,8 @@ class Settings(BaseSettings):
     dtype: str | None = None
     batch_size: int = Field(default=32, ge=1)
     workers: int = Field(default=2, ge=0)
+    lite_wait_s: float = Field(default=10.0, ge=0)
+    max_upload_mb: int = Field(default=20, ge=1)
 
     @property
     def models_dir(self) -> Path:

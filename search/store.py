@@ -18,11 +18,13 @@ import numpy as np
 # gRPC logs a line each time a DataLoader worker forks; our errors carry what matters.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 from pymilvus import DataType, MilvusClient  # noqa: E402
-from pymilvus.exceptions import MilvusException  # noqa: E402
+from pymilvus.client.types import Status  # noqa: E402
+from pymilvus.exceptions import MilvusException, MilvusUnavailableException  # noqa: E402
 
 from .config import Settings  # noqa: E402
 from .encoder import EncoderInfo  # noqa: E402
 from .errors import CollectionNotFoundError, StoreError  # noqa: E402
+from .lite import lite_uri  # noqa: E402
 
 log = logging.getLogger(__name__)
 # pymilvus logs every failed call with a traceback; StoreError already names the call and cause.
@@ -61,26 +63,29 @@ def is_server_uri(uri: str) -> bool:
 class Store:
     """One Milvus collection of image embeddings.
 
+    A Milvus Lite database is shared between vitsearch processes (see :mod:`.lite`): the first to
+    open it serves it, the others connect to that process. When the serving process exits, a
+    call that finds it gone takes over the database and is retried once.
+
     Args:
         uri: a Milvus Lite path (``.../milvus.db``, created with its parent folders) or a
             server URI ``http://host:19530``.
         collection: collection name.
         token: server auth token (``user:password`` or an API key); kept private, never logged.
+        lite_wait_s: seconds to wait for a Lite database held by another process to be shared.
 
     Raises:
         StoreError: Milvus cannot be opened or reached; the message names the URI.
     """
 
-    def __init__(self, uri: str, collection: str, token: str | None = None):
+    def __init__(self, uri: str, collection: str, token: str | None = None, *, lite_wait_s: float = 10.0):
         self.uri = uri
         self.collection = collection
-        self._loaded = False
-        if not is_server_uri(uri):
-            Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._client = MilvusClient(uri=uri, token=token or "")
-        except Exception as exc:  # pymilvus and milvus-lite raise assorted types
-            raise StoreError(self._describe_connect_error(exc)) from exc
+        self._token = token or ""
+        self._lite = None if is_server_uri(uri) else Path(uri).expanduser()
+        self._lite_wait_s = lite_wait_s
+        self._served_here = False
+        self._connect()
 
     @classmethod
     def from_settings(cls, settings: Settings, uri: str | None = None, collection: str | None = None,
@@ -91,25 +96,55 @@ class Store:
             StoreError: Milvus cannot be opened or reached.
         """
         token = token or (settings.token.get_secret_value() if settings.token else None)
-        return cls(uri or settings.resolved_uri(), collection or settings.collection, token)
+        return cls(uri or settings.resolved_uri(), collection or settings.collection, token,
+                   lite_wait_s=settings.lite_wait_s)
 
-    def _describe_connect_error(self, exc: BaseException) -> str:
-        if not is_server_uri(self.uri) and _lite_is_locked(Path(self.uri).expanduser()):
-            return (f"Milvus Lite database {self.uri} is open in another process (a Lite database "
-                    f"allows one process at a time); wait for it to finish, or use a Milvus server")
-        return f"cannot open Milvus at {self.uri}: {type(exc).__name__}: {exc}"
-
-    def _call(self, what: str, fn, *args, **kwargs):
+    def _connect(self) -> None:
+        target = self.uri
+        if self._lite is not None:
+            self._lite.parent.mkdir(parents=True, exist_ok=True)
+            target, self._served_here = lite_uri(self._lite, self._lite_wait_s)
         try:
-            return fn(*args, **kwargs)
+            self._client = MilvusClient(uri=target, token=self._token)
+        except Exception as exc:  # pymilvus raises assorted types
+            raise StoreError(f"cannot open Milvus at {self.uri}: {type(exc).__name__}: {exc}") from exc
+        # A collection reopened by Milvus Lite (or released on a server) is not searchable until loaded.
+        try:
+            if self._client.has_collection(self.collection):
+                self._client.load_collection(self.collection)
         except MilvusException as exc:
-            raise StoreError(f"Milvus at {self.uri}, collection {self.collection!r}: {what} failed: {exc}") from exc
+            raise self._error("load_collection", exc) from exc
+
+    def _call(self, method: str, *args, **kwargs):
+        """``self._client.<method>(...)`` with Milvus errors turned into :class:`StoreError`.
+
+        On a shared Lite database whose serving process has gone, reconnects (serving it from
+        here if no other process has taken it over) and retries once.
+        """
+        try:
+            return getattr(self._client, method)(*args, **kwargs)
+        except MilvusException as exc:
+            if not self._lost_lite_server(exc):
+                raise self._error(method, exc) from exc
+        log.info("the process serving %s has exited; reconnecting", self.uri)
+        self._connect()
+        try:
+            return getattr(self._client, method)(*args, **kwargs)
+        except MilvusException as exc:
+            raise self._error(method, exc) from exc
+
+    def _lost_lite_server(self, exc: MilvusException) -> bool:
+        return (self._lite is not None and not self._served_here
+                and (isinstance(exc, MilvusUnavailableException) or exc.code == Status.CONNECT_FAILED))
+
+    def _error(self, what: str, exc: MilvusException) -> StoreError:
+        return StoreError(f"Milvus at {self.uri}, collection {self.collection!r}: {what} failed: {exc}")
 
     # --- the collection and its encoder record ---------------------------------------------------
 
     def exists(self) -> bool:
         """Whether the collection exists."""
-        return bool(self._call("has_collection", self._client.has_collection, self.collection))
+        return bool(self._call("has_collection", self.collection))
 
     def encoder_info(self) -> EncoderInfo:
         """The encoder recorded in the collection.
@@ -129,10 +164,7 @@ class Store:
             raise CollectionNotFoundError(
                 f"collection {self.collection!r} does not exist at {self.uri}: "
                 f"index a folder first: vitsearch index DIR")
-        if not self._loaded:  # a collection reopened after a restart is "released" until loaded
-            self._call("load_collection", self._client.load_collection, self.collection)
-            self._loaded = True
-        desc = self._call("describe_collection", self._client.describe_collection, self.collection)
+        desc = self._call("describe_collection", self.collection)
         return dict(desc.get("properties") or {})
 
     def ensure(self, info: EncoderInfo) -> bool:
@@ -164,18 +196,16 @@ class Store:
         schema.add_field("indexed_at", DataType.DOUBLE)
         index = self._client.prepare_index_params()
         index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE", params=HNSW_PARAMS)
-        self._call("create_collection", self._client.create_collection, self.collection,
+        self._call("create_collection", self.collection,
                    schema=schema, index_params=index, consistency_level="Strong",
                    properties={_ENCODER_KEY: info.to_json(), _SCHEMA_KEY: SCHEMA_VERSION})
         log.info("created collection %s at %s for %s", self.collection, self.uri, info.model)
-        self._loaded = True
         return True
 
     def drop(self) -> None:
         """Delete the collection and all its rows (no error if it does not exist)."""
         if self.exists():
-            self._call("drop_collection", self._client.drop_collection, self.collection)
-            self._loaded = False
+            self._call("drop_collection", self.collection)
 
     # --- rows ----------------------------------------------------------------------------------
 
@@ -190,29 +220,35 @@ class Store:
         for row in rows:
             row_bytes = 4 * len(row["vector"]) + 2 * len(row["path"]) + len(row["folder"]) + 128
             if batch and size + row_bytes > UPSERT_BYTES:
-                self._call("upsert", self._client.upsert, self.collection, batch)
+                self._call("upsert", self.collection, batch)
                 batch, size = [], 0
             batch.append({**row, "vector": np.asarray(row["vector"], np.float32).tolist()})
             size += row_bytes
         if batch:
-            self._call("upsert", self._client.upsert, self.collection, batch)
+            self._call("upsert", self.collection, batch)
 
     def get(self, paths: Sequence[str], fields: Sequence[str] = META_FIELDS) -> dict[str, dict[str, Any]]:
         """Rows of the given paths that exist, by path. Missing paths are absent from the result."""
         if not paths:
             return {}
         fields = list(dict.fromkeys(["path", *fields]))
-        rows = self._call("get", self._client.get, self.collection, ids=list(paths), output_fields=fields)
+        rows = self._call("get", self.collection, ids=list(paths), output_fields=fields)
         return {r["path"]: dict(r) for r in rows}
 
     def iter_rows(self, fields: Sequence[str] = ("path",), filter: str = "",
                   batch_size: int = 1000) -> Iterator[dict[str, Any]]:
         """All rows (optionally matching a Milvus ``filter`` expression), streamed in batches."""
         fields = list(dict.fromkeys(["path", *fields]))
-        it = self._call("query_iterator", self._client.query_iterator, self.collection,
+        it = self._call("query_iterator", self.collection,
                         batch_size=batch_size, filter=filter, output_fields=fields)
         try:
-            while batch := self._call("query_iterator.next", it.next):
+            while True:
+                try:
+                    batch = it.next()
+                except MilvusException as exc:
+                    raise self._error("query_iterator.next", exc) from exc
+                if not batch:
+                    break
                 yield from (dict(r) for r in batch)
         finally:
             it.close()
@@ -220,11 +256,11 @@ class Store:
     def delete(self, paths: Sequence[str]) -> None:
         """Delete the rows of these paths (paths without a row are ignored)."""
         if paths:
-            self._call("delete", self._client.delete, self.collection, ids=list(paths))
+            self._call("delete", self.collection, ids=list(paths))
 
     def count(self) -> int:
         """Number of rows in the collection."""
-        res = self._call("count", self._client.query, self.collection, filter="",
+        res = self._call("query", self.collection, filter="",
                          output_fields=["count(*)"])
         return int(res[0]["count(*)"])
 
@@ -243,7 +279,7 @@ class Store:
         """
         fields = list(dict.fromkeys(["path", *fields]))
         res = self._call(
-            "search", self._client.search, self.collection, data=np.asarray(vectors, np.float32).tolist(),
+            "search", self.collection, data=np.asarray(vectors, np.float32).tolist(),
             limit=k, filter=filter or "", output_fields=fields,
             search_params={"metric_type": "COSINE", "params": {"ef": max(ef or 64, k)}},
         )
@@ -253,11 +289,12 @@ class Store:
 
     def index_info(self) -> dict[str, Any]:
         """The vector index as Milvus describes it: ``index_type`` and ``metric_type``."""
-        desc = self._call("describe_index", self._client.describe_index, self.collection, "vector")
+        desc = self._call("describe_index", self.collection, "vector")
         return {"index_type": desc.get("index_type"), "metric_type": desc.get("metric_type")}
 
     def close(self) -> None:
-        """Release the connection (and Milvus Lite's lock on its database)."""
+        """Close this connection. A Lite database served by this process stays open, and shared
+        with other vitsearch processes, until the process exits."""
         self._client.close()
 
     def __enter__(self) -> "Store":
@@ -265,19 +302,3 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _lite_is_locked(db: Path) -> bool:
-    """Whether another process holds Milvus Lite's exclusive ``flock`` on ``<db>/LOCK``."""
-    lock = db / "LOCK"
-    if os.name != "posix" or not lock.exists():
-        return False
-    import fcntl
-
-    with open(lock, "rb") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False

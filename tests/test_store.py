@@ -100,16 +100,3 @@ def test_large_upserts_are_split(db_uri, monkeypatch):
         store.upsert(rows)
         assert sum(calls) == 25 and len(calls) > 1 and max(calls) * 150 < 1500
         assert store.count() == 25
-
-
-def test_second_process_on_a_lite_database_gets_a_clear_error(db_uri):
-    import subprocess
-    import sys
-
-    with Store(db_uri, "images") as store:
-        store.ensure(INFO)
-        code = ("from vitsearch.search.store import Store\n"
-                "from vitsearch.search.errors import StoreError\n"
-                f"try:\n    Store({db_uri!r}, 'images')\nexcept StoreError as e:\n    print(e)\n")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "open in another process" in out.stdout, out.stdout + out.stderr

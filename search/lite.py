@@ -1,0 +1,139 @@
+"""Sharing one Milvus Lite database between processes (the UI while ``vitsearch index`` writes).
+
+Milvus Lite serves a ``.db`` directory from inside the process that opens it, over gRPC on a
+loopback port, and holds an exclusive ``flock`` on ``<db>/LOCK`` meanwhile: a second process
+cannot open it. So the first vitsearch process to open a database serves it (Lite's own
+in-process server, started through ``milvus_lite.server_manager`` as pymilvus does for ``.db``
+URIs) and publishes that server's URI in ``<db>/vitsearch-endpoint.json``. Any other vitsearch
+process finds the lock taken, reads the endpoint and connects to it as to a Milvus server. When
+the serving process exits, the lock is released; the next open (or a reconnect, see
+:class:`~vitsearch.search.store.Store`) takes over the serving.
+
+No daemon is started and nothing outlives the processes that use the database.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from .errors import StoreError
+
+ENDPOINT_FILE = "vitsearch-endpoint.json"
+_POLL_S = 0.1
+
+
+def lite_uri(db: Path, wait_s: float) -> tuple[str, bool]:
+    """A gRPC URI that serves the Milvus Lite database ``db``, for ``MilvusClient(uri=...)``.
+
+    Serves ``db`` from this process when no other process holds it; otherwise returns the URI
+    published by the process that does, waiting up to ``wait_s`` seconds for it to appear (a
+    process that has just taken the lock publishes within milliseconds).
+
+    Args:
+        db: the Lite database directory (created if missing; its parent must exist).
+        wait_s: seconds to wait for a published endpoint when the database is held elsewhere.
+
+    Returns:
+        ``(uri, served_here)``: ``http://127.0.0.1:PORT`` and whether this process serves it.
+
+    Raises:
+        StoreError: ``db`` is not a Lite 3 directory, cannot be opened, or is held by a process
+            that does not publish an endpoint (not vitsearch) for longer than ``wait_s``.
+    """
+    db = db.expanduser().absolute()
+    if db.exists() and not db.is_dir():
+        raise StoreError(f"{db} is a file, not a Milvus Lite database directory (files of milvus-lite "
+                         f"before 3.0 cannot be read by this version): use a new path")
+    deadline = time.monotonic() + wait_s
+    while True:
+        uri, error = _serve(db)
+        if uri is not None:
+            _publish(db, uri)
+            return uri, True
+        if not is_locked(db):  # free, yet it failed to open: not a lock problem
+            raise StoreError(f"cannot open Milvus Lite database {db}: {error}")
+        published = _published(db)
+        if published is not None:
+            return published, False
+        if time.monotonic() >= deadline:
+            raise StoreError(
+                f"Milvus Lite database {db} is open in another process that does not share it "
+                f"(not a vitsearch process, or an older one); waited {wait_s:g} s. Close that "
+                f"process, or use a Milvus server")
+        time.sleep(_POLL_S)
+
+
+def _serve(db: Path) -> tuple[str | None, str]:
+    """Start (or reuse) this process's Lite server for ``db``: ``(uri, "")`` or ``(None, why)``."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    errors: list[str] = []
+
+    class Catch(logging.Handler):  # the server manager logs its failure and returns None
+        def emit(self, record: logging.LogRecord) -> None:
+            exc = record.exc_info[1] if record.exc_info else None
+            errors.append(f"{type(exc).__name__}: {exc}" if exc else record.getMessage())
+
+    logger = logging.getLogger("milvus_lite.server_manager")
+    handler = Catch()
+    logger.addHandler(handler)
+    try:
+        uri = server_manager_instance.start_and_get_uri(str(db))
+    finally:
+        logger.removeHandler(handler)
+    return uri, "; ".join(errors) or "unknown error"
+
+
+def _publish(db: Path, uri: str) -> None:
+    """Write ``{"pid", "uri"}`` to the endpoint file atomically (rename over the old one)."""
+    record = {"pid": os.getpid(), "uri": uri}
+    path = db / ENDPOINT_FILE
+    try:
+        if json.loads(path.read_text()) == record:
+            return
+    except (OSError, ValueError):
+        pass
+    tmp = db / f".{ENDPOINT_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
+
+
+def _published(db: Path) -> str | None:
+    """The URI published by a live process other than this one, or None."""
+    try:
+        record = json.loads((db / ENDPOINT_FILE).read_text())
+        pid, uri = int(record["pid"]), str(record["uri"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pid == os.getpid() or not _alive(pid):
+        return None
+    return uri
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def is_locked(db: Path) -> bool:
+    """Whether a process (this one included) holds Milvus Lite's ``flock`` on ``<db>/LOCK``."""
+    lock = db / "LOCK"
+    if os.name != "posix" or not lock.exists():
+        return False
+    import fcntl
+
+    with open(lock, "rb") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
