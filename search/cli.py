@@ -133,6 +133,7 @@ def search(
     k: int = typer.Option(10, "-k", "--k", min=1, max=16384, help="Number of results."),
     filter: Optional[str] = typer.Option(None, "--filter", help='Milvus boolean expression on stored fields, '
                                          'e.g. \'width >= 500 and folder == "/photos/2024"\'.'),
+    folder: Optional[str] = typer.Option(None, "--folder", help="Only images in this folder or below it."),
     similar: bool = typer.Option(False, "--similar", help="IMAGE is an indexed file: use its stored vector."),
     model: Optional[str] = typer.Option(None, "--model", help="Default: the model the collection was indexed with."),
     uri: Optional[str] = URI,
@@ -144,9 +145,9 @@ def search(
     try:
         with _client(uri, collection, model, device) as client:
             if similar:
-                hits = client.search_similar(image, k=k, filter=filter)
+                hits = client.search_similar(image, k=k, filter=filter, folder=folder)
             else:
-                hits = client.search(image, k=k, filter=filter)
+                hits = client.search(image, k=k, filter=filter, folder=folder)
     except VitsearchError as exc:
         _fail(str(exc))
     if as_json:
@@ -174,6 +175,37 @@ def stats(uri: Optional[str] = URI, collection: Optional[str] = COLLECTION, as_j
         return
     for key, value in info.items():
         typer.echo(f"{key:>15}: {value}")
+
+
+@app.command()
+def ui(
+    uri: Optional[str] = URI,
+    collection: Optional[str] = COLLECTION,
+    port: int = typer.Option(8501, "--port", min=1, max=65535, help="HTTP port of the page."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 serves "
+                             "other machines too (there is no login: only on a trusted network)."),
+    max_upload_mb: Optional[int] = typer.Option(None, "--max-upload-mb", min=1, help="Largest query "
+                                                "image accepted, in MB. (env VITSEARCH_MAX_UPLOAD_MB; default: 20)"),
+) -> None:
+    """Serve the search page: upload a photo in the browser, see the most similar images.
+
+    Runs `streamlit run` on vitsearch's page. The collection may be indexed meanwhile: a Milvus
+    Lite database is shared with `vitsearch index` runs on the same machine.
+    """
+    import os
+    from importlib.resources import files
+
+    s = _settings(uri=uri, collection=collection, max_upload_mb=max_upload_mb)
+    env = {**os.environ, "VITSEARCH_URI": s.resolved_uri(), "VITSEARCH_COLLECTION": s.collection,
+           "VITSEARCH_MAX_UPLOAD_MB": str(s.max_upload_mb)}
+    page = str(files("vitsearch.ui").joinpath("app.py"))
+    cmd = [sys.executable, "-m", "streamlit", "run", page, "--server.address", host,
+           "--server.port", str(port), "--server.headless", "true",
+           "--server.maxUploadSize", str(s.max_upload_mb), "--server.fileWatcherType", "none",
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
+    typer.echo(f"vitsearch: collection {s.collection!r} at {s.resolved_uri()} on http://{host}:{port}", err=True)
+    sys.stdout.flush()
+    os.execve(sys.executable, cmd, env)
 
 
 @model_app.command("pull")

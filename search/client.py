@@ -6,6 +6,7 @@ the collection and loads that same encoder (lazily, on the first image query).
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,7 @@ class SearchClient:
         self.encoder_info = self.store.encoder_info()
         self._model, self._device, self._dtype = model, device, dtype
         self._encoder = encoder
+        self._encoder_lock = threading.Lock()  # the UI's sessions share one client
         if encoder is not None:
             self.encoder_info.check_same(encoder.info, self._where)
         elif model is not None:
@@ -76,9 +78,10 @@ class SearchClient:
 
     @property
     def encoder(self) -> Encoder:
-        """The collection's encoder, loaded on first use."""
-        if self._encoder is None:
-            self._load_encoder()
+        """The collection's encoder, loaded on first use (once, also when threads race for it)."""
+        with self._encoder_lock:
+            if self._encoder is None:
+                self._load_encoder()
         return self._encoder
 
     def _load_encoder(self) -> None:
@@ -87,7 +90,8 @@ class SearchClient:
         self.encoder_info.check_same(enc.info, self._where)
         self._encoder = enc
 
-    def search(self, image: ImageLike, k: int = 10, filter: str | None = None) -> list[Hit]:
+    def search(self, image: ImageLike, k: int = 10, filter: str | None = None,
+               folder: str | None = None) -> list[Hit]:
         """The ``k`` indexed images most similar to ``image``, best first.
 
         Args:
@@ -95,6 +99,8 @@ class SearchClient:
             k: number of results (1 to 16384).
             filter: Milvus boolean expression on the stored fields, e.g.
                 ``folder == "/photos/2024"`` or ``width >= 1000``.
+            folder: only images in this folder or below it (an absolute path; a relative one is
+                taken from the current folder).
 
         Raises:
             BadImageError: ``image`` cannot be decoded.
@@ -103,15 +109,16 @@ class SearchClient:
         _check_k(k)
         picture = load_image(image)  # a bad image fails before the model is loaded
         encoder = self.encoder
-        return self.search_vector(encoder.embed_pixels(encoder.preprocess([picture]))[0], k, filter)
+        return self.search_vector(encoder.embed_pixels(encoder.preprocess([picture]))[0], k, filter, folder)
 
     def search_similar(self, path: str, k: int = 10, filter: str | None = None,
-                       exclude_self: bool = True) -> list[Hit]:
+                       exclude_self: bool = True, folder: str | None = None) -> list[Hit]:
         """Images similar to an already indexed file, using its stored vector (no model needed).
 
         Args:
             path: the indexed file's path; a relative path is taken from the current folder.
             exclude_self: leave ``path`` itself out of the results.
+            filter, folder: as in :meth:`search`.
 
         Raises:
             BadQueryError: ``path`` is not in the collection, or ``k`` out of range.
@@ -122,14 +129,22 @@ class SearchClient:
         if path not in rows:
             raise BadQueryError(f"{path} is not indexed in {self._where}")
         if exclude_self:
-            own = f'path != "{escape(path)}"'
-            filter = f"({filter}) and {own}" if filter else own
-        return self.search_vector(np.asarray(rows[path]["vector"], np.float32), k, filter)
+            filter = _both(filter, f'path != "{escape(path)}"')
+        return self.search_vector(np.asarray(rows[path]["vector"], np.float32), k, filter, folder)
 
-    def search_vector(self, vector: np.ndarray, k: int = 10, filter: str | None = None) -> list[Hit]:
-        """The ``k`` nearest rows to a ``(D,) float32`` L2-normalised embedding, best first."""
+    def search_vector(self, vector: np.ndarray, k: int = 10, filter: str | None = None,
+                      folder: str | None = None) -> list[Hit]:
+        """The ``k`` nearest rows to a ``(D,) float32`` L2-normalised embedding, best first.
+
+        ``filter`` and ``folder`` as in :meth:`search`.
+        """
         _check_k(k)
+        if folder:
+            folder = os.path.abspath(folder)
+            filter = _both(filter, folder_filter(folder))
         hits = self.store.search(np.asarray(vector, np.float32)[None, :], k, filter, META_FIELDS)[0]
+        if folder:  # drop the siblings that `like` wildcards can let through (see folder_filter)
+            hits = [h for h in hits if is_under(h.fields["folder"], folder)]
         return [Hit(h.path, h.score, h.fields) for h in hits]
 
     def stats(self) -> dict[str, Any]:
@@ -158,6 +173,32 @@ class SearchClient:
 def escape(value: str) -> str:
     """Escape a string for use inside double quotes in a Milvus filter expression."""
     return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def folder_filter(folder: str) -> str:
+    """Milvus expression matching rows whose ``folder`` is ``folder`` or below it.
+
+    Milvus's ``like`` has no escape for its wildcards ``%`` and ``_`` (milvus-io/milvus-docs#2525),
+    so a folder name containing them can also match a few siblings; check with :func:`is_under`.
+    """
+    folder, below = _folder_and_prefix(folder)
+    return f'(folder == "{escape(folder)}" or folder like "{escape(below)}%")'
+
+
+def is_under(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or inside it (plain string comparison of absolute paths)."""
+    folder, below = _folder_and_prefix(folder)
+    return path == folder or path.startswith(below)
+
+
+def _folder_and_prefix(folder: str) -> tuple[str, str]:
+    """``/a/b/`` → (``/a/b``, ``/a/b/``); the root stays ``/``."""
+    folder = folder.rstrip(os.sep) or os.sep
+    return folder, folder if folder.endswith(os.sep) else folder + os.sep
+
+
+def _both(a: str | None, b: str) -> str:
+    return f"({a}) and {b}" if a else b
 
 
 def _check_k(k: int) -> None:

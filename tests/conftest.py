@@ -85,3 +85,15 @@ def photos(tmp_path) -> Path:
 def db_uri(tmp_path) -> str:
     """A Milvus Lite database path in a fresh temporary folder."""
     return str(tmp_path / "milvus.db")
+
+
+@pytest.fixture
+def indexed(photos, db_uri, tiny_model) -> tuple[Path, str]:
+    """The example photos indexed with the tiny ViT: ``(photos folder, Lite database path)``."""
+    from vitsearch.indexer import index_folder
+    from vitsearch.search.encoder import Encoder
+    from vitsearch.search.store import Store
+
+    with Store(db_uri, "images") as store:
+        index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
+    return photos, db_uri

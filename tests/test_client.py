@@ -7,18 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitsearch.indexer import index_folder
 from vitsearch.search import (BadImageError, BadQueryError, CollectionNotFoundError,
                               EncoderMismatchError, Hit, SearchClient)
 from vitsearch.search.encoder import Encoder
-from vitsearch.search.store import Store
-
-
-@pytest.fixture
-def indexed(photos, db_uri, tiny_model):
-    with Store(db_uri, "images") as store:
-        index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
-    return photos, db_uri
 
 
 def test_an_indexed_image_finds_itself_first(indexed):
