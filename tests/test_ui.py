@@ -1,0 +1,259 @@
+"""Contract of the page (ui/app.py) and its thumbnails, through Streamlit's AppTest on a real
+collection: an upload finds itself first; k, minimum score and folder narrow the grid; "More
+like this" searches with the stored vector; the encoder is loaded once per process; bad input
+and a missing or unreachable collection give a message, never a traceback; only files that are
+rows of the collection are read."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from conftest import EXAMPLES, REPO
+from vitsearch.search import SearchClient
+from vitsearch.search.errors import BadImageError
+from vitsearch.ui.thumbnails import THUMB_PX, thumbnail
+
+APP = str(REPO / "ui" / "app.py")
+
+
+@pytest.fixture
+def page(monkeypatch):
+    """An AppTest of the page for the collection in ``VITSEARCH_URI``, with fresh caches."""
+    def make(uri: str, **env: str) -> AppTest:
+        monkeypatch.setenv("VITSEARCH_URI", uri)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        st.cache_resource.clear()
+        st.cache_data.clear()
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.run()
+        assert not at.exception
+        return at
+    yield make
+    st.cache_resource.clear()
+
+
+def upload(at: AppTest, path, name: str | None = None, data: bytes | None = None) -> AppTest:
+    at.file_uploader(key="upload").set_value((name or path.name, data if data is not None else path.read_bytes(),
+                                              "image/jpeg"))
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def result_names(at: AppTest) -> list[str]:
+    """File names shown under the result thumbnails, in order (cells read "**score** · `name`")."""
+    return [m.value.split("`")[1] for m in at.markdown if " · `" in m.value]
+
+
+def result_scores(at: AppTest) -> list[float]:
+    return [float(m.value.split("**")[1]) for m in at.markdown if " · `" in m.value]
+
+
+def test_upload_shows_the_query_and_a_grid_of_results_best_first(indexed, page):
+    photos, uri = indexed
+    at = page(uri)
+    assert at.sidebar.get("metric")[0].value == "11"  # the collection's facts in the sidebar
+    sidebar_text = " ".join(m.value for m in at.sidebar.markdown)
+    assert "HNSW (COSINE)" in sidebar_text and uri in sidebar_text and "32-d" in sidebar_text
+    upload(at, photos / "cat.jpg")
+    names = result_names(at)
+    assert names[0] == "cat.jpg" and len(names) == 11  # default k = 12, 11 images indexed
+    assert result_scores(at)[0] == pytest.approx(1.0, abs=1e-3)
+    assert result_scores(at) == sorted(result_scores(at), reverse=True)
+    images = at.get("image")
+    assert len(images) == 1 + 11 and images[0].captions == ["cat.jpg"]  # the query, then the grid
+    assert "11 results in" in at.caption[0].value
+    # The same ranking as SearchClient gives (the page has no search logic of its own).
+    with SearchClient(uri=uri) as client:
+        assert names == [os.path.basename(h.path) for h in client.search(photos / "cat.jpg", k=12)]
+
+
+def test_k_minimum_score_and_folder_narrow_the_results(indexed, page):
+    photos, uri = indexed
+    at = page(uri)
+    at.slider(key="k").set_value(3)
+    upload(at, photos / "coffee.jpg")
+    assert len(result_names(at)) == 3 and result_names(at)[0] == "coffee.jpg"
+    at.slider(key="k").set_value(12)
+    with SearchClient(uri=uri) as client:
+        hits = client.search(photos / "coffee.jpg", k=12)
+    above = [os.path.basename(h.path) for h in hits if h.score >= 0.95]
+    assert 1 <= len(above) < len(hits)  # the threshold splits this result list
+    at.slider(key="min_score").set_value(0.95).run()
+    assert result_names(at) == above
+    assert f"({len(hits) - len(above)} below score 0.95)" in at.caption[0].value
+    at.slider(key="min_score").set_value(0.0)
+    at.text_input(key="folder").set_value(str(photos / "sub")).run()
+    assert result_names(at) == ["rocket.jpg"]  # the only photo in sub/
+
+
+def test_more_like_this_searches_with_the_stored_vector(indexed, page):
+    photos, uri = indexed
+    at = page(uri)
+    upload(at, photos / "cat.jpg")
+    second = result_names(at)[1]
+    at.button(key="more-2").click().run()
+    assert at.session_state["similar"] == str(photos / second)
+    with SearchClient(uri=uri) as client:
+        expected = [os.path.basename(h.path) for h in client.search_similar(str(photos / second), k=12)]
+    assert result_names(at) == expected and second not in expected
+    assert any(f"More like `{second}`" in m.value for m in at.markdown)
+    next(b for b in at.button if b.label == "Back to my photo").click().run()
+    assert at.session_state["similar"] is None and result_names(at)[0] == "cat.jpg"
+
+
+def test_the_encoder_is_loaded_once_per_server_process(indexed, page, monkeypatch):
+    from vitsearch.search.encoder import Encoder
+
+    loads = []
+    real_load = Encoder.load.__func__
+    monkeypatch.setattr(Encoder, "load", classmethod(lambda cls, *a, **kw: loads.append(a) or real_load(cls, *a, **kw)))
+    photos, uri = indexed
+    at = page(uri)
+    for name in ("cat.jpg", "coffee.jpg", "camera.jpg"):
+        upload(at, photos / name)
+        assert result_names(at)[0] == name
+    second_session = AppTest.from_file(APP, default_timeout=120)  # another browser tab
+    second_session.run()
+    upload(second_session, photos / "astronaut.jpg")
+    assert result_names(second_session)[0] == "astronaut.jpg"
+    assert len(loads) == 1
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("notes.jpg", b"<html><body>not an image</body></html>", "notes.jpg: not a recognised image format"),
+    ("cut.jpg", (EXAMPLES / "images" / "cat.jpg").read_bytes()[:3000], "cut.jpg: corrupt or truncated"),
+    ("empty.png", b"", "empty.png: empty file"),
+])
+def test_a_bad_upload_gets_a_message_naming_it(indexed, page, name, data, message):
+    _, uri = indexed
+    at = upload(page(uri), EXAMPLES / "images" / "cat.jpg", name=name, data=data)
+    assert message in at.error[0].value
+    assert result_names(at) == []
+
+
+def test_an_upload_over_the_limit_is_refused(indexed, page):
+    photos, uri = indexed
+    at = page(uri, VITSEARCH_MAX_UPLOAD_MB="1")
+    big = (photos / "cat.jpg").read_bytes() + b"\0" * (1024 * 1024)  # a valid JPEG with trailing bytes
+    upload(at, photos / "cat.jpg", data=big)
+    assert "the limit is 1 MB" in at.error[0].value and result_names(at) == []
+
+
+def test_a_collection_not_indexed_yet_says_what_to_do(db_uri, page):
+    at = page(db_uri)
+    assert "index a folder first: `vitsearch index DIR`" in at.info[0].value
+    assert not at.error
+
+
+def test_a_milvus_server_that_does_not_answer_gets_a_message(page, monkeypatch):
+    at = page("http://127.0.0.1:9")  # the discard port: nothing listens there
+    assert "Cannot open the collection" in at.error[0].value and "127.0.0.1:9" in at.error[0].value
+
+
+def test_a_path_that_is_not_a_row_is_never_read(indexed, page, tmp_path):
+    photos, uri = indexed
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes((photos / "cat.jpg").read_bytes())
+    opened: list[str] = []
+    watching = [True]
+
+    def audit(event, args):
+        if watching[0] and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            opened.append(os.fsdecode(args[0]))
+    sys.addaudithook(audit)  # audit hooks cannot be removed: this one switches itself off below
+    try:
+        at = page(uri)
+        at.session_state["similar"] = str(outside)  # as if a crafted request asked for it
+        at.run()
+        (photos / "cat.jpg").read_bytes()  # the hook's own check: a read is seen
+    finally:
+        watching[0] = False
+    assert "is not indexed" in at.error[0].value
+    assert str(photos / "cat.jpg") in opened and str(outside) not in opened
+
+
+def test_thumbnails_are_bounded_and_read_only_the_indexed_file(tmp_path):
+    big = tmp_path / "big.jpg"
+    Image.open(EXAMPLES / "images" / "astronaut.jpg").resize((2400, 1600)).save(big, quality=90)
+    st_ = big.stat()
+    row = {"path": str(big), "size": st_.st_size, "mtime": st_.st_mtime}
+    import io
+
+    small = Image.open(io.BytesIO(thumbnail(row)))
+    assert max(small.size) == THUMB_PX and small.size == (THUMB_PX, THUMB_PX * 2 // 3)
+    os.utime(big, (st_.st_atime, st_.st_mtime + 10))  # the file changed after indexing
+    with pytest.raises(BadImageError, match="changed since it was indexed"):
+        thumbnail(row)
+    big.unlink()
+    with pytest.raises(BadImageError, match="No such file"):
+        thumbnail(row)
+
+
+@pytest.mark.parametrize("first", ["page", "indexer"])
+def test_the_page_answers_while_an_indexing_run_writes(first, real_model, page, tmp_path):
+    """Milvus Lite allows one process per database: whichever of the page and `vitsearch index`
+    opens it first serves it to the other (search/lite.py), and the page keeps answering."""
+    import shutil
+    import subprocess
+    import time
+
+    from conftest import shared_path
+    from vitsearch.indexer import index_folder
+    from vitsearch.search.encoder import Encoder
+    from vitsearch.search.store import Store
+
+    catalog = sorted(shared_path("data", "catalog").glob("*.jpg"))
+    seed, folder = tmp_path / "seed", tmp_path / "catalog"
+    seed.mkdir(), folder.mkdir()
+    for p in catalog[:4]:
+        shutil.copy(p, seed)
+    for p in catalog[4:164]:
+        shutil.copy(p, folder)
+    uri = str(tmp_path / "milvus.db")
+    indexer = [sys.executable, "-c", "from vitsearch.search.cli import main; main()", "index", str(folder),
+               "--model", str(real_model), "--uri", uri, "--batch-size", "8", "--workers", "1"]
+
+    if first == "page":  # the page's process opens the database and serves it to the indexer
+        with Store(uri, "images") as store:
+            index_folder(str(seed), encoder=Encoder.load(str(real_model)), store=store, workers=0)
+        at = page(uri)
+        proc = subprocess.Popen(indexer, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    else:  # the indexer opens it first; the page connects to it once the collection exists
+        proc = subprocess.Popen(indexer, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        at = page(uri)
+        def shown_count() -> int:  # 0 also while the page says "index a folder first"
+            metric = at.sidebar.get("metric")
+            return int(metric[0].value.replace(",", "")) if metric else 0
+
+        while shown_count() == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+            at.run()
+    try:
+        query = folder / catalog[4].name  # indexed by the run we watch
+        upload(at, query)
+        counts = []
+        while proc.poll() is None:  # search again and again while the indexer writes
+            at.run()
+            assert not at.exception and not at.error, (at.exception, at.error)
+            counts.append(int(at.sidebar.get("metric")[0].value.replace(",", "")))
+            assert result_names(at), "the page showed no results while indexing"
+            time.sleep(0.3)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert len(set(counts)) >= 2 and counts == sorted(counts), counts  # rows appeared as we watched
+    at.run()  # after the indexer has exited, the page still answers (and serves the database itself)
+    assert not at.error
+    total = 160 + (4 if first == "page" else 0)
+    assert at.sidebar.get("metric")[0].value == str(total)
+    assert result_names(at)[0] == query.name

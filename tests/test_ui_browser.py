@@ -1,0 +1,44 @@
+"""End to end in a real browser: `vitsearch ui` started as a user starts it, on a free localhost
+port, over a real collection; Debian's headless Chromium uploads a photo, sees result thumbnails
+with the right file names, bounded in size, and clicks "More like this". A screenshot of each
+step is saved in the test's tmp folder."""
+from __future__ import annotations
+
+import pytest
+
+from browser import (CHROMIUM, THUMBNAILS, chromium_page, result_names, results_shown, ui_server,
+                     upload_and_wait)
+from vitsearch.search import SearchClient
+from vitsearch.ui.thumbnails import THUMB_PX
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason=f"{CHROMIUM} not found: install Debian's chromium and chromium-driver "
+           f"(apt-get install chromium chromium-driver; .ci/run does) or set VITSEARCH_CHROMIUM")
+
+
+def test_upload_see_results_and_more_like_this_in_chromium(indexed, tmp_path):
+    photos, uri = indexed
+    with SearchClient(uri=uri) as client:
+        expected = [h.path.rsplit("/", 1)[1] for h in client.search(photos / "coffee.jpg", k=12)]
+        second = photos / expected[1]
+        more = [h.path.rsplit("/", 1)[1] for h in client.search_similar(str(second), k=12)]
+
+    with ui_server(uri, tmp_path / "ui.log") as url, chromium_page() as page:
+        page.goto(url)
+        page.get_by_text("Drop a photo to find similar images").wait_for(timeout=120_000)
+        assert page.get_by_test_id("stMetricValue").inner_text() == "11"  # the sidebar's image count
+
+        upload_and_wait(page, photos / "coffee.jpg")
+        page.screenshot(path=tmp_path / "results.png", full_page=True)
+        assert result_names(page) == expected and expected[0] == "coffee.jpg"
+        sizes = page.eval_on_selector_all(THUMBNAILS, "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
+        assert len(sizes) == 1 + len(expected)  # the query and one thumbnail per result
+        assert all(0 < max(w, h) <= 2 * THUMB_PX for w, h in sizes[:1])  # the query, shown at 2x
+        assert all(0 < max(w, h) <= THUMB_PX for w, h in sizes[1:])
+
+        page.get_by_role("button", name="More like this").nth(1).click()
+        page.get_by_text(f"More like {second.name}").wait_for(timeout=60_000)
+        results_shown(page, more[0], count=len(more))
+        page.screenshot(path=tmp_path / "more-like-this.png", full_page=True)
+        assert result_names(page) == more and second.name not in more and len(more) == len(expected) - 1
