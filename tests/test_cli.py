@@ -24,8 +24,10 @@ def cli(*args, ok=True, **env):
 
 def test_help_explains_every_command():
     top = cli("--help").stdout
-    for command in ("index", "search", "stats", "model"):
+    for command in ("index", "search", "stats", "ui", "model"):
         assert command in top
+    ui_help = cli("ui", "--help").stdout
+    assert all(opt in ui_help for opt in ("--uri", "--collection", "--port", "--max-upload-mb"))
     assert "VITSEARCH_URI" in cli("index", "--help").stdout
     assert "--similar" in cli("search", "--help").stdout
 

@@ -59,6 +59,28 @@ def test_filter_and_bad_queries(indexed):
             client.search(b"definitely not an image")
 
 
+def test_folder_keeps_that_folder_and_below_and_nothing_else(photos, db_uri, tiny_model):
+    import shutil
+
+    from vitsearch.indexer import index_folder
+    from vitsearch.search.store import Store
+
+    # "a_b" as a `like` pattern also matches "aXb" (Milvus has no escape for _): it must not leak.
+    for folder, name in (("a_b", "cat.jpg"), ("a_b/deeper", "coffee.jpg"), ("aXb/inner", "camera.jpg"),
+                         ("a_bc", "grass.jpg")):
+        (photos / folder).mkdir(parents=True)
+        shutil.copy(photos / name, photos / folder / name)
+    with Store(db_uri, "images") as store:
+        index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
+    with SearchClient(uri=db_uri) as client:
+        hits = client.search(photos / "cat.jpg", k=20, folder=str(photos / "a_b") + "/")
+        assert sorted(h.path for h in hits) == [str(photos / "a_b" / "cat.jpg"),
+                                                str(photos / "a_b" / "deeper" / "coffee.jpg")]
+        similar = client.search_similar(str(photos / "cat.jpg"), k=20, folder=str(photos / "sub"))
+        assert [h.path for h in similar] == [str(photos / "sub" / "rocket.jpg")]
+        assert len(client.search(photos / "cat.jpg", k=20, folder=str(photos))) == 15
+
+
 def test_hit_to_dict():
     h = Hit("/a.jpg", 0.5, {"path": "/a.jpg", "width": 3})
     assert h.to_dict() == {"path": "/a.jpg", "score": 0.5, "width": 3}
