@@ -74,6 +74,29 @@ def test_upload_shows_the_query_and_a_grid_of_results_best_first(indexed, page):
         assert names == [os.path.basename(h.path) for h in client.search(photos / "cat.jpg", k=12)]
 
 
+@pytest.mark.parametrize("fmt, options", [("PNG", {}), ("WEBP", {"lossless": True}), ("BMP", {}),
+                                          ("TIFF", {}), ("GIF", {})])
+def test_every_upload_format_is_searched(indexed, page, fmt, options):
+    import io
+
+    photos, uri = indexed
+    buf = io.BytesIO()
+    Image.open(photos / "astronaut.jpg").save(buf, fmt, **options)
+    at = upload(page(uri), photos / "astronaut.jpg", name=f"astronaut.{fmt.lower()}", data=buf.getvalue())
+    assert not at.error and len(result_names(at)) == 11
+    if fmt != "GIF":  # the same pixels, losslessly: the same embedding (GIF's 256 colours are not)
+        assert result_names(at)[0] == "astronaut.jpg" and result_scores(at)[0] == pytest.approx(1, abs=1e-3)
+
+
+def test_a_camera_photo_is_searched(indexed, page):
+    photos, uri = indexed
+    at = page(uri)
+    at.segmented_control(key="source").set_value("Camera").run()
+    at.camera_input(key="camera").set_value(("shot.jpg", (photos / "camera.jpg").read_bytes(), "image/jpeg")).run()
+    assert not at.exception and not at.error
+    assert result_names(at)[0] == "camera.jpg"
+
+
 def test_k_minimum_score_and_folder_narrow_the_results(indexed, page):
     photos, uri = indexed
     at = page(uri)
