@@ -18,6 +18,8 @@ from .errors import BadImageError
 #: File extensions the indexer picks up (compared in lower case).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
+_ORIENTATION = 0x0112  # EXIF tag
+
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 
@@ -35,8 +37,18 @@ def decode_bytes(data: bytes, source: str, draft_px: int | None = None) -> Image
     Args:
         draft_px: if given, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (Pillow's
             ``Image.draft``, the DCT scaling of libjpeg) as long as both sides stay at least
-            ``draft_px`` pixels: much faster for thumbnails of large photos. Other formats
-            decode at full size.
+            ``draft_px`` pixels: several times faster for large photos. Other formats decode at
+            full size.
+
+    Raises:
+        BadImageError: ``source`` (a path or label) with a one-line reason.
+    """
+    return decode_sized(data, source, draft_px)[0]
+
+
+def decode_sized(data: bytes, source: str, draft_px: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`decode_bytes`, and the upright image's full ``(width, height)`` in pixels (which a
+    draft decode does not have).
 
     Raises:
         BadImageError: ``source`` (a path or label) with a one-line reason.
@@ -46,10 +58,13 @@ def decode_bytes(data: bytes, source: str, draft_px: int | None = None) -> Image
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.seek(0)
+            width, height = img.size
+            if img.getexif().get(_ORIENTATION) in (5, 6, 7, 8):  # turned by 90 degrees
+                width, height = height, width
             if draft_px is not None:
                 img.draft("RGB", (draft_px, draft_px))
             img.load()
-            return to_rgb(img)
+            return to_rgb(img), (width, height)
     except UnidentifiedImageError:
         raise BadImageError(source, "not a recognised image format") from None
     except Image.DecompressionBombError as exc:

@@ -1,0 +1,118 @@
+"""Model input from images, with the checkpoint's own preprocessing settings.
+
+:class:`Preprocess` reads size, centre crop, resample filter, rescale factor, mean and std from
+the checkpoint's ``AutoImageProcessor`` (its ``preprocessor_config.json``) and applies them the
+way transformers' PIL backend does (``PilBackend._preprocess``: resize on the short side, or to
+``(height, width)``; centre crop; rescale; normalise), with Pillow and NumPy. Its output equals
+the processor's within float32 rounding (``tests/test_preprocess.py`` states the difference).
+
+Because it knows the output size before decoding, it can tell the decoder how small a JPEG may
+be decoded (:attr:`Preprocess.draft_px`, for Pillow's ``Image.draft``).
+
+A processor with options this does not implement (padding, ``longest_edge``, ``crop_pct``,
+no resize, ...) is called as it is, so any checkpoint still works, only slower.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+#: A JPEG may be decoded at reduced scale (Image.draft) down to this many times the size the
+#: model's resize asks for. 2 keeps a real resampling step after the DCT scaling, so the result
+#: stays close to a full decode (tests/test_preprocess.py measures it).
+DRAFT_MARGIN = 2
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Picklable image → ``(3, H, W) float32`` model input (run in the indexer's workers).
+
+    Attributes:
+        short_edge: resize so the short side is this many pixels (aspect kept), or None.
+        size_hw: resize to exactly ``(height, width)``, or None.
+        resample: Pillow resample filter (``Image.Resampling`` value).
+        crop_hw: centre crop ``(height, width)``, or None.
+        scale: rescale factor (1/255 for 8-bit images), or None.
+        mean, std: per-channel normalisation, ``(3,)`` float32, or None.
+        processor: the ``AutoImageProcessor``, called as it is when ``native`` is False.
+        native: whether this class implements the processor's settings.
+    """
+
+    short_edge: int | None
+    size_hw: tuple[int, int] | None
+    resample: int
+    crop_hw: tuple[int, int] | None
+    scale: float | None
+    mean: np.ndarray | None
+    std: np.ndarray | None
+    processor: Any
+    native: bool
+
+    @classmethod
+    def from_processor(cls, processor) -> "Preprocess":
+        """Settings of a transformers image processor (``ViTImageProcessor``, ``BitImageProcessor``
+        of DINOv2, ``CLIPImageProcessor``, ``DeiTImageProcessor``...)."""
+        get = lambda name, default=None: getattr(processor, name, default)  # noqa: E731
+        size = dict(get("size") or {})
+        crop = dict(get("crop_size") or {}) if get("do_center_crop") else {}
+        short = size.get("shortest_edge") if set(size) == {"shortest_edge"} else None
+        hw = (int(size["height"]), int(size["width"])) if set(size) == {"height", "width"} else None
+        native = (bool(get("do_resize")) and (short is not None or hw is not None)
+                  and not get("do_pad") and get("crop_pct") is None
+                  and (not crop or set(crop) == {"height", "width"})
+                  and get("do_convert_rgb") in (None, True))
+        mean = np.asarray(get("image_mean"), np.float32) if get("do_normalize") else None
+        std = np.asarray(get("image_std"), np.float32) if get("do_normalize") else None
+        return cls(
+            short_edge=int(short) if short is not None else None, size_hw=hw,
+            resample=int(get("resample", Image.Resampling.BILINEAR)),
+            crop_hw=(int(crop["height"]), int(crop["width"])) if crop else None,
+            scale=float(get("rescale_factor")) if get("do_rescale") else None,
+            mean=mean, std=std, processor=processor, native=native)
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """``(width, height)`` after the resize step, for an image of ``width`` x ``height``."""
+        if self.size_hw is not None:
+            return self.size_hw[1], self.size_hw[0]
+        short, long = sorted((width, height))
+        new_long = int(self.short_edge * long / short)  # as transformers' get_resize_output_image_size
+        return (self.short_edge, new_long) if width <= height else (new_long, self.short_edge)
+
+    @property
+    def draft_px(self) -> int | None:
+        """How small both sides of a JPEG may be decoded (``decode_bytes(draft_px=...)``), or None
+        for a full decode. Independent of orientation, so it holds before EXIF rotation."""
+        if not self.native:
+            return None
+        target = self.short_edge if self.size_hw is None else max(self.size_hw)
+        return DRAFT_MARGIN * target
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """An upright RGB image to ``(3, H, W) float32`` model input."""
+        if not self.native:
+            return np.asarray(self.processor(images=[image], return_tensors="np")["pixel_values"][0], np.float32)
+        w, h = self.resized_size(*image.size)
+        if (w, h) != image.size:
+            image = image.resize((w, h), resample=self.resample)
+        if self.crop_hw is not None:
+            ch, cw = self.crop_hw
+            if ch > h or cw > w:  # transformers pads with zeros here: leave that to it
+                return np.asarray(self.processor(images=[image], return_tensors="np")["pixel_values"][0], np.float32)
+            top, left = (h - ch) // 2, (w - cw) // 2
+            image = image.crop((left, top, left + cw, top + ch))
+        x = np.asarray(image, np.uint8).transpose(2, 0, 1)
+        if self.scale is not None:
+            x = (x.astype(np.float64) * self.scale).astype(np.float32)
+        else:
+            x = x.astype(np.float32)
+        if self.mean is not None:
+            x = (x - self.mean[:, None, None]) / self.std[:, None, None]
+        return x
+
+    def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """``(N, 3, H, W) float32`` model input for N upright RGB images."""
+        return torch.from_numpy(np.stack([self(im) for im in images]))
