@@ -1,21 +1,41 @@
-"""Reading stage: file bytes to model input, in worker processes.
+"""Reading stage: file bytes to model input, in worker processes fed from a bounded queue.
 
-Each item is read once: its sha256 is taken from the same bytes that are decoded. A file that
+A feeder thread takes files from a stream (the scan, filtered by the incremental rules) and puts
+them on a queue of at most a few batches; the DataLoader's worker processes take files from it,
+read, decode (a JPEG at reduced scale where the model's resize allows: ``Image.draft``) and
+preprocess them, and hand back batches (pinned on CUDA). Nothing waits for the whole folder to be
+scanned, and memory holds a bounded number of files and batches, whatever the folder's size.
+
+Each file is read once: its sha256 is taken from the same bytes that are decoded. A file that
 cannot be read or decoded becomes a failure record; it never stops the batch.
 """
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
+import queue
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from vitsearch.search.errors import BadImageError
-from vitsearch.search.images import decode_bytes, read_file
+from vitsearch.search.images import decode_sized, read_file
+from vitsearch.search.preprocess import Preprocess
 
 from .scan import FileEntry
+
+#: Files waiting for a worker, per batch of each worker: enough to keep them busy, bounded.
+QUEUED_BATCHES = 2
+#: Batches each worker prepares ahead (DataLoader ``prefetch_factor``).
+PREFETCH = 2
+#: Scheduling niceness added to worker processes (see :func:`_lower_priority`).
+WORKER_NICENESS = 10
 
 
 @dataclass
@@ -27,12 +47,14 @@ class Batch:
         entries: the B files, in the same order.
         info: per file ``{"width", "height", "sha256"}`` of the original image (upright).
         failures: ``(path, reason)`` of files of this batch that could not be used.
+        decode_seconds: CPU time the worker spent reading, decoding and preprocessing these files.
     """
 
     pixel_values: torch.Tensor
     entries: list[FileEntry]
     info: list[dict[str, Any]]
     failures: list[tuple[str, str]]
+    decode_seconds: float
 
     def pin_memory(self) -> "Batch":
         """Called by the DataLoader's pinning thread (CUDA only): page-lock the pixels."""
@@ -40,44 +62,88 @@ class Batch:
         return self
 
 
-class ImageFiles(Dataset):
-    """Map-style dataset: ``FileEntry`` to ``(entry, pixel_values (3, H, W), info)`` or ``(entry, reason)``.
+def read_one(entry: FileEntry, preprocess: Preprocess) -> tuple:
+    """``(entry, pixels (3, H, W) float32, info, cpu_seconds)``, or ``(entry, reason, cpu_seconds)``."""
+    started = time.thread_time()
+    try:
+        data = read_file(entry.path)
+        image, (width, height) = decode_sized(data, entry.path, draft_px=preprocess.draft_px)
+        pixels = preprocess(image)
+    except BadImageError as exc:
+        return entry, exc.reason, time.thread_time() - started
+    except Exception as exc:  # a processor failing on an odd image must not stop the run
+        return entry, f"preprocessing failed: {type(exc).__name__}: {exc}", time.thread_time() - started
+    info = {"width": width, "height": height, "sha256": hashlib.sha256(data).hexdigest()}
+    return entry, pixels, info, time.thread_time() - started
 
-    ``processor`` is the encoder's (picklable) image processor, run here in the worker.
-    """
 
-    def __init__(self, entries: Sequence[FileEntry], processor):
-        self.entries = entries
-        self.processor = processor
+class _Files(IterableDataset):
+    """Each worker's stream: files from the shared queue until its ``None``."""
 
-    def __len__(self) -> int:
-        return len(self.entries)
+    def __init__(self, files, preprocess: Preprocess):
+        self.files = files
+        self.preprocess = preprocess
 
-    def __getitem__(self, i: int):
-        entry = self.entries[i]
-        try:
-            data = read_file(entry.path)
-            image = decode_bytes(data, entry.path)
-            pixels = self.processor(images=[image], return_tensors="pt")["pixel_values"][0]
-        except BadImageError as exc:
-            return entry, exc.reason
-        except Exception as exc:  # a processor failing on an odd image must not stop the run
-            return entry, f"preprocessing failed: {type(exc).__name__}: {exc}"
-        info = {"width": image.width, "height": image.height, "sha256": hashlib.sha256(data).hexdigest()}
-        return entry, pixels, info
+    def __iter__(self):
+        while (entry := self.files.get()) is not None:
+            yield read_one(entry, self.preprocess)
+
+
+def _lower_priority(worker_id: int) -> None:
+    """Workers yield the CPU to the encoder's threads: decoding only needs to keep ahead of it."""
+    os.nice(WORKER_NICENESS)
 
 
 def collate(items) -> Batch:
     """Stack the good items of a batch; keep the failures beside them."""
-    good = [it for it in items if len(it) == 3]
-    failures = [(it[0].path, it[1]) for it in items if len(it) == 2]
-    pixels = torch.stack([it[1] for it in good]) if good else torch.empty(0)
-    return Batch(pixels, [it[0] for it in good], [it[2] for it in good], failures)
+    good = [it for it in items if len(it) == 4]
+    failures = [(it[0].path, it[1]) for it in items if len(it) == 3]
+    pixels = torch.from_numpy(np.stack([it[1] for it in good])) if good else torch.empty(0)
+    return Batch(pixels, [it[0] for it in good], [it[2] for it in good], failures,
+                 sum(it[-1] for it in items))
 
 
-def batches(entries: Sequence[FileEntry], processor, batch_size: int, workers: int,
-            pin_memory: bool = False) -> DataLoader:
-    """Batches of decoded images, produced by ``workers`` processes (0: in this process)."""
-    return DataLoader(ImageFiles(entries, processor), batch_size=batch_size, num_workers=workers,
-                      collate_fn=collate, pin_memory=pin_memory,
-                      prefetch_factor=4 if workers else None, persistent_workers=False)
+def read_batches(files: Iterable[FileEntry], preprocess: Preprocess, batch_size: int, workers: int,
+                 pin_memory: bool = False) -> Iterator[Batch]:
+    """Batches of decoded images for the files of a stream, made by ``workers`` processes (0: in
+    this process). ``files`` is consumed by a feeder thread as the workers need it; an error it
+    raises is raised here once the files before it are done."""
+    ctx = multiprocessing.get_context("fork") if workers else None
+    queue_ = ctx.Queue(QUEUED_BATCHES * batch_size * max(1, workers)) if ctx else queue.Queue(QUEUED_BATCHES * batch_size)
+    loader = DataLoader(_Files(queue_, preprocess), batch_size=batch_size, num_workers=workers,
+                        collate_fn=collate, pin_memory=pin_memory, multiprocessing_context=ctx,
+                        prefetch_factor=PREFETCH if workers else None, worker_init_fn=_lower_priority)
+    batches = iter(loader)  # fork the workers now, before the feeder thread exists
+    stop = threading.Event()
+    error: list[BaseException] = []
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                queue_.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def feed() -> None:
+        try:
+            for entry in files:
+                if not put(entry):
+                    return
+        except BaseException as exc:  # raised in the consumer's thread, see below
+            error.append(exc)
+        finally:
+            for _ in range(max(1, workers)):
+                put(None)
+
+    feeder = threading.Thread(target=feed, name="vitsearch-feed", daemon=True)
+    feeder.start()
+    try:
+        yield from batches
+        feeder.join()
+        if error:
+            raise error[0]
+    finally:
+        stop.set()
+        del batches  # shuts the workers down

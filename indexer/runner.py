@@ -1,25 +1,33 @@
 """Indexing a folder into a collection: the one place that knows the order of the stages.
 
-scan -> compare with the collection (incremental) -> read + decode + preprocess (workers)
--> embed (encoder) -> upsert (store) -> prune.
+    scan (streamed) -> compare with the collection (incremental, in chunks)
+      -> read + decode + preprocess (worker processes)      [indexer/reader.py]
+      -> embed (the encoder, this thread)
+      -> upsert (a background thread)                        [indexer/writer.py]
+    -> prune
 
-Rows are written batch by batch, so a run that is stopped keeps everything written so far, and
-the next run only embeds what is missing or changed.
+The stages overlap: the workers decode the next batches while the encoder runs, and Milvus
+writes while the encoder runs on the following batch. Rows are written batch by batch, so a run
+that is stopped keeps everything written so far, and the next run only embeds what is missing
+or changed.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
+from vitsearch.search.client import folder_filter, is_under
 from vitsearch.search.config import Settings
 from vitsearch.search.encoder import Encoder
 from vitsearch.search.store import Store
 
-from .reader import batches
+from .reader import read_batches
 from .scan import FileEntry, scan
+from .writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +37,7 @@ LOOKUP_CHUNK = 1000
 
 @dataclass
 class IndexReport:
-    """What an indexing run did.
+    """What an indexing run did, and where its time went.
 
     Attributes:
         indexed: files embedded and written (new or changed).
@@ -37,7 +45,10 @@ class IndexReport:
         removed: rows deleted because their file is gone (``prune``).
         failures: ``(path, reason)`` of files that could not be read or decoded.
         seconds: wall time of the run, model loading excluded.
-        embed_seconds: time spent in the encoder's forward passes.
+        decode_seconds: read + decode + preprocess CPU time, summed over the worker processes.
+        embed_seconds: time in the encoder's forward passes.
+        write_seconds: time in Milvus upserts (in the background).
+        wait_seconds: time the encoder waited for decoded input (0 when decoding keeps up).
     """
 
     indexed: int = 0
@@ -45,7 +56,10 @@ class IndexReport:
     removed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    decode_seconds: float = 0.0
     embed_seconds: float = 0.0
+    write_seconds: float = 0.0
+    wait_seconds: float = 0.0
 
     @property
     def failed(self) -> int:
@@ -57,12 +71,17 @@ class IndexReport:
         """Indexed images per second of wall time."""
         return self.indexed / self.seconds if self.seconds else 0.0
 
+    def stages(self) -> str:
+        """One line: where the time went."""
+        return (f"decode {self.decode_seconds:.1f} s (CPU, workers summed), embed {self.embed_seconds:.1f} s, "
+                f"write {self.write_seconds:.1f} s (background), waited for input {self.wait_seconds:.1f} s")
+
 
 class Progress:
     """Callbacks the runner reports to; the CLI passes a tqdm-backed one. Default: silent."""
 
-    def start(self, total: int) -> None:
-        """``total`` files are to be embedded."""
+    def found(self, n: int) -> None:
+        """``n`` more files are to be embedded (the scan streams, so the total grows)."""
 
     def advance(self, n: int) -> None:
         """``n`` more files are done (embedded or failed)."""
@@ -79,7 +98,10 @@ def index_folder(root: str, *, encoder: Encoder, store: Store, batch_size: int =
     New and changed files (path, size or mtime differ from the row) are embedded and upserted;
     unchanged files are skipped. With ``prune``, rows under ``root`` whose file no longer exists
     are deleted. A file that cannot be read or decoded is reported to ``on_failure(path, reason)``,
-    recorded in the report and skipped.
+    recorded in the report and skipped. Memory stays bounded on any folder size: the scan is
+    streamed, and only a few batches are in flight at a time.
+
+    On an exception (Ctrl-C included) the rows already embedded are written before it propagates.
 
     Raises:
         NotADirectoryError: ``root`` is not a folder.
@@ -100,53 +122,73 @@ def index_folder(root: str, *, encoder: Encoder, store: Store, batch_size: int =
             on_failure(path, reason)
 
     store.ensure(encoder.info)
-    found: list[FileEntry] = list(scan(root, failed))
-    todo = _changed(found, store, report)
-    progress.start(len(todo))
-    pin = encoder.device.type == "cuda"
-    for batch in batches(todo, encoder.processor, batch_size, workers, pin_memory=pin):
-        for path, reason in batch.failures:
-            failed(path, reason)
-        if batch.entries:
-            t = time.perf_counter()
-            vectors = encoder.embed_pixels(batch.pixel_values)
-            report.embed_seconds += time.perf_counter() - t
-            now = time.time()
-            store.upsert([
-                {"path": e.path, "vector": v, "folder": os.path.dirname(e.path), "size": e.size,
-                 "mtime": e.mtime, "indexed_at": now, **info}
-                for e, v, info in zip(batch.entries, vectors, batch.info)
-            ])
-            report.indexed += len(batch.entries)
-        progress.advance(len(batch.entries) + len(batch.failures))
-    progress.close()
+    todo = _changed(scan(root, failed), store, report, progress)
+    writer = Writer(store)
+    try:
+        batches = read_batches(todo, encoder.preprocessor, batch_size, workers,
+                               pin_memory=encoder.device.type == "cuda")
+        waited = time.perf_counter()
+        for n, batch in enumerate(batches, 1):
+            report.wait_seconds += time.perf_counter() - waited
+            report.decode_seconds += batch.decode_seconds
+            for path, reason in batch.failures:
+                failed(path, reason)
+            if batch.entries:
+                t = time.perf_counter()
+                vectors = encoder.embed_pixels(batch.pixel_values)
+                embed_s = time.perf_counter() - t
+                report.embed_seconds += embed_s
+                now = time.time()
+                writer.put([
+                    {"path": e.path, "vector": v, "folder": os.path.dirname(e.path), "size": e.size,
+                     "mtime": e.mtime, "indexed_at": now, **info}
+                    for e, v, info in zip(batch.entries, vectors, batch.info)
+                ])
+                log.debug("batch %d: %d images, decode %.0f ms (summed), waited %.0f ms, embed %.0f ms",
+                          n, len(batch.entries), 1000 * batch.decode_seconds,
+                          1000 * (t - waited), 1000 * embed_s)
+            progress.advance(len(batch.entries) + len(batch.failures))
+            waited = time.perf_counter()
+    finally:
+        progress.close()
+        try:
+            writer.close()
+        finally:
+            report.indexed = writer.written
+            report.write_seconds = writer.seconds
     if prune:
-        report.removed = _prune(root, {e.path for e in found}, store)
+        report.removed = _prune(root, store)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _changed(found: list[FileEntry], store: Store, report: IndexReport) -> list[FileEntry]:
-    """The files whose row is missing or differs in size or mtime; counts the others as unchanged."""
-    todo: list[FileEntry] = []
-    for start in range(0, len(found), LOOKUP_CHUNK):
-        chunk = found[start:start + LOOKUP_CHUNK]
+def _chunks(items: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _changed(found: Iterable[FileEntry], store: Store, report: IndexReport,
+             progress: Progress) -> Iterator[FileEntry]:
+    """The files whose row is missing or differs in size or mtime, as the scan finds them;
+    counts the others as unchanged."""
+    for chunk in _chunks(found, LOOKUP_CHUNK):
         rows = store.get([e.path for e in chunk], fields=["size", "mtime"])
+        todo = []
         for e in chunk:
             row = rows.get(e.path)
             if row and row["size"] == e.size and row["mtime"] == e.mtime:
                 report.unchanged += 1
             else:
                 todo.append(e)
-    return todo
+        progress.found(len(todo))
+        yield from todo
 
 
-def _prune(root: str, present: set[str], store: Store) -> int:
-    """Delete rows under ``root`` whose file this run's scan did not find and that no longer exists."""
-    prefix = root.rstrip(os.sep) + os.sep
-    gone = [r["path"] for r in store.iter_rows(["path"])
-            if r["path"].startswith(prefix) and r["path"] not in present
-            and not os.path.exists(r["path"])]
+def _prune(root: str, store: Store) -> int:
+    """Delete rows under ``root`` whose file no longer exists."""
+    gone = [r["path"] for r in store.iter_rows(["path", "folder"], filter=folder_filter(root))
+            if is_under(r["folder"], root) and not os.path.exists(r["path"])]
     for start in range(0, len(gone), LOOKUP_CHUNK):
         store.delete(gone[start:start + LOOKUP_CHUNK])
     return len(gone)

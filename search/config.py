@@ -28,8 +28,10 @@ class Settings(BaseSettings):
         model: encoder, a Hugging Face hub id, a local folder or a pulled model's name.
         device: ``cuda``, ``cuda:1``, ``mps`` or ``cpu``; ``None`` picks CUDA, then MPS, then CPU.
         dtype: ``bfloat16`` or ``float16`` on CUDA; ``None`` gives bf16 on CUDA, fp32 elsewhere.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass; default 32, on CUDA chosen for the card's free
+            memory (:func:`vitsearch.search.encoder.batch_size_for`).
         workers: decode/preprocess worker processes.
+        compile: run the encoder through ``torch.compile``.
         lite_wait_s: seconds to wait for a Milvus Lite database that another process has just
             opened to be shared (see :mod:`vitsearch.search.lite`).
         max_upload_mb: largest query image the UI accepts, in megabytes.
@@ -44,8 +46,9 @@ class Settings(BaseSettings):
     model: str = DEFAULT_MODEL
     device: str | None = None
     dtype: str | None = None
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
     workers: int = Field(default=2, ge=0)
+    compile: bool = False
     lite_wait_s: float = Field(default=10.0, ge=0)
     max_upload_mb: int = Field(default=20, ge=1)
 

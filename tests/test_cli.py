@@ -34,9 +34,11 @@ def test_help_explains_every_command():
 
 def test_index_search_stats(photos, db_uri, tiny_model):
     (photos / "broken.jpg").write_text("nope")
-    out = cli("index", photos, "--model", tiny_model, "--uri", db_uri, "--workers", "1")
+    out = cli("index", photos, "--model", tiny_model, "--uri", db_uri, "--workers", "1", "--verbose")
     assert "indexed 11, unchanged 0, removed 0, failed 1" in out.stdout
     assert f"{photos / 'broken.jpg'}: not a recognised image format" in out.stdout
+    assert "time: decode" in out.stdout and "embed" in out.stdout and "batch size 32" in out.stdout
+    assert "batch 1: 11 images, decode" in out.stderr and "wrote 11 rows in" in out.stderr  # --verbose
 
     table = cli("search", EXAMPLES / "queries" / "cat-crop.jpg", "-k", "3", "--uri", db_uri).stdout
     lines = table.strip().splitlines()
@@ -56,6 +58,7 @@ def test_index_search_stats(photos, db_uri, tiny_model):
 
     again = json.loads(cli("index", photos, "--uri", db_uri, "--json").stdout)  # model from the collection
     assert (again["indexed"], again["unchanged"], again["failed"]) == (0, 11, 1)
+    assert set(again["stage_seconds"]) == {"decode", "embed", "write", "wait"}
 
 
 def test_env_settings(photos, tmp_path, tiny_model):

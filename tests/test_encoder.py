@@ -134,3 +134,26 @@ def test_hub_id_is_recorded_as_given(tiny_model, monkeypatch):
     enc = Encoder.load("someone/tiny-vit")
     assert asked == ["someone/tiny-vit"]
     assert enc.info.model == "someone/tiny-vit" and enc.info.weights_sha256 == weights_sha256(tiny_model)
+
+
+def test_compiled_encoder_gives_the_same_embeddings(tiny_model):
+    """``--compile`` (torch.compile with Inductor; here on the CPU) changes speed, not vectors."""
+    plain = Encoder.load(str(tiny_model))
+    compiled = Encoder.load(str(tiny_model), compile=True)
+    pixels = plain.preprocess([Image.open(p).convert("RGB") for p in sorted((EXAMPLES / "images").glob("*.jpg"))[:4]])
+    np.testing.assert_allclose(compiled.embed_pixels(pixels), plain.embed_pixels(pixels), atol=1e-5)
+    assert compiled.info == plain.info
+
+
+def test_cuda_path_copies_asynchronously_and_casts_on_the_device(tiny_model, monkeypatch):
+    """No GPU here: check the order of operations embed_pixels asks of a CUDA tensor."""
+    encoder = Encoder.load(str(tiny_model))
+    calls = []
+    real_to = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        calls.append((args, kwargs))
+        return real_to(self, *args, **kwargs)
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    encoder.embed_pixels(torch.zeros(2, 3, 32, 32))
+    assert calls[0] == ((encoder.device,), {"non_blocking": True}) and calls[1] == ((encoder.dtype,), {})

@@ -132,3 +132,107 @@ def test_indexed_vectors_equal_plain_transformers(photos, db_uri, real_model):
     ref = plain_cls(real_model, paths)
     ours = np.array([stored[p]["vector"] for p in paths])
     assert (ours * ref).sum(axis=1).min() > 0.999
+
+
+@pytest.fixture
+def many(photos, tmp_path):
+    """330 image files: the 11 photos linked 30 times each (links to files are followed)."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for k in range(30):
+        for p in sorted(photos.rglob("*.jpg")):
+            (folder / f"{k:02d}-{p.name}").symlink_to(p)
+    return folder
+
+
+def test_the_scan_streams_and_memory_stays_bounded(many, db_uri, tiny, monkeypatch):
+    import vitsearch.indexer.runner as runner
+    from vitsearch.indexer import reader, writer
+
+    monkeypatch.setattr(runner, "LOOKUP_CHUNK", 20)
+    scanned = [0]
+    real_scan = runner.scan
+
+    def counting_scan(root, on_error):
+        for entry in real_scan(root, on_error):
+            scanned[0] += 1
+            yield entry
+    monkeypatch.setattr(runner, "scan", counting_scan)
+    at_first_write = []
+    with Store(db_uri, "images") as store:
+        real_upsert = store.upsert
+        monkeypatch.setattr(store, "upsert", lambda rows: at_first_write.append(scanned[0]) or real_upsert(rows))
+        report = index_folder(str(many), encoder=tiny, store=store, batch_size=4, workers=2)
+    assert report.indexed == 330 and scanned[0] == 330
+    # Files in flight are bounded: a lookup chunk, the workers' queue, their prefetched batches,
+    # the batch being embedded and the writer's pending batches.
+    bound = 20 + reader.QUEUED_BATCHES * 4 * 2 + reader.PREFETCH * 2 * 4 + 4 * (writer.MAX_PENDING + 2)
+    assert at_first_write[0] <= bound < 330, (at_first_write[0], bound)
+
+
+def test_stage_times_are_reported(photos, db_uri, tiny):
+    report = run(photos, db_uri, tiny, workers=2)
+    assert report.indexed == 11
+    assert report.decode_seconds > 0 and report.embed_seconds > 0 and report.write_seconds > 0
+    assert report.embed_seconds < report.seconds
+    assert "embed" in report.stages() and "waited for input" in report.stages()
+
+
+def test_a_failing_write_stops_the_run_and_keeps_what_was_written(photos, db_uri, tiny, monkeypatch):
+    from vitsearch.search.errors import StoreError
+
+    with Store(db_uri, "images") as store:
+        real_upsert, calls = store.upsert, []
+
+        def flaky(rows):
+            calls.append(len(rows))
+            if len(calls) == 2:
+                raise StoreError("Milvus at test: upsert failed: injected")
+            real_upsert(rows)
+        monkeypatch.setattr(store, "upsert", flaky)
+        with pytest.raises(StoreError, match="injected"):
+            index_folder(str(photos), encoder=tiny, store=store, batch_size=4, workers=0)
+    assert len(rows(db_uri)) == calls[0] == 4  # the first batch stays; nothing after the failure
+
+
+def test_an_interrupted_run_writes_what_it_embedded(photos, db_uri, tiny, monkeypatch):
+    embedded = []
+    real_embed = tiny.embed_pixels
+
+    def interrupted(pixels):
+        if len(embedded) == 2:
+            raise KeyboardInterrupt
+        embedded.append(len(pixels))
+        return real_embed(pixels)
+    monkeypatch.setattr(tiny, "embed_pixels", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(photos, db_uri, tiny, workers=2)
+    assert len(rows(db_uri)) == sum(embedded) == 8  # two batches of 4, flushed before stopping
+
+
+def test_an_error_while_scanning_reaches_the_caller(photos, db_uri, tiny, monkeypatch):
+    import vitsearch.indexer.runner as runner
+    from vitsearch.search.errors import StoreError
+
+    monkeypatch.setattr(runner, "LOOKUP_CHUNK", 4)
+    with Store(db_uri, "images") as store:
+        real_get, calls = store.get, []
+
+        def failing_get(paths, fields):
+            calls.append(1)
+            if len(calls) == 2:
+                raise StoreError("Milvus at test: get failed: injected")
+            return real_get(paths, fields)
+        monkeypatch.setattr(store, "get", failing_get)
+        with pytest.raises(StoreError, match="injected"):
+            index_folder(str(photos), encoder=tiny, store=store, batch_size=4, workers=2)
+    assert len(rows(db_uri)) == 4  # the files looked up before the error were indexed
+
+
+def test_batch_size_for_memory():
+    from vitsearch.search.encoder import DEFAULT_BATCH_SIZE, batch_size_for, fit_batch
+
+    assert fit_batch(budget_bytes=10 * 2**30, per_image_bytes=20 * 2**20) == 512
+    assert fit_batch(budget_bytes=10 * 2**30, per_image_bytes=1 * 2**20) == 1024  # capped
+    assert fit_batch(budget_bytes=100 * 2**20, per_image_bytes=20 * 2**20) == 32  # floor
+    assert batch_size_for(type("E", (), {"device": __import__("torch").device("cpu")})()) == DEFAULT_BATCH_SIZE

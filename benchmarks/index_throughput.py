@@ -1,0 +1,173 @@
+"""Indexing throughput: is the indexer limited by the model alone?
+
+Measures, in one run, on the same files, model and device:
+
+1. **model only**: the encoder's forward passes on ready-made input batches (no decode, no I/O,
+   no Milvus): the ceiling;
+2. **naive loop**: one image at a time through ``AutoImageProcessor`` + ``AutoModel``, then one
+   ``MilvusClient.insert`` per image (the pattern of Milvus's image-search tutorial), in a
+   subprocess;
+3. **vitsearch index**: the real command in a subprocess, into a fresh Milvus Lite database;
+   its wall time includes Python start-up, imports, model loading and opening Milvus. Its own
+   per-stage times (decode summed over workers, embed, write, input wait) come from ``--json``.
+
+and prints images/s, ratios to model-only, peak RSS (each subprocess's ``ru_maxrss``; decode
+workers, forked, are not counted).
+
+    python benchmarks/index_throughput.py [FOLDER] [--model M] [--limit 400] [--batch-size B]
+        [--workers W] [--replicate K] [--device cuda] [--dtype bfloat16]
+
+Defaults: ``$VITSEARCH_SHARED/data/catalog``, ``$VITSEARCH_SHARED/models/dinov2-small-9l``,
+400 images, batch 32, 2 workers. ``--model vit-b16-random`` builds a ViT-B/16 (86 M parameters,
+random weights) for timing. ``--replicate K`` links every file K times (for >= 5,000 images on a
+GPU). Not a test: run by hand, report the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vitsearch.search.encoder import Encoder
+from vitsearch.search.images import is_image_file, load_image
+
+SHARED = Path(os.environ.get("VITSEARCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+NAIVE = """
+import json, sys, time
+import torch
+from PIL import Image
+from pymilvus import MilvusClient
+from transformers import AutoImageProcessor, AutoModel
+model, db, device, files = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+started = time.perf_counter()
+processor = AutoImageProcessor.from_pretrained(model)
+net = AutoModel.from_pretrained(model).to(device).eval()
+client = MilvusClient(db)
+client.create_collection("naive", dimension=net.config.hidden_size, metric_type="COSINE")
+loop = time.perf_counter()
+for i, path in enumerate(files):
+    image = Image.open(path).convert("RGB")
+    inputs = processor(images=image, return_tensors="pt").to(device)
+    with torch.no_grad():
+        v = net(**inputs).last_hidden_state[:, 0]
+    v = torch.nn.functional.normalize(v, dim=-1)[0].cpu().tolist()
+    client.insert("naive", [{"id": i, "vector": v, "path": path}])
+end = time.perf_counter()
+print(json.dumps({"seconds": end - started, "loop_seconds": end - loop}))
+"""
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[str, float, float]:
+    """Run ``cmd``; return (stdout, wall seconds, the process's peak RSS in GB)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        out.seek(0), err.seek(0)
+        if os.waitstatus_to_exitcode(status):
+            raise SystemExit(f"{cmd[:4]} failed:\n{err.read()[-3000:]}")
+        return out.read(), wall, usage.ru_maxrss / 2**20  # KB -> GB
+
+
+def model_only(encoder: Encoder, files: list[Path], batch_size: int) -> float:
+    """Images/s of forward passes alone, on inputs preprocessed beforehand."""
+    pixels = encoder.preprocess([load_image(p) for p in files[:batch_size]])
+    encoder.embed_pixels(pixels)  # warm-up
+    if encoder.device.type == "cuda":
+        torch.cuda.synchronize()
+    n, started = 0, time.perf_counter()
+    while n < len(files):
+        encoder.embed_pixels(pixels)  # .cpu() inside waits for the device
+        n += len(pixels)
+    return n / (time.perf_counter() - started)
+
+
+def build_vit_b16(folder: Path) -> Path:
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    ViTModel(ViTConfig(), add_pooling_layer=False).save_pretrained(folder)  # ViT-B/16, 224
+    ViTImageProcessor().save_pretrained(folder)
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", nargs="?", default=str(SHARED / "data" / "catalog"))
+    ap.add_argument("--model", default=str(SHARED / "models" / "dinov2-small-9l"))
+    ap.add_argument("--limit", type=int, default=400, help="distinct images taken from FOLDER")
+    ap.add_argument("--replicate", type=int, default=1, help="link each image this many times")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--naive-limit", type=int, default=400, help="images for the (slow) naive loop")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = str(build_vit_b16(tmp / "vit-b16")) if args.model == "vit-b16-random" else args.model
+        distinct = sorted(p for p in Path(args.folder).rglob("*") if is_image_file(p))[:args.limit]
+        folder = tmp / "images"
+        folder.mkdir()
+        for k in range(args.replicate):
+            for p in distinct:
+                (folder / f"{k:03d}-{p.name}").symlink_to(p.resolve())
+        files = sorted(folder.iterdir())
+
+        encoder = Encoder.load(model, device=args.device, dtype=args.dtype)
+        ceiling = model_only(encoder, files, args.batch_size)
+        device, dtype = str(encoder.device), str(encoder.dtype).replace("torch.", "")
+        del encoder
+
+        naive_files = [str(p) for p in files[:args.naive_limit]]
+        out, naive_wall, naive_rss = run_measured([sys.executable, "-c", NAIVE, model, str(tmp / "naive.db"),
+                                                   device, *naive_files])
+        naive = json.loads(out)
+
+        env = {**os.environ, "VITSEARCH_DATA_DIR": str(tmp / "data")}
+        cmd = [sys.executable, "-c", "from vitsearch.search.cli import main; main()", "index", str(folder),
+               "--model", model, "--uri", str(tmp / "vitsearch.db"), "--batch-size", str(args.batch_size),
+               "--workers", str(args.workers), "--json"]
+        if args.device:
+            cmd += ["--device", args.device]
+        if args.dtype:
+            cmd += ["--dtype", args.dtype]
+        out, wall, rss = run_measured(cmd, env)
+        summary = json.loads(out)
+        assert summary["indexed"] == len(files), summary
+
+    n = len(files)
+    rows = [
+        ("model only (forward on ready batches)", ceiling, None, "-"),
+        (f"naive loop, 1 image at a time ({len(naive_files)} images)", len(naive_files) / naive_wall,
+         len(naive_files) / naive["loop_seconds"], f"{naive_rss:.2f}"),
+        ("vitsearch index (whole process)", n / wall, summary["images_per_s"], f"{rss:.2f}"),
+    ]
+    print(f"\n{n} images ({len(distinct)} distinct) from {args.folder}; model {Path(args.model).name}; "
+          f"{device} {dtype}; batch {args.batch_size}; {args.workers} workers; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+          + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""))
+    print(f"\n{'':50} {'img/s whole':>11} {'img/s loop':>10} {'vs model':>9} {'peak RSS GB':>11}")
+    for name, whole, loop, peak in rows:
+        loop_s = f"{loop:10.1f}" if loop else f"{'':10}"
+        print(f"{name:50} {whole:11.1f} {loop_s} {whole / ceiling:9.2f} {peak:>11}")
+    st = summary["stage_seconds"]
+    print(f"\nvitsearch index: {wall:.1f} s whole process, {summary['seconds']:.1f} s indexing; stages: "
+          f"decode {st['decode']:.1f} s (summed over {args.workers} workers), embed {st['embed']:.1f} s, "
+          f"write {st['write']:.1f} s (background), waited for input {st['wait']:.1f} s")
+    print(f"whole process vs model only: {n / wall / ceiling:.2f}; vs naive loop: "
+          f"{(n / wall) / (len(naive_files) / naive_wall):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
