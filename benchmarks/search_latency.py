@@ -1,14 +1,10 @@
-"""Index a folder and search it: throughput and latency, with a model-only baseline.
+"""Search latency: by image file (decode + embed + Milvus) and by stored vector (Milvus only).
 
-Prints a table:
-- model-only forward throughput (images/s): the encoder on ready-made input batches, the
-  ceiling for indexing on this machine;
-- indexing throughput end to end (scan, decode, preprocess, embed, upsert) into a fresh Milvus
-  Lite collection, and its ratio to the model-only figure;
-- search latency (ms, p50/p99) by image file (decode + embed + search) and by stored vector
-  (``search_similar``: Milvus only).
+Indexes a folder into a fresh Milvus Lite collection, then prints latency p50/p99 in ms of
+``SearchClient.search`` and ``SearchClient.search_similar`` (k=10). Indexing throughput has its
+own benchmark (``index_throughput.py``).
 
-    python benchmarks/index_search.py [FOLDER] [--model M] [--limit N] [--queries Q]
+    python benchmarks/search_latency.py [FOLDER] [--model M] [--limit N] [--queries Q]
 
 Defaults: ``$VITSEARCH_SHARED/data/catalog``, ``$VITSEARCH_SHARED/models/dinov2-small-9l``,
 400 images, 50 queries. Not a test: run by hand, report the ratios.
@@ -29,7 +25,7 @@ import torch
 from vitsearch.indexer import index_folder
 from vitsearch.search import SearchClient
 from vitsearch.search.encoder import Encoder
-from vitsearch.search.images import is_image_file, load_image
+from vitsearch.search.images import is_image_file
 from vitsearch.search.store import Store
 
 SHARED = Path(os.environ.get("VITSEARCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -57,14 +53,6 @@ def main() -> None:
             shutil.copy(p, folder / p.name)
         encoder = Encoder.load(args.model)
 
-        # Baseline: model only, on preprocessed batches (no decode, no I/O).
-        pixels = encoder.preprocess([load_image(p) for p in files[:args.batch_size]])
-        encoder.embed_pixels(pixels)  # warm-up
-        reps, t = 3, time.perf_counter()
-        for _ in range(reps):
-            encoder.embed_pixels(pixels)
-        model_ips = reps * len(pixels) / (time.perf_counter() - t)
-
         uri = str(Path(tmp) / "bench.db")
         with Store(uri, "bench") as store:
             report = index_folder(str(folder), encoder=encoder, store=store,
@@ -87,10 +75,7 @@ def main() -> None:
           f"batch {args.batch_size}, workers {args.workers}, index HNSW COSINE, Milvus Lite")
     print(f"{'measure':<44} {'value':>12}")
     rows = [
-        ("model-only forward (images/s)", f"{model_ips:.1f}"),
-        (f"indexing {report.indexed} images end to end (images/s)", f"{report.images_per_s:.1f}"),
-        ("  ratio to model-only", f"{report.images_per_s / model_ips:.2f}"),
-        ("  time in forward passes (share of run)", f"{report.embed_seconds / report.seconds:.2f}"),
+        (f"indexed {report.indexed} images (images/s)", f"{report.images_per_s:.1f}"),
         (f"search by image, k=10, {len(by_image)} queries p50 (ms)", f"{percentile_ms(by_image, 50):.1f}"),
         ("search by image p99 (ms)", f"{percentile_ms(by_image, 99):.1f}"),
         ("search by stored vector p50 (ms)", f"{percentile_ms(by_vector, 50):.1f}"),
