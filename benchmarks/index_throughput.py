@@ -53,16 +53,22 @@ processor = AutoImageProcessor.from_pretrained(model)
 net = AutoModel.from_pretrained(model).to(device).eval()
 client = MilvusClient(db)
 client.create_collection("naive", dimension=net.config.hidden_size, metric_type="COSINE")
-loop = time.perf_counter()
+stages = {"decode": 0.0, "embed": 0.0, "write": 0.0}
+loop = t0 = time.perf_counter()
 for i, path in enumerate(files):
     image = Image.open(path).convert("RGB")
     inputs = processor(images=image, return_tensors="pt").to(device)
+    t1 = time.perf_counter()
     with torch.no_grad():
         v = net(**inputs).last_hidden_state[:, 0]
     v = torch.nn.functional.normalize(v, dim=-1)[0].cpu().tolist()
+    t2 = time.perf_counter()
     client.insert("naive", [{"id": i, "vector": v, "path": path}])
+    t3 = time.perf_counter()
+    stages["decode"] += t1 - t0; stages["embed"] += t2 - t1; stages["write"] += t3 - t2
+    t0 = t3
 end = time.perf_counter()
-print(json.dumps({"seconds": end - started, "loop_seconds": end - loop}))
+print(json.dumps({"seconds": end - started, "loop_seconds": end - loop, "stage_seconds": stages}))
 """
 
 
@@ -147,26 +153,32 @@ def main() -> None:
         assert summary["indexed"] == len(files), summary
 
     n = len(files)
+    nn = len(naive_files)
     rows = [
-        ("model only (forward on ready batches)", ceiling, None, "-"),
-        (f"naive loop, 1 image at a time ({len(naive_files)} images)", len(naive_files) / naive_wall,
-         len(naive_files) / naive["loop_seconds"], f"{naive_rss:.2f}"),
-        ("vitsearch index (whole process)", n / wall, summary["images_per_s"], f"{rss:.2f}"),
+        ("model only (forward on ready batches)", ceiling, None, "-", None, n),
+        (f"naive loop, 1 image at a time ({nn} images)", nn / naive_wall, nn / naive["loop_seconds"],
+         f"{naive_rss:.2f}", naive["stage_seconds"], nn),
+        ("vitsearch index (whole process)", n / wall, summary["images_per_s"], f"{rss:.2f}",
+         summary["stage_seconds"], n),
     ]
     print(f"\n{n} images ({len(distinct)} distinct) from {args.folder}; model {Path(args.model).name}; "
           f"{device} {dtype}; batch {args.batch_size}; {args.workers} workers; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
           + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""))
-    print(f"\n{'':50} {'img/s whole':>11} {'img/s loop':>10} {'vs model':>9} {'peak RSS GB':>11}")
-    for name, whole, loop, peak in rows:
-        loop_s = f"{loop:10.1f}" if loop else f"{'':10}"
-        print(f"{name:50} {whole:11.1f} {loop_s} {whole / ceiling:9.2f} {peak:>11}")
+    print("\nimages/s: whole process (start-up and model load included), in its loop, and per stage "
+          "(images / seconds in that stage)")
+    print(f"\n{'':46} {'whole':>7} {'loop':>7} {'vs model':>8} {'decode':>7} {'embed':>7} {'write':>7} {'RSS GB':>7}")
+    for name, whole, loop, peak, stages, count in rows:
+        per_stage = [f"{count / stages[k]:7.0f}" if stages and stages[k] else f"{'':7}"
+                     for k in ("decode", "embed", "write")]
+        loop_s = f"{loop:7.1f}" if loop else f"{'':7}"
+        print(f"{name:46} {whole:7.1f} {loop_s} {whole / ceiling:8.2f} {' '.join(per_stage)} {peak:>7}")
     st = summary["stage_seconds"]
     print(f"\nvitsearch index: {wall:.1f} s whole process, {summary['seconds']:.1f} s indexing; stages: "
-          f"decode {st['decode']:.1f} s (summed over {args.workers} workers), embed {st['embed']:.1f} s, "
+          f"decode {st['decode']:.1f} s (CPU, summed over {args.workers} workers), embed {st['embed']:.1f} s, "
           f"write {st['write']:.1f} s (background), waited for input {st['wait']:.1f} s")
     print(f"whole process vs model only: {n / wall / ceiling:.2f}; vs naive loop: "
-          f"{(n / wall) / (len(naive_files) / naive_wall):.1f}x")
+          f"{(n / wall) / (nn / naive_wall):.1f}x")
 
 
 if __name__ == "__main__":
