@@ -13,6 +13,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "facebook/dinov2-small"
 DEFAULT_COLLECTION = "images"
+#: Largest image decoded, in pixels (width x height): a bigger one is refused before decoding
+#: (a "decompression bomb": a small file that would need gigabytes once decoded). Pillow's own
+#: guard refuses at about 179 megapixels.
+DEFAULT_MAX_IMAGE_PIXELS = 180_000_000
 
 
 class Settings(BaseSettings):
@@ -35,6 +39,8 @@ class Settings(BaseSettings):
         lite_wait_s: seconds to wait for a Milvus Lite database that another process has just
             opened to be shared (see :mod:`vitsearch.search.lite`).
         max_upload_mb: largest query image the UI accepts, in megabytes.
+        retry_s: seconds a call keeps retrying (with backoff) while Milvus is unreachable.
+        max_image_pixels: images with more pixels (width x height) are refused before decoding.
     """
 
     model_config = SettingsConfigDict(env_prefix="VITSEARCH_", extra="ignore")
@@ -51,6 +57,8 @@ class Settings(BaseSettings):
     compile: bool = False
     lite_wait_s: float = Field(default=10.0, ge=0)
     max_upload_mb: int = Field(default=20, ge=1)
+    retry_s: float = Field(default=60.0, ge=0)
+    max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS, ge=1)
 
     @property
     def models_dir(self) -> Path:

@@ -29,6 +29,10 @@ class CollectionNotFoundError(StoreError):
     """The collection does not exist (nothing has been indexed into it yet)."""
 
 
+class CollectionBusyError(StoreError):
+    """Another indexing run is writing to the collection (see :mod:`vitsearch.search.lease`)."""
+
+
 class BadImageError(VitsearchError):
     """An image file or buffer cannot be read or decoded. ``source`` names it, ``reason`` says why."""
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -23,7 +25,7 @@ from pymilvus.exceptions import MilvusException, MilvusUnavailableException  # n
 
 from .config import Settings  # noqa: E402
 from .encoder import EncoderInfo  # noqa: E402
-from .errors import CollectionNotFoundError, StoreError  # noqa: E402
+from .errors import BadQueryError, CollectionNotFoundError, StoreError  # noqa: E402
 from .lite import lite_uri  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ MAX_PATH_BYTES = 4096
 UPSERT_BYTES = 20 * 1024 * 1024
 #: HNSW build parameters (Malkov & Yashunin 2016): M links per node, efConstruction beam width.
 HNSW_PARAMS = {"M": 16, "efConstruction": 200}
+#: How Milvus Lite and Milvus servers word a filter they cannot parse or apply.
+_FILTER_ERROR = re.compile(r"expression|parse|field|column|syntax|unterminated|operator|token", re.I)
 #: Fields of a row besides the vector, in schema order.
 META_FIELDS = ("path", "folder", "size", "mtime", "width", "height", "sha256", "indexed_at")
 
@@ -64,8 +68,10 @@ class Store:
     """One Milvus collection of image embeddings.
 
     A Milvus Lite database is shared between vitsearch processes (see :mod:`.lite`): the first to
-    open it serves it, the others connect to that process. When the serving process exits, a
-    call that finds it gone takes over the database and is retried once.
+    open it serves it, the others connect to that process; when the serving process exits,
+    another takes the database over. A call that finds Milvus unreachable (a server restarting,
+    a network cut, the serving process gone) reconnects and retries with exponential backoff
+    for up to ``retry_s`` seconds; all calls are idempotent (upsert, get, delete by path).
 
     Args:
         uri: a Milvus Lite path (``.../milvus.db``, created with its parent folders) or a
@@ -73,17 +79,20 @@ class Store:
         collection: collection name.
         token: server auth token (``user:password`` or an API key); kept private, never logged.
         lite_wait_s: seconds to wait for a Lite database held by another process to be shared.
+        retry_s: seconds to keep retrying a call while Milvus is unreachable.
 
     Raises:
         StoreError: Milvus cannot be opened or reached; the message names the URI.
     """
 
-    def __init__(self, uri: str, collection: str, token: str | None = None, *, lite_wait_s: float = 10.0):
+    def __init__(self, uri: str, collection: str, token: str | None = None, *, lite_wait_s: float = 10.0,
+                 retry_s: float = 60.0):
         self.uri = uri
         self.collection = collection
         self._token = token or ""
         self._lite = None if is_server_uri(uri) else Path(uri).expanduser()
         self._lite_wait_s = lite_wait_s
+        self._retry_s = retry_s
         self._served_here = False
         self._connect()
 
@@ -97,7 +106,7 @@ class Store:
         """
         token = token or (settings.token.get_secret_value() if settings.token else None)
         return cls(uri or settings.resolved_uri(), collection or settings.collection, token,
-                   lite_wait_s=settings.lite_wait_s)
+                   lite_wait_s=settings.lite_wait_s, retry_s=settings.retry_s)
 
     def _connect(self) -> None:
         target = self.uri
@@ -116,26 +125,30 @@ class Store:
             raise self._error("load_collection", exc) from exc
 
     def _call(self, method: str, *args, **kwargs):
-        """``self._client.<method>(...)`` with Milvus errors turned into :class:`StoreError`.
-
-        On a shared Lite database whose serving process has gone, reconnects (serving it from
-        here if no other process has taken it over) and retries once.
-        """
-        try:
-            return getattr(self._client, method)(*args, **kwargs)
-        except MilvusException as exc:
-            if not self._lost_lite_server(exc):
-                raise self._error(method, exc) from exc
-        log.info("the process serving %s has exited; reconnecting", self.uri)
-        self._connect()
-        try:
-            return getattr(self._client, method)(*args, **kwargs)
-        except MilvusException as exc:
-            raise self._error(method, exc) from exc
-
-    def _lost_lite_server(self, exc: MilvusException) -> bool:
-        return (self._lite is not None and not self._served_here
-                and (isinstance(exc, MilvusUnavailableException) or exc.code == Status.CONNECT_FAILED))
+        """``self._client.<method>(...)`` with Milvus errors turned into :class:`StoreError`, and
+        reconnection with backoff (0.5 s doubling to 8 s) while Milvus is unreachable."""
+        deadline, delay = None, 0.5
+        while True:
+            try:
+                return getattr(self._client, method)(*args, **kwargs)
+            except MilvusException as exc:
+                if not _unreachable(exc):
+                    raise self._error(method, exc) from exc
+                last = exc
+            deadline = deadline or time.monotonic() + self._retry_s
+            while True:
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(
+                        f"Milvus at {self.uri} did not answer for {self._retry_s:g} s ({method}: {last}); "
+                        f"run again once it is back: an indexing run resumes where it stopped") from last
+                log.warning("Milvus at %s is unreachable; retrying in %.1f s", self.uri, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 8.0)
+                try:
+                    self._connect()  # a Lite database whose server process has gone is taken over
+                    break
+                except StoreError as exc:
+                    last = exc
 
     def _error(self, what: str, exc: MilvusException) -> StoreError:
         return StoreError(f"Milvus at {self.uri}, collection {self.collection!r}: {what} failed: {exc}")
@@ -153,13 +166,18 @@ class Store:
             CollectionNotFoundError: the collection does not exist.
             StoreError: it exists but was not made by vitsearch (no encoder record).
         """
-        props = self._properties()
+        props = self.properties()
         if _ENCODER_KEY not in props:
             raise StoreError(f"collection {self.collection!r} at {self.uri} has no vitsearch encoder "
                              f"record: it was not created by vitsearch; use another --collection")
         return EncoderInfo.from_json(props[_ENCODER_KEY])
 
-    def _properties(self) -> dict[str, str]:
+    def properties(self) -> dict[str, str]:
+        """The collection's properties (vitsearch keeps its records there).
+
+        Raises:
+            CollectionNotFoundError: the collection does not exist.
+        """
         if not self.exists():
             raise CollectionNotFoundError(
                 f"collection {self.collection!r} does not exist at {self.uri}: "
@@ -178,7 +196,7 @@ class Store:
             StoreError: unknown schema version, or Milvus refused.
         """
         if self.exists():
-            props = self._properties()
+            props = self.properties()
             if props.get(_SCHEMA_KEY) != SCHEMA_VERSION:
                 raise StoreError(f"collection {self.collection!r} at {self.uri} has schema version "
                                  f"{props.get(_SCHEMA_KEY)!r}, this vitsearch writes {SCHEMA_VERSION!r}")
@@ -201,6 +219,14 @@ class Store:
                    properties={_ENCODER_KEY: info.to_json(), _SCHEMA_KEY: SCHEMA_VERSION})
         log.info("created collection %s at %s for %s", self.collection, self.uri, info.model)
         return True
+
+    def set_properties(self, properties: dict[str, str]) -> None:
+        """Add or replace collection properties."""
+        self._call("alter_collection_properties", self.collection, properties=properties)
+
+    def drop_properties(self, keys: Sequence[str]) -> None:
+        """Remove collection properties (absent keys are ignored)."""
+        self._call("drop_collection_properties", self.collection, property_keys=list(keys))
 
     def drop(self) -> None:
         """Delete the collection and all its rows (no error if it does not exist)."""
@@ -276,13 +302,25 @@ class Store:
 
         Returns:
             Q lists of hits, best first; ``score`` is cosine similarity (higher is closer).
+
+        Raises:
+            BadQueryError: ``filter`` is not a valid expression on this collection's fields.
+            StoreError: Milvus refused the search or cannot be reached.
         """
         fields = list(dict.fromkeys(["path", *fields]))
-        res = self._call(
-            "search", self.collection, data=np.asarray(vectors, np.float32).tolist(),
-            limit=k, filter=filter or "", output_fields=fields,
-            search_params={"metric_type": "COSINE", "params": {"ef": max(ef or 64, k)}},
-        )
+        try:
+            res = self._call(
+                "search", self.collection, data=np.asarray(vectors, np.float32).tolist(),
+                limit=k, filter=filter or "", output_fields=fields,
+                search_params={"metric_type": "COSINE", "params": {"ef": max(ef or 64, k)}},
+            )
+        except StoreError as exc:
+            cause = exc.__cause__
+            if filter and isinstance(cause, MilvusException) and _FILTER_ERROR.search(cause.message or ""):
+                raise BadQueryError(
+                    f"filter {filter!r} is not a valid Milvus expression on this collection "
+                    f"(fields: {', '.join(META_FIELDS)}): {' '.join(cause.message.split())}") from None
+            raise
         # A server keys hits "id", Milvus Lite by the primary-key name: read the path from the entity.
         return [[StoredHit(h["entity"]["path"], float(h["distance"]), dict(h["entity"])) for h in hits]
                 for hits in res]
@@ -302,3 +340,8 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _unreachable(exc: MilvusException) -> bool:
+    """Whether ``exc`` says Milvus could not be reached (as opposed to refusing the request)."""
+    return isinstance(exc, MilvusUnavailableException) or exc.code == Status.CONNECT_FAILED

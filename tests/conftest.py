@@ -82,6 +82,20 @@ def photos(tmp_path) -> Path:
 
 
 @pytest.fixture
+def linked_photos(photos, tmp_path):
+    """A factory: a folder of the 11 photos each linked ``copies`` times (``{k:02d}-name.jpg``;
+    links to files are followed by the scan), for runs of a few hundred files."""
+    def make(copies: int) -> Path:
+        folder = tmp_path / f"linked-{copies}"
+        folder.mkdir()
+        for k in range(copies):
+            for p in sorted(photos.rglob("*.jpg")):
+                (folder / f"{k:02d}-{p.name}").symlink_to(p)
+        return folder
+    return make
+
+
+@pytest.fixture
 def db_uri(tmp_path) -> str:
     """A Milvus Lite database path in a fresh temporary folder."""
     return str(tmp_path / "milvus.db")
@@ -97,3 +111,53 @@ def indexed(photos, db_uri, tiny_model) -> tuple[Path, str]:
     with Store(db_uri, "images") as store:
         index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
     return photos, db_uri
+
+
+class MilvusProcess:
+    """A real Milvus gRPC endpoint in its own process: ``milvus-lite server`` on a free loopback
+    port, which the tests can kill (SIGKILL) and start again on the same data and port."""
+
+    def __init__(self, data: Path, log: Path):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.data, self.log = data, log
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout_s: float = 60) -> "MilvusProcess":
+        import subprocess
+        import sys
+        import time
+
+        from pymilvus import MilvusClient
+
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from milvus_lite.cmdline import main; main()", "server",
+                 "--data-dir", str(self.data), "--host", "127.0.0.1", "--port", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                MilvusClient(uri=self.uri, timeout=2).list_collections()
+                return self
+            except Exception:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"milvus-lite server did not start: {self.log.read_text()}")
+                time.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def milvus_process(tmp_path):
+    """A started ``milvus-lite server`` process (see :class:`MilvusProcess`), killed at the end."""
+    server = MilvusProcess(tmp_path / "server-data", tmp_path / "server.log").start()
+    yield server
+    server.kill()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vitsearch.search.encoder import EncoderInfo
-from vitsearch.search.errors import CollectionNotFoundError, EncoderMismatchError, StoreError
+from vitsearch.search.errors import BadQueryError, CollectionNotFoundError, EncoderMismatchError, StoreError
 from vitsearch.search.store import Store
 
 INFO = EncoderInfo(model="m", weights_sha256="a" * 64, dim=16, pooling="cls", image_size="32x32")
@@ -83,7 +83,7 @@ def test_search_filter(db_uri):
         store.upsert(rows)
         hits = store.search(rows[0]["vector"][None, :], k=30, filter='folder == "/photos/1"')[0]
         assert len(hits) == 10 and all(h.fields["folder"] == "/photos/1" for h in hits)
-        with pytest.raises(StoreError, match="unknown field"):
+        with pytest.raises(BadQueryError, match="unknown field"):
             store.search(rows[0]["vector"][None, :], k=3, filter="nonsense > 1")
 
 
@@ -100,3 +100,27 @@ def test_large_upserts_are_split(db_uri, monkeypatch):
         store.upsert(rows)
         assert sum(calls) == 25 and len(calls) > 1 and max(calls) * 150 < 1500
         assert store.count() == 25
+
+
+def test_an_unreachable_server_is_retried_with_backoff_then_reported(milvus_process):
+    import threading
+    import time
+
+    rows, _ = make_rows(12)
+    store = Store(milvus_process.uri, "images", retry_s=30)
+    store.ensure(INFO)
+    store.upsert(rows)
+    milvus_process.kill()
+    restart = threading.Timer(2.0, milvus_process.start)  # back after 2 s: the call waits for it
+    restart.start()
+    started = time.monotonic()
+    assert store.count() == 12
+    assert 2.0 <= time.monotonic() - started < 30
+    restart.join()
+
+    short = Store(milvus_process.uri, "images", retry_s=1.5)
+    milvus_process.kill()  # gone for good: a clear error naming the URI, within the bound
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=f"Milvus at {milvus_process.uri} did not answer for 1.5 s"):
+        short.count()
+    assert time.monotonic() - started < 5

@@ -1,0 +1,104 @@
+"""One indexing run per collection at a time: a lease kept in the collection's properties.
+
+``vitsearch index`` takes the lease before it writes and gives it back when it ends. The lease
+names the run (host, pid, start time) and is renewed every :data:`RENEW_S` seconds. Another run
+that finds a live lease refuses with :class:`~.errors.CollectionBusyError`, naming the holder.
+A lease is dead, and taken over, when its process is gone (same host, pid not running) or when
+it has not been renewed for :data:`EXPIRE_S` seconds (a run that crashed on another machine).
+The lease lives in Milvus, so it works alike for Milvus Lite and a server, across machines.
+
+Two runs starting in the same instant both write their lease; the one whose lease is not the
+one read back afterwards steps aside.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Iterator
+
+from .errors import CollectionBusyError, StoreError
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+KEY = "vitsearch.writer"
+#: Seconds between renewals of a held lease.
+RENEW_S = 10.0
+#: Seconds without renewal after which a lease from another host is considered dead.
+EXPIRE_S = 60.0
+
+
+@contextlib.contextmanager
+def writer_lease(store: Store, renew_s: float = RENEW_S, expire_s: float = EXPIRE_S) -> Iterator[None]:
+    """Hold the collection's writer lease for the duration of the ``with`` block.
+
+    Raises:
+        CollectionBusyError: another live run holds it.
+        StoreError: Milvus refused or cannot be reached.
+    """
+    mine = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+            "since": time.time(), "renewed": time.time()}
+    holder = _holder(store)
+    if holder is not None and _alive(holder, expire_s):
+        raise CollectionBusyError(_busy(store, holder))
+    if holder is not None:
+        log.info("taking over the writer lease of a run that is gone: %s", holder)
+    store.set_properties({KEY: json.dumps(mine)})
+    holder = _holder(store)
+    if holder is None or holder["token"] != mine["token"]:  # lost a race with a run that began with us
+        raise CollectionBusyError(_busy(store, holder or mine))
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(renew_s):
+            try:
+                store.set_properties({KEY: json.dumps({**mine, "renewed": time.time()})})
+            except StoreError as exc:  # the run itself will meet the same error
+                log.warning("could not renew the writer lease: %s", exc)
+
+    thread = threading.Thread(target=renew, name="vitsearch-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        with contextlib.suppress(StoreError):
+            holder = _holder(store)
+            if holder is not None and holder["token"] == mine["token"]:
+                store.drop_properties([KEY])
+
+
+def _holder(store: Store) -> dict | None:
+    raw = store.properties().get(KEY)
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _alive(holder: dict, expire_s: float) -> bool:
+    if time.time() - float(holder.get("renewed", 0)) > expire_s:
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError):
+        return True
+    return True
+
+
+def _busy(store: Store, holder: dict) -> str:
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("since", 0))))
+    return (f"collection {store.collection!r} at {store.uri} is being indexed by another run "
+            f"(pid {holder.get('pid')} on {holder.get('host')}, since {since}); wait for it to finish "
+            f"or stop it. A run that crashed on another machine is taken over after {EXPIRE_S:g} s")
