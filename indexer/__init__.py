@@ -1,4 +1,4 @@
 """Bulk indexing of image folders into a Milvus collection (see :func:`index_folder`)."""
-from .runner import IndexReport, Progress, encoder_for, index_folder
+from .runner import IndexInterrupted, IndexReport, Progress, encoder_for, index_folder
 
-__all__ = ["index_folder", "encoder_for", "IndexReport", "Progress"]
+__all__ = ["index_folder", "encoder_for", "IndexReport", "IndexInterrupted", "Progress"]

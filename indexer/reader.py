@@ -15,6 +15,7 @@ import hashlib
 import multiprocessing
 import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from vitsearch.search.errors import BadImageError
+from vitsearch.search.config import DEFAULT_MAX_IMAGE_PIXELS
 from vitsearch.search.images import decode_sized, read_file
 from vitsearch.search.preprocess import Preprocess
 
@@ -34,7 +36,7 @@ from .scan import FileEntry
 QUEUED_BATCHES = 2
 #: Batches each worker prepares ahead (DataLoader ``prefetch_factor``).
 PREFETCH = 2
-#: Scheduling niceness added to worker processes (see :func:`_lower_priority`).
+#: Scheduling niceness added to worker processes (see :func:`_init_worker`).
 WORKER_NICENESS = 10
 
 
@@ -62,12 +64,13 @@ class Batch:
         return self
 
 
-def read_one(entry: FileEntry, preprocess: Preprocess) -> tuple:
+def read_one(entry: FileEntry, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple:
     """``(entry, pixels (3, H, W) float32, info, cpu_seconds)``, or ``(entry, reason, cpu_seconds)``."""
     started = time.thread_time()
     try:
         data = read_file(entry.path)
-        image, (width, height) = decode_sized(data, entry.path, draft_px=preprocess.draft_px)
+        image, (width, height) = decode_sized(data, entry.path, draft_px=preprocess.draft_px,
+                                              max_pixels=max_pixels)
         pixels = preprocess(image)
     except BadImageError as exc:
         return entry, exc.reason, time.thread_time() - started
@@ -80,18 +83,28 @@ def read_one(entry: FileEntry, preprocess: Preprocess) -> tuple:
 class _Files(IterableDataset):
     """Each worker's stream: files from the shared queue until its ``None``."""
 
-    def __init__(self, files, preprocess: Preprocess):
+    def __init__(self, files, preprocess: Preprocess, max_pixels: int):
         self.files = files
         self.preprocess = preprocess
+        self.max_pixels = max_pixels
 
     def __iter__(self):
         while (entry := self.files.get()) is not None:
-            yield read_one(entry, self.preprocess)
+            yield read_one(entry, self.preprocess, self.max_pixels)
 
 
-def _lower_priority(worker_id: int) -> None:
-    """Workers yield the CPU to the encoder's threads: decoding only needs to keep ahead of it."""
+def _init_worker(worker_id: int) -> None:
+    """Workers yield the CPU to the encoder's threads (decoding only needs to keep ahead of it),
+    and on Linux die with the indexer: a killed run must not leave them holding the Milvus Lite
+    database's lock (inherited with the forked file descriptors)."""
     os.nice(WORKER_NICENESS)
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before the line above
+            os._exit(1)
 
 
 def collate(items) -> Batch:
@@ -104,15 +117,15 @@ def collate(items) -> Batch:
 
 
 def read_batches(files: Iterable[FileEntry], preprocess: Preprocess, batch_size: int, workers: int,
-                 pin_memory: bool = False) -> Iterator[Batch]:
+                 pin_memory: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[Batch]:
     """Batches of decoded images for the files of a stream, made by ``workers`` processes (0: in
     this process). ``files`` is consumed by a feeder thread as the workers need it; an error it
     raises is raised here once the files before it are done."""
     ctx = multiprocessing.get_context("fork") if workers else None
     queue_ = ctx.Queue(QUEUED_BATCHES * batch_size * max(1, workers)) if ctx else queue.Queue(QUEUED_BATCHES * batch_size)
-    loader = DataLoader(_Files(queue_, preprocess), batch_size=batch_size, num_workers=workers,
+    loader = DataLoader(_Files(queue_, preprocess, max_pixels), batch_size=batch_size, num_workers=workers,
                         collate_fn=collate, pin_memory=pin_memory, multiprocessing_context=ctx,
-                        prefetch_factor=PREFETCH if workers else None, worker_init_fn=_lower_priority)
+                        prefetch_factor=PREFETCH if workers else None, worker_init_fn=_init_worker)
     batches = iter(loader)  # fork the workers now, before the feeder thread exists
     stop = threading.Event()
     error: list[BaseException] = []

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from vitsearch.search.client import folder_filter, is_under
-from vitsearch.search.config import Settings
+from vitsearch.search.config import DEFAULT_MAX_IMAGE_PIXELS, Settings
 from vitsearch.search.encoder import Encoder
-from vitsearch.search.store import Store
+from vitsearch.search.lease import writer_lease
+from vitsearch.search.store import MAX_PATH_BYTES, Store
 
 from .reader import read_batches
 from .scan import FileEntry, scan
@@ -77,6 +78,18 @@ class IndexReport:
                 f"write {self.write_seconds:.1f} s (background), waited for input {self.wait_seconds:.1f} s")
 
 
+class IndexInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`index_folder` after it wrote every row it had embedded.
+
+    Attributes:
+        report: the :class:`IndexReport` of the work done until then.
+    """
+
+    def __init__(self, report: IndexReport):
+        super().__init__("indexing interrupted")
+        self.report = report
+
+
 class Progress:
     """Callbacks the runner reports to; the CLI passes a tqdm-backed one. Default: silent."""
 
@@ -92,21 +105,30 @@ class Progress:
 
 def index_folder(root: str, *, encoder: Encoder, store: Store, batch_size: int = 32,
                  workers: int = 2, prune: bool = False, progress: Progress | None = None,
-                 on_failure: Callable[[str, str], None] | None = None) -> IndexReport:
+                 on_failure: Callable[[str, str], None] | None = None,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> IndexReport:
     """Index the image files under ``root`` into ``store``'s collection with ``encoder``.
 
     New and changed files (path, size or mtime differ from the row) are embedded and upserted;
     unchanged files are skipped. With ``prune``, rows under ``root`` whose file no longer exists
     are deleted. A file that cannot be read or decoded is reported to ``on_failure(path, reason)``,
     recorded in the report and skipped. Memory stays bounded on any folder size: the scan is
-    streamed, and only a few batches are in flight at a time.
+    streamed, and only a few batches are in flight at a time. One run at a time writes to a
+    collection (:func:`~vitsearch.search.lease.writer_lease`).
 
-    On an exception (Ctrl-C included) the rows already embedded are written before it propagates.
+    Every row is complete when written (vector and metadata in one upsert keyed by path), so a
+    run killed at any point leaves only whole rows, and the next run embeds just what is missing.
+    On an exception the rows already embedded are written before it propagates.
+
+    Args:
+        max_pixels: images larger than this (width x height) are refused before decoding.
 
     Raises:
         NotADirectoryError: ``root`` is not a folder.
+        IndexInterrupted: Ctrl-C; carries the report of the work done (all of it written).
+        CollectionBusyError: another run is indexing into the collection.
         EncoderMismatchError: the collection was filled by another encoder.
-        StoreError: Milvus refused a request.
+        StoreError: Milvus refused a request or stayed unreachable.
     """
     if not os.path.isdir(root):
         raise NotADirectoryError(f"{root} is not a folder")
@@ -122,11 +144,27 @@ def index_folder(root: str, *, encoder: Encoder, store: Store, batch_size: int =
             on_failure(path, reason)
 
     store.ensure(encoder.info)
-    todo = _changed(scan(root, failed), store, report, progress)
+    with writer_lease(store):
+        log.debug("scanning %s", root)
+        try:
+            _run(root, encoder, store, batch_size, workers, max_pixels, progress, report, failed)
+        except KeyboardInterrupt:
+            report.seconds = time.perf_counter() - started
+            raise IndexInterrupted(report) from None
+        if prune:
+            report.removed = _prune(root, store)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _run(root: str, encoder: Encoder, store: Store, batch_size: int, workers: int, max_pixels: int,
+         progress: Progress, report: IndexReport, failed: Callable[[str, str], None]) -> None:
+    """The stages, overlapped; every embedded row is written before this returns or raises."""
+    todo = _changed(_storable(scan(root, failed), failed), store, report, progress)
     writer = Writer(store)
     try:
         batches = read_batches(todo, encoder.preprocessor, batch_size, workers,
-                               pin_memory=encoder.device.type == "cuda")
+                               pin_memory=encoder.device.type == "cuda", max_pixels=max_pixels)
         waited = time.perf_counter()
         for n, batch in enumerate(batches, 1):
             report.wait_seconds += time.perf_counter() - waited
@@ -156,16 +194,26 @@ def index_folder(root: str, *, encoder: Encoder, store: Store, batch_size: int =
         finally:
             report.indexed = writer.written
             report.write_seconds = writer.seconds
-    if prune:
-        report.removed = _prune(root, store)
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def _chunks(items: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
+
+
+def _storable(found: Iterable[FileEntry], failed: Callable[[str, str], None]) -> Iterator[FileEntry]:
+    """The files whose path Milvus can store as a primary key (UTF-8, at most MAX_PATH_BYTES)."""
+    for e in found:
+        try:
+            size = len(e.path.encode("utf-8"))
+        except UnicodeEncodeError:
+            failed(e.path, "file name is not valid UTF-8 (Milvus stores paths as UTF-8 text): rename it")
+            continue
+        if size > MAX_PATH_BYTES:
+            failed(e.path, f"path is {size} bytes long, over Milvus's limit of {MAX_PATH_BYTES} for a key")
+            continue
+        yield e
 
 
 def _changed(found: Iterable[FileEntry], store: Store, report: IndexReport,
@@ -182,6 +230,7 @@ def _changed(found: Iterable[FileEntry], store: Store, report: IndexReport,
             else:
                 todo.append(e)
         progress.found(len(todo))
+        log.debug("looked up %d paths: %d to embed", len(chunk), len(todo))
         yield from todo
 
 

@@ -21,8 +21,11 @@ def scan(root: str, on_error: Callable[[str, str], None]) -> Iterator[FileEntry]
     """Image files under ``root``, recursively, in sorted order within each folder.
 
     Files with an extension of :data:`~vitsearch.search.images.IMAGE_EXTENSIONS` are yielded;
-    symbolic links to files are followed, links to folders are not (no loops). A folder or file
-    that cannot be listed or stat'ed is passed to ``on_error(path, reason)`` and skipped.
+    symbolic links to files are followed, also to files outside ``root`` (the row keeps the
+    link's path); links to folders are not (no loops, no escaping ``root`` by a folder). A folder
+    or file that cannot be listed or stat'ed, and a link to nothing (or to a link loop), is passed
+    to ``on_error(path, reason)`` and skipped, as is a pipe, socket or device with an image
+    extension (never opened: reading a pipe could block forever).
     """
     stack = [os.path.abspath(root)]
     while stack:
@@ -38,9 +41,15 @@ def scan(root: str, on_error: Callable[[str, str], None]) -> Iterator[FileEntry]
             try:
                 if entry.is_dir(follow_symlinks=False):
                     subfolders.append(entry.path)
-                elif is_image_file(entry.name) and entry.is_file():
+                elif not is_image_file(entry.name):
+                    continue
+                elif entry.is_file():
                     st = entry.stat()
                     yield FileEntry(entry.path, st.st_size, st.st_mtime)
+                elif entry.is_symlink() and not os.path.exists(entry.path):
+                    os.stat(entry.path)  # raises: says why (no such file, loop)
+                elif not entry.is_dir():
+                    on_error(entry.path, "not a regular file (a pipe, socket or device): not read")
             except OSError as exc:
                 on_error(entry.path, f"cannot stat: {exc.strerror or exc}")
         stack.extend(reversed(subfolders))

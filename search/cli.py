@@ -8,6 +8,7 @@ transformers, pymilvus) happen inside the commands, so ``--help`` answers at onc
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -15,7 +16,7 @@ from typing import Any, Optional
 import typer
 
 from .config import Settings
-from .errors import VitsearchError
+from .errors import BadImageError, BadQueryError, VitsearchError
 
 app = typer.Typer(
     help="Image similarity search: index folders of images with a Vision Transformer's CLS "
@@ -91,6 +92,8 @@ def index(
     use_compile: bool = typer.Option(False, "--compile", help="torch.compile the encoder: tens of seconds "
                                  "to compile, faster forward passes; pays off on large runs. (env VITSEARCH_COMPILE)"),
     prune: bool = typer.Option(False, "--prune", help="Delete rows of files under FOLDER that no longer exist."),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="Write the files that failed, with "
+                                               "the reason, to this file: CSV if it ends in .csv, else JSON lines."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each batch's decode, embed and write times."),
     as_json: bool = JSON,
 ) -> None:
@@ -105,7 +108,7 @@ def index(
 
     from tqdm import tqdm
 
-    from vitsearch.indexer import encoder_for, index_folder
+    from vitsearch.indexer import IndexInterrupted, encoder_for, index_folder
 
     from .encoder import batch_size_for
     from .store import Store
@@ -121,32 +124,67 @@ def index(
             size = s.batch_size or batch_size_for(encoder)
             report = index_folder(str(folder), encoder=encoder, store=store, batch_size=size,
                                   workers=s.workers, prune=prune, progress=_progress_bar(),
-                                  on_failure=lambda p, r: tqdm.write(f"skipped {p}: {r}", file=sys.stderr))
+                                  max_pixels=s.max_image_pixels,
+                                  on_failure=lambda p, r: tqdm.write(f"skipped {_shown(p)}: {r}", file=sys.stderr))
     except VitsearchError as exc:
         _fail(str(exc))
-    except KeyboardInterrupt:
-        typer.echo("\ninterrupted: rows written so far are kept; run again to continue", err=True)
+    except IndexInterrupted as stop:
+        _index_summary(stop.report, s, encoder.info.model, size, folder, report_file, as_json)
+        typer.echo("interrupted: every image embedded so far is written; run again to continue", err=True)
         raise typer.Exit(130)
+    except KeyboardInterrupt:  # before indexing began (loading the model, opening Milvus)
+        typer.echo("\ninterrupted", err=True)
+        raise typer.Exit(130)
+    _index_summary(report, s, encoder.info.model, size, folder, report_file, as_json)
+
+
+def _shown(path: str) -> str:
+    """A path printable on any terminal: bytes that are not UTF-8 shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _index_summary(report, s: Settings, model: str, batch_size: int, folder: Path,
+                   report_file: Optional[Path], as_json: bool) -> None:
+    """Print what an indexing run did (a line, or JSON), and write the failures to ``report_file``."""
+    if report_file is not None:
+        _write_failures(report_file, report.failures)
     summary = {"indexed": report.indexed, "unchanged": report.unchanged, "removed": report.removed,
                "failed": report.failed, "seconds": round(report.seconds, 2),
                "images_per_s": round(report.images_per_s, 2),
                "stage_seconds": {"decode": round(report.decode_seconds, 2), "embed": round(report.embed_seconds, 2),
                                  "write": round(report.write_seconds, 2), "wait": round(report.wait_seconds, 2)},
-               "batch_size": size, "collection": s.collection,
-               "uri": s.resolved_uri(), "model": encoder.info.model}
+               "batch_size": batch_size, "collection": s.collection, "uri": s.resolved_uri(), "model": model}
     if as_json:
         summary["failures"] = [{"path": p, "reason": r} for p, r in report.failures]
         typer.echo(json.dumps(summary, indent=2))
+        return
+    if not (report.indexed or report.unchanged or report.failed):
+        from .images import IMAGE_EXTENSIONS
+
+        typer.echo(f"no image files under {folder} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
         return
     typer.echo(f"indexed {report.indexed}, unchanged {report.unchanged}, removed {report.removed}, "
                f"failed {report.failed} in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s) "
                f"into {s.collection!r} at {s.resolved_uri()}")
     if report.indexed:
-        typer.echo(f"time: {report.stages()}; batch size {size}")
+        typer.echo(f"time: {report.stages()}; batch size {batch_size}")
     if report.failures:
-        typer.echo("failed files:")
-        for path, reason in report.failures:
-            typer.echo(f"  {path}: {reason}")
+        where = f"listed in {report_file}" if report_file else "listed above; --report FILE saves them"
+        typer.echo(f"{report.failed} file{'s' if report.failed > 1 else ''} could not be indexed ({where})")
+
+
+def _write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
+    """``path, reason`` per failed file: CSV for a ``.csv`` name, else JSON lines."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        if path.suffix.lower() == ".csv":
+            out = csv.writer(f)
+            out.writerow(["path", "reason"])
+            out.writerows(failures)
+        else:
+            for p, reason in failures:
+                f.write(json.dumps({"path": p, "reason": reason}) + "\n")
 
 
 @app.command()
@@ -163,13 +201,19 @@ def search(
     device: Optional[str] = DEVICE,
     as_json: bool = JSON,
 ) -> None:
-    """Find the indexed images most similar to IMAGE, best first (score: cosine similarity)."""
+    """Find the indexed images most similar to IMAGE, best first (score: cosine similarity).
+
+    Exit codes: 0 results (or none), 1 Milvus, model or collection trouble, 2 a bad query (not an
+    image, a corrupt image, an unknown --similar path, a malformed --filter, k out of range).
+    """
     try:
         with _client(uri, collection, model, device) as client:
             if similar:
                 hits = client.search_similar(image, k=k, filter=filter, folder=folder)
             else:
                 hits = client.search(image, k=k, filter=filter, folder=folder)
+    except (BadImageError, BadQueryError) as exc:
+        _fail(str(exc), code=2)
     except VitsearchError as exc:
         _fail(str(exc))
     if as_json:
@@ -214,7 +258,6 @@ def ui(
     Runs `streamlit run` on vitsearch's page. The collection may be indexed meanwhile: a Milvus
     Lite database is shared with `vitsearch index` runs on the same machine.
     """
-    import os
     from importlib.resources import files
 
     s = _settings(uri=uri, collection=collection, max_upload_mb=max_upload_mb)

@@ -102,9 +102,14 @@ class SearchClient:
             folder: only images in this folder or below it (an absolute path; a relative one is
                 taken from the current folder).
 
+        Returns:
+            Up to ``k`` hits (fewer if the collection or the filter holds fewer; none if empty).
+
         Raises:
-            BadImageError: ``image`` cannot be decoded.
-            BadQueryError: ``k`` out of range.
+            BadImageError: ``image`` is not an image, is corrupt, or is over the pixel limit.
+            BadQueryError: ``k`` is not an integer from 1 to 16384, or ``filter`` is not a valid
+                Milvus expression on the stored fields.
+            StoreError: Milvus refused the search or stayed unreachable.
         """
         _check_k(k)
         picture = load_image(image)  # a bad image fails before the model is loaded

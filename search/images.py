@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import BadImageError
 
 #: File extensions the indexer picks up (compared in lower case).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 _ORIENTATION = 0x0112  # EXIF tag
+#: File signatures, to tell a damaged image from a file that is not an image at all.
+_SIGNATURES = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"RIFF", "WebP"),
+               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+# vitsearch refuses by its own limit (max_pixels); Pillow's DecompressionBombWarning is noise here.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
@@ -28,7 +35,8 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
-def decode_bytes(data: bytes, source: str, draft_px: int | None = None) -> Image.Image:
+def decode_bytes(data: bytes, source: str, draft_px: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode an encoded image (JPEG, PNG, WebP, BMP, GIF, TIFF) to an upright RGB image.
 
     EXIF orientation is applied, the first frame of an animation or multi-page file is used and
@@ -39,14 +47,16 @@ def decode_bytes(data: bytes, source: str, draft_px: int | None = None) -> Image
             ``Image.draft``, the DCT scaling of libjpeg) as long as both sides stay at least
             ``draft_px`` pixels: several times faster for large photos. Other formats decode at
             full size.
+        max_pixels: refuse an image of more pixels than this (before decoding it).
 
     Raises:
         BadImageError: ``source`` (a path or label) with a one-line reason.
     """
-    return decode_sized(data, source, draft_px)[0]
+    return decode_sized(data, source, draft_px, max_pixels)[0]
 
 
-def decode_sized(data: bytes, source: str, draft_px: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+def decode_sized(data: bytes, source: str, draft_px: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[Image.Image, tuple[int, int]]:
     """:func:`decode_bytes`, and the upright image's full ``(width, height)`` in pixels (which a
     draft decode does not have).
 
@@ -55,10 +65,16 @@ def decode_sized(data: bytes, source: str, draft_px: int | None = None) -> tuple
     """
     if not data:
         raise BadImageError(source, "empty file (0 bytes)")
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's guard (at twice this) stays behind ours
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.seek(0)
             width, height = img.size
+            if width * height > max_pixels:
+                raise BadImageError(source, f"image too large: {width}x{height} = {width * height / 1e6:.0f} "
+                                            f"megapixels, over the limit of {max_pixels / 1e6:.0f} "
+                                            f"(VITSEARCH_MAX_IMAGE_PIXELS)")
             if img.getexif().get(_ORIENTATION) in (5, 6, 7, 8):  # turned by 90 degrees
                 width, height = height, width
             if draft_px is not None:
@@ -66,6 +82,9 @@ def decode_sized(data: bytes, source: str, draft_px: int | None = None) -> tuple
             img.load()
             return to_rgb(img), (width, height)
     except UnidentifiedImageError:
+        kind = next((k for magic, k in _SIGNATURES if data.startswith(magic)), None)
+        if kind:
+            raise BadImageError(source, f"corrupt {kind} file: its header or first chunks are damaged") from None
         raise BadImageError(source, "not a recognised image format") from None
     except Image.DecompressionBombError as exc:
         raise BadImageError(source, f"image too large: {exc}") from None

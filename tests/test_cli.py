@@ -36,7 +36,8 @@ def test_index_search_stats(photos, db_uri, tiny_model):
     (photos / "broken.jpg").write_text("nope")
     out = cli("index", photos, "--model", tiny_model, "--uri", db_uri, "--workers", "1", "--verbose")
     assert "indexed 11, unchanged 0, removed 0, failed 1" in out.stdout
-    assert f"{photos / 'broken.jpg'}: not a recognised image format" in out.stdout
+    assert f"skipped {photos / 'broken.jpg'}: not a recognised image format" in out.stderr
+    assert "1 file could not be indexed" in out.stdout
     assert "time: decode" in out.stdout and "embed" in out.stdout and "batch size 32" in out.stdout
     assert "batch 1: 11 images, decode" in out.stderr and "wrote 11 rows in" in out.stderr  # --verbose
 
@@ -78,3 +79,29 @@ def test_errors_are_one_clear_line(args, code, message, photos, db_uri):
     out = cli(*[a.format(photos=photos) for a in args], "--uri", db_uri, ok=False)
     assert out.returncode == code
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("query, args, code, message", [
+    ("notes.jpg", [], 2, "notes.jpg: not a recognised image format"),
+    ("cut.jpg", [], 2, "cut.jpg: corrupt or truncated image data"),
+    ("cat.jpg", ["-k", "0"], 2, "Invalid value for '-k'"),
+    ("cat.jpg", ["-k", "16385"], 2, "Invalid value for '-k'"),
+    ("cat.jpg", ["--filter", "width >"], 2, "filter 'width >' is not a valid Milvus expression"),
+    ("cat.jpg", ["--filter", "colour == 3"], 2, "is not a valid Milvus expression"),
+    ("nope.jpg", ["--similar"], 2, "is not indexed"),
+    ("cat.jpg", ["--collection", "other"], 1, "index a folder first"),
+])
+def test_bad_searches_are_one_clear_line(query, args, code, message, indexed):
+    photos, uri = indexed
+    (photos / "notes.jpg").write_text("not an image")
+    (photos / "cut.jpg").write_bytes((photos / "cat.jpg").read_bytes()[:2000])
+    out = cli("search", photos / query, "--uri", uri, *args, ok=False)
+    assert out.returncode == code, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_an_empty_collection_gives_no_results(db_uri, tiny_model, tmp_path):
+    (tmp_path / "none").mkdir()
+    cli("index", tmp_path / "none", "--model", tiny_model, "--uri", db_uri)  # creates the collection, no rows
+    out = cli("search", EXAMPLES / "images" / "cat.jpg", "--uri", db_uri)
+    assert out.stdout.strip() == "no results"

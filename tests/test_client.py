@@ -53,8 +53,14 @@ def test_filter_and_bad_queries(indexed):
     with SearchClient(uri=uri) as client:
         sub = client.search(photos / "cat.jpg", k=10, filter=f'folder == "{photos / "sub"}"')
         assert [h.path for h in sub] == [str(photos / "sub" / "rocket.jpg")]
-        with pytest.raises(BadQueryError, match="k must be"):
-            client.search(photos / "cat.jpg", k=0)
+        for k in (0, -1, 16385, 2.5):
+            with pytest.raises(BadQueryError, match="k must be"):
+                client.search(photos / "cat.jpg", k=k)
+        for bad in ("width >", 'folder == "unterminated', "colour == 3", "width >> 2"):
+            with pytest.raises(BadQueryError, match="not a valid Milvus expression"):
+                client.search(photos / "cat.jpg", k=3, filter=bad)
+        with pytest.raises(BadImageError, match="corrupt or truncated"):
+            client.search((photos / "cat.jpg").read_bytes()[:2000])
         with pytest.raises(BadImageError, match="not a recognised image format"):
             client.search(b"definitely not an image")
 

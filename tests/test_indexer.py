@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from vitsearch.indexer import encoder_for, index_folder
+from vitsearch.indexer import IndexInterrupted, encoder_for, index_folder
 from vitsearch.indexer.scan import scan
 from vitsearch.search.config import Settings
 from vitsearch.search.encoder import Encoder
@@ -135,14 +135,9 @@ def test_indexed_vectors_equal_plain_transformers(photos, db_uri, real_model):
 
 
 @pytest.fixture
-def many(photos, tmp_path):
-    """330 image files: the 11 photos linked 30 times each (links to files are followed)."""
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for k in range(30):
-        for p in sorted(photos.rglob("*.jpg")):
-            (folder / f"{k:02d}-{p.name}").symlink_to(p)
-    return folder
+def many(linked_photos):
+    """330 image files."""
+    return linked_photos(30)
 
 
 def test_the_scan_streams_and_memory_stays_bounded(many, db_uri, tiny, monkeypatch):
@@ -205,9 +200,13 @@ def test_an_interrupted_run_writes_what_it_embedded(photos, db_uri, tiny, monkey
         embedded.append(len(pixels))
         return real_embed(pixels)
     monkeypatch.setattr(tiny, "embed_pixels", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(IndexInterrupted) as stop:  # a KeyboardInterrupt, with the report
         run(photos, db_uri, tiny, workers=2)
-    assert len(rows(db_uri)) == sum(embedded) == 8  # two batches of 4, flushed before stopping
+    assert 0 < sum(embedded) < 11
+    assert len(rows(db_uri)) == stop.value.report.indexed == sum(embedded)  # all flushed before stopping
+    monkeypatch.undo()
+    again = run(photos, db_uri, tiny, workers=2)
+    assert (again.indexed, again.unchanged) == (11 - sum(embedded), sum(embedded))
 
 
 def test_an_error_while_scanning_reaches_the_caller(photos, db_uri, tiny, monkeypatch):

@@ -26,6 +26,8 @@ log = logging.getLogger("vitsearch.ui")
 UPLOAD_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 GRID_COLUMNS = 4
 K_DEFAULT, K_MAX = 12, 100
+#: Seconds a search keeps retrying an unreachable Milvus before the page says so.
+RETRY_S = 5.0
 
 
 @st.cache_resource(show_spinner="Opening the collection and loading its encoder…")
@@ -33,7 +35,9 @@ def open_client(uri: str, collection: str) -> SearchClient:
     """One client per server process and collection: the Milvus connection and the encoder are
     made once and shared by every browser session. Not cached when it raises (the collection
     may be indexed later)."""
-    client = SearchClient(uri=uri, collection=collection)
+    settings = Settings()
+    settings = settings.model_copy(update={"retry_s": min(settings.retry_s, RETRY_S)})
+    client = SearchClient(uri=uri, collection=collection, settings=settings)
     _ = client.encoder  # load the model now, not on the first search
     return client
 

@@ -1,0 +1,124 @@
+"""Hostile and odd inputs (tests/hostile.py makes 40 cases): `vitsearch index` indexes each one
+correctly or reports it with its path and a one-line reason, and the run goes on and exits 0;
+--report writes the failures; animated and multi-page files give their first frame, an
+EXIF-rotated photo its upright picture; a file that vanishes mid-run is reported."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import hostile
+from vitsearch.indexer import index_folder
+from vitsearch.search.encoder import Encoder
+from vitsearch.search.store import Store
+
+VITSEARCH = [sys.executable, "-c", "from vitsearch.search.cli import main; main()"]
+
+
+def stored(uri: str) -> dict[str, np.ndarray]:
+    with Store(uri, "images") as store:
+        return {r["path"]: np.asarray(r["vector"]) for r in store.iter_rows(["vector"])}
+
+
+@pytest.fixture(scope="module")
+def corpus_run(tmp_path_factory, tiny_model):
+    """The corpus, indexed once by the CLI (as a user without root's file access)."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    root = tmp / "corpus"
+    root.mkdir()
+    hostile.build(root)
+    frame0 = tmp / "frames"  # references, outside the corpus: the first frame of each file
+    frame0.mkdir()
+    for name in ("animated.gif", "multipage.tif"):
+        with Image.open(root / name) as img:
+            img.seek(0)
+            img.convert("RGB").save(frame0 / f"{name}.png")
+    uri = str(tmp / "db.db")
+    report = tmp / "failures.jsonl"
+    out = subprocess.run([*VITSEARCH, "index", root, "--model", tiny_model, "--uri", uri, "--report", report,
+                          "--json"], capture_output=True, text=True, timeout=600,
+                         preexec_fn=hostile.without_root_file_access)
+    return root, frame0, uri, report, out
+
+
+def test_every_case_is_indexed_or_reported_with_a_reason(corpus_run):
+    root, _, uri, report, out = corpus_run
+    assert out.returncode == 0, out.stderr
+    assert len(hostile.CASES) >= 30
+    summary = json.loads(out.stdout)
+    failures = {f["path"]: f["reason"] for f in map(json.loads, report.read_text().splitlines())}
+    assert failures == {f["path"]: f["reason"] for f in summary["failures"]}  # --report = the summary
+    rows = stored(uri)
+    seen = hostile.outcomes(root, set(rows), failures)
+    wrong = {name: (expected, seen[name]) for name, _, expected in hostile.CASES
+             if not (seen[name] == expected if expected == hostile.INDEXED else expected in seen[name])}
+    assert not wrong
+    assert summary["indexed"] == len(rows) and summary["failed"] == len(failures)
+    assert all("\n" not in reason and reason for reason in failures.values())  # one line each
+    assert str(root / "link-outside.jpg") in rows  # a link to a file outside is followed, kept by its own path
+
+
+def test_first_frames_are_embedded(corpus_run, tiny_model):
+    root, frame0, uri, _, _ = corpus_run
+    rows = stored(uri)
+    encoder = Encoder.load(str(tiny_model))
+    for name in ("animated.gif", "multipage.tif"):
+        reference = encoder.embed([str(frame0 / f"{name}.png")])[0]
+        assert float(rows[str(root / name)] @ reference) > 0.99999, name
+
+
+def test_the_report_can_be_csv(tmp_path, photos, tiny_model):
+    (photos / "bad.jpg").write_bytes(b"nope")
+    report = tmp_path / "failures.csv"
+    out = subprocess.run([*VITSEARCH, "index", photos, "--model", tiny_model, "--uri", tmp_path / "db.db",
+                          "--report", report], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "1 file could not be indexed (listed in" in out.stdout
+    assert list(csv.reader(report.open())) == [["path", "reason"], [str(photos / "bad.jpg"), "not a recognised image format"]]
+
+
+def test_a_folder_without_images_is_not_an_error(tmp_path, tiny_model):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    out = subprocess.run([*VITSEARCH, "index", tmp_path / "empty", "--model", tiny_model, "--uri", tmp_path / "db.db"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"no image files under {tmp_path / 'empty'} (extensions: .bmp, .gif" in out.stdout
+
+
+def test_an_exif_rotated_photo_is_embedded_upright(tmp_path, real_model):
+    hostile.exif_rotated(tmp_path)
+    encoder = Encoder.load(str(real_model))
+    with Store(str(tmp_path / "db.db"), "images") as store:
+        index_folder(str(tmp_path), encoder=encoder, store=store, workers=0)
+    rows = stored(str(tmp_path / "db.db"))
+    upright, rotated = rows[str(tmp_path / "upright.png")], rows[str(tmp_path / "rotated-exif6.jpg")]
+    with Image.open(tmp_path / "rotated-exif6.jpg") as img:
+        pixels_only = Image.new("RGB", img.size)
+        pixels_only.paste(img)  # the stored pixels, without the EXIF orientation
+    sideways = encoder.embed([pixels_only])[0]
+    assert float(upright @ rotated) > 0.99
+    assert float(upright @ sideways) < float(upright @ rotated) - 0.05  # the rotation matters to the model
+
+
+def test_a_file_that_vanishes_between_scan_and_read_is_reported(photos, db_uri, tiny_model, monkeypatch):
+    import vitsearch.indexer.runner as runner
+
+    real_scan = runner.scan
+
+    def scan_then_delete(root, on_error):
+        for entry in real_scan(root, on_error):
+            if entry.path.endswith("cat.jpg"):
+                os.unlink(entry.path)  # gone after the scan saw it, before a worker reads it
+            yield entry
+    monkeypatch.setattr(runner, "scan", scan_then_delete)
+    with Store(db_uri, "images") as store:
+        report = index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=2)
+    assert report.indexed == 10
+    assert dict(report.failures) == {str(photos / "cat.jpg"): "No such file or directory"}
