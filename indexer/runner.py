@@ -244,13 +244,16 @@ def _prune(root: str, store: Store) -> int:
 
 
 def encoder_for(store: Store, settings: Settings) -> Encoder:
-    """Load the encoder to index with: the model asked for (argument or ``VITSEARCH_MODEL``),
-    else the one recorded in an existing collection, else the default model.
+    """Load the encoder to index with: the model and pooling asked for (argument or
+    ``VITSEARCH_MODEL`` / ``VITSEARCH_POOLING``), else those recorded in an existing collection,
+    else the defaults.
 
     Raises:
         ModelNotFoundError: the model cannot be loaded.
     """
-    model = settings.model
-    if "model" not in settings.model_fields_set and store.exists():
-        model = store.encoder_info().model
-    return Encoder.load(model, settings=settings)
+    model, pooling = settings.model, settings.pooling
+    if not {"model", "pooling"} <= settings.model_fields_set and store.exists():
+        recorded = store.encoder_info()
+        model = model if "model" in settings.model_fields_set else recorded.model
+        pooling = pooling if "pooling" in settings.model_fields_set else recorded.pooling
+    return Encoder.load(model, pooling=pooling, settings=settings)

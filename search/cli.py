@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,6 +35,18 @@ DEVICE = typer.Option(None, "--device", help="cuda, cuda:N, mps or cpu. (env VIT
 DTYPE = typer.Option(None, "--dtype", help="bfloat16, float16 or float32. (env VITSEARCH_DTYPE; "
                      "default: bfloat16 on CUDA, float32 elsewhere)")
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+class Pooling(str, Enum):
+    """``--pooling`` values (see :data:`vitsearch.search.encoder.POOLINGS`)."""
+
+    cls = "cls"
+    mean = "mean"
+
+
+POOLING = typer.Option(None, "--pooling",
+                       help="cls (the CLS token; default) or mean (the mean of the patch tokens); recorded "
+                            "in the collection like the model. (env VITSEARCH_POOLING)")
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -82,6 +95,7 @@ def index(
     model: Optional[str] = typer.Option(None, "--model", help="Hub id, local folder or pulled model "
                                         "name. (env VITSEARCH_MODEL; default: the collection's model, "
                                         "for a new collection facebook/dinov2-small)"),
+    pooling: Optional[Pooling] = POOLING,
     uri: Optional[str] = URI,
     collection: Optional[str] = COLLECTION,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass "
@@ -116,7 +130,7 @@ def index(
     if verbose:
         logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
         logging.getLogger("vitsearch").setLevel(logging.DEBUG)
-    s = _settings(model=model, uri=uri, collection=collection, batch_size=batch_size,
+    s = _settings(model=model, pooling=pooling and pooling.value, uri=uri, collection=collection, batch_size=batch_size,
                   workers=workers, device=device, dtype=dtype, compile=use_compile or None)
     try:
         with Store.from_settings(s) as store:
@@ -271,6 +285,90 @@ def ui(
     typer.echo(f"vitsearch: collection {s.collection!r} at {s.resolved_uri()} on http://{host}:{port}", err=True)
     sys.stdout.flush()
     os.execve(sys.executable, cmd, env)
+
+
+@app.command("eval")
+def eval_(
+    dataset: Path = typer.Argument(..., exists=True, file_okay=False, dir_okay=True,
+                                   help="images/ + groundtruth.json (query file -> relevant files), or one "
+                                        "subfolder of images per class."),
+    model: Optional[str] = typer.Option(None, "--model", help="Hub id, local folder or pulled model name. "
+                                        "(env VITSEARCH_MODEL; default: facebook/dinov2-small)"),
+    pooling: Optional[Pooling] = POOLING,
+    k: str = typer.Option("1,5,10", "--k", help="Cut-offs for recall@k and precision@k, comma-separated."),
+    uri: Optional[str] = typer.Option(None, "--uri", help="Reuse this Milvus (with --collection); default: a "
+                                      "temporary Milvus Lite database, deleted afterwards."),
+    collection: Optional[str] = COLLECTION,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode/preprocess processes."),
+    device: Optional[str] = DEVICE,
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON documented in the README."),
+) -> None:
+    """Measure retrieval quality on a labelled set: mAP, recall@k, precision@k, ANN recall@10.
+
+    DATASET is indexed with the normal indexer (incremental, so a reused collection is not
+    embedded twice), every query is searched through SearchClient with the query left out of its
+    own ranking, and the index's top-10 is compared with exact search on the same vectors.
+    """
+    import shutil
+    import tempfile
+    import time
+
+    from vitsearch.indexer import encoder_for, index_folder
+
+    from .client import SearchClient
+    from .encoder import batch_size_for
+    from .evaluate import evaluate, load_dataset
+    from .lite import release
+    from .store import Store
+
+    try:
+        ks = sorted({int(v) for v in k.split(",") if v.strip()})
+        if not ks or ks[0] < 1:
+            raise ValueError
+    except ValueError:
+        _fail(f"--k takes positive integers separated by commas, got {k!r}", code=2)
+    scratch = None if uri else tempfile.mkdtemp(prefix="vitsearch-eval-")
+    s = _settings(model=model, pooling=pooling and pooling.value, uri=uri or str(Path(scratch) / "eval.db"),
+                  collection=collection or (None if uri else "eval"), batch_size=batch_size,
+                  workers=workers, device=device)
+    started = time.perf_counter()
+    try:
+        data = load_dataset(dataset)
+        with Store.from_settings(s) as store:
+            encoder = encoder_for(store, s)
+            report = index_folder(str(data.root), encoder=encoder, store=store,
+                                  batch_size=s.batch_size or batch_size_for(encoder), workers=s.workers,
+                                  progress=_progress_bar(), max_pixels=s.max_image_pixels)
+            with SearchClient(settings=s, encoder=encoder) as client:
+                result = evaluate(data, client, ks)
+    except BadQueryError as exc:
+        _fail(str(exc), code=2)
+    except VitsearchError as exc:
+        _fail(str(exc))
+    finally:
+        if scratch:
+            release(Path(scratch) / "eval.db")
+            shutil.rmtree(scratch, ignore_errors=True)
+    info = encoder.info
+    out = {"dataset": str(dataset), "layout": data.kind, "images": report.indexed + report.unchanged,
+           "failed": report.failed, "queries": result.queries, "model": info.model, "pooling": info.pooling,
+           "dim": info.dim, "k": ks, **result.to_dict(),
+           "seconds": {"index": round(report.seconds, 2), "search": round(result.search_seconds, 2),
+                       "total": round(time.perf_counter() - started, 2)},
+           "uri": uri, "collection": s.collection if uri else None}
+    del out["search_seconds"]
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    typer.echo(f"{dataset}: {out['layout']}, {out['images']} images, {out['queries']} queries; "
+               f"model {info.model}, pooling {info.pooling}, {info.dim}-d")
+    typer.echo(f"{'mAP':>14}  {result.map:.4f}")
+    for name, values in (("recall", result.recall), ("precision", result.precision)):
+        typer.echo("  ".join(f"{f'{name}@{kk}':>14}  {v:.4f}" for kk, v in values.items()))
+    typer.echo(f"{'ANN recall@10':>14}  {result.ann_recall_at_10:.4f} (the index's top-10 against exact search)")
+    typer.echo(f"{'seconds':>14}  index {out['seconds']['index']}, search {out['seconds']['search']}, "
+               f"total {out['seconds']['total']}")
 
 
 @model_app.command("pull")

@@ -85,8 +85,8 @@ class SearchClient:
         return self._encoder
 
     def _load_encoder(self) -> None:
-        enc = Encoder.load(self._model or self.encoder_info.model, device=self._device,
-                           dtype=self._dtype, settings=self.settings)
+        enc = Encoder.load(self._model or self.encoder_info.model, device=self._device, dtype=self._dtype,
+                           pooling=self.encoder_info.pooling, settings=self.settings)
         self.encoder_info.check_same(enc.info, self._where)
         self._encoder = enc
 

@@ -6,6 +6,7 @@ environment variable, then the default below.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field, SecretStr
@@ -30,6 +31,7 @@ class Settings(BaseSettings):
         token: Milvus server token (``user:password`` or API key); never logged.
         collection: collection name.
         model: encoder, a Hugging Face hub id, a local folder or a pulled model's name.
+        pooling: ``cls`` (the class token; default) or ``mean`` (mean of the patch tokens).
         device: ``cuda``, ``cuda:1``, ``mps`` or ``cpu``; ``None`` picks CUDA, then MPS, then CPU.
         dtype: ``bfloat16`` or ``float16`` on CUDA; ``None`` gives bf16 on CUDA, fp32 elsewhere.
         batch_size: images per forward pass; default 32, on CUDA chosen for the card's free
@@ -50,6 +52,7 @@ class Settings(BaseSettings):
     token: SecretStr | None = None
     collection: str = DEFAULT_COLLECTION
     model: str = DEFAULT_MODEL
+    pooling: Literal["cls", "mean"] = "cls"
     device: str | None = None
     dtype: str | None = None
     batch_size: int | None = Field(default=None, ge=1)

@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 #: dinov2-small-9l ~16-19 images/s on 2 cores from 8 to 64), so this only bounds memory.
 DEFAULT_BATCH_SIZE = 32
 
+#: Pooling of the last hidden state into one vector: the class token, as in the ViT paper
+#: (Dosovitskiy et al. 2020), or the mean of the patch tokens (the "GAP" variant its ablations
+#: compare; extra prefix tokens such as DeiT's distillation token are left out of the mean).
+POOLINGS = ("cls", "mean")
+
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -43,7 +48,8 @@ class EncoderInfo:
         model: hub id, pulled model name or absolute folder path the encoder was loaded from.
         weights_sha256: sha256 of the weights file(s); two encoders are the same model iff equal.
         dim: embedding dimension D.
-        pooling: how the image vector is taken from the tokens; ``"cls"``.
+        pooling: how the image vector is taken from the last layer's tokens: ``"cls"`` (the class
+            token, the product's default) or ``"mean"`` (the mean of the patch tokens).
         image_size: model input ``"HxW"`` in pixels after preprocessing.
     """
 
@@ -124,6 +130,8 @@ class Encoder:
 
     def __init__(self, model: torch.nn.Module, processor, info: EncoderInfo,
                  device: torch.device, dtype: torch.dtype):
+        if info.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {info.pooling!r}; use one of {', '.join(POOLINGS)}")
         self.model = model
         self.processor = processor
         self.preprocessor = Preprocess.from_processor(processor)
@@ -133,18 +141,20 @@ class Encoder:
 
     @classmethod
     def load(cls, model: str | None = None, *, device: str | None = None, dtype: str | None = None,
-             compile: bool = False, settings: Settings | None = None) -> "Encoder":
+             pooling: str | None = None, compile: bool = False, settings: Settings | None = None) -> "Encoder":
         """Load a checkpoint by hub id, local folder or pulled model name.
 
         Args:
             model: default ``VITSEARCH_MODEL``, else ``facebook/dinov2-small``.
             device: ``cuda``, ``mps``, ``cpu``...; default: auto (CUDA, MPS, CPU).
             dtype: ``bfloat16``/``float16``/``float32``; default bf16 on CUDA, fp32 elsewhere.
+            pooling: ``cls`` (default, ``VITSEARCH_POOLING``) or ``mean`` (see :data:`POOLINGS`).
             compile: run the model through ``torch.compile`` (Inductor): a one-off compile cost of
                 tens of seconds per batch shape, for faster forward passes on large runs.
 
         Raises:
             ModelNotFoundError: the model cannot be found locally nor fetched.
+            ValueError: an unknown pooling or dtype.
         """
         import transformers
         from transformers import AutoImageProcessor, AutoModel
@@ -168,7 +178,7 @@ class Encoder:
             model=resolved.name,
             weights_sha256=weights_sha256(resolved.folder),
             dim=int(net.config.hidden_size),
-            pooling="cls",
+            pooling=pooling or settings.pooling,
             image_size=f"{pixel.shape[2]}x{pixel.shape[3]}",
         )
         if compile or settings.compile:
@@ -187,14 +197,21 @@ class Encoder:
 
     @torch.inference_mode()
     def embed_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
-        """Model input ``(N, 3, H, W)`` to embeddings ``(N, D) float32``, each row of L2 norm 1.
+        """Model input ``(N, 3, H, W)`` to embeddings ``(N, D) float32``, each row of L2 norm 1:
+        the CLS token of the last layer, or the mean of its patch tokens (``info.pooling``).
 
         From pinned memory the copy to the GPU is asynchronous (``non_blocking``); the cast to
         the model's dtype happens on the device.
         """
         x = pixel_values.to(self.device, non_blocking=True).to(self.dtype)
-        cls_token = self.model(pixel_values=x).last_hidden_state[:, 0]
-        return torch.nn.functional.normalize(cls_token.float(), dim=-1).cpu().numpy()
+        tokens = self.model(pixel_values=x).last_hidden_state  # (N, prefix + patches, D)
+        if self.info.pooling == "cls":
+            pooled = tokens[:, 0]
+        else:
+            patch = self.model.config.patch_size
+            patches = (x.shape[2] // patch) * (x.shape[3] // patch)
+            pooled = tokens[:, tokens.shape[1] - patches:].mean(dim=1)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
 
     def embed(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
         """Images (paths, bytes, PIL, ``(H, W, 3) uint8`` arrays) to ``(N, D) float32`` embeddings.

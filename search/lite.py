@@ -66,6 +66,14 @@ def lite_uri(db: Path, wait_s: float) -> tuple[str, bool]:
         time.sleep(_POLL_S)
 
 
+def release(db: Path) -> None:
+    """Stop serving ``db`` from this process and close it (releasing its lock); a no-op if this
+    process does not serve it. Clients in other processes then take it over."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_server(str(db.expanduser().absolute()))
+
+
 def _serve(db: Path) -> tuple[str | None, str]:
     """Start (or reuse) this process's Lite server for ``db``: ``(uri, "")`` or ``(None, why)``."""
     from milvus_lite.server_manager import server_manager_instance

@@ -157,3 +157,45 @@ def test_cuda_path_copies_asynchronously_and_casts_on_the_device(tiny_model, mon
     monkeypatch.setattr(torch.Tensor, "to", spy)
     encoder.embed_pixels(torch.zeros(2, 3, 32, 32))
     assert calls[0] == ((encoder.device,), {"non_blocking": True}) and calls[1] == ((encoder.dtype,), {})
+
+
+@pytest.mark.parametrize("kind, prefix", [("vit", 1), ("deit", 2), ("dinov2", 1), ("clip", 1)])
+def test_mean_pooling_averages_the_patch_tokens_only(kind, prefix, tmp_path, tiny_model):
+    """DeiT's second prefix token (distillation) is not a patch: 16 patches of 8 px on 32 px."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    folder = tiny_model if kind == "vit" else tmp_path
+    if kind != "vit":
+        save_tiny(kind, tmp_path)
+    enc = Encoder.load(str(folder), pooling="mean")
+    assert enc.info.pooling == "mean"
+    ours = enc.embed([str(p) for p in PHOTOS[:3]])
+    model = AutoModel.from_pretrained(folder).eval()
+    tower = getattr(model, "vision_model", model)
+    pixels = AutoImageProcessor.from_pretrained(folder)(
+        images=[Image.open(p).convert("RGB") for p in PHOTOS[:3]], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        tokens = tower(pixel_values=pixels).last_hidden_state
+    assert tokens.shape[1] == prefix + 16
+    ref = tokens[:, prefix:].mean(dim=1).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert (ours * ref).sum(axis=1).min() > 0.999
+    cls = Encoder.load(str(folder)).embed([str(p) for p in PHOTOS[:3]])
+    assert (ours * cls).sum(axis=1).max() < 0.9999  # a different vector from the CLS token's
+
+
+def test_pooling_is_recorded_and_a_mismatch_refused(photos, db_uri, tiny_model):
+    from vitsearch.indexer import index_folder
+    from vitsearch.search import SearchClient
+    from vitsearch.search.store import Store
+
+    with Store(db_uri, "images") as store:
+        index_folder(str(photos), encoder=Encoder.load(str(tiny_model), pooling="mean"), store=store, workers=0)
+        assert store.encoder_info().pooling == "mean"
+        with pytest.raises(EncoderMismatchError, match="mean"):
+            index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
+    with SearchClient(uri=db_uri) as client:  # loads the collection's pooling
+        assert client.encoder.info.pooling == "mean"
+        assert client.search(photos / "cat.jpg", k=1)[0].path == str(photos / "cat.jpg")
+    with pytest.raises(ValueError, match="unknown pooling"):
+        Encoder.load(str(tiny_model), pooling="max")

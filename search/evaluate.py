@@ -1,0 +1,161 @@
+"""Retrieval quality on a labelled image set, computed the way the field computes it.
+
+Two dataset layouts (:func:`load_dataset`):
+
+- **groundtruth**: ``DATASET/images/`` and ``DATASET/groundtruth.json`` mapping a query file to
+  the list of its relevant files (names relative to ``images/``), as in INRIA Holidays (Jegou,
+  Douze, Schmid 2008);
+- **classes**: one subfolder per class; every image is a query and the other images of its class
+  are its relevant set.
+
+:func:`evaluate` queries every query through :class:`~.client.SearchClient` (with its stored
+vector when it is indexed, else by image), leaves the query out of its own ranking, and reports:
+
+- **mAP**: mean over queries of non-interpolated average precision (the mean, over a query's
+  relevant items, of the precision at each one's rank; a relevant item not retrieved counts 0);
+- **recall@k**: mean over queries of ``|relevant in top k| / |relevant|``;
+- **precision@k**: mean over queries of ``|relevant in top k| / k``;
+- **ANN recall@10**: mean overlap of the index's top-10 with the exact (brute-force cosine)
+  top-10 over the same stored vectors: what the HNSW index costs in quality.
+
+Rankings are ``min(N - 1, 16384)`` deep (16384 is Milvus's top-k limit).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .client import SearchClient
+from .errors import BadQueryError
+from .images import is_image_file
+
+MAX_DEPTH = 16384
+
+
+@dataclass
+class Dataset:
+    """Images to index and queries with their relevant sets (absolute paths).
+
+    Attributes:
+        root: the folder that is indexed.
+        kind: ``"groundtruth"`` or ``"classes"``.
+        queries: query path to the set of its relevant paths (the query itself excluded).
+    """
+
+    root: Path
+    kind: str
+    queries: dict[str, set[str]]
+
+
+def load_dataset(path: str | os.PathLike) -> Dataset:
+    """Read a dataset folder in either layout.
+
+    Raises:
+        BadQueryError: neither layout, or a groundtruth naming files that do not exist.
+    """
+    path = Path(path).absolute()
+    truth = path / "groundtruth.json"
+    if truth.is_file():
+        images = path / "images"
+        try:
+            pairs = json.loads(truth.read_text())
+        except ValueError as exc:
+            raise BadQueryError(f"{truth}: not valid JSON ({exc})") from None
+        if not images.is_dir() or not isinstance(pairs, dict):
+            raise BadQueryError(f"{path}: a groundtruth dataset needs images/ and groundtruth.json "
+                                f"mapping each query file to a list of relevant files")
+        queries = {str(images / q): {str(images / r) for r in rel} - {str(images / q)} for q, rel in pairs.items()}
+        missing = [p for q, rel in queries.items() for p in (q, *rel) if not os.path.exists(p)]
+        if missing:
+            raise BadQueryError(f"{truth} names {len(missing)} files not in {images}, e.g. {missing[0]}")
+        return Dataset(images, "groundtruth", queries)
+    classes = {c: sorted(str(p) for p in c.rglob("*") if is_image_file(p) and p.is_file())
+               for c in sorted(path.iterdir()) if c.is_dir()}
+    classes = {c: files for c, files in classes.items() if files}
+    if len(classes) < 2:
+        raise BadQueryError(f"{path}: expected groundtruth.json and images/, or one subfolder of "
+                            f"images per class (found {len(classes)} class folders with images)")
+    queries = {q: set(files) - {q} for files in classes.values() for q in files}
+    return Dataset(path, "classes", queries)
+
+
+@dataclass
+class EvalResult:
+    """Retrieval figures; see the module docstring for the definitions (all in [0, 1])."""
+
+    queries: int
+    map: float
+    recall: dict[int, float]
+    precision: dict[int, float]
+    ann_recall_at_10: float
+    search_seconds: float
+    per_query_ap: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict:
+        """JSON-ready; ``k`` keys become strings."""
+        out = asdict(self)
+        out.pop("per_query_ap")
+        out["recall"] = {str(k): v for k, v in self.recall.items()}
+        out["precision"] = {str(k): v for k, v in self.precision.items()}
+        return out
+
+
+def average_precision(ranking: Sequence[str], relevant: set[str]) -> float:
+    """Non-interpolated AP of one ranking; 0 for an empty relevant set."""
+    if not relevant:
+        return 0.0
+    hits, total = 0, 0.0
+    for rank, item in enumerate(ranking, 1):
+        if item in relevant:
+            hits += 1
+            total += hits / rank
+    return total / len(relevant)
+
+
+def evaluate(dataset: Dataset, client: SearchClient, ks: Sequence[int] = (1, 5, 10)) -> EvalResult:
+    """Query every query of ``dataset`` against ``client``'s collection (which must hold the
+    dataset's images; other rows act as distractors) and compute mAP, recall@k, precision@k and
+    the index's recall@10 against exact search over all the collection's stored vectors (held in
+    memory: ``(N, D) float32``).
+
+    Raises:
+        BadQueryError: the collection holds none of the dataset's images, or a k is not positive.
+    """
+    if not ks or min(ks) < 1:
+        raise BadQueryError(f"k values must be positive integers, got {list(ks)}")
+    vectors = {r["path"]: np.asarray(r["vector"], np.float32) for r in client.store.iter_rows(["vector"])}
+    if not any(q in vectors for q in dataset.queries):
+        raise BadQueryError(f"the collection holds none of the images under {dataset.root}: index them first")
+    names = sorted(vectors)
+    matrix = np.stack([vectors[p] for p in names])
+    depth = min(len(names) - (1 if names else 0), MAX_DEPTH) or 1
+    aps, recalls, precisions, ann = {}, {k: [] for k in ks}, {k: [] for k in ks}, []
+    started = time.perf_counter()
+    for query, relevant in dataset.queries.items():
+        if query in vectors:
+            hits = client.search_similar(query, k=depth)  # its stored vector; itself left out
+        else:
+            hits = [h for h in client.search(query, k=min(depth + 1, MAX_DEPTH)) if h.path != query]
+        ranking = [h.path for h in hits]
+        aps[query] = average_precision(ranking, relevant)
+        for k in ks:
+            found = len(relevant.intersection(ranking[:k]))
+            recalls[k].append(found / len(relevant) if relevant else 0.0)
+            precisions[k].append(found / k)
+        if query in vectors:  # the exact top-10 over the same vectors, the query left out
+            scores = matrix @ vectors[query]
+            exact = [names[i] for i in np.argsort(-scores, kind="stable") if names[i] != query][:10]
+            ann.append(len(set(exact) & set(ranking[:10])) / max(1, min(10, len(exact))))
+    seconds = time.perf_counter() - started
+    return EvalResult(
+        queries=len(aps), map=float(np.mean(list(aps.values()))),
+        recall={k: float(np.mean(v)) for k, v in recalls.items()},
+        precision={k: float(np.mean(v)) for k, v in precisions.items()},
+        ann_recall_at_10=float(np.mean(ann)) if ann else float("nan"),
+        search_seconds=seconds, per_query_ap=aps)
