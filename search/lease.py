@@ -72,7 +72,7 @@ def writer_lease(store: Store, renew_s: float = RENEW_S, expire_s: float = EXPIR
         with contextlib.suppress(StoreError):
             holder = _holder(store)
             if holder is not None and holder["token"] == mine["token"]:
-                store.drop_properties([KEY])
+                store.set_properties({KEY: ""})
 
 
 def _holder(store: Store) -> dict | None:

@@ -221,12 +221,9 @@ class Store:
         return True
 
     def set_properties(self, properties: dict[str, str]) -> None:
-        """Add or replace collection properties."""
+        """Add or replace collection properties (to clear one, set it to ``""``: Milvus 2.3
+        servers cannot drop properties)."""
         self._call("alter_collection_properties", self.collection, properties=properties)
-
-    def drop_properties(self, keys: Sequence[str]) -> None:
-        """Remove collection properties (absent keys are ignored)."""
-        self._call("drop_collection_properties", self.collection, property_keys=list(keys))
 
     def drop(self) -> None:
         """Delete the collection and all its rows (no error if it does not exist)."""

@@ -95,10 +95,24 @@ def linked_photos(photos, tmp_path):
     return make
 
 
+#: Set by tests/test_server.py when it runs the store, indexer and search suites again inside the
+#: network namespace of a real Milvus server: ``db_uri`` is then that server.
+MILVUS_SERVER_URI = os.environ.get("VITSEARCH_TEST_MILVUS_URI")
+
+
 @pytest.fixture
 def db_uri(tmp_path) -> str:
-    """A Milvus Lite database path in a fresh temporary folder."""
-    return str(tmp_path / "milvus.db")
+    """A fresh Milvus: a Lite database path in a temporary folder, or (in the server leg of
+    tests/test_server.py) the Milvus server with all its collections dropped."""
+    if not MILVUS_SERVER_URI:
+        return str(tmp_path / "milvus.db")
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=MILVUS_SERVER_URI)
+    for name in client.list_collections():
+        client.drop_collection(name)
+    client.close()
+    return MILVUS_SERVER_URI
 
 
 @pytest.fixture

@@ -83,7 +83,7 @@ def test_search_filter(db_uri):
         store.upsert(rows)
         hits = store.search(rows[0]["vector"][None, :], k=30, filter='folder == "/photos/1"')[0]
         assert len(hits) == 10 and all(h.fields["folder"] == "/photos/1" for h in hits)
-        with pytest.raises(BadQueryError, match="unknown field"):
+        with pytest.raises(BadQueryError, match="not a valid Milvus expression.*nonsense"):
             store.search(rows[0]["vector"][None, :], k=3, filter="nonsense > 1")
 
 
@@ -124,3 +124,14 @@ def test_an_unreachable_server_is_retried_with_backoff_then_reported(milvus_proc
     with pytest.raises(StoreError, match=f"Milvus at {milvus_process.uri} did not answer for 1.5 s"):
         short.count()
     assert time.monotonic() - started < 5
+
+
+def test_the_token_is_never_shown(monkeypatch):
+    from vitsearch.search.config import Settings
+
+    monkeypatch.setenv("VITSEARCH_TOKEN", "root:s3cret-token")
+    settings = Settings(uri="http://127.0.0.1:9")  # nothing listens there
+    assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.model_dump())
+    with pytest.raises(StoreError) as error:
+        Store.from_settings(settings)
+    assert "127.0.0.1:9" in str(error.value) and "s3cret" not in str(error.value)
