@@ -1,88 +1,126 @@
-"""Search latency: by image file (decode + embed + Milvus) and by stored vector (Milvus only).
+"""Search latency and index quality at scale: Milvus Lite against a Milvus server.
 
-Indexes a folder into a fresh Milvus Lite collection, then prints latency p50/p99 in ms of
-``SearchClient.search`` and ``SearchClient.search_similar`` (k=10). Indexing throughput has its
-own benchmark (``index_throughput.py``).
+Vectors are real: the encoder's embeddings of the catalogue photos, and copies of them perturbed
+by Gaussian noise (sigma per dimension, then L2-normalised) up to each size; the queries are
+other perturbed copies. For each backend and size the vectors go into a fresh collection with
+vitsearch's schema and index (HNSW M 16, efConstruction 200, COSINE) through ``Store``; then
+top-10 searches from one client, one at a time: latency p50/p99 in ms and QPS, without and
+with a filter (``folder == ...``, 1% of the rows), and recall@10 of the index against exact
+numpy search over the same vectors.
 
-    python benchmarks/search_latency.py [FOLDER] [--model M] [--limit N] [--queries Q]
+    python benchmarks/search_latency.py [--sizes 10000,100000] [--server URI] [--no-lite]
+        [--queries 200] [--sigma 0.02] [--model M] [--folder FOLDER]
 
-Defaults: ``$VITSEARCH_SHARED/data/catalog``, ``$VITSEARCH_SHARED/models/dinov2-small-9l``,
-400 images, 50 queries. Not a test: run by hand, report the ratios.
+The embeddings of FOLDER are cached in ``--cache`` (default: the system temp folder). A Milvus
+server must be reachable at ``--server`` (``milvus-server`` of the ``milvus`` package, or
+docker-compose.yml). Not a test: run by hand, report the table.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from vitsearch.indexer import index_folder
-from vitsearch.search import SearchClient
-from vitsearch.search.encoder import Encoder
+from vitsearch.search.encoder import Encoder, EncoderInfo
 from vitsearch.search.images import is_image_file
 from vitsearch.search.store import Store
 
 SHARED = Path(os.environ.get("VITSEARCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+FOLDERS = 100  # rows are spread over this many folders: a folder filter keeps 1%
 
 
-def percentile_ms(samples: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(samples) * 1000, q))
+def base_embeddings(folder: str, model: str, cache: Path) -> tuple[np.ndarray, EncoderInfo]:
+    files = sorted(str(p) for p in Path(folder).rglob("*") if is_image_file(p))
+    key = hashlib.sha256("\n".join([model, *files]).encode()).hexdigest()[:16]
+    path = cache / f"vitsearch-embeddings-{key}.npz"
+    if path.exists():
+        saved = np.load(path)
+        return saved["vectors"], EncoderInfo.from_json(str(saved["info"]))
+    encoder = Encoder.load(model)
+    vectors = encoder.embed(files, batch_size=32)
+    np.savez(path, vectors=vectors, info=encoder.info.to_json())
+    return vectors, encoder.info
+
+
+def perturbed(base: np.ndarray, n: int, sigma: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    v = base[rng.integers(0, len(base), n)] + rng.normal(0, sigma, (n, base.shape[1])).astype(np.float32)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def fill(store: Store, info: EncoderInfo, vectors: np.ndarray, chunk: int = 5000) -> float:
+    store.drop()
+    store.ensure(info)
+    started = time.perf_counter()
+    for start in range(0, len(vectors), chunk):
+        store.upsert([{"path": f"/f/{i % FOLDERS}/{i}.jpg", "vector": vectors[i], "folder": f"/f/{i % FOLDERS}",
+                       "size": 0, "mtime": 0.0, "width": 1, "height": 1, "sha256": "", "indexed_at": 0.0}
+                      for i in range(start, min(start + chunk, len(vectors)))])
+    store.flush()
+    return time.perf_counter() - started
+
+
+def measure(store: Store, queries: np.ndarray, filter: str | None) -> tuple[list[float], list[list[str]]]:
+    times, results = [], []
+    for q in queries:
+        started = time.perf_counter()
+        hits = store.search(q[None, :], k=10, filter=filter, fields=("path",))[0]
+        times.append(time.perf_counter() - started)
+        results.append([h.path for h in hits])
+    return times, results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("folder", nargs="?", default=str(SHARED / "data" / "catalog"))
+    ap.add_argument("--folder", default=str(SHARED / "data" / "catalog"))
     ap.add_argument("--model", default=str(SHARED / "models" / "dinov2-small-9l"))
-    ap.add_argument("--limit", type=int, default=400, help="images to index")
-    ap.add_argument("--queries", type=int, default=50)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--server", default=None, help="Milvus server URI, e.g. http://127.0.0.1:19530")
+    ap.add_argument("--no-lite", action="store_true", help="measure the server only")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--sigma", type=float, default=0.02, help="noise per dimension of the copies")
+    ap.add_argument("--cache", default=tempfile.gettempdir())
     args = ap.parse_args()
 
-    files = sorted(p for p in Path(args.folder).rglob("*") if is_image_file(p))[:args.limit]
+    base, info = base_embeddings(args.folder, args.model, Path(args.cache))
+    queries = perturbed(base, args.queries, args.sigma, seed=1)
+    backends = ([] if args.no_lite else ["lite"]) + ([args.server] if args.server else [])
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "images"
-        folder.mkdir()
-        for p in files:
-            shutil.copy(p, folder / p.name)
-        encoder = Encoder.load(args.model)
+        for n in (int(s) for s in args.sizes.split(",")):
+            vectors = perturbed(base, n, args.sigma, seed=0)
+            exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+            for backend in backends:
+                uri = str(Path(tmp) / f"lite-{n}.db") if backend == "lite" else backend
+                with Store(uri, "bench", retry_s=600) as store:
+                    load_s = fill(store, info, vectors)
+                    measure(store, queries[:5], None)  # warm-up
+                    plain, found = measure(store, queries, None)
+                    filtered, _ = measure(store, queries, 'folder == "/f/7"')
+                    store.drop()
+                recall = np.mean([len({f"/f/{i % FOLDERS}/{i}.jpg" for i in e} & set(f)) / 10
+                                  for e, f in zip(exact, found)])
+                rows.append(("Milvus Lite" if backend == "lite" else "Milvus server", n, load_s, plain, filtered, recall))
+                print_row(*rows[-1])
+    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {len(base)} base embeddings "
+          f"({info.dim}-d, {Path(args.model).name}) from {args.folder}, sigma {args.sigma}; {args.queries} "
+          f"queries, top-10, one client; HNSW M 16, efConstruction 200, ef 64")
+    print(f"\n{'backend':14} {'vectors':>9} {'load s':>7} {'p50 ms':>7} {'p99 ms':>7} {'QPS':>7} "
+          f"{'filt p50':>8} {'filt p99':>8} {'recall@10':>9}")
+    for row in rows:
+        print_row(*row)
 
-        uri = str(Path(tmp) / "bench.db")
-        with Store(uri, "bench") as store:
-            report = index_folder(str(folder), encoder=encoder, store=store,
-                                  batch_size=args.batch_size, workers=args.workers)
 
-        with SearchClient(uri=uri, collection="bench", encoder=encoder) as client:
-            queries = [str(folder / p.name) for p in files[:args.queries]]
-            by_image, by_vector = [], []
-            for q in queries:
-                t = time.perf_counter()
-                client.search(q, k=10)
-                by_image.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                client.search_similar(q, k=10)
-                by_vector.append(time.perf_counter() - t)
-
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, device {encoder.device}, {encoder.dtype}")
-    print(f"model: {encoder.info.model} (dim {encoder.dim}, {encoder.info.image_size}), "
-          f"batch {args.batch_size}, workers {args.workers}, index HNSW COSINE, Milvus Lite")
-    print(f"{'measure':<44} {'value':>12}")
-    rows = [
-        (f"indexed {report.indexed} images (images/s)", f"{report.images_per_s:.1f}"),
-        (f"search by image, k=10, {len(by_image)} queries p50 (ms)", f"{percentile_ms(by_image, 50):.1f}"),
-        ("search by image p99 (ms)", f"{percentile_ms(by_image, 99):.1f}"),
-        ("search by stored vector p50 (ms)", f"{percentile_ms(by_vector, 50):.1f}"),
-        ("search by stored vector p99 (ms)", f"{percentile_ms(by_vector, 99):.1f}"),
-    ]
-    for name, value in rows:
-        print(f"{name:<44} {value:>12}")
+def print_row(backend, n, load_s, plain, filtered, recall) -> None:
+    ms = lambda t, q: float(np.percentile(np.asarray(t) * 1000, q))  # noqa: E731
+    print(f"{backend:14} {n:9,d} {load_s:7.1f} {ms(plain, 50):7.1f} {ms(plain, 99):7.1f} "
+          f"{len(plain) / sum(plain):7.0f} {ms(filtered, 50):8.1f} {ms(filtered, 99):8.1f} {recall:9.3f}")
 
 
 if __name__ == "__main__":
