@@ -173,8 +173,18 @@ def without_root_file_access() -> None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+            libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP; see permissions_apply() where it cannot
+
+
+def permissions_apply(path: Path) -> bool:
+    """Whether a subprocess started with :func:`without_root_file_access` is refused ``path``
+    (a mode-000 file); False where root keeps its file access (no CAP_SETPCAP to drop it)."""
+    import subprocess
+    import sys
+
+    probe = subprocess.run([sys.executable, "-c", f"open({str(path)!r}, 'rb')"], capture_output=True,
+                           preexec_fn=without_root_file_access)
+    return probe.returncode != 0
 
 
 def build(root: Path) -> None:
