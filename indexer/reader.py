@@ -122,7 +122,8 @@ def read_batches(files: Iterable[FileEntry], preprocess: Preprocess, batch_size:
     this process). ``files`` is consumed by a feeder thread as the workers need it; an error it
     raises is raised here once the files before it are done."""
     ctx = multiprocessing.get_context("fork") if workers else None
-    queue_ = ctx.Queue(QUEUED_BATCHES * batch_size * max(1, workers)) if ctx else queue.Queue(QUEUED_BATCHES * batch_size)
+    size = QUEUED_BATCHES * batch_size * max(1, workers)
+    queue_ = ctx.Queue(size) if ctx else queue.Queue(size)
     loader = DataLoader(_Files(queue_, preprocess, max_pixels), batch_size=batch_size, num_workers=workers,
                         collate_fn=collate, pin_memory=pin_memory, multiprocessing_context=ctx,
                         prefetch_factor=PREFETCH if workers else None, worker_init_fn=_init_worker)

@@ -134,7 +134,7 @@ def evaluate(dataset: Dataset, client: SearchClient, ks: Sequence[int] = (1, 5, 
         raise BadQueryError(f"the collection holds none of the images under {dataset.root}: index them first")
     names = sorted(vectors)
     matrix = np.stack([vectors[p] for p in names])
-    depth = min(len(names) - (1 if names else 0), MAX_DEPTH) or 1
+    depth = min(len(names) - 1, MAX_DEPTH) or 1  # the whole ranking, the query left out
     aps, recalls, precisions, ann = {}, {k: [] for k in ks}, {k: [] for k in ks}, []
     started = time.perf_counter()
     for query, relevant in dataset.queries.items():

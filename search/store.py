@@ -131,28 +131,28 @@ class Store:
     def _call(self, method: str, *args, **kwargs):
         """``self._client.<method>(...)`` with Milvus errors turned into :class:`StoreError`, and
         reconnection with backoff (0.5 s doubling to 8 s) while Milvus is unreachable."""
-        deadline, delay = None, 0.5
+        deadline, delay, connected = None, 0.5, True
         while True:
-            try:
-                return getattr(self._client, method)(*args, **kwargs)
-            except MilvusException as exc:
-                if not _unreachable(exc):
-                    raise self._error(method, exc) from exc
-                last = exc
-            deadline = deadline or time.monotonic() + self._retry_s
-            while True:
-                if time.monotonic() + delay > deadline:
-                    raise StoreError(
-                        f"Milvus at {self.uri} did not answer for {self._retry_s:g} s ({method}: {last}); "
-                        f"run again once it is back: an indexing run resumes where it stopped") from last
-                log.warning("Milvus at %s is unreachable; retrying in %.1f s", self.uri, delay)
-                time.sleep(delay)
-                delay = min(2 * delay, 8.0)
+            if connected:
                 try:
-                    self._connect()  # a Lite database whose server process has gone is taken over
-                    break
-                except StoreError as exc:
-                    last = exc
+                    return getattr(self._client, method)(*args, **kwargs)
+                except MilvusException as exc:
+                    if not _unreachable(exc):
+                        raise self._error(method, exc) from exc
+                    last: Exception = exc
+            deadline = deadline or time.monotonic() + self._retry_s
+            if time.monotonic() + delay > deadline:
+                raise StoreError(
+                    f"Milvus at {self.uri} did not answer for {self._retry_s:g} s ({method}: {last}); "
+                    f"run again once it is back: an indexing run resumes where it stopped") from last
+            log.warning("Milvus at %s is unreachable; retrying in %.1f s", self.uri, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 8.0)
+            try:
+                self._connect()  # a Lite database whose server process has gone is taken over
+                connected = True
+            except StoreError as exc:
+                last, connected = exc, False
 
     def _error(self, what: str, exc: MilvusException) -> StoreError:
         return StoreError(f"Milvus at {self.uri}, collection {self.collection!r}: {what} failed: {exc}")

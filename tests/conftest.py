@@ -115,6 +115,16 @@ def db_uri(tmp_path) -> str:
     return MILVUS_SERVER_URI
 
 
+def stored_vectors(uri: str, collection: str = "images") -> dict:
+    """The collection's vectors by path, ``(D,)`` arrays, read back from Milvus."""
+    import numpy as np
+
+    from vitsearch.search.store import Store
+
+    with Store(uri, collection) as store:
+        return {r["path"]: np.asarray(r["vector"]) for r in store.iter_rows(["vector"])}
+
+
 @pytest.fixture
 def indexed(photos, db_uri, tiny_model) -> tuple[Path, str]:
     """The example photos indexed with the tiny ViT: ``(photos folder, Lite database path)``."""

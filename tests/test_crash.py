@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import stored_vectors
 from vitsearch.search.store import Store
 
 VITSEARCH = [sys.executable, "-c", "from vitsearch.search.cli import main; main()"]
@@ -66,8 +67,8 @@ def wait_for(proc: subprocess.Popen, marker: str, timeout_s: float = 120) -> str
 
 def contents(uri: str) -> tuple[dict[str, np.ndarray], int]:
     """Rows by path, and the collection's own row count (more than the paths if duplicated)."""
+    rows = stored_vectors(uri)
     with Store(uri, "images") as store:
-        rows = {r["path"]: np.asarray(r["vector"]) for r in store.iter_rows(["vector"])}
         return rows, store.count()
 
 

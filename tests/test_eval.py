@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import shared_path
+from conftest import shared_path, stored_vectors
 from vitsearch.indexer import index_folder
 from vitsearch.search import SearchClient
 from vitsearch.search.encoder import Encoder
@@ -38,11 +38,6 @@ def reference(vectors: dict[str, np.ndarray], queries: dict[str, set[str]], ks) 
             rec[k].append(hit[:k].sum() / len(relevant))
             prec[k].append(hit[:k].sum() / k)
     return float(np.mean(aps)), {k: float(np.mean(v)) for k, v in rec.items()}, {k: float(np.mean(v)) for k, v in prec.items()}
-
-
-def stored_vectors(uri: str, collection: str) -> dict[str, np.ndarray]:
-    with Store(uri, collection) as store:
-        return {r["path"]: np.asarray(r["vector"]) for r in store.iter_rows(["vector"])}
 
 
 def test_holidays_map_matches_a_brute_force_reference(real_model, tmp_path):

@@ -10,21 +10,16 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from PIL import Image
 
 import hostile
+from conftest import stored_vectors
 from vitsearch.indexer import index_folder
 from vitsearch.search.encoder import Encoder
 from vitsearch.search.store import Store
 
 VITSEARCH = [sys.executable, "-c", "from vitsearch.search.cli import main; main()"]
-
-
-def stored(uri: str) -> dict[str, np.ndarray]:
-    with Store(uri, "images") as store:
-        return {r["path"]: np.asarray(r["vector"]) for r in store.iter_rows(["vector"])}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +50,7 @@ def test_every_case_is_indexed_or_reported_with_a_reason(corpus_run):
     summary = json.loads(out.stdout)
     failures = {f["path"]: f["reason"] for f in map(json.loads, report.read_text().splitlines())}
     assert failures == {f["path"]: f["reason"] for f in summary["failures"]}  # --report = the summary
-    rows = stored(uri)
+    rows = stored_vectors(uri)
     seen = hostile.outcomes(root, set(rows), failures)
     expected = {name: outcome for name, _, outcome in hostile.CASES}
     if not hostile.permissions_apply(root / "no-permission.jpg"):  # root that cannot drop its access
@@ -71,7 +66,7 @@ def test_every_case_is_indexed_or_reported_with_a_reason(corpus_run):
 
 def test_first_frames_are_embedded(corpus_run, tiny_model):
     root, frame0, uri, _, _ = corpus_run
-    rows = stored(uri)
+    rows = stored_vectors(uri)
     encoder = Encoder.load(str(tiny_model))
     for name in ("animated.gif", "multipage.tif"):
         reference = encoder.embed([str(frame0 / f"{name}.png")])[0]
@@ -101,7 +96,7 @@ def test_an_exif_rotated_photo_is_embedded_upright(tmp_path, real_model):
     encoder = Encoder.load(str(real_model))
     with Store(str(tmp_path / "db.db"), "images") as store:
         index_folder(str(tmp_path), encoder=encoder, store=store, workers=0)
-    rows = stored(str(tmp_path / "db.db"))
+    rows = stored_vectors(str(tmp_path / "db.db"))
     upright, rotated = rows[str(tmp_path / "upright.png")], rows[str(tmp_path / "rotated-exif6.jpg")]
     with Image.open(tmp_path / "rotated-exif6.jpg") as img:
         pixels_only = Image.new("RGB", img.size)
