@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -64,11 +64,15 @@ class Batch:
         return self
 
 
-def read_one(entry: FileEntry, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple:
-    """``(entry, pixels (3, H, W) float32, info, cpu_seconds)``, or ``(entry, reason, cpu_seconds)``."""
+def read_one(entry: FileEntry, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+             read: Callable[[str], bytes] = read_file) -> tuple:
+    """``(entry, pixels (3, H, W) float32, info, cpu_seconds)``, or ``(entry, reason, cpu_seconds)``.
+
+    ``read(path)`` returns the file's bytes or raises :class:`BadImageError` (default: a local file).
+    """
     started = time.thread_time()
     try:
-        data = read_file(entry.path)
+        data = read(entry.path)
         image, (width, height) = decode_sized(data, entry.path, draft_px=preprocess.draft_px,
                                               max_pixels=max_pixels)
         pixels = preprocess(image)

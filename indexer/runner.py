@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from vitsearch.search.client import folder_filter, is_under
 from vitsearch.search.config import DEFAULT_MAX_IMAGE_PIXELS, Settings
@@ -160,7 +160,7 @@ def index_folder(root: str, *, encoder: Encoder, store: Store, batch_size: int =
 def _run(root: str, encoder: Encoder, store: Store, batch_size: int, workers: int, max_pixels: int,
          progress: Progress, report: IndexReport, failed: Callable[[str, str], None]) -> None:
     """The stages, overlapped; every embedded row is written before this returns or raises."""
-    todo = _changed(_storable(scan(root, failed), failed), store, report, progress)
+    todo = changed(storable(scan(root, failed), failed), store, report, progress)
     writer = Writer(store)
     try:
         batches = read_batches(todo, encoder.preprocessor, batch_size, workers,
@@ -177,11 +177,7 @@ def _run(root: str, encoder: Encoder, store: Store, batch_size: int, workers: in
                 embed_s = time.perf_counter() - t
                 report.embed_seconds += embed_s
                 now = time.time()
-                writer.put([
-                    {"path": e.path, "vector": v, "folder": os.path.dirname(e.path), "size": e.size,
-                     "mtime": e.mtime, "indexed_at": now, **info}
-                    for e, v, info in zip(batch.entries, vectors, batch.info)
-                ])
+                writer.put([make_row(e, v, info, now) for e, v, info in zip(batch.entries, vectors, batch.info)])
                 log.debug("batch %d: %d images, decode %.0f ms (summed), waited %.0f ms, embed %.0f ms",
                           n, len(batch.entries), 1000 * batch.decode_seconds,
                           1000 * (t - waited), 1000 * embed_s)
@@ -196,13 +192,20 @@ def _run(root: str, encoder: Encoder, store: Store, batch_size: int, workers: in
             report.write_seconds = writer.seconds
 
 
-def _chunks(items: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
+def make_row(entry: FileEntry, vector, info: dict[str, Any], now: float) -> dict[str, Any]:
+    """The collection row of one embedded file: ``vector`` ``(D,) float32``, ``info`` the
+    ``width``/``height``/``sha256`` read with it, ``now`` the Unix time of the write."""
+    return {"path": entry.path, "vector": vector, "folder": os.path.dirname(entry.path), "size": entry.size,
+            "mtime": entry.mtime, "indexed_at": now, **info}
+
+
+def chunks(items: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
 
 
-def _storable(found: Iterable[FileEntry], failed: Callable[[str, str], None]) -> Iterator[FileEntry]:
+def storable(found: Iterable[FileEntry], failed: Callable[[str, str], None]) -> Iterator[FileEntry]:
     """The files whose path Milvus can store as a primary key (UTF-8, at most MAX_PATH_BYTES)."""
     for e in found:
         try:
@@ -216,11 +219,11 @@ def _storable(found: Iterable[FileEntry], failed: Callable[[str, str], None]) ->
         yield e
 
 
-def _changed(found: Iterable[FileEntry], store: Store, report: IndexReport,
+def changed(found: Iterable[FileEntry], store: Store, report: IndexReport,
              progress: Progress) -> Iterator[FileEntry]:
     """The files whose row is missing or differs in size or mtime, as the scan finds them;
     counts the others as unchanged."""
-    for chunk in _chunks(found, LOOKUP_CHUNK):
+    for chunk in chunks(found, LOOKUP_CHUNK):
         rows = store.get([e.path for e in chunk], fields=["size", "mtime"])
         todo = []
         for e in chunk:

@@ -88,10 +88,18 @@ def _progress_bar():
     return Bar()
 
 
+class Engine(str, Enum):
+    """``--engine`` values: this process (:mod:`vitsearch.indexer.runner`) or a Ray cluster
+    (:mod:`vitsearch.indexer.ray_engine`)."""
+
+    local = "local"
+    ray = "ray"
+
+
 @app.command()
 def index(
-    folder: Path = typer.Argument(..., help="Folder of images, scanned recursively.",
-                                  exists=True, file_okay=False, dir_okay=True),
+    folder: str = typer.Argument(..., metavar="SOURCE", help="Folder of images, scanned recursively; with "
+                                 "--engine ray also a URI such as s3://bucket/prefix."),
     model: Optional[str] = typer.Option(None, "--model", help="Hub id, local folder or pulled model "
                                         "name. (env VITSEARCH_MODEL; default: the collection's model, "
                                         "for a new collection facebook/dinov2-small)"),
@@ -110,13 +118,25 @@ def index(
                                                "the reason, to this file: CSV if it ends in .csv, else JSON lines."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each batch's decode, embed and write times."),
     as_json: bool = JSON,
+    engine: Engine = typer.Option(Engine.local, "--engine", help="local: this machine's processes; ray: a "
+                                  "Ray cluster (pip install 'vitsearch[ray]'), decoding on its CPUs, one "
+                                  "encoder per GPU, writing from the workers."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --engine ray: auto (the "
+                                              "cluster of `ray start`) or ray://HOST:10001; default: a Ray "
+                                              "instance started on this machine for the run."),
+    num_gpus_per_worker: Optional[float] = typer.Option(None, "--num-gpus-per-worker", min=0, help="With "
+                                                        "--engine ray: GPUs per encoder (default: 1 if the "
+                                                        "cluster has GPUs, else 0)."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="With --engine ray: "
+                                              "encoder workers (default: one per GPU, 1 without GPUs)."),
 ) -> None:
-    """Index the images under FOLDER (JPEG, PNG, WebP, BMP, GIF, TIFF).
+    """Index the images under SOURCE (JPEG, PNG, WebP, BMP, GIF, TIFF).
 
     Incremental: files whose path, size and mtime are unchanged are skipped; changed files are
     embedded again. Unreadable files are reported and skipped. Decoding (worker processes), the
     encoder and the writes to Milvus (a background thread) overlap; the summary says where the
-    time went.
+    time went. With `--engine ray` the same stages run on a Ray cluster (see "Scaling out" in
+    the README).
     """
     import logging
 
@@ -124,7 +144,7 @@ def index(
 
     from vitsearch.indexer import IndexInterrupted, encoder_for, index_folder
 
-    from .encoder import batch_size_for
+    from .encoder import DEFAULT_BATCH_SIZE, batch_size_for
     from .store import Store
 
     if verbose:
@@ -132,14 +152,32 @@ def index(
         logging.getLogger("vitsearch").setLevel(logging.DEBUG)
     s = _settings(model=model, pooling=pooling and pooling.value, uri=uri, collection=collection, batch_size=batch_size,
                   workers=workers, device=device, dtype=dtype, compile=use_compile or None)
+    on_failure = lambda p, r: tqdm.write(f"skipped {_shown(p)}: {r}", file=sys.stderr)  # noqa: E731
+    if "://" in folder and engine is Engine.local:
+        raise typer.BadParameter(f"{folder}: a URI needs --engine ray", param_hint="SOURCE")
+    if "://" not in folder and not os.path.isdir(folder):
+        raise typer.BadParameter(f"{folder} is not a folder", param_hint="SOURCE")
+    if engine is Engine.ray and prune:
+        raise typer.BadParameter("--prune runs with --engine local only", param_hint="--prune")
     try:
         with Store.from_settings(s) as store:
-            encoder = encoder_for(store, s)
-            size = s.batch_size or batch_size_for(encoder)
-            report = index_folder(str(folder), encoder=encoder, store=store, batch_size=size,
-                                  workers=s.workers, prune=prune, progress=_progress_bar(),
-                                  max_pixels=s.max_image_pixels,
-                                  on_failure=lambda p, r: tqdm.write(f"skipped {_shown(p)}: {r}", file=sys.stderr))
+            if engine is Engine.ray:
+                from vitsearch.indexer.ray_engine import index_with_ray
+
+                encoder = encoder_for(store, s.model_copy(update={"device": "cpu", "compile": False}))
+                size = s.batch_size or DEFAULT_BATCH_SIZE
+                report = index_with_ray(folder, encoder=encoder, store=store, settings=s, batch_size=size,
+                                        ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
+                                        concurrency=concurrency, progress=_progress_bar(),
+                                        max_pixels=s.max_image_pixels, on_failure=on_failure)
+            else:
+                encoder = encoder_for(store, s)
+                size = s.batch_size or batch_size_for(encoder)
+                report = index_folder(folder, encoder=encoder, store=store, batch_size=size,
+                                      workers=s.workers, prune=prune, progress=_progress_bar(),
+                                      max_pixels=s.max_image_pixels, on_failure=on_failure)
+    except NotADirectoryError as exc:
+        _fail(str(exc), 2)
     except VitsearchError as exc:
         _fail(str(exc))
     except IndexInterrupted as stop:
@@ -157,7 +195,7 @@ def _shown(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _index_summary(report, s: Settings, model: str, batch_size: int, folder: Path,
+def _index_summary(report, s: Settings, model: str, batch_size: int, folder: str,
                    report_file: Optional[Path], as_json: bool) -> None:
     """Print what an indexing run did (a line, or JSON), and write the failures to ``report_file``."""
     if report_file is not None:

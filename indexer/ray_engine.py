@@ -1,0 +1,283 @@
+"""Indexing on a Ray cluster (``vitsearch index SOURCE --engine ray``): the stages of
+:mod:`.runner`, executed by Ray Data instead of one process.
+
+    list SOURCE (this process) -> compare with the collection (incremental, in chunks)
+      -> read + decode + preprocess: Ray Data tasks on CPUs          [reader.read_one]
+      -> embed + upsert: an actor pool, one model per GPU            [Encoder, Store]
+
+The objects are the local engine's: the same :class:`~vitsearch.search.encoder.Encoder` (loaded
+once per actor), the same :class:`~vitsearch.search.preprocess.Preprocess`, the same rows
+(:func:`.runner.make_row`) and schema, the same incremental rule (path, size, mtime) and lease.
+Only the execution differs. SOURCE is a folder (local or a shared filesystem mounted on every
+node) or a URI that ``pyarrow.fs`` opens (``s3://``, ``gs://``, ``abfs://``, ``hdfs://``,
+``file://``), the filesystem layer Ray Data's own readers use.
+
+Why not ``ray.data.read_binary_files(SOURCE, include_paths=True)``: one file that cannot be
+read (deleted since the listing, no permission) fails the whole dataset, and it gives no mtime
+for the incremental rule. Files are listed here instead, with size and mtime, and each task
+reads its files itself; a file that cannot be read or decoded becomes a failure record.
+
+Changed files are processed in waves of :data:`WAVE` files, one Ray Data dataset each, so the
+listing is streamed and the driver's memory is bounded on any collection size. Rows are written
+by the actors as their batches are embedded: a run stopped at any point keeps them, and the
+next run embeds only what is missing. Ray Data retries a task lost with its worker or node, and
+restarts a lost encoder actor and gives it the batch again (its defaults: ``max_restarts=-1``,
+``max_task_retries=-1``); upserts keyed by path make a batch written twice harmless.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+
+from vitsearch.search.config import DEFAULT_MAX_IMAGE_PIXELS, Settings
+from vitsearch.search.encoder import Encoder, EncoderInfo
+from vitsearch.search.errors import BadImageError, StoreError, VitsearchError
+from vitsearch.search.images import read_file
+from vitsearch.search.lease import writer_lease
+from vitsearch.search.preprocess import Preprocess
+from vitsearch.search.store import Store, is_server_uri
+
+from .reader import read_one
+from .runner import IndexInterrupted, IndexReport, Progress, changed, chunks, make_row, storable
+from .scan import FileEntry, scan
+
+log = logging.getLogger(__name__)
+
+#: Changed files per Ray Data dataset: bounds the driver's memory (paths held) on huge sources.
+WAVE = 100_000
+#: CPUs a decode task reserves: two per core, as reading from an object store waits on the
+#: network. (Also keeps Ray Data from fusing decoding into the encoder actors on a cluster
+#: without GPUs: it fuses operators whose resource requests are equal.)
+DECODE_CPUS = 0.5
+
+
+def is_uri(source: str) -> bool:
+    """True for ``scheme://...`` sources (object stores, ``file://``), False for plain paths."""
+    return "://" in source
+
+
+def list_source(source: str, on_error: Callable[[str, str], None]) -> Iterator[FileEntry]:
+    """Image files under ``source`` with size and mtime: :func:`.scan.scan` for a folder, a
+    recursive ``pyarrow.fs`` listing for a URI (rows keyed by the full URI).
+
+    Raises:
+        NotADirectoryError: ``source`` is neither a folder nor a listable URI prefix.
+    """
+    if not is_uri(source):
+        if not os.path.isdir(source):
+            raise NotADirectoryError(f"{source} is not a folder")
+        yield from scan(os.path.abspath(source), on_error)
+        return
+    from pyarrow import fs as pafs
+
+    from vitsearch.search.images import is_image_file
+
+    try:
+        filesystem, root = pafs.FileSystem.from_uri(source)
+        infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+    except (OSError, ValueError) as exc:
+        raise NotADirectoryError(f"cannot list {source}: {exc}") from None
+    scheme = source.split("://", 1)[0]
+    for info in sorted(infos, key=lambda i: i.path):
+        if info.type == pafs.FileType.File and is_image_file(info.path):
+            yield FileEntry(f"{scheme}://{info.path}", int(info.size), info.mtime.timestamp())
+
+
+@functools.lru_cache(maxsize=8)
+def _filesystem(root: str):
+    """One ``pyarrow.fs`` filesystem per ``scheme://host`` and process (opening an object
+    store's resolves credentials and region: once, not per file)."""
+    from pyarrow import fs as pafs
+
+    return pafs.FileSystem.from_uri(root)[0]
+
+
+def read_uri(uri: str) -> bytes:
+    """A file's bytes through ``pyarrow.fs`` (``s3://bucket/key``, ``file:///path``...).
+
+    Raises:
+        BadImageError: the file cannot be opened or read, naming the URI and the reason.
+    """
+    scheme, path = uri.split("://", 1)  # pyarrow's path: "bucket/key", or "/path" for file://
+    host = path.split("/", 1)[0]  # the bucket; "" for file:///path
+    try:
+        with _filesystem(f"{scheme}://{host or '/'}").open_input_stream(path) as f:
+            return f.readall()
+    except (OSError, ValueError) as exc:
+        raise BadImageError(uri, str(exc)) from None
+
+
+def _decode(batch: dict[str, np.ndarray], preprocess: Preprocess, max_pixels: int,
+            shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """Ray Data task: read, decode and preprocess a batch of files with :func:`.reader.read_one`.
+
+    A file that fails keeps its place with zero pixels and its reason in ``error`` ("" if good).
+    """
+    pixels = np.zeros((len(batch["path"]), *shape), np.float32)
+    out: dict[str, list] = {"width": [], "height": [], "sha256": [], "error": [], "cpu_s": []}
+    for i, (path, size, mtime) in enumerate(zip(batch["path"], batch["size"], batch["mtime"])):
+        path = str(path)
+        result = read_one(FileEntry(path, int(size), float(mtime)), preprocess, max_pixels,
+                          read=read_uri if is_uri(path) else read_file)
+        good = len(result) == 4
+        if good:
+            pixels[i] = result[1]
+        info = result[2] if good else {"width": 0, "height": 0, "sha256": ""}
+        for key in ("width", "height", "sha256"):
+            out[key].append(info[key])
+        out["error"].append("" if good else result[1])
+        out["cpu_s"].append(result[-1])
+    return {"path": batch["path"], "size": batch["size"], "mtime": batch["mtime"], "pixel_values": pixels,
+            **{k: np.asarray(v) for k, v in out.items()}}
+
+
+class EmbedAndWrite:
+    """Ray Data actor: one :class:`Encoder` (on the GPU Ray gave it, if any) and one
+    :class:`Store`; embeds each decoded batch and upserts its rows.
+
+    Raises (in the constructor, failing the run):
+        EncoderMismatchError: the model on this node is not the driver's (another local copy).
+        StoreError: a Milvus Lite database on another node than the driver's (Lite is local to
+            one machine: a cluster needs a Milvus server), or Milvus unreachable.
+    """
+
+    def __init__(self, settings: Settings, info_json: str, uri: str, collection: str, driver_node: str):
+        import ray
+
+        node = ray.util.get_node_ip_address()
+        if not is_server_uri(uri) and node != driver_node:
+            raise StoreError(f"Milvus Lite database {uri} is on {driver_node}, this Ray worker on {node}: "
+                             f"a Ray cluster over several machines needs a Milvus server (--uri http://HOST:19530)")
+        expected = EncoderInfo.from_json(info_json)
+        self.encoder = Encoder.load(expected.model, pooling=expected.pooling, settings=settings)
+        expected.check_same(self.encoder.info, f"the collection being indexed (Ray worker on {node})")
+        self.store = Store.from_settings(settings, uri=uri, collection=collection)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        good = np.flatnonzero(batch["error"] == "")
+        embed_s = write_s = 0.0
+        if len(good):
+            started = time.perf_counter()
+            vectors = self.encoder.embed_pixels(torch.from_numpy(batch["pixel_values"][good]))
+            embed_s = time.perf_counter() - started
+            now = time.time()
+            self.store.upsert([
+                make_row(FileEntry(str(batch["path"][i]), int(batch["size"][i]), float(batch["mtime"][i])), v,
+                         {"width": int(batch["width"][i]), "height": int(batch["height"][i]),
+                          "sha256": str(batch["sha256"][i])}, now)
+                for i, v in zip(good, vectors)])
+            write_s = time.perf_counter() - started - embed_s
+        n = len(batch["path"])
+        return {"path": batch["path"], "error": batch["error"], "cpu_s": batch["cpu_s"],
+                "embed_s": np.full(n, embed_s / n), "write_s": np.full(n, write_s / n)}
+
+
+def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Settings,
+                   batch_size: int = 32, ray_address: str | None = None,
+                   num_gpus_per_worker: float | None = None, concurrency: int | None = None,
+                   progress: Progress | None = None, on_failure: Callable[[str, str], None] | None = None,
+                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> IndexReport:
+    """Index the image files under ``source`` into ``store``'s collection on a Ray cluster.
+
+    Same contract as :func:`.runner.index_folder` (incremental, failures reported and skipped,
+    one run per collection, every written row complete), executed by Ray Data.
+
+    Args:
+        source: a folder (on a cluster: mounted at the same path on every node) or a URI that
+            ``pyarrow.fs`` opens (``s3://bucket/prefix``).
+        encoder: gives the collection's :class:`EncoderInfo` and the preprocessing the tasks run;
+            each actor loads the same model again (same weights checked) on its own device.
+        store: the collection; on a cluster of several machines a Milvus server.
+        settings: model folder, device, dtype, token... for the actors.
+        ray_address: ``auto``, ``ray://host:10001``; default: the Ray instance already
+            initialised in this process, else a local one started for this run.
+        num_gpus_per_worker: GPUs per encoder actor (default 1 when the cluster has GPUs, else 0).
+        concurrency: encoder actors (default: cluster GPUs / ``num_gpus_per_worker``, or 1 on a
+            cluster without GPUs).
+
+    Raises:
+        VitsearchError: Ray is not installed (``pip install 'vitsearch[ray]'``).
+        NotADirectoryError: ``source`` cannot be listed.
+        IndexInterrupted, CollectionBusyError, EncoderMismatchError, StoreError: as
+            :func:`.runner.index_folder`.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise VitsearchError("--engine ray needs Ray: pip install 'vitsearch[ray]'") from None
+    progress = progress or Progress()
+    report = IndexReport()
+    started = time.perf_counter()
+
+    def failed(path: str, reason: str) -> None:
+        report.failures.append((path, reason))
+        if on_failure:
+            on_failure(path, reason)
+
+    listing = list_source(source, failed)  # a generator: checks the source at the first file
+    verbose = log.isEnabledFor(logging.DEBUG)
+    if not ray.is_initialized():
+        local = {"include_dashboard": False} if ray_address is None else {}  # a cluster keeps its own
+        ray.init(address=ray_address, logging_level=logging.WARNING, log_to_driver=verbose, **local)
+    ray.data.DataContext.get_current().enable_progress_bars = verbose  # ours is the tqdm bar
+    for name in ("ray", "ray.data"):  # Ray Data logs each dataset's start and end at INFO
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    gpus_each = num_gpus_per_worker if num_gpus_per_worker is not None else (1 if gpus else 0)
+    actors = concurrency or (max(1, int(gpus // gpus_each)) if gpus_each else 1)
+    h, w = (int(v) for v in encoder.info.image_size.split("x"))
+    log.debug("ray: %d encoder actors, %s GPUs each, %s", actors, gpus_each, ray.cluster_resources())
+
+    store.ensure(encoder.info)
+    with writer_lease(store):
+        try:
+            for wave in chunks(changed(storable(listing, failed), store, report, progress), WAVE):
+                ds = ray.data.from_items([{"path": e.path, "size": e.size, "mtime": e.mtime} for e in wave],
+                                         override_num_blocks=max(1, len(wave) // batch_size))
+                ds = ds.map_batches(_decode, batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS,
+                                    fn_kwargs={"preprocess": encoder.preprocessor, "max_pixels": max_pixels,
+                                               "shape": (3, h, w)})
+                ds = ds.map_batches(
+                    EmbedAndWrite, batch_size=batch_size, batch_format="numpy", num_gpus=gpus_each,
+                    num_cpus=0 if gpus_each else 1, compute=ray.data.ActorPoolStrategy(size=actors),
+                    fn_constructor_kwargs={"settings": settings, "info_json": encoder.info.to_json(),
+                                           "uri": store.uri, "collection": store.collection,
+                                           "driver_node": ray.util.get_node_ip_address()})
+                for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    errors = out["error"]
+                    report.indexed += int((errors == "").sum())
+                    report.decode_seconds += float(out["cpu_s"].sum())
+                    report.embed_seconds += float(out["embed_s"].sum())
+                    report.write_seconds += float(out["write_s"].sum())
+                    for i in np.flatnonzero(errors != ""):
+                        failed(str(out["path"][i]), str(errors[i]))
+                    progress.advance(len(errors))
+        except KeyboardInterrupt:
+            report.seconds = time.perf_counter() - started
+            raise IndexInterrupted(report) from None
+        except ray.exceptions.RayError as exc:
+            raise _unwrap(exc) from None
+        finally:
+            progress.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The vitsearch error an actor or task raised, out of Ray's wrappers; else a StoreError-like
+    :class:`VitsearchError` with Ray's message."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, VitsearchError):
+            return seen
+        cause = getattr(seen, "cause", None) or seen.__cause__
+        seen = cause if cause is not seen else None
+    return VitsearchError(f"the Ray job failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+

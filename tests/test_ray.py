@@ -1,0 +1,143 @@
+"""``--engine ray``: a real local Ray cluster (``ray.init(num_cpus=2)``, CPU only) indexes real
+photos with the tiny test ViT into a real Milvus Lite collection, and must give the rows the
+local engine gives; bad files are reported, lost workers are retried, re-runs are incremental."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'vitsearch[ray]'")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from vitsearch.indexer import index_folder  # noqa: E402
+from vitsearch.indexer.ray_engine import index_with_ray  # noqa: E402
+from vitsearch.search.cli import app  # noqa: E402
+from vitsearch.search.config import Settings  # noqa: E402
+from vitsearch.search.encoder import Encoder  # noqa: E402
+from vitsearch.search.store import Store  # noqa: E402
+
+FIELDS = ["size", "mtime", "width", "height", "sha256", "folder", "vector"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    """One local Ray cluster of 2 CPUs for the module (its start costs seconds)."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model) -> Encoder:
+    return Encoder.load(str(tiny_model))
+
+
+def rows(uri: str) -> dict[str, dict]:
+    with Store(uri, "images") as store:
+        return {r["path"]: r for r in store.iter_rows(FIELDS)}
+
+
+def ray_index(source, uri, encoder, **kw):
+    with Store(uri, "images") as store:
+        return index_with_ray(str(source), encoder=encoder, store=store, settings=Settings(), batch_size=4, **kw)
+
+
+def test_same_rows_and_vectors_as_the_local_engine(photos, tmp_path, tiny):
+    with Store(str(tmp_path / "local.db"), "images") as store:
+        local = index_folder(str(photos), encoder=tiny, store=store, batch_size=4, workers=0)
+    distributed = ray_index(photos, str(tmp_path / "ray.db"), tiny)
+    assert (local.indexed, distributed.indexed, distributed.failed) == (11, 11, 0)
+    want, got = rows(str(tmp_path / "local.db")), rows(str(tmp_path / "ray.db"))
+    assert set(got) == set(want) and len(got) == 11
+    for path, row in want.items():
+        assert {k: got[path][k] for k in FIELDS[:-1]} == {k: row[k] for k in FIELDS[:-1]}, path
+        cosine = float(np.dot(np.asarray(got[path]["vector"]), np.asarray(row["vector"])))
+        assert cosine > 0.999, (path, cosine)
+    assert distributed.embed_seconds > 0 and distributed.decode_seconds > 0
+
+    again = ray_index(photos, str(tmp_path / "ray.db"), tiny)  # incremental, as the local engine
+    assert (again.indexed, again.unchanged) == (0, 11)
+    os.utime(photos / "cat.jpg", (1, 1))
+    changed = ray_index(photos, str(tmp_path / "ray.db"), tiny)
+    assert (changed.indexed, changed.unchanged) == (1, 10)
+    assert rows(str(tmp_path / "ray.db"))[str(photos / "cat.jpg")]["mtime"] == 1
+
+
+def test_a_uri_source_is_read_through_pyarrow(photos, tmp_path, tiny):
+    report = ray_index(f"file://{photos}", str(tmp_path / "uri.db"), tiny)
+    assert (report.indexed, report.failed) == (11, 0)
+    got = rows(str(tmp_path / "uri.db"))
+    cat = got[f"file://{photos}/cat.jpg"]
+    assert cat["folder"] == f"file://{photos}" and cat["size"] == os.path.getsize(photos / "cat.jpg")
+    by_path = tiny.embed([str(photos / "cat.jpg")])[0]
+    assert float(np.dot(by_path, cat["vector"])) > 0.999
+
+
+def test_cli_reports_a_corrupt_file_and_goes_on(photos, tmp_path, tiny_model):
+    (photos / "corrupt.jpg").write_bytes((photos / "cat.jpg").read_bytes()[:300])  # truncated JPEG
+    (photos / "text.png").write_text("not an image")
+    uri = str(tmp_path / "cli.db")
+    args = ["index", str(photos), "--engine", "ray", "--model", str(tiny_model), "--uri", uri, "--json"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.stdout[out.stdout.index("{"):])
+    assert (summary["indexed"], summary["failed"]) == (11, 2)
+    reasons = {os.path.basename(f["path"]): f["reason"] for f in summary["failures"]}
+    assert "truncated" in reasons["corrupt.jpg"] and "not a recognised image format" in reasons["text.png"]
+    assert str(photos / "corrupt.jpg") not in rows(uri) and len(rows(uri)) == 11
+
+    again = json.loads((out := CliRunner().invoke(app, args)).stdout[out.stdout.index("{"):])
+    assert (again["indexed"], again["unchanged"], again["failed"]) == (0, 11, 2)
+
+
+def test_cli_refuses_prune_and_a_missing_source(tmp_path):
+    out = CliRunner().invoke(app, ["index", str(tmp_path), "--engine", "ray", "--prune"], env={"COLUMNS": "400"})
+    assert out.exit_code == 2 and "--prune" in out.output
+    out = CliRunner().invoke(app, ["index", str(tmp_path / "nowhere"), "--engine", "ray"], env={"COLUMNS": "400"})
+    assert out.exit_code == 2 and "nowhere is not a folder" in out.output
+
+
+def _encoder_actor_pids() -> list[int]:
+    """Processes of the encoder actors (Ray titles them ``ray::MapWorker(MapBatches(EmbedAndWrite))``)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"EmbedAndWrite" in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_killed_encoder_worker_is_restarted_and_nothing_is_lost(linked_photos, tmp_path, tiny):
+    folder = linked_photos(30)  # 330 files, 83 batches of 4
+    uri = str(tmp_path / "kill.db")
+    killed: list[int] = []
+
+    def kill_after_first_rows():
+        deadline = time.monotonic() + 120
+        with Store(uri, "images") as probe:
+            while time.monotonic() < deadline and not killed:
+                if probe.exists() and probe.count() > 0:
+                    for pid in _encoder_actor_pids():
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                time.sleep(0.05)
+
+    with Store(uri, "images") as store:
+        killer = threading.Thread(target=kill_after_first_rows, daemon=True)
+        killer.start()
+        report = index_with_ray(str(folder), encoder=tiny, store=store, settings=Settings(), batch_size=4)
+        killer.join()
+        assert killed, "the encoder actor was never seen running"
+        assert (report.indexed, report.failed) == (330, 0)
+        assert store.count() == 330
+    assert set(rows(uri)) == {str(p) for p in folder.iterdir()}
