@@ -9,13 +9,15 @@ Measures, in one run, on the same files, model and device:
    subprocess;
 3. **vitsearch index**: the real command in a subprocess, into a fresh Milvus Lite database;
    its wall time includes Python start-up, imports, model loading and opening Milvus. Its own
-   per-stage times (decode summed over workers, embed, write, input wait) come from ``--json``.
+   per-stage times (decode summed over workers, embed, write, input wait) come from ``--json``;
+4. with ``--ray``, **vitsearch index --engine ray** the same way: a local Ray instance started by
+   the command (its start-up included), decode tasks and encoder actors on this machine.
 
 and prints images/s, ratios to model-only, peak RSS (each subprocess's ``ru_maxrss``; decode
 workers, forked, are not counted).
 
     python benchmarks/index_throughput.py [FOLDER] [--model M] [--limit 400] [--batch-size B]
-        [--workers W] [--replicate K] [--device cuda] [--dtype bfloat16]
+        [--workers W] [--replicate K] [--device cuda] [--dtype bfloat16] [--ray]
 
 Defaults: ``$VITSEARCH_SHARED/data/catalog``, ``$VITSEARCH_SHARED/models/dinov2-small-9l``,
 400 images, batch 32, 2 workers. ``--model vit-b16-random`` builds a ViT-B/16 (86 M parameters,
@@ -117,6 +119,7 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--naive-limit", type=int, default=400, help="images for the (slow) naive loop")
+    ap.add_argument("--ray", action="store_true", help="also time `vitsearch index --engine ray`")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,16 +144,22 @@ def main() -> None:
         naive = json.loads(out)
 
         env = {**os.environ, "VITSEARCH_DATA_DIR": str(tmp / "data")}
-        cmd = [sys.executable, "-c", "from vitsearch.search.cli import main; main()", "index", str(folder),
-               "--model", model, "--uri", str(tmp / "vitsearch.db"), "--batch-size", str(args.batch_size),
-               "--workers", str(args.workers), "--json"]
-        if args.device:
-            cmd += ["--device", args.device]
-        if args.dtype:
-            cmd += ["--dtype", args.dtype]
-        out, wall, rss = run_measured(cmd, env)
-        summary = json.loads(out)
-        assert summary["indexed"] == len(files), summary
+
+        def vitsearch_index(db: str, *extra: str) -> tuple[dict, float, float]:
+            cmd = [sys.executable, "-c", "from vitsearch.search.cli import main; main()", "index", str(folder),
+                   "--model", model, "--uri", str(tmp / db), "--batch-size", str(args.batch_size), "--json",
+                   *extra]
+            if args.device:
+                cmd += ["--device", args.device]
+            if args.dtype:
+                cmd += ["--dtype", args.dtype]
+            out, wall, rss = run_measured(cmd, env)
+            summary = json.loads(out)
+            assert summary["indexed"] == len(files), summary
+            return summary, wall, rss
+
+        summary, wall, rss = vitsearch_index("vitsearch.db", "--workers", str(args.workers))
+        ray = vitsearch_index("ray.db", "--engine", "ray") if args.ray else None
 
     n = len(files)
     nn = len(naive_files)
@@ -161,6 +170,9 @@ def main() -> None:
         ("vitsearch index (whole process)", n / wall, summary["images_per_s"], f"{rss:.2f}",
          summary["stage_seconds"], n),
     ]
+    if ray:
+        rows.append(("vitsearch index --engine ray (local Ray)", n / ray[1], ray[0]["images_per_s"],
+                     f"{ray[2]:.2f}", ray[0]["stage_seconds"], n))
     print(f"\n{n} images ({len(distinct)} distinct) from {args.folder}; model {Path(args.model).name}; "
           f"{device} {dtype}; batch {args.batch_size}; {args.workers} workers; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
@@ -179,6 +191,9 @@ def main() -> None:
           f"write {st['write']:.1f} s (background), waited for input {st['wait']:.1f} s")
     print(f"whole process vs model only: {n / wall / ceiling:.2f}; vs naive loop: "
           f"{(n / wall) / (nn / naive_wall):.1f}x")
+    if ray:
+        print(f"--engine ray vs --engine local, whole process: {ray[1] and wall / ray[1]:.2f} "
+              f"(Ray's RSS is the driver's only; its workers are separate processes)")
 
 
 if __name__ == "__main__":

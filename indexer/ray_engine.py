@@ -154,7 +154,8 @@ class EmbedAndWrite:
             raise StoreError(f"Milvus Lite database {uri} is on {driver_node}, this Ray worker on {node}: "
                              f"a Ray cluster over several machines needs a Milvus server (--uri http://HOST:19530)")
         expected = EncoderInfo.from_json(info_json)
-        self.encoder = Encoder.load(expected.model, pooling=expected.pooling, settings=settings)
+        self.encoder = Encoder.load(expected.model, pooling=expected.pooling, image_size=expected.square_size,
+                                    settings=settings)
         expected.check_same(self.encoder.info, f"the collection being indexed (Ray worker on {node})")
         self.store = Store.from_settings(settings, uri=uri, collection=collection)
 

@@ -247,16 +247,18 @@ def _prune(root: str, store: Store) -> int:
 
 
 def encoder_for(store: Store, settings: Settings) -> Encoder:
-    """Load the encoder to index with: the model and pooling asked for (argument or
-    ``VITSEARCH_MODEL`` / ``VITSEARCH_POOLING``), else those recorded in an existing collection,
-    else the defaults.
+    """Load the encoder to index with: the model, pooling and image size asked for (argument or
+    ``VITSEARCH_MODEL`` / ``VITSEARCH_POOLING`` / ``VITSEARCH_IMAGE_SIZE``), else those recorded
+    in an existing collection, else the defaults.
 
     Raises:
         ModelNotFoundError: the model cannot be loaded.
     """
-    model, pooling = settings.model, settings.pooling
-    if not {"model", "pooling"} <= settings.model_fields_set and store.exists():
+    model, pooling, size = settings.model, settings.pooling, settings.image_size
+    asked = settings.model_fields_set
+    if not {"model", "pooling", "image_size"} <= asked and store.exists():
         recorded = store.encoder_info()
-        model = model if "model" in settings.model_fields_set else recorded.model
-        pooling = pooling if "pooling" in settings.model_fields_set else recorded.pooling
-    return Encoder.load(model, pooling=pooling, settings=settings)
+        model = model if "model" in asked else recorded.model
+        pooling = pooling if "pooling" in asked else recorded.pooling
+        size = size if "image_size" in asked else recorded.square_size
+    return Encoder.load(model, pooling=pooling, image_size=size, settings=settings)

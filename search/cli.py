@@ -44,6 +44,10 @@ class Pooling(str, Enum):
     mean = "mean"
 
 
+IMAGE_SIZE = typer.Option(None, "--image-size", min=8, help="Encoder input N x N pixels: the processor resizes "
+                          "and crops to N, the position embeddings are interpolated. Recorded in the "
+                          "collection like the model. (env VITSEARCH_IMAGE_SIZE; default: the collection's, "
+                          "else the checkpoint's, e.g. 224)")
 POOLING = typer.Option(None, "--pooling",
                        help="cls (the CLS token; default) or mean (the mean of the patch tokens); recorded "
                             "in the collection like the model. (env VITSEARCH_POOLING)")
@@ -58,10 +62,11 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _client(uri: Optional[str], collection: Optional[str], model: Optional[str], device: Optional[str]):
+def _client(uri: Optional[str], collection: Optional[str], model: Optional[str], device: Optional[str],
+            image_size: Optional[int] = None):
     from .client import SearchClient
 
-    settings = _settings(uri=uri, collection=collection, device=device)
+    settings = _settings(uri=uri, collection=collection, device=device, image_size=image_size)
     return SearchClient(model=model, settings=settings)
 
 
@@ -104,6 +109,7 @@ def index(
                                         "name. (env VITSEARCH_MODEL; default: the collection's model, "
                                         "for a new collection facebook/dinov2-small)"),
     pooling: Optional[Pooling] = POOLING,
+    image_size: Optional[int] = IMAGE_SIZE,
     uri: Optional[str] = URI,
     collection: Optional[str] = COLLECTION,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass "
@@ -150,8 +156,9 @@ def index(
     if verbose:
         logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
         logging.getLogger("vitsearch").setLevel(logging.DEBUG)
-    s = _settings(model=model, pooling=pooling and pooling.value, uri=uri, collection=collection, batch_size=batch_size,
-                  workers=workers, device=device, dtype=dtype, compile=use_compile or None)
+    s = _settings(model=model, pooling=pooling and pooling.value, image_size=image_size, uri=uri,
+                  collection=collection, batch_size=batch_size, workers=workers, device=device, dtype=dtype,
+                  compile=use_compile or None)
     on_failure = lambda p, r: tqdm.write(f"skipped {_shown(p)}: {r}", file=sys.stderr)  # noqa: E731
     if "://" in folder and engine is Engine.local:
         raise typer.BadParameter(f"{folder}: a URI needs --engine ray", param_hint="SOURCE")
@@ -248,6 +255,7 @@ def search(
     folder: Optional[str] = typer.Option(None, "--folder", help="Only images in this folder or below it."),
     similar: bool = typer.Option(False, "--similar", help="IMAGE is an indexed file: use its stored vector."),
     model: Optional[str] = typer.Option(None, "--model", help="Default: the model the collection was indexed with."),
+    image_size: Optional[int] = IMAGE_SIZE,
     uri: Optional[str] = URI,
     collection: Optional[str] = COLLECTION,
     device: Optional[str] = DEVICE,
@@ -259,7 +267,7 @@ def search(
     image, a corrupt image, an unknown --similar path, a malformed --filter, k out of range).
     """
     try:
-        with _client(uri, collection, model, device) as client:
+        with _client(uri, collection, model, device, image_size) as client:
             if similar:
                 hits = client.search_similar(image, k=k, filter=filter, folder=folder)
             else:
@@ -333,6 +341,7 @@ def eval_(
     model: Optional[str] = typer.Option(None, "--model", help="Hub id, local folder or pulled model name. "
                                         "(env VITSEARCH_MODEL; default: facebook/dinov2-small)"),
     pooling: Optional[Pooling] = POOLING,
+    image_size: Optional[int] = IMAGE_SIZE,
     k: str = typer.Option("1,5,10", "--k", help="Cut-offs for recall@k and precision@k, comma-separated."),
     uri: Optional[str] = typer.Option(None, "--uri", help="Reuse this Milvus (with --collection); default: a "
                                       "temporary Milvus Lite database, deleted afterwards."),
@@ -367,7 +376,8 @@ def eval_(
     except ValueError:
         _fail(f"--k takes positive integers separated by commas, got {k!r}", code=2)
     scratch = None if uri else tempfile.mkdtemp(prefix="vitsearch-eval-")
-    s = _settings(model=model, pooling=pooling and pooling.value, uri=uri or str(Path(scratch) / "eval.db"),
+    s = _settings(model=model, pooling=pooling and pooling.value, image_size=image_size,
+                  uri=uri or str(Path(scratch) / "eval.db"),
                   collection=collection or (None if uri else "eval"), batch_size=batch_size,
                   workers=workers, device=device)
     started = time.perf_counter()
@@ -391,7 +401,8 @@ def eval_(
     info = encoder.info
     out = {"dataset": str(dataset), "layout": data.kind, "images": report.indexed + report.unchanged,
            "failed": report.failed, "queries": result.queries, "model": info.model, "pooling": info.pooling,
-           "dim": info.dim, "k": ks, **result.to_dict(),
+           "dim": info.dim, "image_size": info.image_size, "k": ks, **result.to_dict(),
+           "images_per_s": round(report.images_per_s, 2),
            "seconds": {"index": round(report.seconds, 2), "search": round(result.search_seconds, 2),
                        "total": round(time.perf_counter() - started, 2)},
            "uri": uri, "collection": s.collection if uri else None}
@@ -400,13 +411,13 @@ def eval_(
         typer.echo(json.dumps(out, indent=2))
         return
     typer.echo(f"{dataset}: {out['layout']}, {out['images']} images, {out['queries']} queries; "
-               f"model {info.model}, pooling {info.pooling}, {info.dim}-d")
+               f"model {info.model}, pooling {info.pooling}, {info.dim}-d, input {info.image_size}")
     typer.echo(f"{'mAP':>14}  {result.map:.4f}")
     for name, values in (("recall", result.recall), ("precision", result.precision)):
         typer.echo("  ".join(f"{f'{name}@{kk}':>14}  {v:.4f}" for kk, v in values.items()))
     typer.echo(f"{'ANN recall@10':>14}  {result.ann_recall_at_10:.4f} (the index's top-10 against exact search)")
-    typer.echo(f"{'seconds':>14}  index {out['seconds']['index']}, search {out['seconds']['search']}, "
-               f"total {out['seconds']['total']}")
+    typer.echo(f"{'seconds':>14}  index {out['seconds']['index']} ({out['images_per_s']} images/s), "
+               f"search {out['seconds']['search']}, total {out['seconds']['total']}")
 
 
 @model_app.command("pull")

@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import Settings
 from .encoder import Encoder
-from .errors import BadQueryError
+from .errors import BadQueryError, EncoderMismatchError
 from .images import ImageLike, load_image
 from .store import META_FIELDS, Store
 
@@ -50,6 +50,8 @@ class SearchClient:
         model: ``None`` loads the encoder recorded in the collection. A model given here must be
             the one that filled the collection.
         device, dtype: passed to :meth:`Encoder.load`.
+        image_size: encoder input N x N pixels; ``None`` (default, ``VITSEARCH_IMAGE_SIZE``) takes
+            the collection's. Another size than the collection's is refused.
         encoder: an already loaded :class:`Encoder` to reuse (checked against the collection).
 
     Raises:
@@ -60,11 +62,17 @@ class SearchClient:
 
     def __init__(self, uri: str | None = None, collection: str | None = None, model: str | None = None,
                  *, device: str | None = None, dtype: str | None = None, token: str | None = None,
-                 encoder: Encoder | None = None, settings: Settings | None = None):
+                 image_size: int | None = None, encoder: Encoder | None = None, settings: Settings | None = None):
         self.settings = settings or Settings()
         self.store = Store.from_settings(self.settings, uri, collection, token)
         self.encoder_info = self.store.encoder_info()
         self._model, self._device, self._dtype = model, device, dtype
+        self._image_size = image_size or self.settings.image_size or self.encoder_info.square_size
+        if f"{self._image_size}x{self._image_size}" != self.encoder_info.image_size and (
+                image_size or self.settings.image_size):
+            raise EncoderMismatchError(
+                f"{self._where} was indexed at image size {self.encoder_info.image_size}, not "
+                f"{self._image_size}x{self._image_size}: leave --image-size out to use the collection's")
         self._encoder = encoder
         self._encoder_lock = threading.Lock()  # the UI's sessions share one client
         if encoder is not None:
@@ -86,7 +94,7 @@ class SearchClient:
 
     def _load_encoder(self) -> None:
         enc = Encoder.load(self._model or self.encoder_info.model, device=self._device, dtype=self._dtype,
-                           pooling=self.encoder_info.pooling, settings=self.settings)
+                           pooling=self.encoder_info.pooling, image_size=self._image_size, settings=self.settings)
         self.encoder_info.check_same(enc.info, self._where)
         self._encoder = enc
 

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
         collection: collection name.
         model: encoder, a Hugging Face hub id, a local folder or a pulled model's name.
         pooling: ``cls`` (the class token; default) or ``mean`` (mean of the patch tokens).
+        image_size: encoder input N x N pixels; ``None``: the checkpoint's own, or the
+            collection's when it exists.
         device: ``cuda``, ``cuda:1``, ``mps`` or ``cpu``; ``None`` picks CUDA, then MPS, then CPU.
         dtype: ``bfloat16`` or ``float16`` on CUDA; ``None`` gives bf16 on CUDA, fp32 elsewhere.
         batch_size: images per forward pass; default 32, on CUDA chosen for the card's free
@@ -53,6 +55,7 @@ class Settings(BaseSettings):
     collection: str = DEFAULT_COLLECTION
     model: str = DEFAULT_MODEL
     pooling: Literal["cls", "mean"] = "cls"
+    image_size: int | None = Field(default=None, ge=8)
     device: str | None = None
     dtype: str | None = None
     batch_size: int | None = Field(default=None, ge=1)

@@ -7,6 +7,7 @@ is Worth 16x16 Words"), never ``pooler_output``.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ from .config import Settings
 from .errors import EncoderMismatchError, ModelNotFoundError
 from .images import ImageLike, load_image
 from .models import resolve_model, weights_sha256
-from .preprocess import Preprocess
+from .preprocess import Preprocess, at_size
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,12 @@ class EncoderInfo:
     dim: int
     pooling: str
     image_size: str
+
+    @property
+    def square_size(self) -> int | None:
+        """N for an ``"NxN"`` input size (what ``--image-size N`` gives), else None."""
+        h, w = self.image_size.split("x")
+        return int(h) if h == w else None
 
     def to_json(self) -> str:
         """Serialise to a JSON object string."""
@@ -138,10 +145,12 @@ class Encoder:
         self.info = info
         self.device = device
         self.dtype = dtype
+        self._forward_kwargs = _interpolation(model, info.image_size)
 
     @classmethod
     def load(cls, model: str | None = None, *, device: str | None = None, dtype: str | None = None,
-             pooling: str | None = None, compile: bool = False, settings: Settings | None = None) -> "Encoder":
+             pooling: str | None = None, image_size: int | None = None, compile: bool = False,
+             settings: Settings | None = None) -> "Encoder":
         """Load a checkpoint by hub id, local folder or pulled model name.
 
         Args:
@@ -149,12 +158,16 @@ class Encoder:
             device: ``cuda``, ``mps``, ``cpu``...; default: auto (CUDA, MPS, CPU).
             dtype: ``bfloat16``/``float16``/``float32``; default bf16 on CUDA, fp32 elsewhere.
             pooling: ``cls`` (default, ``VITSEARCH_POOLING``) or ``mean`` (see :data:`POOLINGS`).
+            image_size: model input N x N pixels (default ``VITSEARCH_IMAGE_SIZE``, else the
+                checkpoint's own). The processor resizes and crops to N (:func:`~.preprocess.at_size`);
+                the position embeddings are interpolated to the new patch grid (bicubic, as in
+                the ViT paper's fine-tuning at higher resolution, Dosovitskiy et al. 2020, 3.2).
             compile: run the model through ``torch.compile`` (Inductor): a one-off compile cost of
                 tens of seconds per batch shape, for faster forward passes on large runs.
 
         Raises:
             ModelNotFoundError: the model cannot be found locally nor fetched.
-            ValueError: an unknown pooling or dtype.
+            ValueError: an unknown pooling or dtype, or an image size the processor cannot take.
         """
         import transformers
         from transformers import AutoImageProcessor, AutoModel
@@ -170,6 +183,8 @@ class Encoder:
             net = AutoModel.from_pretrained(resolved.folder, attn_implementation="sdpa")
         except (OSError, ValueError, KeyError) as exc:
             raise ModelNotFoundError(f"cannot load model {resolved.name!r} from {resolved.folder}: {exc}") from exc
+        if image_size or settings.image_size:
+            processor = at_size(processor, image_size or settings.image_size)
         # A CLIP checkpoint loads as text + vision model: keep the vision tower.
         net = getattr(net, "vision_model", net)
         net = net.to(dev, dt).eval()
@@ -204,7 +219,7 @@ class Encoder:
         the model's dtype happens on the device.
         """
         x = pixel_values.to(self.device, non_blocking=True).to(self.dtype)
-        tokens = self.model(pixel_values=x).last_hidden_state  # (N, prefix + patches, D)
+        tokens = self.model(pixel_values=x, **self._forward_kwargs).last_hidden_state  # (N, prefix + patches, D)
         if self.info.pooling == "cls":
             pooled = tokens[:, 0]
         else:
@@ -227,6 +242,21 @@ class Encoder:
             out.append(self.embed_pixels(self.preprocess(batch)))
         return np.concatenate(out)
 
+
+
+def _interpolation(model: torch.nn.Module, image_size: str) -> dict:
+    """Forward arguments for input of ``image_size`` ("HxW"): ``interpolate_pos_encoding=True``
+    where the input differs from the size the position embeddings were trained at and the model
+    takes that argument (ViT, DeiT, CLIP); DINOv2 interpolates by itself."""
+    base = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    trained = getattr(base.config, "image_size", None)
+    if trained is None:
+        return {}
+    trained = tuple(trained) if isinstance(trained, (list, tuple)) else (trained, trained)
+    size = tuple(int(v) for v in image_size.split("x"))
+    if size == trained or "interpolate_pos_encoding" not in inspect.signature(base.forward).parameters:
+        return {}
+    return {"interpolate_pos_encoding": True}
 
 
 def batch_size_for(encoder: Encoder, fraction: float = 0.5, lo: int = 32, hi: int = 1024) -> int:

@@ -27,6 +27,38 @@ from PIL import Image
 DRAFT_MARGIN = 2
 
 
+def at_size(processor, size: int):
+    """A copy of an image processor that makes ``size`` x ``size`` model input.
+
+    The ratio of the resize to the centre crop is kept (DINOv2's 256 -> 224 becomes 384 -> 336
+    at 336), so the crop covers the same part of the image at any size. The model must then
+    interpolate its position embeddings to the new patch grid (:class:`~.encoder.Encoder` does).
+
+    Raises:
+        ValueError: ``size`` below 8 pixels, or a processor whose resize is not by shortest
+            edge or to height x width.
+    """
+    import copy
+
+    if size < 8:
+        raise ValueError(f"image size must be at least 8 pixels, got {size}")
+    out = copy.deepcopy(processor)
+    resize = dict(getattr(out, "size", None) or {})
+    crop = dict(getattr(out, "crop_size", None) or {}) if getattr(out, "do_center_crop", False) else {}
+    # Without a crop the resize gives the model input; with one, the resize scales with it.
+    scale = size / crop["height"] if set(crop) == {"height", "width"} else None
+    if scale is not None:
+        out.crop_size = {"height": size, "width": size}
+    if set(resize) == {"shortest_edge"}:
+        out.size = {"shortest_edge": round(resize["shortest_edge"] * scale) if scale else size}
+    elif set(resize) == {"height", "width"}:
+        out.size = ({"height": round(resize["height"] * scale), "width": round(resize["width"] * scale)}
+                    if scale else {"height": size, "width": size})
+    else:
+        raise ValueError(f"cannot set the input size of {type(processor).__name__} (resize {resize})")
+    return out
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Picklable image → ``(3, H, W) float32`` model input (run in the indexer's workers).

@@ -105,3 +105,12 @@ def test_an_empty_collection_gives_no_results(db_uri, tiny_model, tmp_path):
     cli("index", tmp_path / "none", "--model", tiny_model, "--uri", db_uri)  # creates the collection, no rows
     out = cli("search", EXAMPLES / "images" / "cat.jpg", "--uri", db_uri)
     assert out.stdout.strip() == "no results"
+
+
+def test_image_size_is_recorded_and_another_size_refused(photos, tmp_path, tiny_model):
+    db = tmp_path / "sized.db"
+    cli("index", photos, "--model", tiny_model, "--uri", db, "--image-size", 48, "--workers", 0)
+    hits = json.loads(cli("search", photos / "cat.jpg", "--uri", db, "-k", 1, "--json").stdout)
+    assert hits[0]["path"] == str(photos / "cat.jpg")  # the collection's size, 48, without asking
+    out = cli("search", photos / "cat.jpg", "--uri", db, "--image-size", 32, ok=False)
+    assert out.returncode == 1 and "48x48, not 32x32" in out.stderr and "Traceback" not in out.stderr

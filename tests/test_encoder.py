@@ -199,3 +199,60 @@ def test_pooling_is_recorded_and_a_mismatch_refused(photos, db_uri, tiny_model):
         assert client.search(photos / "cat.jpg", k=1)[0].path == str(photos / "cat.jpg")
     with pytest.raises(ValueError, match="unknown pooling"):
         Encoder.load(str(tiny_model), pooling="max")
+
+
+def plain_at_size(folder, paths, size: int, **forward) -> np.ndarray:
+    """Reference at another input size: the processor set to ``size`` by hand, AutoModel's forward."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    processor = AutoImageProcessor.from_pretrained(folder)
+    if getattr(processor, "do_center_crop", False):  # DINOv2: resize 256 -> crop 224, scaled alike
+        processor.size = {"shortest_edge": round(256 * size / 224)}
+        processor.crop_size = {"height": size, "width": size}
+    else:
+        processor.size = {"height": size, "width": size}
+    model = AutoModel.from_pretrained(folder).eval()
+    images = [Image.open(p).convert("RGB") for p in paths]
+    with torch.no_grad():
+        cls = model(**processor(images=images, return_tensors="pt"), **forward).last_hidden_state[:, 0].numpy()
+    return cls / np.linalg.norm(cls, axis=1, keepdims=True)
+
+
+def test_image_size_interpolates_the_position_embeddings_of_a_vit(tiny_model):
+    enc = Encoder.load(str(tiny_model), image_size=48)  # trained at 32: a 6x6 patch grid, not 4x4
+    assert enc.info.image_size == "48x48" and enc.info.square_size == 48
+    paths = [str(p) for p in PHOTOS[:3]]
+    want = plain_at_size(tiny_model, paths, 48, interpolate_pos_encoding=True)
+    np.testing.assert_allclose(enc.embed(paths), want, atol=1e-5)
+    with pytest.raises(ValueError):  # without interpolation the ViT refuses the larger input
+        plain_at_size(tiny_model, paths, 48)
+    assert Encoder.load(str(tiny_model)).info.image_size == "32x32"
+    with pytest.raises(ValueError, match="at least 8"):
+        Encoder.load(str(tiny_model), image_size=4)
+
+
+def test_image_size_on_dinov2_keeps_the_resize_to_crop_ratio(real_model):
+    enc = Encoder.load(str(real_model), image_size=336)
+    assert enc.preprocessor.short_edge == 384 and enc.preprocessor.crop_hw == (336, 336)
+    paths = [str(p) for p in PHOTOS[:2]]
+    np.testing.assert_allclose(enc.embed(paths), plain_at_size(real_model, paths, 336), atol=1e-4)
+
+
+def test_image_size_is_recorded_reused_and_a_mismatch_refused(photos, db_uri, tiny_model):
+    from vitsearch.indexer import encoder_for, index_folder
+    from vitsearch.search import SearchClient
+    from vitsearch.search.config import Settings
+    from vitsearch.search.store import Store
+
+    with Store(db_uri, "images") as store:
+        index_folder(str(photos), encoder=Encoder.load(str(tiny_model), image_size=48), store=store, workers=0)
+        assert store.encoder_info().image_size == "48x48"
+        assert encoder_for(store, Settings()).info.image_size == "48x48"  # the collection's size
+        with pytest.raises(EncoderMismatchError, match="image_size"):
+            index_folder(str(photos), encoder=encoder_for(store, Settings(image_size=32)), store=store, workers=0)
+    with SearchClient(uri=db_uri) as client:  # loads the collection's size
+        assert client.encoder.info.image_size == "48x48"
+        assert client.search(photos / "cat.jpg", k=1)[0].path == str(photos / "cat.jpg")
+    with pytest.raises(EncoderMismatchError, match="48x48, not 32x32"):
+        SearchClient(uri=db_uri, image_size=32)
+    assert SearchClient(uri=db_uri, image_size=48).encoder.info.image_size == "48x48"
