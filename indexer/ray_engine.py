@@ -40,7 +40,7 @@ from vitsearch.search.errors import BadImageError, StoreError, VitsearchError
 from vitsearch.search.images import read_file
 from vitsearch.search.lease import writer_lease
 from vitsearch.search.preprocess import Preprocess
-from vitsearch.search.store import Store, is_server_uri
+from vitsearch.search.store import META_FIELDS, Store, is_server_uri
 
 from .reader import read_one
 from .runner import IndexInterrupted, IndexReport, Progress, changed, chunks, make_row, storable
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: Changed files per Ray Data dataset: bounds the driver's memory (paths held) on huge sources.
 WAVE = 100_000
+#: Columns the encoder actors report on each file (besides, in bulk mode, its row).
+STATUS = ["path", "error", "cpu_s", "embed_s", "write_s"]
 #: CPUs a decode task reserves: two per core, as reading from an object store waits on the
 #: network. (Also keeps Ray Data from fusing decoding into the encoder actors on a cluster
 #: without GPUs: it fuses operators whose resource requests are equal.)
@@ -146,7 +148,8 @@ class EmbedAndWrite:
             one machine: a cluster needs a Milvus server), or Milvus unreachable.
     """
 
-    def __init__(self, settings: Settings, info_json: str, uri: str, collection: str, driver_node: str):
+    def __init__(self, settings: Settings, info_json: str, uri: str, collection: str, driver_node: str,
+                 write: bool = True):
         import ray
 
         node = ray.util.get_node_ip_address()
@@ -157,34 +160,53 @@ class EmbedAndWrite:
         self.encoder = Encoder.load(expected.model, pooling=expected.pooling, image_size=expected.square_size,
                                     settings=settings)
         expected.check_same(self.encoder.info, f"the collection being indexed (Ray worker on {node})")
-        self.store = Store.from_settings(settings, uri=uri, collection=collection)
+        self.store = Store.from_settings(settings, uri=uri, collection=collection) if write else None
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]):
+        """Embed the good files of ``batch``; upsert their rows, or (bulk mode, no store) return
+        them as a ``pyarrow.Table`` with the status columns."""
         import torch
 
         good = np.flatnonzero(batch["error"] == "")
         embed_s = write_s = 0.0
+        rows = []
         if len(good):
             started = time.perf_counter()
             vectors = self.encoder.embed_pixels(torch.from_numpy(batch["pixel_values"][good]))
             embed_s = time.perf_counter() - started
             now = time.time()
-            self.store.upsert([
-                make_row(FileEntry(str(batch["path"][i]), int(batch["size"][i]), float(batch["mtime"][i])), v,
-                         {"width": int(batch["width"][i]), "height": int(batch["height"][i]),
-                          "sha256": str(batch["sha256"][i])}, now)
-                for i, v in zip(good, vectors)])
-            write_s = time.perf_counter() - started - embed_s
+            rows = [make_row(FileEntry(str(batch["path"][i]), int(batch["size"][i]), float(batch["mtime"][i])), v,
+                             {"width": int(batch["width"][i]), "height": int(batch["height"][i]),
+                              "sha256": str(batch["sha256"][i])}, now)
+                    for i, v in zip(good, vectors)]
+            if self.store is not None:
+                self.store.upsert(rows)
+                write_s = time.perf_counter() - started - embed_s
         n = len(batch["path"])
-        return {"path": batch["path"], "error": batch["error"], "cpu_s": batch["cpu_s"],
-                "embed_s": np.full(n, embed_s / n), "write_s": np.full(n, write_s / n)}
+        status = {"path": batch["path"], "error": batch["error"], "cpu_s": batch["cpu_s"],
+                  "embed_s": np.full(n, embed_s / n), "write_s": np.full(n, write_s / n)}
+        return status if self.store is not None else _with_rows(status, rows, good)
+
+
+def _with_rows(status: dict[str, np.ndarray], rows: list[dict], good: np.ndarray):
+    """``status`` plus the collection's fields, one column each as Milvus's bulk import reads
+    Parquet (``vector`` a ``list<float32>``); failed files get empty values."""
+    import pyarrow as pa
+
+    n = len(status["path"])
+    columns: dict[str, list] = {name: [None] * n for name in ("vector", *META_FIELDS[1:])}
+    for i, row in zip(good, rows):
+        for name in columns:
+            columns[name][i] = row[name]
+    columns["vector"] = pa.array([[] if v is None else v for v in columns["vector"]], pa.list_(pa.float32()))
+    return pa.table({**status, **columns})
 
 
 def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Settings,
                    batch_size: int = 32, ray_address: str | None = None,
                    num_gpus_per_worker: float | None = None, concurrency: int | None = None,
                    progress: Progress | None = None, on_failure: Callable[[str, str], None] | None = None,
-                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> IndexReport:
+                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, bulk_dir: str | None = None) -> IndexReport:
     """Index the image files under ``source`` into ``store``'s collection on a Ray cluster.
 
     Same contract as :func:`.runner.index_folder` (incremental, failures reported and skipped,
@@ -202,6 +224,10 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
         num_gpus_per_worker: GPUs per encoder actor (default 1 when the cluster has GPUs, else 0).
         concurrency: encoder actors (default: cluster GPUs / ``num_gpus_per_worker``, or 1 on a
             cluster without GPUs).
+        bulk_dir: write the rows as Parquet shards under this folder or URI
+            (``wave-NNNNN/*.parquet``, one column per field) instead of upserting them; on a
+            Milvus server, with ``bulk_dir`` in the server's own bucket (``s3://BUCKET/prefix``),
+            they are then loaded by Milvus bulk import (:func:`bulk_load`).
 
     Raises:
         VitsearchError: Ray is not installed (``pip install 'vitsearch[ray]'``).
@@ -239,7 +265,7 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
     store.ensure(encoder.info)
     with writer_lease(store):
         try:
-            for wave in chunks(changed(storable(listing, failed), store, report, progress), WAVE):
+            for n, wave in enumerate(chunks(changed(storable(listing, failed), store, report, progress), WAVE)):
                 ds = ray.data.from_items([{"path": e.path, "size": e.size, "mtime": e.mtime} for e in wave],
                                          override_num_blocks=max(1, len(wave) // batch_size))
                 ds = ds.map_batches(_decode, batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS,
@@ -250,8 +276,13 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
                     num_cpus=0 if gpus_each else 1, compute=ray.data.ActorPoolStrategy(size=actors),
                     fn_constructor_kwargs={"settings": settings, "info_json": encoder.info.to_json(),
                                            "uri": store.uri, "collection": store.collection,
-                                           "driver_node": ray.util.get_node_ip_address()})
-                for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                                           "driver_node": ray.util.get_node_ip_address(),
+                                           "write": bulk_dir is None})
+                if bulk_dir is not None:  # computed once, then read twice: the status, the shards
+                    ds = ds.materialize()
+                    (ds.filter(lambda row: row["error"] == "").select_columns(["path", "vector", *META_FIELDS[1:]])
+                       .write_parquet(f"{bulk_dir.rstrip('/')}/wave-{n:05d}"))
+                for out in ds.select_columns(STATUS).iter_batches(batch_size=None, batch_format="numpy"):
                     errors = out["error"]
                     report.indexed += int((errors == "").sum())
                     report.decode_seconds += float(out["cpu_s"].sum())
@@ -267,8 +298,43 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
             raise _unwrap(exc) from None
         finally:
             progress.close()
+        if bulk_dir is not None and is_server_uri(store.uri) and is_uri(bulk_dir):
+            bulk_load(store, bulk_dir, settings)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def bulk_load(store: Store, bulk_dir: str, settings: Settings, timeout_s: float = 24 * 3600) -> None:
+    """Load the Parquet shards under ``bulk_dir`` (``s3://BUCKET/prefix``, BUCKET the Milvus
+    server's own bucket) into ``store``'s collection with Milvus bulk import
+    (``pymilvus.bulk_writer.bulk_import``, one file per import task), and wait for the job.
+
+    Raises:
+        StoreError: the server refused the job, or the job failed or timed out.
+    """
+    from pyarrow import fs as pafs
+    from pymilvus.bulk_writer import bulk_import, get_import_progress
+
+    filesystem, root = pafs.FileSystem.from_uri(bulk_dir)
+    bucket = root.split("/", 1)[0]
+    files = sorted(i.path for i in filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+                   if i.path.endswith(".parquet"))
+    token = settings.token.get_secret_value() if settings.token else ""
+    reply = bulk_import(url=store.uri, collection_name=store.collection, api_key=token,
+                        files=[[f[len(bucket) + 1:]] for f in files]).json()
+    job = (reply.get("data") or {}).get("jobId")
+    if not job:
+        raise StoreError(f"Milvus at {store.uri} refused the bulk import of {len(files)} files: {reply}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = get_import_progress(url=store.uri, job_id=job, api_key=token).json().get("data") or {}
+        if state.get("state") == "Completed":
+            log.info("bulk import %s: %s rows", job, state.get("importedRows"))
+            return
+        if state.get("state") == "Failed":
+            raise StoreError(f"bulk import job {job} failed: {state.get('reason')}")
+        time.sleep(5)
+    raise StoreError(f"bulk import job {job} did not finish in {timeout_s:.0f} s")
 
 
 def _unwrap(exc: BaseException) -> BaseException:

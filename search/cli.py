@@ -135,6 +135,10 @@ def index(
                                                         "cluster has GPUs, else 0)."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="With --engine ray: "
                                               "encoder workers (default: one per GPU, 1 without GPUs)."),
+    bulk_dir: Optional[str] = typer.Option(None, "--bulk-dir", help="With --engine ray, for large first "
+                                           "loads: write the rows as Parquet shards here instead of upserting; "
+                                           "with a Milvus server and s3://ITS-BUCKET/prefix, then load them by "
+                                           "Milvus bulk import. See \"Scaling out\" in the README."),
 ) -> None:
     """Index the images under SOURCE (JPEG, PNG, WebP, BMP, GIF, TIFF).
 
@@ -166,6 +170,8 @@ def index(
         raise typer.BadParameter(f"{folder} is not a folder", param_hint="SOURCE")
     if engine is Engine.ray and prune:
         raise typer.BadParameter("--prune runs with --engine local only", param_hint="--prune")
+    if engine is Engine.local and bulk_dir:
+        raise typer.BadParameter("--bulk-dir needs --engine ray", param_hint="--bulk-dir")
     try:
         with Store.from_settings(s) as store:
             if engine is Engine.ray:
@@ -176,7 +182,7 @@ def index(
                 report = index_with_ray(folder, encoder=encoder, store=store, settings=s, batch_size=size,
                                         ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
                                         concurrency=concurrency, progress=_progress_bar(),
-                                        max_pixels=s.max_image_pixels, on_failure=on_failure)
+                                        max_pixels=s.max_image_pixels, on_failure=on_failure, bulk_dir=bulk_dir)
             else:
                 encoder = encoder_for(store, s)
                 size = s.batch_size or batch_size_for(encoder)
@@ -195,6 +201,9 @@ def index(
         typer.echo("\ninterrupted", err=True)
         raise typer.Exit(130)
     _index_summary(report, s, encoder.info.model, size, folder, report_file, as_json)
+    if bulk_dir and not as_json:
+        typer.echo(f"rows written as Parquet shards under {bulk_dir}, not into Milvus, unless it is a "
+                   f"server and {bulk_dir} is in its bucket (then loaded by bulk import)")
 
 
 def _shown(path: str) -> str:

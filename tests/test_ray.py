@@ -141,3 +141,26 @@ def test_a_killed_encoder_worker_is_restarted_and_nothing_is_lost(linked_photos,
         assert (report.indexed, report.failed) == (330, 0)
         assert store.count() == 330
     assert set(rows(uri)) == {str(p) for p in folder.iterdir()}
+
+
+def test_bulk_mode_writes_parquet_shards_of_the_same_rows(photos, tmp_path, tiny):
+    import pyarrow.parquet as pq
+
+    (photos / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG")
+    with Store(str(tmp_path / "local.db"), "images") as store:
+        index_folder(str(photos), encoder=tiny, store=store, batch_size=4, workers=0)
+    want = rows(str(tmp_path / "local.db"))
+    shards = tmp_path / "shards"
+    report = ray_index(photos, str(tmp_path / "bulk.db"), tiny, bulk_dir=str(shards))
+    assert (report.indexed, report.failed) == (11, 1) and "corrupt.jpg" in report.failures[0][0]
+    files = sorted(shards.rglob("*.parquet"))
+    assert files and all(f.parent.name == "wave-00000" for f in files)
+    table = pq.read_table(shards)  # one column per field of the collection, as bulk import reads them
+    assert set(table.column_names) == {"path", "vector", *FIELDS[:-1], "indexed_at"}
+    got = {r["path"]: r for r in table.to_pylist()}
+    assert set(got) == set(want)
+    for path, row in want.items():
+        assert {k: got[path][k] for k in FIELDS[:-1]} == {k: row[k] for k in FIELDS[:-1]}, path
+        assert float(np.dot(got[path]["vector"], row["vector"])) > 0.999
+    with Store(str(tmp_path / "bulk.db"), "images") as store:
+        assert store.exists() and store.count() == 0  # rows went to the shards, not to Milvus
