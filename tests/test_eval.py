@@ -20,8 +20,8 @@ from vitsearch.search.evaluate import average_precision, evaluate, load_dataset
 from vitsearch.search.store import Store
 
 VITSEARCH = [sys.executable, "-c", "from vitsearch.search.cli import main; main()"]
-JSON_KEYS = {"dataset", "layout", "images", "failed", "queries", "model", "pooling", "dim", "k", "map", "recall",
-             "precision", "ann_recall_at_10", "seconds", "uri", "collection"}
+JSON_KEYS = {"dataset", "layout", "images", "failed", "queries", "model", "pooling", "dim", "image_size", "k", "map",
+             "recall", "precision", "ann_recall_at_10", "images_per_s", "seconds", "uri", "collection"}
 
 
 def reference(vectors: dict[str, np.ndarray], queries: dict[str, set[str]], ks) -> tuple[float, dict, dict]:
