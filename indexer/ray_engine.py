@@ -157,6 +157,10 @@ class EmbedAndWrite:
             raise StoreError(f"Milvus Lite database {uri} is on {driver_node}, this Ray worker on {node}: "
                              f"a Ray cluster over several machines needs a Milvus server (--uri http://HOST:19530)")
         expected = EncoderInfo.from_json(info_json)
+        if not ray.get_gpu_ids():  # Ray sets OMP_NUM_THREADS to 1: use the CPUs this actor reserved
+            import torch
+
+            torch.set_num_threads(max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
         self.encoder = Encoder.load(expected.model, pooling=expected.pooling, image_size=expected.square_size,
                                     settings=settings)
         expected.check_same(self.encoder.info, f"the collection being indexed (Ray worker on {node})")
@@ -223,7 +227,8 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
             initialised in this process, else a local one started for this run.
         num_gpus_per_worker: GPUs per encoder actor (default 1 when the cluster has GPUs, else 0).
         concurrency: encoder actors (default: cluster GPUs / ``num_gpus_per_worker``, or 1 on a
-            cluster without GPUs).
+            cluster without GPUs, where the actors share the cluster's CPUs but half of one,
+            left to decoding, and run that many torch threads each).
         bulk_dir: write the rows as Parquet shards under this folder or URI
             (``wave-NNNNN/*.parquet``, one column per field) instead of upserting them; on a
             Milvus server, with ``bulk_dir`` in the server's own bucket (``s3://BUCKET/prefix``),
@@ -259,6 +264,8 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
     gpus = ray.cluster_resources().get("GPU", 0)
     gpus_each = num_gpus_per_worker if num_gpus_per_worker is not None else (1 if gpus else 0)
     actors = concurrency or (max(1, int(gpus // gpus_each)) if gpus_each else 1)
+    # Without GPUs the encoders run on CPUs: they share the cluster's, less one decode task's.
+    cpus_each = 0 if gpus_each else max(1.0, (ray.cluster_resources().get("CPU", 1) - DECODE_CPUS) / actors)
     h, w = (int(v) for v in encoder.info.image_size.split("x"))
     log.debug("ray: %d encoder actors, %s GPUs each, %s", actors, gpus_each, ray.cluster_resources())
 
@@ -273,7 +280,7 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
                                                "shape": (3, h, w)})
                 ds = ds.map_batches(
                     EmbedAndWrite, batch_size=batch_size, batch_format="numpy", num_gpus=gpus_each,
-                    num_cpus=0 if gpus_each else 1, compute=ray.data.ActorPoolStrategy(size=actors),
+                    num_cpus=cpus_each, compute=ray.data.ActorPoolStrategy(size=actors),
                     fn_constructor_kwargs={"settings": settings, "info_json": encoder.info.to_json(),
                                            "uri": store.uri, "collection": store.collection,
                                            "driver_node": ray.util.get_node_ip_address(),
