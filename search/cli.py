@@ -167,7 +167,8 @@ def index(
     if "://" in folder and engine is Engine.local:
         raise typer.BadParameter(f"{folder}: a URI needs --engine ray", param_hint="SOURCE")
     if "://" not in folder and not os.path.isdir(folder):
-        raise typer.BadParameter(f"{folder} is not a folder", param_hint="SOURCE")
+        why = "is not a folder" if os.path.exists(folder) else "does not exist"
+        raise typer.BadParameter(f"{folder} {why}", param_hint="SOURCE")
     if engine is Engine.ray and prune:
         raise typer.BadParameter("--prune runs with --engine local only", param_hint="--prune")
     if engine is Engine.local and bulk_dir:

@@ -49,8 +49,11 @@ def index_cmd(folder, uri, model, *extra):
 
 
 def start(cmd, **env) -> subprocess.Popen:
+    """``cmd`` running, with Ctrl-C's default handling even where pytest itself runs with SIGINT
+    ignored (a background job of a non-interactive shell), which children would inherit."""
     return subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **env})
+                            env={**os.environ, **env},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(proc: subprocess.Popen, marker: str, timeout_s: float = 120) -> str:

@@ -101,7 +101,7 @@ def test_cli_refuses_prune_and_a_missing_source(tmp_path):
     out = CliRunner().invoke(app, ["index", str(tmp_path), "--engine", "ray", "--prune"], env={"COLUMNS": "400"})
     assert out.exit_code == 2 and "--prune" in out.output
     out = CliRunner().invoke(app, ["index", str(tmp_path / "nowhere"), "--engine", "ray"], env={"COLUMNS": "400"})
-    assert out.exit_code == 2 and "nowhere is not a folder" in out.output
+    assert out.exit_code == 2 and "nowhere does not exist" in out.output
 
 
 def _encoder_actor_pids() -> list[int]:
