@@ -306,42 +306,26 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
         finally:
             progress.close()
         if bulk_dir is not None and is_server_uri(store.uri) and is_uri(bulk_dir):
-            bulk_load(store, bulk_dir, settings)
+            bulk_load(store, bulk_dir)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def bulk_load(store: Store, bulk_dir: str, settings: Settings, timeout_s: float = 24 * 3600) -> None:
+def bulk_load(store: Store, bulk_dir: str) -> None:
     """Load the Parquet shards under ``bulk_dir`` (``s3://BUCKET/prefix``, BUCKET the Milvus
-    server's own bucket) into ``store``'s collection with Milvus bulk import
-    (``pymilvus.bulk_writer.bulk_import``, one file per import task), and wait for the job.
+    server's own bucket) into ``store``'s collection by Milvus bulk import (:meth:`Store.bulk_import`).
 
     Raises:
         StoreError: the server refused the job, or the job failed or timed out.
     """
     from pyarrow import fs as pafs
-    from pymilvus.bulk_writer import bulk_import, get_import_progress
 
     filesystem, root = pafs.FileSystem.from_uri(bulk_dir)
     bucket = root.split("/", 1)[0]
     files = sorted(i.path for i in filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
                    if i.path.endswith(".parquet"))
-    token = settings.token.get_secret_value() if settings.token else ""
-    reply = bulk_import(url=store.uri, collection_name=store.collection, api_key=token,
-                        files=[[f[len(bucket) + 1:]] for f in files]).json()
-    job = (reply.get("data") or {}).get("jobId")
-    if not job:
-        raise StoreError(f"Milvus at {store.uri} refused the bulk import of {len(files)} files: {reply}")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        state = get_import_progress(url=store.uri, job_id=job, api_key=token).json().get("data") or {}
-        if state.get("state") == "Completed":
-            log.info("bulk import %s: %s rows", job, state.get("importedRows"))
-            return
-        if state.get("state") == "Failed":
-            raise StoreError(f"bulk import job {job} failed: {state.get('reason')}")
-        time.sleep(5)
-    raise StoreError(f"bulk import job {job} did not finish in {timeout_s:.0f} s")
+    rows = store.bulk_import([f[len(bucket) + 1:] for f in files])  # keys within the bucket
+    log.info("bulk import of %d files: %d rows", len(files), rows)
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -346,6 +346,41 @@ class Store:
         return [[StoredHit(h["entity"]["path"], float(h["distance"]), dict(h["entity"])) for h in hits]
                 for hits in res]
 
+    def bulk_import(self, files: Sequence[str], timeout_s: float = 24 * 3600, poll_s: float = 5.0) -> int:
+        """Load Parquet files into the collection by Milvus bulk import (a server's REST API,
+        ``pymilvus.bulk_writer.bulk_import``; Milvus 2.4+), one file per import task, and wait
+        for the job.
+
+        Args:
+            files: object keys within the server's own bucket; each file has one column per
+                field (``vector`` a list of float32).
+
+        Returns:
+            rows imported.
+
+        Raises:
+            StoreError: a Milvus Lite URI, the server refused the job, or it failed or timed out.
+        """
+        from pymilvus.bulk_writer import bulk_import, get_import_progress
+
+        if self._lite is not None:
+            raise StoreError(f"bulk import needs a Milvus server, not Milvus Lite ({self.uri})")
+        reply = bulk_import(url=self.uri, collection_name=self.collection, api_key=self._token,
+                            files=[[f] for f in files]).json()
+        job = (reply.get("data") or {}).get("jobId")
+        if not job:
+            raise StoreError(f"Milvus at {self.uri} refused the bulk import of {len(files)} files: "
+                             f"{reply.get('message', reply)}")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = get_import_progress(url=self.uri, job_id=job, api_key=self._token).json().get("data") or {}
+            if state.get("state") == "Completed":
+                return int(state.get("importedRows") or 0)
+            if state.get("state") == "Failed":
+                raise StoreError(f"bulk import job {job} at {self.uri} failed: {state.get('reason')}")
+            time.sleep(poll_s)
+        raise StoreError(f"bulk import job {job} at {self.uri} did not finish in {timeout_s:.0f} s")
+
     def index_info(self) -> dict[str, Any]:
         """The vector index as Milvus describes it: ``index_type`` and ``metric_type``."""
         desc = self._call("describe_index", self.collection, "vector")
