@@ -286,8 +286,10 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
                                            "driver_node": ray.util.get_node_ip_address(),
                                            "write": bulk_dir is None})
                 if bulk_dir is not None:  # computed once, then read twice: the status, the shards
+                    from ray.data.expressions import col
+
                     ds = ds.materialize()
-                    (ds.filter(lambda row: row["error"] == "").select_columns(["path", "vector", *META_FIELDS[1:]])
+                    (ds.filter(expr=col("error") == "").select_columns(["path", "vector", *META_FIELDS[1:]])
                        .write_parquet(f"{bulk_dir.rstrip('/')}/wave-{n:05d}"))
                 for out in ds.select_columns(STATUS).iter_batches(batch_size=None, batch_format="numpy"):
                     errors = out["error"]

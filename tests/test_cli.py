@@ -114,3 +114,13 @@ def test_image_size_is_recorded_and_another_size_refused(photos, tmp_path, tiny_
     assert hits[0]["path"] == str(photos / "cat.jpg")  # the collection's size, 48, without asking
     out = cli("search", photos / "cat.jpg", "--uri", db, "--image-size", 32, ok=False)
     assert out.returncode == 1 and "48x48, not 32x32" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_engine_ray_without_ray_installed_says_how_to_get_it(photos, tmp_path, tiny_model):
+    # The core install has no Ray: `import ray` fails as it would there (sys.modules entry None).
+    no_ray = "import sys; sys.modules['ray'] = None; from vitsearch.search.cli import main; main()"
+    out = subprocess.run([sys.executable, "-c", no_ray, "index", str(photos), "--engine", "ray", "--model",
+                          str(tiny_model), "--uri", str(tmp_path / "x.db")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "pip install 'vitsearch[ray]'" in out.stderr and "Traceback" not in out.stderr
+    indexed = cli("index", photos, "--model", tiny_model, "--uri", tmp_path / "y.db", "--workers", 0, "--json")
+    assert json.loads(indexed.stdout)["indexed"] == 11  # the local engine needs no Ray
