@@ -153,6 +153,7 @@ def index(
     from tqdm import tqdm
 
     from vitsearch.indexer import IndexInterrupted, encoder_for, index_folder
+    from vitsearch.indexer.ray_engine import is_uri  # no Ray imported: only when --engine ray runs
 
     from .encoder import DEFAULT_BATCH_SIZE, batch_size_for
     from .store import Store
@@ -164,9 +165,9 @@ def index(
                   collection=collection, batch_size=batch_size, workers=workers, device=device, dtype=dtype,
                   compile=use_compile or None)
     on_failure = lambda p, r: tqdm.write(f"skipped {_shown(p)}: {r}", file=sys.stderr)  # noqa: E731
-    if "://" in folder and engine is Engine.local:
+    if is_uri(folder) and engine is Engine.local:
         raise typer.BadParameter(f"{folder}: a URI needs --engine ray", param_hint="SOURCE")
-    if "://" not in folder and not os.path.isdir(folder):
+    if not is_uri(folder) and not os.path.isdir(folder):
         why = "is not a folder" if os.path.exists(folder) else "does not exist"
         raise typer.BadParameter(f"{folder} {why}", param_hint="SOURCE")
     if engine is Engine.ray and prune:
@@ -176,7 +177,7 @@ def index(
     try:
         with Store.from_settings(s) as store:
             if engine is Engine.ray:
-                from vitsearch.indexer.ray_engine import index_with_ray
+                from vitsearch.indexer.ray_engine import index_with_ray  # imports Ray itself
 
                 encoder = encoder_for(store, s.model_copy(update={"device": "cpu", "compile": False}))
                 size = s.batch_size or DEFAULT_BATCH_SIZE
@@ -439,12 +440,16 @@ def train(
     from_model: Optional[str] = typer.Option(None, "--from", help="Fine-tune this checkpoint (hub id, folder or "
                                              "pulled model name)."),
     scratch: bool = typer.Option(False, "--scratch", help="Train a new ViT from random weights, of the shape below."),
-    patch_size: int = typer.Option(16, "--patch-size", min=1, help="--scratch: patch side in pixels."),
-    dim: int = typer.Option(192, "--dim", min=1, help="--scratch: hidden size, the embedding dimension."),
-    depth: int = typer.Option(12, "--depth", min=1, help="--scratch: transformer blocks."),
-    heads: int = typer.Option(3, "--heads", min=1, help="--scratch: attention heads."),
-    mlp_dim: int = typer.Option(768, "--mlp-dim", min=1, help="--scratch: MLP hidden units per block."),
-    image_size: int = typer.Option(224, "--image-size", min=1, help="--scratch: input side in pixels."),
+    patch_size: Optional[int] = typer.Option(None, "--patch-size", min=1, help="--scratch: patch side in pixels "
+                                             "(default 16)."),
+    dim: Optional[int] = typer.Option(None, "--dim", min=1, help="--scratch: hidden size, the embedding dimension "
+                                      "(default 192)."),
+    depth: Optional[int] = typer.Option(None, "--depth", min=1, help="--scratch: transformer blocks (default 12)."),
+    heads: Optional[int] = typer.Option(None, "--heads", min=1, help="--scratch: attention heads (default 3)."),
+    mlp_dim: Optional[int] = typer.Option(None, "--mlp-dim", min=1, help="--scratch: MLP hidden units per block "
+                                          "(default 768)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="--scratch: input side in pixels "
+                                             "(default 224)."),
     epochs: int = typer.Option(10, "--epochs", min=1, help="Passes over the training images."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per step."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW, warm-up then cosine "
@@ -475,14 +480,14 @@ def train(
         raise typer.BadParameter("give --from MODEL or --scratch, not both", param_hint="--from/--scratch")
     if not scratch and not from_model:
         raise typer.BadParameter("give --from MODEL (fine-tune) or --scratch (a new ViT)", param_hint="--from/--scratch")
-    shape = {"--patch-size": patch_size != 16, "--dim": dim != 192, "--depth": depth != 12, "--heads": heads != 3,
-             "--mlp-dim": mlp_dim != 768, "--image-size": image_size != 224}
-    if from_model and any(shape.values()):
-        raise typer.BadParameter(f"{', '.join(k for k, v in shape.items() if v)} set the shape of a new ViT "
-                                 f"(--scratch); a checkpoint keeps its own (index --image-size runs it at "
+    shape = {name: value for name, value in (("patch_size", patch_size), ("dim", dim), ("depth", depth),
+                                              ("heads", heads), ("mlp_dim", mlp_dim), ("image_size", image_size))
+             if value is not None}
+    if from_model and shape:
+        raise typer.BadParameter(f"{', '.join('--' + k.replace('_', '-') for k in shape)} set the shape of a new "
+                                 f"ViT (--scratch); a checkpoint keeps its own (index --image-size runs it at "
                                  f"another input size)", param_hint="--from")
-    config = ScratchConfig(image_size=image_size, patch_size=patch_size, dim=dim, depth=depth, heads=heads,
-                           mlp_dim=mlp_dim) if scratch else None
+    config = ScratchConfig(**shape) if scratch else None  # ScratchConfig's defaults for the rest
     try:
         result = run(data_dir, out, from_model=from_model, scratch=config, epochs=epochs, batch_size=batch_size,
                      lr=lr, val_split=val_split, objective=objective, label_smoothing=label_smoothing, seed=seed,

@@ -67,12 +67,12 @@ class SearchClient:
         self.store = Store.from_settings(self.settings, uri, collection, token)
         self.encoder_info = self.store.encoder_info()
         self._model, self._device, self._dtype = model, device, dtype
-        self._image_size = image_size or self.settings.image_size or self.encoder_info.square_size
-        if f"{self._image_size}x{self._image_size}" != self.encoder_info.image_size and (
-                image_size or self.settings.image_size):
+        asked = image_size or self.settings.image_size
+        if asked and f"{asked}x{asked}" != self.encoder_info.image_size:
             raise EncoderMismatchError(
                 f"{self._where} was indexed at image size {self.encoder_info.image_size}, not "
-                f"{self._image_size}x{self._image_size}: leave --image-size out to use the collection's")
+                f"{asked}x{asked}: leave --image-size out to use the collection's")
+        self._image_size = asked or self.encoder_info.square_size
         self._encoder = encoder
         self._encoder_lock = threading.Lock()  # the UI's sessions share one client
         if encoder is not None:

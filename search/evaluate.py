@@ -75,14 +75,20 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         if missing:
             raise BadQueryError(f"{truth} names {len(missing)} files not in {images}, e.g. {missing[0]}")
         return Dataset(images, "groundtruth", queries)
-    classes = {c: sorted(str(p) for p in c.rglob("*") if is_image_file(p) and p.is_file())
-               for c in sorted(path.iterdir()) if c.is_dir()}
-    classes = {c: files for c, files in classes.items() if files}
+    classes = class_folders(path)
     if len(classes) < 2:
         raise BadQueryError(f"{path}: expected groundtruth.json and images/, or one subfolder of "
                             f"images per class (found {len(classes)} class folders with images)")
     queries = {q: set(files) - {q} for files in classes.values() for q in files}
     return Dataset(path, "classes", queries)
+
+
+def class_folders(root: Path) -> dict[Path, list[str]]:
+    """The subfolders of ``root`` that hold image files (searched recursively), sorted by name,
+    each with its image paths, sorted."""
+    found = {c: sorted(str(p) for p in c.rglob("*") if is_image_file(p) and p.is_file())
+             for c in sorted(root.iterdir()) if c.is_dir()}
+    return {c: files for c, files in found.items() if files}
 
 
 @dataclass

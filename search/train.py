@@ -46,8 +46,8 @@ from PIL import Image
 from .config import Settings
 from .encoder import Encoder, EncoderInfo, pick_device
 from .errors import BadImageError, BadQueryError, ModelNotFoundError
-from .evaluate import exact_ranking, ranking_figures
-from .images import decode_bytes, is_image_file, read_file
+from .evaluate import class_folders, exact_ranking, ranking_figures
+from .images import decode_bytes, read_file
 from .models import resolve_model
 from .preprocess import Preprocess
 
@@ -311,9 +311,7 @@ def split_classes(data_dir: str | os.PathLike, val_split: float, seed: int,
     root = Path(data_dir).absolute()
     if not root.is_dir():
         raise BadQueryError(f"{root} is not a folder: expected one subfolder of images per class")
-    found = {c: sorted(str(p) for p in c.rglob("*") if is_image_file(p) and p.is_file())
-             for c in sorted(root.iterdir()) if c.is_dir()}
-    found = {c: files for c, files in found.items() if files}
+    found = class_folders(root)
     if len(found) < 2:
         raise BadQueryError(f"{root}: expected one subfolder of images per class, at least 2 classes "
                             f"(found {len(found)} class folders with images)")
