@@ -60,7 +60,8 @@ def fill(store: Store, info: EncoderInfo, vectors: np.ndarray, chunk: int = 5000
     started = time.perf_counter()
     for start in range(0, len(vectors), chunk):
         store.upsert([{"path": f"/f/{i % FOLDERS}/{i}.jpg", "vector": vectors[i], "folder": f"/f/{i % FOLDERS}",
-                       "size": 0, "mtime": 0.0, "width": 1, "height": 1, "sha256": "", "indexed_at": 0.0}
+                       "size": 0, "mtime": 0.0, "ctime_ns": 0, "inode": i, "width": 1, "height": 1, "sha256": "",
+                       "indexed_at": 0.0}
                       for i in range(start, min(start + chunk, len(vectors)))])
     store.flush()
     return time.perf_counter() - started

@@ -34,16 +34,17 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from vitsearch.search.config import DEFAULT_MAX_IMAGE_PIXELS, Settings
+from vitsearch.search.config import Settings
 from vitsearch.search.encoder import Encoder, EncoderInfo
 from vitsearch.search.errors import BadImageError, StoreError, VitsearchError
-from vitsearch.search.images import read_file
+from vitsearch.search.images import Limits, read_file
 from vitsearch.search.lease import writer_lease
+from vitsearch.search.paths import path_from_stored, stored_path
 from vitsearch.search.preprocess import Preprocess
 from vitsearch.search.store import META_FIELDS, Store, is_server_uri
 
-from .reader import read_one
-from .runner import IndexInterrupted, IndexReport, Progress, changed, chunks, make_row, storable
+from .reader import Decoded, Failed, read_one
+from .runner import IndexInterrupted, IndexReport, Progress, changed, chunks, make_row, refreshed, storable
 from .scan import FileEntry, scan
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,9 @@ log = logging.getLogger(__name__)
 #: Changed files per Ray Data dataset: bounds the driver's memory (paths held) on huge sources.
 WAVE = 100_000
 #: Columns the encoder actors report on each file (besides, in bulk mode, its row).
-STATUS = ["path", "error", "cpu_s", "embed_s", "write_s"]
+STATUS = ["path", "error", "same", "cpu_s", "embed_s", "write_s"]
+#: The columns of a file to read (a :class:`~.scan.FileEntry`; ``sha256`` "" for none).
+ENTRY = ["path", "size", "mtime", "ctime_ns", "inode", "sha256"]
 #: CPUs a decode task reserves: two per core, as reading from an object store waits on the
 #: network. (Also keeps Ray Data from fusing decoding into the encoder actors on a cluster
 #: without GPUs: it fuses operators whose resource requests are equal.)
@@ -85,7 +88,7 @@ def list_source(source: str, on_error: Callable[[str, str], None]) -> Iterator[F
     except (OSError, ValueError) as exc:
         raise NotADirectoryError(f"cannot list {source}: {exc}") from None
     scheme = source.split("://", 1)[0]
-    for info in sorted(infos, key=lambda i: i.path):
+    for info in sorted(infos, key=lambda i: i.path):  # an object store has no ctime or inode: -1
         if info.type == pafs.FileType.File and is_image_file(info.path):
             yield FileEntry(f"{scheme}://{info.path}", int(info.size), info.mtime.timestamp())
 
@@ -99,43 +102,59 @@ def _filesystem(root: str):
     return pafs.FileSystem.from_uri(root)[0]
 
 
-def read_uri(uri: str) -> bytes:
-    """A file's bytes through ``pyarrow.fs`` (``s3://bucket/key``, ``file:///path``...).
+def read_uri(uri: str, limits: Limits = Limits()) -> bytes:
+    """A file's bytes through ``pyarrow.fs`` (``s3://bucket/key``, ``file:///path``...), at most
+    ``limits.max_file_bytes`` of them (the size is checked before reading).
 
     Raises:
-        BadImageError: the file cannot be opened or read, naming the URI and the reason.
+        BadImageError: the file cannot be opened or read, or is over the limit, naming the URI.
     """
     scheme, path = uri.split("://", 1)  # pyarrow's path: "bucket/key", or "/path" for file://
     host = path.split("/", 1)[0]  # the bucket; "" for file:///path
     try:
-        with _filesystem(f"{scheme}://{host or '/'}").open_input_stream(path) as f:
-            return f.readall()
+        filesystem = _filesystem(f"{scheme}://{host or '/'}")
+        limits.check_size(filesystem.get_file_info(path).size or 0, uri)
+        with filesystem.open_input_stream(path) as f:
+            data = f.read(limits.max_file_bytes + 1)
     except (OSError, ValueError) as exc:
         raise BadImageError(uri, str(exc)) from None
+    limits.check_size(len(data), uri)
+    return data
 
 
-def _decode(batch: dict[str, np.ndarray], preprocess: Preprocess, max_pixels: int,
+def _decode(batch: dict[str, np.ndarray], preprocess: Preprocess, limits: Limits,
             shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
     """Ray Data task: read, decode and preprocess a batch of files with :func:`.reader.read_one`.
 
-    A file that fails keeps its place with zero pixels and its reason in ``error`` ("" if good).
+    A file keeps its place: decoded (``error`` ""), unchanged (``same``: its bytes hash to its
+    row's sha256, zero pixels) or failed (zero pixels, the reason in ``error``).
     """
     pixels = np.zeros((len(batch["path"]), *shape), np.float32)
-    out: dict[str, list] = {"width": [], "height": [], "sha256": [], "error": [], "cpu_s": []}
-    for i, (path, size, mtime) in enumerate(zip(batch["path"], batch["size"], batch["mtime"])):
-        path = str(path)
-        result = read_one(FileEntry(path, int(size), float(mtime)), preprocess, max_pixels,
-                          read=read_uri if is_uri(path) else read_file)
-        good = len(result) == 4
-        if good:
-            pixels[i] = result[1]
-        info = result[2] if good else {"width": 0, "height": 0, "sha256": ""}
+    out: dict[str, list] = {"width": [], "height": [], "sha256": [], "error": [], "same": [], "cpu_s": []}
+    for i, entry in enumerate(_entries(batch)):
+        result = read_one(entry, preprocess, limits, read=read_uri if is_uri(entry.path) else read_file)
+        info = result.info if isinstance(result, Decoded) else {"width": 0, "height": 0, "sha256": ""}
+        if isinstance(result, Decoded):
+            pixels[i] = result.pixels
         for key in ("width", "height", "sha256"):
             out[key].append(info[key])
-        out["error"].append("" if good else result[1])
-        out["cpu_s"].append(result[-1])
-    return {"path": batch["path"], "size": batch["size"], "mtime": batch["mtime"], "pixel_values": pixels,
+        out["error"].append(result.reason if isinstance(result, Failed) else "")
+        out["same"].append(not isinstance(result, (Decoded, Failed)))
+        out["cpu_s"].append(result.cpu_s)
+    return {**{k: batch[k] for k in ENTRY if k != "sha256"}, "pixel_values": pixels,
             **{k: np.asarray(v) for k, v in out.items()}}
+
+
+def _columns(entry: FileEntry) -> dict:
+    """A file to read as a Ray Data row: Arrow strings are UTF-8, so the path is its stored text."""
+    return {**{k: getattr(entry, k) for k in ENTRY}, "path": stored_path(entry.path), "sha256": entry.sha256 or ""}
+
+
+def _entries(batch: dict[str, np.ndarray]) -> Iterator[FileEntry]:
+    """The files of a batch of :func:`_columns` rows."""
+    for path, size, mtime, ctime_ns, inode, sha256 in zip(*(batch[k] for k in ENTRY)):
+        yield FileEntry(path_from_stored(str(path)), int(size), float(mtime), int(ctime_ns), int(inode),
+                        str(sha256) or None)
 
 
 class EmbedAndWrite:
@@ -167,27 +186,29 @@ class EmbedAndWrite:
         self.store = Store.from_settings(settings, uri=uri, collection=collection) if write else None
 
     def __call__(self, batch: dict[str, np.ndarray]):
-        """Embed the good files of ``batch``; upsert their rows, or (bulk mode, no store) return
-        them as a ``pyarrow.Table`` with the status columns."""
+        """Embed the decoded files of ``batch``; upsert their rows (and refresh those of files
+        found unchanged), or (bulk mode, no store) return them as a ``pyarrow.Table`` with the
+        status columns."""
         import torch
 
-        good = np.flatnonzero(batch["error"] == "")
+        good = np.flatnonzero((batch["error"] == "") & ~batch["same"])
+        entries = list(_entries({**batch, "sha256": np.full(len(batch["path"]), "")}))
         embed_s = write_s = 0.0
         rows = []
+        started = time.perf_counter()
         if len(good):
-            started = time.perf_counter()
             vectors = self.encoder.embed_pixels(torch.from_numpy(batch["pixel_values"][good]))
             embed_s = time.perf_counter() - started
             now = time.time()
-            rows = [make_row(FileEntry(str(batch["path"][i]), int(batch["size"][i]), float(batch["mtime"][i])), v,
-                             {"width": int(batch["width"][i]), "height": int(batch["height"][i]),
-                              "sha256": str(batch["sha256"][i])}, now)
+            rows = [make_row(entries[i], v, {"width": int(batch["width"][i]), "height": int(batch["height"][i]),
+                                             "sha256": str(batch["sha256"][i])}, now)
                     for i, v in zip(good, vectors)]
-            if self.store is not None:
-                self.store.upsert(rows)
-                write_s = time.perf_counter() - started - embed_s
+        if self.store is not None:
+            same = [entries[i] for i in np.flatnonzero(batch["same"])]
+            self.store.upsert(rows + (refreshed(self.store, same) if same else []))
+            write_s = time.perf_counter() - started - embed_s
         n = len(batch["path"])
-        status = {"path": batch["path"], "error": batch["error"], "cpu_s": batch["cpu_s"],
+        status = {"path": batch["path"], "error": batch["error"], "same": batch["same"], "cpu_s": batch["cpu_s"],
                   "embed_s": np.full(n, embed_s / n), "write_s": np.full(n, write_s / n)}
         return status if self.store is not None else _with_rows(status, rows, good)
 
@@ -201,7 +222,7 @@ def _with_rows(status: dict[str, np.ndarray], rows: list[dict], good: np.ndarray
     columns: dict[str, list] = {name: [None] * n for name in ("vector", *META_FIELDS[1:])}
     for i, row in zip(good, rows):
         for name in columns:
-            columns[name][i] = row[name]
+            columns[name][i] = stored_path(row[name]) if name == "folder" else row[name]
     columns["vector"] = pa.array([[] if v is None else v for v in columns["vector"]], pa.list_(pa.float32()))
     return pa.table({**status, **columns})
 
@@ -210,7 +231,7 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
                    batch_size: int = 32, ray_address: str | None = None,
                    num_gpus_per_worker: float | None = None, concurrency: int | None = None,
                    progress: Progress | None = None, on_failure: Callable[[str, str], None] | None = None,
-                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, bulk_dir: str | None = None) -> IndexReport:
+                   bulk_dir: str | None = None) -> IndexReport:
     """Index the image files under ``source`` into ``store``'s collection on a Ray cluster.
 
     Same contract as :func:`.runner.index_folder` (incremental, failures reported and skipped,
@@ -271,12 +292,12 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
 
     store.ensure(encoder.info)
     with writer_lease(store):
+        store.upgrade()
         try:
             for n, wave in enumerate(chunks(changed(storable(listing, failed), store, report, progress), WAVE)):
-                ds = ray.data.from_items([{"path": e.path, "size": e.size, "mtime": e.mtime} for e in wave],
-                                         override_num_blocks=max(1, len(wave) // batch_size))
+                ds = ray.data.from_items([_columns(e) for e in wave], override_num_blocks=max(1, len(wave) // batch_size))
                 ds = ds.map_batches(_decode, batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS,
-                                    fn_kwargs={"preprocess": encoder.preprocessor, "max_pixels": max_pixels,
+                                    fn_kwargs={"preprocess": encoder.preprocessor, "limits": encoder.limits,
                                                "shape": (3, h, w)})
                 ds = ds.map_batches(
                     EmbedAndWrite, batch_size=batch_size, batch_format="numpy", num_gpus=gpus_each,
@@ -289,16 +310,17 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
                     from ray.data.expressions import col
 
                     ds = ds.materialize()
-                    (ds.filter(expr=col("error") == "").select_columns(["path", "vector", *META_FIELDS[1:]])
+                    (ds.filter(expr=(col("error") == "") & ~col("same")).select_columns(["path", "vector", *META_FIELDS[1:]])
                        .write_parquet(f"{bulk_dir.rstrip('/')}/wave-{n:05d}"))
                 for out in ds.select_columns(STATUS).iter_batches(batch_size=None, batch_format="numpy"):
                     errors = out["error"]
-                    report.indexed += int((errors == "").sum())
+                    report.unchanged += int(out["same"].sum())
+                    report.indexed += int(((errors == "") & ~out["same"]).sum())
                     report.decode_seconds += float(out["cpu_s"].sum())
                     report.embed_seconds += float(out["embed_s"].sum())
                     report.write_seconds += float(out["write_s"].sum())
                     for i in np.flatnonzero(errors != ""):
-                        failed(str(out["path"][i]), str(errors[i]))
+                        failed(path_from_stored(str(out["path"][i])), str(errors[i]))
                     progress.advance(len(errors))
         except KeyboardInterrupt:
             report.seconds = time.perf_counter() - started
@@ -309,6 +331,7 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
             progress.close()
         if bulk_dir is not None and is_server_uri(store.uri) and is_uri(bulk_dir):
             bulk_load(store, bulk_dir)
+        store.persist()
     report.seconds = time.perf_counter() - started
     return report
 

@@ -6,8 +6,9 @@ read, decode (a JPEG at reduced scale where the model's resize allows: ``Image.d
 preprocess them, and hand back batches (pinned on CUDA). Nothing waits for the whole folder to be
 scanned, and memory holds a bounded number of files and batches, whatever the folder's size.
 
-Each file is read once: its sha256 is taken from the same bytes that are decoded. A file that
-cannot be read or decoded becomes a failure record; it never stops the batch.
+Each file is read once: its sha256 is taken from the same bytes that are decoded. A file whose
+row is already stored (``FileEntry.sha256``) and whose bytes hash to it is not decoded at all.
+A file that cannot be read or decoded becomes a failure record; it never stops the batch.
 """
 from __future__ import annotations
 
@@ -26,8 +27,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from vitsearch.search.errors import BadImageError
-from vitsearch.search.config import DEFAULT_MAX_IMAGE_PIXELS
-from vitsearch.search.images import decode_sized, read_file
+from vitsearch.search.images import Limits, read_file
 from vitsearch.search.preprocess import Preprocess
 
 from .scan import FileEntry
@@ -48,6 +48,7 @@ class Batch:
         pixel_values: ``(B, 3, H, W) float32`` model input.
         entries: the B files, in the same order.
         info: per file ``{"width", "height", "sha256"}`` of the original image (upright).
+        unchanged: files whose bytes still hash to their row's sha256 (not decoded).
         failures: ``(path, reason)`` of files of this batch that could not be used.
         decode_seconds: CPU time the worker spent reading, decoding and preprocessing these files.
     """
@@ -55,6 +56,7 @@ class Batch:
     pixel_values: torch.Tensor
     entries: list[FileEntry]
     info: list[dict[str, Any]]
+    unchanged: list[FileEntry]
     failures: list[tuple[str, str]]
     decode_seconds: float
 
@@ -64,37 +66,67 @@ class Batch:
         return self
 
 
-def read_one(entry: FileEntry, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-             read: Callable[[str], bytes] = read_file) -> tuple:
-    """``(entry, pixels (3, H, W) float32, info, cpu_seconds)``, or ``(entry, reason, cpu_seconds)``.
+@dataclass(frozen=True)
+class Decoded:
+    """A file read and turned into model input: ``pixels`` ``(3, H, W) float32``, ``info``
+    ``{"width", "height", "sha256"}``, ``cpu_s`` the CPU seconds it took."""
 
-    ``read(path)`` returns the file's bytes or raises :class:`BadImageError` (default: a local file).
+    entry: FileEntry
+    pixels: np.ndarray
+    info: dict[str, Any]
+    cpu_s: float
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """A file read whose bytes hash to its row's sha256: its vector stands."""
+
+    entry: FileEntry
+    cpu_s: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A file that could not be read or decoded, and why (one line)."""
+
+    entry: FileEntry
+    reason: str
+    cpu_s: float
+
+
+def read_one(entry: FileEntry, preprocess: Preprocess, limits: Limits = Limits(),
+             read: Callable[..., bytes] = read_file) -> Decoded | Unchanged | Failed:
+    """Read one file and make its model input, or find its bytes unchanged, or say why not.
+
+    ``read(path, limits)`` returns the file's bytes or raises :class:`BadImageError` (default: a
+    local file, refused unread over ``limits.max_file_bytes``).
     """
     started = time.thread_time()
     try:
-        data = read(entry.path)
-        image, (width, height) = decode_sized(data, entry.path, draft_px=preprocess.draft_px,
-                                              max_pixels=max_pixels)
+        data = read(entry.path, limits)
+        sha256 = hashlib.sha256(data).hexdigest()
+        if entry.sha256 == sha256:
+            return Unchanged(entry, time.thread_time() - started)
+        image, (width, height) = preprocess.decode(data, entry.path, limits)
         pixels = preprocess(image)
     except BadImageError as exc:
-        return entry, exc.reason, time.thread_time() - started
+        return Failed(entry, exc.reason, time.thread_time() - started)
     except Exception as exc:  # a processor failing on an odd image must not stop the run
-        return entry, f"preprocessing failed: {type(exc).__name__}: {exc}", time.thread_time() - started
-    info = {"width": width, "height": height, "sha256": hashlib.sha256(data).hexdigest()}
-    return entry, pixels, info, time.thread_time() - started
+        return Failed(entry, f"preprocessing failed: {type(exc).__name__}: {exc}", time.thread_time() - started)
+    return Decoded(entry, pixels, {"width": width, "height": height, "sha256": sha256}, time.thread_time() - started)
 
 
 class _Files(IterableDataset):
     """Each worker's stream: files from the shared queue until its ``None``."""
 
-    def __init__(self, files, preprocess: Preprocess, max_pixels: int):
+    def __init__(self, files, preprocess: Preprocess, limits: Limits):
         self.files = files
         self.preprocess = preprocess
-        self.max_pixels = max_pixels
+        self.limits = limits
 
     def __iter__(self):
         while (entry := self.files.get()) is not None:
-            yield read_one(entry, self.preprocess, self.max_pixels)
+            yield read_one(entry, self.preprocess, self.limits)
 
 
 def _init_worker(worker_id: int) -> None:
@@ -111,24 +143,25 @@ def _init_worker(worker_id: int) -> None:
             os._exit(1)
 
 
-def collate(items) -> Batch:
-    """Stack the good items of a batch; keep the failures beside them."""
-    good = [it for it in items if len(it) == 4]
-    failures = [(it[0].path, it[1]) for it in items if len(it) == 3]
-    pixels = torch.from_numpy(np.stack([it[1] for it in good])) if good else torch.empty(0)
-    return Batch(pixels, [it[0] for it in good], [it[2] for it in good], failures,
-                 sum(it[-1] for it in items))
+def collate(items: list[Decoded | Unchanged | Failed]) -> Batch:
+    """Stack the decoded items of a batch; keep the unchanged and failed files beside them."""
+    good = [it for it in items if isinstance(it, Decoded)]
+    pixels = torch.from_numpy(np.stack([it.pixels for it in good])) if good else torch.empty(0)
+    return Batch(pixels, [it.entry for it in good], [it.info for it in good],
+                 [it.entry for it in items if isinstance(it, Unchanged)],
+                 [(it.entry.path, it.reason) for it in items if isinstance(it, Failed)],
+                 sum(it.cpu_s for it in items))
 
 
 def read_batches(files: Iterable[FileEntry], preprocess: Preprocess, batch_size: int, workers: int,
-                 pin_memory: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[Batch]:
+                 pin_memory: bool = False, limits: Limits = Limits()) -> Iterator[Batch]:
     """Batches of decoded images for the files of a stream, made by ``workers`` processes (0: in
     this process). ``files`` is consumed by a feeder thread as the workers need it; an error it
     raises is raised here once the files before it are done."""
     ctx = multiprocessing.get_context("fork") if workers else None
     size = QUEUED_BATCHES * batch_size * max(1, workers)
     queue_ = ctx.Queue(size) if ctx else queue.Queue(size)
-    loader = DataLoader(_Files(queue_, preprocess, max_pixels), batch_size=batch_size, num_workers=workers,
+    loader = DataLoader(_Files(queue_, preprocess, limits), batch_size=batch_size, num_workers=workers,
                         collate_fn=collate, pin_memory=pin_memory, multiprocessing_context=ctx,
                         prefetch_factor=PREFETCH if workers else None, worker_init_fn=_init_worker)
     batches = iter(loader)  # fork the workers now, before the feeder thread exists

@@ -13,18 +13,21 @@ or changed.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from vitsearch.search.client import folder_filter, is_under
-from vitsearch.search.config import DEFAULT_MAX_IMAGE_PIXELS, Settings
+from vitsearch.search.config import Settings
 from vitsearch.search.encoder import Encoder
+from vitsearch.search.images import Limits
 from vitsearch.search.lease import writer_lease
-from vitsearch.search.store import MAX_PATH_BYTES, Store
+from vitsearch.search.paths import stored_path
+from vitsearch.search.store import MAX_PATH_BYTES, META_FIELDS, Store
 
 from .reader import read_batches
 from .scan import FileEntry, scan
@@ -42,8 +45,11 @@ class IndexReport:
 
     Attributes:
         indexed: files embedded and written (new or changed).
-        unchanged: files skipped because path, size and mtime match their row.
-        removed: rows deleted because their file is gone (``prune``).
+        unchanged: files not embedded: their row matches (path, size, mtime, ctime and inode), or
+            their bytes still hash to the row's sha256.
+        rehashed: files with a row that were read to compare their bytes with its sha256 (their
+            metadata changed, or ``verify``); each is then counted as unchanged or indexed.
+        removed: rows deleted because their path is no longer a regular file (``prune``).
         failures: ``(path, reason)`` of files that could not be read or decoded.
         seconds: wall time of the run, model loading excluded.
         decode_seconds: read + decode + preprocess CPU time, summed over the worker processes.
@@ -54,6 +60,7 @@ class IndexReport:
 
     indexed: int = 0
     unchanged: int = 0
+    rehashed: int = 0
     removed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -104,24 +111,29 @@ class Progress:
 
 
 def index_folder(root: str, *, encoder: Encoder, store: Store, batch_size: int = 32,
-                 workers: int = 2, prune: bool = False, progress: Progress | None = None,
+                 workers: int = 2, prune: bool = False, verify: bool = False, progress: Progress | None = None,
                  on_failure: Callable[[str, str], None] | None = None,
-                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> IndexReport:
+                 limits: Limits | None = None) -> IndexReport:
     """Index the image files under ``root`` into ``store``'s collection with ``encoder``.
 
-    New and changed files (path, size or mtime differ from the row) are embedded and upserted;
-    unchanged files are skipped. With ``prune``, rows under ``root`` whose file no longer exists
-    are deleted. A file that cannot be read or decoded is reported to ``on_failure(path, reason)``,
-    recorded in the report and skipped. Memory stays bounded on any folder size: the scan is
-    streamed, and only a few batches are in flight at a time. One run at a time writes to a
-    collection (:func:`~vitsearch.search.lease.writer_lease`).
+    New and changed files are embedded and upserted; unchanged files are skipped. A file is
+    unchanged when its row has the same size, mtime, ctime and inode (ctime and inode cannot be
+    set back by a user or a sync tool); when any differs, its bytes are hashed first, and only a
+    file whose sha256 differs from the row's is embedded again. With ``verify`` every file is
+    hashed so. With ``prune``, rows under ``root`` whose path is no longer a regular file (gone,
+    a folder, a socket) are deleted. A file that cannot be read or decoded is reported to
+    ``on_failure(path, reason)``, recorded in the report and skipped. Memory stays bounded on any
+    folder size: the scan is streamed, and only a few batches are in flight at a time. One run at
+    a time writes to a collection (:func:`~vitsearch.search.lease.writer_lease`); a collection of
+    an older schema is upgraded first (:meth:`~vitsearch.search.store.Store.upgrade`).
 
     Every row is complete when written (vector and metadata in one upsert keyed by path), so a
     run killed at any point leaves only whole rows, and the next run embeds just what is missing.
     On an exception the rows already embedded are written before it propagates.
 
     Args:
-        max_pixels: images larger than this (width x height) are refused before decoding.
+        limits: what reading and decoding one file may cost; default the encoder's (from its
+            settings: ``VITSEARCH_MAX_IMAGE_PIXELS``, ``VITSEARCH_MAX_FILE_MB``).
 
     Raises:
         NotADirectoryError: ``root`` is not a folder.
@@ -145,32 +157,38 @@ def index_folder(root: str, *, encoder: Encoder, store: Store, batch_size: int =
 
     store.ensure(encoder.info)
     with writer_lease(store):
+        store.upgrade()
         log.debug("scanning %s", root)
         try:
-            _run(root, encoder, store, batch_size, workers, max_pixels, progress, report, failed)
+            _run(root, encoder, store, batch_size, workers, limits or encoder.limits, verify, progress, report,
+                 failed)
         except KeyboardInterrupt:
             report.seconds = time.perf_counter() - started
             raise IndexInterrupted(report) from None
         if prune:
             report.removed = _prune(root, store)
+        store.persist()  # Lite: data and index files written while the run owns the disk
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _run(root: str, encoder: Encoder, store: Store, batch_size: int, workers: int, max_pixels: int,
+def _run(root: str, encoder: Encoder, store: Store, batch_size: int, workers: int, limits: Limits, verify: bool,
          progress: Progress, report: IndexReport, failed: Callable[[str, str], None]) -> None:
     """The stages, overlapped; every embedded row is written before this returns or raises."""
-    todo = changed(storable(scan(root, failed), failed), store, report, progress)
+    todo = changed(storable(scan(root, failed), failed), store, report, progress, verify)
     writer = Writer(store)
     try:
         batches = read_batches(todo, encoder.preprocessor, batch_size, workers,
-                               pin_memory=encoder.device.type == "cuda", max_pixels=max_pixels)
+                               pin_memory=encoder.device.type == "cuda", limits=limits)
         waited = time.perf_counter()
         for n, batch in enumerate(batches, 1):
             report.wait_seconds += time.perf_counter() - waited
             report.decode_seconds += batch.decode_seconds
             for path, reason in batch.failures:
                 failed(path, reason)
+            if batch.unchanged:
+                writer.put(refreshed(store, batch.unchanged), embedded=False)
+                report.unchanged += len(batch.unchanged)
             if batch.entries:
                 t = time.perf_counter()
                 vectors = encoder.embed_pixels(batch.pixel_values)
@@ -181,7 +199,7 @@ def _run(root: str, encoder: Encoder, store: Store, batch_size: int, workers: in
                 log.debug("batch %d: %d images, decode %.0f ms (summed), waited %.0f ms, embed %.0f ms",
                           n, len(batch.entries), 1000 * batch.decode_seconds,
                           1000 * (t - waited), 1000 * embed_s)
-            progress.advance(len(batch.entries) + len(batch.failures))
+            progress.advance(len(batch.entries) + len(batch.unchanged) + len(batch.failures))
             waited = time.perf_counter()
     finally:
         progress.close()
@@ -192,11 +210,21 @@ def _run(root: str, encoder: Encoder, store: Store, batch_size: int, workers: in
             report.write_seconds = writer.seconds
 
 
+def refreshed(store: Store, entries: list[FileEntry]) -> list[dict[str, Any]]:
+    """For files whose bytes are unchanged but whose size, mtime, ctime or inode is not the
+    row's: their row with the stored vector and the files' current metadata, so that the next
+    run reads them no more."""
+    now = {e.path: {f: getattr(e, f) for f in UNCHANGED_IF_EQUAL} for e in entries}
+    rows = store.get(list(now), fields=UNCHANGED_IF_EQUAL)
+    stale = [p for p, row in rows.items() if any(row[f] != now[p][f] for f in UNCHANGED_IF_EQUAL)]
+    return [{**row, **now[p]} for p, row in store.get(stale, fields=[*META_FIELDS, "vector"]).items()]
+
+
 def make_row(entry: FileEntry, vector, info: dict[str, Any], now: float) -> dict[str, Any]:
     """The collection row of one embedded file: ``vector`` ``(D,) float32``, ``info`` the
     ``width``/``height``/``sha256`` read with it, ``now`` the Unix time of the write."""
     return {"path": entry.path, "vector": vector, "folder": os.path.dirname(entry.path), "size": entry.size,
-            "mtime": entry.mtime, "indexed_at": now, **info}
+            "mtime": entry.mtime, "ctime_ns": entry.ctime_ns, "inode": entry.inode, "indexed_at": now, **info}
 
 
 def chunks(items: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
@@ -206,44 +234,56 @@ def chunks(items: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
 
 
 def storable(found: Iterable[FileEntry], failed: Callable[[str, str], None]) -> Iterator[FileEntry]:
-    """The files whose path Milvus can store as a primary key (UTF-8, at most MAX_PATH_BYTES)."""
+    """The files whose path fits a row's key (:data:`~vitsearch.search.store.MAX_PATH_BYTES`)."""
     for e in found:
-        try:
-            size = len(e.path.encode("utf-8"))
-        except UnicodeEncodeError:
-            failed(e.path, "file name is not valid UTF-8 (Milvus stores paths as UTF-8 text): rename it")
-            continue
+        size = len(stored_path(e.path).encode("utf-8"))
         if size > MAX_PATH_BYTES:
-            failed(e.path, f"path is {size} bytes long, over Milvus's limit of {MAX_PATH_BYTES} for a key")
+            failed(e.path, f"path is {size} bytes long as stored, over the limit of {MAX_PATH_BYTES} for a key")
             continue
         yield e
 
 
-def changed(found: Iterable[FileEntry], store: Store, report: IndexReport,
-             progress: Progress) -> Iterator[FileEntry]:
-    """The files whose row is missing or differs in size or mtime, as the scan finds them;
-    counts the others as unchanged."""
+#: What a file's row must match for it to be skipped unread.
+UNCHANGED_IF_EQUAL = ("size", "mtime", "ctime_ns", "inode")
+
+
+def changed(found: Iterable[FileEntry], store: Store, report: IndexReport, progress: Progress,
+            verify: bool = False) -> Iterator[FileEntry]:
+    """The files to read, as the scan finds them: those without a row, and those whose row
+    differs in :data:`UNCHANGED_IF_EQUAL` (all of them with ``verify``), the latter with the
+    row's sha256 so that the reader embeds them only if their bytes changed. Counts the others
+    as unchanged."""
     for chunk in chunks(found, LOOKUP_CHUNK):
-        rows = store.get([e.path for e in chunk], fields=["size", "mtime"])
+        rows = store.get([e.path for e in chunk], fields=[*UNCHANGED_IF_EQUAL, "sha256"])
         todo = []
         for e in chunk:
             row = rows.get(e.path)
-            if row and row["size"] == e.size and row["mtime"] == e.mtime:
-                report.unchanged += 1
-            else:
+            if row is None:
                 todo.append(e)
+            elif verify or any(row[f] != getattr(e, f) for f in UNCHANGED_IF_EQUAL):
+                todo.append(dataclasses.replace(e, sha256=row["sha256"]))
+                report.rehashed += 1
+            else:
+                report.unchanged += 1
         progress.found(len(todo))
-        log.debug("looked up %d paths: %d to embed", len(chunk), len(todo))
+        log.debug("looked up %d paths: %d to read", len(chunk), len(todo))
         yield from todo
 
 
 def _prune(root: str, store: Store) -> int:
-    """Delete rows under ``root`` whose file no longer exists."""
-    gone = [r["path"] for r in store.iter_rows(["path", "folder"], filter=folder_filter(root))
-            if is_under(r["folder"], root) and not os.path.exists(r["path"])]
+    """Delete the rows under ``root`` whose path is no longer a regular file (gone, a folder,
+    a socket; links are followed, as the scan does)."""
+    gone = [r["path"] for r in store.iter_rows(["path"], folder=root) if not _is_file(r["path"])]
     for start in range(0, len(gone), LOOKUP_CHUNK):
         store.delete(gone[start:start + LOOKUP_CHUNK])
     return len(gone)
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def encoder_for(store: Store, settings: Settings) -> Encoder:

@@ -10,11 +10,30 @@ from vitsearch.search.images import is_image_file
 
 @dataclass(frozen=True)
 class FileEntry:
-    """An image file found by :func:`scan`: absolute ``path``, ``size`` in bytes, ``mtime`` in Unix seconds."""
+    """An image file found by :func:`scan`.
+
+    Attributes:
+        path: absolute path (``os.fsdecode``: a byte that is not UTF-8 as a surrogate).
+        size: bytes. mtime: Unix seconds (a user can set it back).
+        ctime_ns: inode change time in Unix nanoseconds (no user can set it back), or -1 where
+            the source has none (an object store).
+        inode: the inode number as a signed 64-bit integer, or -1 where the source has none.
+        sha256: the sha256 of this path's row when the file's bytes are to be compared with it
+            before embedding (its metadata changed, or ``--verify``); None for a new file.
+    """
 
     path: str
     size: int
     mtime: float
+    ctime_ns: int = -1
+    inode: int = -1
+    sha256: str | None = None
+
+    @classmethod
+    def of(cls, path: str, st: os.stat_result) -> "FileEntry":
+        """The entry of ``path`` from its ``os.stat`` (links followed)."""
+        inode = st.st_ino - 2**64 if st.st_ino >= 2**63 else st.st_ino  # Milvus INT64 is signed
+        return cls(path, st.st_size, st.st_mtime, st.st_ctime_ns, inode)
 
 
 def scan(root: str, on_error: Callable[[str, str], None]) -> Iterator[FileEntry]:
@@ -44,8 +63,7 @@ def scan(root: str, on_error: Callable[[str, str], None]) -> Iterator[FileEntry]
                 elif not is_image_file(entry.name):
                     continue
                 elif entry.is_file():
-                    st = entry.stat()
-                    yield FileEntry(entry.path, st.st_size, st.st_mtime)
+                    yield FileEntry.of(entry.path, entry.stat())
                 elif entry.is_symlink() and not os.path.exists(entry.path):
                     os.stat(entry.path)  # raises: says why (no such file, loop)
                 elif not entry.is_dir():

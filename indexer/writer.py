@@ -24,7 +24,8 @@ class Writer:
     """Background upserts into ``store``.
 
     Attributes:
-        written: rows written so far.
+        written: rows of newly embedded files written so far (not counting rows only refreshed,
+            see :meth:`put`).
         seconds: time spent in upsert calls.
     """
 
@@ -38,8 +39,9 @@ class Writer:
         self._thread.start()
 
     def _run(self) -> None:
-        while (rows := self._queue.get()) is not None:
-            if self._error is not None:
+        while (item := self._queue.get()) is not None:
+            rows, embedded = item
+            if self._error is not None or not rows:
                 continue  # drain without writing after a failure
             started = time.perf_counter()
             try:
@@ -49,17 +51,18 @@ class Writer:
                 continue
             elapsed = time.perf_counter() - started
             self.seconds += elapsed
-            self.written += len(rows)
+            self.written += len(rows) if embedded else 0
             log.debug("wrote %d rows in %.0f ms", len(rows), 1000 * elapsed)
 
-    def put(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Queue rows for upsert (blocks while ``max_pending`` batches wait).
+    def put(self, rows: Sequence[dict[str, Any]], embedded: bool = True) -> None:
+        """Queue rows for upsert (blocks while ``max_pending`` batches wait); ``embedded=False``
+        for rows that only refresh the metadata of a stored vector (not counted in :attr:`written`).
 
         Raises:
             StoreError: an earlier write failed.
         """
         self._raise()
-        self._queue.put(list(rows))
+        self._queue.put((list(rows), embedded))
 
     def close(self) -> None:
         """Write what is queued and stop.

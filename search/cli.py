@@ -18,6 +18,7 @@ import typer
 
 from .config import Settings
 from .errors import BadImageError, BadQueryError, VitsearchError
+from .paths import printable
 
 app = typer.Typer(
     help="Image similarity search: index folders of images with a Vision Transformer's CLS "
@@ -54,7 +55,16 @@ POOLING = typer.Option(None, "--pooling",
 
 
 def _settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from the flags given (None: not given) over ``VITSEARCH_*``; a bad value is one
+    line and exit code 2."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "settings"
+        _fail(f"{where}: {error['msg'].removeprefix('Value error, ')}", code=2)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -119,7 +129,10 @@ def index(
     dtype: Optional[str] = DTYPE,
     use_compile: bool = typer.Option(False, "--compile", help="torch.compile the encoder: tens of seconds "
                                  "to compile, faster forward passes; pays off on large runs. (env VITSEARCH_COMPILE)"),
-    prune: bool = typer.Option(False, "--prune", help="Delete rows of files under FOLDER that no longer exist."),
+    prune: bool = typer.Option(False, "--prune", help="Delete the rows under SOURCE whose path is no longer a "
+                               "regular file (deleted, or now a folder or a socket)."),
+    verify: bool = typer.Option(False, "--verify", help="Read and hash every file and re-embed each whose bytes "
+                                "differ from its row's sha256, also where size, mtime, ctime and inode all match."),
     report_file: Optional[Path] = typer.Option(None, "--report", help="Write the files that failed, with "
                                                "the reason, to this file: CSV if it ends in .csv, else JSON lines."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each batch's decode, embed and write times."),
@@ -142,8 +155,9 @@ def index(
 ) -> None:
     """Index the images under SOURCE (JPEG, PNG, WebP, BMP, GIF, TIFF).
 
-    Incremental: files whose path, size and mtime are unchanged are skipped; changed files are
-    embedded again. Unreadable files are reported and skipped. Decoding (worker processes), the
+    Incremental: files whose path, size, mtime, ctime and inode match their row are skipped; a file
+    where any differs is hashed, and embedded again only if its bytes changed (--verify hashes
+    every file). Unreadable files are reported and skipped. Decoding (worker processes), the
     encoder and the writes to Milvus (a background thread) overlap; the summary says where the
     time went. With `--engine ray` the same stages run on a Ray cluster (see "Scaling out" in
     the README).
@@ -164,7 +178,7 @@ def index(
     s = _settings(model=model, pooling=pooling and pooling.value, image_size=image_size, uri=uri,
                   collection=collection, batch_size=batch_size, workers=workers, device=device, dtype=dtype,
                   compile=use_compile or None)
-    on_failure = lambda p, r: tqdm.write(f"skipped {_shown(p)}: {r}", file=sys.stderr)  # noqa: E731
+    on_failure = lambda p, r: tqdm.write(f"skipped {printable(p)}: {r}", file=sys.stderr)  # noqa: E731
     if is_uri(folder) and engine is Engine.local:
         raise typer.BadParameter(f"{folder}: a URI needs --engine ray", param_hint="SOURCE")
     if not is_uri(folder) and not os.path.isdir(folder):
@@ -184,13 +198,13 @@ def index(
                 report = index_with_ray(folder, encoder=encoder, store=store, settings=s, batch_size=size,
                                         ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
                                         concurrency=concurrency, progress=_progress_bar(),
-                                        max_pixels=s.max_image_pixels, on_failure=on_failure, bulk_dir=bulk_dir)
+                                        on_failure=on_failure, bulk_dir=bulk_dir)
             else:
                 encoder = encoder_for(store, s)
                 size = s.batch_size or batch_size_for(encoder)
                 report = index_folder(folder, encoder=encoder, store=store, batch_size=size,
-                                      workers=s.workers, prune=prune, progress=_progress_bar(),
-                                      max_pixels=s.max_image_pixels, on_failure=on_failure)
+                                      workers=s.workers, prune=prune, verify=verify, progress=_progress_bar(),
+                                      on_failure=on_failure)
     except NotADirectoryError as exc:
         _fail(str(exc), 2)
     except VitsearchError as exc:
@@ -208,17 +222,13 @@ def index(
                    f"server and {bulk_dir} is in its bucket (then loaded by bulk import)")
 
 
-def _shown(path: str) -> str:
-    """A path printable on any terminal: bytes that are not UTF-8 shown as \\xNN escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def _index_summary(report, s: Settings, model: str, batch_size: int, folder: str,
                    report_file: Optional[Path], as_json: bool) -> None:
     """Print what an indexing run did (a line, or JSON), and write the failures to ``report_file``."""
     if report_file is not None:
         _write_failures(report_file, report.failures)
-    summary = {"indexed": report.indexed, "unchanged": report.unchanged, "removed": report.removed,
+    summary = {"indexed": report.indexed, "unchanged": report.unchanged, "rehashed": report.rehashed,
+               "removed": report.removed,
                "failed": report.failed, "seconds": round(report.seconds, 2),
                "images_per_s": round(report.images_per_s, 2),
                "stage_seconds": {"decode": round(report.decode_seconds, 2), "embed": round(report.embed_seconds, 2),
@@ -236,6 +246,9 @@ def _index_summary(report, s: Settings, model: str, batch_size: int, folder: str
     typer.echo(f"indexed {report.indexed}, unchanged {report.unchanged}, removed {report.removed}, "
                f"failed {report.failed} in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s) "
                f"into {s.collection!r} at {s.resolved_uri()}")
+    if report.rehashed:
+        typer.echo(f"rehashed {report.rehashed}: files read to compare their bytes with their row's sha256 "
+                   f"(size, mtime, ctime or inode changed, or --verify)")
     if report.indexed:
         typer.echo(f"time: {report.stages()}; batch size {batch_size}")
     if report.failures:
@@ -296,7 +309,7 @@ def search(
     typer.echo(f"{'rank':>4}  {'score':>6}  {'size':>11}  path")
     for rank, h in enumerate(hits, 1):
         size = f"{h.metadata.get('width')}x{h.metadata.get('height')}"
-        typer.echo(f"{rank:>4}  {h.score:.4f}  {size:>11}  {h.path}")
+        typer.echo(f"{rank:>4}  {h.score:.4f}  {size:>11}  {printable(h.path)}")
 
 
 @app.command()
@@ -398,7 +411,7 @@ def eval_(
             encoder = encoder_for(store, s)
             report = index_folder(str(data.root), encoder=encoder, store=store,
                                   batch_size=s.batch_size or batch_size_for(encoder), workers=s.workers,
-                                  progress=_progress_bar(), max_pixels=s.max_image_pixels)
+                                  progress=_progress_bar())
             with SearchClient(settings=s, encoder=encoder) as client:
                 result = evaluate(data, client, ks)
     except BadQueryError as exc:
@@ -493,7 +506,7 @@ def train(
                      lr=lr, val_split=val_split, objective=objective, label_smoothing=label_smoothing, seed=seed,
                      device=device, overwrite=overwrite, settings=_settings(device=device),
                      on_epoch=lambda r: typer.echo(r.line(epochs)),
-                     on_failure=lambda p, r: typer.echo(f"skipped {_shown(p)}: {r}", err=True))
+                     on_failure=lambda p, r: typer.echo(f"skipped {printable(p)}: {r}", err=True))
     except BadQueryError as exc:
         _fail(str(exc), code=2)
     except VitsearchError as exc:

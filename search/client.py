@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .config import Settings
 from .encoder import Encoder
 from .errors import BadQueryError, EncoderMismatchError
-from .images import ImageLike, load_image
+from .images import ImageLike, Limits
 from .store import META_FIELDS, Store
 
 
@@ -24,10 +25,12 @@ class Hit:
     """One search result.
 
     Attributes:
-        path: absolute path of the indexed image file.
+        path: absolute path of the indexed image file, exactly as the file system names it
+            (``os.fsencode(path)`` gives its bytes, also for a name that is not UTF-8).
         score: cosine similarity of the CLS embeddings, in [-1, 1]; higher is closer, 1 is identical.
         metadata: the stored fields: ``folder``, ``size`` (bytes), ``mtime`` (Unix seconds),
-            ``width``, ``height`` (pixels), ``sha256``, ``indexed_at`` (Unix seconds).
+            ``ctime_ns`` (Unix nanoseconds), ``inode``, ``width``, ``height`` (pixels), ``sha256``,
+            ``indexed_at`` (Unix seconds).
     """
 
     path: str
@@ -98,29 +101,51 @@ class SearchClient:
         self.encoder_info.check_same(enc.info, self._where)
         self._encoder = enc
 
+    @property
+    def limits(self) -> Limits:
+        """What decoding one query may cost (the same limits as indexing, from the settings)."""
+        return Limits.from_settings(self.settings)
+
+    def load(self, image: ImageLike, name: str | None = None) -> Image.Image:
+        """A query as the encoder takes it: an upright RGB image, a file or bytes decoded exactly as
+        the indexer decodes a file (a JPEG at reduced scale, the same size and pixel limits).
+
+        Args:
+            name: what to call bytes in an error (an upload's file name); default ``<bytes>``.
+
+        Raises:
+            BadImageError: not an image, corrupt, over the file-size or pixel limit.
+        """
+        preprocess = self.encoder.preprocessor
+        if name is not None and isinstance(image, (bytes, bytearray, memoryview)):
+            return preprocess.decode(bytes(image), name, self.limits)[0]
+        return preprocess.load(image, self.limits)
+
     def search(self, image: ImageLike, k: int = 10, filter: str | None = None,
                folder: str | None = None) -> list[Hit]:
         """The ``k`` indexed images most similar to ``image``, best first.
 
         Args:
-            image: a path, encoded bytes, a PIL image or an ``(H, W, 3) uint8`` RGB array.
+            image: a path, encoded bytes, a PIL image or an ``(H, W, 3) uint8`` RGB array;
+                files and bytes are decoded as the indexer decodes (see :meth:`load`).
             k: number of results (1 to 16384).
             filter: Milvus boolean expression on the stored fields, e.g.
-                ``folder == "/photos/2024"`` or ``width >= 1000``.
+                ``folder == "/photos/2024"`` or ``width >= 1000``; one expression, ANDed with
+                ``folder``.
             folder: only images in this folder or below it (an absolute path; a relative one is
-                taken from the current folder).
+                taken from the current folder): an exact prefix of path components.
 
         Returns:
-            Up to ``k`` hits (fewer if the collection or the filter holds fewer; none if empty).
+            Up to ``k`` hits (fewer only if the collection or the filter holds fewer).
 
         Raises:
-            BadImageError: ``image`` is not an image, is corrupt, or is over the pixel limit.
-            BadQueryError: ``k`` is not an integer from 1 to 16384, or ``filter`` is not a valid
+            BadImageError: ``image`` is not an image, is corrupt, or is over the size or pixel limit.
+            BadQueryError: ``k`` is not an integer from 1 to 16384, or ``filter`` is not one valid
                 Milvus expression on the stored fields.
             StoreError: Milvus refused the search or stayed unreachable.
         """
         _check_k(k)
-        picture = load_image(image)  # a bad image fails before the model is loaded
+        picture = self.load(image)
         encoder = self.encoder
         return self.search_vector(encoder.embed_pixels(encoder.preprocess([picture]))[0], k, filter, folder)
 
@@ -134,16 +159,15 @@ class SearchClient:
             filter, folder: as in :meth:`search`.
 
         Raises:
-            BadQueryError: ``path`` is not in the collection, or ``k`` out of range.
+            BadQueryError: ``path`` is not in the collection, ``k`` out of range, or a bad filter.
         """
         _check_k(k)
-        path = os.path.abspath(path)
+        path = os.path.abspath(os.fsdecode(path))
         rows = self.store.get([path], fields=["vector"])
         if path not in rows:
-            raise BadQueryError(f"{path} is not indexed in {self._where}")
-        if exclude_self:
-            filter = _both(filter, f'path != "{escape(path)}"')
-        return self.search_vector(np.asarray(rows[path]["vector"], np.float32), k, filter, folder)
+            raise BadQueryError(f"{os.fsencode(path).decode('utf-8', 'backslashreplace')} is not indexed in {self._where}")
+        return self._search(np.asarray(rows[path]["vector"], np.float32), k, filter, folder,
+                            [path] if exclude_self else [])
 
     def search_vector(self, vector: np.ndarray, k: int = 10, filter: str | None = None,
                       folder: str | None = None) -> list[Hit]:
@@ -152,12 +176,12 @@ class SearchClient:
         ``filter`` and ``folder`` as in :meth:`search`.
         """
         _check_k(k)
-        if folder:
-            folder = os.path.abspath(folder)
-            filter = _both(filter, folder_filter(folder))
-        hits = self.store.search(np.asarray(vector, np.float32)[None, :], k, filter, META_FIELDS)[0]
-        if folder:  # drop the siblings that `like` wildcards can let through (see folder_filter)
-            hits = [h for h in hits if is_under(h.fields["folder"], folder)]
+        return self._search(np.asarray(vector, np.float32), k, filter, folder, [])
+
+    def _search(self, vector: np.ndarray, k: int, filter: str | None, folder: str | None,
+                exclude: list[str]) -> list[Hit]:
+        folder = os.path.abspath(os.fsdecode(folder)) if folder else None
+        hits = self.store.search(vector[None, :], k, filter, folder=folder, exclude=exclude, fields=META_FIELDS)[0]
         return [Hit(h.path, h.score, h.fields) for h in hits]
 
     def stats(self) -> dict[str, Any]:
@@ -181,37 +205,6 @@ class SearchClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def escape(value: str) -> str:
-    """Escape a string for use inside double quotes in a Milvus filter expression."""
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def folder_filter(folder: str) -> str:
-    """Milvus expression matching rows whose ``folder`` is ``folder`` or below it.
-
-    Milvus's ``like`` has no escape for its wildcards ``%`` and ``_`` (milvus-io/milvus-docs#2525),
-    so a folder name containing them can also match a few siblings; check with :func:`is_under`.
-    """
-    folder, below = _folder_and_prefix(folder)
-    return f'(folder == "{escape(folder)}" or folder like "{escape(below)}%")'
-
-
-def is_under(path: str, folder: str) -> bool:
-    """Whether ``path`` is ``folder`` or inside it (plain string comparison of absolute paths)."""
-    folder, below = _folder_and_prefix(folder)
-    return path == folder or path.startswith(below)
-
-
-def _folder_and_prefix(folder: str) -> tuple[str, str]:
-    """``/a/b/`` → (``/a/b``, ``/a/b/``); the root stays ``/``."""
-    folder = folder.rstrip(os.sep) or os.sep
-    return folder, folder if folder.endswith(os.sep) else folder + os.sep
-
-
-def _both(a: str | None, b: str) -> str:
-    return f"({a}) and {b}" if a else b
 
 
 def _check_k(k: int) -> None:

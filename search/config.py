@@ -9,15 +9,19 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "facebook/dinov2-small"
 DEFAULT_COLLECTION = "images"
-#: Largest image decoded, in pixels (width x height): a bigger one is refused before decoding
-#: (a "decompression bomb": a small file that would need gigabytes once decoded). Pillow's own
-#: guard refuses at about 179 megapixels.
-DEFAULT_MAX_IMAGE_PIXELS = 180_000_000
+#: Most pixels decoded from one image (width x height as decoded: a JPEG at the reduced scale it
+#: is decoded at, see :class:`~vitsearch.search.preprocess.Preprocess`); a bigger one is refused
+#: from its header, before decoding (a "decompression bomb": a small file that would need
+#: gigabytes and seconds once decoded). 64 MP of PNG decode in ~0.7 s on 2 AMD EPYC cores.
+#: Pillow's own guard also refuses files of more than ~179 megapixels (``Image.MAX_IMAGE_PIXELS``).
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+#: Largest image file read, in MB (checked before reading: a sparse or huge file is not read).
+DEFAULT_MAX_FILE_MB = 200
 
 
 class Settings(BaseSettings):
@@ -44,7 +48,8 @@ class Settings(BaseSettings):
             opened to be shared (see :mod:`vitsearch.search.lite`).
         max_upload_mb: largest query image the UI accepts, in megabytes.
         retry_s: seconds a call keeps retrying (with backoff) while Milvus is unreachable.
-        max_image_pixels: images with more pixels (width x height) are refused before decoding.
+        max_image_pixels: most pixels decoded from one image (see :data:`DEFAULT_MAX_IMAGE_PIXELS`).
+        max_file_mb: largest image file read, in MB (indexed files, queries and uploads alike).
     """
 
     model_config = SettingsConfigDict(env_prefix="VITSEARCH_", extra="ignore")
@@ -65,6 +70,20 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(default=20, ge=1)
     retry_s: float = Field(default=60.0, ge=0)
     max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS, ge=1)
+    max_file_mb: float = Field(default=DEFAULT_MAX_FILE_MB, gt=0)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_not_empty(cls, uri: str | None) -> str | None:
+        if uri is not None and not uri.strip():
+            raise ValueError("the Milvus URI is empty: give a Milvus Lite path (such as ~/vitsearch/milvus.db) "
+                             "or a server URI (http://host:19530), or leave it unset for the default")
+        return uri
+
+    @property
+    def max_file_bytes(self) -> int:
+        """:attr:`max_file_mb` in bytes."""
+        return int(self.max_file_mb * 2**20)
 
     @property
     def models_dir(self) -> Path:

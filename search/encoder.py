@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from .config import Settings
-from .errors import EncoderMismatchError, ModelNotFoundError
-from .images import ImageLike, load_image
+from .errors import EncoderMismatchError, ModelNotFoundError, UnsupportedModelError
+from .images import ImageLike, Limits
 from .models import resolve_model, weights_sha256
 from .preprocess import Preprocess, at_size
 
@@ -133,10 +133,11 @@ class Encoder:
         processor: the checkpoint's ``AutoImageProcessor``.
         preprocessor: its settings applied with Pillow/NumPy (:class:`~.preprocess.Preprocess`).
         device, dtype: where and in which precision the model runs.
+        limits: what decoding one image may cost (:class:`~.images.Limits`, from the settings).
     """
 
     def __init__(self, model: torch.nn.Module, processor, info: EncoderInfo,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, limits: Limits = Limits()):
         if info.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {info.pooling!r}; use one of {', '.join(POOLINGS)}")
         self.model = model
@@ -145,6 +146,7 @@ class Encoder:
         self.info = info
         self.device = device
         self.dtype = dtype
+        self.limits = limits
         self._forward_kwargs = _interpolation(model, info.image_size)
 
     @classmethod
@@ -167,6 +169,8 @@ class Encoder:
 
         Raises:
             ModelNotFoundError: the model cannot be found locally nor fetched.
+            UnsupportedModelError: the checkpoint is not a ViT-family vision model (no
+                ``pixel_values`` input, or no class token before the patch tokens).
             ValueError: an unknown pooling or dtype, or an image size the processor cannot take.
         """
         import transformers
@@ -180,15 +184,22 @@ class Encoder:
         dt = pick_dtype(dev, dtype or settings.dtype)
         try:
             processor = AutoImageProcessor.from_pretrained(resolved.folder)
-            net = AutoModel.from_pretrained(resolved.folder, attn_implementation="sdpa")
+            try:
+                net = AutoModel.from_pretrained(resolved.folder, attn_implementation="sdpa")
+            except ValueError as exc:  # a model without SDPA attention (or without attention)
+                if "attention implementation" not in str(exc):
+                    raise
+                net = AutoModel.from_pretrained(resolved.folder)
         except (OSError, ValueError, KeyError) as exc:
-            raise ModelNotFoundError(f"cannot load model {resolved.name!r} from {resolved.folder}: {exc}") from exc
+            raise ModelNotFoundError(f"cannot load model {resolved.name!r} from {resolved.folder}: "
+                                     f"{str(exc).splitlines()[0]}") from exc
         if image_size or settings.image_size:
             processor = at_size(processor, image_size or settings.image_size)
         # A CLIP checkpoint loads as text + vision model: keep the vision tower.
         net = getattr(net, "vision_model", net)
         net = net.to(dev, dt).eval()
         pixel = Preprocess.from_processor(processor).batch([Image.new("RGB", (64, 48))])
+        _check_vision_transformer(net, pixel, resolved.name)
         info = EncoderInfo(
             model=resolved.name,
             weights_sha256=weights_sha256(resolved.folder),
@@ -199,7 +210,7 @@ class Encoder:
         if compile or settings.compile:
             net = torch.compile(net, dynamic=False)
         log.info("loaded %s on %s (%s), dim %d", resolved.name, dev, dt, info.dim)
-        return cls(net, processor, info, dev, dt)
+        return cls(net, processor, info, dev, dt, Limits.from_settings(settings))
 
     @property
     def dim(self) -> int:
@@ -238,9 +249,43 @@ class Encoder:
         """
         out = [np.empty((0, self.dim), np.float32)]
         for start in range(0, len(images), batch_size):
-            batch = [load_image(im) for im in images[start:start + batch_size]]
+            batch = [self.preprocessor.load(im, self.limits) for im in images[start:start + batch_size]]
             out.append(self.embed_pixels(self.preprocess(batch)))
         return np.concatenate(out)
+
+
+def _check_vision_transformer(net: torch.nn.Module, pixel: torch.Tensor, name: str) -> None:
+    """Refuse a checkpoint whose last hidden state does not start with a class token: one that
+    takes no ``pixel_values`` (a text model), or whose output is not ``(N, prefix + patches, D)``
+    with a prefix of at least one token (a CNN, Swin), found by one forward pass.
+
+    Raises:
+        UnsupportedModelError: naming the model, its class and why.
+    """
+    kind = type(net).__name__
+
+    def refuse(why: str) -> UnsupportedModelError:
+        return UnsupportedModelError(
+            f"model {name!r} is a {kind}, not a ViT-family vision model: {why}. Use a ViT, DeiT, DINO, "
+            f"DINOv2 or CLIP vision checkpoint (the embedding is the class token of the last layer)")
+
+    if "pixel_values" not in inspect.signature(net.forward).parameters:
+        raise refuse("it takes no pixel_values")
+    patch = getattr(net.config, "patch_size", None)
+    patch = tuple(patch) if isinstance(patch, (list, tuple)) else (patch, patch)
+    try:
+        with torch.inference_mode():
+            first = next(net.parameters(), torch.empty(0))
+            out = net(pixel_values=pixel.to(first.device, first.dtype), **_interpolation(
+                net, f"{pixel.shape[2]}x{pixel.shape[3]}"))
+        tokens = getattr(out, "last_hidden_state", None)
+    except Exception as exc:  # any model's own error on image input: it is not one of ours
+        raise refuse(f"a forward pass on an image failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if tokens is None or tokens.ndim != 3 or None in patch:
+        raise refuse("its output is not a sequence of tokens")
+    patches = (pixel.shape[2] // patch[0]) * (pixel.shape[3] // patch[1])
+    if not 1 <= tokens.shape[1] - patches <= 16:
+        raise refuse(f"its {tokens.shape[1]} output tokens are not a class token and {patches} patch tokens")
 
 
 

@@ -44,3 +44,8 @@ class BadImageError(VitsearchError):
 
 class BadQueryError(VitsearchError):
     """A search request is malformed (bad k, unknown path, unsupported query type)."""
+
+
+class UnsupportedModelError(ModelNotFoundError):
+    """A checkpoint loads, but is not a ViT-family vision model (a text model, a CNN, a Swin):
+    it has no class token to embed images with."""

@@ -1,20 +1,24 @@
-"""Turning files, bytes, PIL images and arrays into upright RGB PIL images.
+"""Turning files, bytes, PIL images and arrays into upright RGB PIL images, at bounded cost.
 
-Every decode path of the product (indexer workers, ``SearchClient``, UI) goes through
-:func:`load_image`, so a query is decoded exactly like an indexed file.
+Every decode path of the product (indexer workers, ``SearchClient``, the page's uploads and
+thumbnails) goes through :func:`decode_sized`, with the same :class:`Limits`: a file larger than
+``max_file_bytes`` is not read, an image that would decode to more than ``max_pixels`` pixels is
+refused from its header. A query is decoded exactly like an indexed file when both pass the
+model's ``draft_px`` (:meth:`~vitsearch.search.preprocess.Preprocess.load`).
 """
 from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import DEFAULT_MAX_IMAGE_PIXELS
+from .config import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_IMAGE_PIXELS
 from .errors import BadImageError
 
 #: File extensions the indexer picks up (compared in lower case).
@@ -30,13 +34,41 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one image may cost (picklable: the indexer's worker processes get a copy).
+
+    Attributes:
+        max_pixels: most pixels decoded (width x height as decoded: a JPEG at its reduced scale).
+        max_file_bytes: largest file read, or bytes accepted, in bytes.
+    """
+
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_file_bytes: int = int(DEFAULT_MAX_FILE_MB * 2**20)
+
+    @classmethod
+    def from_settings(cls, settings) -> "Limits":
+        """The limits of a :class:`~vitsearch.search.config.Settings` (``VITSEARCH_MAX_IMAGE_PIXELS``,
+        ``VITSEARCH_MAX_FILE_MB``)."""
+        return cls(settings.max_image_pixels, settings.max_file_bytes)
+
+    def check_size(self, size: int, source: str) -> None:
+        """Refuse ``size`` bytes over :attr:`max_file_bytes`.
+
+        Raises:
+            BadImageError: naming ``source``, the size and the limit.
+        """
+        if size > self.max_file_bytes:
+            raise BadImageError(source, f"file is {size / 2**20:.1f} MB, over the limit of "
+                                        f"{self.max_file_bytes / 2**20:g} MB (VITSEARCH_MAX_FILE_MB)")
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     """True when the file name has one of :data:`IMAGE_EXTENSIONS`."""
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
-def decode_bytes(data: bytes, source: str, draft_px: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+def decode_bytes(data: bytes, source: str, draft_px: int | None = None, limits: Limits = Limits()) -> Image.Image:
     """Decode an encoded image (JPEG, PNG, WebP, BMP, GIF, TIFF) to an upright RGB image.
 
     EXIF orientation is applied, the first frame of an animation or multi-page file is used and
@@ -47,16 +79,17 @@ def decode_bytes(data: bytes, source: str, draft_px: int | None = None,
             ``Image.draft``, the DCT scaling of libjpeg) as long as both sides stay at least
             ``draft_px`` pixels: several times faster for large photos. Other formats decode at
             full size.
-        max_pixels: refuse an image of more pixels than this (before decoding it).
+        limits: refuse more bytes than ``limits.max_file_bytes``, and an image that would decode
+            to more than ``limits.max_pixels`` pixels (checked from its header).
 
     Raises:
         BadImageError: ``source`` (a path or label) with a one-line reason.
     """
-    return decode_sized(data, source, draft_px, max_pixels)[0]
+    return decode_sized(data, source, draft_px, limits)[0]
 
 
 def decode_sized(data: bytes, source: str, draft_px: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[Image.Image, tuple[int, int]]:
+                 limits: Limits = Limits()) -> tuple[Image.Image, tuple[int, int]]:
     """:func:`decode_bytes`, and the upright image's full ``(width, height)`` in pixels (which a
     draft decode does not have).
 
@@ -65,20 +98,23 @@ def decode_sized(data: bytes, source: str, draft_px: int | None = None,
     """
     if not data:
         raise BadImageError(source, "empty file (0 bytes)")
-    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
-        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's guard (at twice this) stays behind ours
+    limits.check_size(len(data), source)
+    if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < limits.max_pixels:
+        Image.MAX_IMAGE_PIXELS = limits.max_pixels  # a limit raised by the user: Pillow's guard follows
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.seek(0)
             width, height = img.size
-            if width * height > max_pixels:
+            if draft_px is not None:
+                img.draft("RGB", (draft_px, draft_px))  # a no-op but for JPEG
+            decoded = img.size[0] * img.size[1]
+            if decoded > limits.max_pixels:
+                scaled = f" ({img.size[0]}x{img.size[1]} at reduced scale)" if img.size != (width, height) else ""
                 raise BadImageError(source, f"image too large: {width}x{height} = {width * height / 1e6:.0f} "
-                                            f"megapixels, over the limit of {max_pixels / 1e6:.0f} "
-                                            f"(VITSEARCH_MAX_IMAGE_PIXELS)")
+                                            f"megapixels{scaled}, over the limit of {limits.max_pixels / 1e6:g} "
+                                            f"megapixels decoded (VITSEARCH_MAX_IMAGE_PIXELS)")
             if img.getexif().get(_ORIENTATION) in (5, 6, 7, 8):  # turned by 90 degrees
                 width, height = height, width
-            if draft_px is not None:
-                img.draft("RGB", (draft_px, draft_px))
             img.load()
             return to_rgb(img), (width, height)
     except UnidentifiedImageError:
@@ -109,28 +145,55 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def read_file(path: str | os.PathLike) -> bytes:
-    """Read a file's bytes, turning OS errors into :class:`BadImageError` naming the path."""
+def read_file(path: str | os.PathLike, limits: Limits = Limits(), size: int | None = None) -> bytes:
+    """A regular file's bytes, at most ``limits.max_file_bytes`` of them, checked before reading.
+
+    Opened without blocking (a FIFO named like an image is refused, not waited on) and refused
+    unless it is a regular file.
+
+    Args:
+        size: if given, the size in bytes the file must have (the indexed one): a file of
+            another size is refused without being read.
+
+    Raises:
+        BadImageError: naming the path: an OS error's reason, not a regular file, over the limit,
+            or not of ``size`` bytes.
+    """
+    source = os.fspath(path)
     try:
-        return Path(path).read_bytes()
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise BadImageError(os.fspath(path), exc.strerror or str(exc)) from None
+        raise BadImageError(os.fsdecode(source), exc.strerror or str(exc)) from None
+    with open(fd, "rb", closefd=True) as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BadImageError(os.fsdecode(source), "not a regular file (a pipe, socket or device): not read")
+        if size is not None and info.st_size != size:
+            raise BadImageError(os.fsdecode(source), "changed since it was indexed: run vitsearch index again")
+        limits.check_size(info.st_size, os.fsdecode(source))
+        try:
+            data = f.read(limits.max_file_bytes + 1)
+        except OSError as exc:
+            raise BadImageError(os.fsdecode(source), exc.strerror or str(exc)) from None
+    limits.check_size(len(data), os.fsdecode(source))  # grown while being read
+    return data
 
 
-def load_image(image: ImageLike) -> Image.Image:
+def load_image(image: ImageLike, draft_px: int | None = None, limits: Limits = Limits()) -> Image.Image:
     """Any supported query or file to an upright RGB :class:`PIL.Image.Image`.
 
     Args:
         image: a path (``str`` or ``PathLike``), encoded bytes, a PIL image, or an
             ``(H, W, 3)`` ``uint8`` array in RGB order.
+        draft_px, limits: as in :func:`decode_bytes`, for paths and bytes.
 
     Raises:
         BadImageError: unreadable or undecodable input, or an array of the wrong shape/dtype.
     """
     if isinstance(image, (str, os.PathLike)):
-        return decode_bytes(read_file(image), os.fspath(image))
+        return decode_bytes(read_file(image, limits), os.fsdecode(image), draft_px, limits)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return decode_bytes(bytes(image), "<bytes>")
+        return decode_bytes(bytes(image), "<bytes>", draft_px, limits)
     if isinstance(image, Image.Image):
         return to_rgb(image)
     if isinstance(image, np.ndarray):

@@ -7,7 +7,10 @@ way transformers' PIL backend does (``PilBackend._preprocess``: resize on the sh
 the processor's within float32 rounding (``tests/test_preprocess.py`` states the difference).
 
 Because it knows the output size before decoding, it can tell the decoder how small a JPEG may
-be decoded (:attr:`Preprocess.draft_px`, for Pillow's ``Image.draft``).
+be decoded (:attr:`Preprocess.draft_px`, for Pillow's ``Image.draft``). :meth:`Preprocess.load`
+and :meth:`Preprocess.decode` are the one way from a file or bytes to a model's image: the
+indexer, ``SearchClient`` and the page call them, so a query is decoded exactly like an indexed
+file.
 
 A processor with options this does not implement (padding, ``longest_edge``, ``crop_pct``,
 no resize, ...) is called as it is, so any checkpoint still works, only slower.
@@ -20,6 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from PIL import Image
+
+from .images import ImageLike, Limits, decode_sized, load_image
 
 #: A JPEG may be decoded at reduced scale (Image.draft) down to this many times the size the
 #: model's resize asks for. 2 keeps a real resampling step after the DCT scaling, so the result
@@ -122,6 +127,24 @@ class Preprocess:
             return None
         target = self.short_edge if self.size_hw is None else max(self.size_hw)
         return DRAFT_MARGIN * target
+
+    def decode(self, data: bytes, source: str, limits: Limits = Limits()) -> tuple[Image.Image, tuple[int, int]]:
+        """Encoded bytes to the upright RGB image this preprocessing takes (a JPEG decoded at the
+        smallest scale :attr:`draft_px` allows), and the image's full ``(width, height)``.
+
+        Raises:
+            BadImageError: naming ``source``: undecodable, or over ``limits``.
+        """
+        return decode_sized(data, source, self.draft_px, limits)
+
+    def load(self, image: ImageLike, limits: Limits = Limits()) -> Image.Image:
+        """A path, encoded bytes, PIL image or ``(H, W, 3) uint8`` array to the upright RGB image
+        this preprocessing takes (files and bytes decoded as :meth:`decode` does).
+
+        Raises:
+            BadImageError: unreadable, undecodable or over ``limits``.
+        """
+        return load_image(image, self.draft_px, limits)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """An upright RGB image to ``(3, H, W) float32`` model input."""

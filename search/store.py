@@ -4,6 +4,11 @@ One collection holds one row per image file, keyed by the file's absolute path. 
 talks to Milvus Lite (a local ``.db`` directory) and to a Milvus server (``http://host:19530``);
 backend differences (hit keys, ``delete`` return values, errors) are absorbed here, so callers
 never branch on the backend.
+
+Paths are hostile input. Every Milvus expression that holds one is built in this module, from
+:func:`literal` (the one escaping function) and the helpers beside it; callers pass paths,
+folders and a user's filter as arguments, never as expression text. A path is stored as text
+that maps back to its exact bytes (:func:`stored_path`), also where a name is not valid UTF-8.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -27,6 +32,7 @@ from .config import Settings  # noqa: E402
 from .encoder import EncoderInfo  # noqa: E402
 from .errors import BadQueryError, CollectionNotFoundError, StoreError  # noqa: E402
 from .lite import lite_uri  # noqa: E402
+from .paths import path_from_stored, stored_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 # pymilvus logs every failed call with a traceback; StoreError already names the call and cause.
@@ -36,10 +42,15 @@ logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)
 # timestamp probe, which pymilvus then replaces with a client-side timestamp.
 logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
-SCHEMA_VERSION = "1"
+#: Version 2 (vitsearch 0.2) added ``ctime_ns`` and ``inode`` and stores paths with
+#: :func:`stored_path`; a version-1 collection is read as it is and upgraded in place by the
+#: indexer (:meth:`Store.upgrade`).
+SCHEMA_VERSION = "2"
 _ENCODER_KEY = "vitsearch.encoder"
 _SCHEMA_KEY = "vitsearch.schema_version"
-MAX_PATH_BYTES = 4096
+#: Longest stored path or folder, in bytes of UTF-8: any Linux path (PATH_MAX 4096 bytes) fits,
+#: also with each byte of a non-UTF-8 name spelled ``\\xNN``.
+MAX_PATH_BYTES = 16384
 #: Upper bound of one upsert request in bytes (Milvus's gRPC messages are limited; ~20 MB is safe).
 UPSERT_BYTES = 20 * 1024 * 1024
 #: HNSW build parameters (Malkov & Yashunin 2016): M links per node, efConstruction beam width.
@@ -51,7 +62,98 @@ SEARCH_CONSISTENCY = "Session"
 #: How Milvus Lite and Milvus servers word a filter they cannot parse or apply.
 _FILTER_ERROR = re.compile(r"expression|parse|field|column|syntax|unterminated|operator|token", re.I)
 #: Fields of a row besides the vector, in schema order.
-META_FIELDS = ("path", "folder", "size", "mtime", "width", "height", "sha256", "indexed_at")
+META_FIELDS = ("path", "folder", "size", "mtime", "ctime_ns", "inode", "width", "height", "sha256", "indexed_at")
+#: Fields schema 1 lacks, and the value its rows are read with (-1: unknown, so the indexer
+#: compares the file's bytes with the stored sha256 before trusting the row).
+_NEW_IN_2 = {"ctime_ns": -1, "inode": -1}
+#: A collection being upgraded is copied to ``<name><suffix>`` first (see :meth:`Store.upgrade`).
+_UPGRADING, _OLD = "__vitsearch_upgrade", "__vitsearch_v1"
+_UPGRADE_KEY = "vitsearch.upgrade"
+#: Paths per ``path in [...]`` expression, and its largest size in bytes.
+_PATHS_PER_EXPR, _EXPR_BYTES = 1000, 1 << 20
+
+
+# --- expressions: every string from a user or the file system reaches Milvus through these ------
+
+def literal(value: str) -> str:
+    r"""``value`` as a Milvus string literal, in double quotes: the one escaping function.
+
+    The grammar (Milvus ``Plan.g4``, ``'"' (~["\\\r\n] | EscapeSequence)* '"'``) forbids a bare
+    double quote, backslash, CR and LF inside a literal; these four are escaped (``\"``, ``\\``,
+    ``\r``, ``\n``: the escapes that Milvus Lite and Milvus servers both read), every other
+    character is taken as it is. ``tests/test_store.py`` round-trips arbitrary text through both
+    parsers.
+    """
+    return '"' + value.translate(_LITERAL_ESCAPES) + '"'
+
+
+_LITERAL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
+
+
+def check_filter(expr: str) -> str:
+    """A user's filter, checked to be one balanced boolean expression (so that ANDing it with
+    the product's own conditions cannot be escaped by a stray parenthesis), or ``""``.
+
+    Brackets and parentheses outside string literals must pair up, and every literal must end;
+    Milvus checks the rest when the filter is used (see :meth:`Store.search`).
+
+    Raises:
+        BadQueryError: the filter is unbalanced or has an unterminated string.
+    """
+    expr = (expr or "").strip()
+    closing, stack, quote = {"(": ")", "[": "]"}, [], None
+    escaped = False
+    for column, char in enumerate(expr, 1):
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = None
+        elif char in "\"'":
+            quote = char
+        elif char in closing:
+            stack.append(closing[char])
+        elif char in ")]" and (not stack or stack.pop() != char):
+            raise BadQueryError(f"filter {expr!r} is not one boolean expression: unmatched {char!r} at column {column}")
+    if quote:
+        raise BadQueryError(f"filter {expr!r} is not one boolean expression: a string is not terminated")
+    if stack:
+        raise BadQueryError(f"filter {expr!r} is not one boolean expression: {stack[-1]!r} missing at the end")
+    return expr
+
+
+def _all_of(*conditions: str) -> str:
+    """The conjunction of non-empty conditions, each in parentheses."""
+    return " and ".join(f"({c})" for c in conditions if c)
+
+
+def _under(folder: str) -> str:
+    """Rows whose file is inside ``folder`` (an absolute path), at any depth: an exact prefix of
+    path components by string range, ``path >= "/a/" and path < "/a0"`` ('0' follows '/'), so
+    no character of the name acts as a wildcard and ``/a`` never matches ``/ab``."""
+    prefix = stored_path(folder.rstrip(os.sep)) + os.sep
+    return f"path >= {literal(prefix)} and path < {literal(prefix[:-1] + chr(ord(os.sep) + 1))}"
+
+
+def _path_is_not(paths: Sequence[str]) -> str:
+    return " and ".join(f"path != {literal(stored_path(p))}" for p in paths)
+
+
+def _paths_in(paths: Sequence[str]) -> Iterator[str]:
+    """``path in [...]`` expressions covering ``paths``, each of bounded length."""
+    chunk: list[str] = []
+    size = 0
+    for p in paths:
+        item = literal(stored_path(p))
+        if chunk and (len(chunk) >= _PATHS_PER_EXPR or size + len(item) > _EXPR_BYTES):
+            yield f"path in [{', '.join(chunk)}]"
+            chunk, size = [], 0
+        chunk.append(item)
+        size += len(item) + 2
+    if chunk:
+        yield f"path in [{', '.join(chunk)}]"
 
 
 @dataclass(frozen=True)
@@ -77,6 +179,9 @@ class Store:
     a network cut, the serving process gone) reconnects and retries with exponential backoff
     for up to ``retry_s`` seconds; all calls are idempotent (upsert, get, delete by path).
 
+    Paths given to and returned by every method are file system paths as Python gives them
+    (``os.fsdecode``); how they are stored is this class's business (:func:`stored_path`).
+
     Args:
         uri: a Milvus Lite path (``.../milvus.db``, created with its parent folders) or a
             server URI ``http://host:19530``.
@@ -86,11 +191,15 @@ class Store:
         retry_s: seconds to keep retrying a call while Milvus is unreachable.
 
     Raises:
-        StoreError: Milvus cannot be opened or reached; the message names the URI.
+        StoreError: ``uri`` is empty, or Milvus cannot be opened or reached; the message names
+            the URI and the reason.
     """
 
     def __init__(self, uri: str, collection: str, token: str | None = None, *, lite_wait_s: float = 10.0,
                  retry_s: float = 60.0):
+        if not uri or not uri.strip():
+            raise StoreError("the Milvus URI is empty: give a Milvus Lite path (such as ~/vitsearch/milvus.db) "
+                             "or a server URI (http://host:19530)")
         self.uri = uri
         self.collection = collection
         self._token = token or ""
@@ -98,6 +207,7 @@ class Store:
         self._lite_wait_s = lite_wait_s
         self._retry_s = retry_s
         self._served_here = False
+        self._schema: str | None = None  # the collection's schema version, once read
         self._connect()
 
     @classmethod
@@ -109,22 +219,19 @@ class Store:
             StoreError: Milvus cannot be opened or reached.
         """
         token = token or (settings.token.get_secret_value() if settings.token else None)
-        return cls(uri or settings.resolved_uri(), collection or settings.collection, token,
+        return cls(uri if uri is not None else settings.resolved_uri(), collection or settings.collection, token,
                    lite_wait_s=settings.lite_wait_s, retry_s=settings.retry_s)
 
     def _connect(self) -> None:
         target = self.uri
         if self._lite is not None:
-            self._lite.parent.mkdir(parents=True, exist_ok=True)
             target, self._served_here = lite_uri(self._lite, self._lite_wait_s)
         try:
             self._client = MilvusClient(uri=target, token=self._token)
         except Exception as exc:  # pymilvus raises assorted types
             raise StoreError(f"cannot open Milvus at {self.uri}: {type(exc).__name__}: {exc}") from exc
-        # A collection reopened by Milvus Lite (or released on a server) is not searchable until loaded.
-        try:
-            if self._client.has_collection(self.collection):
-                self._client.load_collection(self.collection)
+        try:  # a collection reopened by Milvus Lite (or released on a server) is not searchable until loaded
+            self._finish_upgrade()
         except MilvusException as exc:
             raise self._error("load_collection", exc) from exc
 
@@ -155,7 +262,8 @@ class Store:
                 last, connected = exc, False
 
     def _error(self, what: str, exc: MilvusException) -> StoreError:
-        return StoreError(f"Milvus at {self.uri}, collection {self.collection!r}: {what} failed: {exc}")
+        return StoreError(f"Milvus at {self.uri}, collection {self.collection!r}: {what} failed: "
+                          f"{' '.join(str(exc).split())}")
 
     # --- the collection and its encoder record ---------------------------------------------------
 
@@ -189,6 +297,21 @@ class Store:
         desc = self._call("describe_collection", self.collection)
         return dict(desc.get("properties") or {})
 
+    def schema_version(self) -> str:
+        """The collection's schema version: :data:`SCHEMA_VERSION`, or ``"1"`` before an upgrade.
+
+        Raises:
+            CollectionNotFoundError: the collection does not exist.
+            StoreError: a version this vitsearch does not know (a newer vitsearch made it).
+        """
+        if self._schema is None:
+            version = self.properties().get(_SCHEMA_KEY)
+            if version not in ("1", SCHEMA_VERSION):
+                raise StoreError(f"collection {self.collection!r} at {self.uri} has schema version "
+                                 f"{version!r}; this vitsearch reads 1 and {SCHEMA_VERSION}: upgrade vitsearch")
+            self._schema = version
+        return self._schema
+
     def ensure(self, info: EncoderInfo) -> bool:
         """Create the collection for ``info``'s embeddings, or check an existing one matches.
 
@@ -200,29 +323,98 @@ class Store:
             StoreError: unknown schema version, or Milvus refused.
         """
         if self.exists():
-            props = self.properties()
-            if props.get(_SCHEMA_KEY) != SCHEMA_VERSION:
-                raise StoreError(f"collection {self.collection!r} at {self.uri} has schema version "
-                                 f"{props.get(_SCHEMA_KEY)!r}, this vitsearch writes {SCHEMA_VERSION!r}")
+            self.schema_version()
             self.encoder_info().check_same(info, f"collection {self.collection!r} at {self.uri}")
             return False
+        self._create(self.collection, info.dim, {_ENCODER_KEY: info.to_json()})
+        log.info("created collection %s at %s for %s", self.collection, self.uri, info.model)
+        return True
+
+    def _create(self, name: str, dim: int, properties: dict[str, str]) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("path", DataType.VARCHAR, is_primary=True, max_length=MAX_PATH_BYTES)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=info.dim)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("folder", DataType.VARCHAR, max_length=MAX_PATH_BYTES)
         schema.add_field("size", DataType.INT64)
         schema.add_field("mtime", DataType.DOUBLE)
+        schema.add_field("ctime_ns", DataType.INT64)
+        schema.add_field("inode", DataType.INT64)
         schema.add_field("width", DataType.INT64)
         schema.add_field("height", DataType.INT64)
         schema.add_field("sha256", DataType.VARCHAR, max_length=64)
         schema.add_field("indexed_at", DataType.DOUBLE)
         index = self._client.prepare_index_params()
         index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE", params=HNSW_PARAMS)
-        self._call("create_collection", self.collection,
-                   schema=schema, index_params=index, consistency_level="Strong",
-                   properties={_ENCODER_KEY: info.to_json(), _SCHEMA_KEY: SCHEMA_VERSION})
-        log.info("created collection %s at %s for %s", self.collection, self.uri, info.model)
-        return True
+        self._call("create_collection", name, schema=schema, index_params=index, consistency_level="Strong",
+                   properties={**properties, _SCHEMA_KEY: SCHEMA_VERSION})
+        if name == self.collection:
+            self._schema = SCHEMA_VERSION
+
+    def upgrade(self, on_rows: Callable[[int], None] | None = None) -> int:
+        """Bring a schema-1 collection to :data:`SCHEMA_VERSION` in place; a no-op on a current one.
+
+        The rows are copied, vectors and all, to a new collection of the current schema, which
+        then takes the old one's name (paths re-encoded with :func:`stored_path`; ``ctime_ns``
+        and ``inode`` unknown, -1, so that the next indexing run compares each file's bytes with
+        its sha256 once, without embedding it again). A run stopped at any point leaves either
+        the old collection or the new one under the name: the next open finishes the swap
+        (:meth:`_finish_upgrade`). Call it holding the writer lease (:mod:`.lease`).
+
+        Args:
+            on_rows: called with the number of rows copied after each batch (a progress bar).
+
+        Returns:
+            the number of rows copied (0 when the collection was current).
+
+        Raises:
+            StoreError: Milvus refused, or the copy does not hold every row.
+        """
+        if self.schema_version() == SCHEMA_VERSION:
+            return 0
+        new, old = self.collection + _UPGRADING, self.collection + _OLD
+        props = self.properties()
+        if self._call("has_collection", new):
+            self._call("drop_collection", new)  # an earlier copy that did not finish
+        dim = EncoderInfo.from_json(props[_ENCODER_KEY]).dim
+        self._create(new, dim, {**props, _UPGRADE_KEY: "copying"})
+        copied = 0
+        old_fields = [f for f in ("vector", *META_FIELDS[1:]) if f not in _NEW_IN_2]
+        for rows in self._batches(self.collection, old_fields, ""):
+            self._call("upsert", new, [{**_NEW_IN_2, **r, "path": stored_path(r["path"]),
+                                        "folder": stored_path(r["folder"])} for r in rows])
+            copied += len(rows)
+            if on_rows:
+                on_rows(len(rows))
+        count = int(self._call("query", new, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        if count != self.count():
+            raise StoreError(f"upgrading {self.collection!r} at {self.uri}: the copy holds {count} rows, "
+                             f"not {self.count()}; the collection is unchanged, run again")
+        self._call("alter_collection_properties", new, properties={_UPGRADE_KEY: "done"})
+        self._call("rename_collection", self.collection, old)
+        self._finish_upgrade()
+        log.info("upgraded collection %s at %s to schema %s (%d rows)", self.collection, self.uri,
+                 SCHEMA_VERSION, copied)
+        return copied
+
+    def _finish_upgrade(self) -> None:
+        """Complete an upgrade stopped between its renames: put the finished copy (or, if the copy
+        did not finish, the old collection) back under the collection's name; load the collection."""
+        names = set(self._client.list_collections())
+        new, old = self.collection + _UPGRADING, self.collection + _OLD
+        if self.collection not in names and new in names:
+            props = self._client.describe_collection(new).get("properties") or {}
+            if props.get(_UPGRADE_KEY) == "done":
+                self._client.rename_collection(new, self.collection)
+                self._client.alter_collection_properties(self.collection, properties={_UPGRADE_KEY: ""})
+                self._schema = SCHEMA_VERSION
+                names.add(self.collection)
+        if self.collection not in names and old in names:
+            self._client.rename_collection(old, self.collection)
+            names.add(self.collection)
+        elif old in names:
+            self._client.drop_collection(old)
+        if self.collection in names:
+            self._client.load_collection(self.collection)  # a renamed collection is not loaded
 
     def set_properties(self, properties: dict[str, str]) -> None:
         """Add or replace collection properties (to clear one, set it to ``""``: Milvus 2.3
@@ -233,6 +425,7 @@ class Store:
         """Delete the collection and all its rows (no error if it does not exist)."""
         if self.exists():
             self._call("drop_collection", self.collection)
+        self._schema = None
 
     # --- rows ----------------------------------------------------------------------------------
 
@@ -240,45 +433,109 @@ class Store:
         """Insert or replace rows (keyed by ``path``), in requests of at most :data:`UPSERT_BYTES`.
 
         Each row has the fields of :data:`META_FIELDS` and ``vector``, a ``(D,) float32`` array
-        or list.
+        or list; ``path`` and ``folder`` are file system paths.
+
+        Raises:
+            StoreError: Milvus refused (a full disk, a schema-1 collection not yet upgraded) or
+                stayed unreachable; the requests sent before stay written.
         """
+        if self.schema_version() != SCHEMA_VERSION:
+            raise StoreError(f"collection {self.collection!r} at {self.uri} has schema version "
+                             f"{self._schema}: `vitsearch index` upgrades it before writing")
         batch: list[dict[str, Any]] = []
         size = 0
         for row in rows:
-            row_bytes = 4 * len(row["vector"]) + 2 * len(row["path"]) + len(row["folder"]) + 128
+            path, folder = stored_path(row["path"]), stored_path(row["folder"])
+            row_bytes = 4 * len(row["vector"]) + len(path.encode()) + len(folder.encode()) + 160
             if batch and size + row_bytes > UPSERT_BYTES:
                 self._call("upsert", self.collection, batch)
                 batch, size = [], 0
-            batch.append({**row, "vector": np.asarray(row["vector"], np.float32).tolist()})
+            batch.append({**row, "path": path, "folder": folder,
+                          "vector": np.asarray(row["vector"], np.float32).tolist()})
             size += row_bytes
         if batch:
             self._call("upsert", self.collection, batch)
 
     def get(self, paths: Sequence[str], fields: Sequence[str] = META_FIELDS) -> dict[str, dict[str, Any]]:
-        """Rows of the given paths that exist, by path. Missing paths are absent from the result."""
-        if not paths:
-            return {}
-        fields = list(dict.fromkeys(["path", *fields]))
-        rows = self._call("get", self.collection, ids=list(paths), output_fields=fields)
-        return {r["path"]: dict(r) for r in rows}
+        """Rows of the given paths that exist, by path. Missing paths are absent from the result.
 
-    def iter_rows(self, fields: Sequence[str] = ("path",), filter: str = "",
+        Returns:
+            ``{path: row}``, each row holding ``path`` and ``fields`` (``vector`` a list of D floats).
+
+        Raises:
+            StoreError: Milvus refused or stayed unreachable.
+        """
+        asked, fields = fields, self._fields(fields)
+        found: dict[str, dict[str, Any]] = {}
+        for expr in _paths_in(paths):
+            for row in self._call("query", self.collection, filter=expr, output_fields=fields):
+                row = self._row(row, asked)
+                found[row["path"]] = row
+        return found
+
+    def iter_rows(self, fields: Sequence[str] = ("path",), folder: str | None = None,
                   batch_size: int = 1000) -> Iterator[dict[str, Any]]:
-        """All rows (optionally matching a Milvus ``filter`` expression), streamed in batches."""
+        """All rows, or those of files inside ``folder`` (an absolute path, any depth), streamed
+        in batches of ``batch_size``.
+
+        Yields:
+            rows holding ``path`` and ``fields``.
+
+        Raises:
+            StoreError: Milvus refused or stayed unreachable.
+        """
+        for batch in self._batches(self.collection, self._fields(fields), _under(folder) if folder else "",
+                                   batch_size):
+            yield from (self._row(r, fields) for r in batch)
+
+    def _batches(self, collection: str, fields: list[str], filter: str,
+                 batch_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        """Rows of ``collection`` matching ``filter`` as Milvus stores them, in batches, in
+        primary-key order: each query asks for the next rows after the last path seen, as
+        pymilvus' ``query_iterator`` does (an iterator query returns rows sorted by key, and may
+        return a short batch before the end, when one segment runs out), but with the path
+        escaped: ``query_iterator`` puts it into ``path > "..."`` raw, so a newline or a quote
+        in a name breaks it."""
         fields = list(dict.fromkeys(["path", *fields]))
-        it = self._call("query_iterator", self.collection,
-                        batch_size=batch_size, filter=filter, output_fields=fields)
-        try:
-            while True:
-                try:
-                    batch = it.next()
-                except MilvusException as exc:
-                    raise self._error("query_iterator.next", exc) from exc
-                if not batch:
-                    break
-                yield from (dict(r) for r in batch)
-        finally:
-            it.close()
+        last = None
+        while True:
+            after = f"path > {literal(last)}" if last is not None else ""
+            rows = self._call("query", collection, filter=_all_of(after, filter), output_fields=fields,
+                              limit=batch_size, iterator="True", reduce_stop_for_best="True")
+            if not rows:
+                return
+            yield [dict(r) for r in rows]
+            last = rows[-1]["path"]
+
+    def _fields(self, fields: Sequence[str]) -> list[str]:
+        """``path`` and ``fields``, less those the collection's schema lacks."""
+        if self._schema is None and self.exists():
+            self.schema_version()
+        if self._schema == "1":
+            fields = [f for f in fields if f not in _NEW_IN_2]
+        return list(dict.fromkeys(["path", *fields]))
+
+    @staticmethod
+    def _row(row: dict[str, Any], asked: Sequence[str]) -> dict[str, Any]:
+        """A row as Milvus returns it, with file system paths (schema 1 stored no path that
+        :func:`path_from_stored` changes) and the fields ``asked`` that schema 1 lacks as -1."""
+        row = {**{f: v for f, v in _NEW_IN_2.items() if f in asked}, **row}
+        row["path"] = path_from_stored(row["path"])
+        if "folder" in row:
+            row["folder"] = path_from_stored(row["folder"])
+        return row
+
+    def persist(self) -> None:
+        """Milvus Lite: write what was written to its data and index files now (a later process
+        then opens and searches the collection without writing anything, also on a full or
+        read-only disk; until then Lite keeps a log and builds the index at the next load). A
+        no-op on a server, which persists on its own. The indexer calls it at the end of a run.
+
+        Raises:
+            StoreError: Milvus refused (a full disk).
+        """
+        if self._lite is not None:
+            self._call("flush", self.collection)
 
     def flush(self, timeout_s: float = 600.0) -> None:
         """Seal what was written and wait until the vector index covers every row (a server
@@ -301,9 +558,13 @@ class Store:
             time.sleep(1)
 
     def delete(self, paths: Sequence[str]) -> None:
-        """Delete the rows of these paths (paths without a row are ignored)."""
-        if paths:
-            self._call("delete", self.collection, ids=list(paths))
+        """Delete the rows of exactly these paths (paths without a row are ignored).
+
+        Raises:
+            StoreError: Milvus refused or stayed unreachable.
+        """
+        for expr in _paths_in(paths):
+            self._call("delete", self.collection, filter=expr)
 
     def count(self) -> int:
         """Number of rows in the collection."""
@@ -311,40 +572,52 @@ class Store:
                          output_fields=["count(*)"])
         return int(res[0]["count(*)"])
 
-    def search(self, vectors: np.ndarray, k: int, filter: str | None = None,
-               fields: Sequence[str] = META_FIELDS, ef: int | None = None) -> list[list[StoredHit]]:
+    def search(self, vectors: np.ndarray, k: int, filter: str | None = None, *, folder: str | None = None,
+               exclude: Sequence[str] = (), fields: Sequence[str] = META_FIELDS,
+               ef: int | None = None) -> list[list[StoredHit]]:
         """Top-``k`` rows by cosine similarity for each query vector.
+
+        The conditions are ANDed: ``filter`` (checked by :func:`check_filter` to be one
+        expression, so it cannot undo the others), ``folder`` and ``exclude``.
 
         Args:
             vectors: ``(Q, D) float32`` query embeddings.
             k: results per query, best first.
-            filter: Milvus boolean expression on the scalar fields, e.g. ``width > 500``.
+            filter: a user's Milvus boolean expression on the scalar fields, e.g. ``width > 500``
+                (``path`` and ``folder`` hold :func:`stored_path` text).
+            folder: only files inside this folder (an absolute path), at any depth.
+            exclude: paths left out of the results.
             ef: HNSW search beam width; default ``max(64, k)``.
 
         Returns:
             Q lists of hits, best first; ``score`` is cosine similarity (higher is closer).
 
         Raises:
-            BadQueryError: ``filter`` is not a valid expression on this collection's fields.
+            BadQueryError: ``filter`` is not one valid expression on this collection's fields.
             StoreError: Milvus refused the search or cannot be reached.
         """
-        fields = list(dict.fromkeys(["path", *fields]))
+        user = check_filter(filter or "")
+        expr = _all_of(user, _under(folder) if folder else "", _path_is_not(exclude))
+        asked, fields = fields, self._fields(fields)
         try:
             res = self._call(
                 "search", self.collection, data=np.asarray(vectors, np.float32).tolist(),
-                limit=k, filter=filter or "", output_fields=fields, consistency_level=SEARCH_CONSISTENCY,
+                limit=k, filter=expr, output_fields=fields, consistency_level=SEARCH_CONSISTENCY,
                 search_params={"metric_type": "COSINE", "params": {"ef": max(ef or 64, k)}},
             )
         except StoreError as exc:
             cause = exc.__cause__
-            if filter and isinstance(cause, MilvusException) and _FILTER_ERROR.search(cause.message or ""):
+            if user and isinstance(cause, MilvusException) and _FILTER_ERROR.search(cause.message or ""):
                 raise BadQueryError(
-                    f"filter {filter!r} is not a valid Milvus expression on this collection "
+                    f"filter {user!r} is not a valid Milvus expression on this collection "
                     f"(fields: {', '.join(META_FIELDS)}): {' '.join(cause.message.split())}") from None
             raise
         # A server keys hits "id", Milvus Lite by the primary-key name: read the path from the entity.
-        return [[StoredHit(h["entity"]["path"], float(h["distance"]), dict(h["entity"])) for h in hits]
-                for hits in res]
+        out = []
+        for hits in res:
+            rows = [self._row(h["entity"], asked) for h in hits]
+            out.append([StoredHit(r["path"], float(h["distance"]), r) for h, r in zip(hits, rows)])
+        return out
 
     def bulk_import(self, files: Sequence[str], timeout_s: float = 24 * 3600, poll_s: float = 5.0) -> int:
         """Load Parquet files into the collection by Milvus bulk import (a server's REST API,

@@ -47,7 +47,7 @@ from .config import Settings
 from .encoder import Encoder, EncoderInfo, pick_device
 from .errors import BadImageError, BadQueryError, ModelNotFoundError
 from .evaluate import class_folders, exact_ranking, ranking_figures
-from .images import decode_bytes, read_file
+from .images import Limits, decode_bytes, read_file
 from .models import resolve_model
 from .preprocess import Preprocess
 
@@ -227,10 +227,10 @@ class ImageFolderSet(torch.utils.data.Dataset):
     processor itself is called on the crop, which then resizes it its own way)."""
 
     def __init__(self, items: Sequence[tuple[str, int]], preprocess: Preprocess,
-                 augment: Augment | None, max_pixels: int):
+                 augment: Augment | None, limits: Limits):
         self.items = list(items)
         self.augment = augment
-        self.max_pixels = max_pixels
+        self.limits = limits
         if augment is None:
             self.preprocess = preprocess
         else:  # the crop is already the input size: keep only rescale and normalise
@@ -242,7 +242,7 @@ class ImageFolderSet(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         path, label = self.items[i]
-        image = decode_bytes(read_file(path), path, max_pixels=self.max_pixels)
+        image = decode_bytes(read_file(path, self.limits), path, limits=self.limits)
         if self.augment is not None:
             image = self.augment(image)
         return {"pixel_values": torch.from_numpy(self.preprocess(image)),
@@ -442,10 +442,11 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, from_model
         raise BadQueryError(f"--out {out} is the folder of --from: write the trained model elsewhere")
     preprocess = Preprocess.from_processor(processor)
     input_hw = tuple(preprocess.batch([Image.new("RGB", (64, 48))]).shape[2:])
+    limits = Limits.from_settings(settings)
 
     def check(path: str) -> str | None:
         try:  # JPEGs at reduced scale: only whether it decodes matters here
-            decode_bytes(read_file(path), path, draft_px=preprocess.draft_px, max_pixels=settings.max_image_pixels)
+            preprocess.decode(read_file(path, limits), path, limits)
         except BadImageError as exc:
             log.warning("skipped %s: %s", path, exc.reason)
             if on_failure:
@@ -469,8 +470,8 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, from_model
                       np.array([label for _, label in train_items]))
     workers = settings.workers if workers is None else workers
     augment = Augment(input_hw, scale=augment_scale, hflip=hflip, resample=preprocess.resample)
-    train_set = ImageFolderSet(train_items, preprocess, augment, settings.max_image_pixels)
-    val_set = ImageFolderSet(val_items, preprocess, None, settings.max_image_pixels) if val_items else None
+    train_set = ImageFolderSet(train_items, preprocess, augment, limits)
+    val_set = ImageFolderSet(val_items, preprocess, None, limits) if val_items else None
     reports: list[EpochReport] = []
 
     def report(epoch: int, loss: float | None, accuracy: float | None, since: float) -> None:

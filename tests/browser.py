@@ -20,8 +20,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
                  "--disable-quic"]
 #: A result cell's thumbnail, as Streamlit renders st.image.
 THUMBNAILS = "[data-testid=stImage] img"
-#: The file name under each result thumbnail (the first inline code of a grid cell's markdown).
-RESULT_NAMES = "[data-testid=stColumn] [data-testid=stMarkdownContainer] p code:first-of-type"
+#: The file name under each result thumbnail (plain text, st.text, in each grid cell).
+RESULT_NAMES = "[data-testid=stColumn] [data-testid=stText]"
 
 
 def free_port() -> int:
@@ -75,8 +75,8 @@ def chromium_page(width: int = 1400, height: int = 1100):
 
 
 def result_names(page) -> list[str]:
-    """File names under the result thumbnails, in order (each cell's first inline code)."""
-    return page.eval_on_selector_all(RESULT_NAMES, "codes => codes.map(c => c.innerText)")
+    """File names under the result thumbnails, in order (each cell's text)."""
+    return page.eval_on_selector_all(RESULT_NAMES, "cells => cells.map(c => c.innerText)")
 
 
 def results_shown(page, first: str, count: int | None = None, timeout_ms: float = 120_000) -> None:

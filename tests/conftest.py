@@ -100,6 +100,13 @@ def linked_photos(photos, tmp_path):
 MILVUS_SERVER_URI = os.environ.get("VITSEARCH_TEST_MILVUS_URI")
 
 
+def examples(lite: int, server: int) -> int:
+    """Examples of a property test: fewer in the server leg, where each write is followed by a
+    Strong read that waits for the server's time tick (~200 ms); ``VITSEARCH_PROPERTY_EXAMPLES``
+    sets both (for a long run)."""
+    return int(os.environ.get("VITSEARCH_PROPERTY_EXAMPLES", server if MILVUS_SERVER_URI else lite))
+
+
 @pytest.fixture
 def db_uri(tmp_path) -> str:
     """A fresh Milvus: a Lite database path in a temporary folder, or (in the server leg of

@@ -40,6 +40,17 @@ def png_claiming(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+def blank_png(width: int, height: int) -> bytes:
+    """A valid grayscale PNG of width x height pixels, all black: megapixels in a few hundred KB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    squeeze = zlib.compressobj(9)
+    row = b"\0" * (width + 1)  # filter byte + one byte per pixel
+    idat = b"".join(squeeze.compress(row) for _ in range(height)) + squeeze.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def frames(fmt: str, n: int = 3, **kw) -> bytes:
     pages = [photo(name, (96, 64)) for name in ("coffee.jpg", "cat.jpg", "rocket.jpg")[:n]]
     if fmt == "GIF":
@@ -158,10 +169,59 @@ CASES: list[tuple[str, Callable[[Path], None], str]] = [
     ("dangling.jpg", symlink("dangling.jpg", "/nonexistent/nothing.jpg"), "No such file"),
     ("link-outside.jpg", symlink("link-outside.jpg", outside_file), INDEXED),
     ("sub/up", symlink("sub/up", ".."), "not followed"),  # a link to a folder: never entered
-    (os.fsdecode(b"caf\xe9-latin1.jpg"), non_utf8_name, "not valid UTF-8"),
+    (os.fsdecode(b"caf\xe9-latin1.jpg"), non_utf8_name, INDEXED),  # stored exactly (see NAMES)
     ("d" * 200, too_deep, "File name too long"),
     ("pipe.jpg", fifo, "not a regular file"),
 ]
+
+
+
+#: Legal file and folder names that must each be indexed, found by ``--similar``, returned exactly
+#: (``os.fsencode`` round trip) and pruned only by themselves: POSIX allows any byte but ``/`` and
+#: NUL. Relative paths under the corpus root, as bytes (some are not valid UTF-8).
+NAMES: list[bytes] = [
+    "John's photo.jpg".encode(), b"say \"cheese\".jpg", b"''.jpg", b'"".jpg',
+    b"back\\slash.jpg", b"x\\.jpg", b"\\leading-backslash.jpg", b"back\\nslash-not-a-newline.jpg",
+    b"\\x41-not-an-escape.jpg", b"ends-with-backslash\\/inside.jpg", b"a\\/b.jpg",
+    b"new\nline.jpg", b"carriage\rreturn.jpg", b"tab\there.jpg", b"\n.jpg",
+    b"100%.jpg", b"50% off_sale.jpg", b"under_score.jpg", b"star*.jpg", b"question?.jpg",
+    b"pct%/in-pct-folder.jpg", b"pctX/in-sibling-of-pct.jpg", b"a_b/in-underscore-folder.jpg",
+    b"aXb/in-sibling-of-underscore.jpg", b"pre/in-prefix.jpg", b"prefix/in-longer-name.jpg",
+    b" leading space.jpg", b"trailing space .jpg", b"spaced folder /inside.jpg",
+    "caf\u00e9.jpg".encode(), "cafe\u0301.jpg".encode(),  # the same name in NFC and in NFD: two files
+    ("a" * 251 + ".jpg").encode(), ("\u00e9" * 125 + "x.jpg").encode(),
+    b"caf\xe9-latin1.jpg", b"\xff\xfe-bom-bytes.jpg", b"\x80-lone-continuation.jpg",
+    b"\xed\xa0\x80-encoded-surrogate.jpg", b"\xc0\xaf-overlong-slash.jpg", b"latin1-\xe9t\xe9/inside.jpg",
+    b"x'] or path like '%' or path in ['y.jpg", b'x" or path != "y.jpg', b'") or true or ("x.jpg',
+    b"`backtick`.jpg", b"**bold** _it_.jpg", b"[link](http:x).jpg", b"<img src=x onerror=alert(1)>.jpg",
+    b":red[red] :tada:.jpg", b"$x^2$.jpg", b"# heading.jpg",
+    "\U0001f600 emoji.jpg".encode(), "\u202egpj.exe-rtl-override.jpg".encode(),
+    "zero\u200bwidth.jpg".encode(), "line\u2028separator.jpg".encode(), "\u5199\u771f.jpg".encode(),
+    b"\x01\x02\x7f-controls.jpg", b"\x1b[31mansi-red.jpg", b".hidden.jpg", b"-dash.jpg", b"--help.jpg",
+    b"UPPER.JPG", b"mixed.JpEg", b"s3:not-a-uri.jpg",
+]
+
+
+def distinct_image(index: int, size: int = 24) -> bytes:
+    """A small real PNG, different for each ``index`` (a crop of a photo at an offset, so no two
+    files of the corpus share a vector and ``--similar`` must find each one itself)."""
+    photos = sorted(EXAMPLES.glob("*.jpg"))
+    img = Image.open(photos[index % len(photos)]).convert("RGB")
+    x, y = (index * 37) % (img.width - size), (index * 53) % (img.height - size)
+    return encoded(img.crop((x, y, x + size, y + size)), "PNG")
+
+
+def build_names(root: Path) -> list[str]:
+    """Write every name of :data:`NAMES` under ``root``; return their absolute paths as ``str``
+    (``os.fsdecode``: undecodable bytes as surrogates, as ``os.scandir`` gives them)."""
+    paths = []
+    for i, rel in enumerate(NAMES):
+        path = os.path.join(os.fsencode(root), rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(distinct_image(i))
+        paths.append(os.fsdecode(path))
+    return paths
 
 
 def without_root_file_access() -> None:

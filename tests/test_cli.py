@@ -124,3 +124,53 @@ def test_engine_ray_without_ray_installed_says_how_to_get_it(photos, tmp_path, t
     assert out.returncode == 1 and "pip install 'vitsearch[ray]'" in out.stderr and "Traceback" not in out.stderr
     indexed = cli("index", photos, "--model", tiny_model, "--uri", tmp_path / "y.db", "--workers", 0, "--json")
     assert json.loads(indexed.stdout)["indexed"] == 11  # the local engine needs no Ray
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory):
+    """A text model (BERT) folder that also holds an image processor config: not a vision model."""
+    from transformers import BertConfig, BertModel, ViTImageProcessor
+
+    folder = tmp_path_factory.mktemp("bert")
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=100)).save_pretrained(folder)
+    ViTImageProcessor().save_pretrained(folder)
+    return folder
+
+
+def run_in_process(*args):
+    """The command in this process (typer's CliRunner): for checks that need no process of their own."""
+    from typer.testing import CliRunner
+
+    from vitsearch.search.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_a_checkpoint_that_is_not_a_vision_transformer_is_refused_before_any_collection(photos, db_uri, bert_folder):
+    out = run_in_process("index", photos, "--model", bert_folder, "--uri", db_uri)
+    assert out.exit_code == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "BertModel" in out.stderr and "not a ViT-family vision model" in out.stderr
+    assert "index a folder first" in run_in_process("stats", "--uri", db_uri).stderr  # no collection left
+
+
+@pytest.mark.parametrize("command", [["stats"], ["search", "{photos}/cat.jpg"], ["index", "{photos}"]])
+def test_an_empty_uri_is_an_error_not_the_default_database(command, photos, data_dir):
+    out = run_in_process(*[a.format(photos=photos) for a in command], "--uri", "")
+    assert out.exit_code == 2 and "empty" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (data_dir / "milvus.db").exists()  # the default database was not opened
+
+
+def test_a_uri_that_is_a_photo_folder_is_refused(photos, tiny_model):
+    before = sorted(p.name for p in photos.iterdir())
+    out = run_in_process("index", photos, "--model", tiny_model, "--uri", photos)
+    assert out.exit_code == 1 and "is a folder that is not a Milvus Lite database" in out.stderr
+    assert sorted(p.name for p in photos.iterdir()) == before
+
+
+def test_index_verify_and_the_rehashed_count(photos, db_uri, tiny_model):
+    assert run_in_process("index", photos, "--model", tiny_model, "--uri", db_uri, "--workers", "0").exit_code == 0
+    out = run_in_process("index", photos, "--uri", db_uri, "--verify", "--json", "--workers", "0")
+    summary = json.loads(out.stdout[out.stdout.index("{"):])
+    assert (summary["indexed"], summary["unchanged"], summary["rehashed"]) == (0, 11, 11)
+    assert "--verify" in run_in_process("index", "--help").stdout

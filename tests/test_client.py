@@ -24,14 +24,18 @@ def test_an_indexed_image_finds_itself_first(indexed):
 
 
 def test_every_query_type_gives_the_same_answer(indexed):
+    """A path and its bytes are decoded as the indexer decodes the file (the same vector); a
+    picture already decoded by the caller is resized from its full size (the same ranking)."""
     photos, uri = indexed
     path = photos / "astronaut.jpg"
     with SearchClient(uri=uri) as client:
         ref = client.search(path, k=4)
-        for query in (str(path), path.read_bytes(), Image.open(path), np.asarray(Image.open(path).convert("RGB"))):
+        assert ref[0].path == str(path) and ref[0].score == pytest.approx(1.0, abs=2e-6)
+        for query, atol in ((str(path), 1e-6), (path.read_bytes(), 1e-6), (Image.open(path), 1e-3),
+                            (np.asarray(Image.open(path).convert("RGB")), 1e-3)):
             got = client.search(query, k=4)
             assert [h.path for h in got] == [h.path for h in ref]
-            np.testing.assert_allclose([h.score for h in got], [h.score for h in ref], atol=1e-5)
+            np.testing.assert_allclose([h.score for h in got], [h.score for h in ref], atol=atol)
 
 
 def test_search_similar_uses_the_stored_vector_and_leaves_the_item_out(indexed):
@@ -57,7 +61,7 @@ def test_filter_and_bad_queries(indexed):
             with pytest.raises(BadQueryError, match="k must be"):
                 client.search(photos / "cat.jpg", k=k)
         for bad in ("width >", 'folder == "unterminated', "colour == 3", "width >> 2"):
-            with pytest.raises(BadQueryError, match="not a valid Milvus expression"):
+            with pytest.raises(BadQueryError, match="not a valid Milvus expression|not one boolean expression"):
                 client.search(photos / "cat.jpg", k=3, filter=bad)
         with pytest.raises(BadImageError, match="corrupt or truncated"):
             client.search((photos / "cat.jpg").read_bytes()[:2000])
@@ -109,3 +113,70 @@ def test_stats(indexed, tiny_model):
         s = client.stats()
     assert s["count"] == 11 and s["dim"] == 32 and s["model"] == str(tiny_model)
     assert s["index_type"] == "HNSW" and s["metric_type"] == "COSINE" and s["uri"] == uri
+
+
+def test_a_folder_with_wildcards_or_a_newline_gets_its_k_results(photos, db_uri, tiny_model):
+    import shutil
+
+    from vitsearch.indexer import index_folder
+    from vitsearch.search.store import Store
+
+    names = sorted(p.name for p in photos.glob("*.jpg"))
+    for folder in ("pct%", "pctX", "pctY", "new\nline"):
+        (photos / folder).mkdir()
+    for i, name in enumerate(names):  # siblings that a `like "pct%/%"` would also match, many of them
+        shutil.copy(photos / name, photos / ("pctX" if i % 2 else "pctY") / name)
+    shutil.copy(photos / "cat.jpg", photos / "pct%" / "only.jpg")
+    shutil.copy(photos / "coffee.jpg", photos / "new\nline" / "only.jpg")
+    with Store(db_uri, "images") as store:
+        index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
+    with SearchClient(uri=db_uri) as client:
+        for folder in ("pct%", "new\nline"):
+            hits = client.search(photos / "astronaut.jpg", k=1, folder=str(photos / folder))
+            assert [h.path for h in hits] == [str(photos / folder / "only.jpg")], folder
+        assert client.search(photos / "cat.jpg", k=3, folder=str(photos / "pct")) == []  # no folder "pct"
+
+
+def test_an_unbalanced_filter_cannot_undo_the_exclusion_of_the_query_itself(indexed):
+    photos, uri = indexed
+    cat = str(photos / "cat.jpg")
+    with SearchClient(uri=uri) as client:
+        with pytest.raises(BadQueryError, match="one boolean expression"):
+            client.search_similar(cat, k=20, filter="width > 0) or (width > 0")
+        hits = client.search_similar(cat, k=20, filter="(width > 0) or (width > 0)")
+        assert cat not in {h.path for h in hits} and len(hits) == 10
+
+
+def test_a_query_is_decoded_like_an_indexed_file(tmp_path, db_uri, real_model):
+    """One bytes-to-model-input path: a large JPEG query (decoded at reduced scale, like the
+    indexer does) gives exactly the vector stored for the same file."""
+    from vitsearch.indexer import index_folder
+    from vitsearch.search.store import Store
+
+    big = tmp_path / "big" / "astronaut.jpg"
+    big.parent.mkdir()
+    Image.open(photos_dir() / "astronaut.jpg").convert("RGB").resize((2400, 1600)).save(big, quality=90)
+    encoder = Encoder.load(str(real_model))
+    with Store(db_uri, "images") as store:
+        index_folder(str(big.parent), encoder=encoder, store=store, workers=0)
+        stored = np.asarray(store.get([str(big)], fields=["vector"])[str(big)]["vector"])
+    with SearchClient(uri=db_uri, encoder=encoder) as client:
+        for query in (str(big), big.read_bytes()):
+            hit = client.search(query, k=1)[0]  # the same vector, not merely a close one (full decode: ~1e-4 off)
+            assert hit.path == str(big) and hit.score == pytest.approx(1.0, abs=2e-6)
+    assert np.linalg.norm(stored) == pytest.approx(1.0, abs=1e-5)
+
+
+def photos_dir():
+    from conftest import EXAMPLES
+
+    return EXAMPLES / "images"
+
+
+def test_a_huge_png_query_is_refused_before_decoding(indexed):
+    from hostile import png_claiming
+
+    _, uri = indexed
+    with SearchClient(uri=uri) as client:
+        with pytest.raises(BadImageError, match="13000x13000 = 169 megapixels.*VITSEARCH_MAX_IMAGE_PIXELS"):
+            client.search(png_claiming(13000, 13000), k=3)

@@ -116,8 +116,8 @@ def test_vit_families_give_their_cls_token(kind, tmp_path):
     ours = enc.embed([str(p) for p in PHOTOS[:3]])
     assert ours.shape == (3, 32)
     tower = model.vision_model if kind == "clip" else model  # CLIP: the vision tower only
-    pixels = AutoImageProcessor.from_pretrained(tmp_path)(
-        images=[Image.open(p).convert("RGB") for p in PHOTOS[:3]], return_tensors="pt")["pixel_values"]
+    decoded = [enc.preprocessor.load(str(p)) for p in PHOTOS[:3]]  # as the product decodes (reduced-scale JPEG)
+    pixels = AutoImageProcessor.from_pretrained(tmp_path)(images=decoded, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         ref = tower(pixel_values=pixels).last_hidden_state[:, 0].numpy()
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
@@ -201,8 +201,9 @@ def test_pooling_is_recorded_and_a_mismatch_refused(photos, db_uri, tiny_model):
         Encoder.load(str(tiny_model), pooling="max")
 
 
-def plain_at_size(folder, paths, size: int, **forward) -> np.ndarray:
-    """Reference at another input size: the processor set to ``size`` by hand, AutoModel's forward."""
+def plain_at_size(folder, paths, size: int, decode=None, **forward) -> np.ndarray:
+    """Reference at another input size: the processor set to ``size`` by hand, AutoModel's forward,
+    on the images ``decode(path)`` gives (default: a full decode with Pillow)."""
     from transformers import AutoImageProcessor, AutoModel
 
     processor = AutoImageProcessor.from_pretrained(folder)
@@ -212,7 +213,7 @@ def plain_at_size(folder, paths, size: int, **forward) -> np.ndarray:
     else:
         processor.size = {"height": size, "width": size}
     model = AutoModel.from_pretrained(folder).eval()
-    images = [Image.open(p).convert("RGB") for p in paths]
+    images = [decode(p) if decode else Image.open(p).convert("RGB") for p in paths]
     with torch.no_grad():
         cls = model(**processor(images=images, return_tensors="pt"), **forward).last_hidden_state[:, 0].numpy()
     return cls / np.linalg.norm(cls, axis=1, keepdims=True)
@@ -222,7 +223,7 @@ def test_image_size_interpolates_the_position_embeddings_of_a_vit(tiny_model):
     enc = Encoder.load(str(tiny_model), image_size=48)  # trained at 32: a 6x6 patch grid, not 4x4
     assert enc.info.image_size == "48x48" and enc.info.square_size == 48
     paths = [str(p) for p in PHOTOS[:3]]
-    want = plain_at_size(tiny_model, paths, 48, interpolate_pos_encoding=True)
+    want = plain_at_size(tiny_model, paths, 48, decode=enc.preprocessor.load, interpolate_pos_encoding=True)
     np.testing.assert_allclose(enc.embed(paths), want, atol=1e-5)
     with pytest.raises(ValueError):  # without interpolation the ViT refuses the larger input
         plain_at_size(tiny_model, paths, 48)
@@ -235,7 +236,8 @@ def test_image_size_on_dinov2_keeps_the_resize_to_crop_ratio(real_model):
     enc = Encoder.load(str(real_model), image_size=336)
     assert enc.preprocessor.short_edge == 384 and enc.preprocessor.crop_hw == (336, 336)
     paths = [str(p) for p in PHOTOS[:2]]
-    np.testing.assert_allclose(enc.embed(paths), plain_at_size(real_model, paths, 336), atol=1e-4)
+    np.testing.assert_allclose(enc.embed(paths), plain_at_size(real_model, paths, 336, decode=enc.preprocessor.load),
+                               atol=1e-4)
 
 
 def test_image_size_is_recorded_reused_and_a_mismatch_refused(photos, db_uri, tiny_model):
@@ -256,3 +258,22 @@ def test_image_size_is_recorded_reused_and_a_mismatch_refused(photos, db_uri, ti
     with pytest.raises(EncoderMismatchError, match="48x48, not 32x32"):
         SearchClient(uri=db_uri, image_size=32)
     assert SearchClient(uri=db_uri, image_size=48).encoder.info.image_size == "48x48"
+
+
+def test_a_text_model_is_refused_as_not_a_vision_transformer(tmp_path):
+    from transformers import BertConfig, BertModel, ViTImageProcessor
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=100)).save_pretrained(tmp_path)
+    ViTImageProcessor().save_pretrained(tmp_path)
+    with pytest.raises(ModelNotFoundError, match="BertModel.*not a ViT-family vision model"):
+        Encoder.load(str(tmp_path))
+
+
+def test_a_vision_model_without_a_class_token_is_refused(tmp_path):
+    from transformers import ConvNextConfig, ConvNextImageProcessor, ConvNextModel
+
+    ConvNextModel(ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1])).save_pretrained(tmp_path)
+    ConvNextImageProcessor().save_pretrained(tmp_path)
+    with pytest.raises(ModelNotFoundError, match="ConvNextModel.*not a ViT-family vision model"):
+        Encoder.load(str(tmp_path))

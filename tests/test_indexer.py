@@ -14,7 +14,7 @@ from vitsearch.indexer.scan import scan
 from vitsearch.search.config import Settings
 from vitsearch.search.encoder import Encoder
 from vitsearch.search.errors import EncoderMismatchError
-from vitsearch.search.store import Store
+from vitsearch.search.store import META_FIELDS, Store
 
 from conftest import EXAMPLES
 
@@ -31,8 +31,8 @@ def run(folder, uri, encoder, **kw):
 
 def rows(uri) -> dict[str, dict]:
     with Store(uri, "images") as store:
-        return {r["path"]: r for r in store.iter_rows(["size", "mtime", "width", "height", "sha256",
-                                                        "folder", "vector"])}
+        return {r["path"]: r for r in store.iter_rows(["size", "mtime", "ctime_ns", "inode", "width", "height",
+                                                        "sha256", "folder", "vector"])}
 
 
 def test_scan_is_recursive_sorted_and_filters_extensions(photos):
@@ -235,3 +235,98 @@ def test_batch_size_for_memory():
     assert fit_batch(budget_bytes=10 * 2**30, per_image_bytes=1 * 2**20) == 1024  # capped
     assert fit_batch(budget_bytes=100 * 2**20, per_image_bytes=20 * 2**20) == 32  # floor
     assert batch_size_for(type("E", (), {"device": __import__("torch").device("cpu")})()) == DEFAULT_BATCH_SIZE
+
+
+# --- bytes you can trust: what a user (or a sync tool) can set back is not trusted --------------
+
+def test_a_file_swapped_keeping_size_and_mtime_is_re_embedded(tmp_path, db_uri, tiny):
+    folder = tmp_path / "swap"
+    folder.mkdir()
+    a, b = hostile_pair(folder)
+    run(folder, db_uri, tiny, workers=0)
+    before = rows(db_uri)
+    st_a = os.stat(a)
+    os.replace(b, a)  # b's bytes (same size) now under a's name, mtime set back: `cp -p`, `touch -r`
+    os.utime(a, ns=(st_a.st_atime_ns, st_a.st_mtime_ns))
+    assert os.stat(a).st_size == st_a.st_size and os.stat(a).st_mtime_ns == st_a.st_mtime_ns
+    again = run(folder, db_uri, tiny, workers=0)
+    assert again.indexed == 1
+    after = rows(db_uri)[str(a)]
+    import hashlib
+    assert after["sha256"] == hashlib.sha256(a.read_bytes()).hexdigest() != before[str(a)]["sha256"]
+    assert not np.allclose(after["vector"], before[str(a)]["vector"])
+
+
+def hostile_pair(folder):
+    """Two different images of exactly the same size in bytes (BMPs of equal dimensions)."""
+    from PIL import Image
+
+    a, b = folder / "a.bmp", folder / "b.bmp"
+    Image.open(EXAMPLES / "images" / "cat.jpg").convert("RGB").resize((40, 30)).save(a)
+    Image.open(EXAMPLES / "images" / "coffee.jpg").convert("RGB").resize((40, 30)).save(b)
+    assert a.stat().st_size == b.stat().st_size
+    return a, b
+
+
+def test_a_changed_ctime_with_the_same_bytes_is_rehashed_not_re_embedded(photos, db_uri, tiny, monkeypatch):
+    run(photos, db_uri, tiny, workers=0)
+    before = rows(db_uri)
+    os.chmod(photos / "cat.jpg", 0o600)  # ctime changes, bytes do not
+    embedded = []
+    real = tiny.embed_pixels
+    monkeypatch.setattr(tiny, "embed_pixels", lambda px: embedded.append(len(px)) or real(px))
+    again = run(photos, db_uri, tiny, workers=0)
+    assert (again.indexed, again.unchanged, again.rehashed) == (0, 11, 1) and embedded == []
+    after = rows(db_uri)[str(photos / "cat.jpg")]
+    assert after["ctime_ns"] == os.stat(photos / "cat.jpg").st_ctime_ns != before[str(photos / "cat.jpg")]["ctime_ns"]
+    np.testing.assert_allclose(after["vector"], before[str(photos / "cat.jpg")]["vector"])
+    assert run(photos, db_uri, tiny, workers=0).rehashed == 0  # the row now matches
+
+
+def test_verify_rehashes_every_file_and_re_embeds_only_what_changed(photos, db_uri, tiny):
+    run(photos, db_uri, tiny, workers=0)
+    with Store(db_uri, "images") as store:  # a stale row: its sha256 no longer matches the bytes
+        row = store.get([str(photos / "coffee.jpg")], fields=[*META_FIELDS, "vector"])[str(photos / "coffee.jpg")]
+        store.upsert([{**row, "sha256": "0" * 64}])
+    plain = run(photos, db_uri, tiny, workers=0)
+    assert plain.indexed == 0  # metadata all match: not read
+    verified = run(photos, db_uri, tiny, workers=2, verify=True)
+    assert (verified.indexed, verified.unchanged, verified.rehashed) == (1, 10, 11)
+
+
+def test_prune_removes_rows_of_paths_that_are_no_longer_regular_files(photos, db_uri, tiny):
+    run(photos, db_uri, tiny, workers=0)
+    (photos / "cat.jpg").unlink()
+    (photos / "cat.jpg").mkdir()  # a folder of the same name
+    import socket
+    (photos / "coffee.jpg").unlink()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(photos / "coffee.jpg"))  # a socket of the same name
+        report = run(photos, db_uri, tiny, workers=0, prune=True)
+    assert report.removed == 2
+    assert str(photos / "cat.jpg") not in rows(db_uri) and str(photos / "coffee.jpg") not in rows(db_uri)
+    assert len(rows(db_uri)) == 9
+
+
+def test_a_crafted_name_cannot_widen_prune(tmp_path, db_uri, tiny):
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    for d in (mine, theirs):
+        d.mkdir()
+        shutil.copy(EXAMPLES / "images" / "cat.jpg", d / "cat.jpg")
+    crafted = mine / "x'] or path like '%' or path in ['y.jpg"
+    shutil.copy(EXAMPLES / "images" / "coffee.jpg", crafted)
+    run(mine, db_uri, tiny, workers=0)
+    run(theirs, db_uri, tiny, workers=0)
+    crafted.unlink()
+    assert run(mine, db_uri, tiny, workers=0, prune=True).removed == 1
+    assert set(rows(db_uri)) == {str(mine / "cat.jpg"), str(theirs / "cat.jpg")}
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(photos, db_uri, tiny):
+    big = photos / "sparse.jpg"
+    with open(big, "wb") as f:  # 3 GB on paper, a few bytes on disk
+        f.write((photos / "cat.jpg").read_bytes()[:100])
+        f.truncate(3 * 2**30)
+    report = run(photos, db_uri, tiny, workers=0)
+    assert report.indexed == 11
+    assert dict(report.failures) == {str(big): "file is 3072.0 MB, over the limit of 200 MB (VITSEARCH_MAX_FILE_MB)"}

@@ -8,6 +8,7 @@ sharing it (plain pymilvus) gives a clear error after the wait.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -34,7 +35,7 @@ OTHER = textwrap.dedent("""
     v = np.random.default_rng(7).normal(size=(n, info.dim)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     store.upsert([{"path": f"/other/{i}.jpg", "vector": v[i], "folder": "/other", "size": i,
-                   "mtime": 0.0, "width": 1, "height": 1, "sha256": "0" * 64, "indexed_at": 0.0}
+                   "mtime": 0.0, "ctime_ns": 0, "inode": i, "width": 1, "height": 1, "sha256": "0" * 64, "indexed_at": 0.0}
                   for i in range(n)])
     print(json.dumps({"served_here": store._served_here, "count": store.count()}), flush=True)
     sys.stdin.readline()
@@ -121,3 +122,112 @@ def test_an_old_single_file_database_is_refused_clearly(tmp_path):
     with pytest.raises(StoreError, match="not a Milvus Lite database directory"):
         Store(str(old), "images")
     assert old.read_bytes() == b"SQLite format 3\0"  # untouched
+
+
+# --- a --uri that cannot be a database gets its real reason, and nothing is written ------------
+
+def test_a_uri_under_a_regular_file_is_refused(tmp_path):
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    with pytest.raises(StoreError, match=r"photo.jpg is a file, not a folder"):
+        Store(str(tmp_path / "photo.jpg" / "milvus.db"), "images")
+
+
+def test_a_folder_that_is_not_a_lite_database_is_refused_untouched(photos):
+    before = sorted(p.name for p in photos.iterdir())
+    with pytest.raises(StoreError, match="is a folder that is not a Milvus Lite database"):
+        Store(str(photos), "images")
+    assert sorted(p.name for p in photos.iterdir()) == before  # no LOCK, no collections/ written into it
+
+
+def test_an_empty_uri_is_refused():
+    from vitsearch.search.config import Settings
+
+    with pytest.raises(ValueError, match="empty"):
+        Settings(uri="")
+    with pytest.raises(StoreError, match="empty"):
+        Store("", "images")
+
+
+def run_without_root_file_access(code: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -c code args`` where file permissions apply also to root: under util-linux's
+    ``setpriv`` without CAP_DAC_OVERRIDE (no Python runs between fork and exec, unlike a
+    ``preexec_fn`` in this process full of gRPC threads), else with hostile.py's ``preexec_fn``."""
+    import shutil
+
+    from hostile import without_root_file_access
+
+    cmd = [sys.executable, "-c", code, *args]
+    if os.geteuid() == 0 and shutil.which("setpriv"):
+        return subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *cmd],
+                              capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, preexec_fn=without_root_file_access)
+
+
+def test_a_read_only_database_says_why(db_uri):
+    import os
+    from pathlib import Path
+
+    from vitsearch.search.lite import release
+
+    with Store(db_uri, "images") as store:
+        store.ensure(INFO)
+    release(Path(db_uri))  # this process no longer serves it: the next one opens it itself
+    for p in [Path(db_uri), *Path(db_uri).rglob("*")]:
+        p.chmod(p.stat().st_mode & ~0o222)
+    try:
+        if run_without_root_file_access("import sys; open(sys.argv[1], 'r+b')", db_uri + "/LOCK").returncode == 0:
+            pytest.skip("file permissions do not apply to this process (root that cannot drop its access)")
+        out = run_without_root_file_access(
+            "import sys\nfrom vitsearch.search.store import Store\n"
+            "try:\n    Store(sys.argv[1], 'images')\nexcept Exception as e:\n    print(type(e).__name__, e)", db_uri)
+        assert "StoreError" in out.stdout and "Permission denied" in out.stdout, (out.stdout, out.stderr[-3000:], out.returncode)
+        assert "read-only" in out.stdout and "unknown error" not in out.stdout
+    finally:
+        for p in [Path(db_uri), *Path(db_uri).rglob("*")]:
+            p.chmod(p.stat().st_mode | 0o200)
+    assert os.access(db_uri, os.W_OK)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 8 MB filesystem (tmpfs), to fill up; skipped where mounting is not allowed."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a small tmpfs to fill up here: {made.stderr.strip()} (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_leaves_no_temp_files_and_reads_still_work(small_disk, photos, tiny_model):
+    vitsearch = [sys.executable, "-c", "from vitsearch.search.cli import main; main()"]
+    db = small_disk / "milvus.db"
+
+    def cli(*args):
+        return subprocess.run([*vitsearch, *map(str, args), "--uri", db], capture_output=True, text=True, timeout=300)
+
+    assert cli("index", photos, "--model", tiny_model, "--workers", 0).returncode == 0
+    fill = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)  # fill the disk to the last byte
+    for block in (65536, 512, 1):
+        try:
+            while True:
+                os.write(fill, b"\0" * block)
+        except OSError:
+            pass
+    os.close(fill)
+    stats = cli("stats", "--json")  # a new process that serves the database and cannot publish its endpoint
+    assert stats.returncode == 0 and json.loads(stats.stdout)["count"] == 11, stats.stderr
+    assert "Traceback" not in stats.stderr
+    found = cli("search", photos / "cat.jpg", "-k", 1, "--json")  # loading the collection writes nothing
+    assert found.returncode == 0 and json.loads(found.stdout)[0]["path"] == str(photos / "cat.jpg")
+    leftovers = [p.name for p in db.iterdir() if p.name.startswith(".") and "endpoint" in p.name]
+    assert leftovers == []
+    more = photos / "more"
+    more.mkdir()
+    (more / "again.jpg").write_bytes((photos / "cat.jpg").read_bytes())
+    full = cli("index", more)
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr
+    assert "error: Milvus at" in full.stderr and "No space left on device" in full.stderr
+    stats = cli("stats", "--json")
+    assert stats.returncode == 0 and json.loads(stats.stdout)["count"] >= 11  # nothing indexed was lost

@@ -24,7 +24,7 @@ from vitsearch.search.encoder import Encoder  # noqa: E402
 from vitsearch.search.errors import StoreError  # noqa: E402
 from vitsearch.search.store import Store  # noqa: E402
 
-FIELDS = ["size", "mtime", "width", "height", "sha256", "folder", "vector"]
+FIELDS = ["size", "mtime", "ctime_ns", "inode", "width", "height", "sha256", "folder", "vector"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -65,10 +65,15 @@ def test_same_rows_and_vectors_as_the_local_engine(photos, tmp_path, tiny):
 
     again = ray_index(photos, str(tmp_path / "ray.db"), tiny)  # incremental, as the local engine
     assert (again.indexed, again.unchanged) == (0, 11)
-    os.utime(photos / "cat.jpg", (1, 1))
+    os.utime(photos / "cat.jpg", (1, 1))  # touched, the same bytes: hashed, not embedded, row refreshed
+    touched = ray_index(photos, str(tmp_path / "ray.db"), tiny)
+    assert (touched.indexed, touched.unchanged, touched.rehashed) == (0, 11, 1)
+    assert rows(str(tmp_path / "ray.db"))[str(photos / "cat.jpg")]["mtime"] == 1
+    st = os.stat(photos / "cat.jpg")
+    (photos / "cat.jpg").write_bytes((photos / "coffee.jpg").read_bytes())  # new bytes
     changed = ray_index(photos, str(tmp_path / "ray.db"), tiny)
     assert (changed.indexed, changed.unchanged) == (1, 10)
-    assert rows(str(tmp_path / "ray.db"))[str(photos / "cat.jpg")]["mtime"] == 1
+    assert rows(str(tmp_path / "ray.db"))[str(photos / "cat.jpg")]["size"] == (photos / "coffee.jpg").stat().st_size != st.st_size
 
 
 def test_a_uri_source_is_read_through_pyarrow(photos, tmp_path, tiny):

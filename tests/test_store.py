@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from vitsearch.search.encoder import EncoderInfo
 from vitsearch.search.errors import BadQueryError, CollectionNotFoundError, EncoderMismatchError, StoreError
 from vitsearch.search.store import Store
+
+from conftest import examples
 
 INFO = EncoderInfo(model="m", weights_sha256="a" * 64, dim=16, pooling="cls", image_size="32x32")
 
@@ -18,8 +22,8 @@ def make_rows(n: int, seed: int = 0) -> tuple[list[dict], np.ndarray]:
     v = rng.normal(size=(n, INFO.dim)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     rows = [{"path": f"/photos/{i % 3}/img_{i}.jpg", "vector": v[i], "folder": f"/photos/{i % 3}",
-             "size": 1000 + i, "mtime": 1.7e9 + i / 7, "width": 100 + i, "height": 50,
-             "sha256": f"{i:064x}", "indexed_at": 1.8e9} for i in range(n)]
+             "size": 1000 + i, "mtime": 1.7e9 + i / 7, "ctime_ns": 1_700_000_000_000_000_000 + i, "inode": 2**63 - 1 - i,
+             "width": 100 + i, "height": 50, "sha256": f"{i:064x}", "indexed_at": 1.8e9} for i in range(n)]
     return rows, v
 
 
@@ -135,3 +139,88 @@ def test_the_token_is_never_shown(monkeypatch):
     with pytest.raises(StoreError) as error:
         Store.from_settings(settings)
     assert "127.0.0.1:9" in str(error.value) and "s3cret" not in str(error.value)
+
+
+# --- expressions: the one escaping function, against the real parser of each backend -----------
+
+def test_literal_follows_the_milvus_string_grammar():
+    import re
+
+    from vitsearch.search.store import literal
+
+    # Plan.g4: StringLiteral '"' (~["\\\r\n] | EscapeSequence)* '"'; both backends accept \\ \" \n \r.
+    grammar = re.compile(r'"(?:[^"\\\r\n]|\\[\\"nr])*"', re.S)
+    for value in ["", "plain", "John's", 'say "hi"', "a\\b", "trail\\", "new\nline", "cr\r", "tab\t",
+                  "%_*", "\\n", "é", "e\u0301", "\U0001f600", "\x01\x7f", "x'] or path like '%"]:
+        assert grammar.fullmatch(literal(value)), value
+
+
+@settings(max_examples=examples(lite=60, server=6), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=st.lists(st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=30)
+                      .map(lambda s: s.replace("\0", "").replace("/", "")).filter(bool),
+                      min_size=2, max_size=8, unique=True))
+def test_any_path_is_stored_found_and_deleted_by_itself(names, db_uri):
+    prefix = f"/example-{abs(hash(tuple(names)))}"  # one collection for every example, a folder each
+    paths = [f"{prefix}/{n}" for n in names]
+    rows, _ = make_rows(len(paths))
+    rows = [{**r, "path": p, "folder": prefix} for r, p in zip(rows, paths)]
+    with Store(db_uri, "names") as store:
+        store.ensure(INFO)
+        store.upsert(rows)
+        assert set(store.get(paths)) == set(paths)
+        assert {r["path"] for r in store.iter_rows(folder=prefix, batch_size=3)} == set(paths)
+        store.delete(paths[:1])
+        assert {r["path"] for r in store.iter_rows(folder=prefix)} == set(paths[1:])
+        store.delete(paths[1:])
+        assert list(store.iter_rows(folder=prefix)) == []
+
+
+@pytest.mark.parametrize("bad", ["1==1) or (1==1", "(width > 1", "width > 1)", 'folder == "x', "folder == 'x",
+                                 "]", "path in [\"a\"", "width > 1) or path != (\"x\""])
+def test_a_filter_that_is_not_one_balanced_expression_is_refused(db_uri, bad):
+    rows, v = make_rows(6)
+    with Store(db_uri, "images") as store:
+        store.ensure(INFO)
+        store.upsert(rows)
+        with pytest.raises(BadQueryError, match="one boolean expression"):
+            store.search(v[:1], k=3, filter=bad)
+        ok = store.search(v[:1], k=6, filter='(width > 100) and folder != ")"', exclude=[rows[0]["path"]])[0]
+        assert {h.path for h in ok} == {r["path"] for r in rows[1:]}  # parentheses inside a literal are fine
+
+
+def test_a_schema_1_collection_is_searchable_and_upgraded_without_losing_rows(db_uri):
+    from pymilvus import DataType, MilvusClient
+
+    from vitsearch.search.store import SCHEMA_VERSION
+
+    rows, v = make_rows(40)
+    with Store(db_uri, "images") as store:
+        client = store._client  # a collection exactly as vitsearch 0.1 (schema 1) made it
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("path", DataType.VARCHAR, is_primary=True, max_length=4096)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=INFO.dim)
+        schema.add_field("folder", DataType.VARCHAR, max_length=4096)
+        for name in ("size", "width", "height"):
+            schema.add_field(name, DataType.INT64)
+        for name in ("mtime", "indexed_at"):
+            schema.add_field(name, DataType.DOUBLE)
+        schema.add_field("sha256", DataType.VARCHAR, max_length=64)
+        index = client.prepare_index_params()
+        index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200})
+        client.create_collection("images", schema=schema, index_params=index, consistency_level="Strong",
+                                 properties={"vitsearch.encoder": INFO.to_json(), "vitsearch.schema_version": "1"})
+        client.insert("images", [{k: (val.tolist() if k == "vector" else val) for k, val in r.items()
+                                  if k not in ("ctime_ns", "inode")} for r in rows])
+    with Store(db_uri, "images") as store:
+        before = store.search(v[:1], k=5)[0]
+        assert before[0].path == rows[0]["path"] and before[0].fields["inode"] == -1  # readable as it is
+        assert store.upgrade() == 40
+        assert store.properties()["vitsearch.schema_version"] == SCHEMA_VERSION
+        got = store.get([r["path"] for r in rows], fields=["vector", "size", "ctime_ns", "inode", "sha256"])
+        assert len(got) == 40 and store.count() == 40
+        for r in rows:
+            np.testing.assert_allclose(got[r["path"]]["vector"], r["vector"], rtol=1e-6)
+            assert got[r["path"]]["size"] == r["size"] and got[r["path"]]["ctime_ns"] == -1
+        assert [h.path for h in store.search(v[:1], k=5)[0]] == [h.path for h in before]
+        assert store.upgrade() == 0  # already current

@@ -6,6 +6,7 @@ rows of the collection are read."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import pytest
@@ -47,19 +48,25 @@ def upload(at: AppTest, path, name: str | None = None, data: bytes | None = None
 
 
 def result_names(at: AppTest) -> list[str]:
-    """File names shown under the result thumbnails, in order (cells read "**score** · `name`")."""
-    return [m.value.split("`")[1] for m in at.markdown if " · `" in m.value]
+    """File names shown under the result thumbnails, in order (each grid cell: its score in bold,
+    then the name as plain text)."""
+    return [col.text[0].value for col in at.columns if col.text]
 
 
 def result_scores(at: AppTest) -> list[float]:
-    return [float(m.value.split("**")[1]) for m in at.markdown if " · `" in m.value]
+    return [float(col.markdown[0].value.strip("*")) for col in at.columns if col.text]
+
+
+def shown(markdown: str) -> str:
+    """What a Markdown message reads as on the page (backslash escapes undone)."""
+    return re.sub(r"\\(.)", r"\1", markdown)
 
 
 def test_upload_shows_the_query_and_a_grid_of_results_best_first(indexed, page):
     photos, uri = indexed
     at = page(uri)
     assert at.sidebar.get("metric")[0].value == "11"  # the collection's facts in the sidebar
-    sidebar_text = " ".join(m.value for m in at.sidebar.markdown)
+    sidebar_text = shown(" ".join(m.value for m in at.sidebar.markdown))
     assert "HNSW (COSINE)" in sidebar_text and uri in sidebar_text and "32-d" in sidebar_text
     upload(at, photos / "cat.jpg")
     names = result_names(at)
@@ -67,7 +74,7 @@ def test_upload_shows_the_query_and_a_grid_of_results_best_first(indexed, page):
     assert result_scores(at)[0] == pytest.approx(1.0, abs=1e-3)
     assert result_scores(at) == sorted(result_scores(at), reverse=True)
     images = at.get("image")
-    assert len(images) == 1 + 11 and images[0].captions == ["cat.jpg"]  # the query, then the grid
+    assert len(images) == 1 + 11 and at.text[0].value == "cat.jpg"  # the query (its name as text), then the grid
     assert "11 results in" in at.caption[0].value
     # The same ranking as SearchClient gives (the page has no search logic of its own).
     with SearchClient(uri=uri) as client:
@@ -126,7 +133,7 @@ def test_more_like_this_searches_with_the_stored_vector(indexed, page):
     with SearchClient(uri=uri) as client:
         expected = [os.path.basename(h.path) for h in client.search_similar(str(photos / second), k=12)]
     assert result_names(at) == expected and second not in expected
-    assert any(f"More like `{second}`" in m.value for m in at.markdown)
+    assert any(f"More like {second}" in shown(m.value) for m in at.markdown)
     next(b for b in at.button if b.label == "Back to my photo").click().run()
     assert at.session_state["similar"] is None and result_names(at)[0] == "cat.jpg"
 
@@ -157,7 +164,7 @@ def test_the_encoder_is_loaded_once_per_server_process(indexed, page, monkeypatc
 def test_a_bad_upload_gets_a_message_naming_it(indexed, page, name, data, message):
     _, uri = indexed
     at = upload(page(uri), EXAMPLES / "images" / "cat.jpg", name=name, data=data)
-    assert message in at.error[0].value
+    assert message in shown(at.error[0].value)
     assert result_names(at) == []
 
 
@@ -177,7 +184,7 @@ def test_a_collection_not_indexed_yet_says_what_to_do(db_uri, page):
 
 def test_a_milvus_server_that_does_not_answer_gets_a_message(page, monkeypatch):
     at = page("http://127.0.0.1:9")  # the discard port: nothing listens there
-    assert "Cannot open the collection" in at.error[0].value and "127.0.0.1:9" in at.error[0].value
+    assert "Cannot open the collection" in at.error[0].value and "127.0.0.1:9" in shown(at.error[0].value)
 
 
 def test_a_path_that_is_not_a_row_is_never_read(indexed, page, tmp_path):
@@ -202,21 +209,86 @@ def test_a_path_that_is_not_a_row_is_never_read(indexed, page, tmp_path):
     assert str(photos / "cat.jpg") in opened and str(outside) not in opened
 
 
-def test_thumbnails_are_bounded_and_read_only_the_indexed_file(tmp_path):
-    big = tmp_path / "big.jpg"
-    Image.open(EXAMPLES / "images" / "astronaut.jpg").resize((2400, 1600)).save(big, quality=90)
-    st_ = big.stat()
-    row = {"path": str(big), "size": st_.st_size, "mtime": st_.st_mtime}
+def test_thumbnails_are_bounded_and_read_only_the_indexed_bytes(tmp_path):
+    import hashlib
     import io
 
+    big = tmp_path / "big.jpg"
+    Image.open(EXAMPLES / "images" / "astronaut.jpg").resize((2400, 1600)).save(big, quality=90)
+    data = big.read_bytes()
+    row = {"path": str(big), "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     small = Image.open(io.BytesIO(thumbnail(row)))
     assert max(small.size) == THUMB_PX and small.size == (THUMB_PX, THUMB_PX * 2 // 3)
-    os.utime(big, (st_.st_atime, st_.st_mtime + 10))  # the file changed after indexing
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 1  # same size, same mtime kept, other bytes
+    st_ = big.stat()
+    big.write_bytes(bytes(flipped))
+    os.utime(big, ns=(st_.st_atime_ns, st_.st_mtime_ns))
     with pytest.raises(BadImageError, match="changed since it was indexed"):
         thumbnail(row)
     big.unlink()
     with pytest.raises(BadImageError, match="No such file"):
         thumbnail(row)
+
+
+def test_a_file_swapped_for_a_symlink_to_an_outside_image_shows_no_outside_pixels(photos, db_uri, tiny_model,
+                                                                                 page, tmp_path):
+    from vitsearch.indexer import index_folder
+    from vitsearch.search.encoder import Encoder
+    from vitsearch.search.store import Store
+
+    bait = photos / "bait.jpg"
+    bait.write_bytes((photos / "coffee.jpg").read_bytes())
+    with Store(db_uri, "images") as store:
+        index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
+    outside = tmp_path / "outside.jpg"  # another picture, padded to the bait's size, the bait's mtime
+    outside.write_bytes((photos / "cat.jpg").read_bytes())
+    padding = bait.stat().st_size - outside.stat().st_size
+    assert padding > 0
+    with open(outside, "ab") as f:
+        f.write(b"\0" * padding)  # a JPEG decoder ignores bytes after the end marker
+    st_ = bait.stat()
+    os.utime(outside, ns=(st_.st_atime_ns, st_.st_mtime_ns))
+    original = bait.read_bytes()
+    bait.unlink()
+    bait.symlink_to(outside)
+    assert bait.stat().st_size == st_.st_size and bait.stat().st_mtime_ns == st_.st_mtime_ns
+    at = upload(page(db_uri), bait, name="query.jpg", data=original)
+    names = result_names(at)
+    assert names[0] == "bait.jpg"
+    assert any("changed since it was indexed" in w.value for w in at.warning)
+    images = at.get("image")
+    assert len(images) == 1 + len(names) - 1  # the query and every result but the bait
+
+
+MARKDOWN_NAME = "**bold** _it_ :red[red] $x^2$ [link](http:x) <b>b</b> `code`.jpg"
+
+
+def test_upload_names_are_shown_as_plain_text(indexed, page):
+    photos, uri = indexed
+    at = upload(page(uri), photos / "cat.jpg", name=MARKDOWN_NAME)
+    assert MARKDOWN_NAME in [t.value for t in at.text]  # the query's name: st.text, never Markdown
+    rendered = [m.value for m in [*at.markdown, *at.caption, *at.error, *at.warning, *at.info]]
+    assert not any(MARKDOWN_NAME in value for value in rendered)
+    bad = upload(page(uri), photos / "cat.jpg", name=MARKDOWN_NAME, data=b"not an image")
+    assert bad.error and MARKDOWN_NAME not in bad.error[0].value  # the error names it escaped
+    assert plain_markdown(MARKDOWN_NAME) in bad.error[0].value
+
+
+def plain_markdown(text: str) -> str:
+    from vitsearch.ui.app import literal_markdown
+
+    return literal_markdown(text)
+
+
+def test_a_huge_png_upload_is_refused_from_its_header(indexed, page):
+    from hostile import blank_png
+
+    photos, uri = indexed
+    at = page(uri)
+    upload(at, photos / "cat.jpg", name="huge.png", data=blank_png(13000, 13000))  # decoding it takes >10 s
+    assert "huge.png: image too large: 13000x13000 = 169 megapixels" in shown(at.error[0].value)
+    assert result_names(at) == []
 
 
 @pytest.mark.parametrize("first", ["page", "indexer"])

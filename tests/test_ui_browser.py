@@ -42,3 +42,29 @@ def test_upload_see_results_and_more_like_this_in_chromium(indexed, tmp_path):
         results_shown(page, more[0], count=len(more))
         page.screenshot(path=tmp_path / "more-like-this.png", full_page=True)
         assert result_names(page) == more and second.name not in more and len(more) == len(expected) - 1
+
+
+def test_file_and_upload_names_are_shown_as_they_are_in_chromium(photos, db_uri, tiny_model, tmp_path):
+    """Markdown, HTML, Streamlit directives and emoji shortcodes in names are shown literally."""
+    import shutil
+
+    from vitsearch.indexer import index_folder
+    from vitsearch.search.encoder import Encoder
+    from vitsearch.search.store import Store
+
+    name = "**bold** _it_ :red[red] :tada: $x^2$ [link](http:x) <b>b<\\b> `code`.jpg"
+    shutil.copy(photos / "coffee.jpg", photos / name)
+    with Store(db_uri, "images") as store:
+        index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
+    bad = tmp_path / f"not an image {name}"
+    bad.write_bytes(b"<html>not an image</html>")
+    with ui_server(db_uri, tmp_path / "ui.log") as url, chromium_page() as page:
+        page.goto(url)
+        page.get_by_text("Drop a photo to find similar images").wait_for(timeout=120_000)
+        upload_and_wait(page, photos / name)
+        assert result_names(page)[0] == name  # the result card
+        assert name in page.get_by_test_id("stText").all_inner_texts()  # the query's own name
+        page.set_input_files("[data-testid=stFileUploaderDropzone] input[type=file]", str(bad))
+        page.get_by_test_id("stAlertContentError").wait_for(timeout=60_000)
+        assert page.get_by_test_id("stAlertContentError").inner_text() == f"{bad.name}: not a recognised image format"
+        page.screenshot(path=tmp_path / "names.png", full_page=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 
 import streamlit as st
@@ -18,7 +19,8 @@ import streamlit as st
 from vitsearch.search.client import Hit, SearchClient
 from vitsearch.search.config import Settings
 from vitsearch.search.errors import BadImageError, CollectionNotFoundError, VitsearchError
-from vitsearch.search.images import IMAGE_EXTENSIONS, decode_bytes
+from vitsearch.search.images import IMAGE_EXTENSIONS, Limits
+from vitsearch.search.paths import printable
 from vitsearch.ui.thumbnails import THUMB_PX, thumbnail, to_jpeg
 
 log = logging.getLogger("vitsearch.ui")
@@ -43,13 +45,25 @@ def open_client(uri: str, collection: str) -> SearchClient:
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)
-def cached_thumbnail(path: str, size: int, mtime: float) -> bytes | None:
-    """JPEG thumbnail of an indexed file, cached by the row's path, size and mtime."""
+def cached_thumbnail(path: str, size: int, sha256: str) -> bytes | None:
+    """JPEG thumbnail of an indexed file, cached by the row's path, size and sha256 (what is
+    shown is always the indexed bytes: see :func:`~vitsearch.ui.thumbnails.thumbnail`)."""
     try:
-        return thumbnail({"path": path, "size": size, "mtime": mtime})
+        return thumbnail({"path": path, "size": size, "sha256": sha256}, limits=Limits.from_settings(Settings()))
     except BadImageError as exc:
-        log.warning("no thumbnail: %s", exc)
+        log.warning("no thumbnail: %s", printable(str(exc)))
         return None
+
+
+_MARKDOWN_SYNTAX = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def literal_markdown(text: str) -> str:
+    """Markdown that shows ``text`` as it is: every ASCII punctuation character backslash-escaped
+    (CommonMark lets any be), control characters and bytes that are not UTF-8 spelled out
+    (:func:`~vitsearch.search.store.printable`). For file names and messages that hold them,
+    where Streamlit only takes Markdown (``st.error``, ``st.caption``)."""
+    return _MARKDOWN_SYNTAX.sub(r"\\\1", printable(text))
 
 
 def show_similar(path: str | None) -> None:
@@ -63,11 +77,11 @@ def sidebar(client: SearchClient) -> tuple[int, float, str]:
         stats = client.stats()
         st.metric("Images", f"{stats['count']:,}")
         st.markdown(
-            f"**Model** `{stats['model']}`  \n"
+            f"**Model** {literal_markdown(stats['model'])}  \n"
             f"**Embedding** {stats['dim']}-d, {stats['pooling'].upper()} token  \n"
             f"**Index** {stats['index_type']} ({stats['metric_type']})  \n"
-            f"**Collection** `{stats['collection']}`  \n"
-            f"**URI** `{stats['uri']}`")
+            f"**Collection** {literal_markdown(stats['collection'])}  \n"
+            f"**URI** {literal_markdown(stats['uri'])}")
         st.header("Search")
         k = st.slider("Results (top-k)", 1, K_MAX, K_DEFAULT, key="k")
         min_score = st.slider("Minimum score", 0.0, 1.0, 0.0, 0.01, key="min_score",
@@ -89,25 +103,27 @@ def query_image(max_upload_mb: int):
     if upload is None:
         return None
     if upload.size > max_upload_mb * 1024 * 1024:
-        st.error(f"{upload.name} is {upload.size / 2**20:.1f} MB: the limit is {max_upload_mb} MB "
-                 f"(vitsearch ui --max-upload-mb, or VITSEARCH_MAX_UPLOAD_MB)")
+        st.error(literal_markdown(f"{upload.name} is {upload.size / 2**20:.1f} MB: the limit is {max_upload_mb} MB "
+                                  f"(vitsearch ui --max-upload-mb, or VITSEARCH_MAX_UPLOAD_MB)"))
         return None
     return upload.name, upload.getvalue()
 
 
 def results_grid(hits: list[Hit]) -> None:
-    """Thumbnails of the hits in rows of :data:`GRID_COLUMNS`, each with "More like this"."""
+    """Thumbnails of the hits in rows of :data:`GRID_COLUMNS`, each with "More like this". File
+    and folder names are plain text, never Markdown."""
     for start in range(0, len(hits), GRID_COLUMNS):
         for col, (rank, hit) in zip(st.columns(GRID_COLUMNS), enumerate(hits[start:start + GRID_COLUMNS], start + 1)):
             with col.container(border=True):
                 meta = hit.metadata
-                thumb = cached_thumbnail(hit.path, int(meta["size"]), float(meta["mtime"]))
+                thumb = cached_thumbnail(hit.path, int(meta["size"]), meta["sha256"])
                 if thumb is None:
-                    st.warning("file changed or gone since indexing")
+                    st.warning("changed since it was indexed, or gone: run vitsearch index again")
                 else:
                     st.image(thumb, width="stretch")
-                st.markdown(f"**{hit.score:.3f}** · `{os.path.basename(hit.path)}`", help=hit.path)
-                st.caption(meta["folder"])
+                st.markdown(f"**{hit.score:.3f}**")
+                st.text(printable(os.path.basename(hit.path)), help=printable(hit.path))
+                st.caption(literal_markdown(meta["folder"]))
                 st.button("More like this", key=f"more-{rank}", on_click=show_similar, args=(hit.path,))
 
 
@@ -119,12 +135,12 @@ def main() -> None:
     try:
         client = open_client(uri, collection)
     except CollectionNotFoundError:
-        st.info(f"Collection `{collection}` at `{uri}` has no images yet: index a folder first: "
-                f"`vitsearch index DIR`")
+        st.info(f"Collection {literal_markdown(collection)} at {literal_markdown(uri)} has no images yet: "
+                f"index a folder first: `vitsearch index DIR`")
         st.button("Check again")
         return
     except VitsearchError as exc:
-        st.error(f"Cannot open the collection: {exc}")
+        st.error(f"Cannot open the collection: {literal_markdown(str(exc))}")
         st.button("Retry")
         return
     k, min_score, folder = sidebar(client)
@@ -134,13 +150,15 @@ def main() -> None:
     started = time.perf_counter()
     if similar:
         with st.container(horizontal=True, vertical_alignment="center"):
-            st.markdown(f"More like `{os.path.basename(similar)}` (`{os.path.dirname(similar)}`)")
+            st.markdown(f"More like {literal_markdown(os.path.basename(similar))} "
+                        f"({literal_markdown(os.path.dirname(similar))})")
             st.button("Back to my photo", on_click=show_similar, args=(None,))
         hits = client.search_similar(similar, k=k, folder=folder or None)
     elif query is not None:
         name, data = query
-        picture = decode_bytes(data, name)
-        st.image(to_jpeg(picture, 2 * THUMB_PX), caption=name, width=THUMB_PX)
+        picture = client.load(data, name)  # decoded as the indexer decodes: reduced scale, same limits
+        st.image(to_jpeg(picture, 2 * THUMB_PX), width=THUMB_PX)
+        st.text(printable(name))
         with st.spinner("Searching…"):
             hits = client.search(picture, k=k, folder=folder or None)
     else:
@@ -159,10 +177,10 @@ def run() -> None:
     try:
         main()
     except VitsearchError as exc:
-        st.error(str(exc))
+        st.error(literal_markdown(str(exc)))
     except Exception as exc:  # the page must never show a traceback; the server log keeps it
         log.exception("unexpected error")
-        st.error(f"Unexpected error ({type(exc).__name__}: {exc}); the server log has the details.")
+        st.error(literal_markdown(f"Unexpected error ({type(exc).__name__}: {exc}); the server log has the details."))
 
 
 run()

@@ -1,19 +1,20 @@
 """Bounded-size JPEG thumbnails for the page, made on the server.
 
 Only rows of the collection are ever read: :func:`thumbnail` takes a row (``path``, ``size``,
-``mtime`` as the indexer stored them), never a bare path, and reads the file only while it is
-still the file that was indexed.
+``sha256`` as the indexer stored them), never a bare path, and shows a file only if its bytes are
+the bytes that were indexed: a file replaced since (also by a symlink to an image elsewhere,
+with the same size and mtime) shows nothing.
 """
 from __future__ import annotations
 
+import hashlib
 import io
-import os
 from typing import Any, Mapping
 
 from PIL import Image
 
 from vitsearch.search.errors import BadImageError
-from vitsearch.search.images import decode_bytes, read_file
+from vitsearch.search.images import Limits, decode_bytes, read_file
 
 #: Longest side of a result thumbnail, in pixels (a grid cell is at most ~300 CSS px wide).
 THUMB_PX = 320
@@ -30,22 +31,20 @@ def to_jpeg(img: Image.Image, max_px: int = THUMB_PX) -> bytes:
     return buf.getvalue()
 
 
-def thumbnail(row: Mapping[str, Any], max_px: int = THUMB_PX) -> bytes:
+def thumbnail(row: Mapping[str, Any], max_px: int = THUMB_PX, limits: Limits = Limits()) -> bytes:
     """A JPEG thumbnail (longest side ≤ ``max_px``) of an indexed image file.
 
     Args:
-        row: the collection's row of the file: ``path``, ``size`` (bytes) and ``mtime``
-            (Unix seconds) as stored by the indexer.
+        row: the collection's row of the file: ``path``, ``size`` (bytes) and ``sha256`` as
+            stored by the indexer.
+        limits: what reading and decoding the file may cost.
 
     Raises:
-        BadImageError: the file is gone, unreadable, undecodable, or no longer the file that was
-            indexed (its size or mtime changed): it is then not read.
+        BadImageError: the file is gone, unreadable, undecodable, or not the bytes that were
+            indexed (another size: not read; another sha256: not decoded).
     """
     path = row["path"]
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise BadImageError(path, exc.strerror or str(exc)) from None
-    if st.st_size != row["size"] or abs(st.st_mtime - row["mtime"]) > 1e-3:
+    data = read_file(path, limits, size=int(row["size"]))
+    if hashlib.sha256(data).hexdigest() != row["sha256"]:
         raise BadImageError(path, "changed since it was indexed: run vitsearch index again")
-    return to_jpeg(decode_bytes(read_file(path), path, draft_px=max_px), max_px)
+    return to_jpeg(decode_bytes(data, path, draft_px=max_px, limits=limits), max_px)
