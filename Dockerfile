@@ -9,6 +9,8 @@ COPY pyproject.toml README.md ./
 COPY search search
 COPY indexer indexer
 COPY ui ui
+COPY cli cli
+COPY train train
 RUN pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url $TORCH_INDEX_URL} torch==2.13.0 \
     && pip install --no-cache-dir .
 

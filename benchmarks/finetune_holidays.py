@@ -24,10 +24,10 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from vitsearch.search.train import train
+from vitsearch.train import train
 
 SHARED = Path(os.environ.get("VITSEARCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-VITSEARCH = [sys.executable, "-c", "from vitsearch.search.cli import main; main()"]
+VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
 
 
 def class_folders(holidays: Path, out: Path, parity: int, at_least: int) -> int:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from vitsearch.search.config import DEFAULT_BATCH_SIZE
 from vitsearch.search.encoder import Encoder
 from vitsearch.search.images import is_image_file, load_image
 
@@ -114,7 +115,7 @@ def main() -> None:
     ap.add_argument("--model", default=str(SHARED / "models" / "dinov2-small-9l"))
     ap.add_argument("--limit", type=int, default=400, help="distinct images taken from FOLDER")
     ap.add_argument("--replicate", type=int, default=1, help="link each image this many times")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None)
@@ -146,7 +147,7 @@ def main() -> None:
         env = {**os.environ, "VITSEARCH_DATA_DIR": str(tmp / "data")}
 
         def vitsearch_index(db: str, *extra: str) -> tuple[dict, float, float]:
-            cmd = [sys.executable, "-c", "from vitsearch.search.cli import main; main()", "index", str(folder),
+            cmd = [sys.executable, "-c", "from vitsearch.cli import main; main()", "index", str(folder),
                    "--model", model, "--uri", str(tmp / db), "--batch-size", str(args.batch_size), "--json",
                    *extra]
             if args.device:

@@ -43,7 +43,7 @@ def base_embeddings(folder: str, model: str, cache: Path) -> tuple[np.ndarray, E
         saved = np.load(path)
         return saved["vectors"], EncoderInfo.from_json(str(saved["info"]))
     encoder = Encoder.load(model)
-    vectors = encoder.embed(files, batch_size=32)
+    vectors = encoder.embed(files)
     np.savez(path, vectors=vectors, info=encoder.info.to_json())
     return vectors, encoder.info
 

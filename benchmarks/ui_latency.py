@@ -53,7 +53,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         uri = str(Path(tmp) / "milvus.db")
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "from vitsearch.search.cli import main; main()", "index",
+        subprocess.run([sys.executable, "-c", "from vitsearch.cli import main; main()", "index",
                         args.folder, "--model", args.model, "--uri", uri], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         index_s = time.perf_counter() - t

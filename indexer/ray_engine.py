@@ -34,14 +34,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from vitsearch.search.config import Settings
-from vitsearch.search.encoder import Encoder, EncoderInfo
+from vitsearch.search.config import DEFAULT_BATCH_SIZE, Settings
+from vitsearch.search.encoder import Encoder, EncoderInfo, encoder_for
 from vitsearch.search.errors import BadImageError, StoreError, VitsearchError
 from vitsearch.search.images import Limits, read_file
-from vitsearch.search.lease import writer_lease
 from vitsearch.search.paths import path_from_stored, stored_path
 from vitsearch.search.preprocess import Preprocess
-from vitsearch.search.store import META_FIELDS, Store, is_server_uri
+from vitsearch.search.store import META_FIELDS, Store, is_server_uri, writer_lease
+from vitsearch.search.store.bulk import bulk_load
 
 from .reader import Decoded, Failed, read_one
 from .runner import IndexInterrupted, IndexReport, Progress, changed, chunks, make_row, refreshed, storable
@@ -180,9 +180,7 @@ class EmbedAndWrite:
             import torch
 
             torch.set_num_threads(max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
-        self.encoder = Encoder.load(expected.model, pooling=expected.pooling, image_size=expected.square_size,
-                                    settings=settings)
-        expected.check_same(self.encoder.info, f"the collection being indexed (Ray worker on {node})")
+        self.encoder = encoder_for(expected, settings, f"the collection being indexed (Ray worker on {node})")
         self.store = Store.from_settings(settings, uri=uri, collection=collection) if write else None
 
     def __call__(self, batch: dict[str, np.ndarray]):
@@ -228,7 +226,7 @@ def _with_rows(status: dict[str, np.ndarray], rows: list[dict], good: np.ndarray
 
 
 def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Settings,
-                   batch_size: int = 32, ray_address: str | None = None,
+                   batch_size: int = DEFAULT_BATCH_SIZE, ray_address: str | None = None,
                    num_gpus_per_worker: float | None = None, concurrency: int | None = None,
                    progress: Progress | None = None, on_failure: Callable[[str, str], None] | None = None,
                    bulk_dir: str | None = None) -> IndexReport:
@@ -253,7 +251,7 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
         bulk_dir: write the rows as Parquet shards under this folder or URI
             (``wave-NNNNN/*.parquet``, one column per field) instead of upserting them; on a
             Milvus server, with ``bulk_dir`` in the server's own bucket (``s3://BUCKET/prefix``),
-            they are then loaded by Milvus bulk import (:func:`bulk_load`).
+            they are then loaded by Milvus bulk import (:func:`~vitsearch.search.store.bulk.bulk_load`).
 
     Raises:
         VitsearchError: Ray is not installed (``pip install 'vitsearch[ray]'``).
@@ -287,7 +285,7 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
     actors = concurrency or (max(1, int(gpus // gpus_each)) if gpus_each else 1)
     # Without GPUs the encoders run on CPUs: they share the cluster's, less one decode task's.
     cpus_each = 0 if gpus_each else max(1.0, (ray.cluster_resources().get("CPU", 1) - DECODE_CPUS) / actors)
-    h, w = (int(v) for v in encoder.info.image_size.split("x"))
+    h, w = encoder.info.image_size
     log.debug("ray: %d encoder actors, %s GPUs each, %s", actors, gpus_each, ray.cluster_resources())
 
     store.ensure(encoder.info)
@@ -334,23 +332,6 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
         store.persist()
     report.seconds = time.perf_counter() - started
     return report
-
-
-def bulk_load(store: Store, bulk_dir: str) -> None:
-    """Load the Parquet shards under ``bulk_dir`` (``s3://BUCKET/prefix``, BUCKET the Milvus
-    server's own bucket) into ``store``'s collection by Milvus bulk import (:meth:`Store.bulk_import`).
-
-    Raises:
-        StoreError: the server refused the job, or the job failed or timed out.
-    """
-    from pyarrow import fs as pafs
-
-    filesystem, root = pafs.FileSystem.from_uri(bulk_dir)
-    bucket = root.split("/", 1)[0]
-    files = sorted(i.path for i in filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
-                   if i.path.endswith(".parquet"))
-    rows = store.bulk_import([f[len(bucket) + 1:] for f in files])  # keys within the bucket
-    log.info("bulk import of %d files: %d rows", len(files), rows)
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -111,7 +111,7 @@ def read_one(entry: FileEntry, preprocess: Preprocess, limits: Limits = Limits()
         pixels = preprocess(image)
     except BadImageError as exc:
         return Failed(entry, exc.reason, time.thread_time() - started)
-    except Exception as exc:  # a processor failing on an odd image must not stop the run
+    except (ValueError, OSError) as exc:  # a checkpoint's own processor refusing an odd image
         return Failed(entry, f"preprocessing failed: {type(exc).__name__}: {exc}", time.thread_time() - started)
     return Decoded(entry, pixels, {"width": width, "height": height, "sha256": sha256}, time.thread_time() - started)
 

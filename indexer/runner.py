@@ -22,12 +22,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from vitsearch.search.config import Settings
+from vitsearch.search.config import DEFAULT_BATCH_SIZE
 from vitsearch.search.encoder import Encoder
 from vitsearch.search.images import Limits
-from vitsearch.search.lease import writer_lease
 from vitsearch.search.paths import stored_path
-from vitsearch.search.store import MAX_PATH_BYTES, META_FIELDS, Store
+from vitsearch.search.store import MAX_PATH_BYTES, META_FIELDS, Store, writer_lease
 
 from .reader import read_batches
 from .scan import FileEntry, scan
@@ -110,7 +109,7 @@ class Progress:
         """The embedding stage is over."""
 
 
-def index_folder(root: str, *, encoder: Encoder, store: Store, batch_size: int = 32,
+def index_folder(root: str, *, encoder: Encoder, store: Store, batch_size: int = DEFAULT_BATCH_SIZE,
                  workers: int = 2, prune: bool = False, verify: bool = False, progress: Progress | None = None,
                  on_failure: Callable[[str, str], None] | None = None,
                  limits: Limits | None = None) -> IndexReport:
@@ -284,21 +283,3 @@ def _is_file(path: str) -> bool:
         return stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
         return False
-
-
-def encoder_for(store: Store, settings: Settings) -> Encoder:
-    """Load the encoder to index with: the model, pooling and image size asked for (argument or
-    ``VITSEARCH_MODEL`` / ``VITSEARCH_POOLING`` / ``VITSEARCH_IMAGE_SIZE``), else those recorded
-    in an existing collection, else the defaults.
-
-    Raises:
-        ModelNotFoundError: the model cannot be loaded.
-    """
-    model, pooling, size = settings.model, settings.pooling, settings.image_size
-    asked = settings.model_fields_set
-    if not {"model", "pooling", "image_size"} <= asked and store.exists():
-        recorded = store.encoder_info()
-        model = model if "model" in asked else recorded.model
-        pooling = pooling if "pooling" in asked else recorded.pooling
-        size = size if "image_size" in asked else recorded.square_size
-    return Encoder.load(model, pooling=pooling, image_size=size, settings=settings)

@@ -1,6 +1,7 @@
-"""vitsearch's library: encoder, Milvus store and the search client.
-
-The indexer, the CLI and the UI are built on these. Names are imported on first use, so that
+"""vitsearch's library: encoder, images and preprocessing, the Milvus store, the search client and
+the evaluation metrics. The indexer, the command line, the page and training are built on it; it
+imports none of them, and changes no process-wide state (an application calls
+:func:`~.application.configure`). Names are imported on first use, so that
 ``vitsearch --help`` does not pay for importing torch and pymilvus.
 """
 from importlib import import_module
@@ -10,6 +11,7 @@ _EXPORTS = {
     "EncoderInfo": "encoder", "VitsearchError": "errors", "BadImageError": "errors",
     "BadQueryError": "errors", "CollectionNotFoundError": "errors",
     "EncoderMismatchError": "errors", "ModelNotFoundError": "errors", "StoreError": "errors",
+    "UnsupportedModelError": "errors",
 }
 __all__ = list(_EXPORTS)
 

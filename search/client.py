@@ -7,40 +7,19 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .config import Settings
-from .encoder import Encoder
-from .errors import BadQueryError, EncoderMismatchError
+from .config import MAX_K, Settings
+from .encoder import Encoder, check_image_size, encoder_for
+from .errors import BadQueryError
 from .images import ImageLike, Limits
-from .store import META_FIELDS, Store
+from .paths import printable
+from .store import META_FIELDS, Hit, Store
 
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result.
-
-    Attributes:
-        path: absolute path of the indexed image file, exactly as the file system names it
-            (``os.fsencode(path)`` gives its bytes, also for a name that is not UTF-8).
-        score: cosine similarity of the CLS embeddings, in [-1, 1]; higher is closer, 1 is identical.
-        metadata: the stored fields: ``folder``, ``size`` (bytes), ``mtime`` (Unix seconds),
-            ``ctime_ns`` (Unix nanoseconds), ``inode``, ``width``, ``height`` (pixels), ``sha256``,
-            ``indexed_at`` (Unix seconds).
-    """
-
-    path: str
-    score: float
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"path", "score", **metadata}``, JSON-serialisable."""
-        return {"path": self.path, "score": self.score,
-                **{k: v for k, v in self.metadata.items() if k != "path"}}
+__all__ = ["SearchClient", "Hit"]
 
 
 class SearchClient:
@@ -67,17 +46,14 @@ class SearchClient:
                  *, device: str | None = None, dtype: str | None = None, token: str | None = None,
                  image_size: int | None = None, encoder: Encoder | None = None, settings: Settings | None = None):
         self.settings = settings or Settings()
+        if image_size:
+            self.settings = self.settings.model_copy(update={"image_size": image_size})
         self.store = Store.from_settings(self.settings, uri, collection, token)
         self.encoder_info = self.store.encoder_info()
         self._model, self._device, self._dtype = model, device, dtype
-        asked = image_size or self.settings.image_size
-        if asked and f"{asked}x{asked}" != self.encoder_info.image_size:
-            raise EncoderMismatchError(
-                f"{self._where} was indexed at image size {self.encoder_info.image_size}, not "
-                f"{asked}x{asked}: leave --image-size out to use the collection's")
-        self._image_size = asked or self.encoder_info.square_size
         self._encoder = encoder
         self._encoder_lock = threading.Lock()  # the UI's sessions share one client
+        check_image_size(self.encoder_info, self.settings.image_size, self._where)
         if encoder is not None:
             self.encoder_info.check_same(encoder.info, self._where)
         elif model is not None:
@@ -96,10 +72,8 @@ class SearchClient:
         return self._encoder
 
     def _load_encoder(self) -> None:
-        enc = Encoder.load(self._model or self.encoder_info.model, device=self._device, dtype=self._dtype,
-                           pooling=self.encoder_info.pooling, image_size=self._image_size, settings=self.settings)
-        self.encoder_info.check_same(enc.info, self._where)
-        self._encoder = enc
+        self._encoder = encoder_for(self.encoder_info, self.settings, self._where, model=self._model,
+                                    device=self._device, dtype=self._dtype, follow=("image_size",))
 
     @property
     def limits(self) -> Limits:
@@ -128,7 +102,7 @@ class SearchClient:
         Args:
             image: a path, encoded bytes, a PIL image or an ``(H, W, 3) uint8`` RGB array;
                 files and bytes are decoded as the indexer decodes (see :meth:`load`).
-            k: number of results (1 to 16384).
+            k: number of results (1 to :data:`~.config.MAX_K`, 16384).
             filter: Milvus boolean expression on the stored fields, e.g.
                 ``folder == "/photos/2024"`` or ``width >= 1000``; one expression, ANDed with
                 ``folder``.
@@ -140,7 +114,7 @@ class SearchClient:
 
         Raises:
             BadImageError: ``image`` is not an image, is corrupt, or is over the size or pixel limit.
-            BadQueryError: ``k`` is not an integer from 1 to 16384, or ``filter`` is not one valid
+            BadQueryError: ``k`` is not an integer from 1 to ``MAX_K``, or ``filter`` is not one valid
                 Milvus expression on the stored fields.
             StoreError: Milvus refused the search or stayed unreachable.
         """
@@ -165,7 +139,7 @@ class SearchClient:
         path = os.path.abspath(os.fsdecode(path))
         rows = self.store.get([path], fields=["vector"])
         if path not in rows:
-            raise BadQueryError(f"{os.fsencode(path).decode('utf-8', 'backslashreplace')} is not indexed in {self._where}")
+            raise BadQueryError(f"{printable(path)} is not indexed in {self._where}")
         return self._search(np.asarray(rows[path]["vector"], np.float32), k, filter, folder,
                             [path] if exclude_self else [])
 
@@ -181,8 +155,7 @@ class SearchClient:
     def _search(self, vector: np.ndarray, k: int, filter: str | None, folder: str | None,
                 exclude: list[str]) -> list[Hit]:
         folder = os.path.abspath(os.fsdecode(folder)) if folder else None
-        hits = self.store.search(vector[None, :], k, filter, folder=folder, exclude=exclude, fields=META_FIELDS)[0]
-        return [Hit(h.path, h.score, h.fields) for h in hits]
+        return self.store.search(vector[None, :], k, filter, folder=folder, exclude=exclude, fields=META_FIELDS)[0]
 
     def stats(self) -> dict[str, Any]:
         """Collection facts: ``count``, ``model``, ``dim``, ``pooling``, ``image_size``,
@@ -191,7 +164,7 @@ class SearchClient:
         index = self.store.index_info()
         return {
             "uri": self.store.uri, "collection": self.store.collection, "count": self.store.count(),
-            "model": info.model, "dim": info.dim, "pooling": info.pooling, "image_size": info.image_size,
+            "model": info.model, "dim": info.dim, "pooling": info.pooling, "image_size": info.size_text,
             "weights_sha256": info.weights_sha256, "index_type": index["index_type"],
             "metric_type": index["metric_type"],
         }
@@ -208,5 +181,5 @@ class SearchClient:
 
 
 def _check_k(k: int) -> None:
-    if not isinstance(k, int) or not 1 <= k <= 16384:
-        raise BadQueryError(f"k must be an integer from 1 to 16384, got {k!r}")
+    if not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise BadQueryError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")

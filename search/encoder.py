@@ -7,27 +7,25 @@ is Worth 16x16 Words"), never ``pooler_output``.
 """
 from __future__ import annotations
 
-import inspect
-import json
 import logging
-from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .config import Settings
-from .errors import EncoderMismatchError, ModelNotFoundError, UnsupportedModelError
+from .checkpoint import forward_kwargs, load_checkpoint
+from .config import DEFAULT_BATCH_SIZE, Settings
+from .encoder_info import EncoderInfo
+from .errors import EncoderMismatchError
 from .images import ImageLike, Limits
-from .models import resolve_model, weights_sha256
+from .models import weights_sha256
 from .preprocess import Preprocess, at_size
 
-log = logging.getLogger(__name__)
+__all__ = ["Encoder", "EncoderInfo", "encoder_for", "check_image_size", "batch_size_for", "fit_batch", "pick_device",
+           "pick_dtype", "POOLINGS"]
 
-#: Images per forward pass off CUDA. On a CPU throughput is flat in the batch size (measured:
-#: dinov2-small-9l ~16-19 images/s on 2 cores from 8 to 64), so this only bounds memory.
-DEFAULT_BATCH_SIZE = 32
+log = logging.getLogger(__name__)
 
 #: Pooling of the last hidden state into one vector: the class token, as in the ViT paper
 #: (Dosovitskiy et al. 2020), or the mean of the patch tokens (the "GAP" variant its ablations
@@ -39,62 +37,6 @@ _DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16,
 }
-
-
-@dataclass(frozen=True)
-class EncoderInfo:
-    """What a collection records about the encoder that filled it.
-
-    Attributes:
-        model: hub id, pulled model name or absolute folder path the encoder was loaded from.
-        weights_sha256: sha256 of the weights file(s); two encoders are the same model iff equal.
-        dim: embedding dimension D.
-        pooling: how the image vector is taken from the last layer's tokens: ``"cls"`` (the class
-            token, the product's default) or ``"mean"`` (the mean of the patch tokens).
-        image_size: model input ``"HxW"`` in pixels after preprocessing.
-    """
-
-    model: str
-    weights_sha256: str
-    dim: int
-    pooling: str
-    image_size: str
-
-    @property
-    def square_size(self) -> int | None:
-        """N for an ``"NxN"`` input size (what ``--image-size N`` gives), else None."""
-        h, w = self.image_size.split("x")
-        return int(h) if h == w else None
-
-    def to_json(self) -> str:
-        """Serialise to a JSON object string."""
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "EncoderInfo":
-        """Parse what :meth:`to_json` wrote."""
-        return cls(**json.loads(text))
-
-    def check_same(self, other: "EncoderInfo", where: str) -> None:
-        """Refuse to mix vectors: raise unless ``other`` computes the same embeddings.
-
-        The ``model`` name may differ (a hub id and its local copy); weights, dimension, pooling
-        and input size may not.
-
-        Raises:
-            EncoderMismatchError: naming ``where`` (the collection) and both encoders.
-        """
-        fields = ("weights_sha256", "dim", "pooling", "image_size")
-        diffs = [f for f in fields if getattr(self, f) != getattr(other, f)]
-        if diffs:
-            raise EncoderMismatchError(
-                f"{where} was indexed with model {self.model!r} "
-                f"(dim {self.dim}, {self.pooling}, {self.image_size}, weights {self.weights_sha256[:12]}), "
-                f"not with {other.model!r} (dim {other.dim}, {other.pooling}, {other.image_size}, "
-                f"weights {other.weights_sha256[:12]}); differing: {', '.join(diffs)}. "
-                f"Leave --model out to use the collection's own model, or index into another "
-                f"collection (--collection NAME)."
-            )
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -147,7 +89,7 @@ class Encoder:
         self.device = device
         self.dtype = dtype
         self.limits = limits
-        self._forward_kwargs = _interpolation(model, info.image_size)
+        self._forward_kwargs = forward_kwargs(model, info.image_size)
 
     @classmethod
     def load(cls, model: str | None = None, *, device: str | None = None, dtype: str | None = None,
@@ -173,43 +115,25 @@ class Encoder:
                 ``pixel_values`` input, or no class token before the patch tokens).
             ValueError: an unknown pooling or dtype, or an image size the processor cannot take.
         """
-        import transformers
-        from transformers import AutoImageProcessor, AutoModel
-
         settings = settings or Settings()
-        resolved = resolve_model(model or settings.model, settings.models_dir)
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        dev = pick_device(device or settings.device)
-        dt = pick_dtype(dev, dtype or settings.dtype)
-        try:
-            processor = AutoImageProcessor.from_pretrained(resolved.folder)
-            try:
-                net = AutoModel.from_pretrained(resolved.folder, attn_implementation="sdpa")
-            except ValueError as exc:  # a model without SDPA attention (or without attention)
-                if "attention implementation" not in str(exc):
-                    raise
-                net = AutoModel.from_pretrained(resolved.folder)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelNotFoundError(f"cannot load model {resolved.name!r} from {resolved.folder}: "
-                                     f"{str(exc).splitlines()[0]}") from exc
+        checkpoint = load_checkpoint(model or settings.model, settings)
+        processor = checkpoint.processor
         if image_size or settings.image_size:
             processor = at_size(processor, image_size or settings.image_size)
-        # A CLIP checkpoint loads as text + vision model: keep the vision tower.
-        net = getattr(net, "vision_model", net)
-        net = net.to(dev, dt).eval()
+        dev = pick_device(device or settings.device)
+        dt = pick_dtype(dev, dtype or settings.dtype)
+        net = checkpoint.model.to(dev, dt).eval()
         pixel = Preprocess.from_processor(processor).batch([Image.new("RGB", (64, 48))])
-        _check_vision_transformer(net, pixel, resolved.name)
         info = EncoderInfo(
-            model=resolved.name,
-            weights_sha256=weights_sha256(resolved.folder),
+            model=checkpoint.name,
+            weights_sha256=weights_sha256(checkpoint.folder),
             dim=int(net.config.hidden_size),
             pooling=pooling or settings.pooling,
-            image_size=f"{pixel.shape[2]}x{pixel.shape[3]}",
+            image_size=(pixel.shape[2], pixel.shape[3]),
         )
         if compile or settings.compile:
             net = torch.compile(net, dynamic=False)
-        log.info("loaded %s on %s (%s), dim %d", resolved.name, dev, dt, info.dim)
+        log.info("loaded %s on %s (%s), dim %d", checkpoint.name, dev, dt, info.dim)
         return cls(net, processor, info, dev, dt, Limits.from_settings(settings))
 
     @property
@@ -239,7 +163,7 @@ class Encoder:
             pooled = tokens[:, tokens.shape[1] - patches:].mean(dim=1)
         return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
 
-    def embed(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
+    def embed(self, images: Sequence[ImageLike], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Images (paths, bytes, PIL, ``(H, W, 3) uint8`` arrays) to ``(N, D) float32`` embeddings.
 
         Always 2-D, also for one image.
@@ -254,54 +178,48 @@ class Encoder:
         return np.concatenate(out)
 
 
-def _check_vision_transformer(net: torch.nn.Module, pixel: torch.Tensor, name: str) -> None:
-    """Refuse a checkpoint whose last hidden state does not start with a class token: one that
-    takes no ``pixel_values`` (a text model), or whose output is not ``(N, prefix + patches, D)``
-    with a prefix of at least one token (a CNN, Swin), found by one forward pass.
+def encoder_for(recorded: EncoderInfo | None, settings: Settings, where: str = "the collection", *,
+                model: str | None = None, device: str | None = None, dtype: str | None = None,
+                follow: Sequence[str] = ("model", "pooling", "image_size")) -> Encoder:
+    """The encoder to index or search a collection with: the model, pooling and input size asked
+    for (``model``, else those of ``follow`` set in ``settings``: ``VITSEARCH_MODEL`` /
+    ``VITSEARCH_POOLING`` / ``VITSEARCH_IMAGE_SIZE`` or the flags that set them), else those the
+    collection records (``recorded``; None for a new collection), else the defaults. The one rule
+    for the indexer, eval and ``SearchClient``.
+
+    Args:
+        where: names the collection in errors.
+        follow: the settings that may override the record: all three to index; a search takes
+            the collection's model and pooling and only checks an input size it is given.
 
     Raises:
-        UnsupportedModelError: naming the model, its class and why.
+        EncoderMismatchError: what was asked is not the collection's encoder (an input size is
+            refused before any model is loaded).
+        ModelNotFoundError: the model cannot be loaded (also
+            :class:`~.errors.UnsupportedModelError`).
     """
-    kind = type(net).__name__
-
-    def refuse(why: str) -> UnsupportedModelError:
-        return UnsupportedModelError(
-            f"model {name!r} is a {kind}, not a ViT-family vision model: {why}. Use a ViT, DeiT, DINO, "
-            f"DINOv2 or CLIP vision checkpoint (the embedding is the class token of the last layer)")
-
-    if "pixel_values" not in inspect.signature(net.forward).parameters:
-        raise refuse("it takes no pixel_values")
-    patch = getattr(net.config, "patch_size", None)
-    patch = tuple(patch) if isinstance(patch, (list, tuple)) else (patch, patch)
-    try:
-        with torch.inference_mode():
-            first = next(net.parameters(), torch.empty(0))
-            out = net(pixel_values=pixel.to(first.device, first.dtype), **_interpolation(
-                net, f"{pixel.shape[2]}x{pixel.shape[3]}"))
-        tokens = getattr(out, "last_hidden_state", None)
-    except Exception as exc:  # any model's own error on image input: it is not one of ours
-        raise refuse(f"a forward pass on an image failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    if tokens is None or tokens.ndim != 3 or None in patch:
-        raise refuse("its output is not a sequence of tokens")
-    patches = (pixel.shape[2] // patch[0]) * (pixel.shape[3] // patch[1])
-    if not 1 <= tokens.shape[1] - patches <= 16:
-        raise refuse(f"its {tokens.shape[1]} output tokens are not a class token and {patches} patch tokens")
+    asked = settings.model_fields_set & set(follow)
+    if recorded is not None and "image_size" in asked:
+        check_image_size(recorded, settings.image_size, where)
+    keep = recorded is not None
+    name = model or (recorded.model if keep and "model" not in asked else settings.model)
+    pooling = recorded.pooling if keep and "pooling" not in asked else settings.pooling
+    size = recorded.square_size if keep and "image_size" not in asked else settings.image_size
+    encoder = Encoder.load(name, device=device, dtype=dtype, pooling=pooling, image_size=size, settings=settings)
+    if recorded is not None:
+        recorded.check_same(encoder.info, where)
+    return encoder
 
 
+def check_image_size(recorded: EncoderInfo, size: int | None, where: str = "the collection") -> None:
+    """Refuse an input size ``size`` x ``size`` (None: none asked) that is not the collection's.
 
-def _interpolation(model: torch.nn.Module, image_size: str) -> dict:
-    """Forward arguments for input of ``image_size`` ("HxW"): ``interpolate_pos_encoding=True``
-    where the input differs from the size the position embeddings were trained at and the model
-    takes that argument (ViT, DeiT, CLIP); DINOv2 interpolates by itself."""
-    base = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
-    trained = getattr(base.config, "image_size", None)
-    if trained is None:
-        return {}
-    trained = tuple(trained) if isinstance(trained, (list, tuple)) else (trained, trained)
-    size = tuple(int(v) for v in image_size.split("x"))
-    if size == trained or "interpolate_pos_encoding" not in inspect.signature(base.forward).parameters:
-        return {}
-    return {"interpolate_pos_encoding": True}
+    Raises:
+        EncoderMismatchError: naming ``where`` and both sizes.
+    """
+    if size and (size, size) != recorded.image_size:
+        raise EncoderMismatchError(f"{where} was indexed at image size {recorded.size_text}, not {size}x{size}: "
+                                   f"leave --image-size out to use the collection's")
 
 
 def batch_size_for(encoder: Encoder, fraction: float = 0.5, lo: int = 32, hi: int = 1024) -> int:
@@ -311,7 +229,7 @@ def batch_size_for(encoder: Encoder, fraction: float = 0.5, lo: int = 32, hi: in
     if encoder.device.type != "cuda":
         return DEFAULT_BATCH_SIZE
     probe = 8
-    h, w = (int(v) for v in encoder.info.image_size.split("x"))
+    h, w = encoder.info.image_size
     torch.cuda.synchronize(encoder.device)
     torch.cuda.reset_peak_memory_stats(encoder.device)
     base = torch.cuda.memory_allocated(encoder.device)

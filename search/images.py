@@ -4,14 +4,15 @@ Every decode path of the product (indexer workers, ``SearchClient``, the page's 
 thumbnails) goes through :func:`decode_sized`, with the same :class:`Limits`: a file larger than
 ``max_file_bytes`` is not read, an image that would decode to more than ``max_pixels`` pixels is
 refused from its header. A query is decoded exactly like an indexed file when both pass the
-model's ``draft_px`` (:meth:`~vitsearch.search.preprocess.Preprocess.load`).
+model's ``draft_px`` (:meth:`~vitsearch.search.preprocess.Preprocess.load`). Pillow's own guard
+(``Image.MAX_IMAGE_PIXELS``, ~179 megapixels in the file) also applies; an application raises it
+with :func:`~vitsearch.search.application.configure`.
 """
 from __future__ import annotations
 
 import io
 import os
 import stat
-import warnings
 from dataclasses import dataclass
 from typing import Union
 
@@ -28,8 +29,6 @@ _ORIENTATION = 0x0112  # EXIF tag
 #: File signatures, to tell a damaged image from a file that is not an image at all.
 _SIGNATURES = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"RIFF", "WebP"),
                (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
-# vitsearch refuses by its own limit (max_pixels); Pillow's DecompressionBombWarning is noise here.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
@@ -99,8 +98,6 @@ def decode_sized(data: bytes, source: str, draft_px: int | None = None,
     if not data:
         raise BadImageError(source, "empty file (0 bytes)")
     limits.check_size(len(data), source)
-    if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < limits.max_pixels:
-        Image.MAX_IMAGE_PIXELS = limits.max_pixels  # a limit raised by the user: Pillow's guard follows
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.seek(0)

@@ -286,7 +286,7 @@ if __name__ == "__main__":  # the table for the closing note
         root.mkdir()
         build(root)
         model = make_tiny_vit(tmp / "tiny", seed=0)
-        out = subprocess.run([sys.executable, "-c", "from vitsearch.search.cli import main; main()", "index",
+        out = subprocess.run([sys.executable, "-c", "from vitsearch.cli import main; main()", "index",
                               str(root), "--model", str(model), "--uri", str(tmp / "db.db"), "--json"],
                              capture_output=True, text=True, preexec_fn=without_root_file_access)
         summary = json.loads(out.stdout)

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import EXAMPLES
 
-VITSEARCH = [sys.executable, "-c", "from vitsearch.search.cli import main; main()"]
+VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
 
 
 def cli(*args, ok=True, **env):
@@ -118,7 +118,7 @@ def test_image_size_is_recorded_and_another_size_refused(photos, tmp_path, tiny_
 
 def test_engine_ray_without_ray_installed_says_how_to_get_it(photos, tmp_path, tiny_model):
     # The core install has no Ray: `import ray` fails as it would there (sys.modules entry None).
-    no_ray = "import sys; sys.modules['ray'] = None; from vitsearch.search.cli import main; main()"
+    no_ray = "import sys; sys.modules['ray'] = None; from vitsearch.cli import main; main()"
     out = subprocess.run([sys.executable, "-c", no_ray, "index", str(photos), "--engine", "ray", "--model",
                           str(tiny_model), "--uri", str(tmp_path / "x.db")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "pip install 'vitsearch[ray]'" in out.stderr and "Traceback" not in out.stderr
@@ -142,7 +142,7 @@ def run_in_process(*args):
     """The command in this process (typer's CliRunner): for checks that need no process of their own."""
     from typer.testing import CliRunner
 
-    from vitsearch.search.cli import app
+    from vitsearch.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
 

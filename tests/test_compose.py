@@ -63,7 +63,12 @@ def test_dockerfile_installs_like_the_readme_and_serves_the_page():
     readme_install = re.search(r"```bash\n(.*?)\n```", (REPO / "README.md").read_text(), re.S).group(1)
     assert "pip install torch==2.13.0" in readme_install and "torch==2.13.0" in docker
     assert docker.index("torch==2.13.0") < docker.index("pip install --no-cache-dir .")  # torch first
-    for folder in ("search", "indexer", "ui"):  # the packages pyproject.toml maps
+    import tomllib
+
+    mapped = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    folders = {path.split("/")[0] for path in mapped.values()}
+    assert {"search", "indexer", "ui", "cli", "train"} <= folders
+    for folder in folders:  # the packages pyproject.toml maps
         assert f"COPY {folder} {folder}" in docker
     assert 'CMD ["vitsearch", "ui", "--host", "0.0.0.0", "--port", "8501"]' in docker
     assert "EXPOSE 8501" in docker

@@ -19,7 +19,7 @@ import pytest
 from conftest import stored_vectors
 from vitsearch.search.store import Store
 
-VITSEARCH = [sys.executable, "-c", "from vitsearch.search.cli import main; main()"]
+VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
 
 
 @pytest.fixture(scope="module")

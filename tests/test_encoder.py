@@ -38,7 +38,7 @@ def test_tiny_model_shapes_and_norms(tiny_model):
     one = enc.embed([str(PHOTOS[0])])
     assert one.shape == (1, 32)  # one image is still 2-D
     assert enc.embed([]).shape == (0, 32)
-    assert enc.info.dim == 32 and enc.info.pooling == "cls" and enc.info.image_size == "32x32"
+    assert enc.info.dim == 32 and enc.info.pooling == "cls" and enc.info.size_text == "32x32"
     assert enc.info.weights_sha256 == weights_sha256(tiny_model)
 
 
@@ -54,7 +54,7 @@ def test_embedding_equals_plain_transformers_cls(which, tiny_model, request):
 
 def test_real_model_identity(real_model):
     enc = Encoder.load(str(real_model))
-    assert enc.info.dim == 384 and enc.info.image_size == "224x224"
+    assert enc.info.dim == 384 and enc.info.size_text == "224x224"
     assert enc.info.weights_sha256 == DINOV2_SMALL_9L_SHA256
 
 
@@ -221,13 +221,13 @@ def plain_at_size(folder, paths, size: int, decode=None, **forward) -> np.ndarra
 
 def test_image_size_interpolates_the_position_embeddings_of_a_vit(tiny_model):
     enc = Encoder.load(str(tiny_model), image_size=48)  # trained at 32: a 6x6 patch grid, not 4x4
-    assert enc.info.image_size == "48x48" and enc.info.square_size == 48
+    assert enc.info.size_text == "48x48" and enc.info.square_size == 48
     paths = [str(p) for p in PHOTOS[:3]]
     want = plain_at_size(tiny_model, paths, 48, decode=enc.preprocessor.load, interpolate_pos_encoding=True)
     np.testing.assert_allclose(enc.embed(paths), want, atol=1e-5)
     with pytest.raises(ValueError):  # without interpolation the ViT refuses the larger input
         plain_at_size(tiny_model, paths, 48)
-    assert Encoder.load(str(tiny_model)).info.image_size == "32x32"
+    assert Encoder.load(str(tiny_model)).info.size_text == "32x32"
     with pytest.raises(ValueError, match="at least 8"):
         Encoder.load(str(tiny_model), image_size=4)
 
@@ -241,39 +241,22 @@ def test_image_size_on_dinov2_keeps_the_resize_to_crop_ratio(real_model):
 
 
 def test_image_size_is_recorded_reused_and_a_mismatch_refused(photos, db_uri, tiny_model):
-    from vitsearch.indexer import encoder_for, index_folder
+    from vitsearch.indexer import index_folder
+    from vitsearch.search.encoder import encoder_for
     from vitsearch.search import SearchClient
     from vitsearch.search.config import Settings
     from vitsearch.search.store import Store
 
     with Store(db_uri, "images") as store:
         index_folder(str(photos), encoder=Encoder.load(str(tiny_model), image_size=48), store=store, workers=0)
-        assert store.encoder_info().image_size == "48x48"
-        assert encoder_for(store, Settings()).info.image_size == "48x48"  # the collection's size
-        with pytest.raises(EncoderMismatchError, match="image_size"):
-            index_folder(str(photos), encoder=encoder_for(store, Settings(image_size=32)), store=store, workers=0)
+        assert store.encoder_info().size_text == "48x48"
+        assert encoder_for(store.recorded_encoder(), Settings()).info.size_text == "48x48"  # the collection's size
+        with pytest.raises(EncoderMismatchError, match="image.size"):
+            index_folder(str(photos), encoder=encoder_for(store.recorded_encoder(), Settings(image_size=32)),
+                         store=store, workers=0)
     with SearchClient(uri=db_uri) as client:  # loads the collection's size
-        assert client.encoder.info.image_size == "48x48"
+        assert client.encoder.info.size_text == "48x48"
         assert client.search(photos / "cat.jpg", k=1)[0].path == str(photos / "cat.jpg")
     with pytest.raises(EncoderMismatchError, match="48x48, not 32x32"):
         SearchClient(uri=db_uri, image_size=32)
-    assert SearchClient(uri=db_uri, image_size=48).encoder.info.image_size == "48x48"
-
-
-def test_a_text_model_is_refused_as_not_a_vision_transformer(tmp_path):
-    from transformers import BertConfig, BertModel, ViTImageProcessor
-
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                         vocab_size=100)).save_pretrained(tmp_path)
-    ViTImageProcessor().save_pretrained(tmp_path)
-    with pytest.raises(ModelNotFoundError, match="BertModel.*not a ViT-family vision model"):
-        Encoder.load(str(tmp_path))
-
-
-def test_a_vision_model_without_a_class_token_is_refused(tmp_path):
-    from transformers import ConvNextConfig, ConvNextImageProcessor, ConvNextModel
-
-    ConvNextModel(ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1])).save_pretrained(tmp_path)
-    ConvNextImageProcessor().save_pretrained(tmp_path)
-    with pytest.raises(ModelNotFoundError, match="ConvNextModel.*not a ViT-family vision model"):
-        Encoder.load(str(tmp_path))
+    assert SearchClient(uri=db_uri, image_size=48).encoder.info.size_text == "48x48"

@@ -1,4 +1,4 @@
-"""Contract of `vitsearch eval` and search/evaluate.py: on INRIA Holidays (dev) with the real
+"""Contract of `vitsearch eval`, indexer/evaluate.py and search/metrics.py: on INRIA Holidays (dev) with the real
 DINOv2, CLS mAP within 0.005 of a brute-force numpy reference over the same embeddings, and at
 least 0.75; on class folders made here from real photos, mAP and recall@k equal a reference
 implementation and recall@k never falls as k grows; the JSON is stable; bad datasets are clear."""
@@ -16,17 +16,18 @@ from conftest import shared_path, stored_vectors
 from vitsearch.indexer import index_folder
 from vitsearch.search import SearchClient
 from vitsearch.search.encoder import Encoder
-from vitsearch.search.evaluate import average_precision, evaluate, load_dataset
+from vitsearch.indexer.evaluate import evaluate, evaluate_collection
+from vitsearch.search.metrics import load_dataset
 from vitsearch.search.store import Store
 
-VITSEARCH = [sys.executable, "-c", "from vitsearch.search.cli import main; main()"]
+VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
 JSON_KEYS = {"dataset", "layout", "images", "failed", "queries", "model", "pooling", "dim", "image_size", "k", "map",
              "recall", "precision", "ann_recall_at_10", "images_per_s", "seconds", "uri", "collection"}
 
 
 def reference(vectors: dict[str, np.ndarray], queries: dict[str, set[str]], ks) -> tuple[float, dict, dict]:
     """Exact cosine ranking of all stored vectors, the query left out: (mAP, recall@k, precision@k),
-    written independently of search/evaluate.py (AP by cumulative sums)."""
+    written independently of search/metrics.py (AP by cumulative sums)."""
     names = sorted(vectors)
     matrix = np.stack([vectors[n] for n in names])
     aps, rec, prec = [], {k: [] for k in ks}, {k: [] for k in ks}
@@ -80,7 +81,7 @@ def test_class_folders_match_the_reference_and_recall_grows_with_k(classes, tmp_
     with Store(uri, "images") as store:
         index_folder(str(classes), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
     with SearchClient(uri=uri) as client:
-        result = evaluate(data, client, ks)
+        result = evaluate_collection(data, client, ks)
     recalls = [result.recall[k] for k in ks]
     assert recalls == sorted(recalls) and recalls[-1] > recalls[0]
     assert result.ann_recall_at_10 == 1.0  # so the index's ranking is the exact one here
@@ -90,10 +91,17 @@ def test_class_folders_match_the_reference_and_recall_grows_with_k(classes, tmp_
     assert all(result.precision[k] == pytest.approx(ref_precision[k], abs=1e-9) for k in ks)
 
 
-def test_average_precision():
-    assert average_precision(["a", "x", "b"], {"a", "b"}) == (1 + 2 / 3) / 2
-    assert average_precision(["x", "y"], {"a"}) == 0.0
-    assert average_precision(["a"], {"a", "b"}) == 0.5  # a relevant item never retrieved counts 0
+def test_evaluate_is_callable_from_python_and_leaves_nothing_behind(classes, tiny_model, tmp_path, monkeypatch):
+    from vitsearch.search.config import Settings
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the temporary database goes
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    report = evaluate(classes, Settings(model=str(tiny_model), workers=0), (1, 10))
+    assert (report.layout, report.images, report.result.queries, report.k) == ("classes", 60, 60, [1, 10])
+    assert set(report.to_dict()) == JSON_KEYS and report.uri is None and report.collection is None
+    assert 0 < report.result.map <= 1 and report.result.recall[1] <= report.result.recall[10]
+    assert not list(tmp_path.glob("vitsearch-eval-*"))  # the temporary database is gone
 
 
 @pytest.mark.parametrize("layout, args, message", [

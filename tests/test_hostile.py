@@ -19,7 +19,7 @@ from vitsearch.indexer import index_folder
 from vitsearch.search.encoder import Encoder
 from vitsearch.search.store import Store
 
-VITSEARCH = [sys.executable, "-c", "from vitsearch.search.cli import main; main()"]
+VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
-from vitsearch.indexer import IndexInterrupted, encoder_for, index_folder
+from vitsearch.indexer import IndexInterrupted, index_folder
 from vitsearch.indexer.scan import scan
 from vitsearch.search.config import Settings
-from vitsearch.search.encoder import Encoder
+from vitsearch.search.encoder import Encoder, encoder_for
 from vitsearch.search.errors import EncoderMismatchError
 from vitsearch.search.store import META_FIELDS, Store
 
@@ -117,10 +117,10 @@ def test_another_encoder_is_refused_and_nothing_is_lost(photos, db_uri, tiny, ot
 def test_rerun_without_model_uses_the_collections_model(photos, db_uri, tiny_model):
     settings = Settings(uri=db_uri)
     with Store(db_uri, "images") as store:
-        assert encoder_for(store, Settings(uri=db_uri, model=str(tiny_model))).info.dim == 32
+        assert encoder_for(store.recorded_encoder(), Settings(uri=db_uri, model=str(tiny_model))).info.dim == 32
         index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
         assert "model" not in settings.model_fields_set
-        assert encoder_for(store, settings).info.model == str(tiny_model)
+        assert encoder_for(store.recorded_encoder(), settings).info.model == str(tiny_model)
 
 
 def test_indexed_vectors_equal_plain_transformers(photos, db_uri, real_model):
@@ -330,3 +330,13 @@ def test_a_file_over_the_size_limit_is_refused_unread(photos, db_uri, tiny):
     report = run(photos, db_uri, tiny, workers=0)
     assert report.indexed == 11
     assert dict(report.failures) == {str(big): "file is 3072.0 MB, over the limit of 200 MB (VITSEARCH_MAX_FILE_MB)"}
+
+
+def test_a_bug_in_preprocessing_stops_the_run_instead_of_failing_every_file(photos, db_uri, tiny, monkeypatch):
+    """Only a bad file is a per-file failure; a bug (here a TypeError from the preprocess) is raised,
+    not turned into a "successful" run with 0 images indexed."""
+    def broken(self, image):
+        raise TypeError("a bug in Preprocess.__call__")
+    monkeypatch.setattr(type(tiny.preprocessor), "__call__", broken)
+    with pytest.raises(TypeError, match="a bug in Preprocess"):
+        run(photos, db_uri, tiny, workers=0)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from vitsearch.search.errors import CollectionBusyError
-from vitsearch.search.lease import EXPIRE_S, KEY, writer_lease
+from vitsearch.search.store.lease import EXPIRE_S, KEY, writer_lease
 from vitsearch.search.store import Store
 
 from test_store import INFO

@@ -17,7 +17,7 @@ import textwrap
 import pytest
 
 from vitsearch.search.errors import StoreError
-from vitsearch.search.lite import ENDPOINT_FILE
+from vitsearch.search.store.lite import ENDPOINT_FILE
 from vitsearch.search.store import Store
 
 from test_store import INFO, make_rows
@@ -167,7 +167,7 @@ def test_a_read_only_database_says_why(db_uri):
     import os
     from pathlib import Path
 
-    from vitsearch.search.lite import release
+    from vitsearch.search.store.lite import release
 
     with Store(db_uri, "images") as store:
         store.ensure(INFO)
@@ -201,7 +201,7 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_leaves_no_temp_files_and_reads_still_work(small_disk, photos, tiny_model):
-    vitsearch = [sys.executable, "-c", "from vitsearch.search.cli import main; main()"]
+    vitsearch = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
     db = small_disk / "milvus.db"
 
     def cli(*args):

@@ -15,7 +15,7 @@ from conftest import SHARED
 
 
 def test_pull_builds_the_published_weights(data_dir):
-    out = subprocess.run([sys.executable, "-c", "from vitsearch.search.cli import main; main()",
+    out = subprocess.run([sys.executable, "-c", "from vitsearch.cli import main; main()",
                           "model", "pull", "dinov2-small-9l"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     folder = data_dir / "models" / "dinov2-small-9l"

@@ -72,7 +72,7 @@ def test_every_hostile_name_is_indexed_found_and_returned_exactly(tmp_path, db_u
 def test_the_cli_returns_every_name_exactly(tmp_path, db_uri, tiny_model):
     from typer.testing import CliRunner
 
-    from vitsearch.search.cli import app
+    from vitsearch.cli import app
 
     root = tmp_path / "names"
     paths = hostile.build_names(root)

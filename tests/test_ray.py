@@ -18,11 +18,12 @@ from typer.testing import CliRunner  # noqa: E402
 
 from vitsearch.indexer import index_folder  # noqa: E402
 from vitsearch.indexer.ray_engine import index_with_ray  # noqa: E402
-from vitsearch.search.cli import app  # noqa: E402
+from vitsearch.cli import app  # noqa: E402
 from vitsearch.search.config import Settings  # noqa: E402
 from vitsearch.search.encoder import Encoder  # noqa: E402
 from vitsearch.search.errors import StoreError  # noqa: E402
 from vitsearch.search.store import Store  # noqa: E402
+from vitsearch.search.store.bulk import bulk_import  # noqa: E402
 
 FIELDS = ["size", "mtime", "ctime_ns", "inode", "width", "height", "sha256", "folder", "vector"]
 
@@ -171,4 +172,4 @@ def test_bulk_mode_writes_parquet_shards_of_the_same_rows(photos, tmp_path, tiny
     with Store(str(tmp_path / "bulk.db"), "images") as store:
         assert store.exists() and store.count() == 0  # rows went to the shards, not to Milvus
         with pytest.raises(StoreError, match="bulk import needs a Milvus server"):
-            store.bulk_import([str(f) for f in files])
+            bulk_import(store, [str(f) for f in files])

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vitsearch.search.encoder import EncoderInfo
+from vitsearch.search.encoder_info import EncoderInfo
 from vitsearch.search.errors import BadQueryError, CollectionNotFoundError, EncoderMismatchError, StoreError
 from vitsearch.search.store import Store
 
@@ -77,7 +77,7 @@ def test_search_agrees_with_exact_numpy_cosine(db_uri):
         top = np.argsort(-exact[q])[:10]
         assert [h.path for h in qhits] == [rows[i]["path"] for i in top]
         np.testing.assert_allclose([h.score for h in qhits], exact[q, top], atol=1e-5)
-        assert qhits[0].fields["width"] == rows[top[0]]["width"]
+        assert qhits[0].metadata["width"] == rows[top[0]]["width"]
 
 
 def test_search_filter(db_uri):
@@ -86,13 +86,13 @@ def test_search_filter(db_uri):
         store.ensure(INFO)
         store.upsert(rows)
         hits = store.search(rows[0]["vector"][None, :], k=30, filter='folder == "/photos/1"')[0]
-        assert len(hits) == 10 and all(h.fields["folder"] == "/photos/1" for h in hits)
+        assert len(hits) == 10 and all(h.metadata["folder"] == "/photos/1" for h in hits)
         with pytest.raises(BadQueryError, match="not a valid Milvus expression.*nonsense"):
             store.search(rows[0]["vector"][None, :], k=3, filter="nonsense > 1")
 
 
 def test_large_upserts_are_split(db_uri, monkeypatch):
-    import vitsearch.search.store as store_mod
+    import vitsearch.search.store.collection as store_mod
 
     monkeypatch.setattr(store_mod, "UPSERT_BYTES", 1000)  # ~4 rows per request
     rows, _ = make_rows(25)
@@ -142,18 +142,6 @@ def test_the_token_is_never_shown(monkeypatch):
 
 
 # --- expressions: the one escaping function, against the real parser of each backend -----------
-
-def test_literal_follows_the_milvus_string_grammar():
-    import re
-
-    from vitsearch.search.store import literal
-
-    # Plan.g4: StringLiteral '"' (~["\\\r\n] | EscapeSequence)* '"'; both backends accept \\ \" \n \r.
-    grammar = re.compile(r'"(?:[^"\\\r\n]|\\[\\"nr])*"', re.S)
-    for value in ["", "plain", "John's", 'say "hi"', "a\\b", "trail\\", "new\nline", "cr\r", "tab\t",
-                  "%_*", "\\n", "é", "e\u0301", "\U0001f600", "\x01\x7f", "x'] or path like '%"]:
-        assert grammar.fullmatch(literal(value)), value
-
 
 @settings(max_examples=examples(lite=60, server=6), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -214,7 +202,7 @@ def test_a_schema_1_collection_is_searchable_and_upgraded_without_losing_rows(db
                                   if k not in ("ctime_ns", "inode")} for r in rows])
     with Store(db_uri, "images") as store:
         before = store.search(v[:1], k=5)[0]
-        assert before[0].path == rows[0]["path"] and before[0].fields["inode"] == -1  # readable as it is
+        assert before[0].path == rows[0]["path"] and before[0].metadata["inode"] == -1  # readable as it is
         assert store.upgrade() == 40
         assert store.properties()["vitsearch.schema_version"] == SCHEMA_VERSION
         got = store.get([r["path"] for r in rows], fields=["vector", "size", "ctime_ns", "inode", "sha256"])

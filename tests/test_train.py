@@ -19,9 +19,10 @@ from vitsearch.indexer import index_folder
 from vitsearch.search import SearchClient
 from vitsearch.search.encoder import Encoder
 from vitsearch.search.errors import BadQueryError
-from vitsearch.search.evaluate import evaluate, load_dataset
+from vitsearch.indexer.evaluate import evaluate_collection
+from vitsearch.search.metrics import load_dataset
 from vitsearch.search.store import Store
-from vitsearch.search.train import Augment, ScratchConfig, retrieval_figures, split_classes, train
+from vitsearch.train import Augment, ScratchConfig, retrieval_figures, split_classes, train
 
 #: The issue's small ViT: patch 2 on the 8x8 digits (16 patches), dim 64, depth 4, heads 4.
 DIGITS_VIT = ScratchConfig(image_size=8, patch_size=2, dim=64, depth=4, heads=4, mlp_dim=128)
@@ -54,7 +55,7 @@ def subset(src: Path, dst: Path, digits) -> Path:
 
 
 def reference_map(folder: Path, root: Path) -> float:
-    """Held-out mAP by an implementation independent of search/evaluate.py: embeddings of the
+    """Held-out mAP by an implementation independent of search/metrics.py: embeddings of the
     saved model (loaded as indexing loads it), exact cosine ranking, AP by cumulative sums."""
     paths = sorted(root.rglob("*.png"))
     labels = np.array([p.parent.name for p in paths])
@@ -137,7 +138,7 @@ def test_fine_tuning_improves_held_out_map_and_the_folder_indexes(digits, tmp_pa
     assert {p.name for p in result.out_dir.iterdir()} == {
         "config.json", "model.safetensors", "preprocessor_config.json", "training.json"}
 
-    # Held out, through the product: index the test images of 5-9 and run `vitsearch eval`'s evaluate().
+    # Held out, through the product: index the test images of 5-9 and run `vitsearch eval`'s evaluate_collection().
     test = subset(digits / "test", tmp_path / "test-high", range(5, 10))
     uri, maps = str(tmp_path / "x.db"), {}
     for name, folder in (("pretrained", pretrained), ("tuned", result.out_dir)):
@@ -145,7 +146,7 @@ def test_fine_tuning_improves_held_out_map_and_the_folder_indexes(digits, tmp_pa
             report = index_folder(str(test), encoder=Encoder.load(str(folder)), store=store, workers=0)
             assert report.indexed == store.count() == len(list(test.rglob("*.png")))
         with SearchClient(uri=uri, collection=name) as client:
-            maps[name] = evaluate(load_dataset(test), client, (1, 10)).map
+            maps[name] = evaluate_collection(load_dataset(test), client, (1, 10)).map
     print(f"held-out mAP on digits 5-9: {maps}")
     # Measured: pretrained 0.33, fine-tuned 0.53 (validation: epoch 0 0.32, epoch 6 0.55).
     assert maps["tuned"] >= maps["pretrained"] + 0.1
@@ -175,7 +176,7 @@ def test_a_clip_checkpoint_is_trained_and_saved_as_its_vision_model(digits, tmp_
     assert retrieval_figures(Encoder.load(str(clip)), val)["map"] == pytest.approx(result.epochs[0].map, abs=1e-6)
     assert isinstance(AutoModel.from_pretrained(result.out_dir), CLIPVisionModel)
     encoder = Encoder.load(str(result.out_dir))
-    assert encoder.dim == 32 and encoder.info.image_size == "32x32"
+    assert encoder.dim == 32 and encoder.info.size_text == "32x32"
     assert retrieval_figures(encoder, val)["map"] == pytest.approx(result.epochs[1].map, abs=1e-6)
 
 
@@ -239,7 +240,7 @@ def test_cli_prints_each_epoch_and_the_saved_folder_indexes(digits, tmp_path):
     import sys
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-c", "from vitsearch.search.cli import main; main()", *map(str, args)],
+        return subprocess.run([sys.executable, "-c", "from vitsearch.cli import main; main()", *map(str, args)],
                               capture_output=True, text=True, timeout=300, env={**os.environ, "VITSEARCH_WORKERS": "0"})
 
     data = subset(digits / "train", tmp_path / "three", (0, 1, 2))

@@ -312,7 +312,7 @@ def test_the_page_answers_while_an_indexing_run_writes(first, real_model, page, 
     for p in catalog[4:164]:
         shutil.copy(p, folder)
     uri = str(tmp_path / "milvus.db")
-    indexer = [sys.executable, "-c", "from vitsearch.search.cli import main; main()", "index", str(folder),
+    indexer = [sys.executable, "-c", "from vitsearch.cli import main; main()", "index", str(folder),
                "--model", str(real_model), "--uri", uri, "--batch-size", "8", "--workers", "1"]
 
     if first == "page":  # the page's process opens the database and serves it to the indexer

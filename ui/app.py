@@ -16,12 +16,16 @@ import time
 
 import streamlit as st
 
-from vitsearch.search.client import Hit, SearchClient
-from vitsearch.search.config import Settings
-from vitsearch.search.errors import BadImageError, CollectionNotFoundError, VitsearchError
-from vitsearch.search.images import IMAGE_EXTENSIONS, Limits
-from vitsearch.search.paths import printable
-from vitsearch.ui.thumbnails import THUMB_PX, thumbnail, to_jpeg
+from vitsearch.search.application import configure
+
+configure()  # this page is an application: quiet the libraries' own logs (before pymilvus loads)
+
+from vitsearch.search.client import Hit, SearchClient  # noqa: E402
+from vitsearch.search.config import Settings  # noqa: E402
+from vitsearch.search.errors import BadImageError, CollectionNotFoundError, VitsearchError  # noqa: E402
+from vitsearch.search.images import IMAGE_EXTENSIONS, Limits  # noqa: E402
+from vitsearch.search.paths import printable  # noqa: E402
+from vitsearch.ui.thumbnails import THUMB_PX, thumbnail, to_jpeg  # noqa: E402
 
 log = logging.getLogger("vitsearch.ui")
 

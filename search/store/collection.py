@@ -1,46 +1,38 @@
-"""Milvus storage of image embeddings: the only module that imports pymilvus.
+"""One Milvus collection of image embeddings (:class:`Store`): with :mod:`.bulk`, the only code
+that imports pymilvus.
 
 One collection holds one row per image file, keyed by the file's absolute path. The same code
 talks to Milvus Lite (a local ``.db`` directory) and to a Milvus server (``http://host:19530``);
 backend differences (hit keys, ``delete`` return values, errors) are absorbed here, so callers
 never branch on the backend.
 
-Paths are hostile input. Every Milvus expression that holds one is built in this module, from
-:func:`literal` (the one escaping function) and the helpers beside it; callers pass paths,
-folders and a user's filter as arguments, never as expression text. A path is stored as text
-that maps back to its exact bytes (:func:`stored_path`), also where a name is not valid UTF-8.
+Paths are hostile input: callers pass paths, folders and a user's filter as arguments, never as
+expression text, and the expressions are built by :mod:`.expr`. A path is stored as text that
+maps back to its exact bytes (:func:`~vitsearch.search.paths.stored_path`), also where a name is
+not valid UTF-8.
 """
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+from pymilvus import DataType, MilvusClient
+from pymilvus.client.types import Status
+from pymilvus.exceptions import MilvusException, MilvusUnavailableException
 
-# gRPC logs a line each time a DataLoader worker forks; our errors carry what matters.
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-from pymilvus import DataType, MilvusClient  # noqa: E402
-from pymilvus.client.types import Status  # noqa: E402
-from pymilvus.exceptions import MilvusException, MilvusUnavailableException  # noqa: E402
-
-from .config import Settings  # noqa: E402
-from .encoder import EncoderInfo  # noqa: E402
-from .errors import BadQueryError, CollectionNotFoundError, StoreError  # noqa: E402
-from .lite import lite_uri  # noqa: E402
-from .paths import path_from_stored, stored_path  # noqa: E402
+from ..config import Settings
+from ..encoder_info import EncoderInfo
+from ..errors import BadQueryError, CollectionNotFoundError, StoreError
+from ..paths import path_from_stored, stored_path
+from .expr import all_of, check_filter, literal, path_is_not, paths_in, under
+from .lite import lite_uri, release as lite_release
 
 log = logging.getLogger(__name__)
-# pymilvus logs every failed call with a traceback; StoreError already names the call and cause.
-logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
-logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)
-# Milvus Lite's in-process gRPC server logs "Method not implemented" for query_iterator's
-# timestamp probe, which pymilvus then replaces with a client-side timestamp.
-logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
 #: Version 2 (vitsearch 0.2) added ``ctime_ns`` and ``inode`` and stores paths with
 #: :func:`stored_path`; a version-1 collection is read as it is and upgraded in place by the
@@ -69,100 +61,29 @@ _NEW_IN_2 = {"ctime_ns": -1, "inode": -1}
 #: A collection being upgraded is copied to ``<name><suffix>`` first (see :meth:`Store.upgrade`).
 _UPGRADING, _OLD = "__vitsearch_upgrade", "__vitsearch_v1"
 _UPGRADE_KEY = "vitsearch.upgrade"
-#: Paths per ``path in [...]`` expression, and its largest size in bytes.
-_PATHS_PER_EXPR, _EXPR_BYTES = 1000, 1 << 20
-
-
-# --- expressions: every string from a user or the file system reaches Milvus through these ------
-
-def literal(value: str) -> str:
-    r"""``value`` as a Milvus string literal, in double quotes: the one escaping function.
-
-    The grammar (Milvus ``Plan.g4``, ``'"' (~["\\\r\n] | EscapeSequence)* '"'``) forbids a bare
-    double quote, backslash, CR and LF inside a literal; these four are escaped (``\"``, ``\\``,
-    ``\r``, ``\n``: the escapes that Milvus Lite and Milvus servers both read), every other
-    character is taken as it is. ``tests/test_store.py`` round-trips arbitrary text through both
-    parsers.
-    """
-    return '"' + value.translate(_LITERAL_ESCAPES) + '"'
-
-
-_LITERAL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
-
-
-def check_filter(expr: str) -> str:
-    """A user's filter, checked to be one balanced boolean expression (so that ANDing it with
-    the product's own conditions cannot be escaped by a stray parenthesis), or ``""``.
-
-    Brackets and parentheses outside string literals must pair up, and every literal must end;
-    Milvus checks the rest when the filter is used (see :meth:`Store.search`).
-
-    Raises:
-        BadQueryError: the filter is unbalanced or has an unterminated string.
-    """
-    expr = (expr or "").strip()
-    closing, stack, quote = {"(": ")", "[": "]"}, [], None
-    escaped = False
-    for column, char in enumerate(expr, 1):
-        if quote:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == quote:
-                quote = None
-        elif char in "\"'":
-            quote = char
-        elif char in closing:
-            stack.append(closing[char])
-        elif char in ")]" and (not stack or stack.pop() != char):
-            raise BadQueryError(f"filter {expr!r} is not one boolean expression: unmatched {char!r} at column {column}")
-    if quote:
-        raise BadQueryError(f"filter {expr!r} is not one boolean expression: a string is not terminated")
-    if stack:
-        raise BadQueryError(f"filter {expr!r} is not one boolean expression: {stack[-1]!r} missing at the end")
-    return expr
-
-
-def _all_of(*conditions: str) -> str:
-    """The conjunction of non-empty conditions, each in parentheses."""
-    return " and ".join(f"({c})" for c in conditions if c)
-
-
-def _under(folder: str) -> str:
-    """Rows whose file is inside ``folder`` (an absolute path), at any depth: an exact prefix of
-    path components by string range, ``path >= "/a/" and path < "/a0"`` ('0' follows '/'), so
-    no character of the name acts as a wildcard and ``/a`` never matches ``/ab``."""
-    prefix = stored_path(folder.rstrip(os.sep)) + os.sep
-    return f"path >= {literal(prefix)} and path < {literal(prefix[:-1] + chr(ord(os.sep) + 1))}"
-
-
-def _path_is_not(paths: Sequence[str]) -> str:
-    return " and ".join(f"path != {literal(stored_path(p))}" for p in paths)
-
-
-def _paths_in(paths: Sequence[str]) -> Iterator[str]:
-    """``path in [...]`` expressions covering ``paths``, each of bounded length."""
-    chunk: list[str] = []
-    size = 0
-    for p in paths:
-        item = literal(stored_path(p))
-        if chunk and (len(chunk) >= _PATHS_PER_EXPR or size + len(item) > _EXPR_BYTES):
-            yield f"path in [{', '.join(chunk)}]"
-            chunk, size = [], 0
-        chunk.append(item)
-        size += len(item) + 2
-    if chunk:
-        yield f"path in [{', '.join(chunk)}]"
 
 
 @dataclass(frozen=True)
-class StoredHit:
-    """One search result as the store returns it: ``score`` is cosine similarity in [-1, 1]."""
+class Hit:
+    """One search result.
+
+    Attributes:
+        path: absolute path of the indexed image file, exactly as the file system names it
+            (``os.fsencode(path)`` gives its bytes, also for a name that is not UTF-8).
+        score: cosine similarity of the embeddings, in [-1, 1]; higher is closer, 1 is identical.
+        metadata: the stored fields asked for: ``folder``, ``size`` (bytes), ``mtime`` (Unix
+            seconds), ``ctime_ns`` (Unix nanoseconds), ``inode``, ``width``, ``height`` (pixels),
+            ``sha256``, ``indexed_at`` (Unix seconds).
+    """
 
     path: str
     score: float
-    fields: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"path", "score", **metadata}``, JSON-serialisable."""
+        return {"path": self.path, "score": self.score,
+                **{k: v for k, v in self.metadata.items() if k != "path"}}
 
 
 def is_server_uri(uri: str) -> bool:
@@ -268,8 +189,25 @@ class Store:
     # --- the collection and its encoder record ---------------------------------------------------
 
     def exists(self) -> bool:
-        """Whether the collection exists."""
+        """Whether the collection exists.
+
+        Raises:
+            StoreError: Milvus refused or stayed unreachable.
+        """
         return bool(self._call("has_collection", self.collection))
+
+    @property
+    def where(self) -> str:
+        """``collection 'NAME' at URI``, for messages."""
+        return f"collection {self.collection!r} at {self.uri}"
+
+    def recorded_encoder(self) -> EncoderInfo | None:
+        """The encoder recorded in the collection, or None when the collection does not exist.
+
+        Raises:
+            StoreError: it exists but was not made by vitsearch (no encoder record).
+        """
+        return self.encoder_info() if self.exists() else None
 
     def encoder_info(self) -> EncoderInfo:
         """The encoder recorded in the collection.
@@ -418,11 +356,19 @@ class Store:
 
     def set_properties(self, properties: dict[str, str]) -> None:
         """Add or replace collection properties (to clear one, set it to ``""``: Milvus 2.3
-        servers cannot drop properties)."""
+        servers cannot drop properties).
+
+        Raises:
+            StoreError: Milvus refused (the collection does not exist) or stayed unreachable.
+        """
         self._call("alter_collection_properties", self.collection, properties=properties)
 
     def drop(self) -> None:
-        """Delete the collection and all its rows (no error if it does not exist)."""
+        """Delete the collection and all its rows (no error if it does not exist).
+
+        Raises:
+            StoreError: Milvus refused or stayed unreachable.
+        """
         if self.exists():
             self._call("drop_collection", self.collection)
         self._schema = None
@@ -467,7 +413,7 @@ class Store:
         """
         asked, fields = fields, self._fields(fields)
         found: dict[str, dict[str, Any]] = {}
-        for expr in _paths_in(paths):
+        for expr in paths_in(paths):
             for row in self._call("query", self.collection, filter=expr, output_fields=fields):
                 row = self._row(row, asked)
                 found[row["path"]] = row
@@ -484,7 +430,7 @@ class Store:
         Raises:
             StoreError: Milvus refused or stayed unreachable.
         """
-        for batch in self._batches(self.collection, self._fields(fields), _under(folder) if folder else "",
+        for batch in self._batches(self.collection, self._fields(fields), under(folder) if folder else "",
                                    batch_size):
             yield from (self._row(r, fields) for r in batch)
 
@@ -500,7 +446,7 @@ class Store:
         last = None
         while True:
             after = f"path > {literal(last)}" if last is not None else ""
-            rows = self._call("query", collection, filter=_all_of(after, filter), output_fields=fields,
+            rows = self._call("query", collection, filter=all_of(after, filter), output_fields=fields,
                               limit=batch_size, iterator="True", reduce_stop_for_best="True")
             if not rows:
                 return
@@ -563,18 +509,22 @@ class Store:
         Raises:
             StoreError: Milvus refused or stayed unreachable.
         """
-        for expr in _paths_in(paths):
+        for expr in paths_in(paths):
             self._call("delete", self.collection, filter=expr)
 
     def count(self) -> int:
-        """Number of rows in the collection."""
+        """Number of rows in the collection.
+
+        Raises:
+            StoreError: Milvus refused (the collection does not exist) or stayed unreachable.
+        """
         res = self._call("query", self.collection, filter="",
                          output_fields=["count(*)"])
         return int(res[0]["count(*)"])
 
     def search(self, vectors: np.ndarray, k: int, filter: str | None = None, *, folder: str | None = None,
                exclude: Sequence[str] = (), fields: Sequence[str] = META_FIELDS,
-               ef: int | None = None) -> list[list[StoredHit]]:
+               ef: int | None = None) -> list[list[Hit]]:
         """Top-``k`` rows by cosine similarity for each query vector.
 
         The conditions are ANDed: ``filter`` (checked by :func:`check_filter` to be one
@@ -597,7 +547,7 @@ class Store:
             StoreError: Milvus refused the search or cannot be reached.
         """
         user = check_filter(filter or "")
-        expr = _all_of(user, _under(folder) if folder else "", _path_is_not(exclude))
+        expr = all_of(user, under(folder) if folder else "", path_is_not(exclude))
         asked, fields = fields, self._fields(fields)
         try:
             res = self._call(
@@ -616,53 +566,33 @@ class Store:
         out = []
         for hits in res:
             rows = [self._row(h["entity"], asked) for h in hits]
-            out.append([StoredHit(r["path"], float(h["distance"]), r) for h, r in zip(hits, rows)])
+            out.append([Hit(r["path"], float(h["distance"]), r) for h, r in zip(hits, rows)])
         return out
 
-    def bulk_import(self, files: Sequence[str], timeout_s: float = 24 * 3600, poll_s: float = 5.0) -> int:
-        """Load Parquet files into the collection by Milvus bulk import (a server's REST API,
-        ``pymilvus.bulk_writer.bulk_import``; Milvus 2.4+), one file per import task, and wait
-        for the job.
-
-        Args:
-            files: object keys within the server's own bucket; each file has one column per
-                field (``vector`` a list of float32).
+    def index_info(self) -> dict[str, Any]:
+        """The vector index as Milvus describes it.
 
         Returns:
-            rows imported.
+            ``{"index_type": "HNSW", "metric_type": "COSINE"}`` (as the collection has them).
 
         Raises:
-            StoreError: a Milvus Lite URI, the server refused the job, or it failed or timed out.
+            StoreError: Milvus refused (the collection does not exist) or stayed unreachable.
         """
-        from pymilvus.bulk_writer import bulk_import, get_import_progress
-
-        if self._lite is not None:
-            raise StoreError(f"bulk import needs a Milvus server, not Milvus Lite ({self.uri})")
-        reply = bulk_import(url=self.uri, collection_name=self.collection, api_key=self._token,
-                            files=[[f] for f in files]).json()
-        job = (reply.get("data") or {}).get("jobId")
-        if not job:
-            raise StoreError(f"Milvus at {self.uri} refused the bulk import of {len(files)} files: "
-                             f"{reply.get('message', reply)}")
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            state = get_import_progress(url=self.uri, job_id=job, api_key=self._token).json().get("data") or {}
-            if state.get("state") == "Completed":
-                return int(state.get("importedRows") or 0)
-            if state.get("state") == "Failed":
-                raise StoreError(f"bulk import job {job} at {self.uri} failed: {state.get('reason')}")
-            time.sleep(poll_s)
-        raise StoreError(f"bulk import job {job} at {self.uri} did not finish in {timeout_s:.0f} s")
-
-    def index_info(self) -> dict[str, Any]:
-        """The vector index as Milvus describes it: ``index_type`` and ``metric_type``."""
         desc = self._call("describe_index", self.collection, "vector")
         return {"index_type": desc.get("index_type"), "metric_type": desc.get("metric_type")}
 
-    def close(self) -> None:
+    @property
+    def is_lite(self) -> bool:
+        """Whether this is a Milvus Lite database (else a server)."""
+        return self._lite is not None
+
+    def close(self, release: bool = False) -> None:
         """Close this connection. A Lite database served by this process stays open, and shared
-        with other vitsearch processes, until the process exits."""
+        with other vitsearch processes, until the process exits, or (``release``) is closed now,
+        so that its folder can be removed or another process take it over."""
         self._client.close()
+        if release and self._lite is not None:
+            lite_release(self._lite)
 
     def __enter__(self) -> "Store":
         return self

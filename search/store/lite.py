@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import StoreError
+from ..errors import StoreError
 
 log = logging.getLogger(__name__)
 ENDPOINT_FILE = "vitsearch-endpoint.json"

@@ -1,4 +1,6 @@
-"""Retrieval quality on a labelled image set, computed the way the field computes it.
+"""Retrieval quality on a labelled image set, computed the way the field computes it: the
+datasets and the figures (numpy only; :func:`vitsearch.indexer.evaluate` indexes a dataset and
+searches it, training computes the same figures per epoch).
 
 Two dataset layouts (:func:`load_dataset`):
 
@@ -8,8 +10,7 @@ Two dataset layouts (:func:`load_dataset`):
 - **classes**: one subfolder per class; every image is a query and the other images of its class
   are its relevant set.
 
-:func:`evaluate` queries every query through :class:`~.client.SearchClient` (with its stored
-vector when it is indexed, else by image), leaves the query out of its own ranking, and reports:
+Every query's ranking leaves the query out; the figures:
 
 - **mAP**: mean over queries of non-interpolated average precision (the mean, over a query's
   relevant items, of the precision at each one's rank; a relevant item not retrieved counts 0);
@@ -18,24 +19,19 @@ vector when it is indexed, else by image), leaves the query out of its own ranki
 - **ANN recall@10**: mean overlap of the index's top-10 with the exact (brute-force cosine)
   top-10 over the same stored vectors: what the HNSW index costs in quality.
 
-Rankings are ``min(N - 1, 16384)`` deep (16384 is Milvus's top-k limit).
 """
 from __future__ import annotations
 
 import json
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from .client import SearchClient
 from .errors import BadQueryError
 from .images import is_image_file
-
-MAX_DEPTH = 16384
 
 
 @dataclass
@@ -91,27 +87,6 @@ def class_folders(root: Path) -> dict[Path, list[str]]:
     return {c: files for c, files in found.items() if files}
 
 
-@dataclass
-class EvalResult:
-    """Retrieval figures; see the module docstring for the definitions (all in [0, 1])."""
-
-    queries: int
-    map: float
-    recall: dict[int, float]
-    precision: dict[int, float]
-    ann_recall_at_10: float
-    search_seconds: float
-    per_query_ap: dict[str, float] = field(default_factory=dict, repr=False)
-
-    def to_dict(self) -> dict:
-        """JSON-ready; ``k`` keys become strings."""
-        out = asdict(self)
-        out.pop("per_query_ap")
-        out["recall"] = {str(k): v for k, v in self.recall.items()}
-        out["precision"] = {str(k): v for k, v in self.precision.items()}
-        return out
-
-
 def average_precision(ranking: Sequence[str], relevant: set[str]) -> float:
     """Non-interpolated AP of one ranking; 0 for an empty relevant set."""
     if not relevant:
@@ -126,16 +101,11 @@ def average_precision(ranking: Sequence[str], relevant: set[str]) -> float:
 
 @dataclass
 class RankingFigures:
-    """mAP, recall@k and precision@k of a set of rankings (module docstring), all in [0, 1].
-
-    Attributes:
-        per_query_ap: query to its average precision.
-    """
+    """mAP, recall@k and precision@k of a set of rankings (module docstring), all in [0, 1]."""
 
     map: float
     recall: dict[int, float]
     precision: dict[int, float]
-    per_query_ap: dict[str, float]
 
 
 def ranking_figures(rankings: Mapping[str, Sequence[str]], relevant: Mapping[str, set[str]],
@@ -144,7 +114,7 @@ def ranking_figures(rankings: Mapping[str, Sequence[str]], relevant: Mapping[str
     query itself left out) and its relevant set; ``rankings`` and ``relevant`` have the same keys.
 
     A query with an empty relevant set counts 0 in mAP and recall. The one definition used by
-    :func:`evaluate` (``vitsearch eval``) and by :mod:`~vitsearch.search.train`.
+    ``vitsearch eval`` (:func:`vitsearch.indexer.evaluate`) and by training (:mod:`vitsearch.train`).
     """
     aps, recalls, precisions = {}, {k: [] for k in ks}, {k: [] for k in ks}
     for query, ranking in rankings.items():
@@ -157,8 +127,7 @@ def ranking_figures(rankings: Mapping[str, Sequence[str]], relevant: Mapping[str
     return RankingFigures(
         map=float(np.mean(list(aps.values()))),
         recall={k: float(np.mean(v)) for k, v in recalls.items()},
-        precision={k: float(np.mean(v)) for k, v in precisions.items()},
-        per_query_ap=aps)
+        precision={k: float(np.mean(v)) for k, v in precisions.items()})
 
 
 def exact_ranking(matrix: np.ndarray, names: Sequence[str], vector: np.ndarray,
@@ -172,39 +141,3 @@ def exact_ranking(matrix: np.ndarray, names: Sequence[str], vector: np.ndarray,
     """
     order = np.argsort(-(matrix @ vector), kind="stable")
     return [names[i] for i in order if names[i] != leave_out]
-
-
-def evaluate(dataset: Dataset, client: SearchClient, ks: Sequence[int] = (1, 5, 10)) -> EvalResult:
-    """Query every query of ``dataset`` against ``client``'s collection (which must hold the
-    dataset's images; other rows act as distractors) and compute mAP, recall@k, precision@k and
-    the index's recall@10 against exact search over all the collection's stored vectors (held in
-    memory: ``(N, D) float32``).
-
-    Raises:
-        BadQueryError: the collection holds none of the dataset's images, or a k is not positive.
-    """
-    if not ks or min(ks) < 1:
-        raise BadQueryError(f"k values must be positive integers, got {list(ks)}")
-    vectors = {r["path"]: np.asarray(r["vector"], np.float32) for r in client.store.iter_rows(["vector"])}
-    if not any(q in vectors for q in dataset.queries):
-        raise BadQueryError(f"the collection holds none of the images under {dataset.root}: index them first")
-    names = sorted(vectors)
-    matrix = np.stack([vectors[p] for p in names])
-    depth = min(len(names) - 1, MAX_DEPTH) or 1  # the whole ranking, the query left out
-    rankings, ann = {}, []
-    started = time.perf_counter()
-    for query in dataset.queries:
-        if query in vectors:
-            hits = client.search_similar(query, k=depth)  # its stored vector; itself left out
-        else:
-            hits = [h for h in client.search(query, k=min(depth + 1, MAX_DEPTH)) if h.path != query]
-        rankings[query] = ranking = [h.path for h in hits]
-        if query in vectors:  # the exact top-10 over the same vectors, the query left out
-            exact = exact_ranking(matrix, names, vectors[query], leave_out=query)[:10]
-            ann.append(len(set(exact) & set(ranking[:10])) / max(1, min(10, len(exact))))
-    seconds = time.perf_counter() - started
-    figures = ranking_figures(rankings, dataset.queries, ks)
-    return EvalResult(
-        queries=len(rankings), map=figures.map, recall=figures.recall, precision=figures.precision,
-        ann_recall_at_10=float(np.mean(ann)) if ann else float("nan"),
-        search_seconds=seconds, per_query_ap=figures.per_query_ap)

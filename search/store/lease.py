@@ -22,8 +22,8 @@ import time
 import uuid
 from typing import Iterator
 
-from .errors import CollectionBusyError, StoreError
-from .store import Store
+from ..errors import CollectionBusyError, StoreError
+from .collection import Store
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,99 @@
+"""What every command shares: the Typer app, the options several commands take, settings from
+flags, one-line failures, the progress bar, and the process setup of an application
+(:func:`~vitsearch.search.application.configure`: quiet third-party loggers and warnings)."""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Optional
+
+import typer
+
+from vitsearch.search.config import Settings
+
+app = typer.Typer(
+    help="Image similarity search: index folders of images with a Vision Transformer's CLS "
+         "embedding into Milvus, then find visually similar images.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+model_app = typer.Typer(help="Get encoder models for offline use.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+URI = typer.Option(None, "--uri", help="Milvus URI: a Milvus Lite path (*.db) or http://host:19530. "
+                   "(env VITSEARCH_URI; default: milvus.db in the user data folder)")
+COLLECTION = typer.Option(None, "--collection", help="Collection name. (env VITSEARCH_COLLECTION; default: images)")
+DEVICE = typer.Option(None, "--device", help="cuda, cuda:N, mps or cpu. (env VITSEARCH_DEVICE; default: auto)")
+DTYPE = typer.Option(None, "--dtype", help="bfloat16, float16 or float32. (env VITSEARCH_DTYPE; "
+                     "default: bfloat16 on CUDA, float32 elsewhere)")
+JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+class Pooling(str, Enum):
+    """``--pooling`` values (see :data:`vitsearch.search.encoder.POOLINGS`)."""
+
+    cls = "cls"
+    mean = "mean"
+
+
+IMAGE_SIZE = typer.Option(None, "--image-size", min=8, help="Encoder input N x N pixels: the processor resizes "
+                          "and crops to N, the position embeddings are interpolated. Recorded in the "
+                          "collection like the model. (env VITSEARCH_IMAGE_SIZE; default: the collection's, "
+                          "else the checkpoint's, e.g. 224)")
+POOLING = typer.Option(None, "--pooling",
+                       help="cls (the CLS token; default) or mean (the mean of the patch tokens); recorded "
+                            "in the collection like the model. (env VITSEARCH_POOLING)")
+
+
+def settings(**overrides: Any) -> Settings:
+    """Settings from the flags given (None: not given) over ``VITSEARCH_*``, the process set up
+    for them; a bad value is one line and exit code 2."""
+    from pydantic import ValidationError
+
+    from vitsearch.search.application import configure
+
+    try:
+        s = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "settings"
+        fail(f"{where}: {error['msg'].removeprefix('Value error, ')}", code=2)
+    configure(s)
+    return s
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print ``error: message`` on stderr and exit with ``code``."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def open_client(uri: Optional[str], collection: Optional[str], model: Optional[str], device: Optional[str],
+           image_size: Optional[int] = None):
+    """The :class:`~vitsearch.search.client.SearchClient` the flags name."""
+    from vitsearch.search.client import SearchClient
+
+    return SearchClient(model=model, settings=settings(uri=uri, collection=collection, device=device,
+                                                       image_size=image_size))
+
+
+def progress_bar():
+    """A tqdm bar (images/s) implementing the indexer's ``Progress`` callbacks."""
+    from tqdm import tqdm
+
+    from vitsearch.indexer import Progress
+
+    class Bar(Progress):
+        def __init__(self):
+            self.bar = tqdm(total=0, unit="img", desc="embedding", dynamic_ncols=True)
+
+        def found(self, n: int) -> None:  # the scan streams: the total grows as files are found
+            self.bar.total += n
+            self.bar.refresh()
+
+        def advance(self, n: int) -> None:
+            self.bar.update(n)
+
+        def close(self) -> None:
+            self.bar.close()
+
+    return Bar()

@@ -1,0 +1,67 @@
+"""``vitsearch eval``: parse, call :func:`vitsearch.indexer.evaluate`, print the figures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vitsearch.search.errors import BadQueryError, VitsearchError
+
+from .common import COLLECTION, DEVICE, IMAGE_SIZE, POOLING, Pooling, app, fail, progress_bar, settings
+
+
+@app.command("eval")
+def eval_(
+    dataset: Path = typer.Argument(..., exists=True, file_okay=False, dir_okay=True,
+                                   help="images/ + groundtruth.json (query file -> relevant files), or one "
+                                        "subfolder of images per class."),
+    model: Optional[str] = typer.Option(None, "--model", help="Hub id, local folder or pulled model name. "
+                                        "(env VITSEARCH_MODEL; default: facebook/dinov2-small)"),
+    pooling: Optional[Pooling] = POOLING,
+    image_size: Optional[int] = IMAGE_SIZE,
+    k: str = typer.Option("1,5,10", "--k", help="Cut-offs for recall@k and precision@k, comma-separated."),
+    uri: Optional[str] = typer.Option(None, "--uri", help="Reuse this Milvus (with --collection); default: a "
+                                      "temporary Milvus Lite database, deleted afterwards."),
+    collection: Optional[str] = COLLECTION,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode/preprocess processes."),
+    device: Optional[str] = DEVICE,
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON documented in the README."),
+) -> None:
+    """Measure retrieval quality on a labelled set: mAP, recall@k, precision@k, ANN recall@10.
+
+    DATASET is indexed with the normal indexer (incremental, so a reused collection is not
+    embedded twice), every query is searched through SearchClient with the query left out of its
+    own ranking, and the index's top-10 is compared with exact search on the same vectors.
+    """
+    from vitsearch.indexer import evaluate
+
+    try:
+        ks = sorted({int(v) for v in k.split(",") if v.strip()})
+        if not ks or ks[0] < 1:
+            raise ValueError
+    except ValueError:
+        fail(f"--k takes positive integers separated by commas, got {k!r}", code=2)
+    s = settings(model=model, pooling=pooling and pooling.value, image_size=image_size, batch_size=batch_size,
+                 workers=workers, device=device)
+    try:
+        report = evaluate(dataset, s, ks, uri=uri, collection=collection, progress=progress_bar())
+    except BadQueryError as exc:
+        fail(str(exc), code=2)
+    except VitsearchError as exc:
+        fail(str(exc))
+    out = report.to_dict()
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    result = report.result
+    typer.echo(f"{dataset}: {report.layout}, {report.images} images, {result.queries} queries; "
+               f"model {report.model}, pooling {report.pooling}, {report.dim}-d, input {report.image_size}")
+    typer.echo(f"{'mAP':>14}  {result.map:.4f}")
+    for name, values in (("recall", result.recall), ("precision", result.precision)):
+        typer.echo("  ".join(f"{f'{name}@{kk}':>14}  {v:.4f}" for kk, v in values.items()))
+    typer.echo(f"{'ANN recall@10':>14}  {result.ann_recall_at_10:.4f} (the index's top-10 against exact search)")
+    typer.echo(f"{'seconds':>14}  index {report.seconds['index']} ({report.images_per_s} images/s), "
+               f"search {report.seconds['search']}, total {report.seconds['total']}")

@@ -1,0 +1,186 @@
+"""``vitsearch index``: parse, call :func:`vitsearch.indexer.index_folder` (or the Ray engine),
+print the summary."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vitsearch.search.config import Settings
+from vitsearch.search.errors import VitsearchError
+from vitsearch.search.paths import printable
+
+from .common import COLLECTION, DEVICE, DTYPE, IMAGE_SIZE, JSON, POOLING, URI, Pooling, app, fail, progress_bar, settings
+
+
+class Engine(str, Enum):
+    """``--engine`` values: this process (:mod:`vitsearch.indexer.runner`) or a Ray cluster
+    (:mod:`vitsearch.indexer.ray_engine`)."""
+
+    local = "local"
+    ray = "ray"
+
+
+@app.command()
+def index(
+    folder: str = typer.Argument(..., metavar="SOURCE", help="Folder of images, scanned recursively; with "
+                                 "--engine ray also a URI such as s3://bucket/prefix."),
+    model: Optional[str] = typer.Option(None, "--model", help="Hub id, local folder or pulled model "
+                                        "name. (env VITSEARCH_MODEL; default: the collection's model, "
+                                        "for a new collection facebook/dinov2-small)"),
+    pooling: Optional[Pooling] = POOLING,
+    image_size: Optional[int] = IMAGE_SIZE,
+    uri: Optional[str] = URI,
+    collection: Optional[str] = COLLECTION,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass "
+                                             "(default: 32; on CUDA, sized to the card's free memory)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode/preprocess processes (default: 2)."),
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    use_compile: bool = typer.Option(False, "--compile", help="torch.compile the encoder: tens of seconds "
+                                 "to compile, faster forward passes; pays off on large runs. (env VITSEARCH_COMPILE)"),
+    prune: bool = typer.Option(False, "--prune", help="Delete the rows under SOURCE whose path is no longer a "
+                               "regular file (deleted, or now a folder or a socket)."),
+    verify: bool = typer.Option(False, "--verify", help="Read and hash every file and re-embed each whose bytes "
+                                "differ from its row's sha256, also where size, mtime, ctime and inode all match."),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="Write the files that failed, with "
+                                               "the reason, to this file: CSV if it ends in .csv, else JSON lines."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each batch's decode, embed and write times."),
+    as_json: bool = JSON,
+    engine: Engine = typer.Option(Engine.local, "--engine", help="local: this machine's processes; ray: a "
+                                  "Ray cluster (pip install 'vitsearch[ray]'), decoding on its CPUs, one "
+                                  "encoder per GPU, writing from the workers."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --engine ray: auto (the "
+                                              "cluster of `ray start`) or ray://HOST:10001; default: a Ray "
+                                              "instance started on this machine for the run."),
+    num_gpus_per_worker: Optional[float] = typer.Option(None, "--num-gpus-per-worker", min=0, help="With "
+                                                        "--engine ray: GPUs per encoder (default: 1 if the "
+                                                        "cluster has GPUs, else 0)."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="With --engine ray: "
+                                              "encoder workers (default: one per GPU, 1 without GPUs)."),
+    bulk_dir: Optional[str] = typer.Option(None, "--bulk-dir", help="With --engine ray, for large first "
+                                           "loads: write the rows as Parquet shards here instead of upserting; "
+                                           "with a Milvus server and s3://ITS-BUCKET/prefix, then load them by "
+                                           "Milvus bulk import. See \"Scaling out\" in the README."),
+) -> None:
+    """Index the images under SOURCE (JPEG, PNG, WebP, BMP, GIF, TIFF).
+
+    Incremental: files whose path, size, mtime, ctime and inode match their row are skipped; a file
+    where any differs is hashed, and embedded again only if its bytes changed (--verify hashes
+    every file). Unreadable files are reported and skipped. Decoding (worker processes), the
+    encoder and the writes to Milvus (a background thread) overlap; the summary says where the
+    time went. With `--engine ray` the same stages run on a Ray cluster (see "Scaling out" in
+    the README).
+    """
+    import logging
+
+    from tqdm import tqdm
+
+    from vitsearch.indexer import IndexInterrupted, index_folder
+    from vitsearch.indexer.ray_engine import is_uri  # no Ray imported: only when --engine ray runs
+    from vitsearch.search.config import DEFAULT_BATCH_SIZE
+    from vitsearch.search.encoder import batch_size_for, encoder_for
+    from vitsearch.search.store import Store
+
+    if verbose:
+        logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+        logging.getLogger("vitsearch").setLevel(logging.DEBUG)
+    s = settings(model=model, pooling=pooling and pooling.value, image_size=image_size, uri=uri,
+                  collection=collection, batch_size=batch_size, workers=workers, device=device, dtype=dtype,
+                  compile=use_compile or None)
+    on_failure = lambda p, r: tqdm.write(f"skipped {printable(p)}: {r}", file=sys.stderr)  # noqa: E731
+    if is_uri(folder) and engine is Engine.local:
+        raise typer.BadParameter(f"{folder}: a URI needs --engine ray", param_hint="SOURCE")
+    if not is_uri(folder) and not os.path.isdir(folder):
+        why = "is not a folder" if os.path.exists(folder) else "does not exist"
+        raise typer.BadParameter(f"{folder} {why}", param_hint="SOURCE")
+    if engine is Engine.ray and prune:
+        raise typer.BadParameter("--prune runs with --engine local only", param_hint="--prune")
+    if engine is Engine.local and bulk_dir:
+        raise typer.BadParameter("--bulk-dir needs --engine ray", param_hint="--bulk-dir")
+    try:
+        with Store.from_settings(s) as store:
+            if engine is Engine.ray:
+                from vitsearch.indexer.ray_engine import index_with_ray  # imports Ray itself
+
+                encoder = encoder_for(store.recorded_encoder(), s.model_copy(update={"device": "cpu", "compile": False}),
+                                      store.where)
+                size = s.batch_size or DEFAULT_BATCH_SIZE
+                report = index_with_ray(folder, encoder=encoder, store=store, settings=s, batch_size=size,
+                                        ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
+                                        concurrency=concurrency, progress=progress_bar(),
+                                        on_failure=on_failure, bulk_dir=bulk_dir)
+            else:
+                encoder = encoder_for(store.recorded_encoder(), s, store.where)
+                size = s.batch_size or batch_size_for(encoder)
+                report = index_folder(folder, encoder=encoder, store=store, batch_size=size,
+                                      workers=s.workers, prune=prune, verify=verify, progress=progress_bar(),
+                                      on_failure=on_failure)
+    except NotADirectoryError as exc:
+        fail(str(exc), 2)
+    except VitsearchError as exc:
+        fail(str(exc))
+    except IndexInterrupted as stop:
+        _index_summary(stop.report, s, encoder.info.model, size, folder, report_file, as_json)
+        typer.echo("interrupted: every image embedded so far is written; run again to continue", err=True)
+        raise typer.Exit(130)
+    except KeyboardInterrupt:  # before indexing began (loading the model, opening Milvus)
+        typer.echo("\ninterrupted", err=True)
+        raise typer.Exit(130)
+    _index_summary(report, s, encoder.info.model, size, folder, report_file, as_json)
+    if bulk_dir and not as_json:
+        typer.echo(f"rows written as Parquet shards under {bulk_dir}, not into Milvus, unless it is a "
+                   f"server and {bulk_dir} is in its bucket (then loaded by bulk import)")
+
+
+def _index_summary(report, s: Settings, model: str, batch_size: int, folder: str,
+                   report_file: Optional[Path], as_json: bool) -> None:
+    """Print what an indexing run did (a line, or JSON), and write the failures to ``report_file``."""
+    if report_file is not None:
+        _write_failures(report_file, report.failures)
+    summary = {"indexed": report.indexed, "unchanged": report.unchanged, "rehashed": report.rehashed,
+               "removed": report.removed,
+               "failed": report.failed, "seconds": round(report.seconds, 2),
+               "images_per_s": round(report.images_per_s, 2),
+               "stage_seconds": {"decode": round(report.decode_seconds, 2), "embed": round(report.embed_seconds, 2),
+                                 "write": round(report.write_seconds, 2), "wait": round(report.wait_seconds, 2)},
+               "batch_size": batch_size, "collection": s.collection, "uri": s.resolved_uri(), "model": model}
+    if as_json:
+        summary["failures"] = [{"path": p, "reason": r} for p, r in report.failures]
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    if not (report.indexed or report.unchanged or report.failed):
+        from vitsearch.search.images import IMAGE_EXTENSIONS
+
+        typer.echo(f"no image files under {folder} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return
+    typer.echo(f"indexed {report.indexed}, unchanged {report.unchanged}, removed {report.removed}, "
+               f"failed {report.failed} in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s) "
+               f"into {s.collection!r} at {s.resolved_uri()}")
+    if report.rehashed:
+        typer.echo(f"rehashed {report.rehashed}: files read to compare their bytes with their row's sha256 "
+                   f"(size, mtime, ctime or inode changed, or --verify)")
+    if report.indexed:
+        typer.echo(f"time: {report.stages()}; batch size {batch_size}")
+    if report.failures:
+        where = f"listed in {report_file}" if report_file else "listed above; --report FILE saves them"
+        typer.echo(f"{report.failed} file{'s' if report.failed > 1 else ''} could not be indexed ({where})")
+
+
+def _write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
+    """``path, reason`` per failed file: CSV for a ``.csv`` name, else JSON lines."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        if path.suffix.lower() == ".csv":
+            out = csv.writer(f)
+            out.writerow(["path", "reason"])
+            out.writerows(failures)
+        else:
+            for p, reason in failures:
+                f.write(json.dumps({"path": p, "reason": reason}) + "\n")

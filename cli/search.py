@@ -1,0 +1,70 @@
+"""``vitsearch search`` and ``vitsearch stats``: parse, call :class:`~vitsearch.search.client.SearchClient`, print."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from vitsearch.search.config import MAX_K
+from vitsearch.search.errors import BadImageError, BadQueryError, VitsearchError
+from vitsearch.search.paths import printable
+
+from .common import COLLECTION, DEVICE, IMAGE_SIZE, JSON, URI, app, fail, open_client
+
+
+@app.command()
+def search(
+    image: str = typer.Argument(..., help="Query image file (or, with --similar, an indexed file's path)."),
+    k: int = typer.Option(10, "-k", "--k", min=1, max=MAX_K, help="Number of results."),
+    filter: Optional[str] = typer.Option(None, "--filter", help='Milvus boolean expression on stored fields, '
+                                         'e.g. \'width >= 500 and folder == "/photos/2024"\'.'),
+    folder: Optional[str] = typer.Option(None, "--folder", help="Only images in this folder or below it."),
+    similar: bool = typer.Option(False, "--similar", help="IMAGE is an indexed file: use its stored vector."),
+    model: Optional[str] = typer.Option(None, "--model", help="Default: the model the collection was indexed with."),
+    image_size: Optional[int] = IMAGE_SIZE,
+    uri: Optional[str] = URI,
+    collection: Optional[str] = COLLECTION,
+    device: Optional[str] = DEVICE,
+    as_json: bool = JSON,
+) -> None:
+    """Find the indexed images most similar to IMAGE, best first (score: cosine similarity).
+
+    Exit codes: 0 results (or none), 1 Milvus, model or collection trouble, 2 a bad query (not an
+    image, a corrupt image, an unknown --similar path, a malformed --filter, k out of range).
+    """
+    try:
+        with open_client(uri, collection, model, device, image_size) as client:
+            if similar:
+                hits = client.search_similar(image, k=k, filter=filter, folder=folder)
+            else:
+                hits = client.search(image, k=k, filter=filter, folder=folder)
+    except (BadImageError, BadQueryError) as exc:
+        fail(str(exc), code=2)
+    except VitsearchError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps([h.to_dict() for h in hits], indent=2))
+        return
+    if not hits:
+        typer.echo("no results")
+        return
+    typer.echo(f"{'rank':>4}  {'score':>6}  {'size':>11}  path")
+    for rank, h in enumerate(hits, 1):
+        size = f"{h.metadata.get('width')}x{h.metadata.get('height')}"
+        typer.echo(f"{rank:>4}  {h.score:.4f}  {size:>11}  {printable(h.path)}")
+
+
+@app.command()
+def stats(uri: Optional[str] = URI, collection: Optional[str] = COLLECTION, as_json: bool = JSON) -> None:
+    """Show the collection: number of images, model, dimension, index type, URI."""
+    try:
+        with open_client(uri, collection, None, None) as client:
+            info = client.stats()
+    except VitsearchError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        typer.echo(f"{key:>15}: {value}")

@@ -1,0 +1,36 @@
+"""Process-wide setup for an application built on vitsearch (the ``vitsearch`` command, the page):
+the library itself changes no global state; an application calls :func:`configure` once.
+
+- quiets loggers and warnings whose content vitsearch's own errors already carry: pymilvus logs
+  every failed call with a traceback, gRPC a line per forked worker, Milvus Lite's server
+  "Method not implemented" for a probe, transformers its advice and progress bars, Pillow a
+  ``DecompressionBombWarning`` (vitsearch refuses by its own pixel limit);
+- lets Pillow's own decompression-bomb guard follow a ``VITSEARCH_MAX_IMAGE_PIXELS`` raised above it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+from .config import Settings
+
+
+def configure(settings: Settings | None = None) -> None:
+    """Set up this process for a vitsearch application (idempotent)."""
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # read when grpc is first imported
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported: tell it directly
+        transformers = sys.modules["transformers"]
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    for name in ("pymilvus", "milvus_lite", "grpc._server"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    limit = (settings or Settings()).max_image_pixels
+    if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit

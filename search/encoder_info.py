@@ -1,0 +1,76 @@
+"""What a collection records about the encoder that filled it (:class:`EncoderInfo`): read by the
+store and the client without loading torch."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from .errors import EncoderMismatchError
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """What a collection records about the encoder that filled it.
+
+    Attributes:
+        model: hub id, pulled model name or absolute folder path the encoder was loaded from.
+        weights_sha256: sha256 of the weights file(s); two encoders are the same model iff equal.
+        dim: embedding dimension D.
+        pooling: how the image vector is taken from the last layer's tokens: ``"cls"`` (the class
+            token, the product's default) or ``"mean"`` (the mean of the patch tokens).
+        image_size: model input ``(height, width)`` in pixels after preprocessing; given as such
+            or as the ``"HxW"`` text the collection records, parsed once here.
+    """
+
+    model: str
+    weights_sha256: str
+    dim: int
+    pooling: str
+    image_size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        size = self.image_size
+        if isinstance(size, str):
+            size = size.split("x")
+        object.__setattr__(self, "image_size", (int(size[0]), int(size[1])))
+
+    @property
+    def square_size(self) -> int | None:
+        """N for an N x N input size (what ``--image-size N`` gives), else None."""
+        h, w = self.image_size
+        return h if h == w else None
+
+    @property
+    def size_text(self) -> str:
+        """The input size as recorded and shown: ``"HxW"``, e.g. ``"224x224"``."""
+        return f"{self.image_size[0]}x{self.image_size[1]}"
+
+    def to_json(self) -> str:
+        """Serialise to a JSON object string (the image size as ``"HxW"``)."""
+        return json.dumps({**asdict(self), "image_size": self.size_text}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EncoderInfo":
+        """Parse what :meth:`to_json` wrote."""
+        return cls(**json.loads(text))
+
+    def check_same(self, other: "EncoderInfo", where: str) -> None:
+        """Refuse to mix vectors: raise unless ``other`` computes the same embeddings.
+
+        The ``model`` name may differ (a hub id and its local copy); weights, dimension, pooling
+        and input size may not.
+
+        Raises:
+            EncoderMismatchError: naming ``where`` (the collection) and both encoders.
+        """
+        fields = ("weights_sha256", "dim", "pooling", "image_size")
+        diffs = [f for f in fields if getattr(self, f) != getattr(other, f)]
+        if diffs:
+            raise EncoderMismatchError(
+                f"{where} was indexed with model {self.model!r} "
+                f"(dim {self.dim}, {self.pooling}, {self.size_text}, weights {self.weights_sha256[:12]}), "
+                f"not with {other.model!r} (dim {other.dim}, {other.pooling}, {other.size_text}, "
+                f"weights {other.weights_sha256[:12]}); differing: {', '.join(diffs)}. "
+                f"Leave --model out to use the collection's own model, or index into another "
+                f"collection (--collection NAME)."
+            )

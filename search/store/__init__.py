@@ -1,0 +1,10 @@
+"""Milvus storage: the collection (:class:`Store`, :mod:`.collection`), its expressions
+(:mod:`.expr`), sharing a Milvus Lite database between processes (:mod:`.lite`), one indexing
+run per collection (:mod:`.lease`) and bulk import (:mod:`.bulk`).
+
+Only :mod:`.collection` and :mod:`.bulk` import pymilvus; nothing here imports torch.
+"""
+from .collection import MAX_PATH_BYTES, META_FIELDS, SCHEMA_VERSION, Hit, Store, is_server_uri
+from .lease import writer_lease
+
+__all__ = ["Store", "Hit", "META_FIELDS", "MAX_PATH_BYTES", "SCHEMA_VERSION", "is_server_uri", "writer_lease"]

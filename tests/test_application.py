@@ -1,0 +1,49 @@
+"""Contract of search/application.py and of the library's imports: importing the library (store,
+client, encoder, images, metrics) changes no process-wide state; an application's
+:func:`configure` quiets the third-party logs and warnings, and Pillow's guard follows a raised
+pixel limit."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+STATE = """
+import json, logging, os, warnings
+from PIL import Image
+def state():
+    import transformers
+    return {"loggers": {n: logging.getLogger(n).level for n in ("pymilvus", "milvus_lite", "grpc._server")},
+            "filters": len(warnings.filters), "pil": Image.MAX_IMAGE_PIXELS,
+            "env": {k: os.environ.get(k) for k in ("GRPC_VERBOSITY", "TRANSFORMERS_VERBOSITY")},
+            "transformers": transformers.utils.logging.get_verbosity()}
+"""
+
+
+def run(code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", STATE + code], capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in __import__("os").environ.items()
+                              if k not in ("GRPC_VERBOSITY", "TRANSFORMERS_VERBOSITY")})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_importing_the_library_changes_no_process_wide_state():
+    got = run("import pymilvus, torch, transformers, milvus_lite.server_manager  # their own import-time state\n"
+              "before = state()\n"
+              "import vitsearch.search.store, vitsearch.search.client, vitsearch.search.encoder\n"
+              "import vitsearch.search.images, vitsearch.search.metrics, vitsearch.indexer\n"
+              "print(json.dumps([before, state()]))")
+    before, after = got
+    assert before == after
+
+
+def test_configure_quiets_third_party_logs_and_follows_a_raised_pixel_limit():
+    before, after = run("before = state()\n"
+                        "from vitsearch.search.application import configure\n"
+                        "from vitsearch.search.config import Settings\n"
+                        "configure(Settings(max_image_pixels=500_000_000))\n"
+                        "print(json.dumps([before, state()]))")
+    assert all(level == 50 for level in after["loggers"].values()) and after["loggers"] != before["loggers"]
+    assert after["pil"] == 500_000_000 and after["filters"] > before["filters"]
+    assert after["env"]["GRPC_VERBOSITY"] == "ERROR"
