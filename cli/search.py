@@ -21,6 +21,9 @@ def search(
                                          'e.g. \'width >= 500 and folder == "/photos/2024"\'.'),
     folder: Optional[str] = typer.Option(None, "--folder", help="Only images in this folder or below it."),
     similar: bool = typer.Option(False, "--similar", help="IMAGE is an indexed file: use its stored vector."),
+    collapse: bool = typer.Option(False, "--collapse", help="Show files with identical bytes (same sha256) as one "
+                                  "result with a '+N copies' count (JSON: its \"copies\"); still k distinct "
+                                  "results."),
     model: Optional[str] = typer.Option(None, "--model", help="Default: the model the collection was indexed with."),
     image_size: Optional[int] = IMAGE_SIZE,
     uri: Optional[str] = URI,
@@ -36,9 +39,9 @@ def search(
     try:
         with open_client(uri, collection, model, device, image_size) as client:
             if similar:
-                hits = client.search_similar(image, k=k, filter=filter, folder=folder)
+                hits = client.search_similar(image, k=k, filter=filter, folder=folder, collapse_duplicates=collapse)
             else:
-                hits = client.search(image, k=k, filter=filter, folder=folder)
+                hits = client.search(image, k=k, filter=filter, folder=folder, collapse_duplicates=collapse)
     except (BadImageError, BadQueryError) as exc:
         fail(str(exc), code=2)
     except VitsearchError as exc:
@@ -52,7 +55,8 @@ def search(
     typer.echo(f"{'rank':>4}  {'score':>6}  {'size':>11}  path")
     for rank, h in enumerate(hits, 1):
         size = f"{h.metadata.get('width')}x{h.metadata.get('height')}"
-        typer.echo(f"{rank:>4}  {h.score:.4f}  {size:>11}  {printable(h.path)}")
+        copies = f"  (+{len(h.copies)} {'copy' if len(h.copies) == 1 else 'copies'})" if h.copies else ""
+        typer.echo(f"{rank:>4}  {h.score:.4f}  {size:>11}  {printable(h.path)}{copies}")
 
 
 @app.command()

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
-from .config import MAX_K, Settings
+from .config import DEFAULT_DUPLICATE_THRESHOLD, MAX_K, Settings
+from .duplicates import DuplicateReport, collapse, find_duplicates
 from .encoder import Encoder, check_image_size, encoder_for
 from .errors import BadQueryError
 from .images import ImageLike, Limits
@@ -96,7 +97,7 @@ class SearchClient:
         return preprocess.load(image, self.limits)
 
     def search(self, image: ImageLike, k: int = 10, filter: str | None = None,
-               folder: str | None = None) -> list[Hit]:
+               folder: str | None = None, collapse_duplicates: bool = False) -> list[Hit]:
         """The ``k`` indexed images most similar to ``image``, best first.
 
         Args:
@@ -108,6 +109,10 @@ class SearchClient:
                 ``folder``.
             folder: only images in this folder or below it (an absolute path; a relative one is
                 taken from the current folder): an exact prefix of path components.
+            collapse_duplicates: show files with identical bytes (same stored sha256) as one hit,
+                the best-ranked, whose ``copies`` lists the other paths (all of them that pass
+                ``filter`` and ``folder``); still ``k`` distinct hits when the collection holds
+                ``k`` (the search goes deeper, up to ``MAX_K`` rows).
 
         Returns:
             Up to ``k`` hits (fewer only if the collection or the filter holds fewer).
@@ -121,16 +126,18 @@ class SearchClient:
         _check_k(k)
         picture = self.load(image)
         encoder = self.encoder
-        return self.search_vector(encoder.embed_pixels(encoder.preprocess([picture]))[0], k, filter, folder)
+        return self.search_vector(encoder.embed_pixels(encoder.preprocess([picture]))[0], k, filter, folder,
+                                  collapse_duplicates)
 
     def search_similar(self, path: str, k: int = 10, filter: str | None = None,
-                       exclude_self: bool = True, folder: str | None = None) -> list[Hit]:
+                       exclude_self: bool = True, folder: str | None = None,
+                       collapse_duplicates: bool = False) -> list[Hit]:
         """Images similar to an already indexed file, using its stored vector (no model needed).
 
         Args:
             path: the indexed file's path; a relative path is taken from the current folder.
-            exclude_self: leave ``path`` itself out of the results.
-            filter, folder: as in :meth:`search`.
+            exclude_self: leave ``path`` itself out of the results (its copies stay).
+            filter, folder, collapse_duplicates: as in :meth:`search`.
 
         Raises:
             BadQueryError: ``path`` is not in the collection, ``k`` out of range, or a bad filter.
@@ -141,21 +148,55 @@ class SearchClient:
         if path not in rows:
             raise BadQueryError(f"{printable(path)} is not indexed in {self._where}")
         return self._search(np.asarray(rows[path]["vector"], np.float32), k, filter, folder,
-                            [path] if exclude_self else [])
+                            [path] if exclude_self else [], collapse_duplicates)
 
     def search_vector(self, vector: np.ndarray, k: int = 10, filter: str | None = None,
-                      folder: str | None = None) -> list[Hit]:
+                      folder: str | None = None, collapse_duplicates: bool = False) -> list[Hit]:
         """The ``k`` nearest rows to a ``(D,) float32`` L2-normalised embedding, best first.
 
-        ``filter`` and ``folder`` as in :meth:`search`.
+        ``filter``, ``folder`` and ``collapse_duplicates`` as in :meth:`search`.
         """
         _check_k(k)
-        return self._search(np.asarray(vector, np.float32), k, filter, folder, [])
+        return self._search(np.asarray(vector, np.float32), k, filter, folder, [], collapse_duplicates)
 
     def _search(self, vector: np.ndarray, k: int, filter: str | None, folder: str | None,
-                exclude: list[str]) -> list[Hit]:
+                exclude: list[str], collapse_duplicates: bool = False) -> list[Hit]:
         folder = os.path.abspath(os.fsdecode(folder)) if folder else None
-        return self.store.search(vector[None, :], k, filter, folder=folder, exclude=exclude, fields=META_FIELDS)[0]
+        depth = k
+        while True:
+            hits = self.store.search(vector[None, :], depth, filter, folder=folder, exclude=exclude,
+                                     fields=META_FIELDS)[0]
+            if not collapse_duplicates:
+                return hits
+            distinct = collapse(hits)
+            if len(distinct) >= k or len(hits) < depth or depth == MAX_K:
+                break
+            depth = min(MAX_K, 4 * depth)  # copies took places: search deeper for k distinct images
+        distinct = distinct[:k]
+        copies = self.store.copies([h.metadata["sha256"] for h in distinct], filter, folder=folder, exclude=exclude)
+        return collapse(distinct, copies)
+
+    def duplicates(self, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, folder: str | None = None, *,
+                   exact_only: bool = False, on_rows: Callable[[int], None] | None = None) -> DuplicateReport:
+        """Groups of images of the collection that are the same picture (no model needed; nothing
+        is deleted or moved): exact duplicates by sha256, near duplicates by cosine similarity
+        of the stored embeddings at or above ``threshold``, joined into connected components.
+        See :func:`~vitsearch.search.duplicates.find_duplicates`.
+
+        Args:
+            threshold: cosine similarity in (0, 1]; the default was chosen for the default model
+                on planted copies of real photos (``benchmarks/duplicates.py``).
+            folder: only files in this folder or below it, on both sides of each pair (a
+                relative path is taken from the current folder).
+            exact_only: only identical bytes (same sha256); no vector search.
+            on_rows: called with the number of rows scanned after each batch.
+
+        Raises:
+            BadQueryError: ``threshold`` is not in (0, 1].
+            StoreError: Milvus refused or stayed unreachable.
+        """
+        folder = os.path.abspath(os.fsdecode(folder)) if folder else None
+        return find_duplicates(self.store, None if exact_only else threshold, folder, on_rows=on_rows)
 
     def stats(self) -> dict[str, Any]:
         """Collection facts: ``count``, ``model``, ``dim``, ``pooling``, ``image_size``,

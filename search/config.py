@@ -27,6 +27,9 @@ MAX_K = 16384
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 #: Largest image file read, in MB (checked before reading: a sparse or huge file is not read).
 DEFAULT_MAX_FILE_MB = 200
+#: Cosine similarity at or above which two images are near duplicates (``vitsearch duplicates``),
+#: chosen for the default model from ``benchmarks/duplicates.py`` (see the README's "Duplicates").
+DEFAULT_DUPLICATE_THRESHOLD = 0.95
 
 
 class Settings(BaseSettings):

@@ -276,7 +276,7 @@ def test_upload_names_are_shown_as_plain_text(indexed, page):
 
 
 def plain_markdown(text: str) -> str:
-    from vitsearch.ui.app import literal_markdown
+    from vitsearch.ui.common import literal_markdown
 
     return literal_markdown(text)
 
@@ -352,3 +352,86 @@ def test_the_page_answers_while_an_indexing_run_writes(first, real_model, page, 
     total = 160 + (4 if first == "page" else 0)
     assert at.sidebar.get("metric")[0].value == str(total)
     assert result_names(at)[0] == query.name
+
+
+@pytest.fixture
+def with_copies(photos, db_uri, tiny_model):
+    """The example photos with ``cat copy.jpg`` (identical bytes to cat.jpg, an older mtime: the
+    keeper) and ``sub/coffee "2".jpg`` (identical to coffee.jpg), indexed with the tiny ViT."""
+    import shutil
+
+    from vitsearch.indexer import index_folder
+    from vitsearch.search.encoder import Encoder
+    from vitsearch.search.store import Store
+
+    shutil.copyfile(photos / "cat.jpg", photos / "cat copy.jpg")
+    os.utime(photos / "cat copy.jpg", (1e9, 1e9))
+    shutil.copyfile(photos / "coffee.jpg", photos / "sub" / 'coffee "2".jpg')
+    with Store(db_uri, "images") as store:
+        index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
+    return photos, db_uri
+
+
+def test_search_collapses_identical_copies_by_default(with_copies, page):
+    photos, uri = with_copies
+    at = upload(page(uri), photos / "cat.jpg")
+    names = result_names(at)
+    assert len(names) == 11 and len({"cat.jpg", "cat copy.jpg"} & set(names)) == 1  # 13 files, 11 pictures
+    first = next(col for col in at.columns if col.text)
+    assert names[0] in ("cat.jpg", "cat copy.jpg") and "+1 copy" in [c.value for c in first.caption]
+    at.checkbox(key="collapse").uncheck().run()
+    assert len(result_names(at)) == 12 and {"cat.jpg", "cat copy.jpg"} <= set(result_names(at))
+
+
+def duplicate_groups(at: AppTest) -> list[list[str]]:
+    """File names of each group on the Duplicates page, in order (keeper first)."""
+    groups = []
+    for block in at.main.children.values():
+        if getattr(block, "type", None) == "expandable" or not hasattr(block, "text"):
+            continue
+        headers = [m.value for m in block.markdown if m.value.startswith("**Group ")]
+        if headers:
+            groups.append([t.value for t in block.text])
+    return groups
+
+
+def test_the_duplicates_page_lists_groups_with_keeper_thumbnails_and_a_csv(with_copies, page):
+    photos, uri = with_copies
+    at = page(uri)
+    at.switch_page("duplicates_page.py").run()
+    assert not at.exception and not at.error
+    at.checkbox(key="dup_exact").check().run()
+    caption = at.caption[0].value
+    assert caption.startswith("2 groups, 2 duplicates among 13 images (identical bytes only")
+    assert duplicate_groups(at) == [["cat copy.jpg", "cat.jpg"], ["coffee.jpg", 'coffee "2".jpg']]
+    headers = [m.value for m in at.markdown if m.value.startswith("**Group ")]
+    assert headers[0] == "**Group 1** · exact · 2 images · weakest link 1.0000"
+    keep = [m.value for m in at.markdown if "keep" in m.value]
+    assert len(keep) == 2 and all(m.startswith("**1.0000**") for m in keep)
+    assert len(at.get("image")) == 4  # one thumbnail per image, from the guarded thumbnail code
+    assert any("KiB" in c.value and "px" in c.value for c in at.caption)
+    with SearchClient(uri=uri) as client:
+        expected = client.duplicates(exact_only=True).csv_bytes()
+    button = at.get("download_button")[0]
+    assert button.proto.label == "Download CSV" and not button.proto.disabled
+    assert expected.decode().splitlines()[0].startswith("group,path,keep,score")
+    at.text_input(key="dup_folder").set_value(str(photos / "sub")).run()
+    assert at.caption[0].value.startswith("0 groups, 0 duplicates among 2 images")  # both sides inside sub/
+    assert at.info and "No duplicates" in at.info[0].value
+    at.checkbox(key="dup_exact").uncheck()
+    at.text_input(key="dup_folder").set_value("")
+    at.slider(key="dup_threshold").set_value(1.0).run()
+    assert "threshold 1.000" in at.caption[0].value and len(duplicate_groups(at)) >= 2
+
+
+def test_the_duplicates_page_of_an_empty_collection(db_uri, tiny_model, page):
+    from vitsearch.search.encoder import Encoder
+    from vitsearch.search.store import Store
+
+    with Store(db_uri, "images") as store:
+        store.ensure(Encoder.load(str(tiny_model)).info)
+    at = page(db_uri)
+    at.switch_page("duplicates_page.py").run()
+    assert not at.exception and not at.error
+    assert at.caption[0].value.startswith("0 groups, 0 duplicates among 0 images")
+    assert at.get("download_button")[0].proto.disabled

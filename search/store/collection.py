@@ -25,11 +25,11 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.client.types import Status
 from pymilvus.exceptions import MilvusException, MilvusUnavailableException
 
-from ..config import Settings
+from ..config import MAX_K, Settings
 from ..encoder_info import EncoderInfo
 from ..errors import BadQueryError, CollectionNotFoundError, StoreError
 from ..paths import path_from_stored, stored_path
-from .expr import all_of, check_filter, literal, path_is_not, paths_in, under
+from .expr import all_of, check_filter, literal, path_is_not, paths_in, under, values_in
 from .lite import lite_uri, release as lite_release
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,11 @@ HNSW_PARAMS = {"M": 16, "efConstruction": 200}
 SEARCH_CONSISTENCY = "Session"
 #: How Milvus Lite and Milvus servers word a filter they cannot parse or apply.
 _FILTER_ERROR = re.compile(r"expression|parse|field|column|syntax|unterminated|operator|token", re.I)
+#: Neighbours asked for per stored vector by :meth:`Store.neighbours` at first; a vector whose
+#: last neighbour is still above the threshold is searched again 4x deeper (up to ``MAX_K``).
+NEIGHBOURS_K = 16
+#: Stored vectors sent as the query vectors of one search by :meth:`Store.neighbours`.
+NEIGHBOURS_BATCH = 256
 #: Fields of a row besides the vector, in schema order.
 META_FIELDS = ("path", "folder", "size", "mtime", "ctime_ns", "inode", "width", "height", "sha256", "indexed_at")
 #: Fields schema 1 lacks, and the value its rows are read with (-1: unknown, so the indexer
@@ -74,16 +79,22 @@ class Hit:
         metadata: the stored fields asked for: ``folder``, ``size`` (bytes), ``mtime`` (Unix
             seconds), ``ctime_ns`` (Unix nanoseconds), ``inode``, ``width``, ``height`` (pixels),
             ``sha256``, ``indexed_at`` (Unix seconds).
+        copies: with ``collapse_duplicates`` (:meth:`SearchClient.search`), the paths of the
+            other indexed files with the same bytes (same ``sha256``) that this one hit stands
+            for, sorted; empty otherwise.
     """
 
     path: str
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    copies: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"path", "score", **metadata}``, JSON-serialisable."""
+        """``{"path", "score", **metadata}``, plus ``"copies": [...]`` on a collapsed hit that
+        has copies; JSON-serialisable."""
         return {"path": self.path, "score": self.score,
-                **{k: v for k, v in self.metadata.items() if k != "path"}}
+                **{k: v for k, v in self.metadata.items() if k != "path"},
+                **({"copies": list(self.copies)} if self.copies else {})}
 
 
 def is_server_uri(uri: str) -> bool:
@@ -512,15 +523,79 @@ class Store:
         for expr in paths_in(paths):
             self._call("delete", self.collection, filter=expr)
 
-    def count(self) -> int:
-        """Number of rows in the collection.
+    def count(self, folder: str | None = None) -> int:
+        """Number of rows in the collection, or of files inside ``folder`` (an absolute path).
 
         Raises:
             StoreError: Milvus refused (the collection does not exist) or stayed unreachable.
         """
-        res = self._call("query", self.collection, filter="",
+        res = self._call("query", self.collection, filter=under(folder) if folder else "",
                          output_fields=["count(*)"])
         return int(res[0]["count(*)"])
+
+    def neighbours(self, threshold: float, *, folder: str | None = None, fields: Sequence[str] = ("sha256",),
+                   k: int = NEIGHBOURS_K, batch_size: int = NEIGHBOURS_BATCH,
+                   ) -> Iterator[tuple[list[dict[str, Any]], list[tuple[str, str, float]]]]:
+        """Every stored vector's neighbours at cosine similarity ``threshold`` or more: the rows
+        are streamed in primary-key order (:meth:`_batches`) and each batch's vectors are the
+        query vectors of one search (``batch_size`` queries per call, top-``k`` each, through
+        the HNSW index), so the cost is N/``batch_size`` searches, never N x N in Python. A
+        query whose ``k``-th neighbour is still at the threshold is searched again with 4x
+        ``k`` (up to ``MAX_K``, 16384), so that no neighbour above the threshold is cut off
+        by ``k`` (HNSW is approximate: a neighbour it misses is missed). With ``folder``, both
+        the queries and their neighbours are files inside it.
+
+        Args:
+            threshold: cosine similarity, in [-1, 1].
+            folder: an absolute path, or None for the whole collection.
+            fields: row fields to yield besides ``path``.
+
+        Yields:
+            ``(rows, pairs)`` per batch: the batch's rows (``path`` and ``fields``, no vector),
+            and ``(path, neighbour path, score)`` for each neighbour at the threshold or above,
+            the row itself left out (each pair is found from both ends).
+
+        Raises:
+            StoreError: Milvus refused the search or stayed unreachable.
+        """
+        for batch in self._batches(self.collection, self._fields(["vector", *fields]),
+                                   under(folder) if folder else "", batch_size):
+            rows = [self._row(r, fields) for r in batch]
+            vectors = np.asarray([r.pop("vector") for r in rows], np.float32)
+            pairs: list[tuple[str, str, float]] = []
+            todo, depth = np.arange(len(rows)), k
+            while len(todo):
+                results = self.search(vectors[todo], depth, folder=folder, fields=("path",))
+                deeper = []
+                for i, hits in zip(todo, results):
+                    if depth < MAX_K and len(hits) == depth and hits[-1].score >= threshold:
+                        deeper.append(i)
+                        continue
+                    pairs += [(rows[i]["path"], h.path, h.score) for h in hits
+                              if h.score >= threshold and h.path != rows[i]["path"]]
+                todo, depth = np.asarray(deeper, int), min(MAX_K, 4 * depth)
+            yield rows, pairs
+
+    def copies(self, sha256s: Sequence[str], filter: str | None = None, *, folder: str | None = None,
+               exclude: Sequence[str] = ()) -> dict[str, list[str]]:
+        """The paths of the rows whose file bytes have each of these sha256 digests, under the
+        same conditions as :meth:`search` (``filter``, ``folder``, ``exclude``), sorted.
+
+        Returns:
+            ``{sha256: [path, ...]}`` for the digests that have rows.
+
+        Raises:
+            BadQueryError: ``filter`` is not one valid expression.
+            StoreError: Milvus refused or stayed unreachable.
+        """
+        user = check_filter(filter or "")
+        found: dict[str, list[str]] = {}
+        for expr in values_in("sha256", sorted(set(sha256s))):
+            cond = all_of(expr, user, under(folder) if folder else "", path_is_not(exclude))
+            for batch in self._batches(self.collection, ["sha256"], cond):
+                for row in batch:
+                    found.setdefault(row["sha256"], []).append(path_from_stored(row["path"]))
+        return {sha: sorted(paths) for sha, paths in found.items()}
 
     def search(self, vectors: np.ndarray, k: int, filter: str | None = None, *, folder: str | None = None,
                exclude: Sequence[str] = (), fields: Sequence[str] = META_FIELDS,

@@ -86,14 +86,20 @@ def path_is_not(paths: Sequence[str]) -> str:
 
 def paths_in(paths: Sequence[str]) -> Iterator[str]:
     """``path in [...]`` expressions covering ``paths``, each of bounded length."""
+    return values_in("path", [stored_path(p) for p in paths])
+
+
+def values_in(field: str, values: Sequence[str]) -> Iterator[str]:
+    """``field in [...]`` expressions covering the string ``values``, each of bounded length
+    (``field`` is one of the product's own field names, never a user's text)."""
     chunk: list[str] = []
     size = 0
-    for p in paths:
-        item = literal(stored_path(p))
+    for v in values:
+        item = literal(v)
         if chunk and (len(chunk) >= PATHS_PER_EXPR or size + len(item) > EXPR_BYTES):
-            yield f"path in [{', '.join(chunk)}]"
+            yield f"{field} in [{', '.join(chunk)}]"
             chunk, size = [], 0
         chunk.append(item)
         size += len(item) + 2
     if chunk:
-        yield f"path in [{', '.join(chunk)}]"
+        yield f"{field} in [{', '.join(chunk)}]"

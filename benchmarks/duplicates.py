@@ -1,0 +1,273 @@
+"""Duplicates: quality on planted copies of real photos, and scan speed at scale.
+
+``quality``: the first ``--originals`` catalogue photos are copied into a temporary folder with,
+for each, planted copies made with Pillow: ``down50`` (downscaled to 50 %), ``jpeg30`` (JPEG
+quality 30), ``crop90`` (90 % centre crop), ``bright+10`` / ``bright-10`` (brightness x1.1 /
+x0.9), ``resave1`` (decoded, one pixel value changed by 1, saved again as JPEG at the original's
+quantisation: other bytes, same picture), ``identical`` (byte-identical copy). All are indexed
+with the real indexer and model; then :meth:`SearchClient.duplicates` (what ``vitsearch
+duplicates`` calls) runs at each threshold. Two files are a true pair when they come from the
+same original; a reported pair is two files in one group. Per transformation: recall of the
+(original, copy) pairs, precision of the reported pairs that hold such a copy; overall
+precision/recall over all same-original pairs; and the number of reported pairs whose files come
+from two distinct originals (of which: the two originals themselves).
+
+``speed``: synthetic 384-d unit vectors (random, plus 1 % planted near copies at cosine ~0.97)
+inserted directly through ``Store.upsert`` into a fresh collection with vitsearch's schema and
+index, flushed; then the scan (``find_duplicates`` at 0.95) runs in a fresh child process (its
+peak RSS is the scan's own); ``--exact-only`` scan (sha256 only) and, up to ``--exact-max``
+vectors, exact all-pairs numpy (blocked matrix products) as the baselines, and the pair recall
+of the scan against exact.
+
+    python benchmarks/duplicates.py quality [--originals 300] [--model M]
+    python benchmarks/duplicates.py speed [--sizes 10000,100000] [--server URI] [--no-lite]
+
+Not a test: run by hand, report the tables (and ``uptime``: the CPU is shared).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(os.environ.get("VITSEARCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+THRESHOLDS = (0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985, 0.99, 0.995)
+TRANSFORMS = ("down50", "jpeg30", "crop90", "bright+10", "bright-10", "resave1", "identical")
+
+
+def plant(original: Path, kind: str, out: Path) -> None:
+    """Write the ``kind`` copy of ``original`` to ``out`` (see the module docstring)."""
+    from PIL import Image, ImageEnhance
+
+    if kind == "identical":
+        shutil.copyfile(original, out)
+        return
+    with Image.open(original) as im:
+        im.load()
+        rgb = im.convert("RGB")
+        if kind == "down50":
+            rgb.resize((max(1, rgb.width // 2), max(1, rgb.height // 2)), Image.Resampling.LANCZOS).save(out, quality=90)
+        elif kind == "jpeg30":
+            rgb.save(out, quality=30)
+        elif kind == "crop90":
+            dx, dy = round(rgb.width * 0.05), round(rgb.height * 0.05)
+            rgb.crop((dx, dy, rgb.width - dx, rgb.height - dy)).save(out, quality=90)
+        elif kind in ("bright+10", "bright-10"):
+            ImageEnhance.Brightness(rgb).enhance(1.1 if kind == "bright+10" else 0.9).save(out, quality=90)
+        elif kind == "resave1":
+            r, g, b = rgb.getpixel((0, 0))
+            rgb.putpixel((0, 0), (r ^ 1, g, b))
+            rgb.save(out, "JPEG", qtables=im.quantization)  # the originals are JPEGs: same quantisation
+        else:
+            raise ValueError(kind)
+
+
+def quality(args) -> None:
+    from vitsearch.indexer import index_folder
+    from vitsearch.search import SearchClient
+    from vitsearch.search.encoder import Encoder
+    from vitsearch.search.store import Store
+
+    originals = sorted(Path(args.folder).glob("*.jpg"))[: args.originals]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "photos"
+        (root / "original").mkdir(parents=True)
+        source: dict[str, tuple[str, str]] = {}  # path -> (original name, transformation)
+        for kind in TRANSFORMS:
+            (root / kind).mkdir()
+        for p in originals:
+            shutil.copyfile(p, root / "original" / p.name)
+            source[str(root / "original" / p.name)] = (p.name, "original")
+            for kind in TRANSFORMS:
+                plant(p, kind, root / kind / p.name)
+                source[str(root / kind / p.name)] = (p.name, kind)
+        uri = str(Path(tmp) / "milvus.db")
+        encoder = Encoder.load(args.model)
+        started = time.perf_counter()
+        with Store(uri, "images") as store:
+            report = index_folder(str(root), encoder=encoder, store=store, workers=1)
+        index_s = time.perf_counter() - started
+        print(f"indexed {report.indexed} files ({len(originals)} originals x {1 + len(TRANSFORMS)}), "
+              f"{len(report.failures)} failures, in {index_s:.0f} s", flush=True)
+        results = []
+        with SearchClient(uri=uri) as client:
+            for t in THRESHOLDS:
+                found = client.duplicates(threshold=t)
+                results.append((t, found))
+        shas: dict[str, list[str]] = {}
+        for p in originals:
+            shas.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), []).append(p.name)
+        identical_originals = sum(len(v) * (len(v) - 1) // 2 for v in shas.values())
+
+    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
+          f"{len(originals)} catalogue photos from {args.folder} + {len(TRANSFORMS)} planted copies each "
+          f"({len(source)} files), model {Path(args.model).name}; {identical_originals} pairs of originals are "
+          f"byte-identical in the catalogue itself")
+    header = f"{'threshold':>9} " + " ".join(f"{k:>10}" for k in TRANSFORMS) + f" {'P all':>6} {'R all':>6} {'distinct':>8} {'orig-orig':>9} {'scan s':>6}"
+    print("\nrecall per transformation (original-copy pairs in one group), overall pair precision P and recall R,")
+    print("reported pairs of files from two distinct originals, of which both originals:")
+    print(header)
+    prec_rows = []
+    for t, found in results:
+        same_group = {}
+        for g, group in enumerate(found.groups):
+            for path in group.paths:
+                same_group[path] = g
+        reported = [(a, b) for group in found.groups for a, b in itertools.combinations(group.paths, 2)]
+        good = [(a, b) for a, b in reported if source[a][0] == source[b][0]]
+        distinct = [(a, b) for a, b in reported if source[a][0] != source[b][0]]
+        orig_orig = sum(1 for a, b in distinct if source[a][1] == source[b][1] == "original")
+        per = []
+        prec = []
+        for kind in TRANSFORMS:
+            hits = sum(1 for p in originals
+                       if same_group.get(str(root / "original" / p.name), -1) == same_group.get(str(root / kind / p.name), -2))
+            per.append(hits / len(originals))
+            involving = [(a, b) for a, b in reported if kind in (source[a][1], source[b][1])]
+            prec.append(sum(1 for a, b in involving if source[a][0] == source[b][0]) / len(involving) if involving else 1.0)
+        truth = len(originals) * (1 + len(TRANSFORMS)) * len(TRANSFORMS) // 2
+        p_all = len(good) / len(reported) if reported else 1.0
+        r_all = len(good) / truth
+        print(f"{t:9.3f} " + " ".join(f"{r:10.3f}" for r in per)
+              + f" {p_all:6.3f} {r_all:6.3f} {len(distinct):8d} {orig_orig:9d} {found.seconds:6.1f}")
+        prec_rows.append((t, prec))
+    print("\nprecision per transformation (reported pairs holding that copy that are true pairs):")
+    print(f"{'threshold':>9} " + " ".join(f"{k:>10}" for k in TRANSFORMS))
+    for t, prec in prec_rows:
+        print(f"{t:9.3f} " + " ".join(f"{p:10.3f}" for p in prec))
+
+
+def synthetic(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """``(n, dim) float32`` unit vectors: random, with the last 1 % near copies (cosine ~0.97)
+    of the first 1 %."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n, dim), dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    copies = max(1, n // 100)
+    noise = rng.standard_normal((copies, dim), dtype=np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    v[n - copies:] = v[:copies] + 0.25 * noise
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
+
+
+def fill(uri: str, vectors: np.ndarray, chunk: int = 5000) -> float:
+    from vitsearch.search.encoder_info import EncoderInfo
+    from vitsearch.search.store import Store
+
+    info = EncoderInfo(model="synthetic", weights_sha256="0" * 64, dim=vectors.shape[1], pooling="cls",
+                       image_size=(224, 224))
+    started = time.perf_counter()
+    with Store(uri, "bench", retry_s=600) as store:
+        store.drop()
+        store.ensure(info)
+        for start in range(0, len(vectors), chunk):
+            store.upsert([{"path": f"/f/{i % 100}/{i:08d}.jpg", "vector": vectors[i], "folder": f"/f/{i % 100}",
+                           "size": 1000, "mtime": float(i), "ctime_ns": 0, "inode": i, "width": 10, "height": 10,
+                           "sha256": f"{i:064x}", "indexed_at": 0.0}
+                          for i in range(start, min(start + chunk, len(vectors)))])
+        store.flush(timeout_s=3600)
+        store.close(release=True)
+    return time.perf_counter() - started
+
+
+def _scan(uri: str, threshold: float | None, queue) -> None:
+    from vitsearch.search.duplicates import find_duplicates
+    from vitsearch.search.store import Store
+
+    with Store(uri, "bench", retry_s=600) as store:
+        report = find_duplicates(store, threshold)
+        pairs = {frozenset(p) for g in report.groups for p in itertools.combinations(g.paths, 2)}
+        store.close(release=True)
+    queue.put((report.seconds, report.images, len(report.groups), pairs,
+               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def scan(uri: str, threshold: float | None):
+    """``find_duplicates`` in a fresh process: (seconds, images, groups, pairs, peak RSS MiB)."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_scan, args=(uri, threshold, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def exact_pairs(vectors: np.ndarray, threshold: float, block: int = 4096) -> tuple[set, float]:
+    """All pairs at ``threshold`` or above by blocked numpy matrix products, and the seconds."""
+    started = time.perf_counter()
+    found = set()
+    for s in range(0, len(vectors), block):
+        sims = vectors[s:s + block] @ vectors.T
+        for i, j in zip(*np.nonzero(sims >= threshold)):
+            if s + i < j:
+                found.add(frozenset((f"/f/{(s + i) % 100}/{s + i:08d}.jpg", f"/f/{j % 100}/{j:08d}.jpg")))
+    return found, time.perf_counter() - started
+
+
+def speed(args) -> None:
+    backends = ([] if args.no_lite else ["lite"]) + ([args.server] if args.server else [])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (int(s) for s in args.sizes.split(",")):
+            vectors = synthetic(n, args.dim)
+            exact, exact_s = exact_pairs(vectors, 0.95) if n <= args.exact_max else (None, None)
+            for backend in backends:
+                uri = str(Path(tmp) / f"lite-{n}.db") if backend == "lite" else backend
+                load_s = fill(uri, vectors)
+                sha_s, *_ = scan(uri, None)
+                seconds, images, groups, pairs, rss = scan(uri, 0.95)
+                recall = len(pairs & exact) / len(exact) if exact else None
+                rows.append(("Milvus Lite" if backend == "lite" else "Milvus server", n, load_s, sha_s, seconds,
+                             images, groups, rss, exact_s, recall))
+                print_row(*rows[-1], flush=True)
+                from vitsearch.search.store import Store
+                with Store(uri, "bench", retry_s=600) as store:
+                    store.drop()
+                    store.close(release=True)
+    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
+          f"synthetic {args.dim}-d unit vectors (1 % planted near copies), threshold 0.95, HNSW M 16, "
+          f"efConstruction 200; top-16 per query, 256 queries per search")
+    print(f"\n{'backend':14} {'vectors':>9} {'load s':>7} {'sha s':>6} {'scan s':>7} {'img/s':>7} {'groups':>7} "
+          f"{'RSS MiB':>7} {'numpy s':>7} {'x numpy':>7} {'recall':>6}")
+    for row in rows:
+        print_row(*row)
+
+
+def print_row(backend, n, load_s, sha_s, seconds, images, groups, rss, exact_s, recall, flush=False) -> None:
+    ratio = f"{exact_s / seconds:7.2f}" if exact_s else f"{'-':>7}"
+    print(f"{backend:14} {n:9,d} {load_s:7.1f} {sha_s:6.1f} {seconds:7.1f} {images / seconds:7.0f} {groups:7d} "
+          f"{rss:7.0f} {exact_s if exact_s else float('nan'):7.1f} {ratio} "
+          f"{recall if recall is not None else float('nan'):6.3f}", flush=flush)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    q = sub.add_parser("quality")
+    q.add_argument("--folder", default=str(SHARED / "data" / "catalog"))
+    q.add_argument("--model", default=str(SHARED / "models" / "dinov2-small-9l"))
+    q.add_argument("--originals", type=int, default=300)
+    s = sub.add_parser("speed")
+    s.add_argument("--sizes", default="10000,100000")
+    s.add_argument("--server", default=None, help="Milvus server URI, e.g. http://127.0.0.1:19530")
+    s.add_argument("--no-lite", action="store_true")
+    s.add_argument("--dim", type=int, default=384)
+    s.add_argument("--exact-max", type=int, default=100000, help="largest size checked by exact numpy")
+    args = ap.parse_args()
+    quality(args) if args.what == "quality" else speed(args)
+
+
+if __name__ == "__main__":
+    main()

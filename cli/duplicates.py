@@ -1,0 +1,85 @@
+"""``vitsearch duplicates``: parse, call :meth:`~vitsearch.search.client.SearchClient.duplicates`, print."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vitsearch.search.config import DEFAULT_DUPLICATE_THRESHOLD
+from vitsearch.search.errors import BadQueryError, VitsearchError
+from vitsearch.search.paths import printable
+
+from .common import COLLECTION, JSON, URI, app, fail, open_client
+
+
+@app.command()
+def duplicates(
+    threshold: float = typer.Option(
+        DEFAULT_DUPLICATE_THRESHOLD, "--threshold", min=0.0, max=1.0,
+        help="Cosine similarity at or above which two images are near duplicates. The default "
+             f"{DEFAULT_DUPLICATE_THRESHOLD} was chosen for the default model (dinov2-small-9l) on planted "
+             "copies of 300 catalogue photos (benchmarks/duplicates.py): it finds the downscaled, "
+             "re-compressed, brightened/darkened and re-saved copies with precision and recall >= 0.99 and "
+             "pairs no two distinct photos; 90 % centre crops need about 0.90 (lower it to find "
+             "crops, at the cost of pairing some distinct photos of the same product)."),
+    folder: Optional[str] = typer.Option(None, "--folder", help="Only images in this folder or below it "
+                                         "(both images of every pair)."),
+    exact_only: bool = typer.Option(False, "--exact-only", help="Only identical bytes (same sha256); "
+                                    "no vector search, much faster."),
+    as_json: bool = JSON,
+    csv_file: Optional[Path] = typer.Option(None, "--csv", dir_okay=False, help="Write one row per image of "
+                                            "a group (group, path, keep yes/no, score to the keeper, kind, size, "
+                                            "width, height, mtime, sha256) to this file."),
+    uri: Optional[str] = URI,
+    collection: Optional[str] = COLLECTION,
+) -> None:
+    """Find groups of indexed images that are the same picture; nothing is deleted or moved.
+
+    Exact duplicates have identical bytes (the stored sha256); near duplicates are pairs whose
+    embeddings' cosine similarity is at or above --threshold (resized, re-compressed, lightly
+    cropped or re-coloured copies), joined into groups (connected components). Each group shows
+    its kind (exact or near), its weakest link, and per image the size, dimensions and score to
+    the suggested keeper (largest pixel count, then oldest mtime), marked `keep`.
+
+    The scan is batched Milvus searches of the stored vectors (no model is loaded). Exit codes:
+    0 (also when no duplicates are found), 1 Milvus or collection trouble, 2 a bad option.
+    """
+    if as_json and csv_file is not None:
+        fail("give --json or --csv, not both", code=2)
+    from tqdm import tqdm
+
+    try:
+        with open_client(uri, collection, None, None) as client:
+            where = os.path.abspath(os.fsdecode(folder)) if folder else None
+            with tqdm(total=client.store.count(where), unit="img", desc="scanning", dynamic_ncols=True,
+                      disable=None, leave=False) as bar:
+                report = client.duplicates(threshold, folder, exact_only=exact_only, on_rows=bar.update)
+    except BadQueryError as exc:
+        fail(str(exc), code=2)
+    except VitsearchError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    if csv_file is not None:
+        try:
+            with open(csv_file, "w", newline="", encoding="utf-8", errors="surrogateescape") as out:
+                report.write_csv(out)
+        except OSError as exc:
+            fail(f"cannot write {printable(str(csv_file))}: {exc.strerror}")
+    for number, group in enumerate(report.groups, 1):
+        typer.echo(f"group {number}: {group.kind}, {len(group.images)} images, weakest link {group.min_score:.4f}")
+        for im in group.images:
+            mark = "keep" if im.path == group.keep else ""
+            typer.echo(f"  {mark:<4}  {im.score:.4f}  {f'{im.width}x{im.height}':>11}  {im.size:>11,} B  "
+                       f"{printable(im.path)}")
+        if group.kind == "near":
+            index = {p: i for i, p in enumerate(group.paths, 1)}
+            typer.echo("  pairs: " + ", ".join(f"{index[p.a]}-{index[p.b]} {p.score:.4f}" for p in group.pairs))
+    how = "exact duplicates only" if exact_only else f"threshold {threshold:g}"
+    typer.echo(f"{len(report.groups)} group{'' if len(report.groups) == 1 else 's'}, {report.duplicates} "
+               f"duplicate{'' if report.duplicates == 1 else 's'} among {report.images:,} images "
+               f"({how}, {report.seconds:.1f} s)" + (f"; CSV written to {printable(str(csv_file))}" if csv_file else ""))

@@ -1,0 +1,317 @@
+"""Duplicates: groups of indexed images that are the same picture, and search results with exact
+copies collapsed into one hit.
+
+Exact duplicates are rows with the same stored ``sha256`` (identical bytes). Near duplicates are
+pairs whose embeddings' cosine similarity is at or above a threshold (resized, re-compressed,
+lightly cropped or re-coloured copies); the pairs come from Milvus itself, batched searches of
+the stored vectors (:meth:`~.store.Store.neighbours`), and are joined into groups, the connected
+components of the pair graph, with a union-find (Kruskal order: the strongest pairs first, so a
+group's weakest link is the lowest score that still holds it together). Nothing here deletes or
+moves a file: the product only reports.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal, TextIO
+
+import numpy as np
+
+from .errors import BadQueryError
+from .store import META_FIELDS, Hit, Store
+
+__all__ = ["DuplicateImage", "DuplicatePair", "DuplicateGroup", "DuplicateReport", "find_duplicates",
+           "collapse", "CSV_COLUMNS"]
+
+#: Columns of the CSV (:meth:`DuplicateReport.write_csv`): one row per image of a group.
+CSV_COLUMNS = ("group", "path", "keep", "score", "kind", "size", "width", "height", "mtime", "sha256")
+
+
+@dataclass(frozen=True)
+class DuplicateImage:
+    """One image of a duplicate group, as its row was indexed.
+
+    Attributes:
+        path: the file's path, exact (``os.fsencode`` gives its bytes).
+        size: file size in bytes. width, height: pixels. mtime: Unix seconds.
+        sha256: hex digest of the file's bytes.
+        score: cosine similarity of its embedding to the group's keeper's (1.0 for the keeper
+            and its exact copies).
+    """
+
+    path: str
+    size: int
+    width: int
+    height: int
+    mtime: float
+    sha256: str
+    score: float = 1.0
+
+    @property
+    def pixels(self) -> int:
+        """``width * height``."""
+        return self.width * self.height
+
+
+@dataclass(frozen=True)
+class DuplicatePair:
+    """Two images of a group found to be the same picture: ``score`` is their cosine similarity
+    (1.0 for identical bytes, which are paired by sha256, not by embedding)."""
+
+    a: str
+    b: str
+    score: float
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Images that are the same picture: a connected component of the duplicate pairs.
+
+    Attributes:
+        kind: ``"exact"`` when every image has the same bytes (sha256), else ``"near"``.
+        images: the images, the suggested keeper first, then by score to it (best first), path.
+        keep: the suggested keeper's path: the largest pixel count, then the oldest mtime
+            (then the first path, so that it is stable).
+        min_score: the group's weakest link: the lowest pair score on the strongest pairs that
+            hold the group together (a maximum spanning tree); 1.0 for an exact group.
+        pairs: the pairs found inside the group (each at or above the threshold), best first.
+    """
+
+    kind: Literal["exact", "near"]
+    images: tuple[DuplicateImage, ...]
+    keep: str
+    min_score: float
+    pairs: tuple[DuplicatePair, ...] = ()
+
+    @property
+    def paths(self) -> list[str]:
+        """The images' paths, keeper first."""
+        return [im.path for im in self.images]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"kind", "paths", "keep", "min_score", "images": [...], "pairs": [[a, b, score], ...]}``."""
+        return {"kind": self.kind, "paths": self.paths, "keep": self.keep, "min_score": self.min_score,
+                "images": [{"path": im.path, "size": im.size, "width": im.width, "height": im.height,
+                            "mtime": im.mtime, "sha256": im.sha256, "score": im.score} for im in self.images],
+                "pairs": [[p.a, p.b, p.score] for p in self.pairs]}
+
+
+@dataclass(frozen=True)
+class DuplicateReport:
+    """What :func:`find_duplicates` found.
+
+    Attributes:
+        groups: the groups, largest first, then by weakest link (strongest first), keeper path.
+        images: number of images scanned (the collection, or the folder's files).
+        seconds: wall time of the scan, in seconds.
+        threshold: the cosine similarity used (None with ``exact_only``).
+        folder: the folder scanned, or None for the whole collection.
+    """
+
+    groups: tuple[DuplicateGroup, ...]
+    images: int
+    seconds: float
+    threshold: float | None
+    folder: str | None = None
+
+    @property
+    def duplicates(self) -> int:
+        """Images that are not their group's keeper (what removing the copies would save)."""
+        return sum(len(g.images) - 1 for g in self.groups)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"groups": [...], "images": N, "seconds": S, "threshold": T, "folder": F}``; paths
+        that are not UTF-8 hold their bytes as surrogates (``json.dumps`` escapes them)."""
+        return {"groups": [g.to_dict() for g in self.groups], "images": self.images,
+                "seconds": self.seconds, "threshold": self.threshold, "folder": self.folder}
+
+    def write_csv(self, out: TextIO) -> None:
+        """One row per image of a group (:data:`CSV_COLUMNS`: group number from 1, path, keep
+        ``yes``/``no``, score to the keeper, ...). Open ``out`` with ``newline=""`` and
+        ``errors="surrogateescape"`` so that a name that is not UTF-8 is written as its bytes."""
+        writer = csv.writer(out)
+        writer.writerow(CSV_COLUMNS)
+        for number, group in enumerate(self.groups, 1):
+            for im in group.images:
+                writer.writerow([number, im.path, "yes" if im.path == group.keep else "no", f"{im.score:.6f}",
+                                 group.kind, im.size, im.width, im.height, im.mtime, im.sha256])
+
+    def csv_bytes(self) -> bytes:
+        """:meth:`write_csv` as bytes (UTF-8; a name that is not UTF-8 as its own bytes)."""
+        buf = io.StringIO(newline="")
+        self.write_csv(buf)
+        return buf.getvalue().encode("utf-8", "surrogateescape")
+
+
+class _UnionFind:
+    """Disjoint sets of hashable items, with path halving and union by size."""
+
+    def __init__(self):
+        self.parent: dict[Any, Any] = {}
+        self.size: dict[Any, int] = {}
+
+    def find(self, x):
+        parent = self.parent
+        if x not in parent:
+            parent[x], self.size[x] = x, 1
+            return x
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(self, a, b) -> bool:
+        """Join the sets of ``a`` and ``b``; False if they were one already."""
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return False
+        if self.size[a] < self.size[b]:
+            a, b = b, a
+        self.parent[b] = a
+        self.size[a] += self.size[b]
+        return True
+
+
+def find_duplicates(store: Store, threshold: float | None, folder: str | None = None, *,
+                    on_rows: Callable[[int], None] | None = None) -> DuplicateReport:
+    """Groups of exact and near-duplicate images of a collection.
+
+    One pass over the collection: the rows are streamed in batches; with a ``threshold``, each
+    batch's vectors are the query vectors of one Milvus search (:meth:`Store.neighbours`), so
+    the work is N/256 batched searches of bounded top-k, not N x N; without one, only the sha256
+    digests are read. Memory holds the sha256 of each row (to pair identical bytes) and the
+    pairs found. The rows of the grouped images are then read back (with their vectors, for each
+    image's score to its keeper).
+
+    Args:
+        store: an open collection.
+        threshold: cosine similarity at or above which two images are near duplicates, in
+            (0, 1]; None: exact duplicates only (same sha256).
+        folder: only files inside this folder (an absolute path, any depth), on both sides of
+            every pair.
+        on_rows: called with the number of rows scanned after each batch (a progress bar).
+
+    Returns:
+        the groups, largest first (see :class:`DuplicateReport`).
+
+    Raises:
+        BadQueryError: ``threshold`` is not in (0, 1].
+        StoreError: Milvus refused or stayed unreachable.
+    """
+    if threshold is not None and not 0 < threshold <= 1:
+        raise BadQueryError(f"threshold must be a cosine similarity in (0, 1], got {threshold!r}")
+    started = time.perf_counter()
+    first_of: dict[str, str] = {}  # sha256 -> the first path seen with it
+    edges: dict[tuple[str, str], float] = {}
+    scanned = 0
+    if threshold is None:
+        batches: Iterable = ((batch, []) for batch in _chunks(store.iter_rows(["sha256"], folder=folder)))
+    else:
+        batches = store.neighbours(threshold, folder=folder, fields=("sha256",))
+    for rows, pairs in batches:
+        for row in rows:
+            first = first_of.setdefault(row["sha256"], row["path"])
+            if first != row["path"]:
+                edges[_key(first, row["path"])] = 1.0
+        for a, b, score in pairs:
+            key = _key(a, b)
+            if edges.get(key, -2.0) < score:
+                edges[key] = score
+        scanned += len(rows)
+        if on_rows:
+            on_rows(len(rows))
+    del first_of
+    groups = _groups(store, edges)
+    return DuplicateReport(tuple(groups), scanned, time.perf_counter() - started, threshold, folder)
+
+
+def _chunks(rows: Iterable[dict[str, Any]], size: int = 1000) -> Iterable[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _key(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a < b else (b, a)
+
+
+def _groups(store: Store, edges: dict[tuple[str, str], float]) -> list[DuplicateGroup]:
+    """Connected components of ``edges`` as groups, with their rows read back."""
+    if not edges:
+        return []
+    sets = _UnionFind()
+    weakest: dict[str, float] = {}  # the component root -> its weakest spanning-tree link so far
+    ordered = sorted(edges.items(), key=lambda e: -e[1])
+    for (a, b), score in ordered:  # Kruskal: the last edge that joins two parts is the weakest link
+        ra, rb = sets.find(a), sets.find(b)
+        if ra != rb:
+            low = min(score, weakest.pop(ra, 1.0), weakest.pop(rb, 1.0))
+            sets.union(a, b)
+            weakest[sets.find(a)] = low
+    members: dict[str, list[str]] = {}
+    for path in sets.parent:
+        members.setdefault(sets.find(path), []).append(path)
+    pairs_of: dict[str, list[DuplicatePair]] = {}
+    for (a, b), score in ordered:
+        pairs_of.setdefault(sets.find(a), []).append(DuplicatePair(a, b, score))
+    rows = store.get(list(sets.parent), fields=(*META_FIELDS, "vector"))
+    groups = []
+    for root, paths in members.items():
+        found = [rows[p] for p in paths if p in rows]  # a row deleted since the scan is left out
+        if len(found) < 2:
+            continue
+        keeper = min(found, key=lambda r: (-r["width"] * r["height"], r["mtime"], r["path"]))
+        anchor = np.asarray(keeper["vector"], np.float32)
+        images = []
+        for r in found:
+            score = 1.0 if r["sha256"] == keeper["sha256"] else float(np.dot(anchor, np.asarray(r["vector"], np.float32)))
+            images.append(DuplicateImage(r["path"], int(r["size"]), int(r["width"]), int(r["height"]),
+                                         float(r["mtime"]), r["sha256"], min(score, 1.0)))
+        images.sort(key=lambda im: (im.path != keeper["path"], -im.score, im.path))
+        kind = "exact" if len({im.sha256 for im in images}) == 1 else "near"
+        present = {im.path for im in images}
+        pairs = tuple(p for p in pairs_of[root] if p.a in present and p.b in present)
+        groups.append(DuplicateGroup(kind, tuple(images), keeper["path"], 1.0 if kind == "exact" else weakest[root],
+                                     pairs))
+    groups.sort(key=lambda g: (-len(g.images), -g.min_score, g.keep))
+    return groups
+
+
+def collapse(hits: list[Hit], copies: dict[str, list[str]] | None = None) -> list[Hit]:
+    """``hits`` with every later hit of the same bytes (same ``sha256``) folded into the first,
+    best-scored one, which carries the others' paths as ``copies``.
+
+    Args:
+        hits: search results, best first, with ``sha256`` in their metadata.
+        copies: ``{sha256: paths}`` of every row with those bytes (:meth:`Store.copies`); when
+            given, each kept hit's ``copies`` are all those paths but its own (also copies
+            ranked below the hits searched), else the paths among ``hits``.
+
+    Returns:
+        the distinct hits, in order.
+    """
+    first: dict[str, int] = {}
+    kept: list[Hit] = []
+    found: list[list[str]] = []
+    for hit in hits:
+        sha = hit.metadata.get("sha256")
+        if sha is None or sha not in first:
+            if sha is not None:
+                first[sha] = len(kept)
+            kept.append(hit)
+            found.append([])
+        else:
+            found[first[sha]].append(hit.path)
+    out = []
+    for hit, seen in zip(kept, found):
+        pool = copies.get(hit.metadata.get("sha256"), seen) if copies is not None else seen
+        others = sorted(p for p in pool if p != hit.path)
+        out.append(Hit(hit.path, hit.score, hit.metadata, tuple(others)))
+    return out

@@ -1,0 +1,193 @@
+"""Contract of duplicates (search/duplicates.py, ``SearchClient.duplicates``, ``vitsearch
+duplicates``) and of collapsed search results, on real Milvus Lite files: planted exact and near
+copies of real photos, embedded by the real model, are found and grouped with the right keeper;
+distinct photos are not grouped; ``--folder`` limits both sides; the JSON and CSV shapes; hostile
+names (quotes, newline, bytes that are not UTF-8) come back exact; an empty collection and a
+collection of one image; ``collapse_duplicates`` folds identical bytes into one hit."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import EXAMPLES
+from test_cli import cli
+from vitsearch.indexer import index_folder
+from vitsearch.search import SearchClient
+from vitsearch.search.duplicates import CSV_COLUMNS, find_duplicates
+from vitsearch.search.encoder import Encoder
+from vitsearch.search.store import Store
+
+QUOTED = 'quote " \' and\nnewline.jpg'
+NOT_UTF8 = os.fsdecode(b"caf\xe9 copy.jpg")
+OLD = 1_000_000_000.0  # an mtime long ago
+
+
+def small(src: Path, out: Path, scale: float = 0.5, quality: int = 90) -> None:
+    with Image.open(src) as im:
+        im.convert("RGB").resize((round(im.width * scale), round(im.height * scale)),
+                                 Image.Resampling.LANCZOS).save(out, quality=quality)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, real_model):
+    """The 11 example photos in ``a/``, with planted copies, indexed by the real model:
+    ``a/cat-copy.jpg`` (byte-identical to cat.jpg, older mtime: the keeper), ``b/coffee-small.jpg``
+    (coffee.jpg at 50 %, JPEG 90), ``b/<QUOTED>`` (camera.jpg at 50 %, JPEG 30), ``b/<NOT_UTF8>``
+    (byte-identical to rocket.jpg). Returns ``(root, uri)``."""
+    root = tmp_path_factory.mktemp("planted")
+    a, b = root / "a", root / "b"
+    shutil.copytree(EXAMPLES / "images", a)
+    b.mkdir()
+    shutil.copyfile(a / "cat.jpg", a / "cat-copy.jpg")
+    os.utime(a / "cat-copy.jpg", (OLD, OLD))
+    small(a / "coffee.jpg", b / "coffee-small.jpg")
+    small(a / "camera.jpg", b / QUOTED, quality=30)
+    shutil.copyfile(a / "rocket.jpg", b / NOT_UTF8)
+    uri = str(tmp_path_factory.mktemp("db") / "milvus.db")
+    with Store(uri, "images") as store:
+        report = index_folder(str(root), encoder=Encoder.load(str(real_model)), store=store, workers=0)
+        assert report.indexed == 15 and not report.failures
+        store.close(release=True)  # the CLI subprocesses take the database over
+    return root, uri
+
+
+def by_keeper(report) -> dict[str, object]:
+    return {group.keep: group for group in report.groups}
+
+
+def test_planted_exact_and_near_copies_are_found_and_distinct_photos_are_not_grouped(planted):
+    root, uri = planted
+    a, b = root / "a", root / "b"
+    with SearchClient(uri=uri) as client:
+        report = client.duplicates(threshold=0.98)
+    assert report.images == 15 and report.threshold == 0.98 and report.seconds > 0
+    groups = by_keeper(report)  # grass.jpg and gravel.jpg (cosine ~0.97, two photos) stay apart
+    assert set(groups) == {str(a / "cat-copy.jpg"), str(a / "coffee.jpg"), str(a / "camera.jpg"), str(a / "rocket.jpg")}
+    cat = groups[str(a / "cat-copy.jpg")]  # same pixels: the oldest mtime is kept
+    assert cat.kind == "exact" and cat.paths == [str(a / "cat-copy.jpg"), str(a / "cat.jpg")] and cat.min_score == 1.0
+    rocket = groups[str(a / "rocket.jpg")]
+    assert rocket.kind == "exact" and set(rocket.paths) == {str(a / "rocket.jpg"), str(b / NOT_UTF8)}
+    coffee = groups[str(a / "coffee.jpg")]  # the larger one is kept
+    assert coffee.kind == "near" and coffee.paths == [str(a / "coffee.jpg"), str(b / "coffee-small.jpg")]
+    assert 0.98 <= coffee.min_score < 1.0 and coffee.images[1].score == pytest.approx(coffee.min_score, abs=1e-4)
+    assert coffee.images[0].pixels > coffee.images[1].pixels
+    assert [(p.a, p.b) for p in coffee.pairs] == [(str(a / "coffee.jpg"), str(b / "coffee-small.jpg"))]
+    camera = groups[str(a / "camera.jpg")]
+    assert camera.kind == "near" and camera.paths == [str(a / "camera.jpg"), str(b / QUOTED)]
+    assert report.duplicates == 4
+    # The weakest link decides at which threshold a group goes: just above it, the pair is gone.
+    with SearchClient(uri=uri) as client:
+        stricter = client.duplicates(threshold=min(1.0, coffee.min_score + 1e-3))
+        exact = client.duplicates(exact_only=True)
+    assert str(a / "coffee.jpg") not in by_keeper(stricter) and str(a / "cat-copy.jpg") in by_keeper(stricter)
+    assert exact.threshold is None and {g.kind for g in exact.groups} == {"exact"}
+    assert set(by_keeper(exact)) == {str(a / "cat-copy.jpg"), str(a / "rocket.jpg")}
+
+
+def test_folder_limits_both_images_of_every_pair(planted):
+    root, uri = planted
+    with SearchClient(uri=uri) as client:
+        inside_a = client.duplicates(threshold=0.98, folder=str(root / "a"))
+        inside_b = client.duplicates(threshold=0.98, folder=str(root / "b"))
+        prefix = client.duplicates(threshold=0.98, folder=str(root)[:-1])  # ".../planted" holds no ".../planted0"
+    assert inside_a.images == 12 and inside_b.images == 3 and inside_a.folder == str(root / "a")
+    assert [g.paths for g in inside_a.groups] == [[str(root / "a" / "cat-copy.jpg"), str(root / "a" / "cat.jpg")]]
+    assert inside_b.groups == () and prefix.images == 0 and prefix.groups == ()
+
+
+def test_cli_json_and_csv_shapes_with_hostile_names(planted, tmp_path):
+    root, uri = planted
+    out = json.loads(cli("duplicates", "--threshold", "0.98", "--json", "--uri", uri).stdout)
+    assert set(out) >= {"groups", "images", "seconds"} and out["images"] == 15 and len(out["groups"]) == 4
+    for group in out["groups"]:
+        assert set(group) >= {"kind", "paths", "keep", "min_score"} and group["keep"] == group["paths"][0]
+        assert group["kind"] in ("exact", "near") and 0.98 <= group["min_score"] <= 1.0
+        assert all({"path", "size", "width", "height", "score"} <= set(im) for im in group["images"])
+    paths = {p for g in out["groups"] for p in g["paths"]}
+    assert str(root / "b" / QUOTED) in paths and str(root / "b" / NOT_UTF8) in paths  # JSON escapes, exact
+
+    table = tmp_path / "dups.csv"
+    text = cli("duplicates", "--threshold", "0.98", "--csv", table, "--uri", uri).stdout
+    assert "4 groups, 4 duplicates among 15 images (threshold 0.98" in text and "keep" in text
+    assert "caf\\xe9 copy.jpg" in text and "and\\nnewline.jpg" in text  # one printable line per image
+    raw = table.read_bytes()
+    assert b"caf\xe9 copy.jpg" in raw  # the name's own bytes, not an escape
+    rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8", "surrogateescape"), newline="")))
+    assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 8
+    assert {r["path"] for r in rows} == paths
+    assert sum(r["keep"] == "yes" for r in rows) == 4 and {r["group"] for r in rows} == {"1", "2", "3", "4"}
+    assert all(r["score"] == "1.000000" for r in rows if r["keep"] == "yes")
+    exact = json.loads(cli("duplicates", "--exact-only", "--json", "--uri", uri).stdout)
+    assert len(exact["groups"]) == 2 and all(g["kind"] == "exact" for g in exact["groups"])
+    bad = cli("duplicates", "--threshold", "0", "--uri", uri, ok=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    both = cli("duplicates", "--json", "--csv", table, "--uri", uri, ok=False)
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_collapse_shows_identical_bytes_as_one_hit_and_still_k_distinct(planted):
+    root, uri = planted
+    a = root / "a"
+    with SearchClient(uri=uri) as client:
+        plain = client.search(a / "cat.jpg", k=3)
+        folded = client.search(a / "cat.jpg", k=3, collapse_duplicates=True)
+        similar = client.search_similar(str(a / "cat.jpg"), k=2, collapse_duplicates=True)
+        everything = client.search_similar(str(a / "rocket.jpg"), k=20, collapse_duplicates=True, exclude_self=False)
+        limited = client.search(a / "rocket.jpg", k=1, folder=str(a), collapse_duplicates=True)
+    assert {h.path for h in plain[:2]} == {str(a / "cat.jpg"), str(a / "cat-copy.jpg")} and not plain[0].copies
+    assert len(folded) == 3 and len({h.metadata["sha256"] for h in folded}) == 3  # still k distinct images
+    assert folded[0].path in (str(a / "cat.jpg"), str(a / "cat-copy.jpg"))
+    assert folded[0].copies == tuple({str(a / "cat.jpg"), str(a / "cat-copy.jpg")} - {folded[0].path})
+    assert [h.path for h in folded[1:]] == [h.path for h in plain[2:3]] + [folded[2].path]
+    assert folded[0].to_dict()["copies"] == list(folded[0].copies) and "copies" not in folded[1].to_dict()
+    assert similar[0].path == str(a / "cat-copy.jpg") and similar[0].copies == ()  # the query itself stays out
+    assert len(everything) == 13 and everything[0].path in (str(a / "rocket.jpg"), str(root / "b" / NOT_UTF8))
+    assert len(everything[0].copies) == 1
+    assert limited[0].path == str(a / "rocket.jpg") and limited[0].copies == ()  # the copy in b/ is outside
+    table = cli("search", a / "cat.jpg", "-k", "2", "--collapse", "--uri", uri).stdout
+    assert "(+1 copy)" in table and len(table.strip().splitlines()) == 3
+
+
+def test_an_empty_collection_and_a_collection_of_one_image(tmp_path, tiny_model):
+    uri = str(tmp_path / "milvus.db")
+    encoder = Encoder.load(str(tiny_model))
+    with Store(uri, "images") as store:
+        store.ensure(encoder.info)
+        empty = find_duplicates(store, 0.5)
+        assert empty.groups == () and empty.images == 0 and empty.duplicates == 0
+        assert empty.csv_bytes().decode().splitlines() == [",".join(CSV_COLUMNS)]
+        one = tmp_path / "one"
+        one.mkdir()
+        shutil.copyfile(EXAMPLES / "images" / "cat.jpg", one / "cat.jpg")
+        index_folder(str(one), encoder=encoder, store=store, workers=0)
+        single = find_duplicates(store, 0.01)  # even the loosest threshold pairs nothing with itself
+        assert single.groups == () and single.images == 1
+        store.close(release=True)
+    out = json.loads(cli("duplicates", "--json", "--uri", uri).stdout)
+    assert out["groups"] == [] and out["images"] == 1
+    missing = cli("duplicates", "--uri", str(tmp_path / "none.db"), ok=False)
+    assert missing.returncode == 1 and "index a folder first" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_many_identical_copies_are_one_group_beyond_the_first_top_k(tmp_path, tiny_model):
+    """More copies than a query's first top-k: the scan searches deeper and keeps one group."""
+    folder = tmp_path / "same"
+    folder.mkdir()
+    for i in range(40):
+        shutil.copyfile(EXAMPLES / "images" / "coffee.jpg", folder / f"{i:02d}.jpg")
+    shutil.copyfile(EXAMPLES / "images" / "grass.jpg", folder / "grass.jpg")
+    uri = str(tmp_path / "milvus.db")
+    with Store(uri, "images") as store:
+        index_folder(str(folder), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
+        pairs = [p for _, batch in store.neighbours(0.999, k=4) for p in batch]
+        report = find_duplicates(store, 0.999)
+        store.close(release=True)
+    assert len(pairs) > 40 * 4  # more than the first top-4 of each: the scan went deeper (HNSW may miss a tie)
+    assert len(report.groups) == 1 and len(report.groups[0].images) == 40 and report.groups[0].kind == "exact"

@@ -1,0 +1,86 @@
+"""What the pages of the app share: the one client per server process, cached thumbnails,
+Markdown that shows names as they are, opening the collection with a message when it cannot be
+opened, and the guard that shows every error on the page rather than as a traceback."""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Callable
+
+import streamlit as st
+
+from vitsearch.search.client import SearchClient
+from vitsearch.search.config import Settings
+from vitsearch.search.errors import BadImageError, CollectionNotFoundError, VitsearchError
+from vitsearch.search.images import Limits
+from vitsearch.search.paths import printable
+from vitsearch.ui.thumbnails import thumbnail
+
+log = logging.getLogger("vitsearch.ui")
+
+#: Thumbnails per row of a grid.
+GRID_COLUMNS = 4
+#: Seconds a search keeps retrying an unreachable Milvus before the page says so.
+RETRY_S = 5.0
+
+
+@st.cache_resource(show_spinner="Opening the collection and loading its encoder…")
+def open_client(uri: str, collection: str) -> SearchClient:
+    """One client per server process and collection: the Milvus connection and the encoder are
+    made once and shared by every browser session and page. Not cached when it raises (the
+    collection may be indexed later)."""
+    settings = Settings()
+    settings = settings.model_copy(update={"retry_s": min(settings.retry_s, RETRY_S)})
+    client = SearchClient(uri=uri, collection=collection, settings=settings)
+    _ = client.encoder  # load the model now, not on the first search
+    return client
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def cached_thumbnail(path: str, size: int, sha256: str) -> bytes | None:
+    """JPEG thumbnail of an indexed file, cached by the row's path, size and sha256 (what is
+    shown is always the indexed bytes: see :func:`~vitsearch.ui.thumbnails.thumbnail`)."""
+    try:
+        return thumbnail({"path": path, "size": size, "sha256": sha256}, limits=Limits.from_settings(Settings()))
+    except BadImageError as exc:
+        log.warning("no thumbnail: %s", printable(str(exc)))
+        return None
+
+
+_MARKDOWN_SYNTAX = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def literal_markdown(text: str) -> str:
+    """Markdown that shows ``text`` as it is: every ASCII punctuation character backslash-escaped
+    (CommonMark lets any be), control characters and bytes that are not UTF-8 spelled out
+    (:func:`~vitsearch.search.store.printable`). For file names and messages that hold them,
+    where Streamlit only takes Markdown (``st.error``, ``st.caption``)."""
+    return _MARKDOWN_SYNTAX.sub(r"\\\1", printable(text))
+
+
+def collection_client() -> SearchClient | None:
+    """The client of the collection the settings name, or None after saying on the page why it
+    cannot be opened (not indexed yet, Milvus unreachable), with a button to try again."""
+    settings = Settings()
+    uri, collection = settings.resolved_uri(), settings.collection
+    try:
+        return open_client(uri, collection)
+    except CollectionNotFoundError:
+        st.info(f"Collection {literal_markdown(collection)} at {literal_markdown(uri)} has no images yet: "
+                f"index a folder first: `vitsearch index DIR`")
+        st.button("Check again")
+    except VitsearchError as exc:
+        st.error(f"Cannot open the collection: {literal_markdown(str(exc))}")
+        st.button("Retry")
+    return None
+
+
+def guarded(page: Callable[[], None]) -> None:
+    """Run ``page`` with every error shown on it rather than as a traceback."""
+    try:
+        page()
+    except VitsearchError as exc:
+        st.error(literal_markdown(str(exc)))
+    except Exception as exc:  # the page must never show a traceback; the server log keeps it
+        log.exception("unexpected error")
+        st.error(literal_markdown(f"Unexpected error ({type(exc).__name__}: {exc}); the server log has the details."))

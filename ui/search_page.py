@@ -1,0 +1,129 @@
+"""The search page: upload a photo (or take one with the camera), see the most similar images.
+
+A page of the app (:mod:`vitsearch.ui.app`). All searching goes through
+:class:`~vitsearch.search.client.SearchClient`; this file is layout and state only. Files with
+identical bytes are shown as one result with a "+N copies" count unless the sidebar says
+otherwise (``collapse_duplicates``).
+
+Session state: ``similar`` holds the path of the indexed item that "More like this" asked for
+(None when the query is the uploaded or camera image).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import streamlit as st
+
+from vitsearch.search.client import Hit, SearchClient
+from vitsearch.search.config import Settings
+from vitsearch.search.images import IMAGE_EXTENSIONS
+from vitsearch.search.paths import printable
+from vitsearch.ui.common import GRID_COLUMNS, cached_thumbnail, collection_client, guarded, literal_markdown
+from vitsearch.ui.thumbnails import THUMB_PX, to_jpeg
+
+UPLOAD_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+K_DEFAULT, K_MAX = 12, 100
+
+
+def show_similar(path: str | None) -> None:
+    st.session_state["similar"] = path
+
+
+def sidebar(client: SearchClient) -> tuple[int, float, str, bool]:
+    """Collection facts and the search controls; returns ``(k, min_score, folder, collapse)``."""
+    with st.sidebar:
+        st.header("Collection")
+        stats = client.stats()
+        st.metric("Images", f"{stats['count']:,}")
+        st.markdown(
+            f"**Model** {literal_markdown(stats['model'])}  \n"
+            f"**Embedding** {stats['dim']}-d, {stats['pooling'].upper()} token  \n"
+            f"**Index** {stats['index_type']} ({stats['metric_type']})  \n"
+            f"**Collection** {literal_markdown(stats['collection'])}  \n"
+            f"**URI** {literal_markdown(stats['uri'])}")
+        st.header("Search")
+        k = st.slider("Results (top-k)", 1, K_MAX, K_DEFAULT, key="k")
+        min_score = st.slider("Minimum score", 0.0, 1.0, 0.0, 0.01, key="min_score",
+                              help="Cosine similarity of the CLS embeddings: 1 is identical.")
+        folder = st.text_input("Folder", key="folder", placeholder="/photos/2024",
+                               help="Only images in this folder or below it.")
+        collapse = st.checkbox("Collapse identical copies", value=True, key="collapse",
+                               help="Files with the same bytes (sha256) are one result with a '+N copies' count.")
+    return k, min_score, folder.strip(), collapse
+
+
+def query_image(max_upload_mb: int):
+    """The uploaded or camera image as ``(name, bytes)``, or None. Shows errors itself."""
+    source = st.segmented_control("Query", ["Upload", "Camera"], default="Upload", key="source",
+                                  label_visibility="collapsed", on_change=show_similar, args=(None,))
+    if source == "Camera":
+        shot = st.camera_input("Take a photo", key="camera", on_change=show_similar, args=(None,))
+        return ("camera photo", shot.getvalue()) if shot is not None else None
+    upload = st.file_uploader("Drop a photo to find similar images", type=UPLOAD_TYPES, key="upload",
+                              max_upload_size=max_upload_mb, on_change=show_similar, args=(None,))
+    if upload is None:
+        return None
+    if upload.size > max_upload_mb * 1024 * 1024:
+        st.error(literal_markdown(f"{upload.name} is {upload.size / 2**20:.1f} MB: the limit is {max_upload_mb} MB "
+                                  f"(vitsearch ui --max-upload-mb, or VITSEARCH_MAX_UPLOAD_MB)"))
+        return None
+    return upload.name, upload.getvalue()
+
+
+def results_grid(hits: list[Hit]) -> None:
+    """Thumbnails of the hits in rows of :data:`GRID_COLUMNS`, each with "More like this". File
+    and folder names are plain text, never Markdown."""
+    for start in range(0, len(hits), GRID_COLUMNS):
+        for col, (rank, hit) in zip(st.columns(GRID_COLUMNS), enumerate(hits[start:start + GRID_COLUMNS], start + 1)):
+            with col.container(border=True):
+                meta = hit.metadata
+                thumb = cached_thumbnail(hit.path, int(meta["size"]), meta["sha256"])
+                if thumb is None:
+                    st.warning("changed since it was indexed, or gone: run vitsearch index again")
+                else:
+                    st.image(thumb, width="stretch")
+                st.markdown(f"**{hit.score:.3f}**")
+                st.text(printable(os.path.basename(hit.path)), help=printable(hit.path))
+                st.caption(literal_markdown(meta["folder"]))
+                if hit.copies:
+                    st.caption(f"+{len(hit.copies)} {'copy' if len(hit.copies) == 1 else 'copies'}",
+                               help="  \n".join(literal_markdown(p) for p in hit.copies))
+                st.button("More like this", key=f"more-{rank}", on_click=show_similar, args=(hit.path,))
+
+
+def main() -> None:
+    st.title("vitsearch")
+    client = collection_client()
+    if client is None:
+        return
+    k, min_score, folder, collapse = sidebar(client)
+
+    query = query_image(Settings().max_upload_mb)  # always drawn, so the upload survives "More like this"
+    similar = st.session_state.get("similar")
+    started = time.perf_counter()
+    if similar:
+        with st.container(horizontal=True, vertical_alignment="center"):
+            st.markdown(f"More like {literal_markdown(os.path.basename(similar))} "
+                        f"({literal_markdown(os.path.dirname(similar))})")
+            st.button("Back to my photo", on_click=show_similar, args=(None,))
+        hits = client.search_similar(similar, k=k, folder=folder or None, collapse_duplicates=collapse)
+    elif query is not None:
+        name, data = query
+        picture = client.load(data, name)  # decoded as the indexer decodes: reduced scale, same limits
+        st.image(to_jpeg(picture, 2 * THUMB_PX), width=THUMB_PX)
+        st.text(printable(name))
+        with st.spinner("Searching…"):
+            hits = client.search(picture, k=k, folder=folder or None, collapse_duplicates=collapse)
+    else:
+        return
+    elapsed_ms = 1000 * (time.perf_counter() - started)
+    shown = [h for h in hits if h.score >= min_score]
+    st.caption(f"{len(shown)} result{'' if len(shown) == 1 else 's'} in {elapsed_ms:.0f} ms"
+               + (f" ({len(hits) - len(shown)} below score {min_score:.2f})" if len(shown) < len(hits) else ""))
+    if not shown:
+        st.info("No indexed image matches: lower the minimum score or clear the folder filter.")
+    results_grid(shown)
+
+
+guarded(main)
