@@ -68,3 +68,44 @@ def test_file_and_upload_names_are_shown_as_they_are_in_chromium(photos, db_uri,
         page.get_by_test_id("stAlertContentError").wait_for(timeout=60_000)
         assert page.get_by_test_id("stAlertContentError").inner_text() == f"{bad.name}: not a recognised image format"
         page.screenshot(path=tmp_path / "names.png", full_page=True)
+
+
+def test_the_duplicates_page_in_chromium(photos, db_uri, tiny_model, tmp_path):
+    """From the search page to the Duplicates page by its link: groups with their thumbnails,
+    the keeper first, and the CSV download (the bytes that SearchClient.duplicates gives)."""
+    import os
+    import shutil
+
+    from vitsearch.indexer import index_folder
+    from vitsearch.search.encoder import Encoder
+    from vitsearch.search.store import Store
+
+    shutil.copyfile(photos / "cat.jpg", photos / "sub" / "cat copy.jpg")
+    os.utime(photos / "sub" / "cat copy.jpg", (1e9, 1e9))
+    shutil.copyfile(photos / "coffee.jpg", photos / 'coffee "2".jpg')
+    with Store(db_uri, "images") as store:
+        index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
+    with SearchClient(uri=db_uri) as client:
+        expected = client.duplicates(exact_only=True)
+    with ui_server(db_uri, tmp_path / "ui.log") as url, chromium_page() as page:
+        page.goto(url)
+        page.get_by_text("Drop a photo to find similar images").wait_for(timeout=120_000)
+        page.get_by_role("link", name="Duplicates").click()
+        page.get_by_text("Identical bytes only").click()
+        page.get_by_text("Group 2").wait_for(timeout=120_000)
+        page.wait_for_function(f"""() => {{
+            const imgs = [...document.querySelectorAll('{THUMBNAILS}')];
+            return imgs.length === 4 && imgs.every(i => i.complete && i.naturalWidth > 0);
+        }}""", timeout=60_000)
+        assert page.url.endswith("/duplicates")
+        names = page.get_by_test_id("stText").all_inner_texts()
+        assert names == [os.path.basename(p) for g in expected.groups for p in g.paths]  # keeper first
+        assert sorted(names) == ["cat copy.jpg", "cat.jpg", 'coffee "2".jpg', "coffee.jpg"]
+        assert names.index("cat copy.jpg") < names.index("cat.jpg")  # the older of two equal pictures is kept
+        sizes = page.eval_on_selector_all(THUMBNAILS, "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
+        assert all(0 < max(w, h) <= THUMB_PX for w, h in sizes)
+        page.screenshot(path=tmp_path / "duplicates.png", full_page=True)
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download CSV").click()
+        assert download.value.suggested_filename == "duplicates.csv"
+        assert open(download.value.path(), "rb").read() == expected.csv_bytes()
