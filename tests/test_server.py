@@ -21,7 +21,8 @@ import pytest
 from conftest import REPO
 
 SERVER = Path(os.environ.get("VITSEARCH_MILVUS_SERVER", REPO / ".venv-milvus-server" / "bin" / "milvus-server"))
-SUITES = ["tests/test_store.py", "tests/test_indexer.py", "tests/test_client.py", "tests/test_names.py"]
+SUITES = ["tests/test_store.py", "tests/test_indexer.py", "tests/test_client.py", "tests/test_names.py",
+          "tests/test_duplicates.py"]
 
 
 def netns(name: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
