@@ -33,7 +33,8 @@ def duplicates(
     as_json: bool = JSON,
     csv_file: Optional[Path] = typer.Option(None, "--csv", dir_okay=False, help="Write one row per image of "
                                             "a group (group, path, keep yes/no, score to the keeper, kind, size, "
-                                            "width, height, mtime, sha256) to this file."),
+                                            "width, height, mtime, sha256, same_file: a link to the keeper's "
+                                            "file) to this file."),
     uri: Optional[str] = URI,
     collection: Optional[str] = COLLECTION,
 ) -> None:
@@ -43,7 +44,8 @@ def duplicates(
     embeddings' cosine similarity is at or above --threshold (resized, re-compressed, lightly
     cropped or re-coloured copies), joined into groups (connected components). Each group shows
     its kind (exact or near), its weakest link, and per image the size, dimensions and score to
-    the suggested keeper (largest pixel count, then oldest mtime), marked `keep`.
+    the suggested keeper (largest pixel count, then oldest mtime), marked `keep`; `link` marks the
+    keeper's own file under another name (a symbolic or hard link: removing it frees nothing).
 
     The scan is batched Milvus searches of the stored vectors (no model is loaded). Exit codes:
     0 (also when no duplicates are found), 1 Milvus or collection trouble, 2 a bad option.
@@ -74,7 +76,7 @@ def duplicates(
     for number, group in enumerate(report.groups, 1):
         typer.echo(f"group {number}: {group.kind}, {len(group.images)} images, weakest link {group.min_score:.4f}")
         for im in group.images:
-            mark = "keep" if im.path == group.keep else ""
+            mark = "keep" if im.path == group.keep else "link" if im.same_file else ""
             typer.echo(f"  {mark:<4}  {im.score:.4f}  {f'{im.width}x{im.height}':>11}  {im.size:>11,} B  "
                        f"{printable(im.path)}")
         if group.kind == "near":

@@ -26,7 +26,7 @@ __all__ = ["DuplicateImage", "DuplicatePair", "DuplicateGroup", "DuplicateReport
            "collapse", "CSV_COLUMNS"]
 
 #: Columns of the CSV (:meth:`DuplicateReport.write_csv`): one row per image of a group.
-CSV_COLUMNS = ("group", "path", "keep", "score", "kind", "size", "width", "height", "mtime", "sha256")
+CSV_COLUMNS = ("group", "path", "keep", "score", "kind", "size", "width", "height", "mtime", "sha256", "same_file")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class DuplicateImage:
         sha256: hex digest of the file's bytes.
         score: cosine similarity of its embedding to the group's keeper's (1.0 for the keeper
             and its exact copies).
+        same_file: the keeper's own file under another name (a symbolic or hard link: the same
+            inode and ctime, links followed): removing it frees nothing, and removing the
+            keeper's target would remove this one's bytes too.
     """
 
     path: str
@@ -48,6 +51,7 @@ class DuplicateImage:
     mtime: float
     sha256: str
     score: float = 1.0
+    same_file: bool = False
 
     @property
     def pixels(self) -> int:
@@ -94,7 +98,8 @@ class DuplicateGroup:
         """``{"kind", "paths", "keep", "min_score", "images": [...], "pairs": [[a, b, score], ...]}``."""
         return {"kind": self.kind, "paths": self.paths, "keep": self.keep, "min_score": self.min_score,
                 "images": [{"path": im.path, "size": im.size, "width": im.width, "height": im.height,
-                            "mtime": im.mtime, "sha256": im.sha256, "score": im.score} for im in self.images],
+                            "mtime": im.mtime, "sha256": im.sha256, "score": im.score, "same_file": im.same_file}
+                           for im in self.images],
                 "pairs": [[p.a, p.b, p.score] for p in self.pairs]}
 
 
@@ -136,7 +141,8 @@ class DuplicateReport:
         for number, group in enumerate(self.groups, 1):
             for im in group.images:
                 writer.writerow([number, im.path, "yes" if im.path == group.keep else "no", f"{im.score:.6f}",
-                                 group.kind, im.size, im.width, im.height, im.mtime, im.sha256])
+                                 group.kind, im.size, im.width, im.height, im.mtime, im.sha256,
+                                 "yes" if im.same_file else "no"])
 
     def csv_bytes(self) -> bytes:
         """:meth:`write_csv` as bytes (UTF-8; a name that is not UTF-8 as its own bytes)."""
@@ -272,8 +278,10 @@ def _groups(store: Store, edges: dict[tuple[str, str], float]) -> list[Duplicate
         images = []
         for r in found:
             score = 1.0 if r["sha256"] == keeper["sha256"] else float(np.dot(anchor, np.asarray(r["vector"], np.float32)))
+            link = (r["path"] != keeper["path"] and r["inode"] == keeper["inode"] != -1
+                    and r["ctime_ns"] == keeper["ctime_ns"] and r["sha256"] == keeper["sha256"])
             images.append(DuplicateImage(r["path"], int(r["size"]), int(r["width"]), int(r["height"]),
-                                         float(r["mtime"]), r["sha256"], min(score, 1.0)))
+                                         float(r["mtime"]), r["sha256"], min(score, 1.0), link))
         images.sort(key=lambda im: (im.path != keeper["path"], -im.score, im.path))
         kind = "exact" if len({im.sha256 for im in images}) == 1 else "near"
         present = {im.path for im in images}

@@ -193,3 +193,27 @@ def test_many_identical_copies_are_one_group_beyond_the_first_top_k(tmp_path, ti
         store.close(release=True)
     assert 40 * 4 < len(pairs) <= 40 * 16  # deeper than the first top-4 of each, never past max_k
     assert len(report.groups) == 1 and len(report.groups[0].images) == 40 and report.groups[0].kind == "exact"
+
+
+def test_a_link_to_the_keeper_is_marked_as_the_same_file(tmp_path, tiny_model):
+    """A symbolic link and a hard link are the keeper's own bytes: removing the file they point to
+    would lose the picture, so they are marked, unlike a real copy."""
+    folder = tmp_path / "links"
+    folder.mkdir()
+    shutil.copyfile(EXAMPLES / "images" / "cat.jpg", folder / "a.jpg")
+    os.utime(folder / "a.jpg", (OLD, OLD))
+    (folder / "b symlink.jpg").symlink_to(folder / "a.jpg")
+    os.link(folder / "a.jpg", folder / "c hardlink.jpg")
+    shutil.copyfile(folder / "a.jpg", folder / "d copy.jpg")
+    uri = str(tmp_path / "milvus.db")
+    with Store(uri, "images") as store:
+        index_folder(str(folder), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
+        report = find_duplicates(store, None)
+        store.close(release=True)
+    (group,) = report.groups
+    assert group.kind == "exact" and len(group.images) == 4
+    linked = {os.path.basename(im.path) for im in group.images if im.same_file}
+    assert os.path.basename(group.keep) != "d copy.jpg" and "d copy.jpg" not in linked
+    assert linked == {"a.jpg", "b symlink.jpg", "c hardlink.jpg"} - {os.path.basename(group.keep)}
+    rows = list(csv.DictReader(io.StringIO(report.csv_bytes().decode())))
+    assert {r["path"].rsplit("/", 1)[1] for r in rows if r["same_file"] == "yes"} == linked

@@ -17,8 +17,8 @@ from vitsearch.search.duplicates import DuplicateGroup, DuplicateReport
 from vitsearch.search.paths import printable
 from vitsearch.ui.common import GRID_COLUMNS, cached_thumbnail, collection_client, guarded, literal_markdown
 
-#: Groups drawn on the page at once (the CSV holds them all).
-GROUPS_SHOWN = 50
+#: Groups drawn on the page at once, and images of one group (the CSV holds them all).
+GROUPS_SHOWN, IMAGES_SHOWN = 50, 24
 #: Seconds a scan's result is reused for the same settings (the collection may grow meanwhile).
 SCAN_TTL_S = 300
 
@@ -53,8 +53,9 @@ def show_group(number: int, group: DuplicateGroup) -> None:
     with st.container(border=True, key=f"group-{number}"):
         st.markdown(f"**Group {number}** · {group.kind} · {len(group.images)} images · "
                     f"weakest link {group.min_score:.4f}")
-        for start in range(0, len(group.images), GRID_COLUMNS):
-            for col, im in zip(st.columns(GRID_COLUMNS), group.images[start:start + GRID_COLUMNS]):
+        shown = group.images[:IMAGES_SHOWN]
+        for start in range(0, len(shown), GRID_COLUMNS):
+            for col, im in zip(st.columns(GRID_COLUMNS), shown[start:start + GRID_COLUMNS]):
                 with col:
                     thumb = cached_thumbnail(im.path, im.size, im.sha256)
                     if thumb is None:
@@ -62,10 +63,13 @@ def show_group(number: int, group: DuplicateGroup) -> None:
                     else:
                         st.image(thumb, width="stretch")
                     keep = im.path == group.keep
-                    st.markdown(f"**{im.score:.4f}**" + (" · :green-badge[keep]" if keep else ""))
+                    st.markdown(f"**{im.score:.4f}**" + (" · :green-badge[keep]" if keep else "")
+                                + (" · :orange-badge[link to the keeper]" if im.same_file else ""))
                     st.text(printable(os.path.basename(im.path)), help=printable(im.path))
                     st.caption(literal_markdown(os.path.dirname(im.path)))
                     st.caption(f"{im.width}x{im.height} px · {im.size / 1024:,.1f} KiB")
+        if len(group.images) > IMAGES_SHOWN:
+            st.caption(f"{len(group.images) - IMAGES_SHOWN} more images of this group are in the CSV.")
 
 
 def main() -> None:
