@@ -212,3 +212,26 @@ def test_a_schema_1_collection_is_searchable_and_upgraded_without_losing_rows(db
             assert got[r["path"]]["size"] == r["size"] and got[r["path"]]["ctime_ns"] == -1
         assert [h.path for h in store.search(v[:1], k=5)[0]] == [h.path for h in before]
         assert store.upgrade() == 0  # already current
+
+
+def test_neighbours_are_batched_searches_of_the_stored_vectors(db_uri):
+    """Every pair at the threshold, found from both ends, in batches (several queries per
+    search); a folder limits queries and neighbours; ``copies`` finds rows by sha256."""
+    rows, v = make_rows(30)
+    planted = ((0, 10), (1, 20))  # near copies of rows 0 and 1, in other folders
+    for src, dst in planted:
+        near = v[src] + 0.05 * v[dst]
+        rows[dst]["vector"] = near / np.linalg.norm(near)
+    rows[29]["sha256"] = rows[3]["sha256"]
+    with Store(db_uri, "images") as store:
+        store.ensure(INFO)
+        store.upsert(rows)
+        batches = list(store.neighbours(0.95, batch_size=8, fields=("sha256", "folder")))
+        inside = [p for _, pairs in store.neighbours(0.95, folder="/photos/1") for p in pairs]
+        copies = store.copies([rows[3]["sha256"], "no such digest"], exclude=[rows[3]["path"]])
+        assert store.count() == 30 and store.count("/photos/1") == 10
+    assert [len(r) for r, _ in batches] == [8, 8, 8, 6] and {"sha256", "folder"} <= set(batches[0][0][0])
+    pairs = {(a, b) for _, found in batches for a, b, score in found if score >= 0.95}
+    expected = {(rows[src]["path"], rows[dst]["path"]) for src, dst in planted}
+    assert pairs == expected | {(b, a) for a, b in expected}
+    assert inside == [] and copies == {rows[3]["sha256"]: [rows[29]["path"]]}  # each pair spans two folders
