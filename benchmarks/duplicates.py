@@ -15,7 +15,8 @@ from two distinct originals (of which: the two originals themselves).
 ``speed``: synthetic 384-d unit vectors (random, plus 1 % planted near copies at cosine ~0.97)
 inserted directly through ``Store.upsert`` into a fresh collection with vitsearch's schema and
 index, flushed; then the scan (``find_duplicates`` at 0.95) runs in a fresh child process (its
-peak RSS is the scan's own); ``--exact-only`` scan (sha256 only) and, up to ``--exact-max``
+peak RSS, ``VmHWM``, is the scan's own; with Lite it holds the Milvus Lite engine that the
+scanning process serves); ``--exact-only`` scan (sha256 only) and, up to ``--exact-max``
 vectors, exact all-pairs numpy (blocked matrix products) as the baselines, and the pair recall
 of the scan against exact.
 
@@ -33,7 +34,6 @@ import itertools
 import multiprocessing
 import os
 import platform
-import resource
 import shutil
 import tempfile
 import time
@@ -200,8 +200,14 @@ def _scan(uri: str, threshold: float | None, queue) -> None:
         report = find_duplicates(store, threshold)
         pairs = {frozenset(p) for g in report.groups for p in itertools.combinations(g.paths, 2)}
         store.close(release=True)
-    queue.put((report.seconds, report.images, len(report.groups), pairs,
-               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    queue.put((report.seconds, report.images, len(report.groups), pairs, peak_rss_mib()))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set (``VmHWM``, MiB): unlike ``ru_maxrss``, it does not carry
+    the parent's peak over a fork and exec."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def scan(uri: str, threshold: float | None):
