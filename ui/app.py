@@ -25,7 +25,7 @@ from vitsearch.search.config import Settings  # noqa: E402
 from vitsearch.search.errors import BadImageError, CollectionNotFoundError, VitsearchError  # noqa: E402
 from vitsearch.search.images import IMAGE_EXTENSIONS, Limits  # noqa: E402
 from vitsearch.search.paths import printable  # noqa: E402
-from vitsearch.ui.thumbnails import THUMB_PX, thumbnail, to_jpeg  # noqa: E402
+from vitsearch.search.thumbnails import THUMB_PX, thumbnail, to_jpeg  # noqa: E402
 
 log = logging.getLogger("vitsearch.ui")
 
@@ -51,7 +51,7 @@ def open_client(uri: str, collection: str) -> SearchClient:
 @st.cache_data(max_entries=4096, show_spinner=False)
 def cached_thumbnail(path: str, size: int, sha256: str) -> bytes | None:
     """JPEG thumbnail of an indexed file, cached by the row's path, size and sha256 (what is
-    shown is always the indexed bytes: see :func:`~vitsearch.ui.thumbnails.thumbnail`)."""
+    shown is always the indexed bytes: see :func:`~vitsearch.search.thumbnails.thumbnail`)."""
     try:
         return thumbnail({"path": path, "size": size, "sha256": sha256}, limits=Limits.from_settings(Settings()))
     except BadImageError as exc:
