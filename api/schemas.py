@@ -73,9 +73,10 @@ class VectorIn(BaseModel):
 
 
 def hit_json(hit: Hit) -> dict[str, Any]:
-    """``{"path", "score", "metadata": {...}}`` and any other field a :class:`Hit` has."""
-    extra = {f.name: getattr(hit, f.name) for f in dataclasses.fields(hit)
-             if f.name not in ("path", "score", "metadata")}
+    """``{"path", "score", "metadata": {...}}``, and any other field a :class:`Hit` has that is set
+    (such as the paths of a collapsed hit's exact copies)."""
+    extra = {f.name: list(value) if isinstance(value, tuple) else value for f in dataclasses.fields(hit)
+             if f.name not in ("path", "score", "metadata") and (value := getattr(hit, f.name))}
     order = {name: i for i, name in enumerate(META_FIELDS)}
     metadata = dict(sorted(((k, v) for k, v in hit.metadata.items() if k != "path"),
                            key=lambda kv: order.get(kv[0], len(order))))

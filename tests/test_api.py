@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -320,6 +319,8 @@ def test_collapse_shows_exact_duplicates_as_one_hit(photos, db_uri, tiny_model):
         paths = [h["path"] for h in collapsed]
         assert len({str(photos / "cat.jpg"), str(photos / "cat-copy.jpg")} & set(paths)) == 1
         assert len(paths) == len(plain) - 1 and len(set(paths)) == len(paths)
+        kept = next(h for h in collapsed if h["path"] in (str(photos / "cat.jpg"), str(photos / "cat-copy.jpg")))
+        assert len(kept["copies"]) == 1 and kept["copies"][0] != kept["path"]  # issue 16's Hit.copies
 
 
 def test_503_with_retry_after_while_milvus_is_unreachable(indexed, milvus_process, tiny_model):
@@ -404,3 +405,20 @@ def test_vitsearch_serve_with_two_workers_shares_the_lite_file(indexed, tmp_path
         log.close()
     assert proc.returncode == 0, (tmp_path / "serve.log").read_text()
     assert "2 workers, token required" in (tmp_path / "serve.log").read_text()
+
+
+def test_the_real_model_finds_the_photo_a_crop_was_cut_from(tmp_path, db_uri, real_model):
+    from conftest import EXAMPLES
+    from vitsearch.indexer import index_folder
+    from vitsearch.search.encoder import Encoder
+    from vitsearch.search.store import Store
+
+    encoder = Encoder.load(str(real_model))
+    with Store(db_uri, "images") as store:
+        index_folder(str(EXAMPLES / "images"), encoder=encoder, store=store, workers=0)
+    with serving(db_uri) as (base, _), SearchClient(uri=db_uri, encoder=encoder) as client:
+        for crop, source in (("cat-crop.jpg", "cat.jpg"), ("rocket-crop.jpg", "rocket.jpg")):
+            data = (EXAMPLES / "queries" / crop).read_bytes()
+            hits = upload(base, data, k=3).json()["hits"]
+            assert hits[0]["path"] == str(EXAMPLES / "images" / source)
+            assert_same(hits, client.search(data, k=3))
