@@ -194,10 +194,12 @@ def main() -> None:
           f"{args.duration:g} s per level; {args.workers} worker(s)")
     from vitsearch.search.encoder import Encoder
 
-    encoder = Encoder.load(args.model)
-    baselines = [encoder_baseline(encoder, queries)]
-    print(f"encoder baseline: {baselines[0]:.1f} images/s (Encoder.embed, batches of {BATCH}, decode included), "
-          f"load {load()}")
+    modes = args.modes.split(",")
+    encoder = Encoder.load(args.model) if "image" in modes else None
+    baselines = [encoder_baseline(encoder, queries)] if encoder else []
+    if baselines:
+        print(f"encoder baseline: {baselines[0]:.1f} images/s (Encoder.embed, batches of {BATCH}, decode "
+              f"included), load {load()}")
 
     header = ("| search | clients | answered | QPS | p50 ms | p99 ms | errors | dropped | mean batch | load 1m/5m |\n"
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -208,7 +210,7 @@ def main() -> None:
         else:
             server = Server(uri, args.workers, {}, Path(args.cache) / "api-load-serve.log")
             url = server.url
-        for mode in args.modes.split(","):
+        for mode in modes:
             for clients in levels:
                 results.append(asyncio.run(run_level(url, mode, clients, args.duration, queries, paths, args.timeout)))
                 print(row(results[-1]), file=sys.stderr)
@@ -219,7 +221,7 @@ def main() -> None:
         if server:
             server.stop()
     compare = None
-    if not args.url and not args.no_compare and "image" in args.modes:
+    if not args.url and not args.no_compare and "image" in modes:
         server = Server(uri, args.workers, {"VITSEARCH_API_MAX_BATCH": "1"}, Path(args.cache) / "api-load-serve-1.log")
         try:
             compare = asyncio.run(run_level(server.url, "image", BATCH, args.duration, queries, paths, args.timeout))
@@ -231,7 +233,7 @@ def main() -> None:
         print(row(r))
     if compare:
         print(row(compare, " (batching off: max batch 1)"))
-    baseline = float(np.mean(baselines))
+    baseline = float(np.mean(baselines)) if baselines else float("nan")
     at16 = next((r for r in results if r["mode"] == "image" and r["clients"] == BATCH), None)
     if at16:
         print(f"\nimage search at {BATCH} clients: {at16['qps']:.1f} QPS = {at16['qps'] / baseline:.0%} of the "
