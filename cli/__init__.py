@@ -1,16 +1,17 @@
 """The ``vitsearch`` command: the only code that prints for users and exits the process.
 
 One module per command group, each only parsing, calling the library and printing:
-:mod:`.index`, :mod:`.search` (``search``, ``stats``), :mod:`.duplicates`, :mod:`.ui`, :mod:`.evaluate` (``eval``),
-:mod:`.train`, :mod:`.model` (``model pull``, ``model list``); :mod:`.common` holds what they
-share. Settings resolve as flag, then ``VITSEARCH_*`` variable, then default; a
+:mod:`.index`, :mod:`.search` (``search``, ``stats``), :mod:`.duplicates`, :mod:`.ui`,
+:mod:`.serve` (the HTTP API), :mod:`.evaluate` (``eval``), :mod:`.train`, :mod:`.model`
+(``model pull``, ``model list``); :mod:`.common` holds what they share. Settings resolve as
+flag, then ``VITSEARCH_*`` variable, then default; a
 :class:`~vitsearch.search.errors.VitsearchError` becomes a one-line message and exit code 1 (2
 for bad input). Heavy imports (torch, transformers, pymilvus) happen inside the commands, so
 ``--help`` answers at once.
 """
 from .common import app
 # Each module registers its commands on ``app``, in the order --help lists them.
-from . import index, search, duplicates, ui, evaluate, train, model  # noqa: E402,F401,I001
+from . import index, search, duplicates, ui, serve, evaluate, train, model  # noqa: E402,F401,I001
 
 __all__ = ["app", "main"]
 

@@ -11,7 +11,7 @@ _EXPORTS = {
     "EncoderInfo": "encoder", "VitsearchError": "errors", "BadImageError": "errors",
     "BadQueryError": "errors", "CollectionNotFoundError": "errors",
     "EncoderMismatchError": "errors", "ModelNotFoundError": "errors", "StoreError": "errors",
-    "UnsupportedModelError": "errors",
+    "UnsupportedModelError": "errors", "ImageTooLargeError": "errors", "NotIndexedError": "errors",
 }
 __all__ = list(_EXPORTS)
 

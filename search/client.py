@@ -15,10 +15,11 @@ from PIL import Image
 from .config import DEFAULT_DUPLICATE_THRESHOLD, MAX_K, Settings
 from .duplicates import DuplicateReport, collapse, find_duplicates
 from .encoder import Encoder, check_image_size, encoder_for
-from .errors import BadQueryError
+from .errors import BadQueryError, NotIndexedError
 from .images import ImageLike, Limits
 from .paths import printable
 from .store import META_FIELDS, Hit, Store
+from .thumbnails import THUMB_PX, thumbnail
 
 __all__ = ["SearchClient", "Hit"]
 
@@ -140,13 +141,14 @@ class SearchClient:
             filter, folder, collapse_duplicates: as in :meth:`search`.
 
         Raises:
-            BadQueryError: ``path`` is not in the collection, ``k`` out of range, or a bad filter.
+            NotIndexedError: ``path`` is not in the collection.
+            BadQueryError: ``k`` out of range, or a bad filter.
         """
         _check_k(k)
         path = os.path.abspath(os.fsdecode(path))
         rows = self.store.get([path], fields=["vector"])
         if path not in rows:
-            raise BadQueryError(f"{printable(path)} is not indexed in {self._where}")
+            raise NotIndexedError(f"{printable(path)} is not indexed in {self._where}")
         return self._search(np.asarray(rows[path]["vector"], np.float32), k, filter, folder,
                             [path] if exclude_self else [], collapse_duplicates)
 
@@ -197,6 +199,21 @@ class SearchClient:
         """
         folder = os.path.abspath(os.fsdecode(folder)) if folder else None
         return find_duplicates(self.store, None if exact_only else threshold, folder, on_rows=on_rows)
+
+    def thumbnail(self, path: str, max_px: int = THUMB_PX) -> bytes:
+        """A JPEG thumbnail (longest side at most ``max_px`` pixels) of an indexed file, made only
+        from the bytes that were indexed (:func:`~.thumbnails.thumbnail`): a path without a row
+        is never opened.
+
+        Raises:
+            NotIndexedError: ``path`` has no row in the collection (the file is not touched).
+            BadImageError: the file is gone, unreadable, or not the bytes that were indexed.
+        """
+        path = os.path.abspath(os.fsdecode(path))
+        row = self.store.get([path], fields=["size", "sha256"]).get(path)
+        if row is None:
+            raise NotIndexedError(f"{printable(path)} is not indexed in {self._where}")
+        return thumbnail(row, max_px, self.limits)
 
     def stats(self) -> dict[str, Any]:
         """Collection facts: ``count``, ``model``, ``dim``, ``pooling``, ``image_size``,

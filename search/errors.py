@@ -42,8 +42,17 @@ class BadImageError(VitsearchError):
         self.reason = reason
 
 
+class ImageTooLargeError(BadImageError):
+    """An image over a limit: more bytes than ``max_file_bytes``, or more pixels decoded than
+    ``max_pixels`` (a "decompression bomb"); see :class:`~vitsearch.search.images.Limits`."""
+
+
 class BadQueryError(VitsearchError):
     """A search request is malformed (bad k, unknown path, unsupported query type)."""
+
+
+class NotIndexedError(BadQueryError):
+    """A path asked for by name (a ``--similar`` query, a thumbnail) has no row in the collection."""
 
 
 class UnsupportedModelError(ModelNotFoundError):

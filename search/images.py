@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_IMAGE_PIXELS
-from .errors import BadImageError
+from .errors import BadImageError, ImageTooLargeError
 
 #: File extensions the indexer picks up (compared in lower case).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -55,10 +55,10 @@ class Limits:
         """Refuse ``size`` bytes over :attr:`max_file_bytes`.
 
         Raises:
-            BadImageError: naming ``source``, the size and the limit.
+            ImageTooLargeError: naming ``source``, the size and the limit.
         """
         if size > self.max_file_bytes:
-            raise BadImageError(source, f"file is {size / 2**20:.1f} MB, over the limit of "
+            raise ImageTooLargeError(source, f"file is {size / 2**20:.1f} MB, over the limit of "
                                         f"{self.max_file_bytes / 2**20:g} MB (VITSEARCH_MAX_FILE_MB)")
 
 
@@ -93,7 +93,8 @@ def decode_sized(data: bytes, source: str, draft_px: int | None = None,
     draft decode does not have).
 
     Raises:
-        BadImageError: ``source`` (a path or label) with a one-line reason.
+        BadImageError: ``source`` (a path or label) with a one-line reason;
+            :class:`~.errors.ImageTooLargeError` for one over ``limits``.
     """
     if not data:
         raise BadImageError(source, "empty file (0 bytes)")
@@ -107,7 +108,7 @@ def decode_sized(data: bytes, source: str, draft_px: int | None = None,
             decoded = img.size[0] * img.size[1]
             if decoded > limits.max_pixels:
                 scaled = f" ({img.size[0]}x{img.size[1]} at reduced scale)" if img.size != (width, height) else ""
-                raise BadImageError(source, f"image too large: {width}x{height} = {width * height / 1e6:.0f} "
+                raise ImageTooLargeError(source, f"image too large: {width}x{height} = {width * height / 1e6:.0f} "
                                             f"megapixels{scaled}, over the limit of {limits.max_pixels / 1e6:g} "
                                             f"megapixels decoded (VITSEARCH_MAX_IMAGE_PIXELS)")
             if img.getexif().get(_ORIENTATION) in (5, 6, 7, 8):  # turned by 90 degrees
@@ -120,7 +121,7 @@ def decode_sized(data: bytes, source: str, draft_px: int | None = None,
             raise BadImageError(source, f"corrupt {kind} file: its header or first chunks are damaged") from None
         raise BadImageError(source, "not a recognised image format") from None
     except Image.DecompressionBombError as exc:
-        raise BadImageError(source, f"image too large: {exc}") from None
+        raise ImageTooLargeError(source, f"image too large: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImageError(source, f"corrupt or truncated image data ({exc})") from None
 

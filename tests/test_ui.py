@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import EXAMPLES, REPO
 from vitsearch.search import SearchClient
 from vitsearch.search.errors import BadImageError
-from vitsearch.ui.thumbnails import THUMB_PX, thumbnail
+from vitsearch.search.thumbnails import THUMB_PX, thumbnail
 
 APP = str(REPO / "ui" / "app.py")
 

@@ -9,7 +9,7 @@ import pytest
 from browser import (CHROMIUM, THUMBNAILS, chromium_page, result_names, results_shown, ui_server,
                      upload_and_wait)
 from vitsearch.search import SearchClient
-from vitsearch.ui.thumbnails import THUMB_PX
+from vitsearch.search.thumbnails import THUMB_PX
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),

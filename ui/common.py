@@ -14,7 +14,7 @@ from vitsearch.search.config import Settings
 from vitsearch.search.errors import BadImageError, CollectionNotFoundError, VitsearchError
 from vitsearch.search.images import Limits
 from vitsearch.search.paths import printable
-from vitsearch.ui.thumbnails import thumbnail
+from vitsearch.search.thumbnails import thumbnail
 
 log = logging.getLogger("vitsearch.ui")
 
@@ -39,7 +39,7 @@ def open_client(uri: str, collection: str) -> SearchClient:
 @st.cache_data(max_entries=4096, show_spinner=False)
 def cached_thumbnail(path: str, size: int, sha256: str) -> bytes | None:
     """JPEG thumbnail of an indexed file, cached by the row's path, size and sha256 (what is
-    shown is always the indexed bytes: see :func:`~vitsearch.ui.thumbnails.thumbnail`)."""
+    shown is always the indexed bytes: see :func:`~vitsearch.search.thumbnails.thumbnail`)."""
     try:
         return thumbnail({"path": path, "size": size, "sha256": sha256}, limits=Limits.from_settings(Settings()))
     except BadImageError as exc:

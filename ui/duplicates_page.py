@@ -3,7 +3,7 @@
 A page of the app (:mod:`vitsearch.ui.app`, at ``/duplicates``) over
 :meth:`~vitsearch.search.client.SearchClient.duplicates`: a threshold slider, exact copies only,
 a folder; each group with its kind, weakest link and, per image, the thumbnail (only the indexed
-bytes are shown, :func:`~vitsearch.ui.thumbnails.thumbnail`), the score to the suggested
+bytes are shown, :func:`~vitsearch.search.thumbnails.thumbnail`), the score to the suggested
 keeper, size and dimensions; the whole report as a CSV download. Nothing is deleted or moved.
 """
 from __future__ import annotations

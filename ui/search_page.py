@@ -20,7 +20,7 @@ from vitsearch.search.config import Settings
 from vitsearch.search.images import IMAGE_EXTENSIONS
 from vitsearch.search.paths import printable
 from vitsearch.ui.common import GRID_COLUMNS, cached_thumbnail, collection_client, guarded, literal_markdown
-from vitsearch.ui.thumbnails import THUMB_PX, to_jpeg
+from vitsearch.search.thumbnails import THUMB_PX, to_jpeg
 
 UPLOAD_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 K_DEFAULT, K_MAX = 12, 100

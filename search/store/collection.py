@@ -143,6 +143,7 @@ class Store:
         self._lite_wait_s = lite_wait_s
         self._retry_s = retry_s
         self._served_here = False
+        self._stale = False  # a call gave up on an unreachable Milvus: reconnect before the next
         self._schema: str | None = None  # the collection's schema version, once read
         self._connect()
 
@@ -173,18 +174,35 @@ class Store:
 
     def _call(self, method: str, *args, **kwargs):
         """``self._client.<method>(...)`` with Milvus errors turned into :class:`StoreError`, and
-        reconnection with backoff (0.5 s doubling to 8 s) while Milvus is unreachable."""
-        deadline, delay, connected = None, 0.5, True
+        reconnection with backoff (0.5 s doubling to 8 s) while Milvus is unreachable. A call that
+        gave up leaves the next one to reconnect first; a collection that a restarted Milvus has
+        released is loaded again (once per call)."""
+        deadline, delay, connected, reloaded = None, 0.5, True, False
+        if self._stale:
+            try:
+                self._connect()
+                self._stale = False
+            except StoreError as exc:
+                last: Exception = exc
+                connected = False
         while True:
             if connected:
                 try:
                     return getattr(self._client, method)(*args, **kwargs)
                 except MilvusException as exc:
+                    if _released(exc) and not reloaded:
+                        reloaded = True
+                        try:
+                            self._client.load_collection(self.collection)
+                            continue
+                        except MilvusException:
+                            pass
                     if not _unreachable(exc):
                         raise self._error(method, exc) from exc
-                    last: Exception = exc
+                    last = exc
             deadline = deadline or time.monotonic() + self._retry_s
             if time.monotonic() + delay > deadline:
+                self._stale = True
                 raise StoreError(
                     f"Milvus at {self.uri} did not answer for {self._retry_s:g} s ({method}: {last}); "
                     f"run again once it is back: an indexing run resumes where it stopped") from last
@@ -679,6 +697,13 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _released(exc: MilvusException) -> bool:
+    """Whether ``exc`` says the collection is not loaded (a restarted Milvus Lite server forgets
+    what was loaded; Milvus: "collection not loaded", Lite: "in state 'released'; call load()")."""
+    message = exc.message or ""
+    return "call load()" in message or "not loaded" in message
 
 
 def _unreachable(exc: MilvusException) -> bool:

@@ -1,4 +1,5 @@
-"""Bounded-size JPEG thumbnails for the page, made on the server.
+"""Bounded-size JPEG thumbnails of indexed images, for the page and the HTTP API (one guard for
+both: :meth:`~vitsearch.search.client.SearchClient.thumbnail` looks the row up by path).
 
 Only rows of the collection are ever read: :func:`thumbnail` takes a row (``path``, ``size``,
 ``sha256`` as the indexer stored them), never a bare path, and shows a file only if its bytes are
@@ -13,8 +14,8 @@ from typing import Any, Mapping
 
 from PIL import Image
 
-from vitsearch.search.errors import BadImageError
-from vitsearch.search.images import Limits, decode_bytes, read_file
+from .errors import BadImageError
+from .images import Limits, decode_bytes, read_file
 
 #: Longest side of a result thumbnail, in pixels (a grid cell is at most ~300 CSS px wide).
 THUMB_PX = 320

@@ -1,0 +1,74 @@
+"""The app factory: :func:`create_app` builds the FastAPI app that ``vitsearch serve`` runs on
+uvicorn (``uvicorn --factory vitsearch.api.app:create_app`` does the same, reading everything from
+``VITSEARCH_*`` variables)."""
+from __future__ import annotations
+
+import threading
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from vitsearch.search.application import configure
+from vitsearch.search.config import Settings
+
+from . import errors
+from .auth import BearerToken
+from .backend import Backend
+from .routes import router
+from .schemas import AsciiJSONResponse
+from .settings import ApiSettings
+from .uploads import BodyLimit
+
+DESCRIPTION = """Image similarity search over a vitsearch collection: upload a photo (`POST /search`),
+search with an indexed file's stored vector (`POST /search/similar`) or with an embedding
+(`POST /search/vector`). Scores are cosine similarities of the Vision Transformer's CLS embeddings
+(higher is closer). Errors are `{"detail": "..."}`: 400 bad input, 401 token, 404 not indexed,
+413 too large, 503 Milvus unreachable (with `Retry-After`)."""
+
+
+def create_app(settings: Settings | None = None, api: ApiSettings | None = None) -> FastAPI:
+    """The HTTP API over the collection ``settings`` names.
+
+    Args:
+        settings: the library's settings (default: ``VITSEARCH_*``): URI, collection, model,
+            ``max_upload_mb`` and the image limits.
+        api: the API's own (default: ``VITSEARCH_API_*``): token, CORS origins, batching.
+
+    The collection is opened and its encoder loaded in the background at startup; the app
+    answers ``/healthz`` meanwhile and everything else once it can (503 until then).
+    """
+    settings = settings or Settings()
+    api = api or ApiSettings()
+    configure(settings)  # an application: quiet the libraries' logs, Pillow's pixel guard
+    backend = Backend(settings, api)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        threading.Thread(target=backend.warm_up, name="vitsearch-warm-up", daemon=True).start()
+        yield
+        backend.close()
+
+    app = FastAPI(title="vitsearch", summary="Image similarity search with Vision Transformer embeddings in Milvus",
+                  description=DESCRIPTION, version=_version(), lifespan=lifespan,
+                  default_response_class=AsciiJSONResponse)
+    app.state.backend = backend
+    app.include_router(router)
+    errors.install(app, api.retry_after_s)
+    # Middleware added last runs first: CORS (answers preflights), then the token, then the body limit.
+    app.add_middleware(BodyLimit, upload_bytes=settings.max_upload_mb * 2**20)
+    if api.token is not None:
+        app.add_middleware(BearerToken, token=api.token.get_secret_value())
+    if api.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=api.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vitsearch")
+    except PackageNotFoundError:
+        return "0"

@@ -1,0 +1,152 @@
+"""The routes. Each parses its request, calls :class:`~vitsearch.search.client.SearchClient` (off the
+event loop) and answers JSON; an image query's forward pass goes through the batcher."""
+from __future__ import annotations
+
+import time
+import urllib.parse
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, File, HTTPException, Query, Request, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from vitsearch.search.config import MAX_K
+from vitsearch.search.errors import BadImageError, BadQueryError, ImageTooLargeError, StoreError
+
+from .backend import Backend
+from .schemas import AsciiJSONResponse, SearchOut, SimilarIn, VectorIn, search_json
+
+router = APIRouter()
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Bad image, bad k, bad filter or a malformed request: `{\"detail\": ...}`"},
+    401: {"description": "Missing or wrong bearer token (when VITSEARCH_API_TOKEN is set)"},
+    503: {"description": "Milvus unreachable or the collection not ready; see Retry-After"},
+}
+
+
+def _backend(request: Request) -> Backend:
+    return request.app.state.backend
+
+
+def _json(content: Any, status: int = 200) -> AsciiJSONResponse:
+    return AsciiJSONResponse(content, status_code=status)
+
+
+def _collapse(collapse: bool) -> dict[str, bool]:
+    """``collapse_duplicates`` for SearchClient, only when asked (a client without it still serves
+    the default)."""
+    return {"collapse_duplicates": True} if collapse else {}
+
+
+@router.post("/search", response_model=SearchOut, summary="Search by image",
+             responses={**_ERRORS, 413: {"description": "Upload over --max-upload-mb, or an image over the "
+                                                       "decoded-pixel limit"}})
+async def search(request: Request,
+                 image: UploadFile = File(..., description="The query image (JPEG, PNG, WebP, BMP, GIF, TIFF)."),
+                 k: Annotated[int, Query(ge=1, le=MAX_K, description=f"Number of results, 1 to {MAX_K}.")] = 10,
+                 folder: str | None = Query(None, description="Only images in this folder or below it."),
+                 filter: str | None = Query(None, description='Milvus boolean expression on the stored fields, '
+                                                              'e.g. `width >= 500`.'),
+                 min_score: float | None = Query(None, description="Leave out hits scoring below this."),
+                 collapse: bool = Query(False, description="Show exact duplicates (same sha256) as one hit.")):
+    """The `k` indexed images most similar to the uploaded one, best first (score: cosine
+    similarity). The upload is decoded as the indexer decodes a file (same size and pixel limits);
+    the forward passes of concurrent requests are batched."""
+    backend = _backend(request)
+    data = await image.read()
+    started = time.perf_counter()
+    client = await run_in_threadpool(backend.client)
+    name = image.filename or "upload"
+    if len(data) > backend.settings.max_upload_mb * 2**20:
+        raise ImageTooLargeError(name, f"upload is {len(data) / 2**20:.1f} MB, over the limit of "
+                                       f"{backend.settings.max_upload_mb} MB (vitsearch serve --max-upload-mb)")
+    batcher = await run_in_threadpool(backend.batcher)
+
+    def model_input():
+        picture = client.load(data, name)  # bounded decode; a decompression bomb is refused from its header
+        return batcher.encoder.preprocess([picture])[0]
+
+    vector = await batcher.embed(await run_in_threadpool(model_input))
+    hits = await run_in_threadpool(lambda: client.search_vector(vector, k, filter, folder or None, **_collapse(collapse)))
+    return _json(search_json(hits, 1000 * (time.perf_counter() - started), min_score))
+
+
+@router.post("/search/similar", response_model=SearchOut, summary="Search by an indexed image",
+             responses={**_ERRORS, 404: {"description": "The path is not indexed"}})
+async def search_similar(request: Request, body: SimilarIn):
+    """Images similar to an indexed file, by its stored vector (no model runs); the file itself is
+    left out."""
+    started = time.perf_counter()
+    client = await run_in_threadpool(_backend(request).client)
+    hits = await run_in_threadpool(client.search_similar, body.path, body.k, body.filter, True, body.folder or None)
+    return _json(search_json(hits, 1000 * (time.perf_counter() - started), body.min_score))
+
+
+@router.post("/search/vector", response_model=SearchOut, summary="Search by embedding", responses=_ERRORS)
+async def search_vector(request: Request, body: VectorIn):
+    """The `k` rows nearest to an embedding of the collection's dimension (an embedding made by
+    the same model elsewhere)."""
+    started = time.perf_counter()
+    client = await run_in_threadpool(_backend(request).client)
+    vector = np.asarray(body.vector, np.float32)
+    dim = client.encoder_info.dim
+    if vector.shape != (dim,):
+        raise BadQueryError(f"vector has {vector.size} dimensions; the collection's embeddings have {dim}")
+    if not np.isfinite(vector).all() or not np.any(vector):
+        raise BadQueryError("vector must be finite and not all zeros (its direction is the query)")
+    hits = await run_in_threadpool(client.search_vector, vector, body.k, body.filter, body.folder or None)
+    return _json(search_json(hits, 1000 * (time.perf_counter() - started), body.min_score))
+
+
+@router.get("/stats", summary="Collection facts", responses=_ERRORS)
+async def stats(request: Request):
+    """Number of images, model, dimension, pooling, input size, index type, metric, URI and
+    collection; `api`: this server process's batching figures."""
+    backend = _backend(request)
+    client = await run_in_threadpool(backend.client)
+    return _json({**await run_in_threadpool(client.stats), "api": backend.stats()})
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz():
+    """200 while the process serves requests (no token needed, nothing else checked)."""
+    return _json({"status": "ok"})
+
+
+@router.get("/readyz", summary="Readiness", responses={503: _ERRORS[503]})
+async def readyz(request: Request):
+    """200 when the collection answers and its encoder is loaded, else 503 saying why."""
+    backend = _backend(request)
+    client = await run_in_threadpool(backend.client)
+    if not await run_in_threadpool(client.store.exists):
+        raise StoreError(f"{client.store.where} no longer exists")
+    if not backend.encoder_loaded:
+        return AsciiJSONResponse({"detail": "the encoder is loading"}, status_code=503,
+                                 headers={"Retry-After": str(backend.api.retry_after_s)})
+    return _json({"status": "ready", "collection": client.store.collection, "uri": client.store.uri,
+                  "model": client.encoder_info.model})
+
+
+@router.get("/thumbnail", summary="Thumbnail of an indexed image",
+            responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "Not a row of the collection, "
+                       "or the file changed since it was indexed"}, **_ERRORS})
+async def thumbnail(request: Request, path: str = Query(..., description="An indexed file's path, as a hit gives "
+                                                                         "it (percent-encoded bytes).")):
+    """A JPEG of at most 320 pixels a side, only of a row of the collection and only from the
+    bytes that were indexed (size and sha256 checked): a path that is not a row is never opened."""
+    client = await run_in_threadpool(_backend(request).client)
+    try:
+        jpeg = await run_in_threadpool(client.thumbnail, _raw_query(request, "path") or path)
+    except BadImageError as exc:  # gone, unreadable, or not the indexed bytes: nothing to show
+        raise HTTPException(404, f"no thumbnail: {' '.join(str(exc).split())}") from None
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
+
+
+def _raw_query(request: Request, name: str) -> str | None:
+    """A query parameter decoded as a file name is (``os.fsdecode``: bytes that are not UTF-8 kept
+    as surrogates), where Starlette replaces them with U+FFFD."""
+    raw = request.scope.get("query_string", b"").decode("latin-1")
+    for key, value in urllib.parse.parse_qsl(raw, keep_blank_values=True, encoding="utf-8", errors="surrogateescape"):
+        if key == name:
+            return value
+    return None

@@ -1,0 +1,89 @@
+"""The API's JSON: request and response shapes (they make the OpenAPI document at ``/docs``),
+hits as JSON, and the response class.
+
+Paths are exact: a path whose bytes are not UTF-8 (``os.fsdecode`` gives each such byte as a
+surrogate, U+DC80-U+DCFF) is sent as a ``\\udcNN`` escape, which JSON allows and which a JSON
+parser such as Python's gives back as the same string, so a hit's path can be sent back as it is
+(``/search/similar``). Every response is therefore ASCII JSON (:class:`AsciiJSONResponse`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Annotated, Any
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from vitsearch.search.client import Hit
+from vitsearch.search.config import MAX_K
+from vitsearch.search.store import META_FIELDS
+
+K = Annotated[int, Field(ge=1, le=MAX_K, description=f"Number of results, 1 to {MAX_K}.")]
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped (``\\uXXXX``), so that any path, also one that
+    is not UTF-8, is sent exactly; NaN and infinities are refused."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class HitOut(BaseModel):
+    """One result: ``score`` is the cosine similarity of the CLS embeddings (higher is closer, 1 is
+    identical); ``metadata`` the stored fields (``folder``, ``size`` bytes, ``mtime`` Unix seconds,
+    ``ctime_ns``, ``inode``, ``width``, ``height`` pixels, ``sha256``, ``indexed_at``)."""
+
+    model_config = ConfigDict(extra="allow")
+    path: str
+    score: float
+    metadata: dict[str, Any]
+
+
+class SearchOut(BaseModel):
+    """Hits best first, and the time the search took on the server in milliseconds."""
+
+    hits: list[HitOut]
+    took_ms: float
+
+
+class SimilarIn(BaseModel):
+    """A search with the stored vector of an indexed file (no model runs); the file itself is
+    left out of the results."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(description="The indexed file's absolute path, as a hit gives it.")
+    k: K = 10
+    folder: str | None = Field(None, description="Only images in this folder or below it.")
+    filter: str | None = Field(None, description='Milvus boolean expression on the stored fields, e.g. "width >= 500".')
+    min_score: float | None = Field(None, description="Leave out hits scoring below this.")
+
+
+class VectorIn(BaseModel):
+    """A search with an embedding of the collection's dimension (``/stats`` gives ``dim``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    vector: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        description="The query embedding, D floats (need not be normalised: the metric is COSINE).")
+    k: K = 10
+    folder: str | None = None
+    filter: str | None = None
+    min_score: float | None = None
+
+
+def hit_json(hit: Hit) -> dict[str, Any]:
+    """``{"path", "score", "metadata": {...}}``, and any other field a :class:`Hit` has that is set
+    (such as the paths of a collapsed hit's exact copies)."""
+    extra = {f.name: list(value) if isinstance(value, tuple) else value for f in dataclasses.fields(hit)
+             if f.name not in ("path", "score", "metadata") and (value := getattr(hit, f.name))}
+    order = {name: i for i, name in enumerate(META_FIELDS)}
+    metadata = dict(sorted(((k, v) for k, v in hit.metadata.items() if k != "path"),
+                           key=lambda kv: order.get(kv[0], len(order))))
+    return {"path": hit.path, "score": hit.score, "metadata": metadata, **extra}
+
+
+def search_json(hits: list[Hit], took_ms: float, min_score: float | None) -> dict[str, Any]:
+    """The body of a search response: hits at or above ``min_score``, best first."""
+    kept = [h for h in hits if min_score is None or h.score >= min_score]
+    return {"hits": [hit_json(h) for h in kept], "took_ms": round(took_ms, 2)}

@@ -1,0 +1,51 @@
+"""Settings of the HTTP API, read from ``VITSEARCH_API_*`` environment variables (the Milvus URI,
+the collection, the model and the image limits are the library's :class:`~vitsearch.search.config.Settings`)."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from vitsearch.search.config import DEFAULT_BATCH_SIZE
+
+
+class ApiSettings(BaseSettings):
+    """``vitsearch serve``'s own settings.
+
+    Attributes:
+        token: bearer token every route but ``/healthz`` requires when set
+            (``Authorization: Bearer TOKEN``; ``VITSEARCH_API_TOKEN``); never logged.
+        cors_origins: origins a browser may call the API from, comma-separated
+            (``VITSEARCH_API_CORS_ORIGINS="https://shop.example,http://localhost:3000"``; ``*`` for
+            any); default none (no CORS headers: only same-origin pages and non-browser clients).
+        batch_window_ms: how long the first image query of a batch waits for others to join it
+            before the forward pass, in milliseconds. Queries that arrive while a forward pass
+            runs join the next one anyway.
+        max_batch: most images per forward pass (1 turns batching off).
+        retry_s: seconds a request keeps retrying an unreachable Milvus before answering 503
+            (the library's ``VITSEARCH_RETRY_S`` is for batch jobs and defaults to a minute).
+        retry_after_s: the ``Retry-After`` of a 503, in seconds; also how long a failed attempt
+            to open the collection is remembered before the next request tries again.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="VITSEARCH_API_", extra="ignore")
+
+    token: SecretStr | None = None
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    batch_window_ms: float = Field(default=5.0, ge=0)
+    max_batch: int = Field(default=DEFAULT_BATCH_SIZE, ge=1)
+    retry_s: float = Field(default=5.0, ge=0)
+    retry_after_s: int = Field(default=5, ge=1)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value):
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value
