@@ -33,8 +33,9 @@ def eval_(
     """Measure retrieval quality on a labelled set: mAP, recall@k, precision@k, ANN recall@10.
 
     DATASET is indexed with the normal indexer (incremental, so a reused collection is not
-    embedded twice), every query is searched through SearchClient with the query left out of its
-    own ranking, and the index's top-10 is compared with exact search on the same vectors.
+    embedded twice); the stored vectors are read once and every query is ranked exactly over
+    them (the query left out of its own ranking); a sample of queries is searched through
+    Milvus, and the index's top-10 compared with the exact one (ANN recall@10).
     """
     from vitsearch.indexer import evaluate
 
@@ -62,6 +63,7 @@ def eval_(
     typer.echo(f"{'mAP':>14}  {result.map:.4f}")
     for name, values in (("recall", result.recall), ("precision", result.precision)):
         typer.echo("  ".join(f"{f'{name}@{kk}':>14}  {v:.4f}" for kk, v in values.items()))
-    typer.echo(f"{'ANN recall@10':>14}  {result.ann_recall_at_10:.4f} (the index's top-10 against exact search)")
+    typer.echo(f"{'ANN recall@10':>14}  {result.ann_recall_at_10:.4f} (the index's top-10 against exact search, "
+               f"{result.ann_queries} queries)")
     typer.echo(f"{'seconds':>14}  index {report.seconds['index']} ({report.images_per_s} images/s), "
                f"search {report.seconds['search']}, total {report.seconds['total']}")

@@ -130,14 +130,39 @@ def ranking_figures(rankings: Mapping[str, Sequence[str]], relevant: Mapping[str
         precision={k: float(np.mean(v)) for k, v in precisions.items()})
 
 
-def exact_ranking(matrix: np.ndarray, names: Sequence[str], vector: np.ndarray,
-                  leave_out: str | None = None) -> list[str]:
-    """``names`` ordered by cosine similarity to ``vector``, best first (brute force; ties keep
-    the order of ``names``), ``leave_out`` removed.
+def exact_rankings(matrix: np.ndarray, names: Sequence[str], queries: np.ndarray,
+                   leave_out: Sequence[str | None] | None = None, depth: int | None = None,
+                   chunk_bytes: int = 256 * 2**20) -> list[list[str]]:
+    """For each query, ``names`` ordered by cosine similarity to it, best first (exact, brute
+    force: the reference any ANN index is measured against), its ``leave_out`` name removed.
+
+    Ties keep the order of ``names``. The similarities are computed in chunks of queries of at
+    most ``chunk_bytes`` (``(q, N) float32``), so memory stays bounded at any collection size;
+    where ``depth`` is below N, only the top ``depth + 1`` are sorted (``argpartition``).
 
     Args:
         matrix: ``(N, D) float32`` L2-normalised vectors, row i being ``names[i]``.
-        vector: ``(D,) float32`` L2-normalised query vector.
+        queries: ``(Q, D) float32`` L2-normalised query vectors.
+        leave_out: Q names (or None) each left out of its own ranking; default none.
+        depth: ranking length (default N, less one where a name is left out).
+
+    Returns:
+        Q lists of at most ``depth`` names.
     """
-    order = np.argsort(-(matrix @ vector), kind="stable")
-    return [names[i] for i in order if names[i] != leave_out]
+    queries = np.atleast_2d(np.asarray(queries, np.float32))
+    n = len(names)
+    leave_out = list(leave_out) if leave_out is not None else [None] * len(queries)
+    depth = n if depth is None else max(0, min(depth, n))
+    keep = min(n, depth + 1)  # one spare for the name left out
+    step = max(1, chunk_bytes // max(1, 4 * n))
+    out: list[list[str]] = []
+    for start in range(0, len(queries), step):
+        scores = queries[start:start + step] @ np.asarray(matrix, np.float32).T  # (q, N)
+        for row, left in zip(scores, leave_out[start:start + step]):
+            if keep < n:
+                top = np.argpartition(-row, keep - 1)[:keep]
+                order = top[np.lexsort((top, -row[top]))]  # by score, ties by position
+            else:
+                order = np.argsort(-row, kind="stable")
+            out.append([names[i] for i in order if names[i] != left][:depth])
+    return out

@@ -62,6 +62,12 @@ def test_rows_round_trip_upsert_replaces_and_delete(db_uri):
         assert store.count() == 28
         paths = {r["path"] for r in store.iter_rows(batch_size=7)}
         assert paths == {r["path"] for r in rows[2:]}
+        names, matrix = store.vectors(batch_size=7)  # all vectors in one pass, row i being names[i]
+        assert sorted(names) == names and set(names) == paths and matrix.dtype == np.float32
+        np.testing.assert_allclose(matrix, v[[int(p.rsplit("_", 1)[1][:-4]) for p in names]], rtol=1e-6)
+        assert store.vectors(folder="/photos/1")[0] == sorted(p for p in paths if p.startswith("/photos/1/"))
+        store.delete(names)
+        assert store.vectors()[1].shape == (0, INFO.dim)
 
 
 def test_search_agrees_with_exact_numpy_cosine(db_uri):

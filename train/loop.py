@@ -43,7 +43,7 @@ from vitsearch.search.encoder import Encoder, pick_device
 from vitsearch.search.encoder_info import EncoderInfo
 from vitsearch.search.errors import BadImageError, BadQueryError
 from vitsearch.search.images import Limits, read_file
-from vitsearch.search.metrics import exact_ranking, ranking_figures
+from vitsearch.search.metrics import exact_rankings, ranking_figures
 from vitsearch.search.preprocess import Preprocess
 
 from .config import DEFAULTS, LR_FINETUNE, LR_SCRATCH, OBJECTIVES, ScratchConfig
@@ -136,7 +136,7 @@ def retrieval_figures(encoder: Encoder, items: Sequence[tuple[str, int]],
     by_label: dict[int, set[str]] = {}
     for p, label in items:
         by_label.setdefault(label, set()).add(p)
-    rankings = {p: exact_ranking(vectors, paths, vectors[i], leave_out=p) for i, p in enumerate(paths)}
+    rankings = dict(zip(paths, exact_rankings(vectors, paths, vectors, leave_out=paths)))
     relevant = {p: by_label[label] - {p} for p, label in items}
     figures = ranking_figures(rankings, relevant, (1, 10))
     return {"map": figures.map, "recall_at_1": figures.recall[1], "recall_at_10": figures.recall[10],

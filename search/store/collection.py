@@ -467,6 +467,29 @@ class Store:
                                    batch_size):
             yield from (self._row(r, fields) for r in batch)
 
+    def vectors(self, folder: str | None = None, batch_size: int = 4096) -> tuple[list[str], np.ndarray]:
+        """Every stored vector at once, read in one pass (batches of ``batch_size`` rows): what
+        exact search and evaluation rank (``vitsearch eval``), without one search per query.
+
+        Args:
+            folder: only files inside this folder (an absolute path, any depth).
+
+        Returns:
+            ``(paths, matrix)``: N paths in primary-key order and their ``(N, D) float32``
+            vectors, row i being ``paths[i]`` (``(0, D)`` for an empty collection).
+
+        Raises:
+            CollectionNotFoundError: the collection does not exist.
+            StoreError: Milvus refused or stayed unreachable.
+        """
+        dim = self.encoder_info().dim
+        paths: list[str] = []
+        blocks = [np.empty((0, dim), np.float32)]
+        for batch in self._batches(self.collection, ["vector"], under(folder) if folder else "", batch_size):
+            paths.extend(path_from_stored(r["path"]) for r in batch)
+            blocks.append(np.asarray([r["vector"] for r in batch], np.float32).reshape(len(batch), dim))
+        return paths, np.concatenate(blocks)
+
     def _batches(self, collection: str, fields: list[str], filter: str,
                  batch_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
         """Rows of ``collection`` matching ``filter`` as Milvus stores them, in batches, in
