@@ -11,13 +11,19 @@ Measures, in one run, on the same files, model and device:
    its wall time includes Python start-up, imports, model loading and opening Milvus. Its own
    per-stage times (decode summed over workers, embed, write, input wait) come from ``--json``;
 4. with ``--ray``, **vitsearch index --engine ray** the same way: a local Ray instance started by
-   the command (its start-up included), decode tasks and encoder actors on this machine.
+   the command (its start-up included), decode tasks and encoder actors on this machine;
+5. with ``--runtimes torch,onnx,onnx-int8``, for each runtime: model only, the cosine of its
+   embeddings to torch fp32's on the same batch (the lowest over the batch), and the whole
+   ``vitsearch index --runtime R`` process into a fresh database; with the ratios to torch. The
+   ONNX export is made (and cached) by the model-only step, so the whole-process runs find it
+   cached, as every run after a model's first does.
 
 and prints images/s, ratios to model-only, peak RSS (each subprocess's ``ru_maxrss``; decode
 workers, forked, are not counted).
 
     python benchmarks/index_throughput.py [FOLDER] [--model M] [--limit 400] [--batch-size B]
         [--workers W] [--replicate K] [--device cuda] [--dtype bfloat16] [--ray]
+        [--runtimes torch,onnx,onnx-int8] [--naive-limit 0]
 
 Defaults: ``$VITSEARCH_SHARED/data/catalog``, ``$VITSEARCH_SHARED/models/dinov2-small-9l``,
 400 images, batch 32, 2 workers. ``--model vit-b16-random`` builds a ViT-B/16 (86 M parameters,
@@ -121,7 +127,9 @@ def main() -> None:
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--naive-limit", type=int, default=400, help="images for the (slow) naive loop")
     ap.add_argument("--ray", action="store_true", help="also time `vitsearch index --engine ray`")
+    ap.add_argument("--runtimes", default="", help="comma-separated runtimes to compare, e.g. torch,onnx,onnx-int8")
     args = ap.parse_args()
+    runtimes = [r for r in args.runtimes.split(",") if r]
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -137,12 +145,16 @@ def main() -> None:
         encoder = Encoder.load(model, device=args.device, dtype=args.dtype)
         ceiling = model_only(encoder, files, args.batch_size)
         device, dtype = str(encoder.device), str(encoder.dtype).replace("torch.", "")
+        runtime = encoder.runtime
         del encoder
 
         naive_files = [str(p) for p in files[:args.naive_limit]]
-        out, naive_wall, naive_rss = run_measured([sys.executable, "-c", NAIVE, model, str(tmp / "naive.db"),
-                                                   device, *naive_files])
-        naive = json.loads(out)
+        naive_wall = naive_rss = 0.0
+        naive = None
+        if naive_files:
+            out, naive_wall, naive_rss = run_measured([sys.executable, "-c", NAIVE, model, str(tmp / "naive.db"),
+                                                       device, *naive_files])
+            naive = json.loads(out)
 
         env = {**os.environ, "VITSEARCH_DATA_DIR": str(tmp / "data")}
 
@@ -161,21 +173,34 @@ def main() -> None:
 
         summary, wall, rss = vitsearch_index("vitsearch.db", "--workers", str(args.workers))
         ray = vitsearch_index("ray.db", "--engine", "ray") if args.ray else None
+        compared = []  # (runtime, model-only images/s, lowest cosine to torch, whole-process images/s, summary)
+        if runtimes:
+            fp32 = Encoder.load(model, device=args.device, runtime="torch", dtype="float32")
+            probe = fp32.preprocess([load_image(p) for p in files[:args.batch_size]])
+            reference = fp32.embed_pixels(probe)
+            del fp32
+            for name in runtimes:
+                encoder = Encoder.load(model, device=args.device, dtype=args.dtype, runtime=name)
+                speed = model_only(encoder, files, args.batch_size)
+                cosine = float((encoder.embed_pixels(probe) * reference).sum(axis=1).min())
+                del encoder
+                info, seconds, _ = vitsearch_index(f"runtime-{name}.db", "--workers", str(args.workers),
+                                                   "--runtime", name)
+                compared.append((name, speed, cosine, len(files) / seconds, info))
 
     n = len(files)
     nn = len(naive_files)
-    rows = [
-        ("model only (forward on ready batches)", ceiling, None, "-", None, n),
-        (f"naive loop, 1 image at a time ({nn} images)", nn / naive_wall, nn / naive["loop_seconds"],
-         f"{naive_rss:.2f}", naive["stage_seconds"], nn),
-        ("vitsearch index (whole process)", n / wall, summary["images_per_s"], f"{rss:.2f}",
-         summary["stage_seconds"], n),
-    ]
+    rows = [("model only (forward on ready batches)", ceiling, None, "-", None, n)]
+    if naive:
+        rows.append((f"naive loop, 1 image at a time ({nn} images)", nn / naive_wall, nn / naive["loop_seconds"],
+                     f"{naive_rss:.2f}", naive["stage_seconds"], nn))
+    rows.append(("vitsearch index (whole process)", n / wall, summary["images_per_s"], f"{rss:.2f}",
+                 summary["stage_seconds"], n))
     if ray:
         rows.append(("vitsearch index --engine ray (local Ray)", n / ray[1], ray[0]["images_per_s"],
                      f"{ray[2]:.2f}", ray[0]["stage_seconds"], n))
     print(f"\n{n} images ({len(distinct)} distinct) from {args.folder}; model {Path(args.model).name}; "
-          f"{device} {dtype}; batch {args.batch_size}; {args.workers} workers; "
+          f"{device} {dtype}, runtime {runtime}; batch {args.batch_size}; {args.workers} workers; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
           + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""))
     print("\nimages/s: whole process (start-up and model load included), in its loop, and per stage "
@@ -190,8 +215,16 @@ def main() -> None:
     print(f"\nvitsearch index: {wall:.1f} s whole process, {summary['seconds']:.1f} s indexing; stages: "
           f"decode {st['decode']:.1f} s (CPU, summed over {args.workers} workers), embed {st['embed']:.1f} s, "
           f"write {st['write']:.1f} s (background), waited for input {st['wait']:.1f} s")
-    print(f"whole process vs model only: {n / wall / ceiling:.2f}; vs naive loop: "
-          f"{(n / wall) / (nn / naive_wall):.1f}x")
+    print(f"whole process vs model only: {n / wall / ceiling:.2f}"
+          + (f"; vs naive loop: {(n / wall) / (nn / naive_wall):.1f}x" if naive else ""))
+    if compared:
+        base = {name: (speed, whole) for name, speed, _, whole, _ in compared}.get("torch")
+        print(f"\nruntimes ({n} images, load average {os.getloadavg()[0]:.1f}; ratios to torch fp32 of this run)")
+        print("| runtime | model only img/s | ratio | whole process img/s | ratio | cosine to torch fp32 (min) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, speed, cosine, whole, _ in compared:
+            ratios = (f"{speed / base[0]:.2f}", f"{whole / base[1]:.2f}") if base else ("-", "-")
+            print(f"| {name} | {speed:.1f} | {ratios[0]} | {whole:.1f} | {ratios[1]} | {cosine:.5f} |")
     if ray:
         print(f"--engine ray vs --engine local, whole process: {ray[1] and wall / ray[1]:.2f} "
               f"(Ray's RSS is the driver's only; its workers are separate processes)")

@@ -39,6 +39,19 @@ IMAGE_SIZE = typer.Option(None, "--image-size", min=8, help="Encoder input N x N
                           "and crops to N, the position embeddings are interpolated. Recorded in the "
                           "collection like the model. (env VITSEARCH_IMAGE_SIZE; default: the collection's, "
                           "else the checkpoint's, e.g. 224)")
+class Runtime(str, Enum):
+    """``--runtime`` values (see :data:`vitsearch.search.config.RUNTIMES`)."""
+
+    torch = "torch"
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+
+
+RUNTIME = typer.Option(None, "--runtime", help="How the encoder runs: torch, onnx (the model exported once to "
+                       "ONNX, cached beside it, run by ONNX Runtime) or onnx-int8 (the same with int8 weights: "
+                       "fastest on a CPU). Recorded in the collection like the model; a search takes the "
+                       "collection's unless told. (env VITSEARCH_RUNTIME; default: the collection's, else "
+                       "onnx-int8 on a CPU and torch on CUDA)")
 POOLING = typer.Option(None, "--pooling",
                        help="cls (the CLS token; default) or mean (the mean of the patch tokens); recorded "
                             "in the collection like the model. (env VITSEARCH_POOLING)")
@@ -68,12 +81,12 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def open_client(uri: Optional[str], collection: Optional[str], model: Optional[str], device: Optional[str],
-           image_size: Optional[int] = None):
+                image_size: Optional[int] = None, runtime: Optional[Runtime] = None):
     """The :class:`~vitsearch.search.client.SearchClient` the flags name."""
     from vitsearch.search.client import SearchClient
 
     return SearchClient(model=model, settings=settings(uri=uri, collection=collection, device=device,
-                                                       image_size=image_size))
+                                                       image_size=image_size, runtime=runtime and runtime.value))
 
 
 def progress_bar():

@@ -9,7 +9,8 @@ import typer
 
 from vitsearch.search.errors import BadQueryError, VitsearchError
 
-from .common import COLLECTION, DEVICE, IMAGE_SIZE, POOLING, Pooling, app, fail, progress_bar, settings
+from .common import (COLLECTION, DEVICE, IMAGE_SIZE, POOLING, RUNTIME, Pooling, Runtime, app, fail, progress_bar,
+                     settings)
 
 
 @app.command("eval")
@@ -28,6 +29,7 @@ def eval_(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode/preprocess processes."),
     device: Optional[str] = DEVICE,
+    runtime: Optional[Runtime] = RUNTIME,
     as_json: bool = typer.Option(False, "--json", help="Print the JSON documented in the README."),
 ) -> None:
     """Measure retrieval quality on a labelled set: mAP, recall@k, precision@k, ANN recall@10.
@@ -46,7 +48,7 @@ def eval_(
     except ValueError:
         fail(f"--k takes positive integers separated by commas, got {k!r}", code=2)
     s = settings(model=model, pooling=pooling and pooling.value, image_size=image_size, batch_size=batch_size,
-                 workers=workers, device=device)
+                 workers=workers, device=device, runtime=runtime and runtime.value)
     try:
         report = evaluate(dataset, s, ks, uri=uri, collection=collection, progress=progress_bar())
     except BadQueryError as exc:
@@ -59,7 +61,8 @@ def eval_(
         return
     result = report.result
     typer.echo(f"{dataset}: {report.layout}, {report.images} images, {result.queries} queries; "
-               f"model {report.model}, pooling {report.pooling}, {report.dim}-d, input {report.image_size}")
+               f"model {report.model}, pooling {report.pooling}, {report.dim}-d, input {report.image_size}, "
+               f"runtime {report.runtime}")
     typer.echo(f"{'mAP':>14}  {result.map:.4f}")
     for name, values in (("recall", result.recall), ("precision", result.precision)):
         typer.echo("  ".join(f"{f'{name}@{kk}':>14}  {v:.4f}" for kk, v in values.items()))

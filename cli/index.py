@@ -12,10 +12,12 @@ from typing import Optional
 import typer
 
 from vitsearch.search.config import Settings
+from vitsearch.search.encoder_info import EncoderInfo
 from vitsearch.search.errors import VitsearchError
 from vitsearch.search.paths import printable
 
-from .common import COLLECTION, DEVICE, DTYPE, IMAGE_SIZE, JSON, POOLING, URI, Pooling, app, fail, progress_bar, settings
+from .common import (COLLECTION, DEVICE, DTYPE, IMAGE_SIZE, JSON, POOLING, RUNTIME, URI, Pooling, Runtime, app, fail,
+                     progress_bar, settings)
 
 
 class Engine(str, Enum):
@@ -42,6 +44,7 @@ def index(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode/preprocess processes (default: 2)."),
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
+    runtime: Optional[Runtime] = RUNTIME,
     use_compile: bool = typer.Option(False, "--compile", help="torch.compile the encoder: tens of seconds "
                                  "to compile, faster forward passes; pays off on large runs. (env VITSEARCH_COMPILE)"),
     prune: bool = typer.Option(False, "--prune", help="Delete the rows under SOURCE whose path is no longer a "
@@ -92,7 +95,7 @@ def index(
         logging.getLogger("vitsearch").setLevel(logging.DEBUG)
     s = settings(model=model, pooling=pooling and pooling.value, image_size=image_size, uri=uri,
                   collection=collection, batch_size=batch_size, workers=workers, device=device, dtype=dtype,
-                  compile=use_compile or None)
+                  compile=use_compile or None, runtime=runtime and runtime.value)
     on_failure = lambda p, r: tqdm.write(f"skipped {printable(p)}: {r}", file=sys.stderr)  # noqa: E731
     if is_uri(folder) and engine is Engine.local:
         raise typer.BadParameter(f"{folder}: a URI needs --engine ray", param_hint="SOURCE")
@@ -108,8 +111,11 @@ def index(
             if engine is Engine.ray:
                 from vitsearch.indexer.ray_engine import index_with_ray  # imports Ray itself
 
-                encoder = encoder_for(store.recorded_encoder(), s.model_copy(update={"device": "cpu", "compile": False}),
-                                      store.where)
+                recorded = store.recorded_encoder()
+                driver = {"device": "cpu", "compile": False}
+                if recorded is None and "runtime" not in s.model_fields_set:
+                    driver["runtime"] = "torch"  # the workers' default on GPUs, which ONNX does not run on
+                encoder = encoder_for(recorded, s.model_copy(update=driver), store.where)
                 size = s.batch_size or DEFAULT_BATCH_SIZE
                 report = index_with_ray(folder, encoder=encoder, store=store, settings=s, batch_size=size,
                                         ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
@@ -126,19 +132,19 @@ def index(
     except VitsearchError as exc:
         fail(str(exc))
     except IndexInterrupted as stop:
-        _index_summary(stop.report, s, encoder.info.model, size, folder, report_file, as_json)
+        _index_summary(stop.report, s, encoder.info, size, folder, report_file, as_json)
         typer.echo("interrupted: every image embedded so far is written; run again to continue", err=True)
         raise typer.Exit(130)
     except KeyboardInterrupt:  # before indexing began (loading the model, opening Milvus)
         typer.echo("\ninterrupted", err=True)
         raise typer.Exit(130)
-    _index_summary(report, s, encoder.info.model, size, folder, report_file, as_json)
+    _index_summary(report, s, encoder.info, size, folder, report_file, as_json)
     if bulk_dir and not as_json:
         typer.echo(f"rows written as Parquet shards under {bulk_dir}, not into Milvus, unless it is a "
                    f"server and {bulk_dir} is in its bucket (then loaded by bulk import)")
 
 
-def _index_summary(report, s: Settings, model: str, batch_size: int, folder: str,
+def _index_summary(report, s: Settings, info: EncoderInfo, batch_size: int, folder: str,
                    report_file: Optional[Path], as_json: bool) -> None:
     """Print what an indexing run did (a line, or JSON), and write the failures to ``report_file``."""
     if report_file is not None:
@@ -149,7 +155,8 @@ def _index_summary(report, s: Settings, model: str, batch_size: int, folder: str
                "images_per_s": round(report.images_per_s, 2),
                "stage_seconds": {"decode": round(report.decode_seconds, 2), "embed": round(report.embed_seconds, 2),
                                  "write": round(report.write_seconds, 2), "wait": round(report.wait_seconds, 2)},
-               "batch_size": batch_size, "collection": s.collection, "uri": s.resolved_uri(), "model": model}
+               "batch_size": batch_size, "collection": s.collection, "uri": s.resolved_uri(), "model": info.model,
+               "runtime": info.runtime}
     if as_json:
         summary["failures"] = [{"path": p, "reason": r} for p, r in report.failures]
         typer.echo(json.dumps(summary, indent=2))
@@ -166,7 +173,7 @@ def _index_summary(report, s: Settings, model: str, batch_size: int, folder: str
         typer.echo(f"rehashed {report.rehashed}: files read to compare their bytes with their row's sha256 "
                    f"(size, mtime, ctime or inode changed, or --verify)")
     if report.indexed:
-        typer.echo(f"time: {report.stages()}; batch size {batch_size}")
+        typer.echo(f"time: {report.stages()}; batch size {batch_size}, runtime {info.runtime}")
     if report.failures:
         where = f"listed in {report_file}" if report_file else "listed above; --report FILE saves them"
         typer.echo(f"{report.failed} file{'s' if report.failed > 1 else ''} could not be indexed ({where})")

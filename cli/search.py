@@ -10,7 +10,7 @@ from vitsearch.search.config import MAX_K
 from vitsearch.search.errors import BadImageError, BadQueryError, VitsearchError
 from vitsearch.search.paths import printable
 
-from .common import COLLECTION, DEVICE, IMAGE_SIZE, JSON, URI, app, fail, open_client
+from .common import COLLECTION, DEVICE, IMAGE_SIZE, JSON, RUNTIME, URI, Runtime, app, fail, open_client
 
 
 @app.command()
@@ -29,6 +29,7 @@ def search(
     uri: Optional[str] = URI,
     collection: Optional[str] = COLLECTION,
     device: Optional[str] = DEVICE,
+    runtime: Optional[Runtime] = RUNTIME,
     as_json: bool = JSON,
 ) -> None:
     """Find the indexed images most similar to IMAGE, best first (score: cosine similarity).
@@ -37,7 +38,7 @@ def search(
     image, a corrupt image, an unknown --similar path, a malformed --filter, k out of range).
     """
     try:
-        with open_client(uri, collection, model, device, image_size) as client:
+        with open_client(uri, collection, model, device, image_size, runtime) as client:
             if similar:
                 hits = client.search_similar(image, k=k, filter=filter, folder=folder, collapse_duplicates=collapse)
             else:
@@ -61,7 +62,7 @@ def search(
 
 @app.command()
 def stats(uri: Optional[str] = URI, collection: Optional[str] = COLLECTION, as_json: bool = JSON) -> None:
-    """Show the collection: number of images, model, dimension, index type, URI."""
+    """Show the collection: number of images, model, dimension, runtime, index type, URI."""
     try:
         with open_client(uri, collection, None, None) as client:
             info = client.stats()

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import COLLECTION, URI, app, settings
+from .common import COLLECTION, RUNTIME, URI, Runtime, app, settings
 
 
 @app.command()
@@ -19,6 +19,7 @@ def ui(
                              "other machines too (there is no login: only on a trusted network)."),
     max_upload_mb: Optional[int] = typer.Option(None, "--max-upload-mb", min=1, help="Largest query "
                                                 "image accepted, in MB. (env VITSEARCH_MAX_UPLOAD_MB; default: 20)"),
+    runtime: Optional[Runtime] = RUNTIME,
 ) -> None:
     """Serve the search page: upload a photo in the browser, see the most similar images.
 
@@ -27,9 +28,9 @@ def ui(
     """
     from importlib.resources import files
 
-    s = settings(uri=uri, collection=collection, max_upload_mb=max_upload_mb)
+    s = settings(uri=uri, collection=collection, max_upload_mb=max_upload_mb, runtime=runtime and runtime.value)
     env = {**os.environ, "VITSEARCH_URI": s.resolved_uri(), "VITSEARCH_COLLECTION": s.collection,
-           "VITSEARCH_MAX_UPLOAD_MB": str(s.max_upload_mb)}
+           "VITSEARCH_MAX_UPLOAD_MB": str(s.max_upload_mb), **({"VITSEARCH_RUNTIME": s.runtime} if s.runtime else {})}
     page = str(files("vitsearch.ui").joinpath("app.py"))
     cmd = [sys.executable, "-m", "streamlit", "run", page, "--server.address", host,
            "--server.port", str(port), "--server.headless", "true",

@@ -126,6 +126,7 @@ class EvalReport:
     pooling: str
     dim: int
     image_size: str
+    runtime: str
     k: list[int]
     result: EvalResult
     images_per_s: float
@@ -180,7 +181,7 @@ def evaluate(dataset: str | os.PathLike, settings: Settings | None = None, ks: S
     info = encoder.info
     return EvalReport(
         dataset=str(dataset), layout=data.kind, images=report.indexed + report.unchanged, failed=report.failed,
-        model=info.model, pooling=info.pooling, dim=info.dim, image_size=info.size_text, k=ks, result=result,
+        model=info.model, pooling=info.pooling, dim=info.dim, image_size=info.size_text, runtime=info.runtime, k=ks, result=result,
         images_per_s=round(report.images_per_s, 2),
         seconds={"model": round(model_seconds, 2), "index": round(report.seconds, 2), "search": round(result.search_seconds, 2),
                  "ann": round(result.ann_seconds, 2),

@@ -36,6 +36,11 @@ class SearchClient:
         device, dtype: passed to :meth:`Encoder.load`.
         image_size: encoder input N x N pixels; ``None`` (default, ``VITSEARCH_IMAGE_SIZE``) takes
             the collection's. Another size than the collection's is refused.
+        runtime: how queries are embedded: ``torch``, ``onnx`` or ``onnx-int8``; ``None``
+            (default, ``VITSEARCH_RUNTIME``) takes the collection's: an int8 collection is searched
+            with int8 (on a CPU; ONNX does not run on a GPU, where torch is used). Another
+            runtime than the collection's is allowed for queries (never stored): the runtimes'
+            vectors agree within cosine 0.995. An unknown name is refused (``UnsupportedRuntimeError``, when the encoder loads).
         encoder: an already loaded :class:`Encoder` to reuse (checked against the collection).
 
     Raises:
@@ -46,10 +51,13 @@ class SearchClient:
 
     def __init__(self, uri: str | None = None, collection: str | None = None, model: str | None = None,
                  *, device: str | None = None, dtype: str | None = None, token: str | None = None,
-                 image_size: int | None = None, encoder: Encoder | None = None, settings: Settings | None = None):
+                 image_size: int | None = None, runtime: str | None = None, encoder: Encoder | None = None,
+                 settings: Settings | None = None):
         self.settings = settings or Settings()
         if image_size:
             self.settings = self.settings.model_copy(update={"image_size": image_size})
+        if runtime:
+            self.settings = self.settings.model_copy(update={"runtime": runtime})
         self.store = Store.from_settings(self.settings, uri, collection, token)
         self.encoder_info = self.store.encoder_info()
         self._model, self._device, self._dtype = model, device, dtype
@@ -57,7 +65,7 @@ class SearchClient:
         self._encoder_lock = threading.Lock()  # the UI's sessions share one client
         check_image_size(self.encoder_info, self.settings.image_size, self._where)
         if encoder is not None:
-            self.encoder_info.check_same(encoder.info, self._where)
+            self.encoder_info.check_same(encoder.info, self._where, queries=True)
         elif model is not None:
             self._load_encoder()
 
@@ -75,7 +83,8 @@ class SearchClient:
 
     def _load_encoder(self) -> None:
         self._encoder = encoder_for(self.encoder_info, self.settings, self._where, model=self._model,
-                                    device=self._device, dtype=self._dtype, follow=("image_size",))
+                                    device=self._device, dtype=self._dtype, follow=("image_size", "runtime"),
+                                    queries=True)
 
     @property
     def limits(self) -> Limits:
@@ -217,12 +226,19 @@ class SearchClient:
 
     def stats(self) -> dict[str, Any]:
         """Collection facts: ``count``, ``model``, ``dim``, ``pooling``, ``image_size``,
+        ``runtime`` (what computed the stored vectors), ``query_runtime`` (what embeds this
+        client's image queries: the loaded encoder's, else the one it would load),
         ``weights_sha256``, ``index_type``, ``metric_type``, ``uri``, ``collection``."""
         info = self.encoder_info
         index = self.store.index_info()
+        if self._encoder is not None:
+            query_runtime = self._encoder.runtime
+        else:
+            query_runtime = self.settings.runtime if "runtime" in self.settings.model_fields_set else info.runtime
         return {
             "uri": self.store.uri, "collection": self.store.collection, "count": self.store.count(),
             "model": info.model, "dim": info.dim, "pooling": info.pooling, "image_size": info.size_text,
+            "runtime": info.runtime, "query_runtime": query_runtime,
             "weights_sha256": info.weights_sha256, "index_type": index["index_type"],
             "metric_type": index["metric_type"],
         }

@@ -33,6 +33,12 @@ DEFAULT_MAX_FILE_MB = 200
 #: 0.79; 0.99 ties at 0.58 with recall 0.63); at 0.95 distinct products chain into groups of
 #: hundreds (precision 0.01). See the README's "Duplicates".
 DEFAULT_DUPLICATE_THRESHOLD = 0.985
+#: How the encoder runs (:mod:`vitsearch.search.runtimes`): PyTorch eager, or the checkpoint
+#: exported to ONNX and run by ONNX Runtime in fp32 or with int8 weights (dynamic quantization).
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+#: The runtime on a CPU when none is asked: the fastest that keeps Holidays-dev mAP within 0.005
+#: of torch fp32 (README, "Runtimes"). On CUDA and MPS the default is torch (bf16 on CUDA).
+DEFAULT_CPU_RUNTIME = "onnx-int8"
 
 
 class Settings(BaseSettings):
@@ -54,7 +60,11 @@ class Settings(BaseSettings):
         batch_size: images per forward pass; default 32, on CUDA chosen for the card's free
             memory (:func:`vitsearch.search.encoder.batch_size_for`).
         workers: decode/preprocess worker processes.
-        compile: run the encoder through ``torch.compile``.
+        compile: run the encoder through ``torch.compile`` (the torch runtime).
+        runtime: ``torch``, ``onnx`` or ``onnx-int8`` (see :data:`RUNTIMES`); ``None``: the
+            collection's, else :data:`DEFAULT_CPU_RUNTIME` on a CPU and torch on CUDA/MPS.
+        cache_dir: where exported ONNX models go when the model's folder is read-only (default:
+            the platform's user cache directory, e.g. ``~/.cache/vitsearch``).
         lite_wait_s: seconds to wait for a Milvus Lite database that another process has just
             opened to be shared (see :mod:`vitsearch.search.lite`).
         max_upload_mb: largest query image the UI accepts, in megabytes.
@@ -77,6 +87,8 @@ class Settings(BaseSettings):
     batch_size: int | None = Field(default=None, ge=1)
     workers: int = Field(default=2, ge=0)
     compile: bool = False
+    runtime: Literal["torch", "onnx", "onnx-int8"] | None = None
+    cache_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_cache_dir("vitsearch")))
     lite_wait_s: float = Field(default=10.0, ge=0)
     max_upload_mb: int = Field(default=20, ge=1)
     retry_s: float = Field(default=60.0, ge=0)

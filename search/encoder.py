@@ -21,6 +21,7 @@ from .errors import EncoderMismatchError
 from .images import ImageLike, Limits
 from .models import weights_sha256
 from .preprocess import Preprocess, at_size
+from .runtimes import OnnxEmbedder, check_runtime, default_runtime, onnx_embedder
 
 __all__ = ["Encoder", "EncoderInfo", "encoder_for", "check_image_size", "batch_size_for", "fit_batch", "pick_device",
            "pick_dtype", "POOLINGS"]
@@ -74,12 +75,17 @@ class Encoder:
         info: the :class:`EncoderInfo` recorded in collections.
         processor: the checkpoint's ``AutoImageProcessor``.
         preprocessor: its settings applied with Pillow/NumPy (:class:`~.preprocess.Preprocess`).
-        device, dtype: where and in which precision the model runs.
+        device, dtype: where and in which precision the model runs (fp32 on the CPU for the ONNX
+            runtimes).
+        runtime: ``info.runtime``: ``torch``, ``onnx`` or ``onnx-int8``.
+        onnx: the ONNX Runtime embedder that :meth:`embed_pixels` runs for the ONNX runtimes
+            (:mod:`~.runtimes`), else None.
         limits: what decoding one image may cost (:class:`~.images.Limits`, from the settings).
     """
 
     def __init__(self, model: torch.nn.Module, processor, info: EncoderInfo,
-                 device: torch.device, dtype: torch.dtype, limits: Limits = Limits()):
+                 device: torch.device, dtype: torch.dtype, limits: Limits = Limits(),
+                 onnx: OnnxEmbedder | None = None):
         if info.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {info.pooling!r}; use one of {', '.join(POOLINGS)}")
         self.model = model
@@ -89,12 +95,18 @@ class Encoder:
         self.device = device
         self.dtype = dtype
         self.limits = limits
+        self.onnx = onnx
         self._forward_kwargs = forward_kwargs(model, info.image_size)
+
+    @property
+    def runtime(self) -> str:
+        """``torch``, ``onnx`` or ``onnx-int8``."""
+        return self.info.runtime
 
     @classmethod
     def load(cls, model: str | None = None, *, device: str | None = None, dtype: str | None = None,
              pooling: str | None = None, image_size: int | None = None, compile: bool = False,
-             settings: Settings | None = None) -> "Encoder":
+             runtime: str | None = None, settings: Settings | None = None) -> "Encoder":
         """Load a checkpoint by hub id, local folder or pulled model name.
 
         Args:
@@ -107,13 +119,19 @@ class Encoder:
                 the position embeddings are interpolated to the new patch grid (bicubic, as in
                 the ViT paper's fine-tuning at higher resolution, Dosovitskiy et al. 2020, 3.2).
             compile: run the model through ``torch.compile`` (Inductor): a one-off compile cost of
-                tens of seconds per batch shape, for faster forward passes on large runs.
+                tens of seconds per batch shape, for faster forward passes on large runs (torch
+                runtime only).
+            runtime: ``torch``, ``onnx`` or ``onnx-int8`` (:mod:`~.runtimes`; default
+                ``VITSEARCH_RUNTIME``, else :func:`~.runtimes.default_runtime` for the device). An
+                ONNX runtime exports the model once and caches it (beside the model, or in
+                ``settings.cache_dir``); it runs on the CPU in fp32, whatever ``dtype``.
 
         Raises:
             ModelNotFoundError: the model cannot be found locally nor fetched.
             UnsupportedModelError: the checkpoint is not a ViT-family vision model (no
                 ``pixel_values`` input, or no class token before the patch tokens).
             ValueError: an unknown pooling or dtype, or an image size the processor cannot take.
+            UnsupportedRuntimeError: an unknown runtime, or an ONNX runtime off the CPU.
         """
         settings = settings or Settings()
         checkpoint = load_checkpoint(model or settings.model, settings)
@@ -121,7 +139,9 @@ class Encoder:
         if image_size or settings.image_size:
             processor = at_size(processor, image_size or settings.image_size)
         dev = pick_device(device or settings.device)
-        dt = pick_dtype(dev, dtype or settings.dtype)
+        runtime = runtime or settings.runtime or default_runtime(dev)
+        check_runtime(runtime, dev)
+        dt = pick_dtype(dev, dtype or settings.dtype) if runtime == "torch" else torch.float32
         net = checkpoint.model.to(dev, dt).eval()
         pixel = Preprocess.from_processor(processor).batch([Image.new("RGB", (64, 48))])
         info = EncoderInfo(
@@ -130,11 +150,18 @@ class Encoder:
             dim=int(net.config.hidden_size),
             pooling=pooling or settings.pooling,
             image_size=(pixel.shape[2], pixel.shape[3]),
+            runtime=runtime,
         )
-        if compile or settings.compile:
+        if info.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {info.pooling!r}; use one of {', '.join(POOLINGS)}")
+        onnx = None
+        if runtime != "torch":
+            onnx = onnx_embedder(net, info, forward_kwargs(net, info.image_size), checkpoint.folder,
+                                 settings.cache_dir)
+        elif compile or settings.compile:
             net = torch.compile(net, dynamic=False)
-        log.info("loaded %s on %s (%s), dim %d", checkpoint.name, dev, dt, info.dim)
-        return cls(net, processor, info, dev, dt, Limits.from_settings(settings))
+        log.info("loaded %s on %s (%s, %s), dim %d", checkpoint.name, dev, runtime, dt, info.dim)
+        return cls(net, processor, info, dev, dt, Limits.from_settings(settings), onnx)
 
     @property
     def dim(self) -> int:
@@ -148,11 +175,14 @@ class Encoder:
     @torch.inference_mode()
     def embed_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
         """Model input ``(N, 3, H, W)`` to embeddings ``(N, D) float32``, each row of L2 norm 1:
-        the CLS token of the last layer, or the mean of its patch tokens (``info.pooling``).
+        the CLS token of the last layer, or the mean of its patch tokens (``info.pooling``),
+        computed by :attr:`runtime` (the ONNX runtimes run the same graph, exported).
 
         From pinned memory the copy to the GPU is asynchronous (``non_blocking``); the cast to
         the model's dtype happens on the device.
         """
+        if self.onnx is not None:
+            return self.onnx(pixel_values.numpy())
         x = pixel_values.to(self.device, non_blocking=True).to(self.dtype)
         tokens = self.model(pixel_values=x, **self._forward_kwargs).last_hidden_state  # (N, prefix + patches, D)
         if self.info.pooling == "cls":
@@ -180,23 +210,30 @@ class Encoder:
 
 def encoder_for(recorded: EncoderInfo | None, settings: Settings, where: str = "the collection", *,
                 model: str | None = None, device: str | None = None, dtype: str | None = None,
-                follow: Sequence[str] = ("model", "pooling", "image_size")) -> Encoder:
-    """The encoder to index or search a collection with: the model, pooling and input size asked
-    for (``model``, else those of ``follow`` set in ``settings``: ``VITSEARCH_MODEL`` /
-    ``VITSEARCH_POOLING`` / ``VITSEARCH_IMAGE_SIZE`` or the flags that set them), else those the
-    collection records (``recorded``; None for a new collection), else the defaults. The one rule
-    for the indexer, eval and ``SearchClient``.
+                follow: Sequence[str] = ("model", "pooling", "image_size", "runtime"),
+                queries: bool = False) -> Encoder:
+    """The encoder to index or search a collection with: the model, pooling, input size and
+    runtime asked for (``model``, else those of ``follow`` set in ``settings``:
+    ``VITSEARCH_MODEL`` / ``VITSEARCH_POOLING`` / ``VITSEARCH_IMAGE_SIZE`` /
+    ``VITSEARCH_RUNTIME`` or the flags that set them), else those the collection records
+    (``recorded``; None for a new collection), else the defaults (the runtime:
+    :func:`~.runtimes.default_runtime` for the device). The one rule for the indexer, eval and
+    ``SearchClient``.
 
     Args:
         where: names the collection in errors.
-        follow: the settings that may override the record: all three to index; a search takes
-            the collection's model and pooling and only checks an input size it is given.
+        follow: the settings that may override the record: all four to index; a search takes
+            the collection's model and pooling, only checks an input size it is given, and may
+            embed its queries with another runtime.
+        queries: the encoder only embeds queries (a search): a runtime other than the
+            collection's is accepted (:meth:`EncoderInfo.check_same`).
 
     Raises:
         EncoderMismatchError: what was asked is not the collection's encoder (an input size is
             refused before any model is loaded).
         ModelNotFoundError: the model cannot be loaded (also
             :class:`~.errors.UnsupportedModelError`).
+        UnsupportedRuntimeError: an ONNX runtime asked on another device than the CPU.
     """
     asked = settings.model_fields_set & set(follow)
     if recorded is not None and "image_size" in asked:
@@ -205,9 +242,13 @@ def encoder_for(recorded: EncoderInfo | None, settings: Settings, where: str = "
     name = model or (recorded.model if keep and "model" not in asked else settings.model)
     pooling = recorded.pooling if keep and "pooling" not in asked else settings.pooling
     size = recorded.square_size if keep and "image_size" not in asked else settings.image_size
-    encoder = Encoder.load(name, device=device, dtype=dtype, pooling=pooling, image_size=size, settings=settings)
+    runtime = recorded.runtime if keep and "runtime" not in asked else settings.runtime
+    if runtime != "torch" and pick_device(device or settings.device).type != "cpu" and "runtime" not in asked:
+        runtime = None  # a collection indexed with ONNX on a CPU, searched on a GPU: its default there
+    encoder = Encoder.load(name, device=device, dtype=dtype, pooling=pooling, image_size=size, runtime=runtime,
+                           settings=settings)
     if recorded is not None:
-        recorded.check_same(encoder.info, where)
+        recorded.check_same(encoder.info, where, queries=queries)
     return encoder
 
 

@@ -20,6 +20,8 @@ class EncoderInfo:
             token, the product's default) or ``"mean"`` (the mean of the patch tokens).
         image_size: model input ``(height, width)`` in pixels after preprocessing; given as such
             or as the ``"HxW"`` text the collection records, parsed once here.
+        runtime: what computed the vectors: ``torch``, ``onnx`` or ``onnx-int8``
+            (:data:`~.config.RUNTIMES`); a record written before runtimes existed reads as torch.
     """
 
     model: str
@@ -27,6 +29,7 @@ class EncoderInfo:
     dim: int
     pooling: str
     image_size: tuple[int, int]
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         size = self.image_size
@@ -54,23 +57,25 @@ class EncoderInfo:
         """Parse what :meth:`to_json` wrote."""
         return cls(**json.loads(text))
 
-    def check_same(self, other: "EncoderInfo", where: str) -> None:
+    def check_same(self, other: "EncoderInfo", where: str, *, queries: bool = False) -> None:
         """Refuse to mix vectors: raise unless ``other`` computes the same embeddings.
 
-        The ``model`` name may differ (a hub id and its local copy); weights, dimension, pooling
-        and input size may not.
+        The ``model`` name may differ (a hub id and its local copy); weights, dimension, pooling,
+        input size and runtime may not, except that an encoder that only embeds queries
+        (``queries``) may use another runtime than the collection's (its vectors are within
+        cosine 0.995 of each other and are never stored).
 
         Raises:
             EncoderMismatchError: naming ``where`` (the collection) and both encoders.
         """
-        fields = ("weights_sha256", "dim", "pooling", "image_size")
+        fields = ("weights_sha256", "dim", "pooling", "image_size") + (() if queries else ("runtime",))
         diffs = [f for f in fields if getattr(self, f) != getattr(other, f)]
         if diffs:
             raise EncoderMismatchError(
                 f"{where} was indexed with model {self.model!r} "
-                f"(dim {self.dim}, {self.pooling}, {self.size_text}, weights {self.weights_sha256[:12]}), "
-                f"not with {other.model!r} (dim {other.dim}, {other.pooling}, {other.size_text}, "
-                f"weights {other.weights_sha256[:12]}); differing: {', '.join(diffs)}. "
-                f"Leave --model out to use the collection's own model, or index into another "
-                f"collection (--collection NAME)."
+                f"(dim {self.dim}, {self.pooling}, {self.size_text}, runtime {self.runtime}, "
+                f"weights {self.weights_sha256[:12]}), not with {other.model!r} (dim {other.dim}, "
+                f"{other.pooling}, {other.size_text}, runtime {other.runtime}, weights {other.weights_sha256[:12]}); "
+                f"differing: {', '.join(diffs)}. Leave --model and --runtime out to use the collection's own "
+                f"encoder, or index into another collection (--collection NAME)."
             )

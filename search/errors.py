@@ -58,3 +58,7 @@ class NotIndexedError(BadQueryError):
 class UnsupportedModelError(ModelNotFoundError):
     """A checkpoint loads, but is not a ViT-family vision model (a text model, a CNN, a Swin):
     it has no class token to embed images with."""
+
+
+class UnsupportedRuntimeError(VitsearchError):
+    """The encoder runtime asked for is unknown or cannot run here (an ONNX runtime off the CPU)."""

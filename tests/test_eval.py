@@ -21,7 +21,7 @@ from vitsearch.search.metrics import load_dataset
 from vitsearch.search.store import Store
 
 VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
-JSON_KEYS = {"dataset", "layout", "images", "failed", "queries", "model", "pooling", "dim", "image_size", "k", "map",
+JSON_KEYS = {"dataset", "layout", "images", "failed", "queries", "model", "pooling", "dim", "image_size", "runtime", "k", "map",
              "recall", "precision", "ann_recall_at_10", "ann_queries", "images_per_s", "seconds", "uri", "collection"}
 
 

@@ -39,6 +39,7 @@ def sidebar(client: SearchClient) -> tuple[int, float, str, bool]:
         st.markdown(
             f"**Model** {literal_markdown(stats['model'])}  \n"
             f"**Embedding** {stats['dim']}-d, {stats['pooling'].upper()} token  \n"
+            f"**Runtime** {stats['runtime']} (queries: {stats['query_runtime']})  \n"
             f"**Index** {stats['index_type']} ({stats['metric_type']})  \n"
             f"**Collection** {literal_markdown(stats['collection'])}  \n"
             f"**URI** {literal_markdown(stats['uri'])}")
