@@ -13,7 +13,7 @@ Prints both rows with the ranking seconds, the share of eval's time outside embe
 (``(total - index) / total``, the baseline's total being the run's with its ranking instead) and
 mAP, which must agree.
 
-    python benchmarks/eval_time.py [DATASET] [--model M]
+    python benchmarks/eval_time.py [DATASET] [--model M] [--runtime torch|onnx|onnx-int8]
 
 Defaults: ``$VITSEARCH_SHARED/data/holidays-dev``, ``$VITSEARCH_SHARED/models/dinov2-small-9l``.
 Not a test: run by hand, report the table.
@@ -38,10 +38,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", nargs="?", default=str(SHARED / "data" / "holidays-dev"))
     parser.add_argument("--model", default=str(SHARED / "models" / "dinov2-small-9l"))
+    parser.add_argument("--runtime", default=None, help="default: the CPU's default runtime")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vitsearch-eval-bench-") as tmp:
         uri = str(Path(tmp) / "eval.db")
-        settings = Settings(model=args.model, uri=uri, collection="eval")
+        settings = Settings(model=args.model, uri=uri, collection="eval",
+                            **({"runtime": args.runtime} if args.runtime else {}))
         report = evaluate(args.dataset, settings, (1, 5, 10), uri=uri, collection="eval")
         new = report.seconds
         data = load_dataset(args.dataset)
@@ -52,7 +54,8 @@ def main() -> None:
             old_search = time.perf_counter() - started
         old_map = ranking_figures(rankings, data.queries, (1, 5, 10)).map
     old_total = new["total"] - new["search"] + old_search
-    print(f"{args.dataset}: {report.images} images, {report.result.queries} queries, model {report.model}; "
+    print(f"{args.dataset}: {report.images} images, {report.result.queries} queries, model {report.model}, "
+          f"runtime {report.runtime}; "
           f"model load {new['model']:.2f} s, embedding (index) {new['index']:.2f} s, {report.images_per_s} images/s; "
           f"load average {os.getloadavg()[0]:.2f}")
     embedding = new["index"] + new["model"]

@@ -9,7 +9,13 @@ with a filter (``folder == ...``, 1% of the rows), and recall@10 of the index ag
 numpy search over the same vectors.
 
     python benchmarks/search_latency.py [--sizes 10000,100000] [--server URI] [--no-lite]
-        [--queries 200] [--sigma 0.02] [--model M] [--folder FOLDER]
+        [--queries 200] [--sigma 0.02] [--model M] [--folder FOLDER] [--lite-settings]
+
+``--lite-settings`` measures Milvus Lite once per setting on the same data, to find where its
+time goes: as written (upserts, flush, searched on the same connection), with each search
+consistency level (Session, the default; Bounded; Eventually; Strong), and reopened (the database
+released and opened again, as a new ``vitsearch search`` process finds it: Lite loads the
+collection and builds its index on the sealed segments then).
 
 The embeddings of FOLDER are cached in ``--cache`` (default: the system temp folder). A Milvus
 server must be reachable at ``--server`` (``milvus-server`` of the ``milvus`` package, or
@@ -30,6 +36,7 @@ import numpy as np
 from vitsearch.search.encoder import Encoder, EncoderInfo
 from vitsearch.search.images import is_image_file
 from vitsearch.search.store import Store
+from vitsearch.search.store import collection as collection_module
 
 SHARED = Path(os.environ.get("VITSEARCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 FOLDERS = 100  # rows are spread over this many folders: a folder filter keeps 1%
@@ -87,6 +94,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--sigma", type=float, default=0.02, help="noise per dimension of the copies")
     ap.add_argument("--cache", default=tempfile.gettempdir())
+    ap.add_argument("--lite-settings", action="store_true", help="one Lite row per setting (see above)")
     args = ap.parse_args()
 
     base, info = base_embeddings(args.folder, args.model, Path(args.cache))
@@ -97,22 +105,42 @@ def main() -> None:
         for n in (int(s) for s in args.sizes.split(",")):
             vectors = perturbed(base, n, args.sigma, seed=0)
             exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+            def recall_of(found):
+                return np.mean([len({f"/f/{i % FOLDERS}/{i}.jpg" for i in e} & set(f)) / 10
+                                for e, f in zip(exact, found)])
+
             for backend in backends:
                 uri = str(Path(tmp) / f"lite-{n}.db") if backend == "lite" else backend
-                with Store(uri, "bench", retry_s=600) as store:
-                    load_s = fill(store, info, vectors)
+                variants = backend == "lite" and args.lite_settings
+                store = Store(uri, "bench", retry_s=600)
+                load_s = fill(store, info, vectors)
+                for level in (["Session", "Bounded", "Eventually", "Strong"] if variants else ["Session"]):
+                    collection_module.SEARCH_CONSISTENCY = level
                     measure(store, queries[:5], None)  # warm-up
                     plain, found = measure(store, queries, None)
                     filtered, _ = measure(store, queries, 'folder == "/f/7"')
-                    store.drop()
-                recall = np.mean([len({f"/f/{i % FOLDERS}/{i}.jpg" for i in e} & set(f)) / 10
-                                  for e, f in zip(exact, found)])
-                rows.append(("Milvus Lite" if backend == "lite" else "Milvus server", n, load_s, plain, filtered, recall))
-                print_row(*rows[-1])
+                    name = "Milvus Lite" if backend == "lite" else "Milvus server"
+                    rows.append((name + (f", as written, {level}" if variants else ""), n, load_s, plain, filtered,
+                                 recall_of(found)))
+                    print_row(*rows[-1])
+                collection_module.SEARCH_CONSISTENCY = "Session"
+                if variants:  # a new process opens the database: Lite loads it, building the index
+                    store.close(release=True)
+                    started = time.perf_counter()
+                    store = Store(uri, "bench", retry_s=600)
+                    reopen_s = time.perf_counter() - started
+                    measure(store, queries[:5], None)
+                    plain, found = measure(store, queries, None)
+                    filtered, _ = measure(store, queries, 'folder == "/f/7"')
+                    rows.append((f"Milvus Lite, reopened ({reopen_s:.0f} s), Session", n, load_s, plain, filtered,
+                                 recall_of(found)))
+                    print_row(*rows[-1])
+                store.drop()
+                store.close(release=backend == "lite")
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {len(base)} base embeddings "
           f"({info.dim}-d, {Path(args.model).name}) from {args.folder}, sigma {args.sigma}; {args.queries} "
           f"queries, top-10, one client; HNSW M 16, efConstruction 200, ef 64")
-    print(f"\n{'backend':14} {'vectors':>9} {'load s':>7} {'p50 ms':>7} {'p99 ms':>7} {'QPS':>7} "
+    print(f"\n{'backend':44} {'vectors':>9} {'load s':>7} {'p50 ms':>7} {'p99 ms':>7} {'QPS':>7} "
           f"{'filt p50':>8} {'filt p99':>8} {'recall@10':>9}")
     for row in rows:
         print_row(*row)
@@ -120,7 +148,7 @@ def main() -> None:
 
 def print_row(backend, n, load_s, plain, filtered, recall) -> None:
     ms = lambda t, q: float(np.percentile(np.asarray(t) * 1000, q))  # noqa: E731
-    print(f"{backend:14} {n:9,d} {load_s:7.1f} {ms(plain, 50):7.1f} {ms(plain, 99):7.1f} "
+    print(f"{backend:44} {n:9,d} {load_s:7.1f} {ms(plain, 50):7.1f} {ms(plain, 99):7.1f} "
           f"{len(plain) / sum(plain):7.0f} {ms(filtered, 50):8.1f} {ms(filtered, 99):8.1f} {recall:9.3f}")
 
 

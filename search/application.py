@@ -4,7 +4,8 @@ the library itself changes no global state; an application calls :func:`configur
 - quiets loggers and warnings whose content vitsearch's own errors already carry: pymilvus logs
   every failed call with a traceback, gRPC a line per forked worker, Milvus Lite's server
   "Method not implemented" for a probe, transformers its advice and progress bars, Pillow a
-  ``DecompressionBombWarning`` (vitsearch refuses by its own pixel limit);
+  ``DecompressionBombWarning`` (vitsearch refuses by its own pixel limit), ONNX Runtime's
+  quantizer its advice to pre-process (on the root logger) and the TorchScript exporter its notes;
 - lets Pillow's own decompression-bomb guard follow a ``VITSEARCH_MAX_IMAGE_PIXELS`` raised above it.
 """
 from __future__ import annotations
@@ -31,6 +32,19 @@ def configure(settings: Settings | None = None) -> None:
     from PIL import Image
 
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    for note in ("You are using the legacy TorchScript-based ONNX export", "Converting a tensor to a Python"):
+        warnings.filterwarnings("ignore", message=note)  # the exporter's notes at a model's first export
+    root = logging.getLogger()
+    if not any(isinstance(f, _QuantizerAdvice) for f in root.filters):
+        root.addFilter(_QuantizerAdvice())
     limit = (settings or Settings()).max_image_pixels
     if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < limit:
         Image.MAX_IMAGE_PIXELS = limit
+
+
+class _QuantizerAdvice(logging.Filter):
+    """Drops ``onnxruntime.quantization``'s "Please consider to run pre-processing before
+    quantization" (logged on the root logger at every int8 export)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()

@@ -141,7 +141,9 @@ class Encoder:
         dev = pick_device(device or settings.device)
         runtime = runtime or settings.runtime or default_runtime(dev)
         check_runtime(runtime, dev)
-        dt = pick_dtype(dev, dtype or settings.dtype) if runtime == "torch" else torch.float32
+        dt = pick_dtype(dev, dtype or settings.dtype)  # an unknown name is refused whatever the runtime
+        if runtime != "torch":
+            dt = torch.float32
         net = checkpoint.model.to(dev, dt).eval()
         pixel = Preprocess.from_processor(processor).batch([Image.new("RGB", (64, 48))])
         info = EncoderInfo(

@@ -55,7 +55,7 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     Raises:
         BadQueryError: neither layout, or a groundtruth naming files that do not exist.
     """
-    path = Path(path).absolute()
+    path = Path(os.path.abspath(path))  # as the indexer names files: ".." collapsed, links kept
     truth = path / "groundtruth.json"
     if truth.is_file():
         images = path / "images"

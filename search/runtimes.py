@@ -23,7 +23,6 @@ import logging
 import os
 import stat
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +93,8 @@ class OnnxEmbedder:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
+        # Idle threads sleep instead of spinning: the decode workers and the writer share the cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only
         self.path = path
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -181,8 +182,7 @@ def _export(model: torch.nn.Module, info: EncoderInfo, forward_kwargs: dict, pat
     h, w = info.image_size
     wrapper = _Embedding(model, info.pooling, forward_kwargs).eval()
     log.info("exporting %s to ONNX at %s (%dx%d, %s)", info.model, path, h, w, info.pooling)
-    with _written(path) as tmp, warnings.catch_warnings(), torch.inference_mode():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+    with _written(path) as tmp, torch.inference_mode():
         torch.onnx.export(wrapper, (torch.zeros(2, 3, h, w),), str(tmp), input_names=["pixel_values"],
                           output_names=["embedding"], opset_version=OPSET, dynamo=False,
                           dynamic_axes={"pixel_values": {0: "batch"}, "embedding": {0: "batch"}})
@@ -193,14 +193,8 @@ def _quantize(fp32: Path, path: Path, info: EncoderInfo) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     log.info("quantizing %s to int8 at %s", fp32, path)
-    quant_log = logging.getLogger()  # quantize_dynamic's advice to pre-process goes to the root logger
-    level = quant_log.level
     with _written(path) as tmp:
-        try:
-            quant_log.setLevel(logging.ERROR)
-            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
-        finally:
-            quant_log.setLevel(level)
+        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
     _record(path, info, "onnx-int8")
 
 

@@ -25,9 +25,12 @@ SHARED = Path(os.environ.get("VITSEARCH_SHARED", REPO.parent / "shared")).resolv
 
 @pytest.fixture(autouse=True)
 def data_dir(tmp_path_factory, monkeypatch) -> Path:
-    """Every test gets its own VITSEARCH_DATA_DIR (default Lite database and pulled models)."""
+    """Every test gets its own VITSEARCH_DATA_DIR (default Lite database and pulled models); the
+    session shares one VITSEARCH_CACHE_DIR (ONNX exports of read-only models such as the shared
+    one), never the user's."""
     d = tmp_path_factory.mktemp("vitsearch-data")
     monkeypatch.setenv("VITSEARCH_DATA_DIR", str(d))
+    monkeypatch.setenv("VITSEARCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "vitsearch-cache"))
     return d
 
 
@@ -134,13 +137,14 @@ def stored_vectors(uri: str, collection: str = "images") -> dict:
 
 @pytest.fixture
 def indexed(photos, db_uri, tiny_model) -> tuple[Path, str]:
-    """The example photos indexed with the tiny ViT: ``(photos folder, Lite database path)``."""
+    """The example photos indexed with the tiny ViT in torch fp32 (exact scores; the ONNX runtimes
+    are pinned to it in test_runtimes.py): ``(photos folder, Lite database path)``."""
     from vitsearch.indexer import index_folder
     from vitsearch.search.encoder import Encoder
     from vitsearch.search.store import Store
 
     with Store(db_uri, "images") as store:
-        index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
+        index_folder(str(photos), encoder=Encoder.load(str(tiny_model), runtime="torch"), store=store, workers=0)
     return photos, db_uri
 
 

@@ -45,7 +45,7 @@ def test_tiny_model_shapes_and_norms(tiny_model):
 @pytest.mark.parametrize("which", ["tiny", "real"])
 def test_embedding_equals_plain_transformers_cls(which, tiny_model, request):
     folder = tiny_model if which == "tiny" else request.getfixturevalue("real_model")
-    enc = Encoder.load(str(folder))
+    enc = Encoder.load(str(folder), runtime="torch")  # the ONNX runtimes are pinned to it in test_runtimes.py
     ours = enc.embed([str(p) for p in PHOTOS[:4]], batch_size=3)
     ref = plain_cls(folder, PHOTOS[:4])
     cos = (ours * ref).sum(axis=1)
@@ -147,7 +147,7 @@ def test_compiled_encoder_gives_the_same_embeddings(tiny_model):
 
 def test_cuda_path_copies_asynchronously_and_casts_on_the_device(tiny_model, monkeypatch):
     """No GPU here: check the order of operations embed_pixels asks of a CUDA tensor."""
-    encoder = Encoder.load(str(tiny_model))
+    encoder = Encoder.load(str(tiny_model), runtime="torch")
     calls = []
     real_to = torch.Tensor.to
 
@@ -220,7 +220,7 @@ def plain_at_size(folder, paths, size: int, decode=None, **forward) -> np.ndarra
 
 
 def test_image_size_interpolates_the_position_embeddings_of_a_vit(tiny_model):
-    enc = Encoder.load(str(tiny_model), image_size=48)  # trained at 32: a 6x6 patch grid, not 4x4
+    enc = Encoder.load(str(tiny_model), image_size=48, runtime="torch")  # trained at 32: a 6x6 patch grid, not 4x4
     assert enc.info.size_text == "48x48" and enc.info.square_size == 48
     paths = [str(p) for p in PHOTOS[:3]]
     want = plain_at_size(tiny_model, paths, 48, decode=enc.preprocessor.load, interpolate_pos_encoding=True)
@@ -233,7 +233,7 @@ def test_image_size_interpolates_the_position_embeddings_of_a_vit(tiny_model):
 
 
 def test_image_size_on_dinov2_keeps_the_resize_to_crop_ratio(real_model):
-    enc = Encoder.load(str(real_model), image_size=336)
+    enc = Encoder.load(str(real_model), image_size=336, runtime="torch")
     assert enc.preprocessor.short_edge == 384 and enc.preprocessor.crop_hw == (336, 336)
     paths = [str(p) for p in PHOTOS[:2]]
     np.testing.assert_allclose(enc.embed(paths), plain_at_size(real_model, paths, 336, decode=enc.preprocessor.load),

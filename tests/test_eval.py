@@ -97,7 +97,9 @@ def test_evaluate_is_callable_from_python_and_leaves_nothing_behind(classes, tin
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the temporary database goes
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", None)
-    report = evaluate(classes, Settings(model=str(tiny_model), workers=0), (1, 10))
+    (tmp_path / "elsewhere").mkdir()
+    dotted = tmp_path / "elsewhere" / ".." / classes.name  # named as a user types it: the indexer collapses ".."
+    report = evaluate(dotted, Settings(model=str(tiny_model), workers=0), (1, 10))
     assert (report.layout, report.images, report.result.queries, report.k) == ("classes", 60, 60, [1, 10])
     assert set(report.to_dict()) == JSON_KEYS and report.uri is None and report.collection is None
     assert 0 < report.result.map <= 1 and report.result.recall[1] <= report.result.recall[10]
