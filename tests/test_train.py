@@ -102,7 +102,7 @@ def test_scratch_vit_on_digits_beats_a_random_init_on_held_out_map(digits, tmp_p
 
     # The library's figures are the reference's: same images, same model.
     test_items = [(str(p), int(p.parent.name)) for p in sorted((digits / "test").rglob("*.png"))]
-    assert retrieval_figures(Encoder.load(str(result.out_dir)), test_items)["map"] == pytest.approx(trained, abs=1e-9)
+    assert retrieval_figures(Encoder.load(str(result.out_dir), runtime="torch"), test_items)["map"] == pytest.approx(trained, abs=1e-9)
 
 
 def test_fine_tuning_improves_held_out_map_and_the_folder_indexes(digits, tmp_path):
@@ -125,8 +125,8 @@ def test_fine_tuning_improves_held_out_map_and_the_folder_indexes(digits, tmp_pa
     # Epoch 0 is the pretrained encoder's own figure, and the last epoch's is the saved model's.
     classes, _, val, failures = split_classes(data, 0.2, seed=0, check=lambda p: "bad" if p == str(broken) else None)
     assert len(val) == result.val_images and classes == result.classes == [str(d) for d in range(5, 10)]
-    assert retrieval_figures(Encoder.load(str(pretrained)), val)["map"] == pytest.approx(first.map, abs=1e-6)
-    assert retrieval_figures(Encoder.load(str(result.out_dir)), val)["map"] == pytest.approx(last.map, abs=1e-6)
+    assert retrieval_figures(Encoder.load(str(pretrained), runtime="torch"), val)["map"] == pytest.approx(first.map, abs=1e-6)
+    assert retrieval_figures(Encoder.load(str(result.out_dir), runtime="torch"), val)["map"] == pytest.approx(last.map, abs=1e-6)
     print("fine-tuning on digits 5-9:\n" + "\n".join(r.line(6) for r in result.epochs))
     assert last.map >= first.map + 0.1
 
@@ -173,9 +173,9 @@ def test_a_clip_checkpoint_is_trained_and_saved_as_its_vision_model(digits, tmp_
     result = train(data, out, from_model=str(clip), epochs=1, overwrite=True, **DIGITS)
     _, _, val, _ = split_classes(data, 0.2, seed=0)
     # Epoch 0 is the CLIP checkpoint's vision tower as the product loads it.
-    assert retrieval_figures(Encoder.load(str(clip)), val)["map"] == pytest.approx(result.epochs[0].map, abs=1e-6)
+    assert retrieval_figures(Encoder.load(str(clip), runtime="torch"), val)["map"] == pytest.approx(result.epochs[0].map, abs=1e-6)
     assert isinstance(AutoModel.from_pretrained(result.out_dir), CLIPVisionModel)
-    encoder = Encoder.load(str(result.out_dir))
+    encoder = Encoder.load(str(result.out_dir), runtime="torch")
     assert encoder.dim == 32 and encoder.info.size_text == "32x32"
     assert retrieval_figures(encoder, val)["map"] == pytest.approx(result.epochs[1].map, abs=1e-6)
 
