@@ -17,6 +17,11 @@ consistency level (Session, the default; Bounded; Eventually; Strong), and reope
 released and opened again, as a new ``vitsearch search`` process finds it: Lite loads the
 collection and builds its index on the sealed segments then).
 
+``--lite-index-types`` creates bare collections (an INT64 key and the vector, through pymilvus
+directly, since vitsearch's schema always asks for HNSW) with HNSW (M 16, efConstruction 200, ef
+64), IVF_FLAT (nlist 1024, nprobe 16 and 1) and FLAT, and times the search right after the writes
+and after release + load (when Lite builds the index), with recall@10 against exact search.
+
 The embeddings of FOLDER are cached in ``--cache`` (default: the system temp folder). A Milvus
 server must be reachable at ``--server`` (``milvus-server`` of the ``milvus`` package, or
 docker-compose.yml). Not a test: run by hand, report the table.
@@ -95,10 +100,15 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=0.02, help="noise per dimension of the copies")
     ap.add_argument("--cache", default=tempfile.gettempdir())
     ap.add_argument("--lite-settings", action="store_true", help="one Lite row per setting (see above)")
+    ap.add_argument("--lite-index-types", action="store_true", help="Lite with each index type (see above)")
     args = ap.parse_args()
 
     base, info = base_embeddings(args.folder, args.model, Path(args.cache))
     queries = perturbed(base, args.queries, args.sigma, seed=1)
+    if args.lite_index_types:
+        for n in (int(s) for s in args.sizes.split(",")):
+            lite_index_types(perturbed(base, n, args.sigma, seed=0), queries)
+        return
     backends = ([] if args.no_lite else ["lite"]) + ([args.server] if args.server else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,6 +154,60 @@ def main() -> None:
           f"{'filt p50':>8} {'filt p99':>8} {'recall@10':>9}")
     for row in rows:
         print_row(*row)
+
+
+def lite_index_types(vectors: np.ndarray, queries: np.ndarray, chunk: int = 5000) -> None:
+    """One bare Lite collection per index type: search p50 after the writes and after reload."""
+    from pymilvus import DataType, MilvusClient
+
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    kinds = [("HNSW", {"M": 16, "efConstruction": 200}, [{"ef": 64}]),
+             ("IVF_FLAT", {"nlist": 1024}, [{"nprobe": 16}, {"nprobe": 1}]), ("FLAT", {}, [{}])]
+    print(f"\n{len(vectors):,} vectors, {len(queries)} queries, top-10, Milvus Lite, bare collections")
+    print("| index | search params | write + flush s | p50 ms after the writes | reload s | p50 ms after reload "
+          "| p99 ms | recall@10 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        client = MilvusClient(str(Path(tmp) / "kinds.db"))
+
+        def timed(name: str, params: dict) -> tuple[list[float], list[list[int]]]:
+            times, found = [], []
+            for q in queries:
+                started = time.perf_counter()
+                hits = client.search(name, [q.tolist()], limit=10,
+                                     search_params={"metric_type": "COSINE", "params": params})[0]
+                times.append(time.perf_counter() - started)
+                found.append([h["id"] for h in hits])
+            return times, found
+
+        for kind, build, searches in kinds:
+            name = f"bench_{kind.lower()}"
+            schema = MilvusClient.create_schema(auto_id=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=vectors.shape[1])
+            index = client.prepare_index_params()
+            index.add_index(field_name="vector", index_type=kind, metric_type="COSINE", params=build)
+            client.create_collection(name, schema=schema, index_params=index)
+            started = time.perf_counter()
+            for start in range(0, len(vectors), chunk):
+                client.insert(name, [{"id": i, "vector": vectors[i].tolist()}
+                                     for i in range(start, min(start + chunk, len(vectors)))])
+            client.flush(name)
+            write_s = time.perf_counter() - started
+            before = np.median(timed(name, searches[0])[0][5:]) * 1000
+            client.release_collection(name)
+            started = time.perf_counter()
+            client.load_collection(name)
+            reload_s = time.perf_counter() - started
+            for params in searches:
+                timed(name, params)  # warm-up
+                times, found = timed(name, params)
+                recall = np.mean([len(set(e) & set(f)) / 10 for e, f in zip(exact, found)])
+                ms = np.asarray(times) * 1000
+                print(f"| {kind} | {params or '-'} | {write_s:.1f} | {before:.1f} | {reload_s:.1f} | "
+                      f"{np.percentile(ms, 50):.1f} | {np.percentile(ms, 99):.1f} | {recall:.3f} |", flush=True)
+            client.drop_collection(name)
+        client.close()
 
 
 def print_row(backend, n, load_s, plain, filtered, recall) -> None:
