@@ -126,7 +126,7 @@ def test_rerun_without_model_uses_the_collections_model(photos, db_uri, tiny_mod
 def test_indexed_vectors_equal_plain_transformers(photos, db_uri, real_model):
     from test_encoder import plain_cls
 
-    run(photos, db_uri, Encoder.load(str(real_model)), workers=2)
+    run(photos, db_uri, Encoder.load(str(real_model), runtime="torch"), workers=2)
     stored = rows(db_uri)
     paths = sorted(stored)
     ref = plain_cls(real_model, paths)
