@@ -83,10 +83,11 @@ def fail(message: str, code: int = 1) -> None:
 def open_client(uri: Optional[str], collection: Optional[str], model: Optional[str], device: Optional[str],
                 image_size: Optional[int] = None, runtime: Optional[Runtime] = None):
     """The :class:`~vitsearch.search.client.SearchClient` the flags name."""
+    s = settings(uri=uri, collection=collection, device=device, image_size=image_size,
+                 runtime=runtime and runtime.value)  # the process set up before pymilvus loads
     from vitsearch.search.client import SearchClient
 
-    return SearchClient(model=model, settings=settings(uri=uri, collection=collection, device=device,
-                                                       image_size=image_size, runtime=runtime and runtime.value))
+    return SearchClient(model=model, settings=s)
 
 
 def progress_bar():

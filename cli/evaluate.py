@@ -39,8 +39,6 @@ def eval_(
     them (the query left out of its own ranking); a sample of queries is searched through
     Milvus, and the index's top-10 compared with the exact one (ANN recall@10).
     """
-    from vitsearch.indexer import evaluate
-
     try:
         ks = sorted({int(v) for v in k.split(",") if v.strip()})
         if not ks or ks[0] < 1:
@@ -49,6 +47,8 @@ def eval_(
         fail(f"--k takes positive integers separated by commas, got {k!r}", code=2)
     s = settings(model=model, pooling=pooling and pooling.value, image_size=image_size, batch_size=batch_size,
                  workers=workers, device=device, runtime=runtime and runtime.value)
+    from vitsearch.indexer import evaluate  # after settings(): the process set up before pymilvus loads
+
     try:
         report = evaluate(dataset, s, ks, uri=uri, collection=collection, progress=progress_bar())
     except BadQueryError as exc:

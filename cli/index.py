@@ -84,6 +84,9 @@ def index(
 
     from tqdm import tqdm
 
+    s = settings(model=model, pooling=pooling and pooling.value, image_size=image_size, uri=uri,
+                 collection=collection, batch_size=batch_size, workers=workers, device=device, dtype=dtype,
+                 compile=use_compile or None, runtime=runtime and runtime.value)  # before pymilvus loads
     from vitsearch.indexer import IndexInterrupted, index_folder
     from vitsearch.indexer.ray_engine import is_uri  # no Ray imported: only when --engine ray runs
     from vitsearch.search.config import DEFAULT_BATCH_SIZE
@@ -93,9 +96,6 @@ def index(
     if verbose:
         logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
         logging.getLogger("vitsearch").setLevel(logging.DEBUG)
-    s = settings(model=model, pooling=pooling and pooling.value, image_size=image_size, uri=uri,
-                  collection=collection, batch_size=batch_size, workers=workers, device=device, dtype=dtype,
-                  compile=use_compile or None, runtime=runtime and runtime.value)
     on_failure = lambda p, r: tqdm.write(f"skipped {printable(p)}: {r}", file=sys.stderr)  # noqa: E731
     if is_uri(folder) and engine is Engine.local:
         raise typer.BadParameter(f"{folder}: a URI needs --engine ray", param_hint="SOURCE")

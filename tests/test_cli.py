@@ -174,3 +174,15 @@ def test_index_verify_and_the_rehashed_count(photos, db_uri, tiny_model):
     summary = json.loads(out.stdout[out.stdout.index("{"):])
     assert (summary["indexed"], summary["unchanged"], summary["rehashed"]) == (0, 11, 11)
     assert "--verify" in run_in_process("index", "--help").stdout
+
+
+def test_no_third_party_log_lines_reach_the_terminal(photos, db_uri, tiny_model):
+    """The command sets the process up (search/application.py) before pymilvus loads gRPC: no gRPC
+    line per forked decode worker ("fork_posix.cc ... skipping fork() handlers") and no
+    exporter/quantizer notes, only vitsearch's own output."""
+    out = cli("index", photos, "--model", tiny_model, "--uri", db_uri, "--workers", "2")
+    search = cli("search", EXAMPLES / "queries" / "cat-crop.jpg", "-k", "3", "--uri", db_uri)
+    for text in (out.stderr, search.stderr):
+        foreign = [line for line in text.splitlines() if "fork_posix" in line or ".cc:" in line
+                   or "Warning" in line or "pre-processing" in line]
+        assert not foreign, foreign
