@@ -44,8 +44,10 @@ def folder(linked_photos):
 
 
 def index_cmd(folder, uri, model, *extra):
+    """The indexing command, on torch: its pace (~40 images/s) is what lets kills land inside each
+    stage, and its vectors do not depend on the batch (int8's do: test_runtimes.py)."""
     return [*VITSEARCH, "index", folder, "--model", model, "--uri", uri, "--batch-size", "4", "--workers", "2",
-            "--verbose", *extra]
+            "--runtime", "torch", "--verbose", *extra]
 
 
 def start(cmd, **env) -> subprocess.Popen:

@@ -37,8 +37,9 @@ def corpus_run(tmp_path_factory, tiny_model):
             img.convert("RGB").save(frame0 / f"{name}.png")
     uri = str(tmp / "db.db")
     report = tmp / "failures.jsonl"
+    # torch: the decode is under test here; int8's batch-dependent rounding is test_runtimes.py's
     out = subprocess.run([*VITSEARCH, "index", root, "--model", tiny_model, "--uri", uri, "--report", report,
-                          "--json"], capture_output=True, text=True, timeout=600,
+                          "--runtime", "torch", "--json"], capture_output=True, text=True, timeout=600,
                          preexec_fn=hostile.without_root_file_access)
     return root, frame0, uri, report, out
 
@@ -67,7 +68,7 @@ def test_every_case_is_indexed_or_reported_with_a_reason(corpus_run):
 def test_first_frames_are_embedded(corpus_run, tiny_model):
     root, frame0, uri, _, _ = corpus_run
     rows = stored_vectors(uri)
-    encoder = Encoder.load(str(tiny_model))
+    encoder = Encoder.load(str(tiny_model), runtime="torch")
     for name in ("animated.gif", "multipage.tif"):
         reference = encoder.embed([str(frame0 / f"{name}.png")])[0]
         assert float(rows[str(root / name)] @ reference) > 0.99999, name
