@@ -27,6 +27,11 @@ def configure(settings: Settings | None = None) -> None:
         transformers = sys.modules["transformers"]
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
+    # pymilvus configures its loggers when first imported (logging.config.dictConfig, level
+    # WARNING): import it now, after GRPC_VERBOSITY is set and before quieting them, so that
+    # the order in which an application imports things does not matter.
+    import pymilvus  # noqa: F401
+
     for name in ("pymilvus", "milvus_lite", "grpc._server"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     from PIL import Image

@@ -47,3 +47,14 @@ def test_configure_quiets_third_party_logs_and_follows_a_raised_pixel_limit():
     assert all(level == 50 for level in after["loggers"].values()) and after["loggers"] != before["loggers"]
     assert after["pil"] == 500_000_000 and after["filters"] > before["filters"]
     assert after["env"]["GRPC_VERBOSITY"] == "ERROR"
+
+
+def test_configure_holds_whatever_is_imported_after_it():
+    """pymilvus sets its loggers up when first imported (dictConfig): configure() called first,
+    as the page and the commands do, must still leave them quiet."""
+    _, after = run("before = state()\n"
+                   "from vitsearch.search.application import configure\n"
+                   "configure()\n"
+                   "import pymilvus, vitsearch.search.store\n"
+                   "print(json.dumps([before, state()]))")
+    assert all(level == 50 for level in after["loggers"].values()), after["loggers"]
