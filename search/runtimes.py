@@ -17,7 +17,6 @@ and renamed, so concurrent processes never see half a file.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ import torch
 from .config import DEFAULT_CPU_RUNTIME, RUNTIMES
 from .encoder_info import EncoderInfo
 from .errors import UnsupportedRuntimeError
+from .models import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def _load_cached(path: Path, info: EncoderInfo) -> OnnxEmbedder | None:
     record = path.with_suffix(".json")
     try:
         meta = json.loads(record.read_text())
-        if meta.get("sha256") != _sha256(path) or meta.get("weights_sha256") != info.weights_sha256:
+        if meta.get("sha256") != file_sha256(path) or meta.get("weights_sha256") != info.weights_sha256:
             log.warning("cached ONNX model %s does not match its record: exporting it again", path)
             return None
         return OnnxEmbedder(path)
@@ -220,16 +220,8 @@ class _written:
 def _record(path: Path, info: EncoderInfo, runtime: str) -> None:
     import onnxruntime
 
-    meta = {"sha256": _sha256(path), "weights_sha256": info.weights_sha256, "runtime": runtime,
+    meta = {"sha256": file_sha256(path), "weights_sha256": info.weights_sha256, "runtime": runtime,
             "pooling": info.pooling, "image_size": info.size_text, "opset": OPSET, "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__}
     with _written(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

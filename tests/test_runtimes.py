@@ -17,6 +17,7 @@ from conftest import EXAMPLES
 from vitsearch.indexer import index_folder
 from vitsearch.search import runtimes
 from vitsearch.search.client import SearchClient
+from vitsearch.search.models import file_sha256
 from vitsearch.search.config import Settings
 from vitsearch.search.encoder import Encoder, encoder_for
 from vitsearch.search.encoder_info import EncoderInfo
@@ -101,14 +102,14 @@ def test_a_corrupt_cache_is_rebuilt(tiny_model, tmp_path, damage):
     elif damage == "garbage with a matching record":
         path.write_bytes(b"not a model")
         meta = json.loads(record.read_text())
-        record.write_text(json.dumps({**meta, "sha256": runtimes._sha256(path)}))
+        record.write_text(json.dumps({**meta, "sha256": file_sha256(path)}))
     elif damage == "record":
         record.write_text("{")
     else:
         record.unlink()
     encoder = Encoder.load(str(model), runtime="onnx")
     np.testing.assert_allclose(encoder.embed(IMAGES[:3]), good, atol=1e-6)
-    assert json.loads(record.read_text())["sha256"] == runtimes._sha256(path)
+    assert json.loads(record.read_text())["sha256"] == file_sha256(path)
     assert not list(path.parent.glob("*.tmp*"))  # no temporary file left behind
 
 
