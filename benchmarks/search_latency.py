@@ -23,8 +23,8 @@ directly, since vitsearch's schema always asks for HNSW) with HNSW (M 16, efCons
 and after release + load (when Lite builds the index), with recall@10 against exact search.
 
 The embeddings of FOLDER are cached in ``--cache`` (default: the system temp folder). A Milvus
-server must be reachable at ``--server`` (``milvus-server`` of the ``milvus`` package, or
-docker-compose.yml). Not a test: run by hand, report the table.
+server must be reachable at ``--server`` (``vitsearch server start`` and ``--server local``,
+``milvus-server`` of the ``milvus`` package, or docker-compose.yml). Not a test: run by hand, report the table.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vitsearch.search.config import Settings
 from vitsearch.search.encoder import Encoder, EncoderInfo
 from vitsearch.search.images import is_image_file
 from vitsearch.search.store import Store
@@ -94,7 +95,8 @@ def main() -> None:
     ap.add_argument("--folder", default=str(SHARED / "data" / "catalog"))
     ap.add_argument("--model", default=str(SHARED / "models" / "dinov2-small-9l"))
     ap.add_argument("--sizes", default="10000,100000")
-    ap.add_argument("--server", default=None, help="Milvus server URI, e.g. http://127.0.0.1:19530")
+    ap.add_argument("--server", default=None, help="Milvus server URI, e.g. http://127.0.0.1:19530, or 'local': the "
+                    "server that `vitsearch server start` runs (its credentials are used; else VITSEARCH_TOKEN)")
     ap.add_argument("--no-lite", action="store_true", help="measure the server only")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--sigma", type=float, default=0.02, help="noise per dimension of the copies")
@@ -109,7 +111,9 @@ def main() -> None:
         for n in (int(s) for s in args.sizes.split(",")):
             lite_index_types(perturbed(base, n, args.sigma, seed=0), queries)
         return
-    backends = ([] if args.no_lite else ["lite"]) + ([args.server] if args.server else [])
+    settings = Settings(retry_s=600)
+    server = settings.resolved_uri() if args.server == "local" else args.server
+    backends = ([] if args.no_lite else ["lite"]) + ([server] if server else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(s) for s in args.sizes.split(",")):
@@ -122,7 +126,7 @@ def main() -> None:
             for backend in backends:
                 uri = str(Path(tmp) / f"lite-{n}.db") if backend == "lite" else backend
                 variants = backend == "lite" and args.lite_settings
-                store = Store(uri, "bench", retry_s=600)
+                store = Store.from_settings(settings, uri, "bench")
                 load_s = fill(store, info, vectors)
                 for level in (["Session", "Bounded", "Eventually", "Strong"] if variants else ["Session"]):
                     collection_module.SEARCH_CONSISTENCY = level

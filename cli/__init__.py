@@ -3,7 +3,7 @@
 One module per command group, each only parsing, calling the library and printing:
 :mod:`.index`, :mod:`.search` (``search``, ``stats``), :mod:`.duplicates`, :mod:`.ui`,
 :mod:`.serve` (the HTTP API), :mod:`.evaluate` (``eval``), :mod:`.train`, :mod:`.model`
-(``model pull``, ``model list``); :mod:`.common` holds what they share. Settings resolve as
+(``model pull``, ``model list``), :mod:`.server` (``server start|stop|status``); :mod:`.common` holds what they share. Settings resolve as
 flag, then ``VITSEARCH_*`` variable, then default; a
 :class:`~vitsearch.search.errors.VitsearchError` becomes a one-line message and exit code 1 (2
 for bad input). Heavy imports (torch, transformers, pymilvus) happen inside the commands, so
@@ -11,7 +11,7 @@ for bad input). Heavy imports (torch, transformers, pymilvus) happen inside the 
 """
 from .common import app
 # Each module registers its commands on ``app``, in the order --help lists them.
-from . import index, search, duplicates, ui, serve, evaluate, train, model  # noqa: E402,F401,I001
+from . import index, search, duplicates, ui, serve, evaluate, train, model, server  # noqa: E402,F401,I001
 
 __all__ = ["app", "main"]
 

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 
 from vitsearch.search.config import Settings
+from vitsearch.search.errors import VitsearchError
 
 app = typer.Typer(
     help="Image similarity search: index folders of images with a Vision Transformer's CLS "
@@ -18,9 +19,13 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Get encoder models for offline use.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+server_app = typer.Typer(help="Run a Milvus server on this machine (no Docker) that every vitsearch command then "
+                         "uses: fast search past ~100k images, where Milvus Lite slows down.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
 
 URI = typer.Option(None, "--uri", help="Milvus URI: a Milvus Lite path (*.db) or http://host:19530. "
-                   "(env VITSEARCH_URI; default: milvus.db in the user data folder)")
+                   "(env VITSEARCH_URI; default: the server of `vitsearch server start` while it runs, "
+                   "else milvus.db in the user data folder)")
 COLLECTION = typer.Option(None, "--collection", help="Collection name. (env VITSEARCH_COLLECTION; default: images)")
 DEVICE = typer.Option(None, "--device", help="cuda, cuda:N, mps or cpu. (env VITSEARCH_DEVICE; default: auto)")
 DTYPE = typer.Option(None, "--dtype", help="bfloat16, float16 or float32. (env VITSEARCH_DTYPE; "
@@ -71,6 +76,10 @@ def settings(**overrides: Any) -> Settings:
         where = ".".join(str(p) for p in error["loc"]) or "settings"
         fail(f"{where}: {error['msg'].removeprefix('Value error, ')}", code=2)
     configure(s)
+    try:  # a server of `vitsearch server start` that is gone: say so now, in one line
+        s.resolved_uri()
+    except VitsearchError as exc:
+        fail(str(exc))
     return s
 
 

@@ -12,6 +12,7 @@ _EXPORTS = {
     "BadQueryError": "errors", "CollectionNotFoundError": "errors",
     "EncoderMismatchError": "errors", "ModelNotFoundError": "errors", "StoreError": "errors",
     "UnsupportedModelError": "errors", "ImageTooLargeError": "errors", "NotIndexedError": "errors",
+    "ServerError": "errors", "LocalServer": "server",
 }
 __all__ = list(_EXPORTS)
 

@@ -48,8 +48,10 @@ class Settings(BaseSettings):
         data_dir: where the default Milvus Lite database and pulled models live
             (default: the platform's user data directory, e.g. ``~/.local/share/vitsearch``).
         uri: Milvus URI: a Milvus Lite path (``something.db``) or ``http://host:19530``.
-            Default: ``<data_dir>/milvus.db``.
-        token: Milvus server token (``user:password`` or API key); never logged.
+            Default: the server of ``vitsearch server start`` while it runs, else
+            ``<data_dir>/milvus.db`` (see :meth:`resolved_uri`).
+        token: Milvus server token (``user:password`` or API key); never logged. Default: that
+            server's credentials when the URI is its own.
         collection: collection name.
         model: encoder, a Hugging Face hub id, a local folder or a pulled model's name.
         pooling: ``cls`` (the class token; default) or ``mean`` (mean of the patch tokens).
@@ -114,5 +116,36 @@ class Settings(BaseSettings):
         return self.data_dir / "models"
 
     def resolved_uri(self) -> str:
-        """The Milvus URI to use: ``uri`` if set, else the Milvus Lite file in ``data_dir``."""
-        return self.uri or str(self.data_dir / "milvus.db")
+        """The Milvus URI to use: ``uri`` if set, else the server that ``vitsearch server start``
+        runs (from its start until ``vitsearch server stop``), else the Milvus Lite file in
+        ``data_dir``.
+
+        Raises:
+            ServerError: that server was started, not stopped, and its process is gone (so a
+                command never writes to Lite while the user thinks it writes to the server).
+        """
+        if self.uri:
+            return self.uri
+        from .errors import ServerError
+        from .server import LocalServer
+
+        server = LocalServer.for_data_dir(self.data_dir)
+        state = server.state()
+        if state is None:
+            return str(self.data_dir / "milvus.db")
+        if not server.alive(state):
+            raise ServerError(f"the Milvus server that `vitsearch server start` ran ({state.uri}, pid {state.pid}) "
+                              f"is not running: start it again with `vitsearch server start`, or run "
+                              f"`vitsearch server stop` to go back to Milvus Lite (its log: {server.log})")
+        return state.uri
+
+    def token_for(self, uri: str) -> str | None:
+        """The Milvus token for ``uri``: ``token`` if set, else the credentials of the server
+        that ``vitsearch server start`` runs when ``uri`` is that server's, else None."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        from .server import LocalServer
+
+        server = LocalServer.for_data_dir(self.data_dir)
+        state = server.state()
+        return server.token() if state is not None and state.uri == uri else None

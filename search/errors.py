@@ -25,6 +25,11 @@ class StoreError(VitsearchError):
     """Milvus cannot be reached or refused an operation. The message names the URI."""
 
 
+class ServerError(StoreError):
+    """The Milvus server that ``vitsearch server`` runs on this machine cannot be started or
+    stopped, or was started and is gone; the message says why and what to do."""
+
+
 class CollectionNotFoundError(StoreError):
     """The collection does not exist (nothing has been indexed into it yet)."""
 

@@ -2,8 +2,8 @@
 package's standalone server (embedded etcd, local storage), started in a network namespace that
 has only loopback (it listens on all interfaces), with the suites run again inside that
 namespace (``VITSEARCH_TEST_MILVUS_URI`` makes their ``db_uri`` the server). Skipped, saying
-why, only where a namespace cannot be made or the server is not installed (``.ci/run`` installs
-it into ``.venv-milvus-server``)."""
+why, only where a namespace cannot be made or the server is not installed (the ``test`` extra
+installs it: ``vitsearch[server]``)."""
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +20,7 @@ import pytest
 
 from conftest import REPO
 
-SERVER = Path(os.environ.get("VITSEARCH_MILVUS_SERVER", REPO / ".venv-milvus-server" / "bin" / "milvus-server"))
+SERVER = Path(os.environ.get("VITSEARCH_MILVUS_SERVER", Path(sys.executable).parent / "milvus-server"))
 SUITES = ["tests/test_store.py", "tests/test_indexer.py", "tests/test_client.py", "tests/test_names.py",
           "tests/test_duplicates.py"]
 
@@ -33,8 +33,7 @@ def netns(name: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
 def milvus_server(tmp_path_factory):
     """``(namespace, uri)`` of a Milvus 2.3.5 standalone server, healthy, in its own namespace."""
     if not SERVER.exists():
-        pytest.skip(f"{SERVER} not found: python3 -m venv .venv-milvus-server && "
-                    f".venv-milvus-server/bin/pip install milvus==2.3.5 (.ci/run does)")
+        pytest.skip(f"{SERVER} not found: pip install 'vitsearch[server]' (the test extra does)")
     if shutil.which("ip") is None or os.geteuid() != 0:
         pytest.skip("network namespaces need root and iproute2's `ip` (CI runs as root)")
     name = f"vitsearch-test-{os.getpid()}"

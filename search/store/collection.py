@@ -155,8 +155,9 @@ class Store:
         Raises:
             StoreError: Milvus cannot be opened or reached.
         """
-        token = token or (settings.token.get_secret_value() if settings.token else None)
-        return cls(uri if uri is not None else settings.resolved_uri(), collection or settings.collection, token,
+        uri = uri if uri is not None else settings.resolved_uri()
+        token = token or settings.token_for(uri)
+        return cls(uri, collection or settings.collection, token,
                    lite_wait_s=settings.lite_wait_s, retry_s=settings.retry_s)
 
     def _connect(self) -> None:
