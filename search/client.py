@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -155,11 +155,30 @@ class SearchClient:
         """
         _check_k(k)
         path = os.path.abspath(os.fsdecode(path))
-        rows = self.store.get([path], fields=["vector"])
-        if path not in rows:
+        vector = self.stored_vectors([path]).get(path)
+        if vector is None:
             raise NotIndexedError(f"{printable(path)} is not indexed in {self._where}")
-        return self._search(np.asarray(rows[path]["vector"], np.float32), k, filter, folder,
-                            [path] if exclude_self else [], collapse_duplicates)
+        if collapse_duplicates:
+            return self._search(vector, k, filter, folder, [path] if exclude_self else [], True)
+        return self.search_vectors(vector[None, :], k, filter, folder, [path] if exclude_self else None)[0]
+
+    def stored_vectors(self, paths: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored embeddings of indexed files, read in one query per 1,000 paths (no model
+        needed).
+
+        Args:
+            paths: file paths; relative ones are taken from the current folder.
+
+        Returns:
+            ``{absolute path: (D,) float32 vector}`` for the paths that are indexed; the others
+            are absent.
+
+        Raises:
+            StoreError: Milvus refused or stayed unreachable.
+        """
+        wanted = list(dict.fromkeys(os.path.abspath(os.fsdecode(p)) for p in paths))
+        rows = self.store.get(wanted, fields=["vector"])
+        return {p: np.asarray(row["vector"], np.float32) for p, row in rows.items()}
 
     def search_vector(self, vector: np.ndarray, k: int = 10, filter: str | None = None,
                       folder: str | None = None, collapse_duplicates: bool = False) -> list[Hit]:
@@ -169,6 +188,42 @@ class SearchClient:
         """
         _check_k(k)
         return self._search(np.asarray(vector, np.float32), k, filter, folder, [], collapse_duplicates)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, filter: str | None = None,
+                       folder: str | None = None, exclude: Sequence[str | None] | None = None) -> list[list[Hit]]:
+        """The ``k`` nearest rows to each of ``Q`` embeddings, in one Milvus search: row ``i`` of
+        the answer is what :meth:`search_vector` gives for ``vectors[i]`` (the same ``filter`` and
+        ``folder`` for all; no ``collapse_duplicates``). What the HTTP API uses to answer the
+        queries of concurrent requests with one call.
+
+        Args:
+            vectors: ``(Q, D) float32`` embeddings (L2-normalised or not: the metric is cosine).
+            exclude: for each query, a path to leave out of its results (or ``None``): as
+                :meth:`search_similar`'s ``exclude_self``. The search then asks for ``k + 1`` rows
+                and drops that path, so that queries leaving out different files share one call
+                (one filter); at ``k == MAX_K`` each such query is searched on its own, the path
+                left out by the filter.
+
+        Returns:
+            ``Q`` lists of up to ``k`` hits, best first.
+
+        Raises:
+            BadQueryError: ``k`` out of range, or a bad filter.
+            StoreError: Milvus refused the search or stayed unreachable.
+            ValueError: ``vectors`` is not 2-D, or ``exclude`` has not one entry per query.
+        """
+        _check_k(k)
+        vectors = np.asarray(vectors, np.float32)
+        exclude = list(exclude) if exclude is not None else [None] * len(vectors)
+        if vectors.ndim != 2 or len(exclude) != len(vectors):
+            raise ValueError(f"expected (Q, D) vectors and Q paths to exclude, got {vectors.shape} and {len(exclude)}")
+        folder = os.path.abspath(os.fsdecode(folder)) if folder else None
+        if not any(exclude):
+            return self.store.search(vectors, k, filter, folder=folder, fields=META_FIELDS)
+        if k == MAX_K:  # no room for one more row: the filter leaves the path out, one query at a time
+            return [self._search(v, k, filter, folder, [p] if p else []) for v, p in zip(vectors, exclude)]
+        found = self.store.search(vectors, k + 1, filter, folder=folder, fields=META_FIELDS)
+        return [[h for h in hits if h.path != path][:k] for hits, path in zip(found, exclude)]
 
     def _search(self, vector: np.ndarray, k: int, filter: str | None, folder: str | None,
                 exclude: list[str], collapse_duplicates: bool = False) -> list[Hit]:

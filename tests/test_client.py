@@ -52,6 +52,32 @@ def test_search_similar_uses_the_stored_vector_and_leaves_the_item_out(indexed):
             client.search_similar(str(photos / "nope.jpg"))
 
 
+def test_search_vectors_answers_each_query_as_alone_and_leaves_each_path_out(indexed):
+    photos, uri = indexed
+    paths = [str(photos / n) for n in ("cat.jpg", "coffee.jpg", "sub/rocket.jpg")]
+    with SearchClient(uri=uri) as client:
+        stored = client.stored_vectors(paths + [str(photos / "nope.jpg")])
+        assert sorted(stored) == sorted(paths) and client._encoder is None
+        assert all(v.shape == (32,) and v.dtype == np.float32 for v in stored.values())
+        vectors = np.stack([stored[p] for p in paths])
+        for k in (1, 4, 11):
+            together = client.search_vectors(vectors, k=k)
+            assert [[h.path for h in hits] for hits in together] == [[h.path for h in client.search_vector(v, k=k)]
+                                                                      for v in vectors]
+            left_out = client.search_vectors(vectors, k=k, exclude=[paths[0], None, paths[2]])
+            assert paths[0] not in {h.path for h in left_out[0]} and len(left_out[0]) == min(k, 10)
+            assert [h.path for h in left_out[0]] == [h.path for h in client.search_similar(paths[0], k=k)]
+            assert [h.path for h in left_out[1]] == [h.path for h in together[1]]
+            assert [h.path for h in left_out[2]] == [h.path for h in client.search_similar(paths[2], k=k)]
+        sub = client.search_vectors(vectors, k=5, folder=str(photos / "sub"), exclude=[None, None, paths[2]])
+        assert [[h.path for h in hits] for hits in sub] == [[paths[2]], [paths[2]], []]
+        deepest = client.search_vectors(vectors, k=16384, exclude=paths)  # no room for k + 1: one by one
+        assert [len(hits) for hits in deepest] == [10, 10, 10]
+        assert all(p not in {h.path for h in hits} for p, hits in zip(paths, deepest))
+        with pytest.raises(ValueError, match="Q paths"):
+            client.search_vectors(vectors, k=3, exclude=paths[:2])
+
+
 def test_filter_and_bad_queries(indexed):
     photos, uri = indexed
     with SearchClient(uri=uri) as client:
