@@ -1,5 +1,6 @@
 """What the API serves: one :class:`~vitsearch.search.client.SearchClient` per process, its
-encoder loaded once and fed by an :class:`~.batching.EmbedBatcher`.
+encoder loaded once and fed by an :class:`~.batching.EmbedBatcher`, its searches run by a
+:class:`~.batching.SearchBatcher`.
 
 The server starts whether or not Milvus can be reached and the collection exists: ``/healthz``
 answers at once, ``/readyz`` once the collection is open and the encoder loaded. A failed open is
@@ -20,14 +21,14 @@ from vitsearch.search.client import SearchClient
 from vitsearch.search.config import Settings
 from vitsearch.search.errors import VitsearchError
 
-from .batching import EmbedBatcher
+from .batching import EmbedBatcher, SearchBatcher
 from .settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
 
 class Backend:
-    """The served collection's client and batcher, opened on first need (thread-safe).
+    """The served collection's client and batchers, opened on first need (thread-safe).
 
     Args:
         settings: the library's settings (URI, collection, model, limits); their ``retry_s`` is
@@ -41,6 +42,7 @@ class Backend:
         self._lock = threading.Lock()
         self._client: SearchClient | None = None
         self._batcher: EmbedBatcher | None = None
+        self._searches: SearchBatcher | None = None
         self._failure: tuple[float, VitsearchError] | None = None
 
     def client(self) -> SearchClient:
@@ -65,6 +67,20 @@ class Backend:
                 self._failure = None
         return self._client
 
+    def searches(self) -> SearchBatcher:
+        """The batcher of the collection's searches (blocking on first call: it opens the client).
+
+        Raises:
+            as :meth:`client`.
+        """
+        if self._searches is not None:
+            return self._searches
+        client = self.client()
+        with self._lock:
+            if self._searches is None:
+                self._searches = SearchBatcher(client)
+        return self._searches
+
     def batcher(self) -> EmbedBatcher:
         """The batcher over the collection's encoder, loading it on first call (blocking).
 
@@ -74,11 +90,11 @@ class Backend:
         """
         if self._batcher is not None:
             return self._batcher
-        client = self.client()
-        encoder = client.encoder  # loaded once; concurrent callers wait for the same load
+        searches = self.searches()
+        encoder = self.client().encoder  # loaded once; concurrent callers wait for the same load
         with self._lock:
             if self._batcher is None:
-                self._batcher = EmbedBatcher(encoder, self.api.batch_window_ms / 1000, self.api.max_batch)
+                self._batcher = EmbedBatcher(encoder, self.api.batch_window_ms / 1000, self.api.max_batch, searches)
         return self._batcher
 
     @property
@@ -98,15 +114,19 @@ class Backend:
 
     def stats(self) -> dict:
         """This process's figures: ``pid``, ``forward_passes``, ``images_embedded``,
-        ``batch_window_ms``, ``max_batch``, ``torch_threads``."""
-        b = self._batcher
+        ``batch_window_ms``, ``max_batch``, ``torch_threads``, ``milvus_searches`` (multi-vector
+        searches run) and ``queries_searched`` (the queries they answered)."""
+        b, s = self._batcher, self._searches
         return {"pid": os.getpid(), "forward_passes": b.passes if b else 0, "images_embedded": b.images if b else 0,
                 "batch_window_ms": self.api.batch_window_ms, "max_batch": self.api.max_batch,
-                "torch_threads": torch.get_num_threads()}
+                "torch_threads": torch.get_num_threads(), "milvus_searches": s.calls if s else 0,
+                "queries_searched": s.queries if s else 0}
 
     def close(self) -> None:
-        """Stop the batcher and close the Milvus connection."""
+        """Stop the batchers and close the Milvus connection."""
         if self._batcher is not None:
             self._batcher.close()
+        if self._searches is not None:
+            self._searches.close()
         if self._client is not None:
             self._client.close()

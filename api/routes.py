@@ -1,5 +1,6 @@
 """The routes. Each parses its request, calls :class:`~vitsearch.search.client.SearchClient` (off the
-event loop) and answers JSON; an image query's forward pass goes through the batcher."""
+event loop) and answers JSON; an image query's forward pass, and the searches, go through the
+batchers (:mod:`.batching`), shared with the requests that arrive together."""
 from __future__ import annotations
 
 import time
@@ -14,6 +15,7 @@ from vitsearch.search.config import MAX_K
 from vitsearch.search.errors import BadImageError, BadQueryError, ImageTooLargeError, StoreError
 
 from .backend import Backend
+from .batching import SearchQuery
 from .schemas import AsciiJSONResponse, SearchOut, SimilarIn, VectorIn, search_json
 
 router = APIRouter()
@@ -32,12 +34,6 @@ def _json(content: Any, status: int = 200) -> AsciiJSONResponse:
     return AsciiJSONResponse(content, status_code=status)
 
 
-def _collapse(collapse: bool) -> dict[str, bool]:
-    """``collapse_duplicates`` for SearchClient, only when asked (a client without it still serves
-    the default)."""
-    return {"collapse_duplicates": True} if collapse else {}
-
-
 @router.post("/search", response_model=SearchOut, summary="Search by image",
              responses={**_ERRORS, 413: {"description": "Upload over --max-upload-mb, or an image over the "
                                                        "decoded-pixel limit"}})
@@ -51,7 +47,7 @@ async def search(request: Request,
                  collapse: bool = Query(False, description="Show exact duplicates (same sha256) as one hit.")):
     """The `k` indexed images most similar to the uploaded one, best first (score: cosine
     similarity). The upload is decoded as the indexer decodes a file (same size and pixel limits);
-    the forward passes of concurrent requests are batched."""
+    the forward passes and the searches of concurrent requests are batched."""
     backend = _backend(request)
     data = await image.read()
     started = time.perf_counter()
@@ -66,8 +62,12 @@ async def search(request: Request,
         picture = client.load(data, name)  # bounded decode; a decompression bomb is refused from its header
         return batcher.encoder.preprocess([picture])[0]
 
-    vector = await batcher.embed(await run_in_threadpool(model_input))
-    hits = await run_in_threadpool(lambda: client.search_vector(vector, k, filter, folder or None, **_collapse(collapse)))
+    pixels = await run_in_threadpool(model_input)
+    if collapse:  # searches deeper, then asks for the copies: on its own, not holding up the others' batch
+        vector = await batcher.embed(pixels)
+        hits = await run_in_threadpool(client.search_vector, vector, k, filter, folder or None, True)
+    else:
+        hits = await batcher.search(pixels, SearchQuery(k, filter, folder or None))
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), min_score))
 
 
@@ -77,8 +77,8 @@ async def search_similar(request: Request, body: SimilarIn):
     """Images similar to an indexed file, by its stored vector (no model runs); the file itself is
     left out."""
     started = time.perf_counter()
-    client = await run_in_threadpool(_backend(request).client)
-    hits = await run_in_threadpool(client.search_similar, body.path, body.k, body.filter, True, body.folder or None)
+    searches = await run_in_threadpool(_backend(request).searches)
+    hits = await searches.search(SearchQuery(body.k, body.filter, body.folder or None, path=body.path))
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), body.min_score))
 
 
@@ -87,14 +87,16 @@ async def search_vector(request: Request, body: VectorIn):
     """The `k` rows nearest to an embedding of the collection's dimension (an embedding made by
     the same model elsewhere)."""
     started = time.perf_counter()
-    client = await run_in_threadpool(_backend(request).client)
+    backend = _backend(request)
+    client = await run_in_threadpool(backend.client)
     vector = np.asarray(body.vector, np.float32)
     dim = client.encoder_info.dim
     if vector.shape != (dim,):
         raise BadQueryError(f"vector has {vector.size} dimensions; the collection's embeddings have {dim}")
     if not np.isfinite(vector).all() or not np.any(vector):
         raise BadQueryError("vector must be finite and not all zeros (its direction is the query)")
-    hits = await run_in_threadpool(client.search_vector, vector, body.k, body.filter, body.folder or None)
+    searches = await run_in_threadpool(backend.searches)
+    hits = await searches.search(SearchQuery(body.k, body.filter, body.folder or None, vector=vector))
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), body.min_score))
 
 

@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 
 from vitsearch.api.app import create_app
+from vitsearch.api.batching import SearchBatcher, SearchQuery
 from vitsearch.api.settings import ApiSettings
 from vitsearch.search import SearchClient
 from vitsearch.search.config import Settings
+from vitsearch.search.errors import BadQueryError, NotIndexedError
 
 from hostile import png_claiming
 
@@ -128,6 +130,64 @@ def test_concurrent_image_searches_are_batched_and_answer_as_search_client(api):
     assert images == len(queries) and passes < images  # several queries shared a forward pass
     stats = httpx.get(f"{base}/stats").json()
     assert stats["api"]["forward_passes"] == after["forward_passes"] and stats["api"]["pid"] == os.getpid()
+
+
+def test_concurrent_similar_and_vector_searches_answer_as_search_client(api):
+    """Requests that arrive together share Milvus calls; each with its own k, filter and folder
+    still gets what SearchClient gives it, and a path that is not indexed gets its own 404."""
+    base, photos, uri, app = api
+    paths = [str(p) for p in sorted(photos.rglob("*.jpg"))]
+    asks = [{"path": p, "k": 3} for p in paths] + [{"path": p, "k": 5, "filter": "width > 400"} for p in paths]
+    asks += [{"path": p, "k": 4, "folder": str(photos / "sub")} for p in paths[:3]]
+    asks += [{"path": str(photos / "nope.jpg"), "k": 3}]
+    before = app.state.backend.stats()
+
+    async def all_at_once():
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            return await asyncio.gather(*(http.post("/search/similar", json=ask) for ask in asks),
+                                        *(http.post("/search/vector", json={"vector": v, "k": 4}) for v in vectors))
+
+    with SearchClient(uri=uri) as client:
+        vectors = [client.store.get([p], fields=["vector"])[p]["vector"] for p in paths[:4]]
+        responses = asyncio.run(all_at_once())
+        assert [r.status_code for r in responses] == [200] * (len(asks) - 1) + [404] + [200] * len(vectors)
+        for ask, r in zip(asks[:-1], responses):
+            assert_same(r.json()["hits"], client.search_similar(ask["path"], ask["k"], ask.get("filter"),
+                                                                folder=ask.get("folder")))
+        for v, r in zip(vectors, responses[len(asks):]):
+            assert_same(r.json()["hits"], client.search_vector(np.asarray(v, np.float32), k=4))
+    assert "is not indexed" in responses[len(asks) - 1].json()["detail"]
+    after = app.state.backend.stats()
+    assert after["queries_searched"] - before["queries_searched"] == len(asks) - 1 + len(vectors)
+    assert 4 <= after["milvus_searches"] - before["milvus_searches"] <= len(asks) - 1 + len(vectors)
+
+
+def test_one_batch_of_searches_makes_one_milvus_search_per_k_filter_and_folder(indexed):
+    photos, uri = indexed
+    cat, coffee, nope = str(photos / "cat.jpg"), str(photos / "coffee.jpg"), str(photos / "nope.jpg")
+    sub = str(photos / "sub")
+    with SearchClient(uri=uri) as client:
+        vector = client.stored_vectors([cat])[cat]
+        batcher = SearchBatcher(client)
+        try:
+            queries = [SearchQuery(3, path=cat), SearchQuery(3, path=coffee), SearchQuery(3, vector=vector),
+                       SearchQuery(5, "width > 400", path=cat), SearchQuery(5, "width > 400", path=coffee),
+                       SearchQuery(5, folder=sub, path=cat), SearchQuery(3, path=nope), SearchQuery(3, "width >", path=cat)]
+            batcher.submit(queries)  # one entry: one batch
+            want = [client.search_similar(cat, 3), client.search_similar(coffee, 3), client.search_vector(vector, 3),
+                    client.search_similar(cat, 5, "width > 400"), client.search_similar(coffee, 5, "width > 400"),
+                    client.search_similar(cat, 5, folder=sub)]
+            for query, hits in zip(queries, want):
+                assert_same(query.future.result(30), hits)
+            assert cat not in {h.path for h in queries[0].future.result()} and queries[2].future.result()[0].path == cat
+            assert [h.path for h in queries[5].future.result()] == [str(photos / "sub" / "rocket.jpg")]
+            with pytest.raises(NotIndexedError, match="is not indexed"):
+                queries[6].future.result(30)
+            with pytest.raises(BadQueryError, match="filter"):
+                queries[7].future.result(30)
+            assert (batcher.calls, batcher.queries) == (3, 6)  # the bad filter's call failed: not counted
+        finally:
+            batcher.close()
 
 
 def test_similar_vector_stats_health_and_docs(api):
