@@ -16,6 +16,7 @@ import threading
 import time
 
 import torch
+from starlette.concurrency import run_in_threadpool
 
 from vitsearch.search.client import SearchClient
 from vitsearch.search.config import Settings
@@ -96,6 +97,17 @@ class Backend:
             if self._batcher is None:
                 self._batcher = EmbedBatcher(encoder, self.api.batch_window_ms / 1000, self.api.max_batch, searches)
         return self._batcher
+
+    async def opened(self, what: str) -> SearchClient | SearchBatcher | EmbedBatcher:
+        """``"client"``, ``"searches"`` or ``"batcher"``, awaited: at once when it is open already
+        (no thread hop per request), else opened in a worker thread (connecting to Milvus and
+        loading the model block).
+
+        Raises:
+            as :meth:`client`, :meth:`searches` and :meth:`batcher`.
+        """
+        ready = {"client": self._client, "searches": self._searches, "batcher": self._batcher}[what]
+        return ready if ready is not None else await run_in_threadpool(getattr(self, what))
 
     @property
     def encoder_loaded(self) -> bool:

@@ -51,12 +51,12 @@ async def search(request: Request,
     backend = _backend(request)
     data = await image.read()
     started = time.perf_counter()
-    client = await run_in_threadpool(backend.client)
+    client = await backend.opened("client")
     name = image.filename or "upload"
     if len(data) > backend.settings.max_upload_mb * 2**20:
         raise ImageTooLargeError(name, f"upload is {len(data) / 2**20:.1f} MB, over the limit of "
                                        f"{backend.settings.max_upload_mb} MB (vitsearch serve --max-upload-mb)")
-    batcher = await run_in_threadpool(backend.batcher)
+    batcher = await backend.opened("batcher")
 
     def model_input():
         picture = client.load(data, name)  # bounded decode; a decompression bomb is refused from its header
@@ -77,7 +77,7 @@ async def search_similar(request: Request, body: SimilarIn):
     """Images similar to an indexed file, by its stored vector (no model runs); the file itself is
     left out."""
     started = time.perf_counter()
-    searches = await run_in_threadpool(_backend(request).searches)
+    searches = await _backend(request).opened("searches")
     hits = await searches.search(SearchQuery(body.k, body.filter, body.folder or None, path=body.path))
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), body.min_score))
 
@@ -88,14 +88,14 @@ async def search_vector(request: Request, body: VectorIn):
     the same model elsewhere)."""
     started = time.perf_counter()
     backend = _backend(request)
-    client = await run_in_threadpool(backend.client)
+    client = await backend.opened("client")
     vector = np.asarray(body.vector, np.float32)
     dim = client.encoder_info.dim
     if vector.shape != (dim,):
         raise BadQueryError(f"vector has {vector.size} dimensions; the collection's embeddings have {dim}")
     if not np.isfinite(vector).all() or not np.any(vector):
         raise BadQueryError("vector must be finite and not all zeros (its direction is the query)")
-    searches = await run_in_threadpool(backend.searches)
+    searches = await backend.opened("searches")
     hits = await searches.search(SearchQuery(body.k, body.filter, body.folder or None, vector=vector))
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), body.min_score))
 
@@ -105,7 +105,7 @@ async def stats(request: Request):
     """Number of images, model, dimension, pooling, input size, index type, metric, URI and
     collection; `api`: this server process's batching figures."""
     backend = _backend(request)
-    client = await run_in_threadpool(backend.client)
+    client = await backend.opened("client")
     return _json({**await run_in_threadpool(client.stats), "api": backend.stats()})
 
 
@@ -119,7 +119,7 @@ async def healthz():
 async def readyz(request: Request):
     """200 when the collection answers and its encoder is loaded, else 503 saying why."""
     backend = _backend(request)
-    client = await run_in_threadpool(backend.client)
+    client = await backend.opened("client")
     if not await run_in_threadpool(client.store.exists):
         raise StoreError(f"{client.store.where} no longer exists")
     if not backend.encoder_loaded:
@@ -136,7 +136,7 @@ async def thumbnail(request: Request, path: str = Query(..., description="An ind
                                                                          "it (percent-encoded bytes).")):
     """A JPEG of at most 320 pixels a side, only of a row of the collection and only from the
     bytes that were indexed (size and sha256 checked): a path that is not a row is never opened."""
-    client = await run_in_threadpool(_backend(request).client)
+    client = await _backend(request).opened("client")
     try:
         jpeg = await run_in_threadpool(client.thumbnail, _raw_query(request, "path") or path)
     except BadImageError as exc:  # gone, unreadable, or not the indexed bytes: nothing to show
