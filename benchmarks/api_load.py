@@ -15,6 +15,11 @@ images/s; the image-search QPS at 16 clients is given as a ratio of their mean. 
 16-client image-search level again on a server started with ``VITSEARCH_API_MAX_BATCH=1`` (one
 image per forward pass), with the mean batch each server ran (from ``/stats``).
 
+Each level also gives the queries per Milvus search the server ran (``/stats``: its searches of
+concurrent requests are batched), and the CPU time per answered request of the server process
+and of this load generator (httpx; both read from ``/proc``, so they hold also while other jobs
+load the machine, where QPS and latency do not); the encoder baseline gives its CPU ms per image.
+
     python benchmarks/api_load.py [--duration 60] [--levels 1,4,16,64] [--photos 300]
         [--model ../shared/models/dinov2-small-9l] [--workers 1] [--url http://127.0.0.1:8000]
         [--modes image,similar] [--no-compare]
@@ -53,6 +58,16 @@ def load() -> str:
     return f"{one:.1f}/{five:.1f}"
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process on this machine has used, in seconds (NaN when it cannot
+    be read: a server elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def build_collection(catalog: Path, n: int, model: str, cache: Path) -> tuple[str, list[Path], list[Path]]:
     """A Lite database of the first ``n`` catalogue photos (links in a folder of their own), the
     indexed paths, and 64 other photos to query with."""
@@ -81,13 +96,17 @@ def build_collection(catalog: Path, n: int, model: str, cache: Path) -> tuple[st
 
 
 def encoder_baseline(encoder, queries: list[bytes], seconds: float = 15.0) -> float:
-    """Images/s of ``Encoder.embed`` (decode + preprocess + forward) in batches of :data:`BATCH`."""
+    """Images/s of ``Encoder.embed`` (decode + preprocess + forward) in batches of :data:`BATCH`;
+    prints its CPU ms per image."""
     encoder.embed(queries[:BATCH], batch_size=BATCH)  # warm-up
-    done, started = 0, time.perf_counter()
+    done, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         encoder.embed(queries[done % len(queries):][:BATCH] or queries[:BATCH], batch_size=BATCH)
         done += BATCH
-    return done / (time.perf_counter() - started)
+    rate = done / (time.perf_counter() - started)
+    print(f"encoder alone: {rate:.1f} images/s, {1000 * (time.process_time() - cpu) / done:.1f} CPU ms/image "
+          f"(Encoder.embed, batches of {BATCH}, decode included), load {load()}")
+    return rate
 
 
 class Server:
@@ -147,26 +166,35 @@ async def run_level(url: str, mode: str, clients: int, seconds: float, queries: 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     before = httpx.get(f"{url}/stats", timeout=30).json()["api"]
     load_before = load()
+    server_cpu, own_cpu = cpu_seconds(before["pid"]), time.process_time()
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as http:
         await asyncio.gather(*(client(http, k) for k in range(clients)))
     elapsed = time.perf_counter() - started
+    server_cpu, own_cpu = cpu_seconds(before["pid"]) - server_cpu, time.process_time() - own_cpu
     after = httpx.get(f"{url}/stats", timeout=30).json()["api"]
     passes = after["forward_passes"] - before["forward_passes"]
     images = after["images_embedded"] - before["images_embedded"]
+    searches = after.get("milvus_searches", 0) - before.get("milvus_searches", 0)
+    queries = after.get("queries_searched", 0) - before.get("queries_searched", 0)
     ms = np.asarray(latencies) * 1000 if latencies else np.asarray([np.nan])
+    answered = max(len(latencies), 1)
     return {"mode": mode, "clients": clients, "requests": len(latencies), "qps": len(latencies) / elapsed,
             "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
             "errors": sum(errors.values()), "codes": errors, "dropped": sum(dropped.values()), "why": dropped,
-            "batch": images / passes if passes else float("nan"), "load": f"{load_before} -> {load()}"}
+            "batch": images / passes if passes else float("nan"),
+            "per_search": queries / searches if searches else float("nan"),
+            "server_ms": 1000 * server_cpu / answered, "client_ms": 1000 * own_cpu / answered,
+            "load": f"{load_before} -> {load()}"}
 
 
 def row(r: dict, label: str = "") -> str:
     codes = " " + ",".join(f"{c}x{n}" for c, n in r["codes"].items()) if r["codes"] else ""
-    batch = "-" if np.isnan(r["batch"]) else f"{r['batch']:.1f}"
+    batch, per_search = ("-" if np.isnan(r[key]) else f"{r[key]:.1f}" for key in ("batch", "per_search"))
     why = " " + ",".join(f"{k}x{n}" for k, n in r["why"].items()) if r["why"] else ""
     return (f"| {r['mode']}{label} | {r['clients']} | {r['requests']} | {r['qps']:.1f} | {r['p50']:.0f} | "
-            f"{r['p99']:.0f} | {r['errors']}{codes} | {r['dropped']}{why} | {batch} | {r['load']} |")
+            f"{r['p99']:.0f} | {r['errors']}{codes} | {r['dropped']}{why} | {batch} | {per_search} | "
+            f"{r['server_ms']:.1f} | {r['client_ms']:.1f} | {r['load']} |")
 
 
 def main() -> None:
@@ -197,12 +225,10 @@ def main() -> None:
     modes = args.modes.split(",")
     encoder = Encoder.load(args.model) if "image" in modes else None
     baselines = [encoder_baseline(encoder, queries)] if encoder else []
-    if baselines:
-        print(f"encoder baseline: {baselines[0]:.1f} images/s (Encoder.embed, batches of {BATCH}, decode "
-              f"included), load {load()}")
 
-    header = ("| search | clients | answered | QPS | p50 ms | p99 ms | errors | dropped | mean batch | load 1m/5m |\n"
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    header = ("| search | clients | answered | QPS | p50 ms | p99 ms | errors | dropped | mean batch | queries per "
+              "Milvus search | server CPU ms/answer | load generator CPU ms/answer | load 1m/5m |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     results, server = [], None
     try:
         if args.url:
@@ -216,7 +242,6 @@ def main() -> None:
                 print(row(results[-1]), file=sys.stderr)
             if mode == "image":
                 baselines.append(encoder_baseline(encoder, queries))
-                print(f"encoder baseline again: {baselines[-1]:.1f} images/s, load {load()}")
     finally:
         if server:
             server.stop()
