@@ -27,7 +27,8 @@ def serve(
     GET /stats, /healthz, /readyz, /thumbnail; OpenAPI at /docs.
 
     Image searches of concurrent requests are embedded in one forward pass (a few-ms window,
-    VITSEARCH_API_BATCH_WINDOW_MS, up to VITSEARCH_API_MAX_BATCH images). VITSEARCH_API_TOKEN set: every route
+    VITSEARCH_API_BATCH_WINDOW_MS, up to VITSEARCH_API_MAX_BATCH images), and the searches of
+    concurrent requests share Milvus calls. VITSEARCH_API_TOKEN set: every route
     but /healthz needs `Authorization: Bearer TOKEN`. VITSEARCH_API_CORS_ORIGINS: comma-separated origins
     browsers may call from. The server starts also while Milvus is down or the collection is not indexed yet:
     /readyz and the searches answer 503 (Retry-After) until it is.
