@@ -6,7 +6,8 @@ quality 30), ``crop90`` (90 % centre crop), ``bright+10`` / ``bright-10`` (brigh
 x0.9), ``resave1`` (decoded, one pixel value changed by 1, saved again as JPEG at the original's
 quantisation: other bytes, same picture), ``identical`` (byte-identical copy). All are indexed
 with the real indexer and model; then :meth:`SearchClient.duplicates` (what ``vitsearch
-duplicates`` calls) runs at each threshold. Two files are a true pair when they come from the
+duplicates`` calls) runs at each threshold, with its pixel check of the candidate pairs (the
+default) or without it (``--no-verify``). Two files are a true pair when they come from the
 same original; a reported pair is two files in one group. Per transformation: recall of the
 (original, copy) pairs, precision of the reported pairs that hold such a copy; overall
 precision/recall over all same-original pairs; and the number of reported pairs whose files come
@@ -20,7 +21,7 @@ scanning process serves); ``--exact-only`` scan (sha256 only) and, up to ``--exa
 vectors, exact all-pairs numpy (blocked matrix products) as the baselines, and the pair recall
 of the scan against exact.
 
-    python benchmarks/duplicates.py quality [--originals 300] [--model M]
+    python benchmarks/duplicates.py quality [--originals 300] [--model M] [--runtime R] [--no-verify]
     python benchmarks/duplicates.py speed [--sizes 10000,100000] [--server URI] [--no-lite]
 
 Not a test: run by hand, report the tables (and ``uptime``: the CPU is shared).
@@ -96,7 +97,7 @@ def quality(args) -> None:
                     plant(p, kind, root / kind / p.name)
                 source[str(root / kind / p.name)] = (p.name, kind)
         uri = str(tmp / "milvus.db")
-        encoder = Encoder.load(args.model)
+        encoder = Encoder.load(args.model, runtime=args.runtime)
         started = time.perf_counter()
         with Store(uri, "images") as store:
             report = index_folder(str(root), encoder=encoder, store=store, workers=1)
@@ -105,8 +106,8 @@ def quality(args) -> None:
               f"{report.unchanged} unchanged), {len(report.failures)} failures, in {index_s:.0f} s", flush=True)
         results = []
         with SearchClient(uri=uri) as client:
-            for t in THRESHOLDS:
-                found = client.duplicates(threshold=t)
+            for t in (float(x) for x in args.thresholds.split(",")):
+                found = client.duplicates(threshold=t, verify=args.verify)
                 results.append((t, found))
         shas: dict[str, list[str]] = {}
         for p in originals:
@@ -115,8 +116,9 @@ def quality(args) -> None:
 
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
           f"{len(originals)} catalogue photos from {args.folder} + {len(TRANSFORMS)} planted copies each "
-          f"({len(source)} files), model {Path(args.model).name}; {identical_originals} pairs of originals are "
-          f"byte-identical in the catalogue itself")
+          f"({len(source)} files), model {Path(args.model).name} ({args.runtime}); {identical_originals} pairs of originals are "
+          f"byte-identical in the catalogue itself; "
+          + ("near pairs confirmed by their pixels (default)" if args.verify else "embedding alone (--no-verify)"))
     header = f"{'threshold':>9} " + " ".join(f"{k:>10}" for k in TRANSFORMS) + f" {'P all':>6} {'R all':>6} {'distinct':>8} {'orig-orig':>9} {'scan s':>6}"
     print("\nrecall per transformation (original-copy pairs in one group), overall pair precision P and recall R,")
     print("reported pairs of files from two distinct originals, of which both originals:")
@@ -276,6 +278,10 @@ def main() -> None:
     q.add_argument("--folder", default=str(SHARED / "data" / "catalog"))
     q.add_argument("--model", default=str(SHARED / "models" / "dinov2-small-9l"))
     q.add_argument("--originals", type=int, default=300)
+    q.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)))
+    q.add_argument("--no-verify", dest="verify", action="store_false", help="the embedding alone decides (no "
+                   "pixel check of the candidate pairs)")
+    q.add_argument("--runtime", default="onnx-int8", help="encoder runtime (default onnx-int8, the CPU default)")
     q.add_argument("--workdir", default=None, help="keep the planted files and the index here (reused when "
                    "it holds them): default a temporary folder")
     s = sub.add_parser("speed")

@@ -243,18 +243,23 @@ class SearchClient:
         return collapse(distinct, copies)
 
     def duplicates(self, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, folder: str | None = None, *,
-                   exact_only: bool = False, on_rows: Callable[[int], None] | None = None) -> DuplicateReport:
+                   exact_only: bool = False, verify: bool = True,
+                   on_rows: Callable[[int], None] | None = None) -> DuplicateReport:
         """Groups of images of the collection that are the same picture (no model needed; nothing
         is deleted or moved): exact duplicates by sha256, near duplicates by cosine similarity
-        of the stored embeddings at or above ``threshold``, joined into connected components.
-        See :func:`~vitsearch.search.duplicates.find_duplicates`.
+        of the stored embeddings at or above ``threshold``, confirmed by their pixels, joined
+        into connected components. See :func:`~vitsearch.search.duplicates.find_duplicates`.
 
         Args:
-            threshold: cosine similarity in (0, 1]; the default was chosen for the default model
-                on planted copies of real photos (``benchmarks/duplicates.py``).
+            threshold: cosine similarity of near-duplicate candidates, in (0, 1]; the default
+                was chosen for the default model on planted copies of real photos
+                (``benchmarks/duplicates.py``).
             folder: only files in this folder or below it, on both sides of each pair (a
                 relative path is taken from the current folder).
             exact_only: only identical bytes (same sha256); no vector search.
+            verify: confirm each near pair by the two files' pixels at small scale (the files
+                of candidate pairs are read, through this client's decode limits); False: the
+                embedding decides alone.
             on_rows: called with the number of rows scanned after each batch.
 
         Raises:
@@ -262,7 +267,8 @@ class SearchClient:
             StoreError: Milvus refused or stayed unreachable.
         """
         folder = os.path.abspath(os.fsdecode(folder)) if folder else None
-        return find_duplicates(self.store, None if exact_only else threshold, folder, on_rows=on_rows)
+        return find_duplicates(self.store, None if exact_only else threshold, folder, verify=verify,
+                               limits=self.limits, on_rows=on_rows)
 
     def thumbnail(self, path: str, max_px: int = THUMB_PX) -> bytes:
         """A JPEG thumbnail (longest side at most ``max_px`` pixels) of an indexed file, made only

@@ -4,8 +4,10 @@ copies collapsed into one hit.
 Exact duplicates are rows with the same stored ``sha256`` (identical bytes). Near duplicates are
 pairs whose embeddings' cosine similarity is at or above a threshold (resized, re-compressed,
 lightly cropped or re-coloured copies); the pairs come from Milvus itself, batched searches of
-the stored vectors (:meth:`~.store.Store.neighbours`), and are joined into groups, the connected
-components of the pair graph, with a union-find (Kruskal order: the strongest pairs first, so a
+the stored vectors (:meth:`~.store.Store.neighbours`), are then confirmed by their pixels
+(:mod:`.pixels`: the embedding alone puts distinct look-alike products as close as copies; a
+pair whose files cannot be read keeps the embedding's decision and is reported), and are joined
+into groups, the connected components of the confirmed pairs, with a union-find (Kruskal order: the strongest pairs first, so a
 group's weakest link is the lowest score that still holds it together). Nothing here deletes or
 moves a file: the product only reports.
 """
@@ -14,12 +16,14 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal, TextIO
 
 import numpy as np
 
 from .errors import BadQueryError
+from .images import Limits
+from .pixels import PIXEL_THRESHOLD, PixelChecker
 from .store import META_FIELDS, Hit, Store
 
 __all__ = ["DuplicateImage", "DuplicatePair", "DuplicateGroup", "DuplicateReport", "find_duplicates",
@@ -62,11 +66,14 @@ class DuplicateImage:
 @dataclass(frozen=True)
 class DuplicatePair:
     """Two images of a group found to be the same picture: ``score`` is their cosine similarity
-    (1.0 for identical bytes, which are paired by sha256, not by embedding)."""
+    (1.0 for identical bytes, which are paired by sha256, not by embedding); ``pixels`` the
+    pixel score that confirmed it (:func:`~.pixels.pixel_scores`, in [-1, 1]), None for
+    identical bytes, without the check, or where a file could not be read."""
 
     a: str
     b: str
     score: float
+    pixels: float | None = None
 
 
 @dataclass(frozen=True)
@@ -95,12 +102,12 @@ class DuplicateGroup:
         return [im.path for im in self.images]
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"kind", "paths", "keep", "min_score", "images": [...], "pairs": [[a, b, score], ...]}``."""
+        """``{"kind", "paths", "keep", "min_score", "images": [...], "pairs": [[a, b, score, pixels], ...]}``."""
         return {"kind": self.kind, "paths": self.paths, "keep": self.keep, "min_score": self.min_score,
                 "images": [{"path": im.path, "size": im.size, "width": im.width, "height": im.height,
                             "mtime": im.mtime, "sha256": im.sha256, "score": im.score, "same_file": im.same_file}
                            for im in self.images],
-                "pairs": [[p.a, p.b, p.score] for p in self.pairs]}
+                "pairs": [[p.a, p.b, p.score, p.pixels] for p in self.pairs]}
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,9 @@ class DuplicateReport:
         seconds: wall time of the scan, in seconds.
         threshold: the cosine similarity used (None with ``exact_only``).
         folder: the folder scanned, or None for the whole collection.
+        verified: whether near pairs were confirmed by their pixels.
+        unverified: ``{path: reason}`` of files of candidate pairs that could not be read for
+            the pixel check (gone, changed, unreadable): their pairs kept the embedding's decision.
     """
 
     groups: tuple[DuplicateGroup, ...]
@@ -120,6 +130,8 @@ class DuplicateReport:
     seconds: float
     threshold: float | None
     folder: str | None = None
+    verified: bool = False
+    unverified: dict[str, str] = field(default_factory=dict)
 
     @property
     def duplicates(self) -> int:
@@ -127,10 +139,12 @@ class DuplicateReport:
         return sum(len(g.images) - 1 for g in self.groups)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"groups": [...], "images": N, "seconds": S, "threshold": T, "folder": F}``; paths
-        that are not UTF-8 hold their bytes as surrogates (``json.dumps`` escapes them)."""
+        """``{"groups": [...], "images": N, "seconds": S, "threshold": T, "folder": F,
+        "verified": V, "unverified": {path: reason}}``; paths that are not UTF-8 hold their
+        bytes as surrogates (``json.dumps`` escapes them)."""
         return {"groups": [g.to_dict() for g in self.groups], "images": self.images,
-                "seconds": self.seconds, "threshold": self.threshold, "folder": self.folder}
+                "seconds": self.seconds, "threshold": self.threshold, "folder": self.folder,
+                "verified": self.verified, "unverified": self.unverified}
 
     def write_csv(self, out: TextIO) -> None:
         """One row per image of a group (:data:`CSV_COLUMNS`: group number from 1, path, keep
@@ -181,6 +195,7 @@ class _UnionFind:
 
 
 def find_duplicates(store: Store, threshold: float | None, folder: str | None = None, *,
+                    verify: bool = True, limits: Limits = Limits(),
                     on_rows: Callable[[int], None] | None = None) -> DuplicateReport:
     """Groups of exact and near-duplicate images of a collection.
 
@@ -188,15 +203,22 @@ def find_duplicates(store: Store, threshold: float | None, folder: str | None = 
     batch's vectors are the query vectors of one Milvus search (:meth:`Store.neighbours`), so
     the work is N/256 batched searches of bounded top-k, not N x N; without one, only the sha256
     digests are read. Memory holds the sha256 of each row (to pair identical bytes) and the
-    pairs found. The rows of the grouped images are then read back (with their vectors, for each
-    image's score to its keeper).
+    pairs found. With ``verify``, each near pair is then confirmed by its pixels
+    (:class:`~.pixels.PixelChecker`: the files of candidate pairs only are read, each decoded
+    once at small scale, through the decode guards of ``limits``), and a pair below
+    :data:`~.pixels.PIXEL_THRESHOLD` is dropped, so that no group is chained through a pair
+    that only the embedding calls alike. The rows of the grouped images are then read back
+    (with their vectors, for each image's score to its keeper).
 
     Args:
         store: an open collection.
-        threshold: cosine similarity at or above which two images are near duplicates, in
-            (0, 1]; None: exact duplicates only (same sha256).
+        threshold: cosine similarity at or above which two images are near-duplicate
+            candidates (duplicates without ``verify``), in (0, 1]; None: exact duplicates only
+            (same sha256).
         folder: only files inside this folder (an absolute path, any depth), on both sides of
             every pair.
+        verify: confirm near pairs by their pixels (above); False: the embedding decides alone.
+        limits: the decode guards of the pixel check.
         on_rows: called with the number of rows scanned after each batch (a progress bar).
 
     Returns:
@@ -211,6 +233,7 @@ def find_duplicates(store: Store, threshold: float | None, folder: str | None = 
     started = time.perf_counter()
     first_of: dict[str, str] = {}  # sha256 -> the first path seen with it
     edges: dict[tuple[str, str], float] = {}
+    exact: set[tuple[str, str]] = set()
     scanned = 0
     if threshold is None:
         batches: Iterable = ((batch, []) for batch in _chunks(store.iter_rows(["sha256"], folder=folder)))
@@ -221,6 +244,7 @@ def find_duplicates(store: Store, threshold: float | None, folder: str | None = 
             first = first_of.setdefault(row["sha256"], row["path"])
             if first != row["path"]:
                 edges[_key(first, row["path"])] = 1.0
+                exact.add(_key(first, row["path"]))
         for a, b, score in pairs:
             key = _key(a, b)
             if edges.get(key, -2.0) < score:
@@ -229,8 +253,35 @@ def find_duplicates(store: Store, threshold: float | None, folder: str | None = 
         if on_rows:
             on_rows(len(rows))
     del first_of
-    groups = _groups(store, edges)
-    return DuplicateReport(tuple(groups), scanned, time.perf_counter() - started, threshold, folder)
+    pixels: dict[tuple[str, str], float] = {}
+    unverified: dict[str, str] = {}
+    if verify and threshold is not None:
+        pixels, unverified = _confirm(store, edges, exact, limits)
+    groups = _groups(store, edges, pixels)
+    return DuplicateReport(tuple(groups), scanned, time.perf_counter() - started, threshold, folder,
+                           verify and threshold is not None, unverified)
+
+
+def _confirm(store: Store, edges: dict[tuple[str, str], float], exact: set[tuple[str, str]],
+             limits: Limits) -> tuple[dict[tuple[str, str], float], dict[str, str]]:
+    """Drop from ``edges`` the near pairs whose pixel score is below the threshold; returns the
+    pixel scores of the pairs kept and ``{path: reason}`` of the files that could not be read
+    (their pairs are kept)."""
+    near = sorted(key for key in edges if key not in exact)  # grouped by first path: cache hits
+    if not near:
+        return {}, {}
+    paths = sorted({p for key in near for p in key})
+    sizes = {path: int(row["size"]) for path, row in store.get(paths, fields=("size",)).items()}
+    checker = PixelChecker(sizes, limits)
+    scores: dict[tuple[str, str], float] = {}
+    for key, score in zip(near, checker.scores(near)):
+        if score is None:
+            continue
+        if score < PIXEL_THRESHOLD:
+            del edges[key]
+        else:
+            scores[key] = score
+    return scores, dict(sorted(checker.unreadable.items()))
 
 
 def _chunks(rows: Iterable[dict[str, Any]], size: int = 1000) -> Iterable[list[dict[str, Any]]]:
@@ -248,8 +299,10 @@ def _key(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a < b else (b, a)
 
 
-def _groups(store: Store, edges: dict[tuple[str, str], float]) -> list[DuplicateGroup]:
-    """Connected components of ``edges`` as groups, with their rows read back."""
+def _groups(store: Store, edges: dict[tuple[str, str], float],
+            pixels: dict[tuple[str, str], float]) -> list[DuplicateGroup]:
+    """Connected components of ``edges`` as groups, with their rows read back (``pixels``: the
+    pixel scores of the pairs that have one)."""
     if not edges:
         return []
     sets = _UnionFind()
@@ -266,7 +319,7 @@ def _groups(store: Store, edges: dict[tuple[str, str], float]) -> list[Duplicate
         members.setdefault(sets.find(path), []).append(path)
     pairs_of: dict[str, list[DuplicatePair]] = {}
     for (a, b), score in ordered:
-        pairs_of.setdefault(sets.find(a), []).append(DuplicatePair(a, b, score))
+        pairs_of.setdefault(sets.find(a), []).append(DuplicatePair(a, b, score, pixels.get((a, b))))
     rows = store.get(list(sets.parent), fields=(*META_FIELDS, "vector"))
     groups = []
     for root, paths in members.items():
