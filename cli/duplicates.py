@@ -30,6 +30,10 @@ def duplicates(
                                          "(both images of every pair)."),
     exact_only: bool = typer.Option(False, "--exact-only", help="Only identical bytes (same sha256); "
                                     "no vector search, much faster."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Confirm each near pair found by the "
+                                "embedding by the two files' pixels (64 px high-passed thumbnails, normalised "
+                                "cross-correlation; the files of candidate pairs are read). --no-verify: the "
+                                "embedding alone decides (then use a threshold of about 0.985)."),
     as_json: bool = JSON,
     csv_file: Optional[Path] = typer.Option(None, "--csv", dir_okay=False, help="Write one row per image of "
                                             "a group (group, path, keep yes/no, score to the keeper, kind, size, "
@@ -59,11 +63,15 @@ def duplicates(
             where = os.path.abspath(os.fsdecode(folder)) if folder else None
             with tqdm(total=client.store.count(where), unit="img", desc="scanning", dynamic_ncols=True,
                       disable=None, leave=False) as bar:
-                report = client.duplicates(threshold, folder, exact_only=exact_only, on_rows=bar.update)
+                report = client.duplicates(threshold, folder, exact_only=exact_only, verify=verify,
+                                           on_rows=bar.update)
     except BadQueryError as exc:
         fail(str(exc), code=2)
     except VitsearchError as exc:
         fail(str(exc))
+    for path, reason in report.unverified.items():
+        typer.echo(f"not checked by its pixels (the embedding decided): {printable(path)}: {printable(reason)}",
+                   err=True)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -81,8 +89,11 @@ def duplicates(
                        f"{printable(im.path)}")
         if group.kind == "near":
             index = {p: i for i, p in enumerate(group.paths, 1)}
-            typer.echo("  pairs: " + ", ".join(f"{index[p.a]}-{index[p.b]} {p.score:.4f}" for p in group.pairs))
-    how = "exact duplicates only" if exact_only else f"threshold {threshold:g}"
+            typer.echo("  pairs: " + ", ".join(f"{index[p.a]}-{index[p.b]} {p.score:.4f}"
+                                               + (f" (pixels {p.pixels:.3f})" if p.pixels is not None else "")
+                                               for p in group.pairs))
+    how = ("exact duplicates only" if exact_only
+           else f"threshold {threshold:g}" + (", pixels checked" if verify else ", embedding alone"))
     typer.echo(f"{len(report.groups)} group{'' if len(report.groups) == 1 else 's'}, {report.duplicates} "
                f"duplicate{'' if report.duplicates == 1 else 's'} among {report.images:,} images "
                f"({how}, {report.seconds:.1f} s)" + (f"; CSV written to {printable(str(csv_file))}" if csv_file else ""))

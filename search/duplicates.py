@@ -270,9 +270,12 @@ def _confirm(store: Store, edges: dict[tuple[str, str], float], exact: set[tuple
     near = sorted(key for key in edges if key not in exact)  # grouped by first path: cache hits
     if not near:
         return {}, {}
-    paths = sorted({p for key in near for p in key})
-    sizes = {path: int(row["size"]) for path, row in store.get(paths, fields=("size",)).items()}
-    checker = PixelChecker(sizes, limits)
+    rows = store.get(sorted({p for key in near for p in key}), fields=("size", "sha256"))
+    same = [key for key in near if key[0] in rows and key[1] in rows
+            and rows[key[0]]["sha256"] == rows[key[1]]["sha256"]]  # identical bytes: nothing to check
+    exact.update(same)
+    near = [key for key in near if key not in exact]
+    checker = PixelChecker({path: int(row["size"]) for path, row in rows.items()}, limits)
     scores: dict[tuple[str, str], float] = {}
     for key, score in zip(near, checker.scores(near)):
         if score is None:

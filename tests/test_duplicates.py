@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import EXAMPLES, MILVUS_SERVER_URI
+from conftest import EXAMPLES, MILVUS_SERVER_URI, shared_path
 from test_cli import cli
 from vitsearch.indexer import index_folder
 from vitsearch.search import SearchClient
@@ -155,6 +155,45 @@ def test_collapse_shows_identical_bytes_as_one_hit_and_still_k_distinct(planted)
     assert limited[0].path == str(a / "rocket.jpg") and limited[0].copies == ()  # the copy in b/ is outside
     table = cli("search", a / "cat.jpg", "-k", "2", "--collapse", "--uri", uri).stdout
     assert "(+1 copy)" in table and len(table.strip().splitlines()) == 3
+
+
+def test_pixels_keep_look_alike_products_apart_and_a_crop_and_a_darker_copy_together(tmp_path, real_model):
+    """Two distinct catalogue products (black trousers on white, item-0036 and item-0263) that the
+    embedding puts closer (cosine ~0.99) than a 90 % crop of one of them: the embedding alone
+    groups all four files; the pixel check keeps the crop and the 10 % darker copy with their
+    original and the other product apart. A file gone since indexing keeps the embedding's
+    decision and is reported."""
+    from PIL import ImageEnhance
+
+    from vitsearch.search.config import DEFAULT_DUPLICATE_THRESHOLD
+    from vitsearch.search.pixels import PIXEL_THRESHOLD
+
+    catalog = shared_path("data", "catalog")
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    for name in ("item-0036.jpg", "item-0263.jpg"):
+        shutil.copyfile(catalog / name, folder / name)
+    with Image.open(catalog / "item-0036.jpg") as im:
+        rgb = im.convert("RGB")
+    dx, dy = round(rgb.width * 0.05), round(rgb.height * 0.05)
+    rgb.crop((dx, dy, rgb.width - dx, rgb.height - dy)).save(folder / "crop.jpg", quality=90)
+    ImageEnhance.Brightness(rgb).enhance(0.9).save(folder / "darker.jpg", quality=90)
+    uri = str(tmp_path / "milvus.db")
+    with Store(uri, "images") as store:
+        index_folder(str(folder), encoder=Encoder.load(str(real_model)), store=store, workers=0)
+        alone = find_duplicates(store, 0.985, verify=False)
+        checked = find_duplicates(store, DEFAULT_DUPLICATE_THRESHOLD)
+        (folder / "item-0263.jpg").unlink()
+        gone = find_duplicates(store, DEFAULT_DUPLICATE_THRESHOLD)
+        store.close(release=True)
+    names = lambda report: [sorted(os.path.basename(p) for p in g.paths) for g in report.groups]
+    assert not alone.verified and names(alone) == [["crop.jpg", "darker.jpg", "item-0036.jpg", "item-0263.jpg"]]
+    assert checked.verified and checked.unverified == {}
+    assert names(checked) == [["crop.jpg", "darker.jpg", "item-0036.jpg"]]
+    assert all(p.pixels is not None and p.pixels >= PIXEL_THRESHOLD for p in checked.groups[0].pairs)
+    lost = str(folder / "item-0263.jpg")
+    assert set(gone.unverified) == {lost} and "No such file" in gone.unverified[lost]
+    assert names(gone) == [["crop.jpg", "darker.jpg", "item-0036.jpg", "item-0263.jpg"]]
 
 
 def test_an_empty_collection_and_a_collection_of_one_image(tmp_path, tiny_model):
