@@ -15,7 +15,8 @@ from two distinct originals (of which: the two originals themselves).
 
 ``speed``: synthetic 384-d unit vectors (random, plus 1 % planted near copies at cosine ~0.97)
 inserted directly through ``Store.upsert`` into a fresh collection with vitsearch's schema and
-index, flushed; then the scan (``find_duplicates`` at 0.95) runs in a fresh child process (its
+index, flushed; then the scan (``find_duplicates`` at 0.95, without the pixel check: the rows
+have no files) runs in a fresh child process (its
 peak RSS, ``VmHWM``, is the scan's own; with Lite it holds the Milvus Lite engine that the
 scanning process serves); ``--exact-only`` scan (sha256 only) and, up to ``--exact-max``
 vectors, exact all-pairs numpy (blocked matrix products) as the baselines, and the pair recall
@@ -199,7 +200,7 @@ def _scan(uri: str, threshold: float | None, queue) -> None:
     from vitsearch.search.store import Store
 
     with Store(uri, "bench", retry_s=600) as store:
-        report = find_duplicates(store, threshold)
+        report = find_duplicates(store, threshold, verify=False)  # synthetic rows: no files to check
         pairs = {frozenset(p) for g in report.groups for p in itertools.combinations(g.paths, 2)}
         store.close(release=True)
     queue.put((report.seconds, report.images, len(report.groups), pairs, peak_rss_mib()))

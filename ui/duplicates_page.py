@@ -37,9 +37,10 @@ def controls() -> tuple[float, bool, str]:
         st.header("Duplicates")
         threshold = st.slider("Similarity threshold", 0.80, 1.0, DEFAULT_DUPLICATE_THRESHOLD, 0.005,
                               key="dup_threshold", format="%.3f",
-                              help="Cosine similarity of the embeddings at or above which two images are near "
-                                   f"duplicates; {DEFAULT_DUPLICATE_THRESHOLD} was chosen for the default model "
-                                   "on planted copies (see the README).")
+                              help="Cosine similarity of the embeddings at or above which two images are "
+                                   "near-duplicate candidates, each then confirmed by the two files' pixels; "
+                                   f"{DEFAULT_DUPLICATE_THRESHOLD} was chosen for the default model on planted "
+                                   "copies (see the README).")
         exact_only = st.checkbox("Identical bytes only", key="dup_exact", help="Same sha256; no vector search.")
         folder = st.text_input("Folder", key="dup_folder", placeholder="/photos/2024",
                                help="Only images in this folder or below it (both images of every pair).")
