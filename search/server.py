@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ServerError
+from .processes import pid_alive
 
 DEFAULT_PORT = 19530
 #: What the first start replaces: Milvus's built-in credentials (Milvus docs, "Authenticate User Access").
@@ -109,11 +110,7 @@ class LocalServer:
         except FileNotFoundError:
             return False
         except OSError:  # no /proc (macOS): trust the pid
-            try:
-                os.kill(state.pid, 0)
-                return True
-            except ProcessLookupError:
-                return False
+            return pid_alive(state.pid)
         return cmdline.split(b"\0")[0] == os.fsencode(self.root / "bin" / "milvus")
 
     def token(self) -> str | None:

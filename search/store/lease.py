@@ -23,6 +23,7 @@ import uuid
 from typing import Iterator
 
 from ..errors import CollectionBusyError, StoreError
+from ..processes import pid_alive
 from .collection import Store
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,9 @@ def _alive(holder: dict, expire_s: float) -> bool:
     if holder.get("host") != socket.gethostname():
         return True
     try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError):
+        return pid_alive(int(holder["pid"]))
+    except (KeyError, TypeError, ValueError):  # a record without a pid: trust its renewal time
         return True
-    return True
 
 
 def _busy(store: Store, holder: dict) -> str:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from ..errors import StoreError
+from ..processes import pid_alive
 
 log = logging.getLogger(__name__)
 ENDPOINT_FILE = "vitsearch-endpoint.json"
@@ -165,19 +166,9 @@ def _published(db: Path) -> str | None:
         pid, uri = int(record["pid"]), str(record["uri"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if pid == os.getpid() or not _alive(pid):
+    if pid == os.getpid() or not pid_alive(pid):
         return None
     return uri
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
 
 
 def is_locked(db: Path) -> bool:
