@@ -22,7 +22,7 @@ load the machine, where QPS and latency do not); the encoder baseline gives its 
 
     python benchmarks/api_load.py [--duration 60] [--levels 1,4,16,64] [--photos 300]
         [--model ../shared/models/dinov2-small-9l] [--workers 1] [--url http://127.0.0.1:8000]
-        [--modes image,similar] [--no-compare]
+        [--modes image,similar] [--no-compare] [--server URI|local]
 
 Not a test: run by hand, report the table and the machine load it prints.
 """
@@ -68,10 +68,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def build_collection(catalog: Path, n: int, model: str, cache: Path) -> tuple[str, list[Path], list[Path]]:
-    """A Lite database of the first ``n`` catalogue photos (links in a folder of their own), the
-    indexed paths, and 64 other photos to query with."""
+def build_collection(catalog: Path, n: int, model: str, cache: Path, server: str | None
+                     ) -> tuple[str, str, list[Path], list[Path]]:
+    """A collection of the first ``n`` catalogue photos (links in a folder of their own): a Lite
+    database, or the collection ``api_load`` on ``server``; its URI and name, the indexed paths,
+    and 64 other photos to query with."""
     from vitsearch.indexer import index_folder
+    from vitsearch.search.config import Settings
     from vitsearch.search.encoder import Encoder
     from vitsearch.search.store import Store
 
@@ -85,14 +88,15 @@ def build_collection(catalog: Path, n: int, model: str, cache: Path) -> tuple[st
         link = folder / p.name
         if not link.is_symlink():
             link.symlink_to(p)
-    uri = str(root / "milvus.db")
-    with Store(uri, "images") as store:
+    uri, collection = (server, "api_load") if server else (str(root / "milvus.db"), "images")
+    with Store.from_settings(Settings(), uri, collection) as store:
         if not store.exists() or store.count() != n:
             started = time.perf_counter()
+            store.drop()  # rows of another photo set (a server collection outlives the cache key)
             index_folder(str(folder), encoder=Encoder.load(model), store=store, workers=1)
             print(f"indexed {n} photos in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         store.close(release=True)  # the server process serves the database
-    return uri, [folder / p.name for p in indexed], queries
+    return uri, collection, [folder / p.name for p in indexed], queries
 
 
 def encoder_baseline(encoder, queries: list[bytes], seconds: float = 15.0) -> float:
@@ -112,13 +116,13 @@ def encoder_baseline(encoder, queries: list[bytes], seconds: float = 15.0) -> fl
 class Server:
     """``vitsearch serve`` in a subprocess on a free loopback port."""
 
-    def __init__(self, uri: str, workers: int, env: dict[str, str], log: Path):
+    def __init__(self, uri: str, collection: str, workers: int, env: dict[str, str], log: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from vitsearch.cli import main; main()", "serve", "--uri", uri, "--port",
-             str(self.port), "--workers", str(workers)],
+            [sys.executable, "-c", "from vitsearch.cli import main; main()", "serve", "--uri", uri, "--collection",
+             collection, "--port", str(self.port), "--workers", str(workers)],
             env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while True:
@@ -206,6 +210,8 @@ def main() -> None:
     parser.add_argument("--model", default=str(SHARED / "models" / "dinov2-small-9l"))
     parser.add_argument("--catalog", default=str(SHARED / "data" / "catalog"))
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--server", help="index into and serve from the collection api_load of this Milvus server "
+                        "(a URI, or 'local': the one `vitsearch server start` runs) instead of a Lite database")
     parser.add_argument("--url", help="drive this running server instead (its collection must hold the photos)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a request counts as dropped")
     parser.add_argument("--cache", default=tempfile.gettempdir())
@@ -214,11 +220,15 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     levels = [int(c) for c in args.levels.split(",")]
 
-    uri, indexed, query_files = build_collection(Path(args.catalog), args.photos, args.model, Path(args.cache))
+    from vitsearch.search.config import Settings
+
+    milvus = Settings().resolved_uri() if args.server == "local" else args.server
+    uri, collection, indexed, query_files = build_collection(Path(args.catalog), args.photos, args.model,
+                                                             Path(args.cache), milvus)
     queries = [p.read_bytes() for p in query_files]
     paths = [str(p) for p in indexed]
     print(f"# {platform.node()}: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-          f"load {load()} at start; model {args.model}; {args.photos} photos indexed in {uri}; "
+          f"load {load()} at start; model {args.model}; {args.photos} photos indexed in {uri} ({collection}); "
           f"{args.duration:g} s per level; {args.workers} worker(s)")
     from vitsearch.search.encoder import Encoder
 
@@ -234,7 +244,7 @@ def main() -> None:
         if args.url:
             url = args.url
         else:
-            server = Server(uri, args.workers, {}, Path(args.cache) / "api-load-serve.log")
+            server = Server(uri, collection, args.workers, {}, Path(args.cache) / "api-load-serve.log")
             url = server.url
         for mode in modes:
             for clients in levels:
@@ -247,7 +257,7 @@ def main() -> None:
             server.stop()
     compare = None
     if not args.url and not args.no_compare and "image" in modes:
-        server = Server(uri, args.workers, {"VITSEARCH_API_MAX_BATCH": "1"}, Path(args.cache) / "api-load-serve-1.log")
+        server = Server(uri, collection, args.workers, {"VITSEARCH_API_MAX_BATCH": "1"}, Path(args.cache) / "api-load-serve-1.log")
         try:
             compare = asyncio.run(run_level(server.url, "image", BATCH, args.duration, queries, paths, args.timeout))
         finally:

@@ -23,7 +23,7 @@ vectors, exact all-pairs numpy (blocked matrix products) as the baselines, and t
 of the scan against exact.
 
     python benchmarks/duplicates.py quality [--originals 300] [--model M] [--runtime R] [--no-verify]
-    python benchmarks/duplicates.py speed [--sizes 10000,100000] [--server URI] [--no-lite]
+    python benchmarks/duplicates.py speed [--sizes 10000,100000] [--server URI|local] [--no-lite]
 
 Not a test: run by hand, report the tables (and ``uptime``: the CPU is shared).
 """
@@ -175,14 +175,22 @@ def synthetic(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return v
 
 
+def bench_store(uri: str):
+    """The benchmark's collection at ``uri``, with the credentials of ``vitsearch server start``'s
+    server where ``uri`` is it (else ``VITSEARCH_TOKEN``)."""
+    from vitsearch.search.config import Settings
+    from vitsearch.search.store import Store
+
+    return Store.from_settings(Settings(retry_s=600), uri, "bench")
+
+
 def fill(uri: str, vectors: np.ndarray, chunk: int = 5000) -> float:
     from vitsearch.search.encoder_info import EncoderInfo
-    from vitsearch.search.store import Store
 
     info = EncoderInfo(model="synthetic", weights_sha256="0" * 64, dim=vectors.shape[1], pooling="cls",
                        image_size=(224, 224))
     started = time.perf_counter()
-    with Store(uri, "bench", retry_s=600) as store:
+    with bench_store(uri) as store:
         store.drop()
         store.ensure(info)
         for start in range(0, len(vectors), chunk):
@@ -197,9 +205,8 @@ def fill(uri: str, vectors: np.ndarray, chunk: int = 5000) -> float:
 
 def _scan(uri: str, threshold: float | None, queue) -> None:
     from vitsearch.search.duplicates import find_duplicates
-    from vitsearch.search.store import Store
 
-    with Store(uri, "bench", retry_s=600) as store:
+    with bench_store(uri) as store:
         report = find_duplicates(store, threshold, verify=False)  # synthetic rows: no files to check
         pairs = {frozenset(p) for g in report.groups for p in itertools.combinations(g.paths, 2)}
         store.close(release=True)
@@ -237,7 +244,10 @@ def exact_pairs(vectors: np.ndarray, threshold: float, block: int = 4096) -> tup
 
 
 def speed(args) -> None:
-    backends = ([] if args.no_lite else ["lite"]) + ([args.server] if args.server else [])
+    from vitsearch.search.config import Settings
+
+    server = Settings().resolved_uri() if args.server == "local" else args.server
+    backends = ([] if args.no_lite else ["lite"]) + ([server] if server else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(s) for s in args.sizes.split(",")):
@@ -252,8 +262,7 @@ def speed(args) -> None:
                 rows.append(("Milvus Lite" if backend == "lite" else "Milvus server", n, load_s, sha_s, seconds,
                              images, groups, rss, exact_s, recall))
                 print_row(*rows[-1], flush=True)
-                from vitsearch.search.store import Store
-                with Store(uri, "bench", retry_s=600) as store:
+                with bench_store(uri) as store:
                     store.drop()
                     store.close(release=True)
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
@@ -287,7 +296,8 @@ def main() -> None:
                    "it holds them): default a temporary folder")
     s = sub.add_parser("speed")
     s.add_argument("--sizes", default="10000,100000")
-    s.add_argument("--server", default=None, help="Milvus server URI, e.g. http://127.0.0.1:19530")
+    s.add_argument("--server", default=None, help="Milvus server URI, e.g. http://127.0.0.1:19530, or "
+                   "'local': the server that `vitsearch server start` runs (its credentials are used)")
     s.add_argument("--no-lite", action="store_true")
     s.add_argument("--dim", type=int, default=384)
     s.add_argument("--exact-max", type=int, default=100000, help="largest size checked by exact numpy")

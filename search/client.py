@@ -18,7 +18,7 @@ from .encoder import Encoder, check_image_size, encoder_for
 from .errors import BadQueryError, NotIndexedError
 from .images import ImageLike, Limits
 from .paths import printable
-from .store import META_FIELDS, Hit, Store
+from .store import META_FIELDS, SEARCH_CONSISTENCY, Hit, Store
 from .thumbnails import THUMB_PX, thumbnail
 
 __all__ = ["SearchClient", "Hit"]
@@ -177,7 +177,7 @@ class SearchClient:
             StoreError: Milvus refused or stayed unreachable.
         """
         wanted = list(dict.fromkeys(os.path.abspath(os.fsdecode(p)) for p in paths))
-        rows = self.store.get(wanted, fields=["vector"])
+        rows = self.store.get(wanted, fields=["vector"], consistency=SEARCH_CONSISTENCY)  # as the search after it
         return {p: np.asarray(row["vector"], np.float32) for p, row in rows.items()}
 
     def search_vector(self, vector: np.ndarray, k: int = 10, filter: str | None = None,
@@ -280,7 +280,7 @@ class SearchClient:
             BadImageError: the file is gone, unreadable, or not the bytes that were indexed.
         """
         path = os.path.abspath(os.fsdecode(path))
-        row = self.store.get([path], fields=["size", "sha256"]).get(path)
+        row = self.store.get([path], fields=["size", "sha256"], consistency=SEARCH_CONSISTENCY).get(path)
         if row is None:
             raise NotIndexedError(f"{printable(path)} is not indexed in {self._where}")
         return thumbnail(row, max_px, self.limits)

@@ -220,9 +220,12 @@ def test_a_schema_1_collection_is_searchable_and_upgraded_without_losing_rows(db
         assert store.upgrade() == 0  # already current
 
 
-def test_neighbours_are_batched_searches_of_the_stored_vectors(db_uri):
+def test_neighbours_are_batched_searches_of_the_stored_vectors(db_uri, monkeypatch):
     """Every pair at the threshold, found from both ends, in batches (several queries per
-    search); a folder limits queries and neighbours; ``copies`` finds rows by sha256."""
+    search), also where the rows are read in several queries that do not divide into the
+    batches; a folder limits queries and neighbours; ``copies`` finds rows by sha256."""
+    from vitsearch.search.store import collection
+
     rows, v = make_rows(30)
     planted = ((0, 10), (1, 20))  # near copies of rows 0 and 1, in other folders
     for src, dst in planted:
@@ -233,6 +236,8 @@ def test_neighbours_are_batched_searches_of_the_stored_vectors(db_uri):
         store.ensure(INFO)
         store.upsert(rows)
         batches = list(store.neighbours(0.95, batch_size=8, fields=("sha256", "folder")))
+        monkeypatch.setattr(collection, "NEIGHBOURS_READ", 12)  # reads of 12, 12 and 6 rows
+        small_reads = list(store.neighbours(0.95, batch_size=8, fields=("sha256", "folder")))
         inside = [p for _, pairs in store.neighbours(0.95, folder="/photos/1") for p in pairs]
         copies = store.copies([rows[3]["sha256"], "no such digest"], exclude=[rows[3]["path"]])
         assert store.count() == 30 and store.count("/photos/1") == 10
@@ -240,4 +245,7 @@ def test_neighbours_are_batched_searches_of_the_stored_vectors(db_uri):
     pairs = {(a, b) for _, found in batches for a, b, score in found if score >= 0.95}
     expected = {(rows[src]["path"], rows[dst]["path"]) for src, dst in planted}
     assert pairs == expected | {(b, a) for a, b in expected}
+    assert [len(r) for r, _ in small_reads] == [8, 4, 8, 4, 6]
+    assert [r["path"] for b, _ in small_reads for r in b] == [r["path"] for b, _ in batches for r in b]
+    assert {(a, b) for _, found in small_reads for a, b, score in found if score >= 0.95} == pairs
     assert inside == [] and copies == {rows[3]["sha256"]: [rows[29]["path"]]}  # each pair spans two folders
