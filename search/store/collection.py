@@ -460,8 +460,8 @@ class Store:
         """
         asked, fields = fields, self._fields(fields)
         found: dict[str, dict[str, Any]] = {}
+        level = {"consistency_level": consistency} if consistency else {}
         for expr in paths_in(paths):
-            level = {"consistency_level": consistency} if consistency else {}
             for row in self._call("query", self.collection, filter=expr, output_fields=fields, **level):
                 row = self._row(row, asked)
                 found[row["path"]] = row
