@@ -69,6 +69,28 @@ def test_a_second_process_shares_the_database_both_ways(db_uri):
         assert proc.returncode == 0
 
 
+IDLE = textwrap.dedent("""
+    import sys, time
+    from vitsearch.search.store import Store
+    store = Store(sys.argv[1], "images")
+    store.exists()
+    time.sleep(11.5)  # pymilvus' keepalive interval is 10 s
+    print(store.exists())
+""")
+
+
+def test_an_idle_lite_client_sends_no_keepalive_pings(tmp_path):
+    """Lite's Python gRPC server answers a client that pings an idle connection every 10 s (pymilvus'
+    default) with GOAWAY "too_many_pings" after a few pings; under load the next connection then
+    failed ("Fail connecting to server"). grpc core's keepalive trace shows every ping sent."""
+    env = {**os.environ, "GRPC_VERBOSITY": "debug", "GRPC_TRACE": "http_keepalive"}
+    out = subprocess.run([sys.executable, "-c", IDLE, str(tmp_path / "milvus.db")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
+    assert "keepalive" in out.stderr.lower()  # the trace is on: a missing ping below means something
+    assert "Finish keepalive ping" not in out.stderr
+
+
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
 def test_when_the_serving_process_goes_the_next_call_takes_over(db_uri, how):
     proc, seen = start_other(db_uri, 6)
