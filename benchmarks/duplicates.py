@@ -24,6 +24,13 @@ of the scan against exact.
 
     python benchmarks/duplicates.py quality [--originals 300] [--model M] [--runtime R] [--no-verify]
     python benchmarks/duplicates.py speed [--sizes 10000,100000] [--server URI|local] [--no-lite]
+    python benchmarks/duplicates.py page [--originals 4] [--out DIR]
+
+``page``: the same planted copies of the first ``--originals`` photos, indexed with the default
+model by ``vitsearch index`` (a subprocess, as a user runs it); ``vitsearch ui`` over them in
+Debian's headless Chromium (tests/browser.py); screenshots of the Duplicates view at the default
+threshold (``duplicates.png``) and of a collapsed search for the first original
+(``search-collapsed.png``) are saved in ``--out``.
 
 Not a test: run by hand, report the tables (and ``uptime``: the CPU is shared).
 """
@@ -37,6 +44,8 @@ import multiprocessing
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -159,6 +168,36 @@ def quality(args) -> None:
     print(f"{'threshold':>9} " + " ".join(f"{k:>10}" for k in TRANSFORMS))
     for t, prec in prec_rows:
         print(f"{t:9.3f} " + " ".join(f"{p:10.3f}" for p in prec))
+
+
+def page(args) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from browser import THUMBNAILS, chromium_page, ui_server, upload_and_wait
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    originals = sorted(Path(args.folder).glob("*.jpg"))[: args.originals]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "photos"
+        for kind in ("original", *TRANSFORMS):
+            (root / kind).mkdir(parents=True)
+            for p in originals:
+                shutil.copyfile(p, root / kind / p.name) if kind == "original" else plant(p, kind, root / kind / p.name)
+        uri = str(Path(tmp) / "milvus.db")
+        subprocess.run([sys.executable, "-c", "from vitsearch.cli import main; main()", "index", str(root),
+                        "--model", args.model, "--uri", uri], check=True)
+        with ui_server(uri, Path(tmp) / "ui.log") as url, chromium_page(height=1300) as browser:
+            browser.goto(f"{url}/duplicates")
+            browser.get_by_text("groups,").first.wait_for(timeout=300_000)
+            browser.wait_for_function(f"""() => {{
+                const imgs = [...document.querySelectorAll('{THUMBNAILS}')];
+                return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
+            }}""", timeout=120_000)
+            browser.screenshot(path=out / "duplicates.png", full_page=True)
+            browser.goto(url)
+            upload_and_wait(browser, root / "original" / originals[0].name)
+            browser.screenshot(path=out / "search-collapsed.png", full_page=True)
+    print(f"saved {out / 'duplicates.png'} and {out / 'search-collapsed.png'}")
 
 
 def synthetic(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -301,8 +340,13 @@ def main() -> None:
     s.add_argument("--no-lite", action="store_true")
     s.add_argument("--dim", type=int, default=384)
     s.add_argument("--exact-max", type=int, default=100000, help="largest size checked by exact numpy")
+    g = sub.add_parser("page")
+    g.add_argument("--folder", default=str(SHARED / "data" / "catalog"))
+    g.add_argument("--model", default=str(SHARED / "models" / "dinov2-small-9l"))
+    g.add_argument("--originals", type=int, default=4)
+    g.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "vitsearch-duplicates-page"))
     args = ap.parse_args()
-    quality(args) if args.what == "quality" else speed(args)
+    {"quality": quality, "speed": speed, "page": page}[args.what](args)
 
 
 if __name__ == "__main__":
