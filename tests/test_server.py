@@ -1,4 +1,4 @@
-"""The store, indexer and search test suites against a real Milvus server: the ``milvus`` 2.3.5
+"""The store, client, names and duplicates test suites against a real Milvus server: the ``milvus`` 2.3.5
 package's standalone server (embedded etcd, local storage), started in a network namespace that
 has only loopback (it listens on all interfaces), with the suites run again inside that
 namespace (``VITSEARCH_TEST_MILVUS_URI`` makes their ``db_uri`` the server). Skipped, saying
