@@ -3,6 +3,7 @@ encoder and refuses another; rows are upserted, read, iterated and deleted by pa
 agrees with an exact numpy cosine reference."""
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -249,3 +250,41 @@ def test_neighbours_are_batched_searches_of_the_stored_vectors(db_uri, monkeypat
     assert [r["path"] for b, _ in small_reads for r in b] == [r["path"] for b, _ in batches for r in b]
     assert {(a, b) for _, found in small_reads for a, b, score in found if score >= 0.95} == pairs
     assert inside == [] and copies == {rows[3]["sha256"]: [rows[29]["path"]]}  # each pair spans two folders
+
+
+class _TooLarge(grpc.RpcError):
+    """What pymilvus lets through when a reply is over gRPC's message limit."""
+
+    def code(self):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def details(self):
+        return "grpc: trying to send message larger than max (98104627 vs. 67108864)"
+
+
+def test_a_reply_over_the_grpc_limit_halves_the_rows_a_query_asks(db_uri):
+    """A Milvus 2.3 server refused a 4,096-row read of a 1M collection (98 MB over its 64 MB);
+    a real store here, its ``query`` refusing more than 5 rows as that server did."""
+    rows, _ = make_rows(23)
+    with Store(db_uri, "images") as store:
+        store.ensure(INFO)
+        store.upsert(rows)
+        client, asked = store._client, []
+        real = client.query
+
+        def query(*args, limit, **kwargs):
+            asked.append(limit)
+            if limit > 5:
+                raise _TooLarge()
+            return real(*args, limit=limit, **kwargs)
+
+        client.query = query
+        try:
+            read = [r["path"] for r in store.iter_rows(batch_size=20)]
+            client.query = lambda *a, **k: (_ for _ in ()).throw(_TooLarge())
+            with pytest.raises(StoreError, match="RESOURCE_EXHAUSTED"):
+                list(store.iter_rows(batch_size=1))
+        finally:
+            client.query = real
+    assert sorted(read) == sorted(r["path"] for r in rows) and len(read) == 23
+    assert asked[:3] == [20, 10, 5] and set(asked[3:]) == {5}  # halved once, then kept

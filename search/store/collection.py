@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.client.types import Status
@@ -33,6 +34,12 @@ from .expr import all_of, check_filter, literal, path_is_not, paths_in, under, v
 from .lite import CLIENT_OPTIONS as LITE_CLIENT_OPTIONS, lite_uri, release as lite_release
 
 log = logging.getLogger(__name__)
+
+
+class _ReplyTooLarge(StoreError):
+    """A reply over gRPC's message limit (a Milvus 2.3 server's query nodes send the proxy up to
+    ``limit`` rows per segment: 4,096 rows of 384-d vectors from ~15 segments of a 1M collection
+    came to 98 MB, over its 64 MB)."""
 
 #: Version 2 (vitsearch 0.2) added ``ctime_ns`` and ``inode`` and stores paths with
 #: :func:`stored_path`; a version-1 collection is read as it is and upgraded in place by the
@@ -196,6 +203,10 @@ class Store:
             if connected:
                 try:
                     return getattr(self._client, method)(*args, **kwargs)
+                except grpc.RpcError as exc:  # pymilvus passes some through unwrapped
+                    kind = _ReplyTooLarge if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else StoreError
+                    raise kind(f"Milvus at {self.uri}, collection {self.collection!r}: {method} failed: "
+                               f"{exc.code().name}: {exc.details()}") from exc
                 except MilvusException as exc:
                     if _released(exc) and not reloaded:
                         reloaded = True
@@ -513,13 +524,20 @@ class Store:
         pymilvus' ``query_iterator`` does (an iterator query returns rows sorted by key, and may
         return a short batch before the end, when one segment runs out), but with the path
         escaped: ``query_iterator`` puts it into ``path > "..."`` raw, so a newline or a quote
-        in a name breaks it."""
+        in a name breaks it. A reply over gRPC's message limit halves the rows asked a query."""
         fields = list(dict.fromkeys(["path", *fields]))
-        last = None
+        last, limit = None, batch_size
         while True:
             after = f"path > {literal(last)}" if last is not None else ""
-            rows = self._call("query", collection, filter=all_of(after, filter), output_fields=fields,
-                              limit=batch_size, iterator="True", reduce_stop_for_best="True")
+            try:
+                rows = self._call("query", collection, filter=all_of(after, filter), output_fields=fields,
+                                  limit=limit, iterator="True", reduce_stop_for_best="True")
+            except _ReplyTooLarge:
+                if limit == 1:
+                    raise
+                limit = max(1, limit // 2)  # fewer rows a query, from here on
+                log.info("a query of %s was over gRPC's message limit: reading %d rows a query", self.where, limit)
+                continue
             if not rows:
                 return
             yield [dict(r) for r in rows]
