@@ -31,7 +31,7 @@ from ..encoder_info import EncoderInfo
 from ..errors import BadQueryError, CollectionNotFoundError, StoreError
 from ..paths import path_from_stored, stored_path
 from .expr import all_of, check_filter, literal, path_is_not, paths_in, under, values_in
-from .lite import CLIENT_OPTIONS as LITE_CLIENT_OPTIONS, lite_uri, release as lite_release
+from .lite import CLIENT_OPTIONS, lite_uri, release as lite_release
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +173,11 @@ class Store:
                    lite_wait_s=settings.lite_wait_s, retry_s=settings.retry_s)
 
     def _connect(self) -> None:
-        target, options = self.uri, {}
+        target = self.uri
         if self._lite is not None:
             target, self._served_here = lite_uri(self._lite, self._lite_wait_s)
-            options = {"grpc_options": LITE_CLIENT_OPTIONS}
         try:
-            self._client = MilvusClient(uri=target, token=self._token, **options)
+            self._client = MilvusClient(uri=target, token=self._token, grpc_options=CLIENT_OPTIONS)
         except Exception as exc:  # pymilvus raises assorted types
             raise StoreError(f"cannot open Milvus at {self.uri}: {type(exc).__name__}: {exc}") from exc
         try:  # a collection reopened by Milvus Lite (or released on a server) is not searchable until loaded
