@@ -31,9 +31,18 @@ from ..encoder_info import EncoderInfo
 from ..errors import BadQueryError, CollectionNotFoundError, StoreError
 from ..paths import path_from_stored, stored_path
 from .expr import all_of, check_filter, literal, path_is_not, paths_in, under, values_in
-from .lite import CLIENT_OPTIONS, lite_uri, release as lite_release
+from .lite import lite_uri, release as lite_release
 
 log = logging.getLogger(__name__)
+#: gRPC channel options of every Milvus client (``MilvusClient(..., grpc_options=...)``).
+#: pymilvus pings every 10 s, also with no call in flight; Lite's server (in a vitsearch process,
+#: or ``milvus-lite server``) is Python gRPC with grpc core's defaults, which allow one ping per
+#: 2 h on an idle connection and one per 5 min during a call, and answer the third early ping
+#: with GOAWAY "too_many_pings". A client idle for 30 s was cut off, and pymilvus' recovery of its
+#: shared connection then failed ("Fail connecting to server"). These options send no keepalive
+#: pings; a dead idle connection is still found, by pymilvus' own health check of a connection
+#: idle over 30 s (``GetVersion``, pymilvus.client.connection_manager) before it is used.
+GRPC_OPTIONS = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
 
 
 class _ReplyTooLarge(StoreError):
@@ -177,7 +186,7 @@ class Store:
         if self._lite is not None:
             target, self._served_here = lite_uri(self._lite, self._lite_wait_s)
         try:
-            self._client = MilvusClient(uri=target, token=self._token, grpc_options=CLIENT_OPTIONS)
+            self._client = MilvusClient(uri=target, token=self._token, grpc_options=GRPC_OPTIONS)
         except Exception as exc:  # pymilvus raises assorted types
             raise StoreError(f"cannot open Milvus at {self.uri}: {type(exc).__name__}: {exc}") from exc
         try:  # a collection reopened by Milvus Lite (or released on a server) is not searchable until loaded

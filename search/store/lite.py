@@ -30,15 +30,6 @@ _POLL_S = 0.1
 #: What a Milvus Lite 3 database directory holds (a folder with none of these is something else).
 _LITE_MARKERS = {"LOCK", "collections", "databases", ".database-staging", ENDPOINT_FILE}
 _serving = threading.Lock()
-#: gRPC channel options of every Milvus client (``MilvusClient(..., grpc_options=...)``).
-#: pymilvus pings every 10 s, also with no call in flight; Lite's server (in a vitsearch process,
-#: or ``milvus-lite server``) is Python gRPC with grpc core's defaults, which allow one ping per
-#: 2 h on an idle connection and one per 5 min during a call, and answer the third early ping
-#: with GOAWAY "too_many_pings". A client idle for 30 s was cut off, and pymilvus' recovery of its
-#: shared connection then failed ("Fail connecting to server"). These options send no keepalive
-#: pings; a dead idle connection is still found, by pymilvus' own health check of a connection
-#: idle over 30 s (``GetVersion``, pymilvus.client.connection_manager) before it is used.
-CLIENT_OPTIONS = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
 
 
 def lite_uri(db: Path, wait_s: float) -> tuple[str, bool]:
