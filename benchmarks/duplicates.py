@@ -23,7 +23,7 @@ vectors, exact all-pairs numpy (blocked matrix products) as the baselines, and t
 of the scan against exact.
 
     python benchmarks/duplicates.py quality [--originals 300] [--model M] [--runtime R] [--no-verify]
-    python benchmarks/duplicates.py speed [--sizes 10000,100000] [--server URI|local] [--no-lite]
+    python benchmarks/duplicates.py speed [--sizes 10000,100000] [--server URI|local] [--no-lite] [--keep] [--reuse]
     python benchmarks/duplicates.py page [--originals 4] [--out DIR]
 
 ``page``: the same planted copies of the first ``--originals`` photos, indexed with the default
@@ -49,6 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 
@@ -242,6 +243,14 @@ def fill(uri: str, vectors: np.ndarray, chunk: int = 5000) -> float:
     return time.perf_counter() - started
 
 
+def stored(uri: str) -> int:
+    """Rows in the benchmark's collection at ``uri`` (0 where there is none)."""
+    with bench_store(uri) as store:
+        n = store.count() if store.exists() else 0
+        store.close(release=True)
+    return n
+
+
 def _scan(uri: str, threshold: float | None, queue) -> None:
     from vitsearch.search.duplicates import find_duplicates
 
@@ -265,7 +274,18 @@ def scan(uri: str, threshold: float | None):
     queue = ctx.Queue()
     proc = ctx.Process(target=_scan, args=(uri, threshold, queue))
     proc.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Empty:
+            if not proc.is_alive():  # one last look: it may have reported just before it exited
+                try:
+                    result = queue.get(timeout=1)
+                    break
+                except Empty:
+                    raise SystemExit(f"the scan process exited with code {proc.exitcode} without a result "
+                                     "(its traceback is above)") from None
     proc.join()
     return result
 
@@ -294,16 +314,17 @@ def speed(args) -> None:
             exact, exact_s = exact_pairs(vectors, 0.95) if n <= args.exact_max else (None, None)
             for backend in backends:
                 uri = str(Path(tmp) / f"lite-{n}.db") if backend == "lite" else backend
-                load_s = fill(uri, vectors)
+                load_s = None if args.reuse and stored(uri) == n else fill(uri, vectors)
                 sha_s, *_ = scan(uri, None)
                 seconds, images, groups, pairs, rss = scan(uri, 0.95)
                 recall = len(pairs & exact) / len(exact) if exact else None
                 rows.append(("Milvus Lite" if backend == "lite" else "Milvus server", n, load_s, sha_s, seconds,
                              images, groups, rss, exact_s, recall))
                 print_row(*rows[-1], flush=True)
-                with bench_store(uri) as store:
-                    store.drop()
-                    store.close(release=True)
+                if not args.keep:
+                    with bench_store(uri) as store:
+                        store.drop()
+                        store.close(release=True)
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
           f"synthetic {args.dim}-d unit vectors (1 % planted near copies), threshold 0.95, HNSW M 16, "
           f"efConstruction 200; top-16 per query, 256 queries per search")
@@ -315,7 +336,8 @@ def speed(args) -> None:
 
 def print_row(backend, n, load_s, sha_s, seconds, images, groups, rss, exact_s, recall, flush=False) -> None:
     ratio = f"{exact_s / seconds:7.2f}" if exact_s else f"{'-':>7}"
-    print(f"{backend:14} {n:9,d} {load_s:7.1f} {sha_s:6.1f} {seconds:7.1f} {images / seconds:7.0f} {groups:7d} "
+    load = f"{load_s:7.1f}" if load_s is not None else f"{'reused':>7}"
+    print(f"{backend:14} {n:9,d} {load} {sha_s:6.1f} {seconds:7.1f} {images / seconds:7.0f} {groups:7d} "
           f"{rss:7.0f} {exact_s if exact_s else float('nan'):7.1f} {ratio} "
           f"{recall if recall is not None else float('nan'):6.3f}", flush=flush)
 
@@ -339,6 +361,10 @@ def main() -> None:
                    "'local': the server that `vitsearch server start` runs (its credentials are used)")
     s.add_argument("--no-lite", action="store_true")
     s.add_argument("--dim", type=int, default=384)
+    s.add_argument("--keep", action="store_true", help="keep the server's collection after the scans (Lite "
+                   "files are in a temporary folder and always go)")
+    s.add_argument("--reuse", action="store_true", help="scan the server collection a --keep run left, without "
+                   "refilling it, where it holds exactly the size asked (1M takes ~30 min to fill here)")
     s.add_argument("--exact-max", type=int, default=100000, help="largest size checked by exact numpy")
     g = sub.add_parser("page")
     g.add_argument("--folder", default=str(SHARED / "data" / "catalog"))
