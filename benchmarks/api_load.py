@@ -20,9 +20,14 @@ concurrent requests are batched), and the CPU time per answered request of the s
 and of this load generator (httpx; both read from ``/proc``, so they hold also while other jobs
 load the machine, where QPS and latency do not); the encoder baseline gives its CPU ms per image.
 
+The clients of a level are spread over ``--procs`` processes (default 4; one event loop each,
+at most one process per client; 1: all in this process's loop). One loop at several CPU ms a request is itself busy at a
+hundred-odd answers/s, and the time a reply waits for it is in the latencies it measures;
+several processes measure more of the server and less of the client (the same CPU in all).
+
     python benchmarks/api_load.py [--duration 60] [--levels 1,4,16,64] [--photos 300]
         [--model ../shared/models/dinov2-small-9l] [--workers 1] [--url http://127.0.0.1:8000]
-        [--modes image,similar] [--no-compare] [--server URI|local]
+        [--modes image,similar] [--no-compare] [--server URI|local] [--procs 4]
 
 Not a test: run by hand, report the table and the machine load it prints.
 """
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import multiprocessing
 import os
 import platform
 import socket
@@ -141,11 +147,14 @@ class Server:
         self.log.close()
 
 
-async def run_level(url: str, mode: str, clients: int, seconds: float, queries: list[bytes],
-                    paths: list[str], timeout: float) -> dict:
+async def _drive(url: str, mode: str, offsets: list[int], step: int, start_at: float, seconds: float,
+                 queries: list[bytes], paths: list[str], timeout: float) -> tuple:
+    """One process's share of a level: a client per offset, from ``start_at`` (``time.time()``) for
+    ``seconds``; (latencies s, errors by code, dropped by exception, elapsed s, own CPU s)."""
     latencies: list[float] = []
     errors: dict[int, int] = {}
     dropped: dict[str, int] = {}  # no answer, by httpx exception
+    await asyncio.sleep(max(0.0, start_at - time.time()))
     deadline = time.perf_counter() + seconds
 
     async def client(http: httpx.AsyncClient, offset: int) -> None:
@@ -165,29 +174,59 @@ async def run_level(url: str, mode: str, clients: int, seconds: float, queries: 
                 latencies.append(time.perf_counter() - started)
             else:
                 errors[r.status_code] = errors.get(r.status_code, 0) + 1
-            i += clients
+            i += step
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    limits = httpx.Limits(max_connections=len(offsets), max_keepalive_connections=len(offsets))
+    cpu, started = time.process_time(), time.perf_counter()
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as http:
+        await asyncio.gather(*(client(http, k) for k in offsets))
+    return latencies, errors, dropped, time.perf_counter() - started, time.process_time() - cpu
+
+
+def drive(*args) -> tuple:
+    """:func:`_drive` in its own event loop (the entry point of a load-generator process)."""
+    return asyncio.run(_drive(*args))
+
+
+def run_level(url: str, mode: str, clients: int, seconds: float, queries: list[bytes], paths: list[str],
+              timeout: float, procs: int = 1) -> dict:
+    """One level: ``clients`` clients spread over ``procs`` load-generator processes (this one
+    where ``procs`` is 1), each client sending its next request when its last is answered."""
+    procs = max(1, min(procs, clients))
     before = httpx.get(f"{url}/stats", timeout=30).json()["api"]
     load_before = load()
-    server_cpu, own_cpu = cpu_seconds(before["pid"]), time.process_time()
-    started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as http:
-        await asyncio.gather(*(client(http, k) for k in range(clients)))
-    elapsed = time.perf_counter() - started
-    server_cpu, own_cpu = cpu_seconds(before["pid"]) - server_cpu, time.process_time() - own_cpu
+    server_cpu = cpu_seconds(before["pid"])
+    start_at = time.time() + (3.0 if procs > 1 else 0.0)  # the processes start together, after spawning
+    shares = [(url, mode, list(range(p, clients, procs)), clients, start_at, seconds, queries, paths, timeout)
+              for p in range(procs)]
+    if procs == 1:
+        parts = [drive(*shares[0])]
+    else:
+        with multiprocessing.get_context("spawn").Pool(procs) as pool:
+            parts = pool.starmap(drive, shares)
+    server_cpu = cpu_seconds(before["pid"]) - server_cpu
     after = httpx.get(f"{url}/stats", timeout=30).json()["api"]
+    latencies = [x for part in parts for x in part[0]]
+    errors: dict[int, int] = {}
+    dropped: dict[str, int] = {}
+    for part in parts:
+        for code, n in part[1].items():
+            errors[code] = errors.get(code, 0) + n
+        for why, n in part[2].items():
+            dropped[why] = dropped.get(why, 0) + n
+    elapsed, own_cpu = max(part[3] for part in parts), sum(part[4] for part in parts)
     passes = after["forward_passes"] - before["forward_passes"]
     images = after["images_embedded"] - before["images_embedded"]
     searches = after.get("milvus_searches", 0) - before.get("milvus_searches", 0)
-    queries = after.get("queries_searched", 0) - before.get("queries_searched", 0)
+    searched = after.get("queries_searched", 0) - before.get("queries_searched", 0)
     ms = np.asarray(latencies) * 1000 if latencies else np.asarray([np.nan])
     answered = max(len(latencies), 1)
-    return {"mode": mode, "clients": clients, "requests": len(latencies), "qps": len(latencies) / elapsed,
+    return {"mode": mode, "clients": clients, "procs": procs, "requests": len(latencies),
+            "qps": len(latencies) / elapsed,
             "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
             "errors": sum(errors.values()), "codes": errors, "dropped": sum(dropped.values()), "why": dropped,
             "batch": images / passes if passes else float("nan"),
-            "per_search": queries / searches if searches else float("nan"),
+            "per_search": searched / searches if searches else float("nan"),
             "server_ms": 1000 * server_cpu / answered, "client_ms": 1000 * own_cpu / answered,
             "load": f"{load_before} -> {load()}"}
 
@@ -213,6 +252,9 @@ def main() -> None:
     parser.add_argument("--server", help="index into and serve from the collection api_load of this Milvus server "
                         "(a URI, or 'local': the one `vitsearch server start` runs) instead of a Lite database")
     parser.add_argument("--url", help="drive this running server instead (its collection must hold the photos)")
+    parser.add_argument("--procs", type=int, default=4, help="load-generator processes the clients of a level are "
+                        "spread over (default 4, at most one per client; 1: one event loop drives them all, and "
+                        "its own queueing, at a few CPU ms a request, is in the latencies it measures)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a request counts as dropped")
     parser.add_argument("--cache", default=tempfile.gettempdir())
     parser.add_argument("--no-compare", action="store_true", help="skip the batching-off leg")
@@ -229,7 +271,8 @@ def main() -> None:
     paths = [str(p) for p in indexed]
     print(f"# {platform.node()}: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"load {load()} at start; model {args.model}; {args.photos} photos indexed in {uri} ({collection}); "
-          f"{args.duration:g} s per level; {args.workers} worker(s)")
+          f"{args.duration:g} s per level; {args.workers} worker(s); clients spread over {args.procs} load-generator "
+          f"process(es)")
     from vitsearch.search.encoder import Encoder
 
     modes = args.modes.split(",")
@@ -248,7 +291,7 @@ def main() -> None:
             url = server.url
         for mode in modes:
             for clients in levels:
-                results.append(asyncio.run(run_level(url, mode, clients, args.duration, queries, paths, args.timeout)))
+                results.append(run_level(url, mode, clients, args.duration, queries, paths, args.timeout, args.procs))
                 print(row(results[-1]), file=sys.stderr)
             if mode == "image":
                 baselines.append(encoder_baseline(encoder, queries))
@@ -259,7 +302,7 @@ def main() -> None:
     if not args.url and not args.no_compare and "image" in modes:
         server = Server(uri, collection, args.workers, {"VITSEARCH_API_MAX_BATCH": "1"}, Path(args.cache) / "api-load-serve-1.log")
         try:
-            compare = asyncio.run(run_level(server.url, "image", BATCH, args.duration, queries, paths, args.timeout))
+            compare = run_level(server.url, "image", BATCH, args.duration, queries, paths, args.timeout, args.procs)
         finally:
             server.stop()
 
