@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -207,13 +208,8 @@ def run_level(url: str, mode: str, clients: int, seconds: float, queries: list[b
     server_cpu = cpu_seconds(before["pid"]) - server_cpu
     after = httpx.get(f"{url}/stats", timeout=30).json()["api"]
     latencies = [x for part in parts for x in part[0]]
-    errors: dict[int, int] = {}
-    dropped: dict[str, int] = {}
-    for part in parts:
-        for code, n in part[1].items():
-            errors[code] = errors.get(code, 0) + n
-        for why, n in part[2].items():
-            dropped[why] = dropped.get(why, 0) + n
+    errors = sum((Counter(part[1]) for part in parts), Counter())
+    dropped = sum((Counter(part[2]) for part in parts), Counter())
     elapsed, own_cpu = max(part[3] for part in parts), sum(part[4] for part in parts)
     passes = after["forward_passes"] - before["forward_passes"]
     images = after["images_embedded"] - before["images_embedded"]
