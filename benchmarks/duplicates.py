@@ -24,6 +24,7 @@ of the scan against exact.
 
     python benchmarks/duplicates.py quality [--originals 300] [--model M] [--runtime R] [--no-verify]
     python benchmarks/duplicates.py speed [--sizes 10000,100000] [--server URI|local] [--no-lite] [--keep] [--reuse]
+        [--lite-dir DIR]
     python benchmarks/duplicates.py page [--originals 4] [--out DIR]
 
 ``page``: the same planted copies of the first ``--originals`` photos, indexed with the default
@@ -304,16 +305,19 @@ def exact_pairs(vectors: np.ndarray, threshold: float, block: int = 4096) -> tup
 
 def speed(args) -> None:
     from vitsearch.search.config import Settings
+    from vitsearch.search.store.collection import LITE_NEIGHBOURS_BATCH, NEIGHBOURS_BATCH
 
     server = Settings().resolved_uri() if args.server == "local" else args.server
     backends = ([] if args.no_lite else ["lite"]) + ([server] if server else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        lite_dir = Path(args.lite_dir or tmp)
+        lite_dir.mkdir(parents=True, exist_ok=True)
         for n in (int(s) for s in args.sizes.split(",")):
             vectors = synthetic(n, args.dim)
             exact, exact_s = exact_pairs(vectors, 0.95) if n <= args.exact_max else (None, None)
             for backend in backends:
-                uri = str(Path(tmp) / f"lite-{n}.db") if backend == "lite" else backend
+                uri = str(lite_dir / f"lite-{n}.db") if backend == "lite" else backend
                 load_s = None if args.reuse and stored(uri) == n else fill(uri, vectors)
                 sha_s, *_ = scan(uri, None)
                 seconds, images, groups, pairs, rss = scan(uri, 0.95)
@@ -327,7 +331,8 @@ def speed(args) -> None:
                         store.close(release=True)
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
           f"synthetic {args.dim}-d unit vectors (1 % planted near copies), threshold 0.95, HNSW M 16, "
-          f"efConstruction 200; top-16 per query, 256 queries per search")
+          f"efConstruction 200; top-16 per query; queries per search: {NEIGHBOURS_BATCH} on a server, "
+          f"{LITE_NEIGHBOURS_BATCH} on Lite")
     print(f"\n{'backend':14} {'vectors':>9} {'load s':>7} {'sha s':>6} {'scan s':>7} {'img/s':>7} {'groups':>7} "
           f"{'RSS MiB':>7} {'numpy s':>7} {'x numpy':>7} {'recall':>6}")
     for row in rows:
@@ -361,10 +366,13 @@ def main() -> None:
                    "'local': the server that `vitsearch server start` runs (its credentials are used)")
     s.add_argument("--no-lite", action="store_true")
     s.add_argument("--dim", type=int, default=384)
-    s.add_argument("--keep", action="store_true", help="keep the server's collection after the scans (Lite "
-                   "files are in a temporary folder and always go)")
-    s.add_argument("--reuse", action="store_true", help="scan the server collection a --keep run left, without "
-                   "refilling it, where it holds exactly the size asked (1M takes ~30 min to fill here)")
+    s.add_argument("--keep", action="store_true", help="keep the collections after the scans (Lite's only "
+                   "with --lite-dir: by default its databases are in a temporary folder)")
+    s.add_argument("--reuse", action="store_true", help="scan the collections a --keep run left, without "
+                   "refilling them, where they hold exactly the size asked (1M takes ~16 min to fill on Lite, "
+                   "~30 min on a server here)")
+    s.add_argument("--lite-dir", default=None, help="folder of the Lite databases (lite-N.db), for --keep and "
+                   "--reuse (default a temporary folder)")
     s.add_argument("--exact-max", type=int, default=100000, help="largest size checked by exact numpy")
     g = sub.add_parser("page")
     g.add_argument("--folder", default=str(SHARED / "data" / "catalog"))

@@ -237,7 +237,8 @@ def test_neighbours_are_batched_searches_of_the_stored_vectors(db_uri, monkeypat
         store.ensure(INFO)
         store.upsert(rows)
         batches = list(store.neighbours(0.95, batch_size=8, fields=("sha256", "folder")))
-        monkeypatch.setattr(collection, "NEIGHBOURS_READ", 12)  # reads of 12, 12 and 6 rows
+        monkeypatch.setattr(collection, "NEIGHBOURS_READ", 12)  # reads of 12, 12 and 6 rows (server)
+        monkeypatch.setattr(collection, "LITE_READ", 12)  # (Lite)
         small_reads = list(store.neighbours(0.95, batch_size=8, fields=("sha256", "folder")))
         inside = [p for _, pairs in store.neighbours(0.95, folder="/photos/1") for p in pairs]
         copies = store.copies([rows[3]["sha256"], "no such digest"], exclude=[rows[3]["path"]])

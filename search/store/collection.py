@@ -76,13 +76,25 @@ NEIGHBOURS_K = 16
 #: is a connected component, so it needs one path to each member, not every pair); it bounds the
 #: cost where a whole collection is above the threshold (measured: 2,400 catalogue photos at 0.90).
 NEIGHBOURS_MAX_K = 128
-#: Stored vectors sent as the query vectors of one search by :meth:`Store.neighbours`.
+#: Stored vectors sent as the query vectors of one search of a server by :meth:`Store.neighbours`.
 NEIGHBOURS_BATCH = 256
-#: Rows :meth:`Store.neighbours` reads per query (vectors included: 6 MB at 384 dimensions,
-#: 25 MB at 1,536, under gRPC's 64 MB). Few and large, because a Milvus 2.3 server makes each
-#: iterator query wait for the next time tick whatever the consistency level asked (measured on
-#: 2.3.5: ~270 ms a query, 30 ms of it CPU), which at 256 rows a query was 40 % of a 100k scan.
+#: Rows a full read of a server asks per query (:meth:`Store.iter_rows`, :meth:`Store.neighbours`;
+#: vectors included: 6 MB at 384 dimensions, 25 MB at 1,536, under gRPC's 64 MB). Few and large,
+#: because a Milvus 2.3 server makes each iterator query wait for the next time tick whatever the
+#: consistency level asked (measured on 2.3.5: ~270 ms a query, 30 ms of it CPU), which at 256
+#: rows a query was 40 % of a 100k scan.
 NEIGHBOURS_READ = 4096
+#: Rows a full read of Milvus Lite asks per query. Lite (3.2.2, ``Collection.query``) evaluates a
+#: read's condition (``path > last``) over every row of the collection and sorts what matches in
+#: Python whatever the limit (measured at 1M rows: 7.4 s for 1,000 rows, 5.3 s for 16,384, 4.8 s
+#: for 16,384 with their vectors), so a full read costs N/this reads of O(N) each, and Lite reads
+#: many more rows a query than a server (its gRPC limit is 256 MB: 25 MB at 384 dimensions).
+LITE_READ = 16384
+#: Query vectors of one search of Milvus Lite in :meth:`Store.neighbours`. Each Lite search also
+#: walks every stored row in Python outside the vector index (dedup by sequence number and
+#: tombstones: ``executor_indexed.execute_search_with_index``); measured at 1M rows, top-16: 2.9 s
+#: for 256 query vectors, 6.8 s for 1,024, 19.9 s for 4,096 (11.5, 6.7, 4.9 ms a query).
+LITE_NEIGHBOURS_BATCH = 4096
 #: Fields of a row besides the vector, in schema order.
 META_FIELDS = ("path", "folder", "size", "mtime", "ctime_ns", "inode", "width", "height", "sha256", "indexed_at")
 #: Fields schema 1 lacks, and the value its rows are read with (-1: unknown, so the indexer
@@ -488,9 +500,9 @@ class Store:
         return found
 
     def iter_rows(self, fields: Sequence[str] = ("path",), folder: str | None = None,
-                  batch_size: int = 1000) -> Iterator[dict[str, Any]]:
+                  batch_size: int | None = None) -> Iterator[dict[str, Any]]:
         """All rows, or those of files inside ``folder`` (an absolute path, any depth), streamed
-        in batches of ``batch_size``.
+        in reads of ``batch_size`` rows (default :meth:`read_size`).
 
         Yields:
             rows holding ``path`` and ``fields``.
@@ -499,12 +511,13 @@ class Store:
             StoreError: Milvus refused or stayed unreachable.
         """
         for batch in self._batches(self.collection, self._fields(fields), under(folder) if folder else "",
-                                   batch_size):
+                                   batch_size or self.read_size()):
             yield from (self._row(r, fields) for r in batch)
 
-    def vectors(self, folder: str | None = None, batch_size: int = 4096) -> tuple[list[str], np.ndarray]:
-        """Every stored vector at once, read in one pass (batches of ``batch_size`` rows): what
-        exact search and evaluation rank (``vitsearch eval``), without one search per query.
+    def vectors(self, folder: str | None = None, batch_size: int | None = None) -> tuple[list[str], np.ndarray]:
+        """Every stored vector at once, read in one pass (``batch_size`` rows a read, default
+        :meth:`read_size`): what exact search and evaluation rank (``vitsearch eval``), without
+        one search per query.
 
         Args:
             folder: only files inside this folder (an absolute path, any depth).
@@ -520,10 +533,16 @@ class Store:
         dim = self.encoder_info().dim
         paths: list[str] = []
         blocks = [np.empty((0, dim), np.float32)]
-        for batch in self._batches(self.collection, ["vector"], under(folder) if folder else "", batch_size):
+        for batch in self._batches(self.collection, ["vector"], under(folder) if folder else "",
+                                   batch_size or self.read_size()):
             paths.extend(path_from_stored(r["path"]) for r in batch)
             blocks.append(np.asarray([r["vector"] for r in batch], np.float32).reshape(len(batch), dim))
         return paths, np.concatenate(blocks)
+
+    def read_size(self) -> int:
+        """Rows a full read asks per query here: :data:`LITE_READ` on Milvus Lite,
+        :data:`NEIGHBOURS_READ` on a server."""
+        return LITE_READ if self._lite is not None else NEIGHBOURS_READ
 
     def _batches(self, collection: str, fields: list[str], filter: str,
                  batch_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
@@ -621,13 +640,14 @@ class Store:
         return int(res[0]["count(*)"])
 
     def neighbours(self, threshold: float, *, folder: str | None = None, fields: Sequence[str] = ("sha256",),
-                   k: int = NEIGHBOURS_K, max_k: int = NEIGHBOURS_MAX_K, batch_size: int = NEIGHBOURS_BATCH,
+                   k: int = NEIGHBOURS_K, max_k: int = NEIGHBOURS_MAX_K, batch_size: int | None = None,
                    ) -> Iterator[tuple[list[dict[str, Any]], list[tuple[str, str, float]]]]:
         """Every stored vector's neighbours at cosine similarity ``threshold`` or more: the rows
         are streamed in primary-key order (:meth:`_batches`) and each batch's vectors are the
-        query vectors of one search (``batch_size`` queries per call, top-``k`` each, through
-        the HNSW index), so the cost is N/``batch_size`` searches, never N x N in Python. A
-        query whose ``k``-th neighbour is still at the threshold is searched again
+        query vectors of one search (``batch_size`` queries per call, default
+        :data:`NEIGHBOURS_BATCH` on a server and :data:`LITE_NEIGHBOURS_BATCH` on Lite; top-``k``
+        each, through the HNSW index), so the cost is N/``batch_size`` searches, never N x N in
+        Python. A query whose ``k``-th neighbour is still at the threshold is searched again
         ``max_k`` deep; past that its pairs are its ``max_k`` nearest (its further neighbours
         are reached through them: enough for connected components, not a list of every pair).
         HNSW is approximate: a neighbour it misses is missed. With ``folder``, both the
@@ -646,8 +666,9 @@ class Store:
         Raises:
             StoreError: Milvus refused the search or stayed unreachable.
         """
+        batch_size = batch_size or (LITE_NEIGHBOURS_BATCH if self._lite is not None else NEIGHBOURS_BATCH)
         for read in self._batches(self.collection, self._fields(["vector", *fields]),
-                                  under(folder) if folder else "", max(batch_size, NEIGHBOURS_READ)):
+                                  under(folder) if folder else "", max(batch_size, self.read_size())):
             for start in range(0, len(read), batch_size):
                 yield self._neighbours_of(read[start:start + batch_size], threshold, folder, fields, k, max_k)
 
