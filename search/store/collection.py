@@ -388,7 +388,7 @@ class Store:
         self._create(new, dim, {**props, _UPGRADE_KEY: "copying"})
         copied = 0
         old_fields = [f for f in ("vector", *META_FIELDS[1:]) if f not in _NEW_IN_2]
-        for rows in self._batches(self.collection, old_fields, ""):
+        for rows in self._batches(self.collection, old_fields, "", 1000):  # each read is one upsert
             self._call("upsert", new, [{**_NEW_IN_2, **r, "path": stored_path(r["path"]),
                                         "folder": stored_path(r["folder"])} for r in rows])
             copied += len(rows)
@@ -511,7 +511,7 @@ class Store:
             StoreError: Milvus refused or stayed unreachable.
         """
         for batch in self._batches(self.collection, self._fields(fields), under(folder) if folder else "",
-                                   batch_size or self.read_size()):
+                                   batch_size):
             yield from (self._row(r, fields) for r in batch)
 
     def vectors(self, folder: str | None = None, batch_size: int | None = None) -> tuple[list[str], np.ndarray]:
@@ -533,8 +533,7 @@ class Store:
         dim = self.encoder_info().dim
         paths: list[str] = []
         blocks = [np.empty((0, dim), np.float32)]
-        for batch in self._batches(self.collection, ["vector"], under(folder) if folder else "",
-                                   batch_size or self.read_size()):
+        for batch in self._batches(self.collection, ["vector"], under(folder) if folder else "", batch_size):
             paths.extend(path_from_stored(r["path"]) for r in batch)
             blocks.append(np.asarray([r["vector"] for r in batch], np.float32).reshape(len(batch), dim))
         return paths, np.concatenate(blocks)
@@ -545,15 +544,16 @@ class Store:
         return LITE_READ if self._lite is not None else NEIGHBOURS_READ
 
     def _batches(self, collection: str, fields: list[str], filter: str,
-                 batch_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
-        """Rows of ``collection`` matching ``filter`` as Milvus stores them, in batches, in
+                 batch_size: int | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Rows of ``collection`` matching ``filter`` as Milvus stores them, in batches of
+        ``batch_size`` rows (default :meth:`read_size`), in
         primary-key order: each query asks for the next rows after the last path seen, as
         pymilvus' ``query_iterator`` does (an iterator query returns rows sorted by key, and may
         return a short batch before the end, when one segment runs out), but with the path
         escaped: ``query_iterator`` puts it into ``path > "..."`` raw, so a newline or a quote
         in a name breaks it. A reply over gRPC's message limit halves the rows asked a query."""
         fields = list(dict.fromkeys(["path", *fields]))
-        last, limit = None, batch_size
+        last, limit = None, batch_size or self.read_size()
         while True:
             after = f"path > {literal(last)}" if last is not None else ""
             try:
