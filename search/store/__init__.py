@@ -2,10 +2,12 @@
 (:mod:`.expr`), sharing a Milvus Lite database between processes (:mod:`.lite`), one indexing
 run per collection (:mod:`.lease`) and bulk import (:mod:`.bulk`).
 
-Only :mod:`.collection` and :mod:`.bulk` import pymilvus; nothing here imports torch.
+Only :mod:`.collection`, :mod:`.space` (the whitening matrices' collection) and :mod:`.bulk`
+import pymilvus; nothing here imports torch.
 """
-from .collection import MAX_PATH_BYTES, META_FIELDS, SCHEMA_VERSION, SEARCH_CONSISTENCY, Hit, Store, is_server_uri
+from .collection import (MAX_PATH_BYTES, META_FIELDS, SCHEMA_VERSION, SEARCH_CONSISTENCY, CollectionMoved, Hit, Store,
+                         is_server_uri)
 from .lease import writer_lease
 
-__all__ = ["Store", "Hit", "META_FIELDS", "MAX_PATH_BYTES", "SCHEMA_VERSION", "SEARCH_CONSISTENCY", "is_server_uri",
+__all__ = ["Store", "Hit", "CollectionMoved", "META_FIELDS", "MAX_PATH_BYTES", "SCHEMA_VERSION", "SEARCH_CONSISTENCY", "is_server_uri",
            "writer_lease"]

@@ -31,7 +31,7 @@ def bulk_import(store: Store, files: Sequence[str], timeout_s: float = 24 * 3600
 
     if store.is_lite:
         raise StoreError(f"bulk import needs a Milvus server, not Milvus Lite ({store.uri})")
-    reply = start(url=store.uri, collection_name=store.collection, api_key=store._token,
+    reply = start(url=store.uri, collection_name=store.physical, api_key=store._token,
                   files=[[f] for f in files]).json()
     job = (reply.get("data") or {}).get("jobId")
     if not job:

@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import grpc
 import numpy as np
@@ -43,6 +43,13 @@ log = logging.getLogger(__name__)
 #: pings; a dead idle connection is still found, by pymilvus' own health check of a connection
 #: idle over 30 s (``GetVersion``, pymilvus.client.connection_manager) before it is used.
 GRPC_OPTIONS = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
+
+
+class CollectionMoved(StoreError):
+    """The collection's rows moved to a new generation (its vectors were rewritten: whitening
+    learned or re-learned) while a call ran on the old one; the store now uses the new one, and
+    a query embedded for the old vectors must be embedded again (:class:`~..client.SearchClient`
+    does)."""
 
 
 class _ReplyTooLarge(StoreError):
@@ -95,6 +102,12 @@ LITE_READ = 16384
 #: tombstones: ``executor_indexed.execute_search_with_index``); measured at 1M rows, top-16: 2.9 s
 #: for 256 query vectors, 6.8 s for 1,024, 19.9 s for 4,096 (11.5, 6.7, 4.9 ms a query).
 LITE_NEIGHBOURS_BATCH = 4096
+#: Between a collection's name and the number of one of its generations (:attr:`Store.physical`).
+GENERATION = "__vitsearch_"
+#: The collection that holds the whitening matrices of ``<name>`` is ``<name><SPACE_SUFFIX>``.
+SPACE_SUFFIX = "__vitsearch_space"
+#: Property of a generation: ``"copying"`` while its rows are written, ``"done"`` once whole.
+STATE_KEY = "vitsearch.state"
 #: Fields of a row besides the vector, in schema order.
 META_FIELDS = ("path", "folder", "size", "mtime", "ctime_ns", "inode", "width", "height", "sha256", "indexed_at")
 #: Fields schema 1 lacks, and the value its rows are read with (-1: unknown, so the indexer
@@ -119,17 +132,20 @@ class Hit:
         copies: with ``collapse_duplicates`` (:meth:`SearchClient.search`), the paths of the
             other indexed files with the same bytes (same ``sha256``) that this one hit stands
             for, sorted; empty otherwise.
+        match: a close match: the same object, scene or product, not merely the nearest item
+            (:mod:`~vitsearch.search.ranking`); False where the search did not label hits.
     """
 
     path: str
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
     copies: tuple[str, ...] = ()
+    match: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"path", "score", **metadata}``, plus ``"copies": [...]`` on a collapsed hit that
-        has copies; JSON-serialisable."""
-        return {"path": self.path, "score": self.score,
+        """``{"path", "score", "match", **metadata}``, plus ``"copies": [...]`` on a collapsed hit
+        that has copies; JSON-serialisable."""
+        return {"path": self.path, "score": self.score, "match": self.match,
                 **{k: v for k, v in self.metadata.items() if k != "path"},
                 **({"copies": list(self.copies)} if self.copies else {})}
 
@@ -178,6 +194,7 @@ class Store:
         self._served_here = False
         self._stale = False  # a call gave up on an unreachable Milvus: reconnect before the next
         self._schema: str | None = None  # the collection's schema version, once read
+        self._name: str | None = None  # the physical collection behind the name (see :meth:`resolve`)
         self._connect()
 
     @classmethod
@@ -203,15 +220,20 @@ class Store:
             raise StoreError(f"cannot open Milvus at {self.uri}: {type(exc).__name__}: {exc}") from exc
         try:  # a collection reopened by Milvus Lite (or released on a server) is not searchable until loaded
             self._finish_upgrade()
+            self.resolve()
         except MilvusException as exc:
             raise self._error("load_collection", exc) from exc
 
-    def _call(self, method: str, *args, **kwargs):
+    def _call(self, method: str | Callable, *args, **kwargs):
         """``self._client.<method>(...)`` with Milvus errors turned into :class:`StoreError`, and
         reconnection with backoff (0.5 s doubling to 8 s) while Milvus is unreachable. A call that
         gave up leaves the next one to reconnect first; a collection that a restarted Milvus has
         released is loaded again (once per call)."""
         deadline, delay, connected, reloaded = None, 0.5, True, False
+        what = method if isinstance(method, str) else method.__name__
+        named = bool(args) and args[0] == self._name  # a call on this store's own collection
+        if named and self._name is None:  # it did not exist when last looked up: look again
+            args = (self._require(),) + args[1:]
         if self._stale:
             try:
                 self._connect()
@@ -222,27 +244,29 @@ class Store:
         while True:
             if connected:
                 try:
-                    return getattr(self._client, method)(*args, **kwargs)
+                    return (getattr(self._client, method) if isinstance(method, str) else method)(*args, **kwargs)
                 except grpc.RpcError as exc:  # pymilvus passes some through unwrapped
                     kind = _ReplyTooLarge if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else StoreError
-                    raise kind(f"Milvus at {self.uri}, collection {self.collection!r}: {method} failed: "
+                    raise kind(f"Milvus at {self.uri}, collection {self.collection!r}: {what} failed: "
                                f"{exc.code().name}: {exc.details()}") from exc
                 except MilvusException as exc:
                     if _released(exc) and not reloaded:
                         reloaded = True
                         try:
-                            self._client.load_collection(self.collection)
+                            self._client.load_collection(args[0] if args and isinstance(args[0], str) else self._name)
                             continue
                         except MilvusException:
                             pass
+                    if named and _missing(exc):
+                        self._moved(args[0])
                     if not _unreachable(exc):
-                        raise self._error(method, exc) from exc
+                        raise self._error(what, exc) from exc
                     last = exc
             deadline = deadline or time.monotonic() + self._retry_s
             if time.monotonic() + delay > deadline:
                 self._stale = True
                 raise StoreError(
-                    f"Milvus at {self.uri} did not answer for {self._retry_s:g} s ({method}: {last}); "
+                    f"Milvus at {self.uri} did not answer for {self._retry_s:g} s ({what}: {last}); "
                     f"run again once it is back: an indexing run resumes where it stopped") from last
             log.warning("Milvus at %s is unreachable; retrying in %.1f s", self.uri, delay)
             time.sleep(delay)
@@ -252,6 +276,99 @@ class Store:
                 connected = True
             except StoreError as exc:
                 last, connected = exc, False
+            if connected and named and self._name != args[0]:
+                self._moved(args[0])
+
+    def _moved(self, name: str | None) -> None:
+        """The physical collection ``name`` a call was made on is gone: look the name up again,
+        and raise :class:`CollectionMoved` where it now leads elsewhere (its vectors rewritten,
+        :mod:`.space`), :class:`CollectionNotFoundError` where it leads nowhere."""
+        self._resolve_checked()
+        if self._name is None:
+            raise CollectionNotFoundError(f"collection {self.collection!r} does not exist at {self.uri} (any more)")
+        if self._name != name:
+            raise CollectionMoved(f"{self.where}: its vectors were rewritten into {self._name!r} while this "
+                                  f"call ran on {name!r}")
+
+    def _require(self) -> str:
+        """The physical collection's name, looked up again if unknown.
+
+        Raises:
+            CollectionNotFoundError: the collection does not exist.
+        """
+        if self._name is None:
+            self._resolve_checked()
+        if self._name is None:
+            raise CollectionNotFoundError(f"collection {self.collection!r} does not exist at {self.uri}: "
+                                          f"index a folder first: vitsearch index DIR")
+        return self._name
+
+    @property
+    def physical(self) -> str | None:
+        """The Milvus collection that holds the rows now (None: the collection does not exist).
+
+        The name a user gives is a Milvus alias of ``<name>__vitsearch_<n>`` (:data:`GENERATION`):
+        rewriting the vectors (whitening learned, :mod:`.space`) fills a new generation and moves
+        the alias, so a reader keeps a whole, consistent collection until the alias moves, and a
+        reader still on the old one is told (:class:`CollectionMoved`). A collection made by an
+        older vitsearch is a plain collection of that name until its first rewrite.
+        """
+        return self._name
+
+    def resolve(self) -> str | None:
+        """Look up which Milvus collection holds the rows (:attr:`physical`), finishing a move of
+        the alias that a crash interrupted (the newest complete generation wins).
+
+        Returns:
+            its name, or None when the collection does not exist.
+        """
+        names = set(self._client.list_collections())
+        target = self._alias_target(names)
+        if self.collection in names:
+            self._name = self.collection  # made before generations, or by another tool
+        elif target is not None and target in names:
+            self._name = target
+        else:
+            done = [n for n in names if _generation(self.collection, n) is not None
+                    and self._client.describe_collection(n).get("properties", {}).get(STATE_KEY, "done") == "done"]
+            self._name = max(done, key=lambda n: _generation(self.collection, n)) if done else None
+            if self._name is not None:
+                self.point_alias(self._name)
+        if self._name is not None:  # a collection reopened by Milvus Lite, or renamed, is not loaded
+            self._client.load_collection(self._name)
+        return self._name
+
+    def _resolve_checked(self) -> None:
+        """:meth:`resolve`, with Milvus errors as :class:`StoreError`."""
+        try:
+            self.resolve()
+        except MilvusException as exc:
+            raise self._error("resolve", exc) from exc
+
+    def _alias_target(self, names: set[str]) -> str | None:
+        """The collection the name is an alias of, or None (``names``: the collections there are)."""
+        if self.collection in names or not self._client.has_collection(self.collection):
+            return None  # a plain collection of that name, or nothing (asked first: no error logged)
+        try:
+            return self._client.describe_alias(self.collection).get("collection_name") or None
+        except MilvusException:
+            return None
+
+    def point_alias(self, name: str) -> None:
+        """Make the collection's name lead to the physical collection ``name`` (the alias created
+        or moved; a plain collection of that name from an older vitsearch renamed to generation 0
+        first), and use it from now on."""
+        names = set(self._client.list_collections())
+        if self.collection in names:
+            self._client.rename_collection(self.collection, generation_name(self.collection, 0))
+        if self._alias_target(names) is not None:
+            self._client.alter_alias(name, self.collection)
+        else:
+            try:
+                self._client.create_alias(name, self.collection)
+            except MilvusException:  # an alias whose collection is gone (Milvus Lite keeps it)
+                self._client.alter_alias(name, self.collection)
+        self._name = name
 
     def _error(self, what: str, exc: MilvusException) -> StoreError:
         return StoreError(f"Milvus at {self.uri}, collection {self.collection!r}: {what} failed: "
@@ -265,7 +382,10 @@ class Store:
         Raises:
             StoreError: Milvus refused or stayed unreachable.
         """
-        return bool(self._call("has_collection", self.collection))
+        if self._name is not None and self._call("has_collection", self._name):
+            return True
+        self._resolve_checked()
+        return self._name is not None
 
     @property
     def where(self) -> str:
@@ -303,7 +423,7 @@ class Store:
             raise CollectionNotFoundError(
                 f"collection {self.collection!r} does not exist at {self.uri}: "
                 f"index a folder first: vitsearch index DIR")
-        desc = self._call("describe_collection", self.collection)
+        desc = self._call("describe_collection", self._name)
         return dict(desc.get("properties") or {})
 
     def schema_version(self) -> str:
@@ -335,9 +455,27 @@ class Store:
             self.schema_version()
             self.encoder_info().check_same(info, f"collection {self.collection!r} at {self.uri}")
             return False
-        self._create(self.collection, info.dim, {_ENCODER_KEY: info.to_json()})
+        first = generation_name(self.collection, 1)
+        if self._call("has_collection", first):  # a creation that stopped before its alias: start over
+            self._call("drop_collection", first)
+        self._create(first, info.dim, {_ENCODER_KEY: info.to_json()})
+        self._call(self.point_alias, first)
+        self._schema = SCHEMA_VERSION
         log.info("created collection %s at %s for %s", self.collection, self.uri, info.model)
         return True
+
+    def create_generation(self, dim: int, properties: dict[str, str]) -> str:
+        """Create the next generation of this collection (:attr:`physical`), empty, with the
+        current schema and index and these properties; the alias does not move.
+
+        Returns:
+            its name.
+        """
+        names = self._call("list_collections")
+        taken = [g for n in names if (g := _generation(self.collection, n)) is not None]
+        name = generation_name(self.collection, max(taken, default=0) + 1)
+        self._create(name, dim, properties)
+        return name
 
     def _create(self, name: str, dim: int, properties: dict[str, str]) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -356,7 +494,7 @@ class Store:
         index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE", params=HNSW_PARAMS)
         self._call("create_collection", name, schema=schema, index_params=index, consistency_level="Strong",
                    properties={**properties, _SCHEMA_KEY: SCHEMA_VERSION})
-        if name == self.collection:
+        if name == self._name:
             self._schema = SCHEMA_VERSION
 
     def upgrade(self, on_rows: Callable[[int], None] | None = None) -> int:
@@ -388,7 +526,7 @@ class Store:
         self._create(new, dim, {**props, _UPGRADE_KEY: "copying"})
         copied = 0
         old_fields = [f for f in ("vector", *META_FIELDS[1:]) if f not in _NEW_IN_2]
-        for rows in self._batches(self.collection, old_fields, "", 1000):  # each read is one upsert
+        for rows in self._batches(self._name, old_fields, "", 1000):  # each read is one upsert
             self._call("upsert", new, [{**_NEW_IN_2, **r, "path": stored_path(r["path"]),
                                         "folder": stored_path(r["folder"])} for r in rows])
             copied += len(rows)
@@ -422,8 +560,6 @@ class Store:
             names.add(self.collection)
         elif old in names:
             self._client.drop_collection(old)
-        if self.collection in names:
-            self._client.load_collection(self.collection)  # a renamed collection is not loaded
 
     def set_properties(self, properties: dict[str, str]) -> None:
         """Add or replace collection properties (to clear one, set it to ``""``: Milvus 2.3
@@ -432,7 +568,7 @@ class Store:
         Raises:
             StoreError: Milvus refused (the collection does not exist) or stayed unreachable.
         """
-        self._call("alter_collection_properties", self.collection, properties=properties)
+        self._call("alter_collection_properties", self._name, properties=properties)
 
     def drop(self) -> None:
         """Delete the collection and all its rows (no error if it does not exist).
@@ -440,9 +576,15 @@ class Store:
         Raises:
             StoreError: Milvus refused or stayed unreachable.
         """
-        if self.exists():
-            self._call("drop_collection", self.collection)
-        self._schema = None
+        names = set(self._call("list_collections"))
+        if self._alias_target(names) is not None:
+            self._call("drop_alias", self.collection)
+        internal = {self.collection, self.collection + _UPGRADING, self.collection + _OLD,
+                    self.collection + SPACE_SUFFIX}
+        for name in names:
+            if name in internal or _generation(self.collection, name) is not None:
+                self._call("drop_collection", name)
+        self._name = self._schema = None
 
     # --- rows ----------------------------------------------------------------------------------
 
@@ -459,19 +601,61 @@ class Store:
         if self.schema_version() != SCHEMA_VERSION:
             raise StoreError(f"collection {self.collection!r} at {self.uri} has schema version "
                              f"{self._schema}: `vitsearch index` upgrades it before writing")
+        self.upsert_stored(self._name, ({**row, "path": stored_path(row["path"]), "folder": stored_path(row["folder"])}
+                                         for row in rows))
+
+    def upsert_stored(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Upsert rows whose ``path`` and ``folder`` are already in their stored form (as
+        :meth:`read_stored` gives them) into the physical collection ``name``, in requests of
+        at most :data:`UPSERT_BYTES`.
+
+        Raises:
+            StoreError: Milvus refused or stayed unreachable; the requests sent before stay written.
+        """
         batch: list[dict[str, Any]] = []
         size = 0
         for row in rows:
-            path, folder = stored_path(row["path"]), stored_path(row["folder"])
-            row_bytes = 4 * len(row["vector"]) + len(path.encode()) + len(folder.encode()) + 160
+            row_bytes = 4 * len(row["vector"]) + len(row["path"].encode()) + len(row["folder"].encode()) + 160
             if batch and size + row_bytes > UPSERT_BYTES:
-                self._call("upsert", self.collection, batch)
+                self._call("upsert", name, batch)
                 batch, size = [], 0
-            batch.append({**row, "path": path, "folder": folder,
-                          "vector": np.asarray(row["vector"], np.float32).tolist()})
+            batch.append({**row, "vector": np.asarray(row["vector"], np.float32).tolist()})
             size += row_bytes
         if batch:
-            self._call("upsert", self.collection, batch)
+            self._call("upsert", name, batch)
+
+    def read_stored(self, name: str, fields: Sequence[str], after: str | None = None,
+                    batch_size: int | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Every row of the physical collection ``name`` as Milvus stores it (``path`` and
+        ``folder`` in stored form), in primary-key order from after the stored path ``after``,
+        in batches (:meth:`_batches`)."""
+        return self._batches(name, list(fields), "", batch_size, after)
+
+    def count_of(self, name: str) -> int:
+        """Rows of the physical collection ``name``.
+
+        Raises:
+            StoreError: Milvus refused or stayed unreachable.
+        """
+        return int(self._call("query", name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+    def properties_of(self, name: str) -> dict[str, str]:
+        """The properties of the physical collection ``name``."""
+        return dict(self._call("describe_collection", name).get("properties") or {})
+
+    def set_properties_of(self, name: str, properties: dict[str, str]) -> None:
+        """Add or replace properties of the physical collection ``name``."""
+        self._call("alter_collection_properties", name, properties=properties)
+
+    def generations(self) -> dict[str, str]:
+        """This collection's generations that exist: ``{physical name: state}`` (``"copying"``
+        or ``"done"``; one of an older vitsearch has none and reads as done)."""
+        names = [n for n in self._call("list_collections") if _generation(self.collection, n) is not None]
+        return {n: self.properties_of(n).get(STATE_KEY, "done") for n in names}
+
+    def drop_physical(self, name: str) -> None:
+        """Drop the physical collection ``name`` (a generation no longer in use)."""
+        self._call("drop_collection", name)
 
     def get(self, paths: Sequence[str], fields: Sequence[str] = META_FIELDS, *,
             consistency: str | None = None) -> dict[str, dict[str, Any]]:
@@ -494,7 +678,7 @@ class Store:
         found: dict[str, dict[str, Any]] = {}
         level = {"consistency_level": consistency} if consistency else {}
         for expr in paths_in(paths):
-            for row in self._call("query", self.collection, filter=expr, output_fields=fields, **level):
+            for row in self._call("query", self._name, filter=expr, output_fields=fields, **level):
                 row = self._row(row, asked)
                 found[row["path"]] = row
         return found
@@ -510,7 +694,7 @@ class Store:
         Raises:
             StoreError: Milvus refused or stayed unreachable.
         """
-        for batch in self._batches(self.collection, self._fields(fields), under(folder) if folder else "",
+        for batch in self._batches(self._name, self._fields(fields), under(folder) if folder else "",
                                    batch_size):
             yield from (self._row(r, fields) for r in batch)
 
@@ -533,7 +717,7 @@ class Store:
         dim = self.encoder_info().dim
         paths: list[str] = []
         blocks = [np.empty((0, dim), np.float32)]
-        for batch in self._batches(self.collection, ["vector"], under(folder) if folder else "", batch_size):
+        for batch in self._batches(self._name, ["vector"], under(folder) if folder else "", batch_size):
             paths.extend(path_from_stored(r["path"]) for r in batch)
             blocks.append(np.asarray([r["vector"] for r in batch], np.float32).reshape(len(batch), dim))
         return paths, np.concatenate(blocks)
@@ -544,7 +728,7 @@ class Store:
         return LITE_READ if self._lite is not None else NEIGHBOURS_READ
 
     def _batches(self, collection: str, fields: list[str], filter: str,
-                 batch_size: int | None = None) -> Iterator[list[dict[str, Any]]]:
+                 batch_size: int | None = None, start_after: str | None = None) -> Iterator[list[dict[str, Any]]]:
         """Rows of ``collection`` matching ``filter`` as Milvus stores them, in batches of
         ``batch_size`` rows (default :meth:`read_size`), in
         primary-key order: each query asks for the next rows after the last path seen, as
@@ -553,7 +737,7 @@ class Store:
         escaped: ``query_iterator`` puts it into ``path > "..."`` raw, so a newline or a quote
         in a name breaks it. A reply over gRPC's message limit halves the rows asked a query."""
         fields = list(dict.fromkeys(["path", *fields]))
-        last, limit = None, batch_size or self.read_size()
+        last, limit = start_after, batch_size or self.read_size()
         while True:
             after = f"path > {literal(last)}" if last is not None else ""
             try:
@@ -598,7 +782,7 @@ class Store:
             StoreError: Milvus refused (a full disk).
         """
         if self._lite is not None:
-            self._call("flush", self.collection)
+            self._call("flush", self._name)
 
     def flush(self, timeout_s: float = 600.0) -> None:
         """Seal what was written and wait until the vector index covers every row (a server
@@ -608,10 +792,10 @@ class Store:
         Raises:
             StoreError: Milvus refused, or the index was not complete after ``timeout_s``.
         """
-        self._call("flush", self.collection)
+        self._call("flush", self._name)
         deadline = time.monotonic() + timeout_s
         while True:
-            desc = self._call("describe_index", self.collection, "vector")
+            desc = self._call("describe_index", self._name, "vector")
             pending = desc.get("pending_index_rows", 0) or 0
             if not pending or desc.get("indexed_rows", 0) >= desc.get("total_rows", 0):
                 return
@@ -627,7 +811,7 @@ class Store:
             StoreError: Milvus refused or stayed unreachable.
         """
         for expr in paths_in(paths):
-            self._call("delete", self.collection, filter=expr)
+            self._call("delete", self._name, filter=expr)
 
     def count(self, folder: str | None = None) -> int:
         """Number of rows in the collection, or of files inside ``folder`` (an absolute path).
@@ -635,7 +819,7 @@ class Store:
         Raises:
             StoreError: Milvus refused (the collection does not exist) or stayed unreachable.
         """
-        res = self._call("query", self.collection, filter=under(folder) if folder else "",
+        res = self._call("query", self._name, filter=under(folder) if folder else "",
                          output_fields=["count(*)"])
         return int(res[0]["count(*)"])
 
@@ -667,7 +851,7 @@ class Store:
             StoreError: Milvus refused the search or stayed unreachable.
         """
         batch_size = batch_size or (LITE_NEIGHBOURS_BATCH if self._lite is not None else NEIGHBOURS_BATCH)
-        for read in self._batches(self.collection, self._fields(["vector", *fields]),
+        for read in self._batches(self._name, self._fields(["vector", *fields]),
                                   under(folder) if folder else "", max(batch_size, self.read_size())):
             for start in range(0, len(read), batch_size):
                 yield self._neighbours_of(read[start:start + batch_size], threshold, folder, fields, k, max_k)
@@ -708,7 +892,7 @@ class Store:
         found: dict[str, list[str]] = {}
         for expr in values_in("sha256", sorted(set(sha256s))):
             cond = all_of(expr, user, under(folder) if folder else "", path_is_not(exclude))
-            for batch in self._batches(self.collection, ["sha256"], cond):
+            for batch in self._batches(self._name, ["sha256"], cond):
                 for row in batch:
                     found.setdefault(row["sha256"], []).append(path_from_stored(row["path"]))
         return {sha: sorted(paths) for sha, paths in found.items()}
@@ -742,7 +926,7 @@ class Store:
         asked, fields = fields, self._fields(fields)
         try:
             res = self._call(
-                "search", self.collection, data=np.asarray(vectors, np.float32).tolist(),
+                "search", self._name, data=np.asarray(vectors, np.float32).tolist(),
                 limit=k, filter=expr, output_fields=fields, consistency_level=SEARCH_CONSISTENCY,
                 search_params={"metric_type": "COSINE", "params": {"ef": max(ef or 64, k)}},
             )
@@ -769,7 +953,7 @@ class Store:
         Raises:
             StoreError: Milvus refused (the collection does not exist) or stayed unreachable.
         """
-        desc = self._call("describe_index", self.collection, "vector")
+        desc = self._call("describe_index", self._name, "vector")
         return {"index_type": desc.get("index_type"), "metric_type": desc.get("metric_type")}
 
     @property
@@ -790,6 +974,30 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def generation_name(collection: str, generation: int) -> str:
+    """The physical collection of ``collection``'s generation ``generation`` (see :attr:`Store.physical`)."""
+    return f"{collection}{GENERATION}{generation}"
+
+
+def _generation(collection: str, name: str) -> int | None:
+    """The generation number of ``name`` if it is one of ``collection``'s, else None."""
+    prefix = collection + GENERATION
+    rest = name[len(prefix):] if name.startswith(prefix) else ""
+    return int(rest) if rest.isdigit() else None
+
+
+def is_internal(name: str) -> bool:
+    """Whether a Milvus collection name is one vitsearch keeps behind a collection's name
+    (a generation, the whitening matrix, an upgrade's copy) rather than a collection itself."""
+    return "__vitsearch_" in name
+
+
+def _missing(exc: MilvusException) -> bool:
+    """Whether ``exc`` says the collection a call named does not exist."""
+    message = (exc.message or "").lower()
+    return exc.code == 100 or "does not exist" in message or "collection not found" in message
 
 
 def _released(exc: MilvusException) -> bool:
