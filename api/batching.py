@@ -18,7 +18,7 @@ and embedding (``/search/vector``) queries; it does not wait for more to come, i
 query queued while its last call ran. For all of them it reads the stored vectors of the
 ``/search/similar`` paths in one query, and runs one multi-vector search
 (:meth:`~vitsearch.search.client.SearchClient.search_vectors`) per distinct ``(k, filter,
-folder)``: each answer is what the same request alone gets from ``SearchClient``. Per request
+folder, expand)``: each answer is what the same request alone gets from ``SearchClient``. Per request
 this saves a Milvus round trip and, with Milvus Lite (served inside this process, in Python), most
 of its CPU time.
 """
@@ -102,6 +102,7 @@ class SearchQuery:
     folder: str | None = None
     vector: np.ndarray | None = None
     path: str | None = None
+    expand: int = 0
     future: Future = field(default_factory=Future)
 
     async def hits(self) -> list[Hit]:
@@ -159,11 +160,11 @@ class SearchBatcher:
                 batch = [q for q in batch if q.vector is not None]
         groups: dict[tuple, list[SearchQuery]] = {}
         for q in batch:  # different filters cannot share one call
-            groups.setdefault((q.k, q.filter or "", q.folder or ""), []).append(q)
-        for (k, filter, folder), group in groups.items():
+            groups.setdefault((q.k, q.filter or "", q.folder or "", q.expand), []).append(q)
+        for (k, filter, folder, expand), group in groups.items():
             try:
                 found = self.client.search_vectors(np.stack([q.vector for q in group]), k, filter or None,
-                                                   folder or None, [q.path for q in group])
+                                                   folder or None, [q.path for q in group], expand)
             except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
                 for q in group:
                     q.future.set_exception(exc)
@@ -175,7 +176,7 @@ class SearchBatcher:
 
     def _alone(self, q: SearchQuery) -> None:
         try:
-            q.future.set_result(self.client.search_similar(q.path, q.k, q.filter, True, q.folder))
+            q.future.set_result(self.client.search_similar(q.path, q.k, q.filter, True, q.folder, expand=q.expand))
         except BaseException as exc:  # noqa: BLE001 - the request's own answer
             q.future.set_exception(exc)
 

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from vitsearch.search.config import MAX_K
 from vitsearch.search.errors import BadImageError, BadQueryError, ImageTooLargeError, StoreError
+from vitsearch.search.ranking import MAX_EXPAND
 
 from .backend import Backend
 from .batching import SearchQuery
@@ -44,7 +45,10 @@ async def search(request: Request,
                  filter: str | None = Query(None, description='Milvus boolean expression on the stored fields, '
                                                               'e.g. `width >= 500`.'),
                  min_score: float | None = Query(None, description="Leave out hits scoring below this."),
-                 collapse: bool = Query(False, description="Show exact duplicates (same sha256) as one hit.")):
+                 collapse: bool = Query(False, description="Show exact duplicates (same sha256) as one hit."),
+                 expand: Annotated[int, Query(ge=0, le=MAX_EXPAND, description="Query expansion: search again "
+                                              "with the query averaged with its N nearest results (αQE); 0: off."
+                                              )] = 0):
     """The `k` indexed images most similar to the uploaded one, best first (score: cosine
     similarity). The upload is decoded as the indexer decodes a file (same size and pixel limits);
     the forward passes and the searches of concurrent requests are batched."""
@@ -65,9 +69,9 @@ async def search(request: Request,
     pixels = await run_in_threadpool(model_input)
     if collapse:  # searches deeper, then asks for the copies: on its own, not holding up the others' batch
         vector = await batcher.embed(pixels)
-        hits = await run_in_threadpool(client.search_vector, vector, k, filter, folder or None, True)
+        hits = await run_in_threadpool(client.search_vector, vector, k, filter, folder or None, True, expand)
     else:
-        hits = await batcher.search(pixels, SearchQuery(k, filter, folder or None))
+        hits = await batcher.search(pixels, SearchQuery(k, filter, folder or None, expand=expand))
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), min_score))
 
 
@@ -78,14 +82,16 @@ async def search_similar(request: Request, body: SimilarIn):
     left out."""
     started = time.perf_counter()
     searches = await _backend(request).opened("searches")
-    hits = await searches.search(SearchQuery(body.k, body.filter, body.folder or None, path=body.path))
+    hits = await searches.search(SearchQuery(body.k, body.filter, body.folder or None, path=body.path,
+                                             expand=body.expand))
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), body.min_score))
 
 
 @router.post("/search/vector", response_model=SearchOut, summary="Search by embedding", responses=_ERRORS)
 async def search_vector(request: Request, body: VectorIn):
-    """The `k` rows nearest to an embedding of the collection's dimension (an embedding made by
-    the same model elsewhere)."""
+    """The `k` rows nearest to an embedding of the collection's dimension: the model's raw
+    embedding (made by the same model elsewhere, or a hit's `/search/similar`), which is mapped
+    into the collection's space here; any length but zero."""
     started = time.perf_counter()
     backend = _backend(request)
     client = await backend.opened("client")
@@ -96,7 +102,8 @@ async def search_vector(request: Request, body: VectorIn):
     if not np.isfinite(vector).all() or not np.any(vector):
         raise BadQueryError("vector must be finite and not all zeros (its direction is the query)")
     searches = await backend.opened("searches")
-    hits = await searches.search(SearchQuery(body.k, body.filter, body.folder or None, vector=vector))
+    hits = await searches.search(SearchQuery(body.k, body.filter, body.folder or None, vector=vector,
+                                             expand=body.expand))
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), body.min_score))
 
 

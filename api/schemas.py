@@ -17,9 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vitsearch.search.client import Hit
 from vitsearch.search.config import MAX_K
+from vitsearch.search.ranking import MAX_EXPAND
 from vitsearch.search.store import META_FIELDS
 
 K = Annotated[int, Field(ge=1, le=MAX_K, description=f"Number of results, 1 to {MAX_K}.")]
+EXPAND = Annotated[int, Field(ge=0, le=MAX_EXPAND, description="Query expansion: search again with the query averaged "
+                                                               "with its N nearest results (αQE); 0: off.")]
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -31,20 +34,26 @@ class AsciiJSONResponse(JSONResponse):
 
 
 class HitOut(BaseModel):
-    """One result: ``score`` is the cosine similarity of the CLS embeddings (higher is closer, 1 is
-    identical); ``metadata`` the stored fields (``folder``, ``size`` bytes, ``mtime`` Unix seconds,
-    ``ctime_ns``, ``inode``, ``width``, ``height`` pixels, ``sha256``, ``indexed_at``)."""
+    """One result: ``score`` is the cosine similarity of the embeddings in the collection's space
+    (whitened once it holds 50 images: unrelated images score near 0; higher is closer, 1 is
+    identical); ``match`` whether it is a close match (the same object, scene or product, not
+    merely the nearest image); ``metadata`` the stored fields (``folder``, ``size`` bytes,
+    ``mtime`` Unix seconds, ``ctime_ns``, ``inode``, ``width``, ``height`` pixels, ``sha256``,
+    ``indexed_at``)."""
 
     model_config = ConfigDict(extra="allow")
     path: str
     score: float
+    match: bool
     metadata: dict[str, Any]
 
 
 class SearchOut(BaseModel):
-    """Hits best first, and the time the search took on the server in milliseconds."""
+    """Hits best first; ``close_match``: whether any of them is a close match (false: "no close
+    match in this collection"); the time the search took on the server in milliseconds."""
 
     hits: list[HitOut]
+    close_match: bool
     took_ms: float
 
 
@@ -58,6 +67,7 @@ class SimilarIn(BaseModel):
     folder: str | None = Field(None, description="Only images in this folder or below it.")
     filter: str | None = Field(None, description='Milvus boolean expression on the stored fields, e.g. "width >= 500".')
     min_score: float | None = Field(None, description="Leave out hits scoring below this.")
+    expand: EXPAND = 0
 
 
 class VectorIn(BaseModel):
@@ -70,20 +80,23 @@ class VectorIn(BaseModel):
     folder: str | None = None
     filter: str | None = None
     min_score: float | None = None
+    expand: EXPAND = 0
 
 
 def hit_json(hit: Hit) -> dict[str, Any]:
-    """``{"path", "score", "metadata": {...}}``, and any other field a :class:`Hit` has that is set
-    (such as the paths of a collapsed hit's exact copies)."""
+    """``{"path", "score", "match", "metadata": {...}}``, and any other field a :class:`Hit` has
+    that is set (such as the paths of a collapsed hit's exact copies)."""
     extra = {f.name: list(value) if isinstance(value, tuple) else value for f in dataclasses.fields(hit)
-             if f.name not in ("path", "score", "metadata") and (value := getattr(hit, f.name))}
+             if f.name not in ("path", "score", "match", "metadata") and (value := getattr(hit, f.name))}
     order = {name: i for i, name in enumerate(META_FIELDS)}
     metadata = dict(sorted(((k, v) for k, v in hit.metadata.items() if k != "path"),
                            key=lambda kv: order.get(kv[0], len(order))))
-    return {"path": hit.path, "score": hit.score, "metadata": metadata, **extra}
+    return {"path": hit.path, "score": hit.score, "match": hit.match, "metadata": metadata, **extra}
 
 
 def search_json(hits: list[Hit], took_ms: float, min_score: float | None) -> dict[str, Any]:
-    """The body of a search response: hits at or above ``min_score``, best first."""
+    """The body of a search response: hits at or above ``min_score``, best first, and whether any
+    hit searched (also one below ``min_score``) is a close match."""
     kept = [h for h in hits if min_score is None or h.score >= min_score]
-    return {"hits": [hit_json(h) for h in kept], "took_ms": round(took_ms, 2)}
+    return {"hits": [hit_json(h) for h in kept], "close_match": any(h.match for h in hits),
+            "took_ms": round(took_ms, 2)}

@@ -57,6 +57,19 @@ RUNTIME = typer.Option(None, "--runtime", help="How the encoder runs: torch, onn
                        "fastest on a CPU). Recorded in the collection like the model; a search takes the "
                        "collection's unless told. (env VITSEARCH_RUNTIME; default: the collection's, else "
                        "onnx-int8 on a CPU and torch on CUDA)")
+class Whitening(str, Enum):
+    """``--whitening`` values (see :mod:`vitsearch.search.whitening`)."""
+
+    auto = "auto"
+    none = "none"
+
+
+WHITENING = typer.Option(None, "--whitening", help="auto: learn a whitening of the embeddings from the collection "
+                         "itself once it holds 50 images (no labels; better rankings and readable scores); none: "
+                         "search the model's raw embeddings. Recorded in the collection. (default: the "
+                         "collection's, auto for a new one)")
+EXPAND = typer.Option(0, "--expand", min=0, max=100, help="Query expansion: search again with the query averaged "
+                      "with its N nearest results (αQE). 0: off.")
 POOLING = typer.Option(None, "--pooling",
                        help="cls (the CLS token; default) or mean (the mean of the patch tokens); recorded "
                             "in the collection like the model. (env VITSEARCH_POOLING)")
@@ -118,5 +131,14 @@ def progress_bar():
 
         def close(self) -> None:
             self.bar.close()
+
+        def rewriting(self, kind: str, rows: int) -> None:
+            self.rewrite = tqdm(total=rows, unit="row", desc=f"{kind} whitening" if kind != "resuming"
+                                else "finishing a stopped rewrite", dynamic_ncols=True)
+
+        def rewritten(self, n: int) -> None:
+            self.rewrite.update(n)
+            if self.rewrite.n >= self.rewrite.total:
+                self.rewrite.close()
 
     return Bar()

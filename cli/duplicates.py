@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from vitsearch.search.config import DEFAULT_DUPLICATE_THRESHOLD
+from vitsearch.search.config import DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_WHITENED_DUPLICATE_THRESHOLD
 from vitsearch.search.errors import BadQueryError, VitsearchError
 from vitsearch.search.paths import printable
 
@@ -17,18 +17,14 @@ from .common import COLLECTION, JSON, URI, app, fail, open_client
 
 @app.command()
 def duplicates(
-    threshold: float = typer.Option(
-        DEFAULT_DUPLICATE_THRESHOLD, "--threshold", min=0.0, max=1.0,
-        help="Cosine similarity at or above which two images are near-duplicate candidates; each candidate "
-             "pair is then confirmed by the two files' pixels (see --verify). The default "
-             f"{DEFAULT_DUPLICATE_THRESHOLD} was chosen for the default model (dinov2-small-9l) from "
-             "benchmarks/duplicates.py (300 catalogue photos, 7 planted copies each, indexed with onnx-int8): "
-             "with the pixel check, pair precision 0.954 and recall 0.953 at 0.90 and 0.92 (byte-identical, "
-             "re-saved and 10 % darker copies 1.00, JPEG-30 and 90 % crops 0.99, 50 % downscales 0.97, "
-             "10 % brighter 0.86: white products lose their detail when brightened); higher thresholds "
-             "miss crops and downscales (recall 0.91 at 0.97). With --no-verify use about 0.985 (precision "
-             "0.39, recall 0.76 there: distinct look-alike products chain into groups). Review groups "
-             "before acting on them."),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", min=0.0, max=1.0,
+        help="Cosine similarity (in the collection's space) at or above which two images are near-duplicate "
+             "candidates; each candidate pair is then confirmed by the two files' pixels (see --verify). "
+             f"Default: {DEFAULT_WHITENED_DUPLICATE_THRESHOLD} on a whitened collection, "
+             f"{DEFAULT_DUPLICATE_THRESHOLD} on raw embeddings (one under 50 images, or --whitening none), "
+             "chosen for the default model on planted copies of real photos (see the benchmark page of the "
+             "docs). Review groups before acting on them."),
     folder: Optional[str] = typer.Option(None, "--folder", help="Only images in this folder or below it "
                                          "(both images of every pair)."),
     exact_only: bool = typer.Option(False, "--exact-only", help="Only identical bytes (same sha256); "
@@ -36,7 +32,7 @@ def duplicates(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Confirm each near pair found by the "
                                 "embedding by the two files' pixels (64 px high-passed thumbnails, normalised "
                                 "cross-correlation; the files of candidate pairs are read). --no-verify: the "
-                                "embedding alone decides (then use a threshold of about 0.985)."),
+                                "embedding alone decides (then use a higher threshold)."),
     as_json: bool = JSON,
     csv_file: Optional[Path] = typer.Option(None, "--csv", dir_okay=False, help="Write one row per image of "
                                             "a group (group, path, keep yes/no, score to the keeper, kind, size, "
@@ -99,7 +95,7 @@ def duplicates(
                                                + (f" (pixels {p.pixels:.3f})" if p.pixels is not None else "")
                                                for p in group.pairs))
     how = ("exact duplicates only" if exact_only
-           else f"threshold {threshold:g}" + (", pixels checked" if verify else ", embedding alone"))
+           else f"threshold {report.threshold:g}" + (", pixels checked" if verify else ", embedding alone"))
     typer.echo(f"{len(report.groups)} group{'' if len(report.groups) == 1 else 's'}, {report.duplicates} "
                f"duplicate{'' if report.duplicates == 1 else 's'} among {report.images:,} images "
                f"({how}, {report.seconds:.1f} s)" + (f"; CSV written to {printable(str(csv_file))}" if csv_file else ""))

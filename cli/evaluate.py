@@ -9,8 +9,8 @@ import typer
 
 from vitsearch.search.errors import BadQueryError, VitsearchError
 
-from .common import (COLLECTION, DEVICE, IMAGE_SIZE, POOLING, RUNTIME, Pooling, Runtime, app, fail, progress_bar,
-                     settings)
+from .common import (COLLECTION, DEVICE, EXPAND, IMAGE_SIZE, POOLING, RUNTIME, WHITENING, Pooling, Runtime, Whitening,
+                     app, fail, progress_bar, settings)
 
 
 @app.command("eval")
@@ -30,14 +30,22 @@ def eval_(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode/preprocess processes."),
     device: Optional[str] = DEVICE,
     runtime: Optional[Runtime] = RUNTIME,
+    whitening: Optional[Whitening] = WHITENING,
+    expand: int = EXPAND,
+    unrelated: Optional[Path] = typer.Option(None, "--unrelated", exists=True, file_okay=False, dir_okay=True,
+                                             help="A folder of images that match nothing in DATASET: the share "
+                                                  "of them answered \"no close match\" is reported."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON documented in the README."),
 ) -> None:
     """Measure retrieval quality on a labelled set: mAP, recall@k, precision@k, ANN recall@10.
 
     DATASET is indexed with the normal indexer (incremental, so a reused collection is not
     embedded twice); the stored vectors are read once and every query is ranked exactly over
-    them (the query left out of its own ranking); a sample of queries is searched through
-    Milvus, and the index's top-10 compared with the exact one (ANN recall@10).
+    them (the query left out of its own ranking), in the collection's space (whitened, unless
+    --whitening none), each query expanded first with --expand; a sample of queries is searched
+    through Milvus, and the index's top-10 compared with the exact one (ANN recall@10). The
+    close-match label is scored on each query's top hit (precision, recall), and on --unrelated
+    images (the share answered "no close match").
     """
     try:
         ks = sorted({int(v) for v in k.split(",") if v.strip()})
@@ -50,7 +58,8 @@ def eval_(
     from vitsearch.indexer import evaluate  # after settings(): the process set up before pymilvus loads
 
     try:
-        report = evaluate(dataset, s, ks, uri=uri, collection=collection, progress=progress_bar())
+        report = evaluate(dataset, s, ks, uri=uri, collection=collection, progress=progress_bar(),
+                          whitening=whitening and whitening.value, expand=expand, unrelated=unrelated)
     except BadQueryError as exc:
         fail(str(exc), code=2)
     except VitsearchError as exc:
@@ -62,10 +71,15 @@ def eval_(
     result = report.result
     typer.echo(f"{dataset}: {report.layout}, {report.images} images, {result.queries} queries; "
                f"model {report.model}, pooling {report.pooling}, {report.dim}-d, input {report.image_size}, "
-               f"runtime {report.runtime}")
+               f"runtime {report.runtime}; {report.whitening} embeddings"
+               + (f", query expansion {report.expand}" if report.expand else ""))
     typer.echo(f"{'mAP':>14}  {result.map:.4f}")
     for name, values in (("recall", result.recall), ("precision", result.precision)):
         typer.echo("  ".join(f"{f'{name}@{kk}':>14}  {v:.4f}" for kk, v in values.items()))
+    typer.echo(f"{'close match':>14}  precision {result.match_precision:.4f}, recall {result.match_recall:.4f} "
+               f"(the label on each query's top hit)"
+               + (f"; {result.unrelated_rejected:.4f} of {result.unrelated} unrelated queries answered "
+                  f"\"no close match\"" if result.unrelated_rejected is not None else ""))
     typer.echo(f"{'ANN recall@10':>14}  {result.ann_recall_at_10:.4f} (the index's top-10 against exact search, "
                f"{result.ann_queries} queries)")
     typer.echo(f"{'seconds':>14}  index {report.seconds['index']} ({report.images_per_s} images/s), "

@@ -16,8 +16,8 @@ from vitsearch.search.encoder_info import EncoderInfo
 from vitsearch.search.errors import VitsearchError
 from vitsearch.search.paths import printable
 
-from .common import (COLLECTION, DEVICE, DTYPE, IMAGE_SIZE, JSON, POOLING, RUNTIME, URI, Pooling, Runtime, app, fail,
-                     progress_bar, settings)
+from .common import (COLLECTION, DEVICE, DTYPE, IMAGE_SIZE, JSON, POOLING, RUNTIME, URI, WHITENING, Pooling, Runtime,
+                     Whitening, app, fail, progress_bar, settings)
 
 
 class Engine(str, Enum):
@@ -55,6 +55,10 @@ def index(
                                                "the reason, to this file: CSV if it ends in .csv, else JSON lines."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each batch's decode, embed and write times."),
     as_json: bool = JSON,
+    whitening: Optional[Whitening] = WHITENING,
+    relearn: bool = typer.Option(False, "--relearn", help="Learn the collection's whitening again from all its "
+                                 "images at the end of the run (it is re-learned on its own when the collection "
+                                 "has doubled since). Rewrites the stored vectors; no image is embedded again."),
     engine: Engine = typer.Option(Engine.local, "--engine", help="local: this machine's processes; ray: a "
                                   "Ray cluster (pip install 'vitsearch[ray]'), decoding on its CPUs, one "
                                   "encoder per GPU, writing from the workers."),
@@ -106,6 +110,9 @@ def index(
         raise typer.BadParameter("--prune runs with --engine local only", param_hint="--prune")
     if engine is Engine.local and bulk_dir:
         raise typer.BadParameter("--bulk-dir needs --engine ray", param_hint="--bulk-dir")
+    if relearn and whitening is Whitening.none:
+        raise typer.BadParameter("--relearn learns a whitening; --whitening none removes it", param_hint="--relearn")
+    learn = whitening and whitening.value
     try:
         with Store.from_settings(s) as store:
             if engine is Engine.ray:
@@ -120,13 +127,14 @@ def index(
                 report = index_with_ray(folder, encoder=encoder, store=store, settings=s, batch_size=size,
                                         ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
                                         concurrency=concurrency, progress=progress_bar(),
-                                        on_failure=on_failure, bulk_dir=bulk_dir)
+                                        on_failure=on_failure, bulk_dir=bulk_dir, whitening=learn,
+                                        relearn=relearn)
             else:
                 encoder = encoder_for(store.recorded_encoder(), s, store.where)
                 size = s.batch_size or batch_size_for(encoder)
                 report = index_folder(folder, encoder=encoder, store=store, batch_size=size,
                                       workers=s.workers, prune=prune, verify=verify, progress=progress_bar(),
-                                      on_failure=on_failure)
+                                      on_failure=on_failure, whitening=learn, relearn=relearn)
     except NotADirectoryError as exc:
         fail(str(exc), 2)
     except VitsearchError as exc:
@@ -156,7 +164,8 @@ def _index_summary(report, s: Settings, info: EncoderInfo, batch_size: int, fold
                "stage_seconds": {"decode": round(report.decode_seconds, 2), "embed": round(report.embed_seconds, 2),
                                  "write": round(report.write_seconds, 2), "wait": round(report.wait_seconds, 2)},
                "batch_size": batch_size, "collection": s.collection, "uri": s.resolved_uri(), "model": info.model,
-               "runtime": info.runtime}
+               "runtime": info.runtime, "whitening": report.space, "rewritten": report.rewritten,
+               "rewrite_seconds": round(report.rewrite_seconds, 2)}
     if as_json:
         summary["failures"] = [{"path": p, "reason": r} for p, r in report.failures]
         typer.echo(json.dumps(summary, indent=2))
@@ -174,6 +183,11 @@ def _index_summary(report, s: Settings, info: EncoderInfo, batch_size: int, fold
                    f"(size, mtime, ctime or inode changed, or --verify)")
     if report.indexed:
         typer.echo(f"time: {report.stages()}; batch size {batch_size}, runtime {info.runtime}")
+    if report.space:
+        done = {"learned": "whitening learned from the collection", "re-learned": "whitening re-learned",
+                "removed": "whitening removed (raw embeddings)", "resumed": "a rewrite a stopped run left finished"}
+        typer.echo(f"{done.get(report.space, report.space)}: {report.rewritten} stored vectors rewritten in "
+                   f"{report.rewrite_seconds:.1f} s, no image embedded again")
     if report.failures:
         where = f"listed in {report_file}" if report_file else "listed above; --report FILE saves them"
         typer.echo(f"{report.failed} file{'s' if report.failed > 1 else ''} could not be indexed ({where})")

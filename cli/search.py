@@ -10,7 +10,7 @@ from vitsearch.search.config import MAX_K
 from vitsearch.search.errors import BadImageError, BadQueryError, VitsearchError
 from vitsearch.search.paths import printable
 
-from .common import COLLECTION, DEVICE, IMAGE_SIZE, JSON, RUNTIME, URI, Runtime, app, fail, open_client
+from .common import COLLECTION, DEVICE, EXPAND, IMAGE_SIZE, JSON, RUNTIME, URI, Runtime, app, fail, open_client
 
 
 @app.command()
@@ -30,9 +30,15 @@ def search(
     collection: Optional[str] = COLLECTION,
     device: Optional[str] = DEVICE,
     runtime: Optional[Runtime] = RUNTIME,
+    expand: int = EXPAND,
     as_json: bool = JSON,
 ) -> None:
-    """Find the indexed images most similar to IMAGE, best first (score: cosine similarity).
+    """Find the indexed images most similar to IMAGE, best first.
+
+    Score: cosine similarity in the collection's space (whitened once it holds 50 images:
+    unrelated images score near 0). "match": a close match, the same object, scene or product
+    rather than merely the nearest image; when none qualifies, "no close match in this
+    collection" is said after the results (JSON: "close_match": false).
 
     Exit codes: 0 results (or none), 1 Milvus, model or collection trouble, 2 a bad query (not an
     image, a corrupt image, an unknown --similar path, a malformed --filter, k out of range).
@@ -40,24 +46,29 @@ def search(
     try:
         with open_client(uri, collection, model, device, image_size, runtime) as client:
             if similar:
-                hits = client.search_similar(image, k=k, filter=filter, folder=folder, collapse_duplicates=collapse)
+                hits = client.search_similar(image, k=k, filter=filter, folder=folder, collapse_duplicates=collapse,
+                                             expand=expand)
             else:
-                hits = client.search(image, k=k, filter=filter, folder=folder, collapse_duplicates=collapse)
+                hits = client.search(image, k=k, filter=filter, folder=folder, collapse_duplicates=collapse,
+                                     expand=expand)
     except (BadImageError, BadQueryError) as exc:
         fail(str(exc), code=2)
     except VitsearchError as exc:
         fail(str(exc))
+    close = any(h.match for h in hits)
     if as_json:
-        typer.echo(json.dumps([h.to_dict() for h in hits], indent=2))
+        typer.echo(json.dumps({"hits": [h.to_dict() for h in hits], "close_match": close}, indent=2))
         return
     if not hits:
         typer.echo("no results")
         return
-    typer.echo(f"{'rank':>4}  {'score':>6}  {'size':>11}  path")
+    typer.echo(f"{'rank':>4}  {'score':>6}  {'match':>5}  {'size':>11}  path")
     for rank, h in enumerate(hits, 1):
         size = f"{h.metadata.get('width')}x{h.metadata.get('height')}"
         copies = f"  (+{len(h.copies)} {'copy' if len(h.copies) == 1 else 'copies'})" if h.copies else ""
-        typer.echo(f"{rank:>4}  {h.score:.4f}  {size:>11}  {printable(h.path)}{copies}")
+        typer.echo(f"{rank:>4}  {h.score:.4f}  {'yes' if h.match else '':>5}  {size:>11}  {printable(h.path)}{copies}")
+    if not close:
+        typer.echo("no close match in this collection: these are only the nearest images")
 
 
 @app.command()
@@ -72,4 +83,6 @@ def stats(uri: Optional[str] = URI, collection: Optional[str] = COLLECTION, as_j
         typer.echo(json.dumps(info, indent=2))
         return
     for key, value in info.items():
+        if key == "whitening" and value:
+            value = f"power {value['power']}, shrinkage {value['shrinkage']:.3f}, learned from {value['n']:,} images"
         typer.echo(f"{key:>15}: {value}")

@@ -7,7 +7,9 @@
 
 The objects are the local engine's: the same :class:`~vitsearch.search.encoder.Encoder` (loaded
 once per actor), the same :class:`~vitsearch.search.preprocess.Preprocess`, the same rows
-(:func:`.runner.make_row`) and schema, the same incremental rule (path, size, mtime) and lease.
+(:func:`.runner.make_row`) and schema, the same incremental rule (path, size, mtime, ctime, inode), lease and space (the vectors
+mapped into the collection's space, :mod:`vitsearch.search.whitening`, which is learned at the end
+of the run as the local engine does).
 Only the execution differs. SOURCE is a folder (local or a shared filesystem mounted on every
 node) or a URI that ``pyarrow.fs`` opens (``s3://``, ``gs://``, ``abfs://``, ``hdfs://``,
 ``file://``), the filesystem layer Ray Data's own readers use.
@@ -42,9 +44,11 @@ from vitsearch.search.paths import path_from_stored, stored_path
 from vitsearch.search.preprocess import Preprocess
 from vitsearch.search.store import META_FIELDS, Store, is_server_uri, writer_lease
 from vitsearch.search.store.bulk import bulk_load
+from vitsearch.search.whitening import Space
 
 from .reader import Decoded, Failed, read_one
-from .runner import IndexInterrupted, IndexReport, Progress, changed, chunks, make_row, refreshed, storable
+from .runner import (IndexInterrupted, IndexReport, Progress, begin, changed, chunks, finish, make_row, refreshed,
+                     storable)
 from .scan import FileEntry, scan
 
 log = logging.getLogger(__name__)
@@ -168,7 +172,7 @@ class EmbedAndWrite:
     """
 
     def __init__(self, settings: Settings, info_json: str, uri: str, collection: str, driver_node: str,
-                 write: bool = True):
+                 write: bool = True, space: Space = Space()):
         import ray
 
         node = ray.util.get_node_ip_address()
@@ -182,6 +186,7 @@ class EmbedAndWrite:
             torch.set_num_threads(max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
         self.encoder = encoder_for(expected, settings, f"the collection being indexed (Ray worker on {node})")
         self.store = Store.from_settings(settings, uri=uri, collection=collection) if write else None
+        self.space = space  # the run's: the driver holds the lease, so it cannot change during it
 
     def __call__(self, batch: dict[str, np.ndarray]):
         """Embed the decoded files of ``batch``; upsert their rows (and refresh those of files
@@ -195,7 +200,7 @@ class EmbedAndWrite:
         rows = []
         started = time.perf_counter()
         if len(good):
-            vectors = self.encoder.embed_pixels(torch.from_numpy(batch["pixel_values"][good]))
+            vectors = self.space.to_search(self.encoder.embed_pixels(torch.from_numpy(batch["pixel_values"][good])))
             embed_s = time.perf_counter() - started
             now = time.time()
             rows = [make_row(entries[i], v, {"width": int(batch["width"][i]), "height": int(batch["height"][i]),
@@ -229,7 +234,7 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
                    batch_size: int = DEFAULT_BATCH_SIZE, ray_address: str | None = None,
                    num_gpus_per_worker: float | None = None, concurrency: int | None = None,
                    progress: Progress | None = None, on_failure: Callable[[str, str], None] | None = None,
-                   bulk_dir: str | None = None) -> IndexReport:
+                   bulk_dir: str | None = None, whitening: str | None = None, relearn: bool = False) -> IndexReport:
     """Index the image files under ``source`` into ``store``'s collection on a Ray cluster.
 
     Same contract as :func:`.runner.index_folder` (incremental, failures reported and skipped,
@@ -290,7 +295,7 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
 
     store.ensure(encoder.info)
     with writer_lease(store):
-        store.upgrade()
+        space = begin(store, progress, report)
         try:
             for n, wave in enumerate(chunks(changed(storable(listing, failed), store, report, progress), WAVE)):
                 ds = ray.data.from_items([_columns(e) for e in wave], override_num_blocks=max(1, len(wave) // batch_size))
@@ -303,7 +308,7 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
                     fn_constructor_kwargs={"settings": settings, "info_json": encoder.info.to_json(),
                                            "uri": store.uri, "collection": store.collection,
                                            "driver_node": ray.util.get_node_ip_address(),
-                                           "write": bulk_dir is None})
+                                           "write": bulk_dir is None, "space": space})
                 if bulk_dir is not None:  # computed once, then read twice: the status, the shards
                     from ray.data.expressions import col
 
@@ -329,7 +334,7 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
             progress.close()
         if bulk_dir is not None and is_server_uri(store.uri) and is_uri(bulk_dir):
             bulk_load(store, bulk_dir)
-        store.persist()
+        finish(store, whitening, relearn, progress, report)
     report.seconds = time.perf_counter() - started
     return report
 

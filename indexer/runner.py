@@ -27,6 +27,8 @@ from vitsearch.search.encoder import Encoder
 from vitsearch.search.images import Limits
 from vitsearch.search.paths import stored_path
 from vitsearch.search.store import MAX_PATH_BYTES, META_FIELDS, Store, writer_lease
+from vitsearch.search.store.space import read_space, resume_rewrite, update_space
+from vitsearch.search.whitening import Space
 
 from .reader import read_batches
 from .scan import FileEntry, scan
@@ -55,6 +57,11 @@ class IndexReport:
         embed_seconds: time in the encoder's forward passes.
         write_seconds: time in Milvus upserts (in the background).
         wait_seconds: time the encoder waited for decoded input (0 when decoding keeps up).
+        space: what the run did to the collection's space: ``""`` (nothing), ``"learned"``,
+            ``"re-learned"`` or ``"removed"`` (whitening), ``"resumed"`` (a rewrite a stopped
+            run left).
+        rewritten: rows whose vectors were rewritten into the new space (no image embedded).
+        rewrite_seconds: wall time of that rewrite (learning included), within ``seconds``.
     """
 
     indexed: int = 0
@@ -67,6 +74,9 @@ class IndexReport:
     embed_seconds: float = 0.0
     write_seconds: float = 0.0
     wait_seconds: float = 0.0
+    space: str = ""
+    rewritten: int = 0
+    rewrite_seconds: float = 0.0
 
     @property
     def failed(self) -> int:
@@ -108,11 +118,19 @@ class Progress:
     def close(self) -> None:
         """The embedding stage is over."""
 
+    def rewriting(self, kind: str, rows: int) -> None:
+        """The collection's ``rows`` vectors are being rewritten into a new space (``kind``:
+        ``"learning"``, ``"re-learning"`` or ``"removing"`` whitening, ``"resuming"`` a rewrite
+        a stopped run left; see :mod:`vitsearch.search.store.space`)."""
+
+    def rewritten(self, n: int) -> None:
+        """``n`` more rows are rewritten."""
+
 
 def index_folder(root: str, *, encoder: Encoder, store: Store, batch_size: int = DEFAULT_BATCH_SIZE,
                  workers: int = 2, prune: bool = False, verify: bool = False, progress: Progress | None = None,
                  on_failure: Callable[[str, str], None] | None = None,
-                 limits: Limits | None = None) -> IndexReport:
+                 limits: Limits | None = None, whitening: str | None = None, relearn: bool = False) -> IndexReport:
     """Index the image files under ``root`` into ``store``'s collection with ``encoder``.
 
     New and changed files are embedded and upserted; unchanged files are skipped. A file is
@@ -130,9 +148,17 @@ def index_folder(root: str, *, encoder: Encoder, store: Store, batch_size: int =
     run killed at any point leaves only whole rows, and the next run embeds just what is missing.
     On an exception the rows already embedded are written before it propagates.
 
+    The vectors are written in the collection's space (:mod:`vitsearch.search.whitening`): at the
+    end of the run whitening is learned, re-learned or removed as due
+    (:func:`~vitsearch.search.store.space.update_space`), and a rewrite a stopped run left is
+    finished before anything is written.
+
     Args:
         limits: what reading and decoding one file may cost; default the encoder's (from its
             settings: ``VITSEARCH_MAX_IMAGE_PIXELS``, ``VITSEARCH_MAX_FILE_MB``).
+        whitening: ``"auto"`` (learn whitening from the collection) or ``"none"`` (raw
+            embeddings) to change the collection's setting; None keeps it (auto for a new one).
+        relearn: learn the whitening again at the end of the run, whatever the collection's growth.
 
     Raises:
         NotADirectoryError: ``root`` is not a folder.
@@ -156,23 +182,68 @@ def index_folder(root: str, *, encoder: Encoder, store: Store, batch_size: int =
 
     store.ensure(encoder.info)
     with writer_lease(store):
-        store.upgrade()
+        space = begin(store, progress, report)
         log.debug("scanning %s", root)
         try:
-            _run(root, encoder, store, batch_size, workers, limits or encoder.limits, verify, progress, report,
-                 failed)
+            _run(root, encoder, store, space, batch_size, workers, limits or encoder.limits, verify, progress,
+                 report, failed)
         except KeyboardInterrupt:
             report.seconds = time.perf_counter() - started
             raise IndexInterrupted(report) from None
         if prune:
             report.removed = _prune(root, store)
-        store.persist()  # Lite: data and index files written while the run owns the disk
+        finish(store, whitening, relearn, progress, report)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _run(root: str, encoder: Encoder, store: Store, batch_size: int, workers: int, limits: Limits, verify: bool,
-         progress: Progress, report: IndexReport, failed: Callable[[str, str], None]) -> None:
+def begin(store: Store, progress: Progress, report: IndexReport) -> Space:
+    """What an indexing run does first, holding the lease: upgrade an older schema, finish a
+    rewrite a stopped run left (:func:`~vitsearch.search.store.space.resume_rewrite`).
+
+    Returns:
+        the space to write the run's vectors in.
+    """
+    store.upgrade()
+    started = time.perf_counter()
+    resumed = resume_rewrite(store, on_rows=progress.rewritten, on_start=progress.rewriting)
+    if resumed:
+        report.space, report.rewritten = "resumed", resumed
+        report.rewrite_seconds += time.perf_counter() - started
+    return read_space(store)
+
+
+def finish(store: Store, whitening: str | None, relearn: bool, progress: Progress, report: IndexReport) -> Space:
+    """What an indexing run does last, holding the lease: bring the collection's space up to date
+    (:func:`~vitsearch.search.store.space.update_space`) and, on Milvus Lite, write the data and
+    index files while the run owns the disk.
+
+    Returns:
+        the space the collection is in now.
+    """
+    started = time.perf_counter()
+    kinds = {"learning": "learned", "re-learning": "re-learned", "removing": "removed"}
+
+    def rewriting(kind: str, rows: int) -> None:
+        report.space = kinds.get(kind, kind)
+        progress.rewriting(kind, rows)
+
+    before = report.space
+    space = update_space(store, whitening, relearn, on_rows=lambda n: _rewritten(progress, report, n),
+                         on_start=rewriting)
+    if report.space != before:
+        report.rewrite_seconds += time.perf_counter() - started
+    store.persist()
+    return space
+
+
+def _rewritten(progress: Progress, report: IndexReport, n: int) -> None:
+    report.rewritten += n
+    progress.rewritten(n)
+
+
+def _run(root: str, encoder: Encoder, store: Store, space: Space, batch_size: int, workers: int, limits: Limits,
+         verify: bool, progress: Progress, report: IndexReport, failed: Callable[[str, str], None]) -> None:
     """The stages, overlapped; every embedded row is written before this returns or raises."""
     todo = changed(storable(scan(root, failed), failed), store, report, progress, verify)
     writer = Writer(store)
@@ -190,7 +261,7 @@ def _run(root: str, encoder: Encoder, store: Store, batch_size: int, workers: in
                 report.unchanged += len(batch.unchanged)
             if batch.entries:
                 t = time.perf_counter()
-                vectors = encoder.embed_pixels(batch.pixel_values)
+                vectors = space.to_search(encoder.embed_pixels(batch.pixel_values))
                 embed_s = time.perf_counter() - t
                 report.embed_seconds += embed_s
                 now = time.time()

@@ -12,16 +12,25 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .config import DEFAULT_DUPLICATE_THRESHOLD, MAX_K, Settings
+from .config import DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_WHITENED_DUPLICATE_THRESHOLD, MAX_K, Settings
 from .duplicates import DuplicateReport, collapse, find_duplicates
 from .encoder import Encoder, check_image_size, encoder_for
 from .errors import BadQueryError, NotIndexedError
 from .images import ImageLike, Limits
 from .paths import printable
-from .store import META_FIELDS, SEARCH_CONSISTENCY, Hit, Store
+from . import ranking
+from .store import META_FIELDS, SEARCH_CONSISTENCY, CollectionMoved, Hit, Store
+from .store.space import read_space
 from .thumbnails import THUMB_PX, thumbnail
+from .whitening import Space, normalise
 
 __all__ = ["SearchClient", "Hit"]
+
+#: Times a query is run again where the collection's vectors move to a new generation under it.
+MOVES = 3
+#: Deepest search whose hits come back with their stored vectors (for the close-match label and
+#: query expansion); deeper, the vectors of the few hits that may be matches are read apart.
+LABEL_DEPTH = 100
 
 
 class SearchClient:
@@ -63,6 +72,7 @@ class SearchClient:
         self._model, self._device, self._dtype = model, device, dtype
         self._encoder = encoder
         self._encoder_lock = threading.Lock()  # the UI's sessions share one client
+        self._space: tuple[str | None, Space] | None = None  # (physical collection, its space)
         check_image_size(self.encoder_info, self.settings.image_size, self._where)
         if encoder is not None:
             self.encoder_info.check_same(encoder.info, self._where, queries=True)
@@ -106,8 +116,34 @@ class SearchClient:
             return preprocess.decode(bytes(image), name, self.limits)[0]
         return preprocess.load(image, self.limits)
 
+    @property
+    def space(self) -> Space:
+        """The space of the collection's vectors (:class:`~.whitening.Space`: raw embeddings or
+        whitened, and the score statistics), read again when the vectors move to a new
+        generation (whitening re-learned).
+
+        Raises:
+            StoreError: Milvus refused, or the collection's whitening matrix does not match its record.
+        """
+        cached = self._space
+        if cached is None or cached[0] != self.store.physical:
+            cached = (self.store.physical, read_space(self.store))
+            self._space = cached
+        return cached[1]
+
+    def _consistent(self, run: Callable[[Space], Any]) -> Any:
+        """``run(space)``, run again in the new space where the collection's vectors moved to a new
+        generation while it ran (a re-learn: :class:`~.store.CollectionMoved`), so that a query
+        and the vectors it is compared with are always in one space."""
+        for _ in range(MOVES):
+            try:
+                return run(self.space)
+            except CollectionMoved:
+                continue
+        return run(self.space)
+
     def search(self, image: ImageLike, k: int = 10, filter: str | None = None,
-               folder: str | None = None, collapse_duplicates: bool = False) -> list[Hit]:
+               folder: str | None = None, collapse_duplicates: bool = False, expand: int = 0) -> list[Hit]:
         """The ``k`` indexed images most similar to ``image``, best first.
 
         Args:
@@ -123,48 +159,59 @@ class SearchClient:
                 the best-ranked, whose ``copies`` lists the other paths (all of them that pass
                 ``filter`` and ``folder``); still ``k`` distinct hits when the collection holds
                 ``k`` (the search goes deeper, up to ``MAX_K`` rows).
+            expand: query expansion with this many nearest neighbours (αQE,
+                :mod:`~.ranking`; 0, the default: none), from 0 to :data:`~.ranking.MAX_EXPAND`.
 
         Returns:
-            Up to ``k`` hits (fewer only if the collection or the filter holds fewer).
+            Up to ``k`` hits (fewer only if the collection or the filter holds fewer); each says
+            whether it is a close match (:attr:`Hit.match`). Scores are cosine similarities in
+            the collection's space (:attr:`space`): after whitening, unrelated images score near
+            0.
 
         Raises:
             BadImageError: ``image`` is not an image, is corrupt, or is over the size or pixel limit.
-            BadQueryError: ``k`` is not an integer from 1 to ``MAX_K``, or ``filter`` is not one valid
-                Milvus expression on the stored fields.
+            BadQueryError: ``k`` is not an integer from 1 to ``MAX_K``, ``expand`` is out of
+                range, or ``filter`` is not one valid Milvus expression on the stored fields.
             StoreError: Milvus refused the search or stayed unreachable.
         """
-        _check_k(k)
+        _check_k(k, expand)
         picture = self.load(image)
         encoder = self.encoder
         return self.search_vector(encoder.embed_pixels(encoder.preprocess([picture]))[0], k, filter, folder,
-                                  collapse_duplicates)
+                                  collapse_duplicates, expand)
 
     def search_similar(self, path: str, k: int = 10, filter: str | None = None,
                        exclude_self: bool = True, folder: str | None = None,
-                       collapse_duplicates: bool = False) -> list[Hit]:
+                       collapse_duplicates: bool = False, expand: int = 0) -> list[Hit]:
         """Images similar to an already indexed file, using its stored vector (no model needed).
 
         Args:
             path: the indexed file's path; a relative path is taken from the current folder.
             exclude_self: leave ``path`` itself out of the results (its copies stay).
-            filter, folder, collapse_duplicates: as in :meth:`search`.
+            filter, folder, collapse_duplicates, expand: as in :meth:`search`.
 
         Raises:
             NotIndexedError: ``path`` is not in the collection.
-            BadQueryError: ``k`` out of range, or a bad filter.
+            BadQueryError: ``k`` or ``expand`` out of range, or a bad filter.
         """
-        _check_k(k)
+        _check_k(k, expand)
         path = os.path.abspath(os.fsdecode(path))
-        vector = self.stored_vectors([path]).get(path)
-        if vector is None:
-            raise NotIndexedError(f"{printable(path)} is not indexed in {self._where}")
-        if collapse_duplicates:
-            return self._search(vector, k, filter, folder, [path] if exclude_self else [], True)
-        return self.search_vectors(vector[None, :], k, filter, folder, [path] if exclude_self else None)[0]
+
+        def run(space: Space) -> list[Hit]:
+            stored = self.store.get([path], fields=["vector"], consistency=SEARCH_CONSISTENCY).get(path)
+            if stored is None:
+                raise NotIndexedError(f"{printable(path)} is not indexed in {self._where}")
+            query = np.asarray(stored["vector"], np.float32)[None, :]
+            exclude = [path] if exclude_self else []
+            if collapse_duplicates:
+                return self._collapsed(space, query, space.to_raw(query), k, filter, folder, exclude, expand)
+            return self._search_many(space, query, space.to_raw(query), k, filter, folder, [exclude], expand)[0]
+        return self._consistent(run)
 
     def stored_vectors(self, paths: Sequence[str]) -> dict[str, np.ndarray]:
-        """The stored embeddings of indexed files, read in one query per 1,000 paths (no model
-        needed).
+        """The embeddings of indexed files as the model computed them (raw, also in a whitened
+        collection: :meth:`~.whitening.Space.to_raw`), read in one query per 1,000 paths (no
+        model needed).
 
         Args:
             paths: file paths; relative ones are taken from the current folder.
@@ -177,27 +224,40 @@ class SearchClient:
             StoreError: Milvus refused or stayed unreachable.
         """
         wanted = list(dict.fromkeys(os.path.abspath(os.fsdecode(p)) for p in paths))
-        rows = self.store.get(wanted, fields=["vector"], consistency=SEARCH_CONSISTENCY)  # as the search after it
-        return {p: np.asarray(row["vector"], np.float32) for p, row in rows.items()}
+
+        def run(space: Space) -> dict[str, np.ndarray]:
+            rows = self.store.get(wanted, fields=["vector"], consistency=SEARCH_CONSISTENCY)  # as the search after it
+            if not rows:
+                return {}
+            raw = space.to_raw(np.asarray([row["vector"] for row in rows.values()], np.float32))
+            return dict(zip(rows, raw))
+        return self._consistent(run)
 
     def search_vector(self, vector: np.ndarray, k: int = 10, filter: str | None = None,
-                      folder: str | None = None, collapse_duplicates: bool = False) -> list[Hit]:
-        """The ``k`` nearest rows to a ``(D,) float32`` L2-normalised embedding, best first.
+                      folder: str | None = None, collapse_duplicates: bool = False, expand: int = 0) -> list[Hit]:
+        """The ``k`` nearest rows to a ``(D,) float32`` embedding of the model (raw, as
+        :meth:`~.encoder.Encoder.embed` gives it; mapped into the collection's space here), best first.
 
-        ``filter``, ``folder`` and ``collapse_duplicates`` as in :meth:`search`.
+        ``filter``, ``folder``, ``collapse_duplicates`` and ``expand`` as in :meth:`search`.
         """
-        _check_k(k)
-        return self._search(np.asarray(vector, np.float32), k, filter, folder, [], collapse_duplicates)
+        _check_k(k, expand)
+        raw = normalise(np.asarray(vector, np.float32).reshape(1, -1))
+        if collapse_duplicates:
+            return self._consistent(lambda space: self._collapsed(space, space.to_search(raw), raw, k, filter,
+                                                                   folder, [], expand))
+        return self.search_vectors(raw, k, filter, folder, expand=expand)[0]
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, filter: str | None = None,
-                       folder: str | None = None, exclude: Sequence[str | None] | None = None) -> list[list[Hit]]:
-        """The ``k`` nearest rows to each of ``Q`` embeddings, in one Milvus search: row ``i`` of
-        the answer is what :meth:`search_vector` gives for ``vectors[i]`` (the same ``filter`` and
-        ``folder`` for all; no ``collapse_duplicates``). What the HTTP API uses to answer the
-        queries of concurrent requests with one call.
+                       folder: str | None = None, exclude: Sequence[str | None] | None = None,
+                       expand: int = 0) -> list[list[Hit]]:
+        """The ``k`` nearest rows to each of ``Q`` embeddings of the model, in one Milvus search
+        (two with ``expand``): row ``i`` of the answer is what :meth:`search_vector` gives for
+        ``vectors[i]`` (the same ``filter``, ``folder`` and ``expand`` for all; no
+        ``collapse_duplicates``). What the HTTP API uses to answer the queries of concurrent
+        requests with one call.
 
         Args:
-            vectors: ``(Q, D) float32`` embeddings (L2-normalised or not: the metric is cosine).
+            vectors: ``(Q, D) float32`` raw embeddings (L2-normalised or not).
             exclude: for each query, a path to leave out of its results (or ``None``): as
                 :meth:`search_similar`'s ``exclude_self``. The search then asks for ``k + 1`` rows
                 and drops that path, so that queries leaving out different files share one call
@@ -205,35 +265,77 @@ class SearchClient:
                 left out by the filter.
 
         Returns:
-            ``Q`` lists of up to ``k`` hits, best first.
+            ``Q`` lists of up to ``k`` hits, best first, labelled (:attr:`Hit.match`).
 
         Raises:
-            BadQueryError: ``k`` out of range, or a bad filter.
+            BadQueryError: ``k`` or ``expand`` out of range, a bad filter, or a vector that is
+                all zeros or not finite.
             StoreError: Milvus refused the search or stayed unreachable.
             ValueError: ``vectors`` is not 2-D, or ``exclude`` has not one entry per query.
         """
-        _check_k(k)
+        _check_k(k, expand)
         vectors = np.asarray(vectors, np.float32)
         exclude = list(exclude) if exclude is not None else [None] * len(vectors)
         if vectors.ndim != 2 or len(exclude) != len(vectors):
             raise ValueError(f"expected (Q, D) vectors and Q paths to exclude, got {vectors.shape} and {len(exclude)}")
-        folder = os.path.abspath(os.fsdecode(folder)) if folder else None
-        if not any(exclude):
-            return self.store.search(vectors, k, filter, folder=folder, fields=META_FIELDS)
-        if k == MAX_K:  # no room for one more row: the filter leaves the path out, one query at a time
-            return [self._search(v, k, filter, folder, [p] if p else []) for v, p in zip(vectors, exclude)]
-        found = self.store.search(vectors, k + 1, filter, folder=folder, fields=META_FIELDS)
-        return [[h for h in hits if h.path != path][:k] for hits, path in zip(found, exclude)]
+        norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+        if not np.all(np.isfinite(norms)) or not np.all(norms > 0):
+            raise BadQueryError("a query vector must be finite and not all zeros (its direction is the query)")
+        raw = normalise((vectors / norms[:, None]).astype(np.float32))  # in float64: any finite scale
+        return self._consistent(lambda space: self._search_many(
+            space, space.to_search(raw), raw, k, filter, folder, [[p] if p else [] for p in exclude], expand))
 
-    def _search(self, vector: np.ndarray, k: int, filter: str | None, folder: str | None,
-                exclude: list[str], collapse_duplicates: bool = False) -> list[Hit]:
+    def _search_many(self, space: Space, queries: np.ndarray, raw: np.ndarray, k: int, filter: str | None,
+                     folder: str | None, exclude: list[list[str]], expand: int) -> list[list[Hit]]:
+        """Search ``(Q, D)`` queries of ``space`` (``raw``: the same as raw embeddings), each
+        leaving its ``exclude`` paths out, expand and search again (``expand``), label."""
+        folder = os.path.abspath(os.fsdecode(folder)) if folder else None
+        if expand:
+            first = self._hits(space, queries, expand, filter, folder, exclude, vectors=True)
+            queries_now = np.stack([ranking.expand(q, np.asarray([h.metadata["vector"] for h in hits]),
+                                                   np.asarray([h.score for h in hits])) if hits else q
+                                    for q, hits in zip(queries, first)])
+        else:
+            queries_now = queries
+        found = self._hits(space, queries_now, k, filter, folder, exclude)
+        return [self._labelled(space, hits[:k], q, r) for hits, q, r in zip(found, queries, raw)]
+
+    def _hits(self, space: Space, queries: np.ndarray, k: int, filter: str | None, folder: str | None,
+              exclude: list[list[str]], vectors: bool = False) -> list[list[Hit]]:
+        """Milvus's top ``k`` of each query, its ``exclude`` paths left out (one call: ``k + 1``
+        rows asked and the path dropped, where each query leaves out at most one; else, or at
+        ``MAX_K``, one call per query with the paths in the filter); a whitened collection's hits
+        carry their stored ``vector`` in their metadata where ``k`` is at most :data:`LABEL_DEPTH`
+        (all hits with ``vectors``)."""
+        fields = (*META_FIELDS, "vector") if vectors or (space.whitened and k <= LABEL_DEPTH) else META_FIELDS
+        if not any(exclude):
+            return self.store.search(queries, k, filter, folder=folder, fields=fields)
+        if k == MAX_K or any(len(e) > 1 for e in exclude):
+            return [self.store.search(q[None, :], k, filter, folder=folder, exclude=e, fields=fields)[0]
+                    for q, e in zip(queries, exclude)]
+        found = self.store.search(queries, k + 1, filter, folder=folder, fields=fields)
+        return [[h for h in hits if h.path not in e][:k] for hits, e in zip(found, exclude)]
+
+    def _labelled(self, space: Space, hits: list[Hit], query: np.ndarray, raw: np.ndarray) -> list[Hit]:
+        """``hits`` labelled against ``query`` (:func:`~.ranking.label`), their stored vectors
+        taken out of their metadata (read for the candidates only where the search did not
+        return them)."""
+        vectors = {h.path: np.asarray(h.metadata.pop("vector"), np.float32) for h in hits if "vector" in h.metadata}
+        if space.whitened:
+            missing = [p for p in ranking.candidates(hits, space) if p not in vectors]
+            if missing:
+                rows = self.store.get(missing, fields=["vector"], consistency=SEARCH_CONSISTENCY)
+                vectors.update({p: np.asarray(r["vector"], np.float32) for p, r in rows.items()})
+        return ranking.label(hits, space, query, raw, vectors)
+
+    def _collapsed(self, space: Space, query: np.ndarray, raw: np.ndarray, k: int, filter: str | None,
+                   folder: str | None, exclude: list[str], expand: int) -> list[Hit]:
+        """One query's hits with exact copies collapsed (``collapse_duplicates``): searched deeper
+        until ``k`` distinct images are found."""
         folder = os.path.abspath(os.fsdecode(folder)) if folder else None
         depth = k
         while True:
-            hits = self.store.search(vector[None, :], depth, filter, folder=folder, exclude=exclude,
-                                     fields=META_FIELDS)[0]
-            if not collapse_duplicates:
-                return hits
+            hits = self._search_many(space, query, raw, depth, filter, folder, [exclude], expand)[0]
             distinct = collapse(hits)
             if len(distinct) >= k or len(hits) < depth or depth == MAX_K:
                 break
@@ -242,7 +344,13 @@ class SearchClient:
         copies = self.store.copies([h.metadata["sha256"] for h in distinct], filter, folder=folder, exclude=exclude)
         return collapse(distinct, copies)
 
-    def duplicates(self, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, folder: str | None = None, *,
+    def duplicate_threshold(self) -> float:
+        """The default near-duplicate threshold of this collection's space:
+        :data:`~.config.DEFAULT_DUPLICATE_THRESHOLD` on raw embeddings,
+        :data:`~.config.DEFAULT_WHITENED_DUPLICATE_THRESHOLD` on whitened ones."""
+        return DEFAULT_WHITENED_DUPLICATE_THRESHOLD if self.space.whitened else DEFAULT_DUPLICATE_THRESHOLD
+
+    def duplicates(self, threshold: float | None = None, folder: str | None = None, *,
                    exact_only: bool = False, verify: bool = True,
                    on_rows: Callable[[int], None] | None = None) -> DuplicateReport:
         """Groups of images of the collection that are the same picture (no model needed; nothing
@@ -251,9 +359,9 @@ class SearchClient:
         into connected components. See :func:`~vitsearch.search.duplicates.find_duplicates`.
 
         Args:
-            threshold: cosine similarity of near-duplicate candidates, in (0, 1]; the default
-                was chosen for the default model on planted copies of real photos
-                (``benchmarks/duplicates.py``).
+            threshold: cosine similarity of near-duplicate candidates in the collection's space,
+                in (0, 1]; None: :meth:`duplicate_threshold`, chosen for the default model on
+                planted copies of real photos (``benchmarks/duplicates.py``).
             folder: only files in this folder or below it, on both sides of each pair (a
                 relative path is taken from the current folder).
             exact_only: only identical bytes (same sha256); no vector search.
@@ -267,6 +375,8 @@ class SearchClient:
             StoreError: Milvus refused or stayed unreachable.
         """
         folder = os.path.abspath(os.fsdecode(folder)) if folder else None
+        if not exact_only and threshold is None:
+            threshold = self.duplicate_threshold()
         return find_duplicates(self.store, None if exact_only else threshold, folder, verify=verify,
                                limits=self.limits, on_rows=on_rows)
 
@@ -289,19 +399,27 @@ class SearchClient:
         """Collection facts: ``count``, ``model``, ``dim``, ``pooling``, ``image_size``,
         ``runtime`` (what computed the stored vectors), ``query_runtime`` (what embeds this
         client's image queries: the loaded encoder's, else the one it would load),
-        ``weights_sha256``, ``index_type``, ``metric_type``, ``uri``, ``collection``."""
+        ``weights_sha256``, ``index_type``, ``metric_type``, ``uri``, ``collection``; ``space``:
+        what the vectors are and when whitening is learned next (one line), ``whitening``: its
+        record (``power``, ``shrinkage``, ``n`` images learned from, ``learned_at``...) or None,
+        ``match_bar``: the score a close match reaches (None before statistics exist)."""
         info = self.encoder_info
         index = self.store.index_info()
         if self._encoder is not None:
             query_runtime = self._encoder.runtime
         else:
             query_runtime = self.settings.runtime if "runtime" in self.settings.model_fields_set else info.runtime
+        count = self.store.count()
+        space = self._consistent(lambda s: s)
+        bars = space.match_bars()
         return {
-            "uri": self.store.uri, "collection": self.store.collection, "count": self.store.count(),
+            "uri": self.store.uri, "collection": self.store.collection, "count": count,
             "model": info.model, "dim": info.dim, "pooling": info.pooling, "image_size": info.size_text,
             "runtime": info.runtime, "query_runtime": query_runtime,
             "weights_sha256": info.weights_sha256, "index_type": index["index_type"],
-            "metric_type": index["metric_type"],
+            "metric_type": index["metric_type"], "space": space.describe(count),
+            "whitening": space.whitening.record() if space.whitening else None,
+            "match_bar": None if bars is None else round(bars[0], 4),
         }
 
     def close(self) -> None:
@@ -315,6 +433,8 @@ class SearchClient:
         self.close()
 
 
-def _check_k(k: int) -> None:
+def _check_k(k: int, expand: int = 0) -> None:
     if not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise BadQueryError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+    if not isinstance(expand, int) or not 0 <= expand <= ranking.MAX_EXPAND:
+        raise BadQueryError(f"expand must be an integer from 0 to {ranking.MAX_EXPAND}, got {expand!r}")

@@ -35,6 +35,9 @@ DEFAULT_MAX_FILE_MB = 200
 #: embedding alone (``--no-verify``) reaches at best precision 0.39 / recall 0.76 (0.985). See
 #: the README's "Duplicates".
 DEFAULT_DUPLICATE_THRESHOLD = 0.92
+#: The same for a whitened collection (:mod:`.whitening`), whose scores are on another scale
+#: (unrelated images near 0), chosen the same way (``benchmarks/duplicates.py quality``).
+DEFAULT_WHITENED_DUPLICATE_THRESHOLD = 0.50
 #: How the encoder runs (:mod:`vitsearch.search.runtimes`): PyTorch eager, or the checkpoint
 #: exported to ONNX and run by ONNX Runtime in fp32 or with int8 weights (dynamic quantization).
 RUNTIMES = ("torch", "onnx", "onnx-int8")

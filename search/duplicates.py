@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Literal, TextIO
 
 import numpy as np
@@ -377,5 +377,5 @@ def collapse(hits: list[Hit], copies: dict[str, list[str]] | None = None) -> lis
     for hit, seen in zip(kept, found):
         pool = copies.get(hit.metadata.get("sha256"), seen) if copies is not None else seen
         others = sorted(p for p in pool if p != hit.path)
-        out.append(Hit(hit.path, hit.score, hit.metadata, tuple(others)))
+        out.append(replace(hit, copies=tuple(others)))
     return out

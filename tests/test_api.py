@@ -77,8 +77,13 @@ def paths_scores(hits) -> list[tuple[str, float]]:
     return [(h.path, h.score) for h in hits]
 
 
+def matches(hits) -> list[bool]:
+    return [h["match"] if isinstance(h, dict) else h.match for h in hits]
+
+
 def assert_same(got: list[dict], want) -> None:
     assert [p for p, _ in paths_scores(got)] == [p for p, _ in paths_scores(want)]
+    assert matches(got) == matches(want)
     np.testing.assert_allclose([s for _, s in paths_scores(got)], [s for _, s in paths_scores(want)], atol=1e-5)
 
 
@@ -92,12 +97,12 @@ def test_search_by_image_gives_what_search_client_gives(api):
     r = upload(base, data, k=5)
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     body = r.json()
-    assert set(body) == {"hits", "took_ms"} and body["took_ms"] > 0
+    assert set(body) == {"hits", "close_match", "took_ms"} and body["took_ms"] > 0 and body["close_match"] is True
     with SearchClient(uri=uri) as client:
         assert_same(body["hits"], client.search(data, k=5))
         hit = body["hits"][0]
         assert hit["path"] == str(photos / "cat.jpg") and hit["score"] == pytest.approx(1.0, abs=1e-4)
-        assert set(hit) == {"path", "score", "metadata"}
+        assert set(hit) == {"path", "score", "match", "metadata"} and hit["match"] is True
         assert hit["metadata"]["sha256"] and hit["metadata"]["width"] > 0 and "path" not in hit["metadata"]
         sub = upload(base, data, k=20, folder=str(photos / "sub")).json()["hits"]
         assert [h["path"] for h in sub] == [str(photos / "sub" / "rocket.jpg")]

@@ -43,16 +43,23 @@ def test_index_search_stats(photos, db_uri, tiny_model):
 
     table = cli("search", EXAMPLES / "queries" / "cat-crop.jpg", "-k", "3", "--uri", db_uri).stdout
     lines = table.strip().splitlines()
-    assert lines[0].split() == ["rank", "score", "size", "path"] and len(lines) == 4
+    assert lines[0].split() == ["rank", "score", "match", "size", "path"] and len(lines) >= 4
     assert lines[1].endswith(str(photos / "cat.jpg"))  # the crop of the cat finds the cat
+    assert (lines[-1] == "no close match in this collection: these are only the nearest images") == (
+        "yes" not in table)
 
-    hits = json.loads(cli("search", photos / "coffee.jpg", "--json", "-k", "4", "--uri", db_uri).stdout)
-    assert hits[0]["path"] == str(photos / "coffee.jpg") and hits[0]["score"] > 0.999
-    assert {"path", "score", "width", "height", "size", "mtime", "sha256"} <= set(hits[0])
+    answer = json.loads(cli("search", photos / "coffee.jpg", "--json", "-k", "4", "--uri", db_uri).stdout)
+    hits = answer["hits"]
+    assert set(answer) == {"hits", "close_match"} and answer["close_match"] is True  # the file itself
+    assert hits[0]["path"] == str(photos / "coffee.jpg") and hits[0]["score"] > 0.999 and hits[0]["match"] is True
+    assert {"path", "score", "match", "width", "height", "size", "mtime", "sha256"} <= set(hits[0])
 
     similar = json.loads(cli("search", "--similar", photos / "coffee.jpg", "--json", "-k", "3",
-                             "--uri", db_uri).stdout)
+                             "--uri", db_uri).stdout)["hits"]
     assert [h["path"] for h in similar] == [h["path"] for h in hits[1:]]
+    expanded = json.loads(cli("search", photos / "coffee.jpg", "--json", "-k", "4", "--expand", "2",
+                              "--uri", db_uri).stdout)["hits"]
+    assert expanded[0]["path"] == str(photos / "coffee.jpg") and len(expanded) == 4
 
     stats = json.loads(cli("stats", "--json", "--uri", db_uri).stdout)
     assert stats["count"] == 11 and stats["model"] == str(tiny_model) and stats["dim"] == 32
@@ -110,7 +117,7 @@ def test_an_empty_collection_gives_no_results(db_uri, tiny_model, tmp_path):
 def test_image_size_is_recorded_and_another_size_refused(photos, tmp_path, tiny_model):
     db = tmp_path / "sized.db"
     cli("index", photos, "--model", tiny_model, "--uri", db, "--image-size", 48, "--workers", 0)
-    hits = json.loads(cli("search", photos / "cat.jpg", "--uri", db, "-k", 1, "--json").stdout)
+    hits = json.loads(cli("search", photos / "cat.jpg", "--uri", db, "-k", 1, "--json").stdout)["hits"]
     assert hits[0]["path"] == str(photos / "cat.jpg")  # the collection's size, 48, without asking
     out = cli("search", photos / "cat.jpg", "--uri", db, "--image-size", 32, ok=False)
     assert out.returncode == 1 and "48x48, not 32x32" in out.stderr and "Traceback" not in out.stderr

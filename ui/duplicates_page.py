@@ -12,7 +12,7 @@ import os
 
 import streamlit as st
 
-from vitsearch.search.config import DEFAULT_DUPLICATE_THRESHOLD, Settings
+from vitsearch.search.config import Settings
 from vitsearch.search.duplicates import DuplicateGroup, DuplicateReport
 from vitsearch.search.paths import printable
 from vitsearch.ui.common import GRID_COLUMNS, cached_thumbnail, collection_client, guarded, literal_markdown
@@ -24,23 +24,24 @@ SCAN_TTL_S = 300
 
 
 @st.cache_data(ttl=SCAN_TTL_S, max_entries=16, show_spinner="Scanning the collection for duplicates…")
-def scan(uri: str, collection: str, threshold: float, folder: str, exact_only: bool) -> DuplicateReport:
+def scan(uri: str, collection: str, threshold: float | None, folder: str, exact_only: bool) -> DuplicateReport:
     """The duplicate report for these settings, shared by every session for :data:`SCAN_TTL_S`."""
     from vitsearch.ui.common import open_client
 
     return open_client(uri, collection).duplicates(threshold, folder or None, exact_only=exact_only)
 
 
-def controls() -> tuple[float, bool, str]:
-    """The sidebar: ``(threshold, exact_only, folder)``."""
+def controls(default: float) -> tuple[float, bool, str]:
+    """The sidebar: ``(threshold, exact_only, folder)``; ``default`` is the collection's default
+    threshold (:meth:`~vitsearch.search.client.SearchClient.duplicate_threshold`)."""
     with st.sidebar:
         st.header("Duplicates")
-        threshold = st.slider("Similarity threshold", 0.80, 1.0, DEFAULT_DUPLICATE_THRESHOLD, 0.005,
-                              key="dup_threshold", format="%.3f",
-                              help="Cosine similarity of the embeddings at or above which two images are "
-                                   "near-duplicate candidates, each then confirmed by the two files' pixels; "
-                                   f"{DEFAULT_DUPLICATE_THRESHOLD} was chosen for the default model on planted "
-                                   "copies (see the README).")
+        threshold = st.slider("Similarity threshold", round(default - 0.3, 2), 1.0, default, 0.005,
+                              key=f"dup_threshold_{default}", format="%.3f",
+                              help="Cosine similarity of the embeddings (in the collection's space) at or above "
+                                   "which two images are near-duplicate candidates, each then confirmed by the "
+                                   f"two files' pixels; {default} was chosen for the default model on planted "
+                                   "copies (see the docs' benchmark page).")
         exact_only = st.checkbox("Identical bytes only", key="dup_exact", help="Same sha256; no vector search.")
         folder = st.text_input("Folder", key="dup_folder", placeholder="/photos/2024",
                                help="Only images in this folder or below it (both images of every pair).")
@@ -78,7 +79,7 @@ def main() -> None:
     client = collection_client()
     if client is None:
         return
-    threshold, exact_only, folder = controls()
+    threshold, exact_only, folder = controls(client.duplicate_threshold())
     settings = Settings()
     report = scan(settings.resolved_uri(), settings.collection, threshold,
                   os.path.abspath(folder) if folder else "", exact_only)

@@ -24,14 +24,16 @@ from vitsearch.search.thumbnails import THUMB_PX, to_jpeg
 
 UPLOAD_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 K_DEFAULT, K_MAX = 12, 100
+#: Neighbours the "Query expansion" toggle expands with.
+EXPAND_N = 2
 
 
 def show_similar(path: str | None) -> None:
     st.session_state["similar"] = path
 
 
-def sidebar(client: SearchClient) -> tuple[int, float, str, bool]:
-    """Collection facts and the search controls; returns ``(k, min_score, folder, collapse)``."""
+def sidebar(client: SearchClient) -> tuple[int, float, str, bool, int]:
+    """Collection facts and the search controls; returns ``(k, min_score, folder, collapse, expand)``."""
     with st.sidebar:
         st.header("Collection")
         stats = client.stats()
@@ -46,12 +48,16 @@ def sidebar(client: SearchClient) -> tuple[int, float, str, bool]:
         st.header("Search")
         k = st.slider("Results (top-k)", 1, K_MAX, K_DEFAULT, key="k")
         min_score = st.slider("Minimum score", 0.0, 1.0, 0.0, 0.01, key="min_score",
-                              help="Cosine similarity of the CLS embeddings: 1 is identical.")
+                              help="Cosine similarity in the collection's space: 1 is identical; once the "
+                                   "collection is whitened, unrelated images score near 0.")
         folder = st.text_input("Folder", key="folder", placeholder="/photos/2024",
                                help="Only images in this folder or below it.")
         collapse = st.checkbox("Collapse identical copies", value=True, key="collapse",
                                help="Files with the same bytes (sha256) are one result with a '+N copies' count.")
-    return k, min_score, folder.strip(), collapse
+        expand = st.toggle("Query expansion", value=False, key="expand",
+                           help=f"Search again with the query averaged with its {EXPAND_N} nearest results "
+                                f"(αQE): more results of the same kind of thing.")
+    return k, min_score, folder.strip(), collapse, EXPAND_N if expand else 0
 
 
 def query_image(max_upload_mb: int):
@@ -84,7 +90,8 @@ def results_grid(hits: list[Hit]) -> None:
                     st.warning("changed since it was indexed, or gone: run vitsearch index again")
                 else:
                     st.image(thumb, width="stretch")
-                st.markdown(f"**{hit.score:.3f}**")
+                st.markdown(f"**{hit.score:.3f}**" + ("  :green-badge[match]" if hit.match else ""),
+                            help="A close match: the same object, scene or product." if hit.match else None)
                 st.text(printable(os.path.basename(hit.path)), help=printable(hit.path))
                 st.caption(literal_markdown(meta["folder"]))
                 if hit.copies:
@@ -98,7 +105,7 @@ def main() -> None:
     client = collection_client()
     if client is None:
         return
-    k, min_score, folder, collapse = sidebar(client)
+    k, min_score, folder, collapse, expand = sidebar(client)
 
     query = query_image(Settings().max_upload_mb)  # always drawn, so the upload survives "More like this"
     similar = st.session_state.get("similar")
@@ -108,14 +115,15 @@ def main() -> None:
             st.markdown(f"More like {literal_markdown(os.path.basename(similar))} "
                         f"({literal_markdown(os.path.dirname(similar))})")
             st.button("Back to my photo", on_click=show_similar, args=(None,))
-        hits = client.search_similar(similar, k=k, folder=folder or None, collapse_duplicates=collapse)
+        hits = client.search_similar(similar, k=k, folder=folder or None, collapse_duplicates=collapse,
+                                     expand=expand)
     elif query is not None:
         name, data = query
         picture = client.load(data, name)  # decoded as the indexer decodes: reduced scale, same limits
         st.image(to_jpeg(picture, 2 * THUMB_PX), width=THUMB_PX)
         st.text(printable(name))
         with st.spinner("Searching…"):
-            hits = client.search(picture, k=k, folder=folder or None, collapse_duplicates=collapse)
+            hits = client.search(picture, k=k, folder=folder or None, collapse_duplicates=collapse, expand=expand)
     else:
         return
     elapsed_ms = 1000 * (time.perf_counter() - started)
@@ -124,6 +132,8 @@ def main() -> None:
                + (f" ({len(hits) - len(shown)} below score {min_score:.2f})" if len(shown) < len(hits) else ""))
     if not shown:
         st.info("No indexed image matches: lower the minimum score or clear the folder filter.")
+    elif not any(h.match for h in hits):
+        st.info("No close match in this collection: these are only the nearest images.")
     results_grid(shown)
 
 
