@@ -4,9 +4,15 @@ ONNX Runtime in fp32 (``onnx``) or with int8 weights (``onnx-int8``).
 The exported graph is the whole embedding: pixel values ``(N, 3, H, W) float32`` (batch dynamic,
 H x W the input size in use) to the pooled last-layer token (the CLS token, or the mean of the
 patch tokens), L2-normalised, ``(N, D) float32``; the preprocessing stays the encoder's own, so
-torch and ONNX see the same input. int8 is ONNX Runtime's dynamic quantization
-(``onnxruntime.quantization.quantize_dynamic``: weights int8 per tensor, activations quantized to
-uint8 at run time; https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html).
+torch and ONNX see the same input. int8 is ONNX Runtime's block-wise weight quantization of
+every matrix multiplication with a constant weight (``MatMulNBits``, 8 bits, blocks of
+:data:`INT8_BLOCK` along the input dimension, one scale each, symmetric), run with
+``accuracy_level`` 4: the kernel quantizes its input to int8 at run time row by row, block by
+block, and multiplies in int8 (``onnxruntime.quantization.matmul_nbits_quantizer``;
+https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html). Each row of an
+activation is one token of one image, so an image's embedding does not depend on the other
+images of its batch, unlike dynamic quantization (``quantize_dynamic``), whose per-tensor
+activation scale spans the whole batch (``benchmarks/runtimes.py`` measures both).
 
 Each export is cached beside the model (``<model folder>/.vitsearch-onnx/``), or in
 ``<cache_dir>/onnx/`` where the model's folder is read-only, under a name made of the weights'
@@ -36,6 +42,10 @@ log = logging.getLogger(__name__)
 
 #: ONNX opset of the export (ONNX Runtime >= 1.12 runs it; opset 17 has LayerNormalization).
 OPSET = 17
+#: Weights per quantization block (and scale) of the int8 runtime, along a matrix's input dimension.
+INT8_BLOCK = 32
+#: Version of the int8 recipe, part of the cached file's name: a cache of another recipe is not reused.
+INT8_RECIPE = "nbits8b32"
 _CACHE = ".vitsearch-onnx"
 
 
@@ -132,7 +142,8 @@ def _writable(folder: Path) -> bool:
 
 def cache_path(folder: Path, info: EncoderInfo, runtime: str) -> Path:
     """The cached file of ``runtime`` for ``info``'s weights, pooling and input size."""
-    return folder / f"{info.weights_sha256[:32]}-{runtime}-{info.pooling}-{info.size_text}.onnx"
+    recipe = f"-{INT8_RECIPE}" if runtime == "onnx-int8" else ""
+    return folder / f"{info.weights_sha256[:32]}-{runtime}{recipe}-{info.pooling}-{info.size_text}.onnx"
 
 
 def onnx_embedder(model: torch.nn.Module, info: EncoderInfo, forward_kwargs: dict, model_folder: Path,
@@ -190,11 +201,20 @@ def _export(model: torch.nn.Module, info: EncoderInfo, forward_kwargs: dict, pat
 
 
 def _quantize(fp32: Path, path: Path, info: EncoderInfo) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     log.info("quantizing %s to int8 at %s", fp32, path)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), bits=8, block_size=INT8_BLOCK, is_symmetric=True,
+                                     accuracy_level=4)
+    level = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    previous, level.level = level.level, logging.WARNING  # it logs every node it visits at INFO
+    try:
+        quantizer.process()
+    finally:
+        level.setLevel(previous)
     with _written(path) as tmp:
-        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+        quantizer.model.save_model_to_file(str(tmp), use_external_data_format=False)
     _record(path, info, "onnx-int8")
 
 
