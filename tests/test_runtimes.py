@@ -51,6 +51,20 @@ def test_the_tiny_model_in_onnx_computes_the_torch_embedding(tiny_model, runtime
     assert encoder.onnx.path.parent == tiny_model / ".vitsearch-onnx"  # beside a writable model
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnx", "onnx-int8"])
+@pytest.mark.parametrize("model", ["tiny", "real"])
+def test_an_image_gets_the_same_embedding_alone_and_in_any_batch(tiny_model, real_model, model, runtime):
+    """Every runtime: an image embedded alone and inside a batch with other images (before or
+    after it) gives the same vector, cosine >= 0.9999 (int8 quantizes each token's activations on
+    its own, not the batch's)."""
+    encoder = Encoder.load(str(tiny_model if model == "tiny" else real_model), runtime=runtime)
+    alone = np.concatenate([encoder.embed([p]) for p in IMAGES])
+    together = encoder.embed(IMAGES)
+    reordered = encoder.embed(IMAGES[::-1] + IMAGES)[len(IMAGES):]  # the same images after others
+    assert (alone * together).sum(1).min() >= 0.9999
+    assert (alone * reordered).sum(1).min() >= 0.9999
+
+
 @pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
 def test_the_real_model_in_onnx_computes_the_torch_embedding(real_model, runtime, monkeypatch, tmp_path):
     before = sorted(os.listdir(real_model))

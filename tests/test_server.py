@@ -1,4 +1,4 @@
-"""The store, client, names and duplicates test suites against a real Milvus server: the ``milvus`` 2.3.5
+"""The store, client, names, duplicates and space test suites against a real Milvus server: the ``milvus`` 2.3.5
 package's standalone server (embedded etcd, local storage), started in a network namespace that
 has only loopback (it listens on all interfaces), with the suites run again inside that
 namespace (``VITSEARCH_TEST_MILVUS_URI`` makes their ``db_uri`` the server). Skipped, saying
@@ -24,7 +24,8 @@ SERVER = Path(os.environ.get("VITSEARCH_MILVUS_SERVER", Path(sys.executable).par
 # The suites whose Milvus calls differ by backend (expressions parsed by Milvus's own parser,
 # search hits keyed `id`, iterator queries, consistency). tests/test_indexer.py is not rerun
 # here (~100 s on the server): its Milvus calls are the store's, which tests/test_store.py covers.
-SUITES = ["tests/test_store.py", "tests/test_client.py", "tests/test_names.py", "tests/test_duplicates.py"]
+SUITES = ["tests/test_store.py", "tests/test_client.py", "tests/test_names.py", "tests/test_duplicates.py",
+          "tests/test_space.py"]
 
 
 def netns(name: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
