@@ -54,7 +54,12 @@ def result_names(at: AppTest) -> list[str]:
 
 
 def result_scores(at: AppTest) -> list[float]:
-    return [float(col.markdown[0].value.strip("*")) for col in at.columns if col.text]
+    return [float(col.markdown[0].value.split("**")[1]) for col in at.columns if col.text]
+
+
+def result_matches(at: AppTest) -> list[bool]:
+    """Whether each result carries the close-match badge."""
+    return [":green-badge[match]" in col.markdown[0].value for col in at.columns if col.text]
 
 
 def shown(markdown: str) -> str:
@@ -435,3 +440,21 @@ def test_the_duplicates_page_of_an_empty_collection(db_uri, tiny_model, page):
     assert not at.exception and not at.error
     assert at.caption[0].value.startswith("0 groups, 0 duplicates among 0 images")
     assert at.get("download_button")[0].proto.disabled
+
+
+def test_close_matches_get_a_badge_and_a_search_without_one_says_so(indexed, page, tmp_path):
+    """The page shows the client's close-match labels: a badge on each match, and "No close
+    match in this collection" exactly when no hit is one."""
+    photos, uri = indexed
+    at = upload(page(uri), photos / "cat.jpg")
+    with SearchClient(uri=uri) as client:
+        want = [h.match for h in client.search(photos / "cat.jpg", k=12, collapse_duplicates=True)]
+    assert result_matches(at) == want and want[0]  # the file itself is a close match
+    assert not any("No close match" in i.value for i in at.info)
+    noise = tmp_path / "noise.png"
+    Image.effect_noise((64, 64), 100).convert("RGB").save(noise)
+    at = upload(at, noise, name="noise.png", data=noise.read_bytes())
+    badges = result_matches(at)
+    assert any("No close match in this collection" in i.value for i in at.info) == (not any(badges))
+    at.toggle(key="expand").set_value(True).run()  # query expansion: the same page, searched again
+    assert not at.exception and len(result_names(at)) == 11
