@@ -120,6 +120,8 @@ def db_uri(tmp_path) -> str:
 
     client = MilvusClient(uri=MILVUS_SERVER_URI)
     for name in client.list_collections():
+        for alias in client.list_aliases(name).get("aliases", []):
+            client.drop_alias(alias)
         client.drop_collection(name)
     client.close()
     return MILVUS_SERVER_URI

@@ -22,7 +22,8 @@ from vitsearch.search.store import Store
 
 VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
 JSON_KEYS = {"dataset", "layout", "images", "failed", "queries", "model", "pooling", "dim", "image_size", "runtime", "k", "map",
-             "recall", "precision", "ann_recall_at_10", "ann_queries", "images_per_s", "seconds", "uri", "collection"}
+             "recall", "precision", "ann_recall_at_10", "ann_queries", "images_per_s", "seconds", "uri", "collection",
+             "whitening", "expand", "p_at_10", "match_precision", "match_recall", "unrelated", "unrelated_rejected"}
 
 
 def reference(vectors: dict[str, np.ndarray], queries: dict[str, set[str]], ks) -> tuple[float, dict, dict]:

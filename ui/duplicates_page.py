@@ -37,7 +37,7 @@ def controls(default: float) -> tuple[float, bool, str]:
     with st.sidebar:
         st.header("Duplicates")
         threshold = st.slider("Similarity threshold", round(default - 0.3, 2), 1.0, default, 0.005,
-                              key=f"dup_threshold_{default}", format="%.3f",
+                              key="dup_threshold", format="%.3f",
                               help="Cosine similarity of the embeddings (in the collection's space) at or above "
                                    "which two images are near-duplicate candidates, each then confirmed by the "
                                    f"two files' pixels; {default} was chosen for the default model on planted "

@@ -455,10 +455,7 @@ class Store:
             self.schema_version()
             self.encoder_info().check_same(info, f"collection {self.collection!r} at {self.uri}")
             return False
-        first = generation_name(self.collection, 1)
-        if self._call("has_collection", first):  # a creation that stopped before its alias: start over
-            self._call("drop_collection", first)
-        self._create(first, info.dim, {_ENCODER_KEY: info.to_json()})
+        first = self.create_generation(info.dim, {_ENCODER_KEY: info.to_json()})
         self._call(self.point_alias, first)
         self._schema = SCHEMA_VERSION
         log.info("created collection %s at %s for %s", self.collection, self.uri, info.model)
@@ -466,14 +463,16 @@ class Store:
 
     def create_generation(self, dim: int, properties: dict[str, str]) -> str:
         """Create the next generation of this collection (:attr:`physical`), empty, with the
-        current schema and index and these properties; the alias does not move.
+        current schema and index and these properties; the alias does not move. Its number is
+        the time in milliseconds (or one more than the newest there is): a name is never used
+        twice, so no Milvus proxy can hold a stale entry for it from a dropped collection.
 
         Returns:
             its name.
         """
         names = self._call("list_collections")
         taken = [g for n in names if (g := _generation(self.collection, n)) is not None]
-        name = generation_name(self.collection, max(taken, default=0) + 1)
+        name = generation_name(self.collection, max(max(taken, default=0) + 1, int(time.time() * 1000)))
         self._create(name, dim, properties)
         return name
 
@@ -539,6 +538,7 @@ class Store:
         self._call("alter_collection_properties", new, properties={_UPGRADE_KEY: "done"})
         self._call("rename_collection", self.collection, old)
         self._finish_upgrade()
+        self.resolve()  # loads the renamed copy
         log.info("upgraded collection %s at %s to schema %s (%d rows)", self.collection, self.uri,
                  SCHEMA_VERSION, copied)
         return copied
