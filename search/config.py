@@ -44,6 +44,15 @@ RUNTIMES = ("torch", "onnx", "onnx-int8")
 #: The runtime on a CPU when none is asked: the fastest that keeps Holidays-dev mAP within 0.005
 #: of torch fp32 (README, "Runtimes"). On CUDA and MPS the default is torch (bf16 on CUDA).
 DEFAULT_CPU_RUNTIME = "onnx-int8"
+#: Longest filter (a Milvus boolean expression from a user), in characters. Milvus Lite parses and
+#: evaluates a filter in Python, holding up the searches queued behind it: 16,384 characters of
+#: ``width > 1 or ...`` take ~0.07 s, 65,536 ~0.4 s, 18.8 MB ~28 s (2 AMD EPYC cores). Enough for
+#: a ``path in [...]`` list of ~300 paths.
+DEFAULT_MAX_FILTER_CHARS = 16_384
+#: Deepest nesting of a filter: brackets plus chained prefix operators (``not``, ``!``, unary
+#: ``-``). Milvus Lite's parser recurses ~8 Python frames per bracket and runs out of stack
+#: (``maximum recursion depth exceeded``) between 100 and 200 brackets, or ~1,000 ``not``.
+DEFAULT_MAX_FILTER_DEPTH = 32
 
 
 class Settings(BaseSettings):
@@ -78,6 +87,10 @@ class Settings(BaseSettings):
         retry_s: seconds a call keeps retrying (with backoff) while Milvus is unreachable.
         max_image_pixels: most pixels decoded from one image (see :data:`DEFAULT_MAX_IMAGE_PIXELS`).
         max_file_mb: largest image file read, in MB (indexed files, queries and uploads alike).
+        max_filter_chars: longest filter accepted, in characters (see
+            :data:`DEFAULT_MAX_FILTER_CHARS`); a longer one is a bad query.
+        max_filter_depth: deepest nesting of a filter accepted: brackets plus chained ``not``,
+            ``!`` and unary ``-`` (see :data:`DEFAULT_MAX_FILTER_DEPTH`); a deeper one is a bad query.
     """
 
     model_config = SettingsConfigDict(env_prefix="VITSEARCH_", extra="ignore")
@@ -101,6 +114,8 @@ class Settings(BaseSettings):
     retry_s: float = Field(default=60.0, ge=0)
     max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     max_file_mb: float = Field(default=DEFAULT_MAX_FILE_MB, gt=0)
+    max_filter_chars: int = Field(default=DEFAULT_MAX_FILTER_CHARS, ge=1)
+    max_filter_depth: int = Field(default=DEFAULT_MAX_FILTER_DEPTH, ge=1)
 
     @field_validator("uri")
     @classmethod
