@@ -24,7 +24,7 @@ DESCRIPTION = """Image similarity search over a vitsearch collection: upload a p
 search with an indexed file's stored vector (`POST /search/similar`) or with an embedding
 (`POST /search/vector`). Scores are cosine similarities of the Vision Transformer's CLS embeddings
 (higher is closer). Errors are `{"detail": "..."}`: 400 bad input, 401 token, 404 not indexed,
-413 too large, 503 Milvus unreachable (with `Retry-After`)."""
+408 body too slow, 413 too large, 503 Milvus unreachable (with `Retry-After`)."""
 
 
 def create_app(settings: Settings | None = None, api: ApiSettings | None = None) -> FastAPI:
@@ -32,8 +32,9 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
 
     Args:
         settings: the library's settings (default: ``VITSEARCH_*``): URI, collection, model,
-            ``max_upload_mb`` and the image limits.
-        api: the API's own (default: ``VITSEARCH_API_*``): token, CORS origins, batching.
+            ``max_upload_mb``, the image and filter limits.
+        api: the API's own (default: ``VITSEARCH_API_*``): token, CORS origins, batching, body
+            limits.
 
     The collection is opened and its encoder loaded in the background at startup; the app
     answers ``/healthz`` meanwhile and everything else once it can (503 until then).
@@ -55,8 +56,9 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     app.state.backend = backend
     app.include_router(router)
     errors.install(app, api.retry_after_s)
-    # Middleware added last runs first: CORS (answers preflights), then the token, then the body limit.
-    app.add_middleware(BodyLimit, upload_bytes=settings.max_upload_mb * 2**20)
+    # Middleware added last runs first: CORS (answers preflights), then the token, then the body limits.
+    app.add_middleware(BodyLimit, upload_bytes=settings.max_upload_mb * 2**20, json_bytes=api.max_json_kb * 1024,
+                       timeout_s=api.body_timeout_s)
     if api.token is not None:
         app.add_middleware(BearerToken, token=api.token.get_secret_value())
     if api.cors_origins:

@@ -38,12 +38,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(uri: str, wait_ready: bool = True, **api):
-    """The app on uvicorn in a thread on a free loopback port: yields its base URL and the app."""
+def serving(uri: str, wait_ready: bool = True, settings: dict | None = None, **api):
+    """The app on uvicorn in a thread on a free loopback port: yields its base URL and the app.
+    ``settings``: the library's settings besides the URI (default: an upload limit of 1 MB)."""
     import uvicorn
 
     api = {"token": None, "cors_origins": [], "retry_s": 1.0, "retry_after_s": 7, **api}
-    app = create_app(Settings(uri=uri, max_upload_mb=1), ApiSettings(**api))
+    app = create_app(Settings(uri=uri, max_upload_mb=1, **(settings or {})), ApiSettings(**api))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
