@@ -1,14 +1,28 @@
 """Contract of the HTTP API's guards (issue 29), with real requests to the real app on uvicorn over
-a real Milvus Lite file: a filter too long or nested too deep is a 400 (not a 503), a JSON body
-over its limit a 413 before it is read, a body that does not arrive a 408 after the timeout."""
+a real Milvus Lite file: a request for a Host the server is not served on gets 400 whatever the
+route (DNS rebinding), `vitsearch serve` answers its --host and --allowed-hosts too; a filter
+too long or nested too deep is a 400 (not a 503), a JSON body over its limit a 413 before it
+is read, a body that does not arrive a 408 after the timeout."""
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 import httpx
+import pytest
 
-from test_api import serving, upload
+from test_api import free_port, serving, upload
+from vitsearch.search.config import Settings, host_name, served_hosts
+
+VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
+#: Host headers a rebinding page, or a confused client, sends; none names this server.
+HOSTILE_HOSTS = ["rebind.attacker.example:8101", "rebind.attacker.example", "localhost.attacker.example",
+                 "127.0.0.1.nip.io:8000", "attacker.example@localhost", "localhost:8000/x", "localhost:99999",
+                 "[::2]:8000", "0.0.0.0:8000", "", "loca\u0142host".encode(), "x" * 5000]
 
 
 def raw(port: int, request: bytes, wait_s: float = 30.0) -> tuple[str, str, float]:
@@ -22,6 +36,95 @@ def raw(port: int, request: bytes, wait_s: float = 30.0) -> tuple[str, str, floa
             data += chunk
     text = data.decode("latin-1")
     return text.split("\r\n", 1)[0], text, time.monotonic() - started
+
+
+def test_host_names_are_read_as_a_browser_sends_them():
+    assert [host_name(h) for h in ("LocalHost.:8501", "[0:0:0:0:0:0:0:1]:80", "::1", "photos.lan")] == \
+        ["localhost", "[::1]", "[::1]", "photos.lan"]
+    assert [host_name(h) for h in ("http://x", "a@b", "x:99999", "[zz]", "", "a/b", "[::1")] == [None] * 7
+    loopback = ["localhost", "127.0.0.1", "[::1]"]
+    assert served_hosts("127.0.0.1") == served_hosts("0.0.0.0") == served_hosts("::") == loopback
+    assert served_hosts("192.168.1.20", ["Photos.Lan:8501"]) == [*loopback, "192.168.1.20", "photos.lan"]
+    assert served_hosts("fe80::1") == [*loopback, "[fe80::1]"]
+
+
+def test_allowed_hosts_setting_is_comma_separated_and_checked(monkeypatch):
+    monkeypatch.setenv("VITSEARCH_ALLOWED_HOSTS", "photos.lan, 192.168.1.20:8501,,")
+    assert Settings().allowed_hosts == ["photos.lan", "192.168.1.20"]
+    monkeypatch.setenv("VITSEARCH_ALLOWED_HOSTS", "photos.lan,https://evil.example/")
+    with pytest.raises(ValueError, match="'https://evil.example/' is not a host name or address"):
+        Settings()
+
+
+def test_a_request_for_another_host_is_refused_on_every_route(indexed):
+    photos, uri = indexed
+    cat, data = str(photos / "cat.jpg"), (photos / "cat.jpg").read_bytes()
+    with serving(uri, settings={"allowed_hosts": ["photos.lan"]}) as (base, _):
+        port = int(base.rsplit(":", 1)[1])
+        routes = {  # what the issue's attacker read: the stats, a thumbnail, every path (k = 1000)
+            "stats": lambda h: httpx.get(f"{base}/stats", headers=h),
+            "thumbnail": lambda h: httpx.get(f"{base}/thumbnail", params={"path": cat}, headers=h),
+            "vector": lambda h: httpx.post(f"{base}/search/vector", json={"vector": [1.0] * 32, "k": 1000}, headers=h),
+            "similar": lambda h: httpx.post(f"{base}/search/similar", json={"path": cat}, headers=h),
+            "search": lambda h: httpx.post(f"{base}/search", files={"image": ("q.jpg", data)}, headers=h),
+            "readyz": lambda h: httpx.get(f"{base}/readyz", headers=h),
+            "docs": lambda h: httpx.get(f"{base}/docs", headers=h),
+            "openapi": lambda h: httpx.get(f"{base}/openapi.json", headers=h),
+            "preflight": lambda h: httpx.options(f"{base}/search", headers={
+                "Origin": "http://rebind.attacker.example:8101", "Access-Control-Request-Method": "POST", **h}),
+        }
+        for name, call in routes.items():
+            for host in HOSTILE_HOSTS:
+                r = call({"Host": host})
+                assert r.status_code == 400, (name, host, r.status_code, r.text[:200])
+                detail = r.json()["detail"]
+                assert "is not a name this server is served on" in detail and "--allowed-hosts" in detail
+                assert "\n" not in detail and len(detail) < 500 and str(photos) not in r.text
+            if name != "preflight":  # the names it is served on: loopback (any port, any case) and the allowed
+                for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}", "photos.lan:80"):
+                    assert call({"Host": host}).status_code == 200, (name, host)
+        # A liveness probe sends the address it probes, and learns only "ok".
+        assert httpx.get(f"{base}/healthz", headers={"Host": "10.1.2.3:8000"}).json() == {"status": "ok"}
+        # Two Host headers (h11 refuses them itself; httptools passes them on), or none (HTTP/1.0), are refused too.
+        status, text, _ = raw(port, b"GET /stats HTTP/1.1\r\nHost: localhost\r\nHost: rebind.attacker.example\r\n"
+                                    b"Connection: close\r\n\r\n")
+        assert status.startswith("HTTP/1.1 400 ") and '"count"' not in text
+        status, text, _ = raw(port, b"GET /stats HTTP/1.0\r\n\r\n")
+        assert status.startswith("HTTP/1.1 400 ") and "exactly one Host header, this one has 0" in text
+
+
+def test_vitsearch_serve_answers_its_host_and_allowed_hosts_only(db_uri, tmp_path):
+    bad = subprocess.run([*VITSEARCH, "serve", "--uri", db_uri, "--allowed-hosts", "photos.lan,http://evil.example"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "'http://evil.example' is not a host name or address" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([*VITSEARCH, "serve", "--uri", db_uri, "--host", "127.0.0.1", "--port", str(port),
+                             "--allowed-hosts", "photos.lan"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        for host, status in (("photos.lan", 200), (f"photos.lan:{port}", 200), (f"127.0.0.1:{port}", 200),
+                             ("rebind.attacker.example", 400), ("other.lan", 400)):
+            assert httpx.get(f"{base}/openapi.json", headers={"Host": host}).status_code == status, host
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        log.close()
+    assert "answers to Host localhost, 127.0.0.1, [::1], photos.lan" in (tmp_path / "serve.log").read_text()
 
 
 def test_a_filter_too_long_or_nested_too_deep_is_a_400_not_a_503(indexed):
