@@ -63,11 +63,27 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
                        timeout_s=api.body_timeout_s)
     if api.token is not None:
         app.add_middleware(BearerToken, token=api.token.get_secret_value())
+        _document_bearer(app)
     if api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=api.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(AllowedHosts, hosts=settings.allowed_hosts, open_paths={"/healthz"})
     return app
+
+
+def _document_bearer(app: FastAPI) -> None:
+    """Say in the OpenAPI document that the routes take a bearer token, so that ``/docs`` has an
+    "Authorize" button and its "Try it out" sends the token."""
+    schema_of = app.openapi
+
+    def openapi() -> dict:
+        schema = schema_of()  # built once and cached by FastAPI; the additions are idempotent
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http", "scheme": "bearer"}
+        schema["security"] = [{"bearer": []}]
+        return schema
+
+    app.openapi = openapi
 
 
 def _version() -> str:

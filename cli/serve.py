@@ -30,8 +30,8 @@ def serve(
 
     Image searches of concurrent requests are embedded in one forward pass (a few-ms window,
     VITSEARCH_API_BATCH_WINDOW_MS, up to VITSEARCH_API_MAX_BATCH images), and the searches of
-    concurrent requests share Milvus calls. VITSEARCH_API_TOKEN set: every route but /healthz needs
-    `Authorization: Bearer TOKEN`. VITSEARCH_API_CORS_ORIGINS: comma-separated
+    concurrent requests share Milvus calls. VITSEARCH_API_TOKEN set: every route but /healthz and the
+    OpenAPI pages needs `Authorization: Bearer TOKEN`. VITSEARCH_API_CORS_ORIGINS: comma-separated
     origins browsers may call from. Only requests for the Host names it is served on are answered
     (localhost, 127.0.0.1, [::1], --host, --allowed-hosts); others get 400. The server starts also
     while Milvus is down or the collection is not indexed yet: /readyz and the searches answer 503

@@ -102,7 +102,7 @@ def test_vitsearch_serve_answers_its_host_and_allowed_hosts_only(db_uri, tmp_pat
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([*VITSEARCH, "serve", "--uri", db_uri, "--host", "127.0.0.1", "--port", str(port),
                              "--allowed-hosts", "photos.lan"], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            env={**os.environ, "VITSEARCH_API_TOKEN": "tok"}, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -115,7 +115,7 @@ def test_vitsearch_serve_answers_its_host_and_allowed_hosts_only(db_uri, tmp_pat
                 time.sleep(0.1)
         for host, status in (("photos.lan", 200), (f"photos.lan:{port}", 200), (f"127.0.0.1:{port}", 200),
                              ("rebind.attacker.example", 400), ("other.lan", 400)):
-            assert httpx.get(f"{base}/openapi.json", headers={"Host": host}).status_code == status, host
+            assert httpx.get(f"{base}/openapi.json", headers={"Host": host}).status_code == status, host  # no token
     finally:
         proc.send_signal(signal.SIGINT)
         try:
