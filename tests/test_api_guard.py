@@ -2,7 +2,8 @@
 a real Milvus Lite file: a request for a Host the server is not served on gets 400 whatever the
 route (DNS rebinding), `vitsearch serve` answers its --host and --allowed-hosts too; a filter
 too long or nested too deep is a 400 (not a 503), a JSON body over its limit a 413 before it
-is read, a body that does not arrive a 408 after the timeout."""
+is read, a body that does not arrive a 408 after the timeout; /search/vector gives the same
+hits for any scale of its vector."""
 from __future__ import annotations
 
 import os
@@ -13,9 +14,11 @@ import sys
 import time
 
 import httpx
+import numpy as np
 import pytest
 
-from test_api import free_port, serving, upload
+from test_api import assert_same, free_port, serving, upload
+from vitsearch.search import SearchClient
 from vitsearch.search.config import Settings, host_name, served_hosts
 
 VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
@@ -214,6 +217,22 @@ def test_a_body_that_does_not_arrive_gets_408_after_the_timeout(indexed):
                 if answer:
                     break
         assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 5, answer[:100]
-        # Meanwhile, and after, the server answers the others.
+        # The server still answers the others.
         assert httpx.get(f"{base}/stats").status_code == 200
 
+
+def test_search_vector_gives_the_same_hits_and_scores_at_any_scale(indexed):
+    photos, uri = indexed
+    with SearchClient(uri=uri) as client:
+        vector = np.asarray(client.store.get([str(photos / "cat.jpg")], fields=["vector"])[str(photos / "cat.jpg")]
+                            ["vector"], np.float64)
+    with serving(uri) as (base, _):
+        want = httpx.post(f"{base}/search/vector", json={"vector": vector.tolist(), "k": 11}).json()["hits"]
+        assert want[0]["path"] == str(photos / "cat.jpg") and want[0]["score"] == pytest.approx(1, abs=1e-5)
+        assert len({h["score"] for h in want}) > 5  # distinct scores: an order to keep
+        for scale in (1e-30, 3e38):
+            scaled = vector * scale
+            assert np.all(np.isfinite(scaled.astype(np.float32))) and np.any(scaled.astype(np.float32))
+            r = httpx.post(f"{base}/search/vector", json={"vector": scaled.tolist(), "k": 11})
+            assert r.status_code == 200, r.text
+            assert_same(r.json()["hits"], want)
