@@ -4,7 +4,8 @@ collection facts, health and thumbnails, for applications not written in Python.
 A FastAPI app on uvicorn over the library's :class:`~vitsearch.search.client.SearchClient`:
 :mod:`.app` builds it, :mod:`.backend` holds the client (opened lazily, reopened after Milvus
 comes back), :mod:`.batching` gathers the image queries of concurrent requests into one forward
-pass, :mod:`.auth` checks the bearer token, :mod:`.uploads` bounds request bodies, :mod:`.errors`
+pass, :mod:`.hosts` answers only the Host names it is served on (DNS rebinding), :mod:`.auth` checks
+the bearer token, :mod:`.uploads` bounds request bodies in size and time, :mod:`.errors`
 turns the library's errors into JSON responses and :mod:`.routes` holds the routes;
 :mod:`.settings` reads ``VITSEARCH_API_*``. Installed with the ``api`` extra
 (``pip install 'vitsearch[api]'``).

@@ -1,13 +1,15 @@
-"""The optional bearer token (``VITSEARCH_API_TOKEN``): when set, every request but ``/healthz``
-must carry ``Authorization: Bearer TOKEN``, compared in constant time (``hmac.compare_digest``)."""
+"""The optional bearer token (``VITSEARCH_API_TOKEN``): when set, every request for data must carry
+``Authorization: Bearer TOKEN``, compared in constant time (``hmac.compare_digest``); liveness and
+the API's own description (:data:`OPEN_PATHS`) need none."""
 from __future__ import annotations
 
 import hmac
 
 from .schemas import AsciiJSONResponse
 
-#: Routes open without the token: liveness only (a load balancer's probe has no secret).
-OPEN_PATHS = frozenset({"/healthz"})
+#: Routes open without the token: liveness (a load balancer's probe has no secret) and the API's
+#: description, which holds no data: the OpenAPI document and its Swagger UI and ReDoc pages.
+OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
 class BearerToken:

@@ -27,6 +27,13 @@ class ApiSettings(BaseSettings):
             (the library's ``VITSEARCH_RETRY_S`` is for batch jobs and defaults to a minute).
         retry_after_s: the ``Retry-After`` of a 503, in seconds; also how long a failed attempt
             to open the collection is remembered before the next request tries again.
+        max_json_kb: largest request body that is not an image upload (the JSON of
+            ``/search/similar`` and ``/search/vector``), in KB (1024 bytes); a bigger one gets 413
+            before it is read. Default 256: a 4,096-d vector in JSON is ~100 KB, a filter at most
+            16 K characters (``VITSEARCH_MAX_FILTER_CHARS``).
+        body_timeout_s: seconds a request body may take to arrive, counted from the server's
+            first read of it; 408 after that (a client announcing more than it sends no longer
+            holds a connection forever). Default 60: a 20 MB upload at 2.7 Mbit/s.
     """
 
     model_config = SettingsConfigDict(env_prefix="VITSEARCH_API_", extra="ignore")
@@ -37,6 +44,8 @@ class ApiSettings(BaseSettings):
     max_batch: int = Field(default=DEFAULT_BATCH_SIZE, ge=1)
     retry_s: float = Field(default=5.0, ge=0)
     retry_after_s: int = Field(default=5, ge=1)
+    max_json_kb: int = Field(default=256, ge=1)
+    body_timeout_s: float = Field(default=60.0, gt=0)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -31,6 +31,10 @@ DEVICE = typer.Option(None, "--device", help="cuda, cuda:N, mps or cpu. (env VIT
 DTYPE = typer.Option(None, "--dtype", help="bfloat16, float16 or float32. (env VITSEARCH_DTYPE; "
                      "default: bfloat16 on CUDA, float32 elsewhere)")
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+ALLOWED_HOSTS = typer.Option(None, "--allowed-hosts", help="Names (or addresses) this server answers to besides "
+                             "localhost, 127.0.0.1, [::1] and --host, comma-separated, e.g. photos.lan,192.168.1.20: "
+                             "a request for any other Host is refused (400), so that no web page reaches it by DNS "
+                             "rebinding. (env VITSEARCH_ALLOWED_HOSTS)")
 
 
 class Pooling(str, Enum):

@@ -6,13 +6,14 @@ from typing import Optional
 
 import typer
 
-from .common import COLLECTION, URI, app, fail, settings
+from .common import ALLOWED_HOSTS, COLLECTION, URI, app, fail, settings
 
 
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 serves other machines "
-                             "too (set VITSEARCH_API_TOKEN then: without it there is no login)."),
+                             "too (set VITSEARCH_API_TOKEN then: without it there is no login; and name the "
+                             "host they call in --allowed-hosts)."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="HTTP port."),
     uri: Optional[str] = URI,
     collection: Optional[str] = COLLECTION,
@@ -22,36 +23,42 @@ def serve(
                                 "A Milvus Lite database is shared by the processes."),
     max_upload_mb: Optional[int] = typer.Option(None, "--max-upload-mb", min=1, help="Largest query image "
                                                 "accepted, in MB (413 above). (env VITSEARCH_MAX_UPLOAD_MB; default: 20)"),
+    allowed_hosts: Optional[str] = ALLOWED_HOSTS,
 ) -> None:
     """Serve the HTTP search API: POST /search (multipart `image`), /search/similar, /search/vector;
     GET /stats, /healthz, /readyz, /thumbnail; OpenAPI at /docs.
 
     Image searches of concurrent requests are embedded in one forward pass (a few-ms window,
     VITSEARCH_API_BATCH_WINDOW_MS, up to VITSEARCH_API_MAX_BATCH images), and the searches of
-    concurrent requests share Milvus calls. VITSEARCH_API_TOKEN set: every route
-    but /healthz needs `Authorization: Bearer TOKEN`. VITSEARCH_API_CORS_ORIGINS: comma-separated origins
-    browsers may call from. The server starts also while Milvus is down or the collection is not indexed yet:
-    /readyz and the searches answer 503 (Retry-After) until it is.
+    concurrent requests share Milvus calls. VITSEARCH_API_TOKEN set: every route but /healthz and the
+    OpenAPI pages needs `Authorization: Bearer TOKEN`. VITSEARCH_API_CORS_ORIGINS: comma-separated
+    origins browsers may call from. Only requests for the Host names it is served on are answered
+    (localhost, 127.0.0.1, [::1], --host, --allowed-hosts); others get 400. The server starts also
+    while Milvus is down or the collection is not indexed yet: /readyz and the searches answer 503
+    (Retry-After) until it is.
     """
     from pydantic import ValidationError
 
     from vitsearch.api.settings import ApiSettings
+    from vitsearch.search.config import served_hosts
 
-    s = settings(uri=uri, collection=collection, max_upload_mb=max_upload_mb)
+    s = settings(uri=uri, collection=collection, max_upload_mb=max_upload_mb, allowed_hosts=allowed_hosts)
     try:
         api = ApiSettings()
     except ValidationError as exc:
         error = exc.errors()[0]
         fail(f"VITSEARCH_API_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}", code=2)
+    hosts = served_hosts(host, s.allowed_hosts)
     # The worker processes build the app from the environment (uvicorn imports the factory in each).
     os.environ.update({"VITSEARCH_URI": s.resolved_uri(), "VITSEARCH_COLLECTION": s.collection,
-                       "VITSEARCH_MAX_UPLOAD_MB": str(s.max_upload_mb)})
+                       "VITSEARCH_MAX_UPLOAD_MB": str(s.max_upload_mb), "VITSEARCH_ALLOWED_HOSTS": ",".join(hosts)})
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:  # N processes share the cores, not N x all of them
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     import uvicorn
 
     login = "token required" if api.token else "no token"
     typer.echo(f"vitsearch: collection {s.collection!r} at {s.resolved_uri()} on http://{host}:{port} "
-               f"({workers} worker{'s' if workers > 1 else ''}, {login}; OpenAPI at /docs)", err=True)
+               f"({workers} worker{'s' if workers > 1 else ''}, {login}; OpenAPI at /docs; answers to Host "
+               f"{', '.join(hosts)})", err=True)
     uvicorn.run("vitsearch.api.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", access_log=False, server_header=False)

@@ -5,12 +5,14 @@ environment variable, then the default below.
 """
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Iterable, Literal
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "facebook/dinov2-small"
 DEFAULT_COLLECTION = "images"
@@ -44,6 +46,65 @@ RUNTIMES = ("torch", "onnx", "onnx-int8")
 #: The runtime on a CPU when none is asked: the fastest that keeps Holidays-dev mAP within 0.005
 #: of torch fp32 (README, "Runtimes"). On CUDA and MPS the default is torch (bf16 on CUDA).
 DEFAULT_CPU_RUNTIME = "onnx-int8"
+#: Longest filter (a Milvus boolean expression from a user), in characters. Milvus Lite parses and
+#: evaluates a filter in Python, holding up the searches queued behind it: 16,384 characters of
+#: ``width > 1 or ...`` take ~0.07 s, 65,536 ~0.4 s, 18.8 MB ~28 s (2 AMD EPYC cores). Enough for
+#: a ``path in [...]`` list of ~300 paths.
+DEFAULT_MAX_FILTER_CHARS = 16_384
+#: Deepest nesting of a filter: brackets plus chained prefix operators (``not``, ``!``, unary
+#: ``-``). Milvus Lite's parser recurses ~8 Python frames per bracket and runs out of stack
+#: (``maximum recursion depth exceeded``) between 100 and 200 brackets, or ~1,000 ``not``.
+DEFAULT_MAX_FILTER_DEPTH = 32
+#: The names every server of vitsearch (the page, the HTTP API) answers to, whatever its
+#: ``--host``: see :func:`served_hosts`.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+#: Listening addresses that are every interface, which name no host.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "[::]"})
+_HOST = re.compile(r"(?:\[(?P<ip6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9_.-]+))(?::(?P<port>[0-9]{1,5}))?")
+
+
+def host_name(value: str) -> str | None:
+    """The host that a ``Host`` header or a configured name gives, without its port: lower
+    case, without a final dot, an IPv6 address in brackets and in its short form (``[::1]``; a
+    bare IPv6 address, as ``--host ::1`` gives it, is read as one). None when ``value`` is not
+    a host (empty, a URL, user info, a path, a port over 65535, a malformed IPv6 address)."""
+    text = value.strip().lower()
+    if text.count(":") > 1 and not text.startswith("["):
+        text = f"[{text}]"
+    m = _HOST.fullmatch(text)
+    if m is None or (m["port"] and int(m["port"]) > 65535):
+        return None
+    if m["ip6"] is not None:
+        try:
+            return f"[{ipaddress.IPv6Address(m['ip6']).compressed}]"
+        except ValueError:
+            return None
+    return m["name"].rstrip(".") or None
+
+
+def served_hosts(bind: str, allowed: Iterable[str] = ()) -> list[str]:
+    """The ``Host`` names a server listening on ``bind`` (``--host``) answers to, each as
+    :func:`host_name` gives it: :data:`LOOPBACK_HOSTS`, ``bind`` when it is a name or an address
+    that is not a wildcard (``0.0.0.0``, ``::``), and ``allowed`` (``--allowed-hosts``).
+
+    Raises:
+        ValueError: an entry of ``allowed`` is not a host name or address.
+    """
+    names = list(LOOPBACK_HOSTS)
+    own = host_name(bind)
+    for name in ([own] if own and own not in WILDCARD_HOSTS else []) + [_checked_host(a) for a in allowed]:
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _checked_host(value: str) -> str:
+    name = host_name(value)
+    if name is None:
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise ValueError(f"{shown!r} is not a host name or address (give names such as photos.lan or "
+                         f"192.168.1.20, comma-separated)")
+    return name
 
 
 class Settings(BaseSettings):
@@ -78,6 +139,14 @@ class Settings(BaseSettings):
         retry_s: seconds a call keeps retrying (with backoff) while Milvus is unreachable.
         max_image_pixels: most pixels decoded from one image (see :data:`DEFAULT_MAX_IMAGE_PIXELS`).
         max_file_mb: largest image file read, in MB (indexed files, queries and uploads alike).
+        max_filter_chars: longest filter accepted, in characters (see
+            :data:`DEFAULT_MAX_FILTER_CHARS`); a longer one is a bad query.
+        max_filter_depth: deepest nesting of a filter accepted: brackets plus chained ``not``,
+            ``!`` and unary ``-`` (see :data:`DEFAULT_MAX_FILTER_DEPTH`); a deeper one is a bad query.
+        allowed_hosts: ``Host`` names the page and the HTTP API answer to besides the loopback
+            names and their ``--host`` (:func:`served_hosts`), comma-separated
+            (``VITSEARCH_ALLOWED_HOSTS="photos.lan,192.168.1.20"``); a port is ignored. A request
+            for any other name is refused (a web page's DNS rebinding).
     """
 
     model_config = SettingsConfigDict(env_prefix="VITSEARCH_", extra="ignore")
@@ -101,6 +170,9 @@ class Settings(BaseSettings):
     retry_s: float = Field(default=60.0, ge=0)
     max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     max_file_mb: float = Field(default=DEFAULT_MAX_FILE_MB, gt=0)
+    max_filter_chars: int = Field(default=DEFAULT_MAX_FILTER_CHARS, ge=1)
+    max_filter_depth: int = Field(default=DEFAULT_MAX_FILTER_DEPTH, ge=1)
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     @field_validator("uri")
     @classmethod
@@ -109,6 +181,18 @@ class Settings(BaseSettings):
             raise ValueError("the Milvus URI is empty: give a Milvus Lite path (such as ~/vitsearch/milvus.db) "
                              "or a server URI (http://host:19530), or leave it unset for the default")
         return uri
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value):
+        if isinstance(value, str):
+            return [h for h in value.split(",") if h.strip()]
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return [_checked_host(h) for h in value]
 
     @property
     def max_file_bytes(self) -> int:

@@ -31,12 +31,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def ui_server(uri: str, log: Path, timeout_s: float = 120) -> Iterator[str]:
-    """Run ``vitsearch ui --uri URI`` on a free localhost port; yield its base URL."""
+def ui_server(uri: str, log: Path, *options: str, timeout_s: float = 120) -> Iterator[str]:
+    """Run ``vitsearch ui --uri URI [options]`` on a free localhost port; yield its base URL."""
     port = free_port()
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-c", "from vitsearch.cli import main; main()",
-                                 "ui", "--uri", uri, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+                                 "ui", "--uri", uri, "--port", str(port), *options], stdout=out,
+                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s

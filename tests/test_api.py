@@ -1,8 +1,8 @@
 """Contract of the HTTP API (api/, ``vitsearch serve``): httpx against the real app on uvicorn over
 a real Milvus Lite file and the tiny ViT. Every route gives what SearchClient gives (also under
 concurrent requests, whose forward passes are batched); every error is JSON ``{"detail": "..."}``
-with its code (400, 401, 404, 413, 503 with Retry-After); the token guards every route but
-/healthz; a thumbnail is made only from a row's indexed bytes, and a path that is not a row is never
+with its code (400, 401, 404, 413, 503 with Retry-After); the token guards every data route (not
+/healthz nor the OpenAPI pages); a thumbnail is made only from a row's indexed bytes, and a path that is not a row is never
 opened."""
 from __future__ import annotations
 
@@ -38,12 +38,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(uri: str, wait_ready: bool = True, **api):
-    """The app on uvicorn in a thread on a free loopback port: yields its base URL and the app."""
+def serving(uri: str, wait_ready: bool = True, settings: dict | None = None, **api):
+    """The app on uvicorn in a thread on a free loopback port: yields its base URL and the app.
+    ``settings``: the library's settings besides the URI (default: an upload limit of 1 MB)."""
     import uvicorn
 
     api = {"token": None, "cors_origins": [], "retry_s": 1.0, "retry_after_s": 7, **api}
-    app = create_app(Settings(uri=uri, max_upload_mb=1), ApiSettings(**api))
+    app = create_app(Settings(uri=uri, max_upload_mb=1, **(settings or {})), ApiSettings(**api))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -268,11 +269,10 @@ def test_every_bad_input_is_a_json_400_404_or_413(api):
     assert httpx.get(f"{base}/healthz").status_code == 200  # still serving
 
 
-def test_the_token_guards_every_route_but_healthz(indexed):
+def test_the_token_guards_every_data_route_and_not_health_or_the_api_description(indexed):
     photos, uri = indexed
     with serving(uri, token="s3cret-token") as (base, _):
         data = (photos / "cat.jpg").read_bytes()
-        assert httpx.get(f"{base}/healthz").status_code == 200
         for name, call in {
             "search": lambda h: httpx.post(f"{base}/search", files={"image": ("q.jpg", data)}, headers=h),
             "similar": lambda h: httpx.post(f"{base}/search/similar", json={"path": str(photos / "cat.jpg")}, headers=h),
@@ -280,8 +280,6 @@ def test_the_token_guards_every_route_but_healthz(indexed):
             "stats": lambda h: httpx.get(f"{base}/stats", headers=h),
             "readyz": lambda h: httpx.get(f"{base}/readyz", headers=h),
             "thumbnail": lambda h: httpx.get(f"{base}/thumbnail", params={"path": str(photos / "cat.jpg")}, headers=h),
-            "docs": lambda h: httpx.get(f"{base}/docs", headers=h),
-            "openapi": lambda h: httpx.get(f"{base}/openapi.json", headers=h),
         }.items():
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer s3cret-tokenX"},
                             {"Authorization": "Basic s3cret-token"}, {"Authorization": "s3cret-token"}):
@@ -290,6 +288,17 @@ def test_the_token_guards_every_route_but_healthz(indexed):
                 assert r.headers["www-authenticate"] == "Bearer" and "bearer token" in r.json()["detail"]
             assert call({"Authorization": "Bearer s3cret-token"}).status_code == 200, name
             assert call({"Authorization": "bearer s3cret-token"}).status_code == 200, name
+        # Open: liveness, and the API's description, which holds no data (issue 30, item 4).
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        for page in ("/docs", "/redoc"):
+            r = httpx.get(f"{base}{page}")
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), page
+        schema = httpx.get(f"{base}/openapi.json")
+        assert schema.status_code == 200 and "/search/vector" in schema.json()["paths"]
+        # ... and it says that the routes take the token, so that /docs can send it ("Authorize").
+        assert schema.json()["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+        assert schema.json()["security"] == [{"bearer": []}]
+        assert str(photos) not in schema.text
 
 
 def test_cors_origins_are_configurable(indexed):

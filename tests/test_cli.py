@@ -95,6 +95,9 @@ def test_errors_are_one_clear_line(args, code, message, photos, db_uri):
     ("cat.jpg", ["-k", "16385"], 2, "Invalid value for '-k'"),
     ("cat.jpg", ["--filter", "width >"], 2, "filter 'width >' is not a valid Milvus expression"),
     ("cat.jpg", ["--filter", "colour == 3"], 2, "is not a valid Milvus expression"),
+    ("cat.jpg", ["--filter", "(" * 1000 + "width > 1" + ")" * 1000], 2, "nests deeper than the limit of 32"),
+    ("cat.jpg", ["--filter", "not " * 1000 + "width > 1"], 2, "nests deeper than the limit of 32"),
+    ("cat.jpg", ["--filter", "width > 1 or " * 1300 + "width > 1"], 2, "over the limit of 16,384"),
     ("nope.jpg", ["--similar"], 2, "is not indexed"),
     ("cat.jpg", ["--collection", "other"], 1, "index a folder first"),
 ])

@@ -26,7 +26,7 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.client.types import Status
 from pymilvus.exceptions import MilvusException, MilvusUnavailableException
 
-from ..config import MAX_K, Settings
+from ..config import DEFAULT_MAX_FILTER_CHARS, DEFAULT_MAX_FILTER_DEPTH, MAX_K, Settings
 from ..encoder_info import EncoderInfo
 from ..errors import BadQueryError, CollectionNotFoundError, StoreError
 from ..paths import path_from_stored, stored_path
@@ -174,6 +174,8 @@ class Store:
         token: server auth token (``user:password`` or an API key); kept private, never logged.
         lite_wait_s: seconds to wait for a Lite database held by another process to be shared.
         retry_s: seconds to keep retrying a call while Milvus is unreachable.
+        max_filter_chars, max_filter_depth: the longest and the deepest user's filter that
+            :meth:`search` and :meth:`copies` take (see :func:`~.expr.check_filter`).
 
     Raises:
         StoreError: ``uri`` is empty, or Milvus cannot be opened or reached; the message names
@@ -181,7 +183,8 @@ class Store:
     """
 
     def __init__(self, uri: str, collection: str, token: str | None = None, *, lite_wait_s: float = 10.0,
-                 retry_s: float = 60.0):
+                 retry_s: float = 60.0, max_filter_chars: int = DEFAULT_MAX_FILTER_CHARS,
+                 max_filter_depth: int = DEFAULT_MAX_FILTER_DEPTH):
         if not uri or not uri.strip():
             raise StoreError("the Milvus URI is empty: give a Milvus Lite path (such as ~/vitsearch/milvus.db) "
                              "or a server URI (http://host:19530)")
@@ -191,6 +194,7 @@ class Store:
         self._lite = None if is_server_uri(uri) else Path(uri).expanduser()
         self._lite_wait_s = lite_wait_s
         self._retry_s = retry_s
+        self._filter_limits = (max_filter_chars, max_filter_depth)  # of a user's filter: see check_filter
         self._served_here = False
         self._stale = False  # a call gave up on an unreachable Milvus: reconnect before the next
         self._schema: str | None = None  # the collection's schema version, once read
@@ -207,8 +211,9 @@ class Store:
         """
         uri = uri if uri is not None else settings.resolved_uri()
         token = token or settings.token_for(uri)
-        return cls(uri, collection or settings.collection, token,
-                   lite_wait_s=settings.lite_wait_s, retry_s=settings.retry_s)
+        return cls(uri, collection or settings.collection, token, lite_wait_s=settings.lite_wait_s,
+                   retry_s=settings.retry_s, max_filter_chars=settings.max_filter_chars,
+                   max_filter_depth=settings.max_filter_depth)
 
     def _connect(self) -> None:
         target = self.uri
@@ -888,7 +893,7 @@ class Store:
             BadQueryError: ``filter`` is not one valid expression.
             StoreError: Milvus refused or stayed unreachable.
         """
-        user = check_filter(filter or "")
+        user = check_filter(filter or "", *self._filter_limits)
         found: dict[str, list[str]] = {}
         for expr in values_in("sha256", sorted(set(sha256s))):
             cond = all_of(expr, user, under(folder) if folder else "", path_is_not(exclude))
@@ -921,7 +926,7 @@ class Store:
             BadQueryError: ``filter`` is not one valid expression on this collection's fields.
             StoreError: Milvus refused the search or cannot be reached.
         """
-        user = check_filter(filter or "")
+        user = check_filter(filter or "", *self._filter_limits)
         expr = all_of(user, under(folder) if folder else "", path_is_not(exclude))
         asked, fields = fields, self._fields(fields)
         try:

@@ -3,13 +3,16 @@ becomes part of an expression.
 
 Every string literal of every expression the product sends is made by :func:`literal`; paths
 go in as their stored text (:func:`~vitsearch.search.paths.stored_path`); a user's filter is only
-ever combined whole, after :func:`check_filter`. Nothing here imports pymilvus.
+ever combined whole, after :func:`check_filter` (which also bounds its length and nesting).
+Nothing here imports pymilvus.
 """
 from __future__ import annotations
 
 import os
+import re
 from typing import Iterator, Sequence
 
+from ..config import DEFAULT_MAX_FILTER_CHARS, DEFAULT_MAX_FILTER_DEPTH
 from ..errors import BadQueryError
 from ..paths import stored_path
 
@@ -32,38 +35,77 @@ def literal(value: str) -> str:
 _LITERAL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
 
 
-def check_filter(expr: str) -> str:
+def check_filter(expr: str, max_chars: int = DEFAULT_MAX_FILTER_CHARS,
+                 max_depth: int = DEFAULT_MAX_FILTER_DEPTH) -> str:
     """A user's filter, checked to be one balanced boolean expression (so that ANDing it with
-    the product's own conditions cannot be escaped by a stray parenthesis), or ``""``.
+    the product's own conditions cannot be escaped by a stray parenthesis) of bounded size, or
+    ``""``.
 
     Brackets and parentheses outside string literals must pair up, and every literal must end;
-    Milvus checks the rest when the filter is used (see :meth:`Store.search`).
+    the filter must hold at most ``max_chars`` characters and nest at most ``max_depth`` deep,
+    counting each open bracket and each prefix operator (``not``, ``!``, unary ``-`` and ``+``)
+    of a chain, since Milvus Lite's parser recurses on both and fails with "maximum recursion
+    depth exceeded" (see :data:`~vitsearch.search.config.DEFAULT_MAX_FILTER_DEPTH`). Milvus checks
+    the rest when the filter is used (see :meth:`Store.search`).
+
+    Args:
+        expr: the filter (surrounding space is dropped).
+        max_chars: most characters (``VITSEARCH_MAX_FILTER_CHARS``).
+        max_depth: deepest nesting (``VITSEARCH_MAX_FILTER_DEPTH``).
 
     Raises:
-        BadQueryError: the filter is unbalanced or has an unterminated string.
+        BadQueryError: the filter is too long, nested too deep, unbalanced or has an
+            unterminated string.
     """
     expr = (expr or "").strip()
-    closing, stack, quote = {"(": ")", "[": "]"}, [], None
-    escaped = False
-    for column, char in enumerate(expr, 1):
-        if quote:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == quote:
-                quote = None
-        elif char in "\"'":
-            quote = char
-        elif char in closing:
-            stack.append(closing[char])
-        elif char in ")]" and (not stack or stack.pop() != char):
-            raise BadQueryError(f"filter {expr!r} is not one boolean expression: unmatched {char!r} at column {column}")
-    if quote:
-        raise BadQueryError(f"filter {expr!r} is not one boolean expression: a string is not terminated")
+    if len(expr) > max_chars:
+        raise BadQueryError(f"filter is {len(expr):,} characters long, over the limit of {max_chars:,} "
+                            f"(VITSEARCH_MAX_FILTER_CHARS)")
+    closing, stack = {"(": ")", "[": "]"}, []
+    chains, chained = [0], 0  # prefix operators pending at each bracket level, and their sum
+    operand = False  # whether the last token ends an operand (so that a "-" after it is binary)
+    for token in _TOKEN.finditer(expr):
+        kind, text = token.lastgroup, token.group()
+        if kind == "space":
+            continue
+        if kind == "open":
+            raise BadQueryError(f"filter {_shown(expr)} is not one boolean expression: a string is not terminated")
+        if text in closing:
+            stack.append(closing[text])
+            chains.append(0)
+        elif text.lower() in _PREFIX or (text in ("-", "+") and not operand):
+            chains[-1] += 1
+            chained += 1
+        elif text in (")", "]"):
+            if not stack or stack.pop() != text:
+                raise BadQueryError(f"filter {_shown(expr)} is not one boolean expression: unmatched {text!r} "
+                                    f"at column {token.start() + 1}")
+            chained -= chains.pop()
+        if len(stack) + chained > max_depth:
+            raise BadQueryError(f"filter {_shown(expr)} nests deeper than the limit of {max_depth} (each bracket "
+                                f"and each chained not, ! or - counts; VITSEARCH_MAX_FILTER_DEPTH)")
+        operand = text in (")", "]") or (kind in ("string", "word", "number") and text.lower() not in _KEYWORDS)
+        if operand:  # a chain of prefix operators ends with its operand
+            chained -= chains[-1]
+            chains[-1] = 0
     if stack:
-        raise BadQueryError(f"filter {expr!r} is not one boolean expression: {stack[-1]!r} missing at the end")
+        raise BadQueryError(f"filter {_shown(expr)} is not one boolean expression: {stack[-1]!r} missing at the end")
     return expr
+
+
+#: A filter's tokens, as far as :func:`check_filter` needs them: a terminated string literal, an
+#: opening quote without its end, a word, a number, a two-character operator or one character.
+_TOKEN = re.compile(r"""(?P<space>\s+)|(?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<open>["'])"""
+                    r"|(?P<word>[A-Za-z_][A-Za-z0-9_]*)|(?P<number>[0-9.]+(?:[eE][+-]?[0-9]+)?)"
+                    r"|(?P<op>==|!=|<=|>=|&&|\|\||\*\*|.)", re.S)
+#: Prefix operators (besides unary ``-`` and ``+``), and words that are operators, not operands.
+_PREFIX = frozenset({"not", "!"})
+_KEYWORDS = frozenset({"and", "or", "not", "in", "like", "is"})
+
+
+def _shown(expr: str, limit: int = 80) -> str:
+    """``expr`` quoted for a message, cut to about ``limit`` characters."""
+    return repr(expr) if len(expr) <= limit else repr(expr[:limit]) + f"... ({len(expr):,} characters)"
 
 
 def all_of(*conditions: str) -> str:
