@@ -148,8 +148,8 @@ def quality(args) -> None:
                                 index_folder(str(folder), encoder=encoder, store=store, workers=settings.workers)
                         with writer_lease(store):
                             update_space(store, learn=whitening or "auto", relearn=whitening is None)
-                    report = evaluate(FLOWERS, settings, (10,), uri=uri, collection="mixed", expand=expand,
-                                      unrelated=noise)
+                    report = evaluate(FLOWERS, settings, (10,), uri=uri, collection="mixed", expand=expand)
+                    # (no unrelated queries: the mixed collection holds the catalogue itself)
                 else:
                     report = evaluate(paths[name], settings, (10,), whitening=whitening, expand=expand,
                                       unrelated=noise)
