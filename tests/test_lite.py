@@ -242,7 +242,7 @@ def test_a_full_disk_leaves_no_temp_files_and_reads_still_work(small_disk, photo
     assert stats.returncode == 0 and json.loads(stats.stdout)["count"] == 11, stats.stderr
     assert "Traceback" not in stats.stderr
     found = cli("search", photos / "cat.jpg", "-k", 1, "--json")  # loading the collection writes nothing
-    assert found.returncode == 0 and json.loads(found.stdout)[0]["path"] == str(photos / "cat.jpg")
+    assert found.returncode == 0 and json.loads(found.stdout)["hits"][0]["path"] == str(photos / "cat.jpg")
     leftovers = [p.name for p in db.iterdir() if p.name.startswith(".") and "endpoint" in p.name]
     assert leftovers == []
     more = photos / "more"
