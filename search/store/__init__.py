@@ -1,6 +1,7 @@
 """Milvus storage: the collection (:class:`Store`, :mod:`.collection`), its expressions
-(:mod:`.expr`), sharing a Milvus Lite database between processes (:mod:`.lite`), one indexing
-run per collection (:mod:`.lease`) and bulk import (:mod:`.bulk`).
+(:mod:`.expr`), sharing a Milvus Lite database between processes (:mod:`.lite`) after checking
+its files (:mod:`.lite_files`), one indexing run per collection (:mod:`.lease`) and bulk import
+(:mod:`.bulk`).
 
 Only :mod:`.collection`, :mod:`.space` (the whitening matrices' collection), :mod:`.bulk` and
 :mod:`.lite` (pymilvus' generated gRPC service, on which it serves Lite) import pymilvus;

@@ -14,6 +14,10 @@ the database folder is made (or made again) 0700 and the endpoint file 0600. Whe
 cannot hold a socket (a path longer than a socket address allows, ~107 bytes; a file system
 without sockets), the socket lives in a private 0700 folder of the system's temporary folder.
 
+Before Lite opens a database its files are checked (:mod:`.lite_files`): a damaged one is
+refused, nothing in it changed; files Lite's recovery would delete from a sound one are kept
+under ``<db>/vitsearch-kept/`` first.
+
 No daemon is started and nothing outlives the processes that use the database.
 """
 from __future__ import annotations
@@ -32,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreError
+from ..errors import DatabaseDamagedError, StoreError
 from ..processes import pid_alive
+from .lite_files import inspect, keep
 
 log = logging.getLogger(__name__)
 ENDPOINT_FILE = "vitsearch-endpoint.json"
@@ -83,6 +88,8 @@ def lite_uri(db: Path, wait_s: float) -> tuple[str, bool]:
         ``(uri, served_here)``: ``unix:/path/of/socket`` and whether this process serves it.
 
     Raises:
+        DatabaseDamagedError: its files are damaged (see :mod:`.lite_files`); nothing in it
+            was changed.
         StoreError: ``db`` is not a Lite 3 directory (a file, a folder of other files, a path
             under a file), cannot be created or opened (read-only: the reason is given), or is
             held by a process that does not publish an endpoint (not vitsearch) for longer than
@@ -158,6 +165,7 @@ def _serve(db: Path) -> str | None:
         its URI, or None when another process holds it.
 
     Raises:
+        DatabaseDamagedError: its files are damaged; it was closed again, nothing changed.
         StoreError: it cannot be opened or served; the message says why.
     """
     from milvus_lite.db import MilvusLite
@@ -174,6 +182,7 @@ def _serve(db: Path) -> str | None:
             raise StoreError(f"cannot open Milvus Lite database {db}: {_reason(exc)}") from None
         try:
             _own(db)
+            _check_files(db)
             served = _start(db, lite)
         except BaseException:
             lite.close()
@@ -194,6 +203,36 @@ def _own(db: Path) -> None:
     except OSError as exc:
         log.warning("cannot make Milvus Lite database %s private to its owner (%s): other users may read it",
                     db, exc.strerror or exc)
+
+
+def _check_files(db: Path) -> None:
+    """Refuse a damaged database; keep a copy of the files Lite's recovery is about to delete.
+
+    Raises:
+        DatabaseDamagedError: what is damaged, and how to recover.
+        StoreError: the files to be deleted could not be kept.
+    """
+    try:
+        found = inspect(db)
+    except OSError as exc:
+        raise StoreError(f"cannot read Milvus Lite database {db}: {_reason(exc)}") from None
+    if found.damage:
+        more = f" (and {len(found.damage) - 1} more damaged collections)" if len(found.damage) > 1 else ""
+        raise DatabaseDamagedError(
+            f"Milvus Lite database {db} is damaged, so it was not opened and nothing in it was changed: "
+            f"{found.damage[0]}{more}. Restore the database folder from a backup, or move it aside (keep it) "
+            f"and index your folders again into a new one")
+    if found.doomed:
+        try:
+            kept = keep(db, found.doomed)
+        except OSError as exc:
+            raise StoreError(f"Milvus Lite database {db}: its recovery would delete {len(found.doomed)} files that "
+                             f"its manifests do not list, and no copy of them could be kept ({exc.strerror or exc}: "
+                             f"{exc.filename}); free some space and run again") from None
+        n = len(found.doomed)
+        log.warning("Milvus Lite database %s: its recovery deletes %d file%s that its manifests do not list "
+                    "(left by a write that stopped, or a manifest that is not the latest); copies are kept in %s",
+                    db, n, "" if n == 1 else "s", kept)
 
 
 def _start(db: Path, lite) -> _Served:
