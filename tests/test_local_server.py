@@ -91,7 +91,7 @@ def test_start_makes_the_server_every_command_default_until_stop_or_death(server
     # no --uri: index, search and stats go to the server, with its credentials, never to Lite
     indexed = cli("index", photos, "--model", tiny_model, "--runtime", "torch", "--workers", "0")
     assert f"at {uri}" in indexed.stdout
-    hits = json.loads(cli("search", EXAMPLES / "queries" / "cat-crop.jpg", "--json", "-k", "3").stdout)
+    hits = json.loads(cli("search", EXAMPLES / "queries" / "cat-crop.jpg", "--json", "-k", "3").stdout)["hits"]
     assert hits[0]["path"] == str(photos / "cat.jpg")
     assert json.loads(cli("stats", "--json").stdout)["uri"] == uri
     assert not (data_dir / "milvus.db").exists()
@@ -107,7 +107,7 @@ def test_start_makes_the_server_every_command_default_until_stop_or_death(server
 
     # started again on the same data: the rows are there, searchable at once
     cli("server", "start")
-    again = json.loads(cli("search", EXAMPLES / "queries" / "cat-crop.jpg", "--json", "-k", "3").stdout)
+    again = json.loads(cli("search", EXAMPLES / "queries" / "cat-crop.jpg", "--json", "-k", "3").stdout)["hits"]
     assert [h["path"] for h in again] == [h["path"] for h in hits]
 
     # the server dies (killed, a crash, a reboot): commands name it, they do not fall back to Lite
