@@ -316,6 +316,7 @@ def test_another_user_can_neither_read_the_endpoint_nor_connect(shared_tmp):
         (db / ENDPOINT_FILE).chmod(0o644)
         assert as_other_user(INTRUDER, str(db / ENDPOINT_FILE)) == "connect: MilvusException"
         assert store.count() == 3  # nobody deleted anything
+    release(db)  # closed before the folder is removed (Lite writes at close)
 
 
 def test_a_second_process_of_the_owner_still_connects_over_the_socket(db_uri):
