@@ -38,9 +38,10 @@ def start(
     (README, "Storage").
 
     Milvus 2.3.5 listens on every network interface: authentication is on, with a random root
-    password made at the first start (kept in the server folder's `credentials`, mode 0600, and
-    used by vitsearch for you); keep its ports behind your firewall. A Milvus Lite database is not
-    copied: index your folders again into the server.
+    password set at the first start while the server takes only vitsearch's own TLS certificate
+    (kept in the server folder's `credentials`, mode 0600, and used by vitsearch for you); keep
+    its ports behind your firewall. A Milvus Lite database is not copied: index your folders
+    again into the server.
     """
     server = _server()
     try:

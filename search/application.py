@@ -2,8 +2,8 @@
 the library itself changes no global state; an application calls :func:`configure` once.
 
 - quiets loggers and warnings whose content vitsearch's own errors already carry: pymilvus logs
-  every failed call with a traceback, gRPC a line per forked worker, Milvus Lite's server
-  "Method not implemented" for a probe, transformers its advice and progress bars, Pillow a
+  every failed call with a traceback, gRPC a line per forked worker, Milvus Lite's gRPC adapter
+  every failed call with a traceback, transformers its advice and progress bars, Pillow a
   ``DecompressionBombWarning`` (vitsearch refuses by its own pixel limit), ONNX Runtime's
   quantizer its advice to pre-process (on the root logger) and the TorchScript exporter its notes;
 - lets Pillow's own decompression-bomb guard follow a ``VITSEARCH_MAX_IMAGE_PIXELS`` raised above it.
@@ -32,8 +32,13 @@ def configure(settings: Settings | None = None) -> None:
     # the order in which an application imports things does not matter.
     import pymilvus  # noqa: F401
 
-    for name in ("pymilvus", "milvus_lite", "grpc._server"):
+    for name in ("pymilvus", "milvus_lite.adapter", "grpc._server"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # Milvus Lite's storage and recovery warnings are shown (a manifest it cannot read, a log
+    # cut short), without the traceback of a background compaction that failed and is retried.
+    lite = logging.getLogger("milvus_lite.engine.collection")
+    if not any(isinstance(f, _NoTraceback) for f in lite.filters):
+        lite.addFilter(_NoTraceback())
     from PIL import Image
 
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -53,3 +58,15 @@ class _QuantizerAdvice(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "pre-processing before quantization" not in record.getMessage()
+
+
+class _NoTraceback(logging.Filter):
+    """Keeps a record's message and its exception's one line, drops the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True

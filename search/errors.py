@@ -25,6 +25,12 @@ class StoreError(VitsearchError):
     """Milvus cannot be reached or refused an operation. The message names the URI."""
 
 
+class DatabaseDamagedError(StoreError):
+    """A Milvus Lite database's files are damaged (a manifest or schema lost, a data file gone):
+    opening it would lose rows, so it is refused, unchanged; the message names the file and how
+    to recover. Not transient: trying again does not help."""
+
+
 class ServerError(StoreError):
     """The Milvus server that ``vitsearch server`` runs on this machine cannot be started or
     stopped, or was started and is gone; the message says why and what to do."""

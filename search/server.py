@@ -9,40 +9,56 @@ Its binary is unpacked and its ``milvus.yaml`` written by the package's own
 outlives the command and the terminal), waits for its health check, and records it.
 
 Files, all under ``<data_dir>/server`` (the user data folder, see
-:class:`~vitsearch.search.config.Settings`): ``bin/``, ``configs/``, ``data/`` (the vectors),
-``logs/`` (``server.log`` is the process's output), ``credentials`` (``root:<password>``, mode
-0600, kept across restarts) and ``vitsearch-server.json`` (pid, URI, ports), which exists from
-``start`` until ``stop``. While it exists every vitsearch command that is not given a URI uses
-the server (:meth:`Settings.resolved_uri`), and its token.
+:class:`~vitsearch.search.config.Settings`), a folder of mode 0700: ``bin/``, ``configs/``,
+``data/`` (the vectors; Milvus runs with umask 077, so its files are 0600), ``logs/``
+(``server.log`` is the process's output), ``credentials`` (``root:<password>``, mode 0600, kept
+across restarts) and ``vitsearch-server.json`` (pid, URI, ports), which exists from ``start``
+until ``stop``. While it exists every vitsearch command that is not given a URI uses the server
+(:meth:`Settings.resolved_uri`), and its token.
 
 Security: the Milvus 2.3.5 binary listens on all network interfaces (its proxy port, default
 19530, and its internal ports; only the embedded etcd is on loopback), and has no setting to
-change that. So authentication is turned on, and on the first start the default ``root:Milvus``
-password is replaced by a random one (:func:`secrets.token_urlsafe`, 32 bytes). The internal
-ports have no authentication: keep them behind the machine's firewall.
+change that (its proxy listens on ``":<port>"``), nor one for the built-in ``root:Milvus``
+password it starts with. So authentication is turned on, and a server whose data are new (the
+first start, or a data folder removed) is first started on its own: with mutual TLS on its
+port (:mod:`.certificates`: only the client holding the certificate made for this start can
+connect) and its HTTP API off, while the built-in password is replaced by the kept one or a
+random one (:func:`secrets.token_urlsafe`, 32 bytes); then it is stopped and started for
+use. Nobody else can log in as ``root:Milvus`` meanwhile. The internal ports have no
+authentication: keep them behind the machine's firewall.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import certificates
 from .errors import ServerError
 from .processes import pid_alive
 
 DEFAULT_PORT = 19530
 #: What the first start replaces: Milvus's built-in credentials (Milvus docs, "Authenticate User Access").
 _DEFAULT_TOKEN = "root:Milvus"
-#: The embedded etcd's peer port: fixed in the 2.3.5 binary (not in its configuration).
-_ETCD_PEER_PORT = 2380
+#: The embedded etcd's client and peer ports: fixed in the 2.3.5 binary (its listen addresses
+#: are etcd's defaults, whatever ``etcd.endpoints`` says).
+ETCD_PORTS = {2379: "client", 2380: "peer"}
+#: A Go listener that could not bind, as Milvus logs it.
+_BIND_FAILED = re.compile(r"listen tcp [^\s\"]*:(\d+): bind: address already in use")
+#: A line Milvus logs at ERROR or FATAL: ``[time] [ERROR] [file:line] ["message"] [error="..."]``.
+_LOGGED_ERROR = re.compile(r'\[(?:ERROR|FATAL)\] \[[^\]]*\] \["([^"]*)"\](?: \[error="((?:[^"\\]|\\.)*)"\])?')
+#: A Go panic's first line.
+_PANIC = re.compile(r"^(?:panic|fatal error): .*$", re.M)
 _STATE = "vitsearch-server.json"
 _CREDENTIALS = "credentials"
 
@@ -77,6 +93,7 @@ class LocalServer:
 
     def __init__(self, root: Path):
         self.root = Path(root).expanduser().absolute()
+        self._log_from = 0  # where the last start's output begins in the log, in bytes
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> "LocalServer":
@@ -130,19 +147,21 @@ class LocalServer:
 
     def start(self, port: int | None = None, timeout_s: float = 120.0) -> ServerState:
         """Start the server and wait until it is healthy; a running one is returned as it is.
-        Two starts at once are serialised (a lock file in the server folder).
+        Two starts at once are serialised (a lock file in the server folder). A server whose
+        data are new is first set up on its own (mutual TLS, see the module's docstring).
 
         Args:
             port: gRPC port; None: 19530, or the next free one above it.
-            timeout_s: seconds to wait for the health check.
+            timeout_s: seconds to wait for the health check (for each start of a setup).
 
         Returns:
             the started server.
 
         Raises:
-            ServerError: the ``milvus`` package is not installed, the port is taken, the
-                folder cannot be written, or the server did not become healthy (its log's last
-                lines are in the message; a server that did start is stopped again).
+            ServerError: the ``milvus`` package is not installed, a port it needs is taken, the
+                folder cannot be written, its data do not take the kept password, or the server
+                did not become healthy; one line that names the cause (from its log) and what to
+                do. A server that did start is stopped again.
         """
         _check_yaml_safe(self.root)
         with self._locked():
@@ -157,11 +176,34 @@ class LocalServer:
         except ImportError as exc:
             raise ServerError("the Milvus server is not installed: pip install 'vitsearch[server]' "
                               "(the milvus package, Milvus 2.3.5 standalone)") from exc
-        if _listening(_ETCD_PEER_PORT):
-            raise ServerError(f"port {_ETCD_PEER_PORT} on 127.0.0.1 is taken: Milvus 2.3.5's embedded etcd needs it "
-                              "(it cannot be moved), so another Milvus server (or etcd) runs on this machine; stop it, "
-                              "or point vitsearch at it with --uri")
-        config = milvus.MilvusServerConfig()
+        for taken, role in ETCD_PORTS.items():
+            if _listening(taken):
+                raise ServerError(f"port {taken} on 127.0.0.1 is taken: Milvus 2.3.5's embedded etcd needs it (its "
+                                  f"{role} port, fixed in the binary), so another Milvus server (or etcd) runs on this "
+                                  f"machine; stop it, or point vitsearch at it with --uri")
+        self._private()
+        if self.token() is None or not (self.root / "data" / "etcd.data").is_dir():
+            self._set_up(milvus, port, timeout_s)
+        proc, state = self._launch(milvus, port, {})
+        try:
+            self._wait_healthy(proc, state, time.monotonic() + timeout_s)
+            self._wait_served(state, time.monotonic() + timeout_s)
+        except BaseException:  # KeyboardInterrupt included: no server left running unrecorded
+            self._stop(grace_s=5)
+            raise
+        return state
+
+    def _private(self) -> None:
+        """Make the server's folder and its data this user's alone (0700), also where an older
+        vitsearch made them 0755 (the rows' paths are in Milvus's files)."""
+        for folder in (self.root, self.root / "data"):
+            folder.mkdir(mode=0o700, exist_ok=True)
+            folder.chmod(0o700)
+
+    def _launch(self, milvus, port: int | None, settings: dict) -> tuple[subprocess.Popen, ServerState]:
+        """Write ``milvus.yaml`` (with ``settings`` over vitsearch's) and start the binary,
+        recorded in ``vitsearch-server.json``; not yet healthy."""
+        config = _config(milvus)
         config.configs.update(data_dir=str(self.root))
         if port is not None:
             config.configs.update(proxy_port=port)
@@ -171,10 +213,13 @@ class LocalServer:
         # collections again: shorter than the defaults of 1800 s and 30 s.
         config.set("common.gracefulStopTimeout", 5)
         config.set("common.session.ttl", 10)
+        for key, value in settings.items():
+            config.set(key, value)
         try:
             config.resolve()  # binds (and releases) the ports, writes configs/milvus.yaml
         except RuntimeError as exc:
-            raise ServerError(f"cannot start the Milvus server: {exc} (is another server on that port?)") from exc
+            raise ServerError(f"cannot start the Milvus server: {exc} (a port it needs is taken: stop what listens "
+                              f"there, or give another --port)") from None
         milvus._initialize_data_files(str(self.root))  # unpacks bin/milvus once
         health_port, sock = config.resolve_port(9091)
         sock.close()
@@ -184,30 +229,82 @@ class LocalServer:
                "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(binary.parent), os.environ.get("LD_LIBRARY_PATH")])),
                "DYLD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(binary.parent), os.environ.get("DYLD_LIBRARY_PATH")]))}
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._log_from = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
-            proc = subprocess.Popen([str(binary), "run", "standalone"], cwd=self.root, env=env,
+            proc = subprocess.Popen([str(binary), "run", "standalone"], cwd=self.root, env=env, umask=0o077,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         proxy_port = int(config.get("proxy_port"))
         state = ServerState(pid=proc.pid, uri=f"http://127.0.0.1:{proxy_port}", port=proxy_port,
                             health_port=health_port, started=time.time(), version=milvus.__version__)
         self._write(_STATE, json.dumps(asdict(state)))
-        try:
-            deadline = time.monotonic() + timeout_s
-            while not self.healthy(state):
-                if proc.poll() is not None:
-                    raise ServerError(f"the Milvus server exited with code {proc.returncode} while starting; "
-                                      f"its log ({self.log}) ends:\n{self._log_tail()}")
-                if time.monotonic() > deadline:
-                    raise ServerError(f"the Milvus server was not healthy after {timeout_s:.0f} s; "
-                                      f"its log ({self.log}) ends:\n{self._log_tail()}")
-                time.sleep(0.25)
-            if self.token() is None:
-                self._set_password(state)
-            self._wait_served(state, deadline)
-        except BaseException:  # KeyboardInterrupt included: no server left running unrecorded
-            self._stop(grace_s=5)
-            raise
-        return state
+        return proc, state
+
+    def _wait_healthy(self, proc: subprocess.Popen, state: ServerState, deadline: float) -> None:
+        """Wait until the server answers its health check.
+
+        Raises:
+            ServerError: it exited, or was not healthy by ``deadline`` (``time.monotonic()``);
+                the cause its log gives is in the message.
+        """
+        started = time.monotonic()
+        while not self.healthy(state):
+            if proc.poll() is not None:
+                raise ServerError(f"the Milvus server exited with code {proc.returncode} while starting: "
+                                  f"{self._cause()}. Its log: {self.log}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"the Milvus server was not healthy after {time.monotonic() - started:.0f} s "
+                                  f"({self._cause()}); its log: {self.log}")
+            time.sleep(0.25)
+
+    def _set_up(self, milvus, port: int | None, timeout_s: float) -> None:
+        """Start a server whose data are new with mutual TLS on its port (nobody without the
+        client certificate made here can connect), replace the built-in ``root:Milvus`` by the
+        kept password (or a new random one, then kept in ``credentials``), and stop it.
+
+        Raises:
+            ServerError: it did not start, or its data do not take ``root:Milvus`` (made with
+                another password than ``credentials`` holds, or with none kept).
+        """
+        from pymilvus import MilvusClient
+
+        password = self._kept_password() or secrets.token_urlsafe(32)
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=".setup-") as folder:  # 0700
+            tls = certificates.make(Path(folder))
+            proc, state = self._launch(milvus, port, {
+                "tls_mode": 2, "server_pem_path": str(tls.server_cert), "server_key_path": str(tls.server_key),
+                "ca_pem_path": str(tls.ca), "proxy.http.enabled": "false"})
+            try:
+                self._wait_healthy(proc, state, time.monotonic() + timeout_s)
+                try:
+                    client = MilvusClient(uri=f"https://127.0.0.1:{state.port}", token=_DEFAULT_TOKEN, secure=True,
+                                          client_pem_path=str(tls.client_cert), client_key_path=str(tls.client_key),
+                                          ca_pem_path=str(tls.ca), server_name=certificates.SERVER_NAME, timeout=30)
+                    client.update_password("root", "Milvus", password)
+                    client.close()
+                except Exception as exc:  # pymilvus raises assorted types
+                    raise ServerError(
+                        f"the Milvus server's data in {self.root / 'data'} do not take the built-in root:Milvus "
+                        f"login ({_one_line(exc)}): they were made with another root password than the one in "
+                        f"{self.root / _CREDENTIALS} (or that file is gone). Put back the credentials file made with "
+                        f"them, or move {self.root / 'data'} away to start afresh") from None
+            finally:
+                self._stop(grace_s=5)
+        self._write(_CREDENTIALS, f"root:{password}\n")
+
+    def _kept_password(self) -> str | None:
+        """root's password in ``credentials``, or None where there is none.
+
+        Raises:
+            ServerError: the file is not ``root:<password>``.
+        """
+        token = self.token()
+        if token is None:
+            return None
+        user, _, password = token.partition(":")
+        if user != "root" or not password:
+            raise ServerError(f"{self.root / _CREDENTIALS} does not hold root:<password>: remove it, and the data "
+                              f"folder {self.root / 'data'} made with it, to start afresh")
+        return password
 
     def stop(self, grace_s: float = 30.0) -> ServerState | None:
         """Stop the recorded server: SIGTERM, which makes Milvus stop its components (its gRPC
@@ -252,7 +349,7 @@ class LocalServer:
         import fcntl
 
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             with open(self.root / ".lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 yield
@@ -262,11 +359,22 @@ class LocalServer:
 
     def _wait_served(self, state: ServerState, deadline: float) -> None:
         """Wait until every collection that Milvus loads again after a restart answers a query:
-        until then a search can come back empty instead of failing."""
+        until then a search can come back empty instead of failing.
+
+        Raises:
+            ServerError: the kept password is refused, a collection was still loading at
+                ``deadline`` (``time.monotonic()``), or one did not answer.
+        """
         from pymilvus import MilvusClient
         from pymilvus.client.types import LoadState
 
-        client = MilvusClient(uri=state.uri, token=self.token() or "", timeout=max(1.0, deadline - time.monotonic()))
+        try:
+            client = MilvusClient(uri=state.uri, token=self.token() or "", timeout=max(1.0, deadline - time.monotonic()))
+        except Exception as exc:  # pymilvus raises assorted types; the server is healthy, so it refused the login
+            raise ServerError(f"the Milvus server does not take the root password in {self.root / _CREDENTIALS} "
+                              f"({_one_line(exc)}): its data in {self.root / 'data'} were made with another one. Put "
+                              f"back the credentials file made with them, or move {self.root / 'data'} away to start "
+                              f"afresh") from None
         try:
             for name in client.list_collections():
                 while client.get_load_state(name)["state"] == LoadState.Loading:
@@ -276,23 +384,13 @@ class LocalServer:
                     time.sleep(0.25)
                 if client.get_load_state(name)["state"] == LoadState.Loaded:
                     client.query(name, filter="", output_fields=["count(*)"])
+        except ServerError:
+            raise
+        except Exception as exc:  # pymilvus raises assorted types
+            raise ServerError(f"the Milvus server started, but its collections do not answer ({_one_line(exc)}); "
+                              f"its log: {self.log}") from None
         finally:
             client.close()
-
-    def _set_password(self, state: ServerState) -> None:
-        """Replace the default ``root:Milvus`` by a random password, kept in ``credentials``."""
-        from pymilvus import MilvusClient
-
-        password = secrets.token_urlsafe(32)
-        try:
-            client = MilvusClient(uri=state.uri, token=_DEFAULT_TOKEN, timeout=30)
-            client.update_password("root", "Milvus", password)
-            client.close()
-        except Exception as exc:  # pymilvus raises assorted types
-            raise ServerError(f"cannot set the server's password: {type(exc).__name__}: {exc}. Its data in "
-                              f"{self.root / 'data'} was made without vitsearch's credentials file: move it "
-                              f"away to start afresh") from exc
-        self._write(_CREDENTIALS, f"root:{password}\n")
 
     def _write(self, name: str, text: str) -> None:
         """Write ``root/name`` atomically, readable by this user only (it may hold a password)."""
@@ -305,11 +403,54 @@ class LocalServer:
             os.fsync(f.fileno())
         os.replace(tmp, self.root / name)
 
-    def _log_tail(self, lines: int = 15) -> str:
+    def _cause(self) -> str:
+        """What this start's part of the log says went wrong, in one line: a port that was taken,
+        else the first error Milvus logged, else a Go panic, else its last line."""
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+            with open(self.log, "rb") as f:
+                f.seek(self._log_from)
+                text = f.read().decode(errors="replace")
+        except OSError as exc:
+            return f"its log cannot be read ({exc.strerror or exc})"
+        if bound := _BIND_FAILED.search(text):
+            port = int(bound.group(1))
+            needs = f" (Milvus 2.3.5's embedded etcd needs it: its {ETCD_PORTS[port]} port)" if port in ETCD_PORTS else ""
+            return f"port {port} is taken{needs}: stop the program that listens there"
+        if logged := _LOGGED_ERROR.search(text):
+            return ": ".join(filter(None, (logged.group(1), logged.group(2))))
+        if panic := _PANIC.search(text):
+            return panic.group(0)
+        lines = text.strip().splitlines()
+        return lines[-1][:500] if lines else "it wrote nothing"
+
+
+def _config(milvus):
+    """A ``milvus.MilvusServerConfig`` whose probe of a free port (it binds each port it hands
+    out, then releases it) allows a port whose old connections are in TIME_WAIT, as the Go
+    listeners of the binary do (SO_REUSEADDR). The package's own probe refuses such a port, so a
+    server started again within a minute of the last stop got other ports for its components,
+    while the last one's etcd sessions (alive for ``common.session.ttl`` after it) still named the
+    old ones: its proxy then reached another component at a stale address and exited ("unknown
+    service milvus.proto.query.QueryCoord", seen after the first start's set-up)."""
+
+    class Config(milvus.MilvusServerConfig):
+        def try_bind_port(self, port):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+                return sock
+            except (OSError, OverflowError):
+                sock.close()
+                return None
+
+    return Config()
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def _listening(port: int) -> bool:

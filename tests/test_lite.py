@@ -3,21 +3,28 @@
 The first process serves the database, the others connect to it; rows written by either are
 seen by both; when the serving process exits (cleanly or killed), the next call of another
 process takes the database over without losing rows; a process that holds the database without
-sharing it (plain pymilvus) gives a clear error after the wait.
+sharing it (plain pymilvus) gives a clear error after the wait. Only the user who owns the
+database gets in: it is served on a Unix socket of mode 0600 (also where its path is too long
+for a socket address), in a folder of mode 0700, and another user (a real other uid) can
+neither read the endpoint nor connect.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from vitsearch.search.errors import StoreError
-from vitsearch.search.store.lite import ENDPOINT_FILE
+from vitsearch.search.store.lite import ENDPOINT_FILE, release
 from vitsearch.search.store import Store
 
 from test_store import INFO, make_rows
@@ -253,3 +260,100 @@ def test_a_full_disk_leaves_no_temp_files_and_reads_still_work(small_disk, photo
     assert "error: Milvus at" in full.stderr and "No space left on device" in full.stderr
     stats = cli("stats", "--json")
     assert stats.returncode == 0 and json.loads(stats.stdout)["count"] >= 11  # nothing indexed was lost
+
+
+# --- only the owner gets in ---------------------------------------------------------------------
+
+NOBODY = 65534
+# Another user's attempt: read the endpoint, then list the collections over it.
+INTRUDER = textwrap.dedent("""
+    import json, sys
+    from pymilvus import MilvusClient
+    try:
+        uri = json.load(open(sys.argv[1]))["uri"]
+    except OSError as e:
+        print("endpoint:", type(e).__name__); sys.exit()
+    try:
+        print("listed:", MilvusClient(uri=uri, timeout=5).list_collections())
+    except Exception as e:
+        print("connect:", type(e).__name__)
+""")
+
+
+def as_other_user(code: str, *args: str) -> str:
+    """``python -c code args`` as the user ``nobody`` (uid 65534), its output."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("running as another user needs root and util-linux's setpriv")
+    out = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
+                          sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip()
+
+
+@pytest.fixture
+def shared_tmp():
+    """A temporary folder every user can enter (pytest's own is its user's alone), removed after."""
+    folder = Path(tempfile.mkdtemp(prefix="vitsearch-share-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_another_user_can_neither_read_the_endpoint_nor_connect(shared_tmp):
+    db = shared_tmp / "milvus.db"
+    with Store(str(db), "images") as store:
+        store.ensure(INFO)
+        store.upsert(make_rows(3)[0])
+        record = json.loads((db / ENDPOINT_FILE).read_text())
+        socket = Path(record["uri"].removeprefix("unix:"))
+        assert record["uri"].startswith("unix:") and socket == db / "vitsearch.sock"  # no TCP port to reach
+        assert stat.S_ISSOCK(socket.stat().st_mode) and stat.S_IMODE(socket.stat().st_mode) == 0o600
+        assert stat.S_IMODE(db.stat().st_mode) == 0o700
+        assert stat.S_IMODE((db / ENDPOINT_FILE).stat().st_mode) == 0o600
+
+        assert as_other_user(INTRUDER, str(db / ENDPOINT_FILE)) == "endpoint: PermissionError"
+        db.chmod(0o755)  # a folder opened to others (as an older vitsearch made them): the socket still refuses
+        (db / ENDPOINT_FILE).chmod(0o644)
+        assert as_other_user(INTRUDER, str(db / ENDPOINT_FILE)) == "connect: MilvusException"
+        assert store.count() == 3  # nobody deleted anything
+    release(db)  # closed before the folder is removed (Lite writes at close)
+
+
+def test_a_second_process_of_the_owner_still_connects_over_the_socket(db_uri):
+    """The same check's positive side: the owner's other process, given the same endpoint."""
+    with Store(db_uri, "images") as store:
+        store.ensure(INFO)
+        out = subprocess.run([sys.executable, "-c", INTRUDER, str(Path(db_uri) / ENDPOINT_FILE)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip().startswith("listed: ["), out.stderr[-3000:]
+        assert "images" in out.stdout
+
+
+def test_a_database_folder_opened_to_others_is_made_private_again(db_uri):
+    db = Path(db_uri)
+    with Store(db_uri, "images") as store:
+        store.ensure(INFO)
+    release(db)
+    db.chmod(0o755)
+    with Store(db_uri, "images") as store:
+        assert store.exists()
+    assert stat.S_IMODE(db.stat().st_mode) == 0o700
+
+
+def test_a_path_too_long_for_a_socket_serves_from_a_private_temporary_folder(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)  # over the ~107 bytes of a socket address
+    db = deep / "milvus.db"
+    rows, _ = make_rows(4)
+    with Store(str(db), "images") as store:
+        store.ensure(INFO)
+        store.upsert(rows)
+        socket = Path(json.loads((db / ENDPOINT_FILE).read_text())["uri"].removeprefix("unix:"))
+        assert socket.parent != db and stat.S_IMODE(socket.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(socket.stat().st_mode) == 0o600
+        proc, seen = start_other(str(db), 2)  # shared all the same
+        try:
+            assert seen == {"served_here": False, "count": 6}
+        finally:
+            proc.communicate("\n", timeout=60)
+    release(db)
+    assert not socket.parent.exists()  # the private folder goes with the server

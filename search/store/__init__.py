@@ -1,9 +1,11 @@
 """Milvus storage: the collection (:class:`Store`, :mod:`.collection`), its expressions
-(:mod:`.expr`), sharing a Milvus Lite database between processes (:mod:`.lite`), one indexing
-run per collection (:mod:`.lease`) and bulk import (:mod:`.bulk`).
+(:mod:`.expr`), sharing a Milvus Lite database between processes (:mod:`.lite`) after checking
+its files (:mod:`.lite_files`), one indexing run per collection (:mod:`.lease`) and bulk import
+(:mod:`.bulk`).
 
-Only :mod:`.collection`, :mod:`.space` (the whitening matrices' collection) and :mod:`.bulk`
-import pymilvus; nothing here imports torch.
+Only :mod:`.collection`, :mod:`.space` (the whitening matrices' collection), :mod:`.bulk` and
+:mod:`.lite` (pymilvus' generated gRPC service, on which it serves Lite) import pymilvus;
+nothing here imports torch.
 """
 from .collection import (MAX_PATH_BYTES, META_FIELDS, SCHEMA_VERSION, SEARCH_CONSISTENCY, CollectionMoved, Hit, Store,
                          is_server_uri)

@@ -1,5 +1,6 @@
-"""One Milvus collection of image embeddings (:class:`Store`): with :mod:`.bulk`, the only code
-that imports pymilvus.
+"""One Milvus collection of image embeddings (:class:`Store`): with :mod:`.space` and
+:mod:`.bulk`, the only code that calls pymilvus (:mod:`.lite` uses its generated gRPC service
+to serve Milvus Lite).
 
 One collection holds one row per image file, keyed by the file's absolute path. The same code
 talks to Milvus Lite (a local ``.db`` directory) and to a Milvus server (``http://host:19530``);
