@@ -144,6 +144,29 @@ def test_searches_during_a_relearn_stay_in_one_space(tmp_path, db_uri, encoder):
     assert all(same and score > 0.9999 for same, score in scores), [s for s in scores if not (s[0] and s[1] > 0.9999)][:5]
 
 
+def test_a_reader_on_a_generation_being_dropped_follows_the_move(tmp_path, db_uri, encoder, monkeypatch):
+    """Milvus Lite answers a search on a collection being dropped with no hits rather than an
+    error: a short reply makes the reader look the name up again and search the new generation."""
+    photos = varied_photos(tmp_path / "photos", 2 * MIN_IMAGES, seed=7)
+    index(photos, encoder, db_uri)
+    files = sorted(str(p) for p in photos.iterdir())
+    vector = encoder.embed(files[:1])[0]
+    with SearchClient(uri=db_uri) as reader:
+        assert reader.search_vector(vector, k=1)[0].path == files[0]  # resolved the first generation
+        old = reader.store.physical
+
+        def empty_instead_of_drop(store, name):  # what a concurrent reader of Lite sees mid-drop
+            store._client.delete(name, filter='path != ""')
+        monkeypatch.setattr(Store, "drop_physical", empty_instead_of_drop)
+        with Store(db_uri, "images") as writer:
+            update_space(writer, relearn=True)
+            assert writer.physical != old and writer.count_of(old) == 0
+        hit = reader.search_vector(vector, k=1)[0]
+        assert hit.path == files[0] and hit.score > 0.9999
+        assert reader.store.physical != old
+        assert reader.stats()["count"] == len(files)
+
+
 KILLED_RELEARN = textwrap.dedent("""
     import sys, time
     from vitsearch.search.store import Store

@@ -342,7 +342,7 @@ def test_the_page_answers_while_an_indexing_run_writes(first, real_model, page, 
         counts = []
         while proc.poll() is None:  # search again and again while the indexer writes
             at.run()
-            assert not at.exception and not at.error, (at.exception, at.error)
+            assert not at.exception and not at.error, ([e.value for e in at.exception], [e.value for e in at.error])
             counts.append(int(at.sidebar.get("metric")[0].value.replace(",", "")))
             assert result_names(at), "the page showed no results while indexing"
             time.sleep(0.3)

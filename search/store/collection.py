@@ -263,8 +263,9 @@ class Store:
                             continue
                         except MilvusException:
                             pass
-                    if named and _missing(exc):
-                        self._moved(args[0])
+                    if named and _missing(exc) and self._follow(args[0], what, kwargs):
+                        args = (self._name,) + args[1:]
+                        continue
                     if not _unreachable(exc):
                         raise self._error(what, exc) from exc
                     last = exc
@@ -282,19 +283,30 @@ class Store:
                 connected = True
             except StoreError as exc:
                 last, connected = exc, False
-            if connected and named and self._name != args[0]:
-                self._moved(args[0])
+            if connected and named and self._name != args[0] and self._follow(args[0], what, kwargs):
+                args = (self._name,) + args[1:]
 
-    def _moved(self, name: str | None) -> None:
-        """The physical collection ``name`` a call was made on is gone: look the name up again,
-        and raise :class:`CollectionMoved` where it now leads elsewhere (its vectors rewritten,
-        :mod:`.space`), :class:`CollectionNotFoundError` where it leads nowhere."""
+    def _follow(self, name: str, what: str, kwargs: dict[str, Any]) -> bool:
+        """The physical collection ``name`` a call was made on is gone, or may be (a reply shorter
+        than asked: Milvus Lite answers from a collection being dropped): look the name up again.
+        Where it now leads elsewhere (its vectors rewritten, :mod:`.space`), a call that neither
+        sends nor reads vectors is to be made again there (True); one that does (a search, an
+        upsert, a read of ``vector``: its vectors are of the old space) raises
+        :class:`CollectionMoved`. False where the name still leads to ``name``.
+
+        Raises:
+            CollectionNotFoundError: the name leads nowhere now.
+            CollectionMoved: as above.
+        """
         self._resolve_checked()
         if self._name is None:
             raise CollectionNotFoundError(f"collection {self.collection!r} does not exist at {self.uri} (any more)")
-        if self._name != name:
+        if self._name == name:
+            return False
+        if what in ("search", "upsert", "insert") or "vector" in (kwargs.get("output_fields") or ()):
             raise CollectionMoved(f"{self.where}: its vectors were rewritten into {self._name!r} while this "
                                   f"call ran on {name!r}")
+        return True
 
     def _require(self) -> str:
         """The physical collection's name, looked up again if unknown.
@@ -683,10 +695,13 @@ class Store:
         asked, fields = fields, self._fields(fields)
         found: dict[str, dict[str, Any]] = {}
         level = {"consistency_level": consistency} if consistency else {}
+        name = self._name
         for expr in paths_in(paths):
-            for row in self._call("query", self._name, filter=expr, output_fields=fields, **level):
+            for row in self._call("query", name, filter=expr, output_fields=fields, **level):
                 row = self._row(row, asked)
                 found[row["path"]] = row
+        if len(found) < len(set(paths)) and self._follow(name, "query", {"output_fields": fields}):
+            return self.get(paths, asked, consistency=consistency)
         return found
 
     def iter_rows(self, fields: Sequence[str] = ("path",), folder: str | None = None,
@@ -825,8 +840,10 @@ class Store:
         Raises:
             StoreError: Milvus refused (the collection does not exist) or stayed unreachable.
         """
-        res = self._call("query", self._name, filter=under(folder) if folder else "",
-                         output_fields=["count(*)"])
+        name = self._name
+        res = self._call("query", name, filter=under(folder) if folder else "", output_fields=["count(*)"])
+        if not int(res[0]["count(*)"]) and name is not None and self._follow(name, "query", {}):
+            return self.count(folder)
         return int(res[0]["count(*)"])
 
     def neighbours(self, threshold: float, *, folder: str | None = None, fields: Sequence[str] = ("sha256",),
@@ -930,9 +947,10 @@ class Store:
         user = check_filter(filter or "", *self._filter_limits)
         expr = all_of(user, under(folder) if folder else "", path_is_not(exclude))
         asked, fields = fields, self._fields(fields)
+        name = self._name
         try:
             res = self._call(
-                "search", self._name, data=np.asarray(vectors, np.float32).tolist(),
+                "search", name, data=np.asarray(vectors, np.float32).tolist(),
                 limit=k, filter=expr, output_fields=fields, consistency_level=SEARCH_CONSISTENCY,
                 search_params={"metric_type": "COSINE", "params": {"ef": max(ef or 64, k)}},
             )
@@ -943,6 +961,8 @@ class Store:
                     f"filter {user!r} is not a valid Milvus expression on this collection "
                     f"(fields: {', '.join(META_FIELDS)}): {' '.join(cause.message.split())}") from None
             raise
+        if any(len(hits) < k for hits in res):  # also what Milvus Lite answers from a generation being dropped
+            self._follow(name, "search", {})  # CollectionMoved where it was
         # A server keys hits "id", Milvus Lite by the primary-key name: read the path from the entity.
         out = []
         for hits in res:
