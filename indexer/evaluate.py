@@ -230,7 +230,8 @@ def evaluate(dataset: str | os.PathLike, settings: Settings | None = None, ks: S
     is not embedded again). The encoder is chosen as for indexing
     (:func:`~vitsearch.search.encoder.encoder_for`); batch size and workers come from ``settings``.
     The collection learns its whitening as any indexed collection does (``whitening`` ``"none"``:
-    raw embeddings).
+    raw embeddings). A file that cannot be read or decoded is counted in ``failed`` and left out
+    of the queries and of every relevant set.
 
     Args:
         expand: query expansion with this many neighbours (0: none).
@@ -260,6 +261,7 @@ def evaluate(dataset: str | os.PathLike, settings: Settings | None = None, ks: S
         report = index_folder(str(data.root), encoder=encoder, store=store,
                               batch_size=settings.batch_size or batch_size_for(encoder), workers=settings.workers,
                               progress=progress, whitening=whitening)
+        data = data.without(path for path, _ in report.failures)  # counted in `failed`, never asked
         with SearchClient(settings=settings, encoder=encoder) as client:
             result = evaluate_collection(data, client, ks, expand=expand, unrelated=others)
             space = "whitened" if client.space.whitened else "raw"

@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -47,6 +47,12 @@ class Dataset:
     root: Path
     kind: str
     queries: dict[str, set[str]]
+
+    def without(self, paths: Iterable[str]) -> "Dataset":
+        """The dataset with ``paths`` left out, as queries and from every relevant set (files
+        that could not be indexed: they can be neither asked nor found)."""
+        gone = set(paths)
+        return Dataset(self.root, self.kind, {q: rel - gone for q, rel in self.queries.items() if q not in gone})
 
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
@@ -81,9 +87,11 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
 
 def class_folders(root: Path) -> dict[Path, list[str]]:
     """The subfolders of ``root`` that hold image files (searched recursively), sorted by name,
-    each with its image paths, sorted."""
+    each with its image paths, sorted. As the indexer reads a folder (:func:`vitsearch.indexer.scan.scan`),
+    links to files are followed and links to folders are not: a link such as ``all -> .`` or
+    ``c2link -> c2`` is neither a class nor a second copy of one."""
     found = {c: sorted(str(p) for p in c.rglob("*") if is_image_file(p) and p.is_file())
-             for c in sorted(root.iterdir()) if c.is_dir()}
+             for c in sorted(root.iterdir()) if c.is_dir() and not c.is_symlink()}
     return {c: files for c, files in found.items() if files}
 
 

@@ -107,6 +107,28 @@ def test_evaluate_is_callable_from_python_and_leaves_nothing_behind(classes, tin
     assert not list(tmp_path.glob("vitsearch-eval-*"))  # the temporary database is gone
 
 
+def test_linked_class_folders_are_not_classes_and_undecodable_files_are_counted_failed(classes, tiny_model, tmp_path):
+    """`all -> .` and `c2link -> class-2` are not read as classes (the indexer does not follow links
+    to folders either); a truncated JPEG and a text file named .jpg are counted in `failed` and
+    are neither queries nor relevant items."""
+    from vitsearch.search.config import Settings
+
+    before = evaluate(classes, Settings(model=str(tiny_model), workers=0), (1, 10))
+    (classes / "all").symlink_to(".")
+    (classes / "c2link").symlink_to("class-2")
+    assert len(load_dataset(classes).queries) == 60
+    good = next((classes / "class-0").iterdir())
+    (classes / "class-0" / "truncated.jpg").write_bytes(good.read_bytes()[:300])
+    (classes / "class-1" / "notes.jpg").write_text("not a picture")
+    report = evaluate(classes, Settings(model=str(tiny_model), workers=0), (1, 10))
+    assert (report.images, report.failed, report.result.queries) == (60, 2, 60)
+    assert report.result.map == pytest.approx(before.result.map)  # the same 60 images, the same figures
+    out = subprocess.run([*VITSEARCH, "eval", str(classes), "--model", str(tiny_model), "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (json.loads(out.stdout)["failed"], json.loads(out.stdout)["queries"]) == (2, 60)
+
+
 @pytest.mark.parametrize("layout, args, message", [
     ("flat", [], "expected groundtruth.json and images/, or one subfolder of images per class"),
     ("bad-truth", [], "names 1 files not in"),
