@@ -48,7 +48,7 @@ def train(
     label_smoothing: float = typer.Option(DEFAULTS.label_smoothing, "--label-smoothing", min=0.0, max=0.99,
                                           help="Label smoothing of the cross-entropy."),
     seed: int = typer.Option(DEFAULTS.seed, "--seed", help="Seeds the split, the initialisation and the augmentation."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model folder already at --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model folder that vitsearch wrote at --out (never a folder holding anything else)."),
     device: Optional[str] = DEVICE,
 ) -> None:
     """Train an encoder on labelled folders so that its CLS token retrieves by class.

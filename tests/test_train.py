@@ -7,6 +7,7 @@ model; the per-epoch figures equal an independent reference; bad files are skipp
 datasets and options are one clear error."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -171,9 +172,12 @@ def test_a_clip_checkpoint_is_trained_and_saved_as_its_vision_model(digits, tmp_
         (data / str(d)).mkdir(parents=True)
         for p in sorted((digits / "train" / str(d)).glob("*.png"))[:20]:
             shutil.copy(p, data / str(d))
-    out = tmp_path / "out"
-    shutil.copytree(clip, out)  # a model folder already there is replaced, with overwrite
-    result = train(data, out, from_model=str(clip), epochs=1, overwrite=True, **DIGITS)
+    out, link = tmp_path / "out", tmp_path / "link"
+    shutil.copytree(clip, out)  # a model folder vitsearch wrote is replaced, with overwrite, through a link to it
+    (out / "training.json").write_text(json.dumps({"files": sorted(p.name for p in clip.iterdir()) + ["training.json"]}))
+    link.symlink_to(out)
+    result = train(data, link, from_model=str(clip), epochs=1, overwrite=True, **DIGITS)
+    assert result.out_dir == out and link.is_symlink() and link.resolve() == out
     _, _, val, _ = split_classes(data, 0.2, seed=0)
     # Epoch 0 is the CLIP checkpoint's vision tower as the product loads it.
     assert retrieval_figures(Encoder.load(str(clip), runtime="torch"), val)["map"] == pytest.approx(result.epochs[0].map, abs=1e-6)
@@ -203,7 +207,9 @@ def test_augment_crops_inside_the_image_within_the_scale_and_flips_half_the_time
     ("both", "give exactly one of --from MODEL"),
     ("neither", "give exactly one of --from MODEL"),
     ("out not empty", "exists and is not an empty folder: choose another --out or overwrite it"),
-    ("out not a model", "exists and is not an empty folder nor a model folder"),
+    ("out not a model", "exists and is not an empty folder nor a model folder vitsearch wrote"),
+    ("out someone else's model", "exists and is not an empty folder nor a model folder vitsearch wrote"),
+    ("out a model with notes", "holds 2 entries vitsearch did not write there (e.g. 'notes.txt')"),
     ("bad shape", "--dim 64 must be a multiple of --heads 3"),
 ])
 def test_bad_datasets_and_options_are_one_clear_error(case, message, digits, tmp_path):
@@ -220,9 +226,22 @@ def test_bad_datasets_and_options_are_one_clear_error(case, message, digits, tmp
     elif case == "out not empty":
         out.mkdir()
         (out / "config.json").write_text("{}")
+        (out / "training.json").write_text("{}")
     elif case == "out not a model":
         out.mkdir()
         (out / "notes.txt").write_text("mine")
+        kw["overwrite"] = True
+    elif case == "out someone else's model":
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+        (out / "notes.txt").write_text("mine")
+        kw["overwrite"] = True
+    elif case == "out a model with notes":
+        out.mkdir()
+        for name in ("config.json", "model.safetensors", "notes.txt"):
+            (out / name).write_text("mine")
+        (out / "photos").mkdir()
+        (out / "training.json").write_text(json.dumps({"files": ["config.json", "model.safetensors", "training.json"]}))
         kw["overwrite"] = True
     elif case == "bad shape":
         kw["scratch"] = ScratchConfig(image_size=8, patch_size=2, dim=64, depth=1, heads=3, mlp_dim=64)
@@ -232,12 +251,11 @@ def test_bad_datasets_and_options_are_one_clear_error(case, message, digits, tmp
         assert str(data) in str(err.value)
     if case == "out not empty":
         assert (out / "config.json").read_text() == "{}"  # left alone
-    if case == "out not a model":
+    if case.startswith("out") and case != "out not empty":
         assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_cli_prints_each_epoch_and_the_saved_folder_indexes(digits, tmp_path):
-    import json
     import os
     import subprocess
     import sys

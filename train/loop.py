@@ -49,7 +49,7 @@ from vitsearch.search.preprocess import Preprocess
 from .config import DEFAULTS, LR_FINETUNE, LR_SCRATCH, OBJECTIVES, ScratchConfig
 from .data import Augment, ImageFolderSet, split_classes
 from .model import ClassifierOnCLS, load_backbone
-from .save import check_out, save
+from .save import check_out, resolve_out, save
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +181,9 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, from_model
         seed: seeds the split, the initialisation, the augmentation and the batch order.
         device: ``cuda``, ``mps`` or ``cpu``; default ``VITSEARCH_DEVICE``, else CUDA, MPS, CPU.
         workers: DataLoader worker processes decoding images; default ``VITSEARCH_WORKERS``.
-        overwrite: replace an ``out_dir`` that holds a model (``config.json``); a folder that is
-            not empty is otherwise refused, and one without ``config.json`` always is.
+        overwrite: replace an ``out_dir`` that holds a model vitsearch wrote and nothing else
+            (:func:`~.save.check_out`); a folder that is not empty is otherwise refused, and one
+            holding anything else always is. A link is resolved: its target is written.
         on_epoch: called with each :class:`EpochReport` as soon as it is known.
 
     Raises:
@@ -211,7 +212,7 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, from_model
         raise BadQueryError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
     if lr is not None and lr <= 0:
         raise BadQueryError(f"--lr must be positive, got {lr}")
-    out = Path(out_dir).expanduser().absolute()
+    out = resolve_out(Path(out_dir))  # a link to a folder is written through
     check_out(out, overwrite)
 
     transformers.set_seed(seed)
