@@ -280,8 +280,11 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
     listing = list_source(source, failed)  # a generator: checks the source at the first file
     verbose = log.isEnabledFor(logging.DEBUG)
     if not ray.is_initialized():
-        local = {"include_dashboard": False} if ray_address is None else {}  # a cluster keeps its own
-        ray.init(address=ray_address, logging_level=logging.WARNING, log_to_driver=verbose, **local)
+        try:
+            _start(ray, ray_address, settings.ray_start_s, verbose)
+        except VitsearchError:
+            progress.close()  # the error is the last line
+            raise
     ray.data.DataContext.get_current().enable_progress_bars = verbose  # ours is the tqdm bar
     for name in ("ray", "ray.data"):  # Ray Data logs each dataset's start and end at INFO
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
@@ -339,6 +342,41 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
     return report
 
 
+def _start(ray, address: str | None, wait_s: int, verbose: bool) -> None:
+    """Connect to the Ray cluster at ``address``, or (None) start a local one, waiting ``wait_s``
+    seconds for it (a busy machine can take longer than Ray's 30) and trying a second time.
+
+    Raises:
+        VitsearchError: the cluster could not be reached or started, in one line that says what to do.
+    """
+    if address is not None:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
+            return
+        except (RuntimeError, ConnectionError, TimeoutError, ValueError) as exc:
+            ray.shutdown()
+            raise VitsearchError(f"cannot connect to the Ray cluster at {address}: {_first_line(exc)}") from None
+    os.environ["RAY_gcs_server_port_wait_time_s"] = str(wait_s)  # read by ray.init when it starts the head
+    for attempt in (1, 2):
+        try:
+            ray.init(logging_level=logging.WARNING, log_to_driver=verbose, include_dashboard=False)
+            return
+        except (RuntimeError, ConnectionError, TimeoutError) as exc:
+            ray.shutdown()  # stops what the failed start left running
+            if attempt == 2:
+                raise VitsearchError(
+                    f"the local Ray cluster did not start within {wait_s} s ({_first_line(exc)}); the machine may "
+                    f"be busy: wait longer (VITSEARCH_RAY_START_S=300), or start one with `ray start --head` and "
+                    f"pass --ray-address auto") from None
+            log.warning("the local Ray cluster did not start within %d s (%s); trying once more", wait_s,
+                        _first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _unwrap(exc: BaseException) -> BaseException:
     """The vitsearch error an actor or task raised, out of Ray's wrappers; else a StoreError-like
     :class:`VitsearchError` with Ray's message."""
@@ -348,5 +386,5 @@ def _unwrap(exc: BaseException) -> BaseException:
             return seen
         cause = getattr(seen, "cause", None) or seen.__cause__
         seen = cause if cause is not seen else None
-    return VitsearchError(f"the Ray job failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    return VitsearchError(f"the Ray job failed: {type(exc).__name__}: {_first_line(exc)}")
 

@@ -137,6 +137,8 @@ class Settings(BaseSettings):
             opened to be shared (see :mod:`vitsearch.search.lite`).
         max_upload_mb: largest query image the UI accepts, in megabytes.
         retry_s: seconds a call keeps retrying (with backoff) while Milvus is unreachable.
+        ray_start_s: seconds ``--engine ray`` waits for the local Ray cluster it starts (Ray's
+            ``RAY_gcs_server_port_wait_time_s``; Ray's own default is 30).
         max_image_pixels: most pixels decoded from one image (see :data:`DEFAULT_MAX_IMAGE_PIXELS`).
         max_file_mb: largest image file read, in MB (indexed files, queries and uploads alike).
         max_filter_chars: longest filter accepted, in characters (see
@@ -168,6 +170,7 @@ class Settings(BaseSettings):
     lite_wait_s: float = Field(default=10.0, ge=0)
     max_upload_mb: int = Field(default=20, ge=1)
     retry_s: float = Field(default=60.0, ge=0)
+    ray_start_s: int = Field(default=120, ge=0)
     max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     max_file_mb: float = Field(default=DEFAULT_MAX_FILE_MB, gt=0)
     max_filter_chars: int = Field(default=DEFAULT_MAX_FILTER_CHARS, ge=1)

@@ -21,7 +21,7 @@ from vitsearch.indexer.ray_engine import index_with_ray  # noqa: E402
 from vitsearch.cli import app  # noqa: E402
 from vitsearch.search.config import Settings  # noqa: E402
 from vitsearch.search.encoder import Encoder  # noqa: E402
-from vitsearch.search.errors import StoreError  # noqa: E402
+from vitsearch.search.errors import CollectionNotFoundError, StoreError  # noqa: E402
 from vitsearch.search.store import Store  # noqa: E402
 from vitsearch.search.store.bulk import bulk_import  # noqa: E402
 
@@ -109,6 +109,29 @@ def test_cli_refuses_prune_and_a_missing_source(tmp_path):
     assert out.exit_code == 2 and "--prune" in out.output
     out = CliRunner().invoke(app, ["index", str(tmp_path / "nowhere"), "--engine", "ray"], env={"COLUMNS": "400"})
     assert out.exit_code == 2 and "nowhere does not exist" in out.output
+
+
+def test_a_local_cluster_that_does_not_start_in_time_is_one_line_that_says_what_to_do(photos, tmp_path, tiny_model):
+    """Ray's own error is a 40-line traceback ending in "Timed out waiting for file ...
+    gcs_server_port_..."; a start that takes longer than allowed (here 0 s) is tried twice, then
+    reported in one line, with nothing written."""
+    import subprocess
+    import sys
+
+    uri = str(tmp_path / "late.db")
+    env = {**os.environ, "VITSEARCH_RAY_START_S": "0", "RAY_ADDRESS": ""}
+    out = subprocess.run([sys.executable, "-c", "from vitsearch.cli import main; main()", "index", str(photos),
+                          "--engine", "ray", "--model", str(tiny_model), "--uri", uri],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "trying once more" in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert "the local Ray cluster did not start within 0 s (Timed out waiting for file" in last
+    assert "VITSEARCH_RAY_START_S" in last and "ray start --head" in last
+    if os.path.exists(uri):  # the collection was never made
+        with pytest.raises(CollectionNotFoundError):
+            rows(uri)
 
 
 def _encoder_actor_pids() -> list[int]:
