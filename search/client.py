@@ -91,6 +91,11 @@ class SearchClient:
                 self._load_encoder()
         return self._encoder
 
+    @property
+    def encoder_loaded(self) -> bool:
+        """Whether :attr:`encoder` is loaded (reading it loads the model: seconds)."""
+        return self._encoder is not None
+
     def _load_encoder(self) -> None:
         self._encoder = encoder_for(self.encoder_info, self.settings, self._where, model=self._model,
                                     device=self._device, dtype=self._dtype, follow=("image_size", "runtime"),

@@ -67,12 +67,16 @@ def shown(markdown: str) -> str:
     return re.sub(r"\\(.)", r"\1", markdown)
 
 
-def test_upload_shows_the_query_and_a_grid_of_results_best_first(indexed, page):
+def test_upload_shows_the_query_and_a_grid_of_results_best_first(indexed, page, tiny_model):
     photos, uri = indexed
     at = page(uri)
-    assert at.sidebar.get("metric")[0].value == "11"  # the collection's facts in the sidebar
-    sidebar_text = shown(" ".join(m.value for m in at.sidebar.markdown))
-    assert "HNSW (COSINE)" in sidebar_text and uri in sidebar_text and "32-d" in sidebar_text
+    metrics = {m.label: m.value for m in at.sidebar.get("metric")}
+    assert metrics == {"Images": "11", "Folders": "2"}  # the collection in a person's words: photos/ and sub/
+    assert shown(at.sidebar.markdown[0].value) == f"**Model** {tiny_model.name}"  # the folder's name, not its path
+    details = at.sidebar.expander[0]
+    assert details.label == "Details"  # the internals, behind it
+    details_text = shown(" ".join(m.value for m in details.markdown))
+    assert "HNSW (COSINE)" in details_text and uri in details_text and "32-d" in details_text
     upload(at, photos / "cat.jpg")
     names = result_names(at)
     assert names[0] == "cat.jpg" and len(names) == 11  # default k = 12, 11 images indexed
@@ -143,7 +147,26 @@ def test_more_like_this_searches_with_the_stored_vector(indexed, page):
     assert at.session_state["similar"] is None and result_names(at)[0] == "cat.jpg"
 
 
+def test_a_result_opens_a_full_size_view_with_its_path_size_date_and_more_like_this(indexed, page):
+    photos, uri = indexed
+    at = page(uri)
+    upload(at, photos / "cat.jpg")
+    second = result_names(at)[1]
+    at.button(key="view-2").click().run()
+    assert not at.exception
+    path = str(photos / second)
+    assert at.code[0].value == path  # st.code: shown whole, with its copy button
+    with Image.open(path) as im:
+        size = im.size
+    facts = [c.value for c in at.caption if "pixels" in c.value]
+    assert facts and facts[0].startswith(f"{size[0]} × {size[1]} pixels")
+    at.button(key="view-more").click().run()
+    assert at.session_state["similar"] == path
+    assert any(f"More like {second}" in shown(m.value) for m in at.markdown)
+
+
 def test_the_encoder_is_loaded_once_per_server_process(indexed, page, monkeypatch):
+    """Once, and only by the first image search: the page draws before (and without) it."""
     from vitsearch.search.encoder import Encoder
 
     loads = []
@@ -151,6 +174,7 @@ def test_the_encoder_is_loaded_once_per_server_process(indexed, page, monkeypatc
     monkeypatch.setattr(Encoder, "load", classmethod(lambda cls, *a, **kw: loads.append(a) or real_load(cls, *a, **kw)))
     photos, uri = indexed
     at = page(uri)
+    assert at.sidebar.get("metric")[0].value == "11" and not loads
     for name in ("cat.jpg", "coffee.jpg", "camera.jpg"):
         upload(at, photos / name)
         assert result_names(at)[0] == name

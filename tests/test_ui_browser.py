@@ -5,6 +5,7 @@ step is saved in the test's tmp folder."""
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 from browser import (CHROMIUM, THUMBNAILS, chromium_page, result_names, results_shown, ui_server,
                      upload_and_wait)
@@ -27,7 +28,8 @@ def test_upload_see_results_and_more_like_this_in_chromium(indexed, tmp_path):
     with ui_server(uri, tmp_path / "ui.log") as url, chromium_page() as page:
         page.goto(url)
         page.get_by_text("Drop a photo to find similar images").wait_for(timeout=120_000)
-        assert page.get_by_test_id("stMetricValue").inner_text() == "11"  # the sidebar's image count
+        assert page.get_by_test_id("stMetricValue").all_inner_texts() == ["11", "2"]  # images, folders
+        page.screenshot(path=tmp_path / "sidebar.png")
 
         upload_and_wait(page, photos / "coffee.jpg")
         page.screenshot(path=tmp_path / "results.png", full_page=True)
@@ -37,8 +39,18 @@ def test_upload_see_results_and_more_like_this_in_chromium(indexed, tmp_path):
         assert all(0 < max(w, h) <= 2 * THUMB_PX for w, h in sizes[:1])  # the query, shown at 2x
         assert all(0 < max(w, h) <= THUMB_PX for w, h in sizes[1:])
 
-        page.get_by_role("button", name="More like this").nth(1).click()
+        page.get_by_role("button", name="View").nth(1).click()  # the full-size view of the second result
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_text(str(second), exact=True).wait_for(timeout=60_000)  # its path, to copy
+        dialog.locator("img").wait_for(timeout=60_000)
+        page.wait_for_function("() => [...document.querySelectorAll('[role=dialog] img')].every(i => i.complete)")
+        width, height = dialog.locator("img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+        with Image.open(second) as im:
+            assert (width, height) == im.size  # smaller than the view's bound: at its own size
+        page.screenshot(path=tmp_path / "view.png")
+        dialog.get_by_role("button", name="More like this").click()
         page.get_by_text(f"More like {second.name}").wait_for(timeout=60_000)
+        assert not page.get_by_role("dialog").is_visible()
         results_shown(page, more[0], count=len(more))
         page.screenshot(path=tmp_path / "more-like-this.png", full_page=True)
         assert result_names(page) == more and second.name not in more and len(more) == len(expected) - 1

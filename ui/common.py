@@ -22,18 +22,37 @@ log = logging.getLogger("vitsearch.ui")
 GRID_COLUMNS = 4
 #: Seconds a search keeps retrying an unreachable Milvus before the page says so.
 RETRY_S = 5.0
+#: Largest collection whose folders the sidebar counts.
+FOLDERS_READ_MAX = 50_000
 
 
-@st.cache_resource(show_spinner="Opening the collection and loading its encoder…")
+@st.cache_resource(show_spinner="Opening the collection…")
 def open_client(uri: str, collection: str) -> SearchClient:
-    """One client per server process and collection: the Milvus connection and the encoder are
-    made once and shared by every browser session and page. Not cached when it raises (the
-    collection may be indexed later)."""
+    """One client per server process and collection: the Milvus connection is made once and
+    shared by every browser session and page, and so is the encoder, loaded by the first search
+    that needs it (:func:`ensure_encoder`), so that the page draws at once. Not cached when it
+    raises (the collection may be indexed later)."""
     settings = Settings()
     settings = settings.model_copy(update={"retry_s": min(settings.retry_s, RETRY_S)})
-    client = SearchClient(uri=uri, collection=collection, settings=settings)
-    _ = client.encoder  # load the model now, not on the first search
-    return client
+    return SearchClient(uri=uri, collection=collection, settings=settings)
+
+
+def ensure_encoder(client: SearchClient) -> None:
+    """Load the client's encoder, saying on the page what it waits for (the first image search
+    of the server process only)."""
+    if not client.encoder_loaded:
+        with st.spinner(f"Loading the model {printable(client.encoder_info.model)} (first search only)…"):
+            _ = client.encoder
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def folder_count(uri: str, collection: str, count: int) -> int | None:
+    """Distinct folders of the collection's images (one read of the ``folder`` field, cached a
+    minute and per image count); None above :data:`FOLDERS_READ_MAX` images, where the read would
+    slow the page."""
+    if count > FOLDERS_READ_MAX:
+        return None
+    return len({row["folder"] for row in open_client(uri, collection).store.iter_rows(["folder"])})
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)

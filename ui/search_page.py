@@ -12,20 +12,25 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime
 
 import streamlit as st
 
 from vitsearch.search.client import Hit, SearchClient
 from vitsearch.search.config import Settings
+from vitsearch.search.errors import BadImageError
 from vitsearch.search.images import IMAGE_EXTENSIONS
 from vitsearch.search.paths import printable
-from vitsearch.ui.common import GRID_COLUMNS, cached_thumbnail, collection_client, guarded, literal_markdown
+from vitsearch.ui.common import (GRID_COLUMNS, cached_thumbnail, collection_client, ensure_encoder, folder_count,
+                                 guarded, literal_markdown)
 from vitsearch.search.thumbnails import THUMB_PX, to_jpeg
 
 UPLOAD_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 K_DEFAULT, K_MAX = 12, 100
 #: Neighbours the "Query expansion" toggle expands with.
 EXPAND_N = 2
+#: Longest side of the full-size view, in pixels.
+VIEW_PX = 1600
 
 
 def show_similar(path: str | None) -> None:
@@ -37,14 +42,21 @@ def sidebar(client: SearchClient) -> tuple[int, float, str, bool, int]:
     with st.sidebar:
         st.header("Collection")
         stats = client.stats()
-        st.metric("Images", f"{stats['count']:,}")
-        st.markdown(
-            f"**Model** {literal_markdown(stats['model'])}  \n"
-            f"**Embedding** {stats['dim']}-d, {stats['pooling'].upper()} token  \n"
-            f"**Runtime** {stats['runtime']} (queries: {stats['query_runtime']})  \n"
-            f"**Index** {stats['index_type']} ({stats['metric_type']})  \n"
-            f"**Collection** {literal_markdown(stats['collection'])}  \n"
-            f"**URI** {literal_markdown(stats['uri'])}")
+        folders = folder_count(stats["uri"], stats["collection"], stats["count"])
+        with st.container(horizontal=True):
+            st.metric("Images", f"{stats['count']:,}")
+            if folders is not None:
+                st.metric("Folders", f"{folders:,}")
+        st.markdown(f"**Model** {literal_markdown(model_name(stats['model']))}")
+        with st.expander("Details"):
+            st.markdown(
+                f"**Collection** {literal_markdown(stats['collection'])}  \n"
+                f"**URI** {literal_markdown(stats['uri'])}  \n"
+                f"**Model** {literal_markdown(stats['model'])}  \n"
+                f"**Embedding** {stats['dim']}-d, {stats['pooling'].upper()} token  \n"
+                f"**Space** {literal_markdown(stats['space'])}  \n"
+                f"**Runtime** {stats['runtime']} (queries: {stats['query_runtime']})  \n"
+                f"**Index** {stats['index_type']} ({stats['metric_type']})")
         st.header("Search")
         k = st.slider("Results (top-k)", 1, K_MAX, K_DEFAULT, key="k")
         min_score = st.slider("Minimum score", 0.0, 1.0, 0.0, 0.01, key="min_score",
@@ -78,9 +90,40 @@ def query_image(max_upload_mb: int):
     return upload.name, upload.getvalue()
 
 
+def model_name(model: str) -> str:
+    """A model as a person names it: a hub id as it is, a local folder by its last part."""
+    return os.path.basename(model.rstrip("/")) if os.sep in model else model
+
+
+def full_view(hit: Hit) -> None:
+    """Open one result in a dialog titled with its file name: the image at full size (at most
+    :data:`VIEW_PX` on its longest side, from the indexed bytes only) beside its path to copy,
+    its size and date, and "More like this"."""
+    st.dialog(printable(os.path.basename(hit.path)), width="large")(_view)(hit)
+
+
+def _view(hit: Hit) -> None:
+    meta = hit.metadata
+    client = collection_client()
+    if client is None:
+        return
+    picture, facts = st.columns([3, 2])
+    try:
+        picture.image(client.thumbnail(hit.path, VIEW_PX), width="content")
+    except BadImageError as exc:
+        picture.warning(literal_markdown(f"Cannot show it: {exc}: run vitsearch index again"))
+    with facts:
+        st.code(printable(hit.path), language=None, wrap_lines=True)  # its copy button copies the path
+        modified = datetime.fromtimestamp(float(meta["mtime"])).strftime("%Y-%m-%d %H:%M")
+        st.caption(f"{int(meta['width'])} × {int(meta['height'])} pixels, {int(meta['size']) / 2**20:.2f} MB, "
+                   f"modified {modified}; score {hit.score:.3f}" + (", a close match" if hit.match else ""))
+        if st.button("More like this", key="view-more", type="primary", on_click=show_similar, args=(hit.path,)):
+            st.rerun()  # the whole page, not only the dialog: it closes and shows the new results
+
+
 def results_grid(hits: list[Hit]) -> None:
-    """Thumbnails of the hits in rows of :data:`GRID_COLUMNS`, each with "More like this". File
-    and folder names are plain text, never Markdown."""
+    """Thumbnails of the hits in rows of :data:`GRID_COLUMNS`, each with "View" (the full-size
+    view) and "More like this". File and folder names are plain text, never Markdown."""
     for start in range(0, len(hits), GRID_COLUMNS):
         for col, (rank, hit) in zip(st.columns(GRID_COLUMNS), enumerate(hits[start:start + GRID_COLUMNS], start + 1)):
             with col.container(border=True):
@@ -97,7 +140,10 @@ def results_grid(hits: list[Hit]) -> None:
                 if hit.copies:
                     st.caption(f"+{len(hit.copies)} {'copy' if len(hit.copies) == 1 else 'copies'}",
                                help="  \n".join(literal_markdown(p) for p in hit.copies))
-                st.button("More like this", key=f"more-{rank}", on_click=show_similar, args=(hit.path,))
+                with st.container(horizontal=True):
+                    if st.button("View", key=f"view-{rank}", help="Full size, path, size and date"):
+                        full_view(hit)
+                    st.button("More like this", key=f"more-{rank}", on_click=show_similar, args=(hit.path,))
 
 
 def main() -> None:
@@ -120,8 +166,9 @@ def main() -> None:
     elif query is not None:
         name, data = query
         picture = client.load(data, name)  # decoded as the indexer decodes: reduced scale, same limits
-        st.image(to_jpeg(picture, 2 * THUMB_PX), width=THUMB_PX)
+        st.image(to_jpeg(picture, 2 * THUMB_PX), width=min(THUMB_PX, picture.width))  # never blown up
         st.text(printable(name))
+        ensure_encoder(client)
         with st.spinner("Searching…"):
             hits = client.search(picture, k=k, folder=folder or None, collapse_duplicates=collapse, expand=expand)
     else:
