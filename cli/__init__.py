@@ -1,7 +1,8 @@
 """The ``vitsearch`` command: the only code that prints for users and exits the process.
 
 One module per command group, each only parsing, calling the library and printing:
-:mod:`.index`, :mod:`.search` (``search``, ``stats``), :mod:`.duplicates`, :mod:`.ui`,
+:mod:`.index`, :mod:`.search` (``search``, ``stats``), :mod:`.collections` (``collections``,
+``drop``), :mod:`.duplicates`, :mod:`.ui`,
 :mod:`.serve` (the HTTP API), :mod:`.evaluate` (``eval``), :mod:`.train`, :mod:`.model`
 (``model pull``, ``model list``), :mod:`.server` (``server start|stop|status``); :mod:`.common` holds what they share. Settings resolve as
 flag, then ``VITSEARCH_*`` variable, then default; a
@@ -11,7 +12,7 @@ for bad input). Heavy imports (torch, transformers, pymilvus) happen inside the 
 """
 from .common import app
 # Each module registers its commands on ``app``, in the order --help lists them.
-from . import index, search, duplicates, ui, serve, evaluate, train, model, server  # noqa: E402,F401,I001
+from . import index, search, collections, duplicates, ui, serve, evaluate, train, model, server  # noqa: E402,F401,I001
 
 __all__ = ["app", "main"]
 

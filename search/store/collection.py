@@ -216,6 +216,15 @@ class Store:
                    retry_s=settings.retry_s, max_filter_chars=settings.max_filter_chars,
                    max_filter_depth=settings.max_filter_depth)
 
+    def sibling(self, collection: str) -> "Store":
+        """Another collection of the same database, opened with this store's URI, token and limits.
+
+        Raises:
+            StoreError: Milvus cannot be opened or reached.
+        """
+        return Store(self.uri, collection, self._token, lite_wait_s=self._lite_wait_s, retry_s=self._retry_s,
+                     max_filter_chars=self._filter_limits[0], max_filter_depth=self._filter_limits[1])
+
     def _connect(self) -> None:
         target = self.uri
         if self._lite is not None:

@@ -76,6 +76,23 @@ def writer_lease(store: Store, renew_s: float = RENEW_S, expire_s: float = EXPIR
                 store.set_properties({KEY: ""})
 
 
+def live_holder(store: Store, expire_s: float = EXPIRE_S) -> dict | None:
+    """The run that holds the collection's writer lease now (``{"host", "pid", "since", ...}``),
+    or None when no live run does (:func:`writer_lease` would take it).
+
+    Raises:
+        CollectionNotFoundError: the collection does not exist.
+        StoreError: Milvus refused or cannot be reached.
+    """
+    holder = _holder(store)
+    return holder if holder is not None and _alive(holder, expire_s) else None
+
+
+def busy_message(store: Store, holder: dict) -> str:
+    """One line saying that ``holder`` (from :func:`live_holder`) writes to the collection."""
+    return _busy(store, holder)
+
+
 def _holder(store: Store) -> dict | None:
     raw = store.properties().get(KEY)
     try:
