@@ -299,6 +299,10 @@ def test_the_token_guards_every_data_route_and_not_health_or_the_api_description
         assert schema.json()["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
         assert schema.json()["security"] == [{"bearer": []}]
         assert str(photos) not in schema.text
+        # Open to the token, not to the Host check: a page rebinding its name gets none of them.
+        for page in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+            r = httpx.get(f"{base}{page}", headers={"Host": "rebind.attacker.example"})
+            assert r.status_code == 400 and "is not a name this server is served on" in r.json()["detail"], page
 
 
 def test_cors_origins_are_configurable(indexed):
