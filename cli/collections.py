@@ -56,7 +56,7 @@ def collections(uri: Optional[str] = URI, as_json: bool = JSON) -> None:
 @app.command()
 def drop(
     name: str = typer.Argument(..., help="The collection to delete (see `vitsearch collections`)."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation (for scripts)."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation (for scripts)."),
     uri: Optional[str] = URI,
 ) -> None:
     """Delete the collection NAME: its rows, and everything vitsearch keeps behind the name (the
