@@ -79,19 +79,29 @@ POOLING = typer.Option(None, "--pooling",
                             "in the collection like the model. (env VITSEARCH_POOLING)")
 
 
-def settings(**overrides: Any) -> Settings:
-    """Settings from the flags given (None: not given) over ``VITSEARCH_*``, the process set up
-    for them; a bad value is one line and exit code 2."""
+def parsed_settings(**overrides: Any) -> Settings:
+    """Settings from the flags given (None: not given) over ``VITSEARCH_*``, checked only (nothing
+    imported, the process not set up); a bad value is one line and exit code 2."""
     from pydantic import ValidationError
 
-    from vitsearch.search.application import configure
-
     try:
-        s = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"]) or "settings"
         fail(f"{where}: {error['msg'].removeprefix('Value error, ')}", code=2)
+
+
+def settings(**overrides: Any) -> Settings:
+    """:func:`parsed_settings`, the process set up for them (:func:`ready`)."""
+    return ready(parsed_settings(**overrides))
+
+
+def ready(s: Settings) -> Settings:
+    """Set the process up for ``s`` (quiet third-party loggers; pymilvus is imported) and check
+    that its Milvus URI resolves (a server of `vitsearch server start` that is gone: exit 1)."""
+    from vitsearch.search.application import configure
+
     configure(s)
     try:  # a server of `vitsearch server start` that is gone: say so now, in one line
         s.resolved_uri()

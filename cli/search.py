@@ -10,7 +10,8 @@ from vitsearch.search.config import MAX_K
 from vitsearch.search.errors import BadImageError, BadQueryError, VitsearchError
 from vitsearch.search.paths import printable
 
-from .common import COLLECTION, DEVICE, EXPAND, IMAGE_SIZE, JSON, RUNTIME, URI, Runtime, app, fail, open_client
+from .common import (COLLECTION, DEVICE, EXPAND, IMAGE_SIZE, JSON, RUNTIME, URI, Runtime, app, fail, open_client,
+                     parsed_settings, ready)
 
 
 @app.command()
@@ -43,14 +44,20 @@ def search(
     Exit codes: 0 results (or none), 1 Milvus, model or collection trouble, 2 a bad query (not an
     image, a corrupt image, an unknown --similar path, a malformed --filter, k out of range).
     """
+    s = parsed_settings(uri=uri, collection=collection, device=device, image_size=image_size,
+                        runtime=runtime and runtime.value)
+    query = None if similar else _read_query(image, s)  # a bad file is said before any model or Milvus loads
+    ready(s)
     try:
-        with open_client(uri, collection, model, device, image_size, runtime) as client:
+        from vitsearch.search.client import SearchClient
+
+        with SearchClient(model=model, settings=s) as client:
             if similar:
                 hits = client.search_similar(image, k=k, filter=filter, folder=folder, collapse_duplicates=collapse,
                                              expand=expand)
             else:
-                hits = client.search(image, k=k, filter=filter, folder=folder, collapse_duplicates=collapse,
-                                     expand=expand)
+                hits = client.search(client.load(query, name=image), k=k, filter=filter, folder=folder,
+                                     collapse_duplicates=collapse, expand=expand)
     except (BadImageError, BadQueryError) as exc:
         fail(str(exc), code=2)
     except VitsearchError as exc:
@@ -69,6 +76,19 @@ def search(
         typer.echo(f"{rank:>4}  {h.score:.4f}  {'yes' if h.match else '':>5}  {size:>11}  {printable(h.path)}{copies}")
     if not close:
         typer.echo("no close match in this collection: these are only the nearest images")
+
+
+def _read_query(image: str, s) -> bytes:
+    """The query file's bytes, or exit 2 with one line naming it and why it is not an image
+    (missing, a folder, a pipe or a device, no permission, empty, not an image format)."""
+    from vitsearch.search.images import Limits, check_header, read_file
+
+    try:
+        data = read_file(image, Limits.from_settings(s))
+        check_header(data, image)
+    except BadImageError as exc:
+        fail(f"{printable(exc.source)}: {exc.reason}", code=2)
+    return data
 
 
 @app.command()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import warnings
 from dataclasses import dataclass
 from typing import Union
 
@@ -116,14 +117,45 @@ def decode_sized(data: bytes, source: str, draft_px: int | None = None,
             img.load()
             return to_rgb(img), (width, height)
     except UnidentifiedImageError:
-        kind = next((k for magic, k in _SIGNATURES if data.startswith(magic)), None)
-        if kind:
-            raise BadImageError(source, f"corrupt {kind} file: its header or first chunks are damaged") from None
-        raise BadImageError(source, "not a recognised image format") from None
+        raise _unidentified(data, source) from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(source, f"image too large: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImageError(source, f"corrupt or truncated image data ({exc})") from None
+
+
+def check_header(data: bytes, source: str) -> str:
+    """Refuse what is plainly not an image from its first bytes, without decoding it: what a
+    command checks before it loads a model (:func:`decode_sized` checks it all again).
+
+    Returns:
+        The format Pillow recognises (``"JPEG"``, ``"PNG"``...).
+
+    Raises:
+        BadImageError: naming ``source``: an empty file, not a recognised image format, a
+            damaged header.
+    """
+    if not data:
+        raise BadImageError(source, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():  # Pillow's DecompressionBombWarning: the decode applies the limits
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                return img.format
+    except UnidentifiedImageError:
+        raise _unidentified(data, source) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(source, f"image too large: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImageError(source, f"corrupt or truncated image data ({exc})") from None
+
+
+def _unidentified(data: bytes, source: str) -> BadImageError:
+    """The error for bytes Pillow does not recognise: a damaged file of a known signature, or none."""
+    kind = next((k for magic, k in _SIGNATURES if data.startswith(magic)), None)
+    if kind:
+        return BadImageError(source, f"corrupt {kind} file: its header or first chunks are damaged")
+    return BadImageError(source, "not a recognised image format")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -147,34 +179,63 @@ def read_file(path: str | os.PathLike, limits: Limits = Limits(), size: int | No
     """A regular file's bytes, at most ``limits.max_file_bytes`` of them, checked before reading.
 
     Opened without blocking (a FIFO named like an image is refused, not waited on) and refused
-    unless it is a regular file.
+    unless it is a regular file: a folder, a pipe, a socket or a device is named as such and
+    never read.
 
     Args:
         size: if given, the size in bytes the file must have (the indexed one): a file of
             another size is refused without being read.
 
     Raises:
-        BadImageError: naming the path: an OS error's reason, not a regular file, over the limit,
-            or not of ``size`` bytes.
+        BadImageError: naming the path with a one-line reason: an OS error's (``No such file or
+            directory``, ``Permission denied``...), what it is when it is not a regular file
+            (``a folder, not an image file``), over the limit, or not of ``size`` bytes.
     """
     source = os.fspath(path)
+    name = os.fsdecode(source)
     try:
         fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise BadImageError(os.fsdecode(source), exc.strerror or str(exc)) from None
-    with open(fd, "rb", closefd=True) as f:
+        raise BadImageError(name, _os_reason(source, exc)) from None
+    try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise BadImageError(os.fsdecode(source), "not a regular file (a pipe, socket or device): not read")
+    except OSError as exc:
+        os.close(fd)
+        raise BadImageError(name, exc.strerror or str(exc)) from None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise BadImageError(name, not_regular(info.st_mode))
+    with open(fd, "rb", closefd=True) as f:
         if size is not None and info.st_size != size:
-            raise BadImageError(os.fsdecode(source), "changed since it was indexed: run vitsearch index again")
-        limits.check_size(info.st_size, os.fsdecode(source))
+            raise BadImageError(name, "changed since it was indexed: run vitsearch index again")
+        limits.check_size(info.st_size, name)
         try:
             data = f.read(limits.max_file_bytes + 1)
         except OSError as exc:
-            raise BadImageError(os.fsdecode(source), exc.strerror or str(exc)) from None
-    limits.check_size(len(data), os.fsdecode(source))  # grown while being read
+            raise BadImageError(name, exc.strerror or str(exc)) from None
+    limits.check_size(len(data), name)  # grown while being read
     return data
+
+
+def not_regular(mode: int) -> str:
+    """Why a file of ``mode`` (``st_mode``) that is not a regular file is not read, in words."""
+    if stat.S_ISDIR(mode):
+        return "a folder, not an image file"
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+            else "a special file")
+    return f"{kind}, not a regular file: not read"
+
+
+def _os_reason(path: str | bytes, exc: OSError) -> str:
+    """An OS error's reason in words; a socket, which cannot be opened (ENXIO), is named as one."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and stat.S_ISSOCK(mode):
+        return not_regular(mode)
+    return exc.strerror or str(exc)
 
 
 def load_image(image: ImageLike, draft_px: int | None = None, limits: Limits = Limits()) -> Image.Image:

@@ -176,6 +176,53 @@ CASES: list[tuple[str, Callable[[Path], None], str]] = [
 
 
 
+def unix_socket(rel: str) -> Callable[[Path], None]:
+    def make(root: Path) -> None:
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(root / rel))  # the file stays after the socket closes
+    return make
+
+
+def folder(rel: str) -> Callable[[Path], None]:
+    return lambda root: (root / rel).mkdir(parents=True)
+
+
+#: Queries that are not images (``vitsearch search PATH``, ``SearchClient.search(PATH)``): (file
+#: name, how to make it, or an absolute path used as it is; words of the one-line reason). Each
+#: is refused with exit 2 before any model or Milvus is loaded.
+QUERIES: list[tuple[str, Callable[[Path], None] | None, str]] = [
+    ("a-folder.jpg", folder("a-folder.jpg"), "a folder, not an image file"),
+    ("pipe.jpg", fifo, "a named pipe (FIFO), not a regular file"),
+    ("/dev/zero", None, "a character device, not a regular file"),
+    ("socket.jpg", unix_socket("socket.jpg"), "a socket, not a regular file"),
+    ("no-permission.jpg", chmod_000("no-permission.jpg"), "Permission denied"),
+    ("empty.jpg", write("empty.jpg", b""), "empty file (0 bytes)"),
+    ("missing.jpg", lambda root: None, "No such file or directory"),
+    ("dangling.jpg", symlink("dangling.jpg", "/nonexistent/nothing.jpg"), "No such file or directory"),
+    ("loop-a.jpg", link_loop, "Too many levels of symbolic links"),
+    ("text.jpg", write("text.jpg", b"just some text\n"), "not a recognised image format"),
+    ("bad-header.png", write("bad-header.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40), "corrupt"),
+]
+#: Queries whose header is an image's but whose data is not: refused with exit 2 when decoded.
+DAMAGED_QUERIES: list[tuple[str, Callable[[Path], None], str]] = [
+    ("truncated.jpg", write("truncated.jpg", encoded(photo(), "JPEG")[:2500]), "truncated"),
+    ("bomb.png", write("bomb.png", png_claiming(20000, 10000)), "image too large"),
+]
+
+
+def build_queries(root: Path) -> list[tuple[str, str]]:
+    """Make :data:`QUERIES` and :data:`DAMAGED_QUERIES` under ``root``; return each query's path
+    and the words its reason must hold."""
+    out = []
+    for name, make, reason in QUERIES + DAMAGED_QUERIES:
+        if make is not None:
+            make(root)
+        out.append((name if os.path.isabs(name) else str(root / name), reason))
+    return out
+
+
 #: Legal file and folder names that must each be indexed, found by ``--similar``, returned exactly
 #: (``os.fsencode`` round trip) and pruned only by themselves: POSIX allows any byte but ``/`` and
 #: NUL. Relative paths under the corpus root, as bytes (some are not valid UTF-8).

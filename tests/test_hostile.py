@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -122,3 +123,56 @@ def test_a_file_that_vanishes_between_scan_and_read_is_reported(photos, db_uri, 
         report = index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=2)
     assert report.indexed == 10
     assert dict(report.failures) == {str(photos / "cat.jpg"): "No such file or directory"}
+
+
+@pytest.fixture
+def hostile_queries(tmp_path) -> list[tuple[str, str]]:
+    root = tmp_path / "queries"
+    root.mkdir()
+    return hostile.build_queries(root)
+
+
+def _check_permissions(queries: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The queries, without no-permission.jpg where this process keeps root's file access."""
+    locked = next(p for p, _ in queries if p.endswith("no-permission.jpg"))
+    if hostile.permissions_apply(Path(locked)):
+        return queries
+    print("file permissions do not apply to this process: no-permission.jpg is readable here")
+    return [(p, r) for p, r in queries if p != locked]
+
+
+def test_every_bad_query_is_one_line_and_exit_2(indexed, hostile_queries, tmp_path):
+    """`vitsearch search` with a folder, a FIFO, a device, a socket, an unreadable, empty,
+    missing, non-image or damaged file: `error: PATH: reason` on one line, exit 2, no traceback;
+    the plainly bad ones before Milvus is opened (a database that does not exist stays so)."""
+    _, uri = indexed
+    queries = _check_permissions(hostile_queries)
+    damaged = {n for n, _, _ in hostile.DAMAGED_QUERIES}
+    for path, reason in queries:
+        early = os.path.basename(path) not in damaged
+        db = str(tmp_path / "never.db") if early else uri
+        out = subprocess.run([*VITSEARCH, "search", path, "--uri", db], capture_output=True, text=True, timeout=300,
+                             preexec_fn=hostile.without_root_file_access)
+        assert out.returncode == 2, (path, out.stderr)
+        assert out.stderr.startswith(f"error: {path}: ") and reason in out.stderr, (path, out.stderr)
+        assert out.stderr.count("\n") == 1 and out.stdout == "", (path, out.stderr)
+        if early:
+            assert not os.path.exists(db), path
+
+
+def test_the_api_refuses_each_bad_query_with_the_same_reason(indexed, hostile_queries):
+    """``SearchClient.search(path)`` (the library, the HTTP API and the page read queries through
+    it) raises :class:`BadImageError` naming the path, with the CLI's reason."""
+    from vitsearch.search.client import SearchClient
+    from vitsearch.search.errors import BadImageError
+
+    _, uri = indexed
+    queries = hostile_queries
+    if os.geteuid() == 0:  # this process has root's file access: a mode-000 file is readable
+        queries = [(p, r) for p, r in queries if not p.endswith("no-permission.jpg")]
+    with SearchClient(uri) as client:
+        for path, reason in queries:
+            with pytest.raises(BadImageError) as caught:
+                client.search(path)
+            assert caught.value.source == path and reason in caught.value.reason, (path, str(caught.value))
+            assert "\n" not in str(caught.value)
