@@ -182,7 +182,7 @@ class SearchClient:
         _check_k(k, expand)
         picture = self.load(image)
         encoder = self.encoder
-        return self.search_vector(encoder.embed_pixels(encoder.preprocess([picture]))[0], k, filter, folder,
+        return self.search_vector(encoder.embed_pixels(encoder.preprocessor.array([picture]))[0], k, filter, folder,
                                   collapse_duplicates, expand)
 
     def search_similar(self, path: str, k: int = 10, filter: str | None = None,

@@ -7,21 +7,25 @@ is Worth 16x16 Words"), never ``pooler_output``.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
+import os
+import re
+import sys
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
-from .checkpoint import forward_kwargs, load_checkpoint
-from .config import DEFAULT_BATCH_SIZE, Settings
+from .config import DEFAULT_BATCH_SIZE, DEFAULT_CPU_RUNTIME, Settings
 from .encoder_info import EncoderInfo
 from .errors import EncoderMismatchError
 from .images import ImageLike, Limits
-from .models import weights_sha256
-from .preprocess import Preprocess, at_size
-from .runtimes import OnnxEmbedder, check_runtime, default_runtime, onnx_embedder
+from .models import resolve_model, weights_sha256
+from .preprocess import Preprocess, at_size, processor_settings
+from .runtimes import OnnxEmbedder, cached_embedder, check_runtime, default_runtime, onnx_embedder
 
 __all__ = ["Encoder", "EncoderInfo", "encoder_for", "check_image_size", "batch_size_for", "fit_batch", "pick_device",
            "pick_dtype", "POOLINGS"]
@@ -33,15 +37,14 @@ log = logging.getLogger(__name__)
 #: compare; extra prefix tokens such as DeiT's distillation token are left out of the mean).
 POOLINGS = ("cls", "mean")
 
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
 
 
-def pick_device(device: str | None = None) -> torch.device:
-    """``device`` if given, else CUDA, then Apple MPS, then CPU."""
+def pick_device(device: str | None = None):
+    """``device`` if given, else CUDA, then Apple MPS, then CPU, as a ``torch.device``."""
+    import torch
+
     if device:
         return torch.device(device)
     if torch.cuda.is_available():
@@ -51,17 +54,46 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
-    """``dtype`` if given, else bfloat16 on CUDA and float32 elsewhere.
+def pick_dtype(device, dtype: str | None = None):
+    """``dtype`` if given, else bfloat16 on CUDA and float32 elsewhere, as a ``torch.dtype``.
 
     Raises:
         ValueError: an unknown dtype name.
     """
+    import torch
+
     if dtype:
         if dtype not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16")
-        return _DTYPES[dtype]
+        return getattr(torch, _DTYPES[dtype])
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def accelerator_possible() -> bool:
+    """Whether torch could find a GPU here (CUDA, ROCm or Apple MPS), told without importing
+    torch: False where torch is absent or built for the CPU only (its ``version.py`` names no
+    CUDA nor HIP), or where no GPU driver is present (``/proc/driver/nvidia``, ``/dev/nvidiactl``,
+    ``/dev/kfd``); True where unsure (macOS, torch already loaded): then ask torch
+    (:func:`pick_device`)."""
+    if "torch" in sys.modules or sys.platform == "darwin":
+        return True
+    try:
+        spec = importlib.util.find_spec("torch")
+        text = (Path(spec.origin).parent / "version.py").read_text() if spec and spec.origin else None
+    except (ImportError, OSError, ValueError):
+        return True
+    if text is None:
+        return spec is not None
+    built_for_gpu = any(not re.search(rf"^{name}(: Optional\[str\])? = None\s*$", text, re.M)
+                        for name in ("cuda", "hip"))
+    return built_for_gpu and any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd"))
+
+
+def _on_cpu(device: str | None) -> bool:
+    """Whether ``device`` (None: auto) is the CPU, importing torch only where a GPU may be there."""
+    if device:
+        return device == "cpu"
+    return not accelerator_possible() or pick_device(None).type == "cpu"
 
 
 class Encoder:
@@ -83,8 +115,7 @@ class Encoder:
         limits: what decoding one image may cost (:class:`~.images.Limits`, from the settings).
     """
 
-    def __init__(self, model: torch.nn.Module, processor, info: EncoderInfo,
-                 device: torch.device, dtype: torch.dtype, limits: Limits = Limits(),
+    def __init__(self, model, processor, info: EncoderInfo, device, dtype, limits: Limits = Limits(),
                  onnx: OnnxEmbedder | None = None):
         if info.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {info.pooling!r}; use one of {', '.join(POOLINGS)}")
@@ -92,11 +123,33 @@ class Encoder:
         self.processor = processor
         self.preprocessor = Preprocess.from_processor(processor)
         self.info = info
-        self.device = device
-        self.dtype = dtype
+        self._device, self._dtype = device, dtype
         self.limits = limits
         self.onnx = onnx
-        self._forward_kwargs = forward_kwargs(model, info.image_size)
+        if model is None and onnx is None:
+            raise ValueError("an encoder needs a model or an ONNX embedder")
+        if model is not None:
+            from .checkpoint import forward_kwargs
+
+            self._forward_kwargs = forward_kwargs(model, info.image_size)
+
+    @property
+    def device(self):
+        """The ``torch.device`` the model runs on (the CPU for an ONNX runtime)."""
+        if isinstance(self._device, str):
+            import torch
+
+            self._device = torch.device(self._device)
+        return self._device
+
+    @property
+    def dtype(self):
+        """The ``torch.dtype`` the model runs in (float32 for an ONNX runtime)."""
+        if isinstance(self._dtype, str):
+            import torch
+
+            self._dtype = getattr(torch, self._dtype)
+        return self._dtype
 
     @property
     def runtime(self) -> str:
@@ -106,7 +159,7 @@ class Encoder:
     @classmethod
     def load(cls, model: str | None = None, *, device: str | None = None, dtype: str | None = None,
              pooling: str | None = None, image_size: int | None = None, compile: bool = False,
-             runtime: str | None = None, settings: Settings | None = None) -> "Encoder":
+             runtime: str | None = None, settings: Settings | None = None, quick: bool = False) -> "Encoder":
         """Load a checkpoint by hub id, local folder or pulled model name.
 
         Args:
@@ -125,6 +178,9 @@ class Encoder:
                 ``VITSEARCH_RUNTIME``, else :func:`~.runtimes.default_runtime` for the device). An
                 ONNX runtime exports the model once and caches it (beside the model, or in
                 ``settings.cache_dir``); it runs on the CPU in fp32, whatever ``dtype``.
+            quick: for an ONNX runtime on the CPU, run the cached export where it exists
+                (:meth:`exported`), without loading torch, transformers or the checkpoint: what a
+                search does. Where it does not, the model is loaded and exported as without.
 
         Raises:
             ModelNotFoundError: the model cannot be found locally nor fetched.
@@ -134,6 +190,18 @@ class Encoder:
             UnsupportedRuntimeError: an unknown runtime, or an ONNX runtime off the CPU.
         """
         settings = settings or Settings()
+        if (dtype or settings.dtype) and (dtype or settings.dtype) not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype or settings.dtype!r}; use one of float32, bfloat16, float16")
+        if quick and not compile and not settings.compile and _on_cpu(device or settings.device):
+            ready = cls.exported(model or settings.model, runtime=runtime or settings.runtime or DEFAULT_CPU_RUNTIME,
+                                 pooling=pooling or settings.pooling, image_size=image_size or settings.image_size,
+                                 settings=settings)
+            if ready is not None:
+                return ready
+        import torch
+
+        from .checkpoint import forward_kwargs, load_checkpoint
+
         checkpoint = load_checkpoint(model or settings.model, settings)
         processor = checkpoint.processor
         if image_size or settings.image_size:
@@ -165,35 +233,92 @@ class Encoder:
         log.info("loaded %s on %s (%s, %s), dim %d", checkpoint.name, dev, runtime, dt, info.dim)
         return cls(net, processor, info, dev, dt, Limits.from_settings(settings), onnx)
 
+    @classmethod
+    def exported(cls, model: str, *, runtime: str, pooling: str = "cls", image_size: int | None = None,
+                 settings: Settings | None = None) -> "Encoder | None":
+        """The encoder of an ONNX runtime from its cached export alone (made by an earlier
+        :meth:`load`, such as the one `vitsearch index` runs), without torch, transformers or the
+        checkpoint's model: preprocessing from the checkpoint's ``preprocessor_config.json`` and
+        the dimension from its ``config.json``, both read as JSON, the weights' sha256 to find the
+        export by, ONNX Runtime to run it.
+
+        Args:
+            model: hub id, local folder or pulled model name (:func:`~.models.resolve_model`).
+            runtime: ``onnx`` or ``onnx-int8``.
+            pooling, image_size: as in :meth:`load` (None: the checkpoint's input size).
+
+        Returns:
+            The encoder (:attr:`model` and :attr:`processor` None; :attr:`preprocessor` set), or
+            None where this cannot be done without transformers: no verified export in the cache,
+            a ``torch`` runtime, a processor setting left to its class's default or not
+            implemented by :class:`~.preprocess.Preprocess`, a text + vision ``config.json``.
+
+        Raises:
+            ModelNotFoundError: the model cannot be found locally nor fetched, or has no weights.
+            ValueError: an unknown pooling, or an image size the processor cannot take.
+        """
+        settings = settings or Settings()
+        if runtime not in ("onnx", "onnx-int8"):
+            return None
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+        resolved = resolve_model(model, settings.models_dir)
+        processor = processor_settings(resolved.folder)
+        try:
+            config = json.loads((resolved.folder / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if processor is None or not isinstance(config, dict) or not isinstance(config.get("hidden_size"), int):
+            return None
+        if image_size:
+            processor = at_size(processor, image_size)
+        preprocess = Preprocess.from_processor(processor)
+        pixel = preprocess.array([Image.new("RGB", (64, 48))])
+        info = EncoderInfo(model=resolved.name, weights_sha256=weights_sha256(resolved.folder),
+                           dim=config["hidden_size"], pooling=pooling, image_size=(pixel.shape[2], pixel.shape[3]),
+                           runtime=runtime)
+        onnx = cached_embedder(resolved.folder, settings.cache_dir, info)
+        if onnx is None:
+            return None
+        log.info("loaded %s from its ONNX export %s (%s), dim %d", resolved.name, onnx.path, runtime, info.dim)
+        return cls(None, processor, info, "cpu", "float32", Limits.from_settings(settings), onnx)
+
     @property
     def dim(self) -> int:
         """Embedding dimension D."""
         return self.info.dim
 
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """RGB PIL images to model input, ``(N, 3, H, W) float32`` (resize, crop, normalise)."""
+    def preprocess(self, images: Sequence[Image.Image]):
+        """RGB PIL images to model input, an ``(N, 3, H, W) float32`` ``torch.Tensor`` (resize,
+        crop, normalise); :meth:`~.preprocess.Preprocess.array` of :attr:`preprocessor` gives
+        it as a NumPy array, without torch."""
         return self.preprocessor.batch(images)
 
-    @torch.inference_mode()
-    def embed_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
+    def embed_pixels(self, pixel_values) -> np.ndarray:
         """Model input ``(N, 3, H, W)`` to embeddings ``(N, D) float32``, each row of L2 norm 1:
         the CLS token of the last layer, or the mean of its patch tokens (``info.pooling``),
         computed by :attr:`runtime` (the ONNX runtimes run the same graph, exported).
 
+        ``pixel_values`` is a ``torch.Tensor`` or, for the ONNX runtimes, also a NumPy array.
         From pinned memory the copy to the GPU is asynchronous (``non_blocking``); the cast to
         the model's dtype happens on the device.
         """
         if self.onnx is not None:
-            return self.onnx(pixel_values.numpy())
-        x = pixel_values.to(self.device, non_blocking=True).to(self.dtype)
-        tokens = self.model(pixel_values=x, **self._forward_kwargs).last_hidden_state  # (N, prefix + patches, D)
-        if self.info.pooling == "cls":
-            pooled = tokens[:, 0]
-        else:
-            patch = self.model.config.patch_size
-            patches = (x.shape[2] // patch) * (x.shape[3] // patch)
-            pooled = tokens[:, tokens.shape[1] - patches:].mean(dim=1)
-        return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+            return self.onnx(np.asarray(pixel_values))
+        import torch
+
+        if isinstance(pixel_values, np.ndarray):
+            pixel_values = torch.from_numpy(pixel_values)
+        with torch.inference_mode():
+            x = pixel_values.to(self.device, non_blocking=True).to(self.dtype)
+            tokens = self.model(pixel_values=x, **self._forward_kwargs).last_hidden_state  # (N, prefix + patches, D)
+            if self.info.pooling == "cls":
+                pooled = tokens[:, 0]
+            else:
+                patch = self.model.config.patch_size
+                patches = (x.shape[2] // patch) * (x.shape[3] // patch)
+                pooled = tokens[:, tokens.shape[1] - patches:].mean(dim=1)
+            return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
 
     def embed(self, images: Sequence[ImageLike], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Images (paths, bytes, PIL, ``(H, W, 3) uint8`` arrays) to ``(N, D) float32`` embeddings.
@@ -206,7 +331,7 @@ class Encoder:
         out = [np.empty((0, self.dim), np.float32)]
         for start in range(0, len(images), batch_size):
             batch = [self.preprocessor.load(im, self.limits) for im in images[start:start + batch_size]]
-            out.append(self.embed_pixels(self.preprocess(batch)))
+            out.append(self.embed_pixels(self.preprocessor.array(batch) if self.model is None else self.preprocess(batch)))
         return np.concatenate(out)
 
 
@@ -228,7 +353,8 @@ def encoder_for(recorded: EncoderInfo | None, settings: Settings, where: str = "
             the collection's model and pooling, only checks an input size it is given, and may
             embed its queries with another runtime.
         queries: the encoder only embeds queries (a search): a runtime other than the
-            collection's is accepted (:meth:`EncoderInfo.check_same`).
+            collection's is accepted (:meth:`EncoderInfo.check_same`), and an ONNX runtime's
+            cached export is run without loading torch or transformers (``Encoder.load(quick=True)``).
 
     Raises:
         EncoderMismatchError: what was asked is not the collection's encoder (an input size is
@@ -245,10 +371,10 @@ def encoder_for(recorded: EncoderInfo | None, settings: Settings, where: str = "
     pooling = recorded.pooling if keep and "pooling" not in asked else settings.pooling
     size = recorded.square_size if keep and "image_size" not in asked else settings.image_size
     runtime = recorded.runtime if keep and "runtime" not in asked else settings.runtime
-    if runtime != "torch" and pick_device(device or settings.device).type != "cpu" and "runtime" not in asked:
+    if runtime != "torch" and "runtime" not in asked and not _on_cpu(device or settings.device):
         runtime = None  # a collection indexed with ONNX on a CPU, searched on a GPU: its default there
     encoder = Encoder.load(name, device=device, dtype=dtype, pooling=pooling, image_size=size, runtime=runtime,
-                           settings=settings)
+                           settings=settings, quick=queries)
     if recorded is not None:
         recorded.check_same(encoder.info, where, queries=queries)
     return encoder
@@ -271,6 +397,8 @@ def batch_size_for(encoder: Encoder, fraction: float = 0.5, lo: int = 32, hi: in
     measured by a probe forward pass of 8 images (``torch.cuda.max_memory_allocated``)."""
     if encoder.device.type != "cuda":
         return DEFAULT_BATCH_SIZE
+    import torch
+
     probe = 8
     h, w = encoder.info.image_size
     torch.cuda.synchronize(encoder.device)

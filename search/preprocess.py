@@ -14,14 +14,22 @@ file.
 
 A processor with options this does not implement (padding, ``longest_edge``, ``crop_pct``,
 no resize, ...) is called as it is, so any checkpoint still works, only slower.
+
+:func:`processor_settings` reads the same settings from ``preprocessor_config.json`` as JSON,
+without transformers, for a search that runs an exported model (:meth:`Encoder.load
+<vitsearch.search.encoder.Encoder.load>` with ``quick``). Nothing here imports torch but
+:meth:`Preprocess.batch`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
-import torch
 from PIL import Image
 
 from .images import ImageLike, Limits, decode_sized, load_image
@@ -168,6 +176,50 @@ class Preprocess:
             x = (x - self.mean[:, None, None]) / self.std[:, None, None]
         return x
 
-    def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """``(N, 3, H, W) float32`` model input for N upright RGB images."""
-        return torch.from_numpy(np.stack([self(im) for im in images]))
+    def array(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """``(N, 3, H, W) float32`` model input for N upright RGB images, as a NumPy array."""
+        return np.stack([self(im) for im in images])
+
+    def batch(self, images: Sequence[Image.Image]):
+        """``(N, 3, H, W) float32`` model input for N upright RGB images, as a ``torch.Tensor``."""
+        import torch
+
+        return torch.from_numpy(self.array(images))
+
+
+#: The keys of ``preprocessor_config.json`` that :func:`processor_settings` needs written out: a
+#: key left out takes its processor class's default, which only transformers knows.
+_NEEDED = ("do_resize", "size", "resample", "do_rescale", "do_normalize")
+#: Processor classes without a centre crop, whose files may leave ``do_center_crop`` out.
+_NO_CROP = ("ViTImageProcessor", "ViTImageProcessorFast", "ViTImageProcessorPil")
+
+
+def processor_settings(folder: Path) -> SimpleNamespace | None:
+    """A checkpoint's ``preprocessor_config.json`` read as JSON, as an object with the image
+    processor's attributes (what :meth:`Preprocess.from_processor` and :func:`at_size` read),
+    without importing transformers.
+
+    Returns:
+        None where the file is missing or unreadable, or leaves out a setting (its class's
+        default would apply, which only transformers knows), or asks for something
+        :class:`Preprocess` does not implement natively: then load the processor with transformers.
+    """
+    try:
+        config = json.loads((Path(folder) / "preprocessor_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or any(k not in config for k in _NEEDED) or not isinstance(config["size"], dict):
+        return None
+    if "do_center_crop" not in config and config.get("image_processor_type") not in _NO_CROP:
+        return None
+    if (config.get("do_center_crop") and not isinstance(config.get("crop_size"), dict)
+            or config["do_rescale"] and "rescale_factor" not in config
+            or config["do_normalize"] and not ("image_mean" in config and "image_std" in config)):
+        return None
+    processor = SimpleNamespace(**config)
+    try:
+        if not Preprocess.from_processor(processor).native:
+            return None
+    except (TypeError, ValueError, KeyError):
+        return None
+    return processor

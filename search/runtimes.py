@@ -20,6 +20,8 @@ sha256, the runtime, the pooling and the input size, with a ``.json`` record hol
 of the ONNX file itself: a file that does not hash to its record (truncated, overwritten, half
 written) or that ONNX Runtime cannot load is exported again. Files are written to a temporary name
 and renamed, so concurrent processes never see half a file.
+
+Nothing here imports torch but the export: a cached file is run with ONNX Runtime alone.
 """
 from __future__ import annotations
 
@@ -27,11 +29,11 @@ import json
 import logging
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .config import DEFAULT_CPU_RUNTIME, RUNTIMES
 from .encoder_info import EncoderInfo
@@ -49,13 +51,13 @@ INT8_RECIPE = "nbits8b32"
 _CACHE = ".vitsearch-onnx"
 
 
-def default_runtime(device: torch.device) -> str:
+def default_runtime(device) -> str:
     """The runtime when none is asked: :data:`~.config.DEFAULT_CPU_RUNTIME` on a CPU, torch on
     CUDA and MPS (ONNX Runtime's CPU provider is all ``onnxruntime`` ships)."""
     return DEFAULT_CPU_RUNTIME if device.type == "cpu" else "torch"
 
 
-def check_runtime(runtime: str, device: torch.device) -> None:
+def check_runtime(runtime: str, device) -> None:
     """Refuse a runtime this device cannot run.
 
     Raises:
@@ -68,22 +70,27 @@ def check_runtime(runtime: str, device: torch.device) -> None:
                          f"use --runtime torch there, or --device cpu")
 
 
-class _Embedding(torch.nn.Module):
-    """What is exported: pixel values to the pooled, L2-normalised last-layer token."""
+def _embedding(model, pooling: str, forward_kwargs: dict):
+    """What is exported: a ``torch.nn.Module`` from pixel values to the pooled, L2-normalised
+    last-layer token."""
+    import torch
 
-    def __init__(self, model: torch.nn.Module, pooling: str, forward_kwargs: dict):
-        super().__init__()
-        self.model, self.pooling, self.kwargs = model, pooling, forward_kwargs
+    class Embedding(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model, self.pooling, self.kwargs = model, pooling, forward_kwargs
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        tokens = self.model(pixel_values=pixel_values, **self.kwargs).last_hidden_state
-        if self.pooling == "cls":
-            pooled = tokens[:, 0]
-        else:
-            patch = self.model.config.patch_size
-            patches = (pixel_values.shape[2] // patch) * (pixel_values.shape[3] // patch)
-            pooled = tokens[:, tokens.shape[1] - patches:].mean(dim=1)
-        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            tokens = self.model(pixel_values=pixel_values, **self.kwargs).last_hidden_state
+            if self.pooling == "cls":
+                pooled = tokens[:, 0]
+            else:
+                patch = self.model.config.patch_size
+                patches = (pixel_values.shape[2] // patch) * (pixel_values.shape[3] // patch)
+                pooled = tokens[:, tokens.shape[1] - patches:].mean(dim=1)
+            return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    return Embedding()
 
 
 class OnnxEmbedder:
@@ -91,8 +98,9 @@ class OnnxEmbedder:
 
     Args:
         path: the ``.onnx`` file.
-        threads: intra-op threads (default: torch's, so a process limited to N threads for torch,
-            such as a Ray actor, stays limited).
+        threads: intra-op threads (default: torch's where torch is loaded, so a process limited
+            to N threads for torch, such as a Ray actor, stays limited; else ONNX Runtime's own,
+            one per physical core).
 
     Raises:
         onnxruntime's errors: the file is not a model ONNX Runtime can load.
@@ -102,7 +110,8 @@ class OnnxEmbedder:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        torch = sys.modules.get("torch")
+        options.intra_op_num_threads = threads or (torch.get_num_threads() if torch is not None else 0)
         # Idle threads sleep instead of spinning: the decode workers and the writer share the cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only
@@ -146,7 +155,7 @@ def cache_path(folder: Path, info: EncoderInfo, runtime: str) -> Path:
     return folder / f"{info.weights_sha256[:32]}-{runtime}{recipe}-{info.pooling}-{info.size_text}.onnx"
 
 
-def onnx_embedder(model: torch.nn.Module, info: EncoderInfo, forward_kwargs: dict, model_folder: Path,
+def onnx_embedder(model, info: EncoderInfo, forward_kwargs: dict, model_folder: Path,
                   cache_dir: Path) -> OnnxEmbedder:
     """The ONNX Runtime embedder of ``info.runtime`` (``onnx`` or ``onnx-int8``) for ``model``,
     from the cache, exported (and quantized) first where the cache lacks it or does not verify.
@@ -173,6 +182,13 @@ def onnx_embedder(model: torch.nn.Module, info: EncoderInfo, forward_kwargs: dic
     return embedder
 
 
+def cached_embedder(model_folder: Path, cache_dir: Path, info: EncoderInfo) -> OnnxEmbedder | None:
+    """The ONNX Runtime embedder of ``info.runtime`` for ``info``'s weights, pooling and input
+    size where the cache holds it and it verifies, else None (nothing is exported: that takes
+    the model, :func:`onnx_embedder`)."""
+    return _load_cached(cache_path(cache_folder(model_folder, cache_dir), info, info.runtime), info)
+
+
 def _load_cached(path: Path, info: EncoderInfo) -> OnnxEmbedder | None:
     """The cached embedder at ``path``, or None (absent, not matching its record, not loadable)."""
     record = path.with_suffix(".json")
@@ -189,9 +205,11 @@ def _load_cached(path: Path, info: EncoderInfo) -> OnnxEmbedder | None:
         return None
 
 
-def _export(model: torch.nn.Module, info: EncoderInfo, forward_kwargs: dict, path: Path) -> None:
+def _export(model, info: EncoderInfo, forward_kwargs: dict, path: Path) -> None:
+    import torch
+
     h, w = info.image_size
-    wrapper = _Embedding(model, info.pooling, forward_kwargs).eval()
+    wrapper = _embedding(model, info.pooling, forward_kwargs).eval()
     log.info("exporting %s to ONNX at %s (%dx%d, %s)", info.model, path, h, w, info.pooling)
     with _written(path) as tmp, torch.inference_mode():
         torch.onnx.export(wrapper, (torch.zeros(2, 3, h, w),), str(tmp), input_names=["pixel_values"],
@@ -239,6 +257,7 @@ class _written:
 
 def _record(path: Path, info: EncoderInfo, runtime: str) -> None:
     import onnxruntime
+    import torch
 
     meta = {"sha256": file_sha256(path), "weights_sha256": info.weights_sha256, "runtime": runtime,
             "pooling": info.pooling, "image_size": info.size_text, "opset": OPSET, "torch": torch.__version__,
