@@ -1,17 +1,37 @@
 """Duplicates: quality on planted copies of real photos, and scan speed at scale.
 
 ``quality``: the first ``--originals`` catalogue photos are copied into a temporary folder with,
-for each, planted copies made with Pillow: ``down50`` (downscaled to 50 %), ``jpeg30`` (JPEG
-quality 30), ``crop90`` (90 % centre crop), ``bright+10`` / ``bright-10`` (brightness x1.1 /
-x0.9), ``resave1`` (decoded, one pixel value changed by 1, saved again as JPEG at the original's
-quantisation: other bytes, same picture), ``identical`` (byte-identical copy). All are indexed
-with the real indexer and model; then :meth:`SearchClient.duplicates` (what ``vitsearch
-duplicates`` calls) runs at each threshold, with its pixel check of the candidate pairs (the
-default) or without it (``--no-verify``). Two files are a true pair when they come from the
-same original; a reported pair is two files in one group. Per transformation: recall of the
-(original, copy) pairs, precision of the reported pairs that hold such a copy; overall
-precision/recall over all same-original pairs; and the number of reported pairs whose files come
-from two distinct originals (of which: the two originals themselves).
+for each, planted copies made with Pillow, in two splits.
+
+The *tuning* split, the transformations the pixel check's parameters were chosen on:
+``down50`` (downscaled to 50 %), ``jpeg30`` (JPEG quality 30), ``crop90`` (90 % centre crop),
+``bright+10`` / ``bright-10`` (brightness x1.1 / x0.9), ``resave1`` (decoded, one pixel value
+changed by 1, saved again as JPEG at the original's quantisation: other bytes, same picture),
+``identical`` (byte-identical copy).
+
+The *held-out* split, never used to choose a parameter, transformations that real copies carry:
+``rot+2`` (rotated 2 degrees counter-clockwise and cropped to the largest upright rectangle
+inside, as a straightened photo is), ``rot-2fill`` (rotated 2 degrees clockwise in its own frame,
+the corners filled white, as a crooked scan on a white bed), ``rot1-down60`` (rotated 1 degree,
+cropped as ``rot+2``, then downscaled to 60 %), ``down50-sharp`` (downscaled to 50 % then
+sharpened, ``UnsharpMask(2, 150, 3)``, as a web shop's resize does), ``shift3`` (3 % of the width
+cut off the left side: a re-framed copy), ``gamma-contrast`` (gamma 0.8, then contrast x1.15:
+an edited copy), ``down75-jpeg50`` (downscaled to 75 % and saved at JPEG quality 50). Every copy
+is saved as JPEG (quality 90 unless said otherwise).
+
+``--split tuning`` plants the tuning copies only (the benchmark as it was before the split),
+``held-out`` the held-out ones only, ``both`` (the default) both sets into one collection, each
+split then scored on its own files (the originals and that split's copies; a group is cut down to
+them). All files are indexed with the real indexer and model; then
+:meth:`SearchClient.duplicates` (what ``vitsearch duplicates`` calls) runs at each threshold
+(the collection's default threshold is always among them, marked ``*``), with its pixel check of
+the candidate pairs (the default) or without it (``--no-verify``). Two files are a true pair when
+they come from the same original; a reported pair is two files in one group. Per transformation:
+recall of the (original, copy) pairs, precision of the reported pairs that hold such a copy;
+overall precision/recall over all same-original pairs; and the number of reported pairs whose
+files come from two distinct originals (of which: the two originals themselves). Last, the pixel
+check's own cost: the signatures of 100 of the files (decode included) and the scores of all
+pairs of them, timed in this process.
 
 ``speed``: synthetic 384-d unit vectors (random, plus 1 % planted near copies at cosine ~0.97)
 inserted directly through ``Store.upsert`` into a fresh collection with vitsearch's schema and
@@ -23,6 +43,7 @@ vectors, exact all-pairs numpy (blocked matrix products) as the baselines, and t
 of the scan against exact.
 
     python benchmarks/duplicates.py quality [--originals 300] [--model M] [--runtime R] [--no-verify]
+        [--split tuning|held-out|both] [--thresholds T,...] [--workdir DIR]
     python benchmarks/duplicates.py speed [--sizes 10000,100000] [--server URI|local] [--no-lite] [--keep] [--reuse]
         [--lite-dir DIR]
     python benchmarks/duplicates.py page [--originals 4] [--out DIR]
@@ -41,6 +62,7 @@ import argparse
 import contextlib
 import hashlib
 import itertools
+import math
 import multiprocessing
 import os
 import platform
@@ -57,11 +79,26 @@ import numpy as np
 SHARED = Path(os.environ.get("VITSEARCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 THRESHOLDS = (0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985, 0.99, 0.995)
 TRANSFORMS = ("down50", "jpeg30", "crop90", "bright+10", "bright-10", "resave1", "identical")
+HELD_OUT = ("rot+2", "rot-2fill", "rot1-down60", "down50-sharp", "shift3", "gamma-contrast", "down75-jpeg50")
+SPLITS = {"tuning": TRANSFORMS, "held-out": HELD_OUT}
+
+
+def straightened(rgb, degrees: float):
+    """``rgb`` rotated by ``degrees`` (counter-clockwise, bicubic) and cropped to the largest
+    upright rectangle of the same aspect that holds no fill."""
+    from PIL import Image
+
+    w, h = rgb.size
+    a = math.radians(abs(degrees))
+    scale = 1 / (math.cos(a) + math.sin(a) * max(w / h, h / w))  # the inner rectangle's share of each side
+    rotated = rgb.rotate(degrees, Image.Resampling.BICUBIC)
+    dx, dy = round(w * (1 - scale) / 2), round(h * (1 - scale) / 2)
+    return rotated.crop((dx, dy, w - dx, h - dy))
 
 
 def plant(original: Path, kind: str, out: Path) -> None:
     """Write the ``kind`` copy of ``original`` to ``out`` (see the module docstring)."""
-    from PIL import Image, ImageEnhance
+    from PIL import Image, ImageEnhance, ImageFilter
 
     if kind == "identical":
         shutil.copyfile(original, out)
@@ -82,6 +119,23 @@ def plant(original: Path, kind: str, out: Path) -> None:
             r, g, b = rgb.getpixel((0, 0))
             rgb.putpixel((0, 0), (r ^ 1, g, b))
             rgb.save(out, "JPEG", qtables=im.quantization)  # the originals are JPEGs: same quantisation
+        elif kind == "rot+2":
+            straightened(rgb, 2).save(out, quality=90)
+        elif kind == "rot-2fill":
+            rgb.rotate(-2, Image.Resampling.BICUBIC, fillcolor=(255, 255, 255)).save(out, quality=90)
+        elif kind == "rot1-down60":
+            turned = straightened(rgb, 1)
+            turned.resize((round(turned.width * 0.6), round(turned.height * 0.6)), Image.Resampling.LANCZOS).save(out, quality=90)
+        elif kind == "down50-sharp":
+            small = rgb.resize((max(1, rgb.width // 2), max(1, rgb.height // 2)), Image.Resampling.LANCZOS)
+            small.filter(ImageFilter.UnsharpMask(radius=2, percent=150, threshold=3)).save(out, quality=90)
+        elif kind == "shift3":
+            rgb.crop((round(rgb.width * 0.03), 0, rgb.width, rgb.height)).save(out, quality=90)
+        elif kind == "gamma-contrast":
+            lut = [round(255 * (v / 255) ** 0.8) for v in range(256)] * 3
+            ImageEnhance.Contrast(rgb.point(lut)).enhance(1.15).save(out, quality=90)
+        elif kind == "down75-jpeg50":
+            rgb.resize((round(rgb.width * 0.75), round(rgb.height * 0.75)), Image.Resampling.LANCZOS).save(out, quality=50)
         else:
             raise ValueError(kind)
 
@@ -93,19 +147,20 @@ def quality(args) -> None:
     from vitsearch.search.store import Store
 
     originals = sorted(Path(args.folder).glob("*.jpg"))[: args.originals]
+    splits = list(SPLITS) if args.split == "both" else [args.split]
+    kinds = [kind for split in splits for kind in SPLITS[split]]
     with contextlib.ExitStack() as stack:
         tmp = Path(args.workdir) if args.workdir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         root = tmp / "photos"
         source: dict[str, tuple[str, str]] = {}  # path -> (original name, transformation)
-        planted = (root / "original").exists()  # a --workdir of an earlier run: its files as they are
-        for kind in ("original", *TRANSFORMS):
+        for kind in ("original", *kinds):
             (root / kind).mkdir(parents=True, exist_ok=True)
         for p in originals:
             source[str(root / "original" / p.name)] = (p.name, "original")
-            if not planted:
+            if not (root / "original" / p.name).exists():  # a --workdir of an earlier run: its files as they are
                 shutil.copyfile(p, root / "original" / p.name)
-            for kind in TRANSFORMS:
-                if not planted:
+            for kind in kinds:
+                if not (root / kind / p.name).exists():
                     plant(p, kind, root / kind / p.name)
                 source[str(root / kind / p.name)] = (p.name, kind)
         uri = str(tmp / "milvus.db")
@@ -114,38 +169,71 @@ def quality(args) -> None:
         with Store(uri, "images") as store:
             report = index_folder(str(root), encoder=encoder, store=store, workers=1)
         index_s = time.perf_counter() - started
-        print(f"indexed {report.indexed} files ({len(originals)} originals x {1 + len(TRANSFORMS)}; "
+        print(f"indexed {report.indexed} files ({len(originals)} originals x {1 + len(kinds)}; "
               f"{report.unchanged} unchanged), {len(report.failures)} failures, in {index_s:.0f} s", flush=True)
         results = []
         with SearchClient(uri=uri) as client:
-            for t in (float(x) for x in args.thresholds.split(",")):
+            default = client.duplicate_threshold()
+            space = "whitened" if client.space.whitened else "raw"
+            thresholds = sorted({float(x) for x in args.thresholds.split(",")} | {default})
+            for t in thresholds:
                 found = client.duplicates(threshold=t, verify=args.verify)
                 results.append((t, found))
         shas: dict[str, list[str]] = {}
         for p in originals:
             shas.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), []).append(p.name)
         identical_originals = sum(len(v) * (len(v) - 1) // 2 for v in shas.values())
+        cost = pixel_cost(sorted(p for p in source if p.startswith(str(root / kinds[0])))[:50]
+                          + sorted(p for p in source if p.startswith(str(root / "original")))[:50])
 
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
-          f"{len(originals)} catalogue photos from {args.folder} + {len(TRANSFORMS)} planted copies each "
-          f"({len(source)} files), model {Path(args.model).name} ({args.runtime}); {identical_originals} pairs of originals are "
+          f"{len(originals)} catalogue photos from {args.folder} + {len(kinds)} planted copies each "
+          f"({len(source)} files, split {args.split}), model {Path(args.model).name} ({args.runtime}), {space} "
+          f"collection, default threshold {default} (*); {identical_originals} pairs of originals are "
           f"byte-identical in the catalogue itself; "
           + ("near pairs confirmed by their pixels (default)" if args.verify else "embedding alone (--no-verify)"))
-    header = f"{'threshold':>9} " + " ".join(f"{k:>10}" for k in TRANSFORMS) + f" {'P all':>6} {'R all':>6} {'distinct':>8} {'orig-orig':>9} {'scan s':>6}"
-    print("\nrecall per transformation (original-copy pairs in one group), overall pair precision P and recall R,")
+    for split in splits:
+        report_split(split, SPLITS[split], len(originals), source, results, default)
+    print(f"\npixel check cost: {cost[0]:.2f} ms a file (decode and signature), {cost[1]:.1f} us a pair "
+          f"(score of two signatures), {cost[2]} files, {cost[3]} pairs")
+
+
+def pixel_cost(paths: list[str]) -> tuple[float, float, int, int]:
+    """The pixel check's cost on ``paths``: (ms a file for its signature, decode included; us a
+    pair for the score of two signatures over all pairs of them; files; pairs)."""
+    from vitsearch.search.pixels import pixel_scores, signature
+
+    started = time.perf_counter()
+    sigs = np.stack([signature(p) for p in paths])
+    per_file = (time.perf_counter() - started) / len(paths) * 1e3
+    i, j = np.triu_indices(len(paths), 1)
+    started = time.perf_counter()
+    for s in range(0, len(i), 1024):
+        pixel_scores(sigs[i[s:s + 1024]], sigs[j[s:s + 1024]])
+    return per_file, (time.perf_counter() - started) / len(i) * 1e6, len(paths), len(i)
+
+
+def report_split(split: str, kinds: tuple[str, ...], n_originals: int, source: dict[str, tuple[str, str]],
+                 results: list, default: float) -> None:
+    """Print the recall/precision tables of one split: its files are the originals and its
+    ``kinds`` of copies; each group is cut down to them."""
+    mine = {"original", *kinds}
+    header = f"{'threshold':>10} " + " ".join(f"{k:>14}" for k in kinds) + f" {'P all':>6} {'R all':>6} {'distinct':>8} {'orig-orig':>9} {'scan s':>6}"
+    print(f"\n{split} split: recall per transformation (original-copy pairs in one group), overall pair precision P "
+          "and recall R,")
     print("reported pairs of files from two distinct originals, of which both originals:")
     print(header)
     prec_rows = []
-    truth = len(originals) * (1 + len(TRANSFORMS)) * len(TRANSFORMS) // 2
+    truth = n_originals * (1 + len(kinds)) * len(kinds) // 2
     for t, found in results:
         # Counted per group from how many of its files come from each original (each original has
         # one file of each kind), not pair by pair: a loose threshold makes groups of thousands.
-        recalled = dict.fromkeys(TRANSFORMS, 0)
-        involving = dict.fromkeys(TRANSFORMS, 0)
-        true_involving = dict.fromkeys(TRANSFORMS, 0)
+        recalled = dict.fromkeys(kinds, 0)
+        involving = dict.fromkeys(kinds, 0)
+        true_involving = dict.fromkeys(kinds, 0)
         reported = good = orig_orig = 0
         for group in found.groups:
-            members = [source[p] for p in group.paths]
+            members = [source[p] for p in group.paths if source[p][1] in mine]
             n = len(members)
             per_original: dict[str, set[str]] = {}
             for name, kind in members:
@@ -154,22 +242,23 @@ def quality(args) -> None:
             good += sum(len(k) * (len(k) - 1) // 2 for k in per_original.values())
             originals_in = sum("original" in k for k in per_original.values())
             orig_orig += originals_in * (originals_in - 1) // 2
-            for kind in TRANSFORMS:
+            for kind in kinds:
                 m = sum(kind in k for k in per_original.values())
                 involving[kind] += m * (n - 1) - m * (m - 1) // 2
                 true_involving[kind] += sum(len(k) - 1 for k in per_original.values() if kind in k)
                 recalled[kind] += sum(1 for k in per_original.values() if kind in k and "original" in k)
-        per = [recalled[kind] / len(originals) for kind in TRANSFORMS]
-        prec = [true_involving[kind] / involving[kind] if involving[kind] else 1.0 for kind in TRANSFORMS]
+        per = [recalled[kind] / n_originals for kind in kinds]
+        prec = [true_involving[kind] / involving[kind] if involving[kind] else 1.0 for kind in kinds]
         p_all = good / reported if reported else 1.0
         r_all = good / truth
-        print(f"{t:9.3f} " + " ".join(f"{r:10.3f}" for r in per)
+        mark = "*" if t == default else " "
+        print(f"{t:9.3f}{mark} " + " ".join(f"{r:14.3f}" for r in per)
               + f" {p_all:6.3f} {r_all:6.3f} {reported - good:8d} {orig_orig:9d} {found.seconds:6.1f}", flush=True)
-        prec_rows.append((t, prec))
-    print("\nprecision per transformation (reported pairs holding that copy that are true pairs):")
-    print(f"{'threshold':>9} " + " ".join(f"{k:>10}" for k in TRANSFORMS))
-    for t, prec in prec_rows:
-        print(f"{t:9.3f} " + " ".join(f"{p:10.3f}" for p in prec))
+        prec_rows.append((t, mark, prec))
+    print(f"\n{split} split: precision per transformation (reported pairs holding that copy that are true pairs):")
+    print(f"{'threshold':>10} " + " ".join(f"{k:>14}" for k in kinds))
+    for t, mark, prec in prec_rows:
+        print(f"{t:9.3f}{mark} " + " ".join(f"{p:14.3f}" for p in prec))
 
 
 def page(args) -> None:
@@ -358,6 +447,9 @@ def main() -> None:
     q.add_argument("--no-verify", dest="verify", action="store_false", help="the embedding alone decides (no "
                    "pixel check of the candidate pairs)")
     q.add_argument("--runtime", default="onnx-int8", help="encoder runtime (default onnx-int8, the CPU default)")
+    q.add_argument("--split", choices=("tuning", "held-out", "both"), default="both", help="the planted "
+                   "copies: the transformations the pixel check was tuned on, the held-out ones, or both in one "
+                   "collection, each scored on its own (default both)")
     q.add_argument("--workdir", default=None, help="keep the planted files and the index here (reused when "
                    "it holds them): default a temporary folder")
     s = sub.add_parser("speed")
