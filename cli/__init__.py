@@ -19,4 +19,8 @@ __all__ = ["app", "main"]
 
 def main() -> None:
     """Console entry point."""
-    app()
+    import typer
+
+    from .help import plain_help
+
+    plain_help(typer.main.get_command(app))()

@@ -133,18 +133,23 @@ def progress_bar():
     from vitsearch.indexer import Progress
 
     class Bar(Progress):
-        def __init__(self):
-            self.bar = tqdm(total=0, unit="img", desc="embedding", dynamic_ncols=True)
+        bar = None  # drawn once there is something to embed: no empty bar for a run with nothing to do
 
         def found(self, n: int) -> None:  # the scan streams: the total grows as files are found
+            if not n:
+                return
+            if self.bar is None:
+                self.bar = tqdm(total=0, unit="img", desc="embedding", dynamic_ncols=True)
             self.bar.total += n
             self.bar.refresh()
 
         def advance(self, n: int) -> None:
-            self.bar.update(n)
+            if self.bar is not None:
+                self.bar.update(n)
 
         def close(self) -> None:
-            self.bar.close()
+            if self.bar is not None:
+                self.bar.close()
 
         def rewriting(self, kind: str, rows: int) -> None:
             self.rewrite = tqdm(total=rows, unit="row", desc=f"{kind} whitening" if kind != "resuming"

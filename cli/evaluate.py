@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from vitsearch.search.config import DEFAULT_MODEL
 from vitsearch.search.errors import BadQueryError, VitsearchError
 
 from .common import (COLLECTION, DEVICE, EXPAND, IMAGE_SIZE, POOLING, RUNTIME, WHITENING, Pooling, Runtime, Whitening,
@@ -19,7 +20,7 @@ def eval_(
                                    help="images/ + groundtruth.json (query file -> relevant files), or one "
                                         "subfolder of images per class."),
     model: Optional[str] = typer.Option(None, "--model", help="Hub id, local folder or pulled model name. "
-                                        "(env VITSEARCH_MODEL; default: facebook/dinov2-small)"),
+                                        f"(env VITSEARCH_MODEL; default: {DEFAULT_MODEL})"),
     pooling: Optional[Pooling] = POOLING,
     image_size: Optional[int] = IMAGE_SIZE,
     k: str = typer.Option("1,5,10", "--k", help="Cut-offs for recall@k and precision@k, comma-separated."),

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from vitsearch.search.config import Settings
+from vitsearch.search.config import DEFAULT_MODEL, Settings
 from vitsearch.search.encoder_info import EncoderInfo
 from vitsearch.search.errors import VitsearchError
 from vitsearch.search.paths import printable
@@ -34,7 +34,9 @@ def index(
                                  "--engine ray also a URI such as s3://bucket/prefix."),
     model: Optional[str] = typer.Option(None, "--model", help="Hub id, local folder or pulled model "
                                         "name. (env VITSEARCH_MODEL; default: the collection's model, "
-                                        "for a new collection facebook/dinov2-small)"),
+                                        f"for a new collection {DEFAULT_MODEL} from the Hugging Face hub; "
+                                        "offline: vitsearch model pull dinov2-small-9l, then --model "
+                                        "dinov2-small-9l)"),
     pooling: Optional[Pooling] = POOLING,
     image_size: Optional[int] = IMAGE_SIZE,
     uri: Optional[str] = URI,
@@ -53,7 +55,8 @@ def index(
                                 "differ from its row's sha256, also where size, mtime, ctime and inode all match."),
     report_file: Optional[Path] = typer.Option(None, "--report", help="Write the files that failed, with "
                                                "the reason, to this file: CSV if it ends in .csv, else JSON lines."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each batch's decode, embed and write times."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Say where the time went (decode, embed, "
+                                 "write) and log each batch's times."),
     as_json: bool = JSON,
     whitening: Optional[Whitening] = WHITENING,
     relearn: bool = typer.Option(False, "--relearn", help="Learn the collection's whitening again from all its "
@@ -140,21 +143,22 @@ def index(
     except VitsearchError as exc:
         fail(str(exc))
     except IndexInterrupted as stop:
-        _index_summary(stop.report, s, encoder.info, size, folder, report_file, as_json)
+        _index_summary(stop.report, s, encoder.info, size, folder, report_file, as_json, verbose)
         typer.echo("interrupted: every image embedded so far is written; run again to continue", err=True)
         raise typer.Exit(130)
     except KeyboardInterrupt:  # before indexing began (loading the model, opening Milvus)
         typer.echo("\ninterrupted", err=True)
         raise typer.Exit(130)
-    _index_summary(report, s, encoder.info, size, folder, report_file, as_json)
+    _index_summary(report, s, encoder.info, size, folder, report_file, as_json, verbose)
     if bulk_dir and not as_json:
         typer.echo(f"rows written as Parquet shards under {bulk_dir}, not into Milvus, unless it is a "
                    f"server and {bulk_dir} is in its bucket (then loaded by bulk import)")
 
 
 def _index_summary(report, s: Settings, info: EncoderInfo, batch_size: int, folder: str,
-                   report_file: Optional[Path], as_json: bool) -> None:
-    """Print what an indexing run did (a line, or JSON), and write the failures to ``report_file``."""
+                   report_file: Optional[Path], as_json: bool, verbose: bool = False) -> None:
+    """Print what an indexing run did (a line, or JSON; where the time went with ``verbose``), and
+    write the failures to ``report_file``."""
     if report_file is not None:
         _write_failures(report_file, report.failures)
     summary = {"indexed": report.indexed, "unchanged": report.unchanged, "rehashed": report.rehashed,
@@ -165,15 +169,21 @@ def _index_summary(report, s: Settings, info: EncoderInfo, batch_size: int, fold
                                  "write": round(report.write_seconds, 2), "wait": round(report.wait_seconds, 2)},
                "batch_size": batch_size, "collection": s.collection, "uri": s.resolved_uri(), "model": info.model,
                "runtime": info.runtime, "whitening": report.space, "rewritten": report.rewritten,
-               "rewrite_seconds": round(report.rewrite_seconds, 2)}
+               "rewrite_seconds": round(report.rewrite_seconds, 2),
+               "unsupported": dict(getattr(report, "unsupported", {}))}
     if as_json:
         summary["failures"] = [{"path": p, "reason": r} for p, r in report.failures]
         typer.echo(json.dumps(summary, indent=2))
         return
+    unsupported = getattr(report, "unsupported", {})
+    skipped = ", ".join(f"{n} {ext or '(no extension)'}" for ext, n in
+                        sorted(unsupported.items(), key=lambda kv: (-kv[1], kv[0])))
     if not (report.indexed or report.unchanged or report.failed):
         from vitsearch.search.images import IMAGE_EXTENSIONS
 
         typer.echo(f"no image files under {folder} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        if skipped:
+            typer.echo(f"{skipped} skipped: not supported")
         return
     typer.echo(f"indexed {report.indexed}, unchanged {report.unchanged}, removed {report.removed}, "
                f"failed {report.failed} in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s) "
@@ -181,7 +191,9 @@ def _index_summary(report, s: Settings, info: EncoderInfo, batch_size: int, fold
     if report.rehashed:
         typer.echo(f"rehashed {report.rehashed}: files read to compare their bytes with their row's sha256 "
                    f"(size, mtime, ctime or inode changed, or --verify)")
-    if report.indexed:
+    if skipped:
+        typer.echo(f"{skipped} skipped: not supported")
+    if report.indexed and verbose:
         typer.echo(f"time: {report.stages()}; batch size {batch_size}, runtime {info.runtime}")
     if report.space:
         done = {"learned": "whitening learned from the collection", "re-learned": "whitening re-learned",

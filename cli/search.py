@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Optional
 
 import typer
@@ -17,7 +18,7 @@ from .common import (COLLECTION, DEVICE, EXPAND, IMAGE_SIZE, JSON, RUNTIME, URI,
 @app.command()
 def search(
     image: str = typer.Argument(..., help="Query image file (or, with --similar, an indexed file's path)."),
-    k: int = typer.Option(10, "-k", "--k", min=1, max=MAX_K, help="Number of results."),
+    k: int = typer.Option(10, "-k", min=1, max=MAX_K, help="Number of results."),
     filter: Optional[str] = typer.Option(None, "--filter", help='Milvus boolean expression on stored fields, '
                                          'e.g. \'width >= 500 and folder == "/photos/2024"\'.'),
     folder: Optional[str] = typer.Option(None, "--folder", help="Only images in this folder or below it."),
@@ -42,7 +43,8 @@ def search(
     collection" is said after the results (JSON: "close_match": false).
 
     Exit codes: 0 results (or none), 1 Milvus, model or collection trouble, 2 a bad query (not an
-    image, a corrupt image, an unknown --similar path, a malformed --filter, k out of range).
+    image, a corrupt image, an unknown --similar path, a --folder without indexed images, a
+    malformed --filter, k out of range).
     """
     s = parsed_settings(uri=uri, collection=collection, device=device, image_size=image_size,
                         runtime=runtime and runtime.value)
@@ -52,6 +54,10 @@ def search(
         from vitsearch.search.client import SearchClient
 
         with SearchClient(model=model, settings=s) as client:
+            if folder and not client.store.count(folder=os.path.abspath(os.fsdecode(folder))):
+                fail(f"no indexed image is in {printable(os.path.abspath(folder))} or below it, in collection "
+                     f"{client.store.collection!r}: --folder takes a folder that was indexed "
+                     f"(see `vitsearch stats`)", code=2)
             if similar:
                 hits = client.search_similar(image, k=k, filter=filter, folder=folder, collapse_duplicates=collapse,
                                              expand=expand)

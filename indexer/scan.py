@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from vitsearch.search.images import is_image_file
+from vitsearch.search.images import is_image_file, not_regular
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ class FileEntry:
         return cls(path, st.st_size, st.st_mtime, st.st_ctime_ns, inode)
 
 
-def scan(root: str, on_error: Callable[[str, str], None]) -> Iterator[FileEntry]:
+def scan(root: str, on_error: Callable[[str, str], None],
+         on_unsupported: Callable[[str], None] | None = None) -> Iterator[FileEntry]:
     """Image files under ``root``, recursively, in sorted order within each folder.
 
     Files with an extension of :data:`~vitsearch.search.images.IMAGE_EXTENSIONS` are yielded;
@@ -44,7 +45,9 @@ def scan(root: str, on_error: Callable[[str, str], None]) -> Iterator[FileEntry]
     link's path); links to folders are not (no loops, no escaping ``root`` by a folder). A folder
     or file that cannot be listed or stat'ed, and a link to nothing (or to a link loop), is passed
     to ``on_error(path, reason)`` and skipped, as is a pipe, socket or device with an image
-    extension (never opened: reading a pipe could block forever).
+    extension (never opened: reading a pipe could block forever). Every other regular file (or
+    link to one) that is not hidden is passed to ``on_unsupported(path)``, if given: a file of a
+    kind vitsearch does not index (a video, HEIC...), for the summary to count.
     """
     stack = [os.path.abspath(root)]
     while stack:
@@ -61,13 +64,15 @@ def scan(root: str, on_error: Callable[[str, str], None]) -> Iterator[FileEntry]
                 if entry.is_dir(follow_symlinks=False):
                     subfolders.append(entry.path)
                 elif not is_image_file(entry.name):
+                    if on_unsupported is not None and not entry.name.startswith(".") and entry.is_file():
+                        on_unsupported(entry.path)
                     continue
                 elif entry.is_file():
                     yield FileEntry.of(entry.path, entry.stat())
                 elif entry.is_symlink() and not os.path.exists(entry.path):
                     os.stat(entry.path)  # raises: says why (no such file, loop)
                 elif not entry.is_dir():
-                    on_error(entry.path, "not a regular file (a pipe, socket or device): not read")
+                    on_error(entry.path, not_regular(entry.stat().st_mode))
             except OSError as exc:
                 on_error(entry.path, f"cannot stat: {exc.strerror or exc}")
         stack.extend(reversed(subfolders))

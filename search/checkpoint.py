@@ -8,7 +8,9 @@ refused here, before anything is indexed or trained with it.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,33 @@ def load_checkpoint(model: str, settings: Settings | None = None) -> Checkpoint:
 
     settings = settings or Settings()
     resolved = resolve_model(model, settings.models_dir)
+    with _quiet_transformers():
+        return _load(resolved, AutoImageProcessor, AutoModel, PreTrainedModel)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers without its progress bars (``Loading weights``) and advice (a processor's
+    backend, an unused weight), for the time of a load: the library's own errors say what
+    matters. Its settings are put back after, so a caller's own choices stand."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load(resolved, AutoImageProcessor, AutoModel, PreTrainedModel) -> Checkpoint:
+    """:func:`load_checkpoint`'s work once the folder is found (transformers' classes passed in)."""
     try:
         processor = AutoImageProcessor.from_pretrained(resolved.folder)
         try:

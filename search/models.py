@@ -83,6 +83,35 @@ def _hub_snapshot(repo_id: str) -> Path:
     return folder
 
 
+def available_offline(model: str, models_dir: Path) -> bool:
+    """Whether ``model`` can be loaded without the network: a folder, a pulled model, or a hub id
+    whose files are in the local Hugging Face cache (nothing is downloaded)."""
+    if Path(model).expanduser().is_dir() or (models_dir / model).is_dir():
+        return True
+    if os.sep in model.strip("/") and model.startswith((".", "/", "~")):
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except Exception:  # a name that is not a valid hub id
+        return False
+
+
+def index_hint(settings=None) -> str:
+    """The command that fills a collection, for a message: ``vitsearch index DIR``, with
+    ``--model dinov2-small-9l`` (and its ``vitsearch model pull`` where it is not pulled yet)
+    where the default model is not available offline (:func:`available_offline`)."""
+    from .config import Settings
+
+    settings = settings or Settings()
+    if available_offline(settings.model, settings.models_dir):
+        return "vitsearch index DIR"
+    pulled = (settings.models_dir / OFFLINE_MODEL).is_dir()
+    return (("" if pulled else f"vitsearch model pull {OFFLINE_MODEL}, then ")
+            + f"vitsearch index DIR --model {OFFLINE_MODEL}")
+
+
 def _weight_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
 

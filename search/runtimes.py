@@ -31,6 +31,7 @@ import os
 import stat
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -211,7 +212,8 @@ def _export(model, info: EncoderInfo, forward_kwargs: dict, path: Path) -> None:
     h, w = info.image_size
     wrapper = _embedding(model, info.pooling, forward_kwargs).eval()
     log.info("exporting %s to ONNX at %s (%dx%d, %s)", info.model, path, h, w, info.pooling)
-    with _written(path) as tmp, torch.inference_mode():
+    with _written(path) as tmp, torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes and tracer warnings: nothing a user acts on
         torch.onnx.export(wrapper, (torch.zeros(2, 3, h, w),), str(tmp), input_names=["pixel_values"],
                           output_names=["embedding"], opset_version=OPSET, dynamo=False,
                           dynamic_axes={"pixel_values": {0: "batch"}, "embedding": {0: "batch"}})

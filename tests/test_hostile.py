@@ -113,8 +113,8 @@ def test_a_file_that_vanishes_between_scan_and_read_is_reported(photos, db_uri, 
 
     real_scan = runner.scan
 
-    def scan_then_delete(root, on_error):
-        for entry in real_scan(root, on_error):
+    def scan_then_delete(root, on_error, *rest):
+        for entry in real_scan(root, on_error, *rest):
             if entry.path.endswith("cat.jpg"):
                 os.unlink(entry.path)  # gone after the scan saw it, before a worker reads it
             yield entry

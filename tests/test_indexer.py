@@ -148,8 +148,8 @@ def test_the_scan_streams_and_memory_stays_bounded(many, db_uri, tiny, monkeypat
     scanned = [0]
     real_scan = runner.scan
 
-    def counting_scan(root, on_error):
-        for entry in real_scan(root, on_error):
+    def counting_scan(root, on_error, *rest):
+        for entry in real_scan(root, on_error, *rest):
             scanned[0] += 1
             yield entry
     monkeypatch.setattr(runner, "scan", counting_scan)

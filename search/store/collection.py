@@ -30,6 +30,7 @@ from pymilvus.exceptions import MilvusException, MilvusUnavailableException
 from ..config import DEFAULT_MAX_FILTER_CHARS, DEFAULT_MAX_FILTER_DEPTH, MAX_K, Settings
 from ..encoder_info import EncoderInfo
 from ..errors import BadQueryError, CollectionNotFoundError, StoreError
+from ..models import index_hint
 from ..paths import path_from_stored, stored_path
 from .expr import all_of, check_filter, literal, path_is_not, paths_in, under, values_in
 from .lite import lite_uri, release as lite_release
@@ -327,7 +328,7 @@ class Store:
             self._resolve_checked()
         if self._name is None:
             raise CollectionNotFoundError(f"collection {self.collection!r} does not exist at {self.uri}: "
-                                          f"index a folder first: vitsearch index DIR")
+                                          f"index a folder first: {index_hint()}")
         return self._name
 
     @property
@@ -449,7 +450,7 @@ class Store:
         if not self.exists():
             raise CollectionNotFoundError(
                 f"collection {self.collection!r} does not exist at {self.uri}: "
-                f"index a folder first: vitsearch index DIR")
+                f"index a folder first: {index_hint()}")
         desc = self._call("describe_collection", self._name)
         return dict(desc.get("properties") or {})
 
