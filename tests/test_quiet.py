@@ -17,8 +17,8 @@ from vitsearch.search.config import DEFAULT_MODEL
 
 VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
 COMMANDS = [[], ["index"], ["search"], ["stats"], ["collections"], ["drop"], ["duplicates"], ["ui"], ["serve"],
-            ["eval"], ["train"], ["model"], ["model", "pull"], ["model", "list"], ["server"], ["server", "start"], ["server", "stop"],
-            ["server", "status"]]
+            ["eval"], ["train"], ["model"], ["model", "pull"], ["model", "list"], ["server"], ["server", "start"],
+            ["server", "stop"], ["server", "status"]]
 
 
 def cli(*args, **env):
