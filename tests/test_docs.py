@@ -194,3 +194,44 @@ def test_docs_links_in_the_readme_and_help_exist():
         out = runner.invoke(app, args, terminal_width=200).output
         for doc in re.findall(r"docs/[\w./-]+\.md", out):
             assert (REPO / doc).is_file(), f"`{path} --help` points to {doc}, which does not exist"
+
+
+def command_lines(text: str) -> list[str]:
+    """The `vitsearch ...` command lines of the ```bash / ```text / ``` blocks of a Markdown text."""
+    lines, inside = [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            inside = not inside
+            continue
+        if not inside:
+            continue
+        line = re.sub(r"^\$ |^.*?&& (?=vitsearch )|^[A-Z_]+=\S+ ", "", line.strip())
+        if line.startswith("vitsearch "):
+            lines.extend(part.strip() for part in line.split(" && ") if part.strip().startswith("vitsearch "))
+    return lines
+
+
+def test_the_commands_the_docs_show_exist():
+    """Every `vitsearch COMMAND --option` in a code block of the README or the docs names a real
+    command and real options of it, so an example cannot outlive a renamed option."""
+    commands = {path: command for path, command, _ in reference.walk_commands(reference.cli_command())}
+    pages = [REPO / "README.md", *(p for p in (REPO / "docs").rglob("*.md") if not p.relative_to(REPO / "docs").parts[0].startswith("_"))]
+    checked = 0
+    for page_path in pages:
+        for line in command_lines(page_path.read_text()):
+            words = line.split("#")[0].split()
+            path = "vitsearch"
+            for word in words[1:]:
+                if f"{path} {word}" in commands:
+                    path = f"{path} {word}"
+                elif not word.startswith("-"):
+                    break
+            command = commands[path]
+            assert path != "vitsearch" or words[1:2] == ["--help"], f"{page_path.name}: unknown command in `{line}`"
+            options = {o for p in command.params for o in p.opts + p.secondary_opts} | {"--help"}
+            for word in words:
+                if word.startswith("-") and not re.match(r"^-\d", word):
+                    option = word.split("=")[0].rstrip(",;")
+                    assert option in options, f"{page_path.name}: `{path}` has no option {option} (`{line}`)"
+            checked += 1
+    assert checked > 20
