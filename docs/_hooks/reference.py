@@ -22,7 +22,7 @@ from typing import Any
 
 from mkdocs.structure.files import File
 
-GENERATED = ("reference/cli.md", "reference/settings.md", "reference/http.md", "reference/openapi.json")
+GENERATED = ("reference/openapi.json",)
 
 
 class DocsError(Exception):
@@ -52,11 +52,19 @@ def on_config(config, **kwargs):
     return config
 
 
+#: The pages whose Markdown is generated: their files in docs/ say so, for readers of the repository.
+PAGES = {"reference/cli.md": lambda: cli_markdown(), "reference/settings.md": lambda: settings_markdown(),
+         "reference/http.md": lambda: http_markdown()}
+
+
 def on_files(files, config, **kwargs):
-    for path, content in (("reference/cli.md", cli_markdown()), ("reference/settings.md", settings_markdown()),
-                          ("reference/http.md", http_markdown()), ("reference/openapi.json", openapi_json())):
-        files.append(File.generated(config, path, content=content))
+    files.append(File.generated(config, "reference/openapi.json", content=openapi_json()))
     return files
+
+
+def on_page_markdown(markdown, page, config, files, **kwargs):
+    generate = PAGES.get(page.file.src_uri)
+    return generate() if generate else markdown
 
 
 # ---------------------------------------------------------------------------------------------
