@@ -376,3 +376,13 @@ def http_markdown() -> str:
 
 def _route_anchor(method: str, path: str) -> str:
     return f"{method}-" + re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")
+
+
+def on_page_content(html, page, config, files, **kwargs):
+    """The docstrings' reStructuredText roles (:class:`~.x.Y`, :meth:`load`) as plain code: the Python
+    reference renders them as Markdown, where the role would show as text."""
+    if page.file.src_uri != "reference/python.md":
+        return html
+    return re.sub(r":(?:py:)?(?:meth|func|class|mod|data|attr|exc|obj):<code>~?\.?([^<]*)</code>",
+                  lambda m: f"<code>{m.group(1).rsplit('.', 1)[-1] if m.group(0).find('~') >= 0 else m.group(1)}</code>",
+                  html)
