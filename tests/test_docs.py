@@ -235,3 +235,24 @@ def test_the_commands_the_docs_show_exist():
                     assert option in options, f"{page_path.name}: `{path}` has no option {option} (`{line}`)"
             checked += 1
     assert checked > 20
+
+
+def test_the_python_examples_use_real_names():
+    """The ```python blocks of the README and the guides compile, and the SearchClient and Hit
+    attributes they use exist."""
+    import ast
+
+    from vitsearch.search import Hit, SearchClient
+
+    known = set(dir(SearchClient)) | {f.name for f in __import__("dataclasses").fields(Hit)} | set(dir(Hit))
+    pages = [REPO / "README.md", *(REPO / "docs" / "guides").glob("*.md")]
+    checked = 0
+    for page_path in pages:
+        for block in re.findall(r"^```python\n(.*?)^```", page_path.read_text(), flags=re.S | re.M):
+            tree = ast.parse(block)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                        and node.value.id in ("client", "hit"):
+                    assert node.attr in known, f"{page_path.name}: {node.value.id}.{node.attr} does not exist"
+                    checked += 1
+    assert checked >= 3
