@@ -43,7 +43,9 @@ def collections(uri: Optional[str] = URI, as_json: bool = JSON) -> None:
         typer.echo(json.dumps({"uri": where, "collections": [c.to_dict() for c in found]}, indent=2))
         return
     if not found:
-        typer.echo(f"no collections at {where}: index a folder first: vitsearch index DIR")
+        from vitsearch.search.models import index_hint
+
+        typer.echo(f"no collections at {where}: index a folder first: {index_hint()}")
         return
     width = max(len("collection"), *(len(c.name) for c in found))
     typer.echo(f"{'collection':<{width}}  {'images':>8}  model")

@@ -207,7 +207,9 @@ def test_an_upload_over_the_limit_is_refused(indexed, page):
 
 def test_a_collection_not_indexed_yet_says_what_to_do(db_uri, page):
     at = page(db_uri)
-    assert "index a folder first: `vitsearch index DIR`" in at.info[0].value
+    from vitsearch.search.models import index_hint
+
+    assert f"index a folder first: `{index_hint()}`" in at.info[0].value and "vitsearch index DIR" in index_hint()
     assert not at.error
 
 

@@ -13,6 +13,7 @@ from vitsearch.search.client import SearchClient
 from vitsearch.search.config import Settings
 from vitsearch.search.errors import BadImageError, CollectionNotFoundError, VitsearchError
 from vitsearch.search.images import Limits
+from vitsearch.search.models import index_hint
 from vitsearch.search.paths import printable
 from vitsearch.search.thumbnails import thumbnail
 
@@ -86,7 +87,7 @@ def collection_client() -> SearchClient | None:
         return open_client(uri, collection)
     except CollectionNotFoundError:
         st.info(f"Collection {literal_markdown(collection)} at {literal_markdown(uri)} has no images yet: "
-                f"index a folder first: `vitsearch index DIR`")
+                f"index a folder first: `{index_hint(settings)}`")
         st.button("Check again")
     except VitsearchError as exc:
         st.error(f"Cannot open the collection: {literal_markdown(str(exc))}")
