@@ -11,7 +11,9 @@ the brightness offset; the score of a pair is the normalised cross-correlation (
 zero-mean vectors, in [-1, 1], invariant to brightness gain and offset) of the two, the best of
 three alignments: whole with whole, and the centre ``1 - 2 * CROP_SIDE`` of either with the whole
 of the other (a centre crop of the one with the larger field). The threshold was measured on
-planted copies of catalogue photos (README, "Duplicates").
+planted copies of catalogue photos (docs/benchmarks/duplicates.md, ``benchmarks/duplicates.py
+quality``): it holds for the transformations it was tuned on, not for a copy rotated by a degree
+or two or shifted by a few per cent (the held-out split there).
 """
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ THUMB_PX = 64
 BLUR_PX = 4.0
 #: Share of the width and height cut from each side for the crop alignment (a 90 % centre crop).
 CROP_SIDE = 0.05
-#: Pixel score at or above which a candidate pair is confirmed (README, "Duplicates": measured on
-#: 300 catalogue photos with 7 planted copies each).
+#: Pixel score at or above which a candidate pair is confirmed (docs/benchmarks/duplicates.md:
+#: measured on 300 catalogue photos with 7 planted copies each).
 PIXEL_THRESHOLD = 0.95
 
 
@@ -83,7 +85,7 @@ def pixel_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 class PixelChecker:
     """Pixel scores of candidate pairs, each file decoded once while its signature is cached
-    (at most ``cache`` signatures, 48 KiB each, are held: 192 MiB at the default).
+    (at most ``cache`` signatures, 96 KiB each, are held: 384 MiB at the default).
 
     Args:
         sizes: ``{path: indexed size in bytes}`` of the files that may be asked about.
