@@ -112,7 +112,7 @@ def sizes(quick: bool) -> dict:
         return {"batches": [8, 16], "photos": 20, "copies": 1, "train_per_class": 8, "cosine_photos": 8,
                 "eval_queries": 16, "model_batches_total": 64}
     return {"batches": [64, 128, 256, 512], "photos": None, "copies": 2, "train_per_class": 120,
-            "cosine_photos": 64, "eval_queries": None, "model_batches_total": 2048}
+            "cosine_photos": 64, "eval_queries": None, "model_batches_total": 4096}
 
 
 # ---------------------------------------------------------------------------------------------
