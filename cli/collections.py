@@ -21,7 +21,7 @@ def _no_database(uri: str) -> bool:
     return not is_server_uri(uri) and not Path(uri).expanduser().exists()
 
 
-@app.command()
+@app.command(epilog="Docs: docs/guides/indexing.md")
 def collections(uri: Optional[str] = URI, as_json: bool = JSON) -> None:
     """List the collections of the database, with their number of images and model.
 
@@ -55,7 +55,7 @@ def collections(uri: Optional[str] = URI, as_json: bool = JSON) -> None:
         typer.echo(f"{c.name:<{width}}  {c.count:>8,}  {model}{busy}")
 
 
-@app.command()
+@app.command(epilog="Docs: docs/guides/indexing.md")
 def drop(
     name: str = typer.Argument(..., help="The collection to delete (see `vitsearch collections`)."),
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation (for scripts)."),

@@ -15,12 +15,14 @@ app = typer.Typer(
     help="Image similarity search: index folders of images with a Vision Transformer's CLS "
          "embedding into Milvus, then find visually similar images.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",
+    rich_markup_mode="markdown", epilog="Docs: docs/index.md (mkdocs serve for the site)",
 )
-model_app = typer.Typer(help="Get encoder models for offline use.", no_args_is_help=True)
+model_app = typer.Typer(help="Get encoder models for offline use.", no_args_is_help=True,
+                        epilog="Docs: docs/getting-started.md")
 app.add_typer(model_app, name="model")
 server_app = typer.Typer(help="Run a Milvus server on this machine (no Docker) that every vitsearch command then "
-                         "uses: fast search past ~100k images, where Milvus Lite slows down.", no_args_is_help=True)
+                         "uses: fast search past ~100k images, where Milvus Lite slows down.", no_args_is_help=True,
+                         epilog="Docs: docs/guides/storage.md")
 app.add_typer(server_app, name="server")
 
 URI = typer.Option(None, "--uri", help="Milvus URI: a Milvus Lite path (*.db) or http://host:19530. "

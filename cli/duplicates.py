@@ -15,7 +15,7 @@ from vitsearch.search.paths import printable
 from .common import COLLECTION, JSON, URI, app, fail, open_client
 
 
-@app.command()
+@app.command(epilog="Docs: docs/guides/duplicates.md")
 def duplicates(
     threshold: Optional[float] = typer.Option(
         None, "--threshold", min=0.0, max=1.0,

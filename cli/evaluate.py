@@ -14,7 +14,7 @@ from .common import (COLLECTION, DEVICE, EXPAND, IMAGE_SIZE, POOLING, RUNTIME, W
                      app, fail, progress_bar, settings)
 
 
-@app.command("eval")
+@app.command("eval", epilog="Docs: docs/guides/eval.md")
 def eval_(
     dataset: Path = typer.Argument(..., exists=True, file_okay=False, dir_okay=True,
                                    help="images/ + groundtruth.json (query file -> relevant files), or one "
@@ -36,7 +36,7 @@ def eval_(
     unrelated: Optional[Path] = typer.Option(None, "--unrelated", exists=True, file_okay=False, dir_okay=True,
                                              help="A folder of images that match nothing in DATASET: the share "
                                                   "of them answered \"no close match\" is reported."),
-    as_json: bool = typer.Option(False, "--json", help="Print the JSON documented in the README."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON documented in docs/guides/eval.md."),
 ) -> None:
     """Measure retrieval quality on a labelled set: mAP, recall@k, precision@k, ANN recall@10.
 

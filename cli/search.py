@@ -15,7 +15,7 @@ from .common import (COLLECTION, DEVICE, EXPAND, IMAGE_SIZE, JSON, RUNTIME, URI,
                      parsed_settings, ready)
 
 
-@app.command()
+@app.command(epilog="Docs: docs/guides/searching.md")
 def search(
     image: str = typer.Argument(..., help="Query image file (or, with --similar, an indexed file's path)."),
     k: int = typer.Option(10, "-k", min=1, max=MAX_K, help="Number of results."),
@@ -97,7 +97,7 @@ def _read_query(image: str, s) -> bytes:
     return data
 
 
-@app.command()
+@app.command(epilog="Docs: docs/guides/indexing.md")
 def stats(uri: Optional[str] = URI, collection: Optional[str] = COLLECTION, as_json: bool = JSON) -> None:
     """Show the collection: number of images, model, dimension, runtime, index type, URI."""
     try:

@@ -9,7 +9,7 @@ import typer
 from .common import ALLOWED_HOSTS, COLLECTION, URI, app, fail, settings
 
 
-@app.command()
+@app.command(epilog="Docs: docs/guides/http-api.md")
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 serves other machines "
                              "too (set VITSEARCH_API_TOKEN then: without it there is no login; and name the "

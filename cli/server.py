@@ -22,7 +22,7 @@ def _server():
     return LocalServer.for_data_dir(Settings().data_dir)
 
 
-@server_app.command("start")
+@server_app.command("start", epilog="Docs: docs/guides/storage.md")
 def start(
     port: Optional[int] = typer.Option(None, "--port", min=1, max=65535,
                                        help="gRPC port. (default: 19530, or the next free port above it)"),
@@ -35,7 +35,7 @@ def start(
     (~/.local/share/vitsearch/server on Linux). It runs in the background until `vitsearch server
     stop`; meanwhile index, search, duplicates, eval, ui and serve use it unless given --uri or
     VITSEARCH_URI. At 100k images it answers a search in ~3 ms where Milvus Lite takes ~40-110 ms
-    (README, "Storage").
+    (docs/benchmarks/search-latency.md).
 
     Milvus 2.3.5 listens on every network interface: authentication is on, with a random root
     password set at the first start while the server takes only vitsearch's own TLS certificate
@@ -61,7 +61,7 @@ def start(
                "Keep these ports behind a firewall.", err=True)
 
 
-@server_app.command("stop")
+@server_app.command("stop", epilog="Docs: docs/guides/storage.md")
 def stop(
     grace: float = typer.Option(30.0, "--grace", min=0, help="Most seconds between SIGTERM and SIGKILL (Milvus "
                                 "2.3.5 stops its components on SIGTERM, ~1-2 s, but does not exit by itself)."),
@@ -80,7 +80,7 @@ def stop(
                    f"{state.uri} (pid {state.pid}) had already exited; its record is removed")
 
 
-@server_app.command("status")
+@server_app.command("status", epilog="Docs: docs/guides/storage.md")
 def status(as_json: bool = JSON) -> None:
     """Say whether the server runs, its URI, pid and data folder. Exit code 0 when it runs and
     answers its health check, 3 when it is not running (or not healthy)."""

@@ -15,7 +15,7 @@ from .common import DEVICE, app, fail, settings
 SCRATCH = ScratchConfig()  # its defaults, shown in --help
 
 
-@app.command()
+@app.command(epilog="Docs: docs/guides/training.md")
 def train(
     data_dir: Path = typer.Argument(..., exists=True, file_okay=False, dir_okay=True,
                                     help="One subfolder of images per class."),

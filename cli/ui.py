@@ -11,7 +11,7 @@ import typer
 from .common import ALLOWED_HOSTS, COLLECTION, RUNTIME, URI, Runtime, app, settings
 
 
-@app.command()
+@app.command(epilog="Docs: docs/guides/page.md")
 def ui(
     uri: Optional[str] = URI,
     collection: Optional[str] = COLLECTION,

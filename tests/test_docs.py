@@ -178,7 +178,8 @@ def test_every_public_name_has_a_docstring():
 
 
 def test_docs_links_in_the_readme_and_help_exist():
-    """The README and the commands' help point into docs/: every such path exists."""
+    """The README and every command's help point into docs/ (a "Docs: docs/..." line in each
+    --help), and every such path exists."""
     import typer
     from typer.testing import CliRunner
 
@@ -192,6 +193,7 @@ def test_docs_links_in_the_readme_and_help_exist():
     for path, command, _ in reference.walk_commands(typer.main.get_command(app)):
         args = path.split()[1:] + ["--help"]
         out = runner.invoke(app, args, terminal_width=200).output
+        assert re.search(r"Docs: docs/[\w./-]+\.md", out), f"`{path} --help` does not point to its docs page"
         for doc in re.findall(r"docs/[\w./-]+\.md", out):
             assert (REPO / doc).is_file(), f"`{path} --help` points to {doc}, which does not exist"
 
