@@ -34,7 +34,7 @@ def start(
     no Docker: its data, logs and credentials live in the user data folder
     (~/.local/share/vitsearch/server on Linux). It runs in the background until `vitsearch server
     stop`; meanwhile index, search, duplicates, eval, ui and serve use it unless given --uri or
-    VITSEARCH_URI. At 100k images it answers a search in ~3 ms where Milvus Lite takes ~40-110 ms
+    VITSEARCH_URI. Past ~100k images it answers searches far faster than Milvus Lite
     (docs/benchmarks/search-latency.md).
 
     Milvus 2.3.5 listens on every network interface: authentication is on, with a random root

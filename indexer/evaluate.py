@@ -191,7 +191,7 @@ def _labels(space: Space, matrix: np.ndarray, raw: np.ndarray, row: dict[str, in
 @dataclass
 class EvalReport:
     """What :func:`evaluate` measured, with what; :meth:`to_dict` is the JSON of ``vitsearch eval
-    --json`` (documented in the README). ``whitening``: ``"whitened"`` or ``"raw"``, the space
+    --json`` (docs/guides/eval.md). ``whitening``: ``"whitened"`` or ``"raw"``, the space
     the collection searched in; ``expand``: query expansion's neighbours (0: none)."""
 
     dataset: str
@@ -213,6 +213,8 @@ class EvalReport:
     collection: str | None
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as ``vitsearch eval --json`` prints it: the result's figures at the top
+        level (``k`` keys as strings), timings under ``seconds``."""
         out = {k: v for k, v in asdict(self).items() if k != "result"}
         figures = self.result.to_dict()
         del figures["search_seconds"], figures["ann_seconds"]

@@ -31,11 +31,8 @@ DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 DEFAULT_MAX_FILE_MB = 200
 #: Cosine similarity at or above which two images are near-duplicate candidates (``vitsearch
 #: duplicates``; each candidate pair is then confirmed by its pixels, :mod:`.pixels`), chosen for
-#: the default model (dinov2-small-9l, onnx-int8) from ``benchmarks/duplicates.py`` on 300
-#: catalogue photos with 7 planted copies each: with the pixel check, pair precision 0.954 and
-#: recall 0.953 at 0.90 and 0.92 (0.950 at 0.93, 0.945 at 0.95); 0.92 checks fewer pairs. The
-#: embedding alone (``--no-verify``) reaches at best precision 0.39 / recall 0.76 (0.985). See
-#: the README's "Duplicates".
+#: the default model (dinov2-small-9l, onnx-int8) by ``benchmarks/duplicates.py quality`` on
+#: planted copies of catalogue photos (the figures: docs/benchmarks/duplicates.md).
 DEFAULT_DUPLICATE_THRESHOLD = 0.92
 #: The same for a whitened collection (:mod:`.whitening`), whose scores are on another scale
 #: (unrelated images near 0), chosen the same way (``benchmarks/duplicates.py quality``).
@@ -44,7 +41,7 @@ DEFAULT_WHITENED_DUPLICATE_THRESHOLD = 0.50
 #: exported to ONNX and run by ONNX Runtime in fp32 or with int8 weights (dynamic quantization).
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 #: The runtime on a CPU when none is asked: the fastest that keeps Holidays-dev mAP within 0.005
-#: of torch fp32 (README, "Runtimes"). On CUDA and MPS the default is torch (bf16 on CUDA).
+#: of torch fp32 (docs/benchmarks/runtimes.md). On CUDA and MPS the default is torch (bf16 on CUDA).
 DEFAULT_CPU_RUNTIME = "onnx-int8"
 #: Longest filter (a Milvus boolean expression from a user), in characters. Milvus Lite parses and
 #: evaluates a filter in Python, holding up the searches queued behind it: 16,384 characters of

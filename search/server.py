@@ -1,7 +1,7 @@
 """A Milvus server on this machine, run for the user: ``vitsearch server start|stop|status``.
 
-Milvus Lite spends ~0.4 us per stored row on every search (README, "Why Milvus Lite is slow
-past 100k"), so past ~100k images a server is the way to stay fast. This module runs the one
+Milvus Lite's search time grows with every stored row (docs/benchmarks/search-latency.md), so
+past ~100k images a server is the way to stay fast. This module runs the one
 that needs no Docker: the ``milvus`` PyPI package (``pip install 'vitsearch[server]'``), Milvus
 2.3.5 standalone with embedded etcd, local storage and rocksmq, the same server the tests run.
 Its binary is unpacked and its ``milvus.yaml`` written by the package's own
