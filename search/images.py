@@ -10,6 +10,7 @@ with :func:`~vitsearch.search.application.configure`.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
@@ -100,28 +101,21 @@ def decode_sized(data: bytes, source: str, draft_px: int | None = None,
     if not data:
         raise BadImageError(source, "empty file (0 bytes)")
     limits.check_size(len(data), source)
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.seek(0)
-            width, height = img.size
-            if draft_px is not None:
-                img.draft("RGB", (draft_px, draft_px))  # a no-op but for JPEG
-            decoded = img.size[0] * img.size[1]
-            if decoded > limits.max_pixels:
-                scaled = f" ({img.size[0]}x{img.size[1]} at reduced scale)" if img.size != (width, height) else ""
-                raise ImageTooLargeError(source, f"image too large: {width}x{height} = {width * height / 1e6:.0f} "
-                                            f"megapixels{scaled}, over the limit of {limits.max_pixels / 1e6:g} "
-                                            f"megapixels decoded (VITSEARCH_MAX_IMAGE_PIXELS)")
-            if img.getexif().get(_ORIENTATION) in (5, 6, 7, 8):  # turned by 90 degrees
-                width, height = height, width
-            img.load()
-            return to_rgb(img), (width, height)
-    except UnidentifiedImageError:
-        raise _unidentified(data, source) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(source, f"image too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadImageError(source, f"corrupt or truncated image data ({exc})") from None
+    with _image_errors(data, source), Image.open(io.BytesIO(data)) as img:
+        img.seek(0)
+        width, height = img.size
+        if draft_px is not None:
+            img.draft("RGB", (draft_px, draft_px))  # a no-op but for JPEG
+        decoded = img.size[0] * img.size[1]
+        if decoded > limits.max_pixels:
+            scaled = f" ({img.size[0]}x{img.size[1]} at reduced scale)" if img.size != (width, height) else ""
+            raise ImageTooLargeError(source, f"image too large: {width}x{height} = {width * height / 1e6:.0f} "
+                                        f"megapixels{scaled}, over the limit of {limits.max_pixels / 1e6:g} "
+                                        f"megapixels decoded (VITSEARCH_MAX_IMAGE_PIXELS)")
+        if img.getexif().get(_ORIENTATION) in (5, 6, 7, 8):  # turned by 90 degrees
+            width, height = height, width
+        img.load()
+        return to_rgb(img), (width, height)
 
 
 def check_header(data: bytes, source: str) -> str:
@@ -137,11 +131,17 @@ def check_header(data: bytes, source: str) -> str:
     """
     if not data:
         raise BadImageError(source, "empty file (0 bytes)")
+    with _image_errors(data, source), warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the decode applies the limits
+        with Image.open(io.BytesIO(data)) as img:
+            return img.format
+
+
+@contextlib.contextmanager
+def _image_errors(data: bytes, source: str):
+    """Pillow's errors while opening or decoding ``data`` as :class:`BadImageError` naming ``source``."""
     try:
-        with warnings.catch_warnings():  # Pillow's DecompressionBombWarning: the decode applies the limits
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                return img.format
+        yield
     except UnidentifiedImageError:
         raise _unidentified(data, source) from None
     except Image.DecompressionBombError as exc:
