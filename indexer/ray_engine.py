@@ -361,7 +361,7 @@ def _start(ray, address: str | None, wait_s: int, verbose: bool) -> None:
         try:
             ray.init(logging_level=logging.WARNING, log_to_driver=verbose, include_dashboard=False)
             return
-        except (RuntimeError, ConnectionError, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception ("node timed out during startup") too
             ray.shutdown()  # stops what the failed start left running
             if attempt == 2:
                 raise VitsearchError(
