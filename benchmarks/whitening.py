@@ -3,9 +3,9 @@
 ``quality``: each set is indexed and measured by :func:`vitsearch.indexer.evaluate` (what
 ``vitsearch eval`` runs: the real indexer, the collection's own learned whitening, exact
 rankings in the collection's space) with ``--whitening none`` (raw embeddings), the default
-(whitened) and the default with ``--expand N``; one table row per set and setting: mAP, P@10,
-and the close-match label on each query's top hit (precision, recall) and on unrelated queries
-(the share answered "no close match"). The sets:
+(whitened) and the default with ``--expand N`` for each N of ``--expand`` (default 2 and 3); one
+table row per set and setting: mAP, P@10, and the close-match label on each query's top hit
+(precision, recall) and on unrelated queries (the share answered "no close match"). The sets:
 
 - ``holidays``: INRIA Holidays-dev (405 photos, 150 queries); unrelated: 200 catalogue photos;
 - ``flowers``: flowers-12 (960 photos, 12 species, category-level); unrelated: 200 catalogue photos;
@@ -29,7 +29,7 @@ alone (``Store.search``, what a search was before whitening) against ``SearchCli
 on the raw collection and on the whitened one (the transform, the stored vectors of the hits and
 the label included), as ratios.
 
-    python benchmarks/whitening.py quality [--sets holidays,flowers,...] [--expand 2] [--originals 100]
+    python benchmarks/whitening.py quality [--sets holidays,flowers,...] [--expand 2,3] [--originals 100]
     python benchmarks/whitening.py relearn [--sizes 100000] [--uri local|URI]
     python benchmarks/whitening.py latency [--size 10000] [--uri URI]
 
@@ -136,7 +136,8 @@ def quality(args) -> None:
         others = {"catalogue": unrelated(root, "holidays"), "default": unrelated(root, "catalogue")}
         for name in args.sets.split(","):
             noise = others["catalogue" if name == "catalogue" else "default"]
-            configs = [("raw", "none", 0), ("whitened", None, 0), (f"whitened + expand {args.expand}", None, args.expand)]
+            configs = [("raw", "none", 0), ("whitened", None, 0),
+                       *((f"whitened + expand {n}", None, n) for n in args.expand)]
             for label, whitening, expand in configs:
                 started = time.perf_counter()
                 if name == "flowers-mixed":
@@ -298,7 +299,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="mode", required=True)
     q = sub.add_parser("quality")
     q.add_argument("--sets", default=",".join(SETS))
-    q.add_argument("--expand", type=int, default=2)
+    q.add_argument("--expand", type=lambda v: [int(n) for n in v.split(",")], default=[2, 3],
+                   help="query expansion's neighbours, one setting per value (default 2,3)")
     q.add_argument("--originals", type=int, default=100)
     q.add_argument("--model", default=str(SHARED / "models" / "dinov2-small-9l"))
     q.add_argument("--runtime", default=None, help="default: the CPU default (onnx-int8)")

@@ -8,8 +8,8 @@ the principal axes ``U`` of its covariance (eigenvalues ``λ``), divide each axi
 
     y = normalise(((x - m) @ U) * (λ + s)^-p)
 
-Full whitening is ``p = 1/2``, ``s = 0``. Here ``p = 0.3`` (:data:`POWER`) and ``s`` is
-``(0.5 + 0.5 D / N)`` times the mean eigenvalue (:func:`shrinkage_for`): a power below 1/2 and a
+Full whitening is ``p = 1/2``, ``s = 0``. Here ``p = 0.34`` (:data:`POWER`) and ``s`` is
+``(1 + 0.5 D / N)`` times the mean eigenvalue (:func:`shrinkage_for`): a power below 1/2 and a
 shrinkage toward the identity keep the principal directions, which carry category-level
 information, from being flattened, and the term in ``D / N`` regularises more where fewer images
 estimate a ``D x D`` covariance (``benchmarks/whitening.py`` chose both). Nothing is dropped
@@ -35,9 +35,9 @@ from typing import Iterable
 import numpy as np
 
 #: Eigenvalue power ``p`` of the whitening (1/2 is full whitening).
-POWER = 0.3
+POWER = 0.34
 #: Shrinkage ``s = (SHRINK_BASE + SHRINK_PER_DIM * D / N)`` x the mean eigenvalue.
-SHRINK_BASE = 0.5
+SHRINK_BASE = 1.0
 SHRINK_PER_DIM = 0.5
 #: Fewest stored images whitening is learned from; a smaller collection searches raw embeddings.
 MIN_IMAGES = 50

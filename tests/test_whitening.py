@@ -8,8 +8,9 @@ import pytest
 
 from vitsearch.search import ranking
 from vitsearch.search.store import Hit
-from vitsearch.search.whitening import (MATCH_CAP, MATCH_Z_RAW, MATCH_Z_RAW_ONLY, MATCH_Z_SEARCH, Moments, Reservoir,
-                                        ScoreStats, Space, Whitening, normalise, shrinkage_for)
+from vitsearch.search.whitening import (MATCH_CAP, MATCH_Z_RAW, MATCH_Z_RAW_ONLY, MATCH_Z_SEARCH, POWER, SHRINK_BASE,
+                                        SHRINK_PER_DIM, Moments, Reservoir, ScoreStats, Space, Whitening, normalise,
+                                        shrinkage_for)
 
 
 def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -40,10 +41,10 @@ def learned(x: np.ndarray, **kw) -> Whitening:
 def test_learn_and_apply_match_the_numpy_reference():
     x = unit_rows(300, 24)
     w = learned(x)
-    assert w.n == 300 and w.power == 0.3 and w.shrinkage == pytest.approx(shrinkage_for(300, 24))
-    assert shrinkage_for(300, 24) == pytest.approx(0.5 + 0.5 * 24 / 300)
+    assert w.n == 300 and w.power == POWER and w.shrinkage == pytest.approx(shrinkage_for(300, 24))
+    assert shrinkage_for(300, 24) == pytest.approx(SHRINK_BASE + SHRINK_PER_DIM * 24 / 300)
     y = w.apply(x)
-    ref = reference(x, 0.3, w.shrinkage)
+    ref = reference(x, POWER, w.shrinkage)
     assert y.dtype == np.float32 and y.shape == (300, 24)
     assert np.allclose(np.linalg.norm(y, axis=1), 1, atol=1e-5)
     # eigenvectors are defined up to sign: compare the similarities the two give
