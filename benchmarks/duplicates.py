@@ -200,16 +200,17 @@ def quality(args) -> None:
 
 def pixel_cost(paths: list[str]) -> tuple[float, float, int, int]:
     """The pixel check's cost on ``paths``: (ms a file for its signature, decode included; us a
-    pair for the score of two signatures over all pairs of them; files; pairs)."""
-    from vitsearch.search.pixels import pixel_scores, signature
+    pair for the score of two signatures over all pairs of them, keypoints detected on first use
+    included; files; pairs)."""
+    from vitsearch.search.pixels import pixel_score, signature
 
     started = time.perf_counter()
-    sigs = np.stack([signature(p) for p in paths])
+    sigs = [signature(p) for p in paths]
     per_file = (time.perf_counter() - started) / len(paths) * 1e3
     i, j = np.triu_indices(len(paths), 1)
     started = time.perf_counter()
-    for s in range(0, len(i), 1024):
-        pixel_scores(sigs[i[s:s + 1024]], sigs[j[s:s + 1024]])
+    for a, b in zip(i, j):
+        pixel_score(sigs[a], sigs[b])
     return per_file, (time.perf_counter() - started) / len(i) * 1e6, len(paths), len(i)
 
 

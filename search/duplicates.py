@@ -67,7 +67,7 @@ class DuplicateImage:
 class DuplicatePair:
     """Two images of a group found to be the same picture: ``score`` is their cosine similarity
     (1.0 for identical bytes, which are paired by sha256, not by embedding); ``pixels`` the
-    pixel score that confirmed it (:func:`~.pixels.pixel_scores`, in [-1, 1]), None for
+    pixel score that confirmed it (:func:`~.pixels.pixel_score`, in [-1, 1]), None for
     identical bytes, without the check, or where a file could not be read."""
 
     a: str

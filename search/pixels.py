@@ -1,91 +1,183 @@
-"""Pixel check of near-duplicate candidates: do two images show the same pixels at small scale?
+"""Pixel check of near-duplicate candidates: are two images the same picture, once aligned?
 
 The embedding finds candidates (every copy of a picture is close to it), but on a catalogue of
 look-alike products it puts distinct products (two black leggings on white) as close as the
-copies are. Their pixels differ in the details, which survive a 50 % downscale, JPEG quality 30,
-a brightness change of 10 % and a 90 % centre crop: each image is decoded (through
-:func:`~.images.decode_sized`, with its size guards, at reduced JPEG scale), box-filtered to a
-``THUMB_PX`` x ``THUMB_PX`` RGB thumbnail, and high-passed (the thumbnail minus its Gaussian
-blur, radius ``BLUR_PX``), which removes the silhouette and background the look-alikes share and
-the brightness offset; the score of a pair is the normalised cross-correlation (the cosine of the
-zero-mean vectors, in [-1, 1], invariant to brightness gain and offset) of the two, the best of
-three alignments: whole with whole, and the centre ``1 - 2 * CROP_SIDE`` of either with the whole
-of the other (a centre crop of the one with the larger field). The threshold was measured on
-planted copies of catalogue photos (docs/benchmarks/duplicates.md, ``benchmarks/duplicates.py
-quality``): it holds for the transformations it was tuned on, not for a copy rotated by a degree
-or two or shifted by a few per cent (the held-out split there).
+copies are. Their pixels differ in the details; a copy's do not, once it is put back in place:
+
+1. each file is decoded (through :func:`~.images.decode_sized`, with its size guards, at reduced
+   JPEG scale) to at most ``WORK_PX`` on its longest side (:func:`signature`);
+2. the second image of a pair is mapped onto the first twice: scaled to its frame, and by the
+   similarity transform (rotation, scale, shift) that ORB keypoints matched with Lowe's ratio test
+   and RANSAC find between the two (OpenCV: Rublee et al., ICCV 2011, "ORB: an efficient
+   alternative to SIFT or SURF"; ``cv2.estimateAffinePartial2D``), which puts back a rotated,
+   cropped, shifted or rescaled copy;
+3. each mapping is scored: both images at ``COMPARE_PX`` square (less where either is smaller),
+   band-passed (a difference of Gaussian blurs of radii ``BAND_PX``: the silhouette and background
+   that look-alikes share, the brightness offset, and the finest pixel noise that resampling,
+   sharpening and JPEG change are removed), and compared by normalised cross-correlation (the
+   cosine of the zero-mean vectors, in [-1, 1], invariant to brightness gain and offset) over the
+   pixels both images cover. The pair's score is the better of the two.
+
+The band and the threshold were chosen on planted copies of catalogue photos (the duplicates
+benchmark's tuning transformations, and development copies of other photos under other rotations,
+shifts, crops and downscales) against the most alike pairs of distinct catalogue photos; the
+benchmark's held-out transformations measure it (docs/benchmarks/duplicates.md,
+``benchmarks/duplicates.py quality``).
 """
 from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from .errors import BadImageError
 from .images import Limits, decode_sized, read_file
 
-__all__ = ["THUMB_PX", "BLUR_PX", "CROP_SIDE", "PIXEL_THRESHOLD", "signature", "pixel_scores", "PixelChecker"]
+__all__ = ["WORK_PX", "COMPARE_PX", "BAND_PX", "PIXEL_THRESHOLD", "Signature", "signature", "pixel_score",
+           "PixelChecker"]
 
-#: Side of the square thumbnails compared, in pixels.
-THUMB_PX = 64
-#: Gaussian blur radius (pixels of the thumbnail) subtracted to high-pass it.
-BLUR_PX = 4.0
-#: Share of the width and height cut from each side for the crop alignment (a 90 % centre crop).
-CROP_SIDE = 0.05
-#: Pixel score at or above which a candidate pair is confirmed (docs/benchmarks/duplicates.md:
-#: measured on 300 catalogue photos with 7 planted copies each).
-PIXEL_THRESHOLD = 0.95
+#: Longest side, in pixels, of the image a file is decoded to for the check.
+WORK_PX = 256
+#: Side of the square an aligned pair is compared at, in pixels (the smaller image's shorter side
+#: where that is less; the band then shrinks in proportion).
+COMPARE_PX = 128
+#: The band-pass: Gaussian blur radii, in pixels at ``COMPARE_PX``, of the difference of blurs.
+BAND_PX = (1.0, 3.0)
+#: Pixel score at or above which a candidate pair is confirmed (docs/benchmarks/duplicates.md).
+PIXEL_THRESHOLD = 0.93
+#: ORB keypoints detected per image, matches the ratio test keeps, and RANSAC's reprojection
+#: tolerance (pixels of the ``WORK_PX`` image).
+ORB_FEATURES = 500
+RATIO = 0.8
+MIN_MATCHES = 6
+RANSAC_PX = 3.0
+#: A transform found by RANSAC is used only within these bounds (a copy is not turned over or
+#: shrunk to a corner), and only where the mapped image covers this share of the comparison.
+MAX_TURN_DEG = 10.0
+SCALE_RANGE = (1 / 3, 3.0)
+MIN_COVER = 0.6
+#: Band-passed detail below this standard deviation (levels of 0-255) is none: such an image (a
+#: blank) is the same picture only as another blank of the same colour, within ``BLANK_LEVELS``
+#: on average.
+FLAT_LEVELS = 0.1
+BLANK_LEVELS = 2.0
 
 
-def signature(path: str, size: int | None = None, limits: Limits = Limits()) -> np.ndarray:
-    """The two high-passed thumbnails of a file, each zero-mean and of unit norm.
+@dataclass
+class Signature:
+    """What the check keeps of one file.
+
+    Attributes:
+        rgb: ``(H, W, 3) uint8``, the image at most ``WORK_PX`` on its longest side.
+        points: ``(K, 2) float32`` ORB keypoint positions in ``rgb``'s pixels (None until needed).
+        descriptors: ``(K, 32) uint8`` their binary descriptors (None until needed, or none found).
+    """
+
+    rgb: np.ndarray
+    points: np.ndarray | None = None
+    descriptors: np.ndarray | None = None
+
+    def keypoints(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The ORB keypoints and descriptors, detected on first use (on the grey image upscaled
+        to twice ``WORK_PX``, where small images still give enough of them)."""
+        if self.points is None:
+            import cv2
+
+            grey = cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)
+            zoom = 2 * WORK_PX / max(grey.shape)
+            grey = cv2.resize(grey, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_CUBIC)
+            orb = cv2.ORB_create(nfeatures=ORB_FEATURES, fastThreshold=10, edgeThreshold=15, patchSize=15)
+            found, self.descriptors = orb.detectAndCompute(grey, None)
+            self.points = np.float32([k.pt for k in found]).reshape(-1, 2) / zoom
+        return self.points, self.descriptors
+
+
+def signature(path: str, size: int | None = None, limits: Limits = Limits()) -> Signature:
+    """Decode a file for the check.
 
     Args:
         path: the file.
         size: the size in bytes it was indexed with; a file of another size is refused.
         limits: the decode guards (:class:`~.images.Limits`).
 
-    Returns:
-        ``(2, THUMB_PX * THUMB_PX * 3) float32``: the whole image, then its centre crop.
-
     Raises:
         BadImageError: the file is gone, unreadable, changed in size, too large or undecodable.
     """
-    image, _ = decode_sized(read_file(path, limits, size), os.fsdecode(path), 2 * THUMB_PX, limits)
-    w, h = image.size
-    dx, dy = w * CROP_SIDE, h * CROP_SIDE
-    out = np.empty((2, THUMB_PX * THUMB_PX * 3), np.float32)
-    for i, box in enumerate(((0, 0, w, h), (dx, dy, w - dx, h - dy))):
-        thumb = image.resize((THUMB_PX, THUMB_PX), Image.Resampling.BOX, box=box)
-        blurred = thumb.filter(ImageFilter.GaussianBlur(BLUR_PX))
-        v = (np.asarray(thumb, np.float32) - np.asarray(blurred, np.float32)).ravel()
-        v -= v.mean()
-        out[i] = v / max(float(np.linalg.norm(v)), 1e-6)
-    return out
+    image, _ = decode_sized(read_file(path, limits, size), os.fsdecode(path), WORK_PX, limits)
+    image = image.convert("RGB")
+    image.thumbnail((WORK_PX, WORK_PX), Image.Resampling.BOX)
+    return Signature(np.asarray(image, np.uint8))
 
 
-def pixel_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pixel scores of pairs of signatures: the best normalised cross-correlation of the three
-    alignments (whole-whole, crop of ``a`` with whole ``b``, whole ``a`` with crop of ``b``).
+def _similarity(a: Signature, b: Signature) -> np.ndarray | None:
+    """The ``2x3`` similarity transform taking ``b``'s pixels to ``a``'s, or None."""
+    import cv2
 
-    Args:
-        a, b: ``(E, 2, D) float32`` signatures (:func:`signature`), pair ``i`` being ``a[i], b[i]``.
+    pa, da = a.keypoints()
+    pb, db = b.keypoints()
+    if da is None or db is None or len(da) < MIN_MATCHES or len(db) < MIN_MATCHES:
+        return None
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(db, da, k=2)
+    good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
+    if len(good) < MIN_MATCHES:
+        return None
+    moved, _ = cv2.estimateAffinePartial2D(pb[[m.queryIdx for m in good]], pa[[m.trainIdx for m in good]],
+                                           method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX, maxIters=1000)
+    if moved is None:
+        return None
+    scale = float(np.hypot(moved[0, 0], moved[1, 0]))
+    turn = abs(float(np.degrees(np.arctan2(moved[1, 0], moved[0, 0]))))
+    return moved if SCALE_RANGE[0] < scale < SCALE_RANGE[1] and turn <= MAX_TURN_DEG else None
 
-    Returns:
-        ``(E,) float32`` in [-1, 1]; higher is more alike, 1 for the same pixels.
-    """
-    whole = np.einsum("ed,ed->e", a[:, 0], b[:, 0])
-    crop_a = np.einsum("ed,ed->e", a[:, 1], b[:, 0])
-    crop_b = np.einsum("ed,ed->e", a[:, 0], b[:, 1])
-    return np.maximum(whole, np.maximum(crop_a, crop_b))
+
+def _score(a: np.ndarray, b: np.ndarray, moved: np.ndarray) -> float:
+    """Band-passed normalised cross-correlation of ``a`` and ``b`` mapped onto it by ``moved``."""
+    import cv2
+
+    h, w = a.shape[:2]
+    side = min(COMPARE_PX, h, w, *b.shape[:2])
+    inner, outer = (r * side / COMPARE_PX for r in BAND_PX)
+    mapped = cv2.warpAffine(b, moved, (w, h), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+    cover = cv2.warpAffine(np.ones(b.shape[:2], np.float32), moved, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+
+    def band(small: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(small, (0, 0), inner) - cv2.GaussianBlur(small, (0, 0), outer)
+
+    covered = cv2.resize(cover, (side, side), interpolation=cv2.INTER_AREA) > 0.999
+    edge = 2 * int(np.ceil(2 * outer)) + 1  # where the blur saw no uncovered pixel
+    covered = cv2.erode(covered.astype(np.uint8), np.ones((edge, edge), np.uint8)).astype(bool)
+    if covered.mean() < MIN_COVER:
+        return -1.0
+    small_a, small_b = (cv2.resize(x.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA) for x in (a, mapped))
+    x, y = band(small_a)[covered].ravel(), band(small_b)[covered].ravel()
+    x, y = x - x.mean(), y - y.mean()
+    if min(x.std(), y.std()) < FLAT_LEVELS:  # no detail to compare: a blank matches only the same blank
+        both = max(x.std(), y.std()) < FLAT_LEVELS
+        return 1.0 if both and float(np.abs(small_a[covered] - small_b[covered]).mean()) < BLANK_LEVELS else 0.0
+    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+
+
+def pixel_score(a: Signature, b: Signature) -> float:
+    """The pixel score of a pair (module docstring), in [-1, 1]: higher is more alike, 1 for the
+    same pixels. The keypoint alignment is tried only where the plain rescale scores below
+    :data:`PIXEL_THRESHOLD`."""
+    (h, w), (hb, wb) = a.rgb.shape[:2], b.rgb.shape[:2]
+    best = _score(a.rgb, b.rgb, np.float32([[w / wb, 0, 0], [0, h / hb, 0]]))
+    if best < PIXEL_THRESHOLD:
+        moved = _similarity(a, b)
+        if moved is not None:
+            best = max(best, _score(a.rgb, b.rgb, moved))
+    return best
 
 
 class PixelChecker:
     """Pixel scores of candidate pairs, each file decoded once while its signature is cached
-    (at most ``cache`` signatures, 96 KiB each, are held: 384 MiB at the default).
+    (at most ``cache`` signatures, up to 192 KiB of pixels and 20 KiB of keypoints each, are held:
+    about 210 MiB at the default).
 
     Args:
         sizes: ``{path: indexed size in bytes}`` of the files that may be asked about.
@@ -93,27 +185,22 @@ class PixelChecker:
         cache: how many signatures to hold; pairs are best asked grouped by their first path.
     """
 
-    def __init__(self, sizes: dict[str, int], limits: Limits = Limits(), cache: int = 4096):
+    def __init__(self, sizes: dict[str, int], limits: Limits = Limits(), cache: int = 1024):
         self.sizes = sizes
         self.limits = limits
         self.unreadable: dict[str, str] = {}  # path -> reason
         self._signature = functools.lru_cache(maxsize=cache)(self._load)
 
-    def _load(self, path: str) -> np.ndarray | None:
+    def _load(self, path: str) -> Signature | None:
         try:
             return signature(path, self.sizes.get(path), self.limits)
         except BadImageError as exc:
             self.unreadable[path] = exc.reason
             return None
 
-    def scores(self, pairs: Sequence[tuple[str, str]], chunk: int = 1024) -> Iterable[float | None]:
+    def scores(self, pairs: Sequence[tuple[str, str]]) -> Iterable[float | None]:
         """The pixel score of each pair, in order; None where either file could not be read
         (its path and reason are in :attr:`unreadable`)."""
-        for start in range(0, len(pairs), chunk):
-            part = pairs[start:start + chunk]
-            sigs = [(self._signature(a), self._signature(b)) for a, b in part]
-            ok = [i for i, (x, y) in enumerate(sigs) if x is not None and y is not None]
-            found = np.full(len(part), np.nan, np.float32)
-            if ok:
-                found[ok] = pixel_scores(np.stack([sigs[i][0] for i in ok]), np.stack([sigs[i][1] for i in ok]))
-            yield from (None if np.isnan(s) else float(s) for s in found)
+        for a, b in pairs:
+            x, y = self._signature(a), self._signature(b)
+            yield None if x is None or y is None else pixel_score(x, y)
