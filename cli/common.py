@@ -75,7 +75,8 @@ WHITENING = typer.Option(None, "--whitening", help="auto: learn a whitening of t
                          "search the model's raw embeddings. Recorded in the collection. (default: the "
                          "collection's, auto for a new one)")
 EXPAND = typer.Option(0, "--expand", min=0, max=100, help="Query expansion: search again with the query averaged "
-                      "with its N nearest results (αQE). 0: off.")
+                      "with its N nearest results (αQE). 2-3 finds more of a category (species, product "
+                      "type); it changes little for copies and scenes. 0: off.")
 POOLING = typer.Option(None, "--pooling",
                        help="cls (the CLS token; default) or mean (the mean of the patch tokens); recorded "
                             "in the collection like the model. (env VITSEARCH_POOLING)")
