@@ -7,9 +7,12 @@ lightly cropped or re-coloured copies); the pairs come from Milvus itself, batch
 the stored vectors (:meth:`~.store.Store.neighbours`), are then confirmed by their pixels
 (:mod:`.pixels`: the embedding alone puts distinct look-alike products as close as copies; a
 pair whose files cannot be read keeps the embedding's decision and is reported), and are joined
-into groups, the connected components of the confirmed pairs, with a union-find (Kruskal order: the strongest pairs first, so a
-group's weakest link is the lowest score that still holds it together). Nothing here deletes or
-moves a file: the product only reports.
+into groups, the connected components of the confirmed pairs, with a union-find (Kruskal order:
+the strongest pairs first, so a group's weakest link is the lowest score that still holds it
+together). A pair joins two parts only where their anchors (each part's largest image, its
+suggested keeper so far) are the same picture by their pixels too: a chain of look-alikes, each
+alike to the next, stays apart. Nothing
+here deletes or moves a file: the product only reports.
 """
 from __future__ import annotations
 
@@ -207,7 +210,8 @@ def find_duplicates(store: Store, threshold: float | None, folder: str | None = 
     (:class:`~.pixels.PixelChecker`: the files of candidate pairs only are read, each decoded
     once at small scale, through the decode guards of ``limits``), and a pair below
     :data:`~.pixels.PIXEL_THRESHOLD` is dropped, so that no group is chained through a pair
-    that only the embedding calls alike. The rows of the grouped images are then read back
+    that only the embedding calls alike, and two parts are joined only where their anchors
+    pass the check too (module docstring). The rows of the grouped images are then read back
     (with their vectors, for each image's score to its keeper).
 
     Args:
@@ -255,28 +259,30 @@ def find_duplicates(store: Store, threshold: float | None, folder: str | None = 
     del first_of
     pixels: dict[tuple[str, str], float] = {}
     unverified: dict[str, str] = {}
+    joins = None
     if verify and threshold is not None:
-        pixels, unverified = _confirm(store, edges, exact, limits)
-    groups = _groups(store, edges, pixels)
+        checker = _confirm(store, edges, exact, pixels, limits)
+        unverified = dict(sorted(checker.unreadable.items()))
+        joins = _anchored(checker, pixels, exact)
+    groups = _groups(store, edges, pixels, joins)
     return DuplicateReport(tuple(groups), scanned, time.perf_counter() - started, threshold, folder,
                            verify and threshold is not None, unverified)
 
 
 def _confirm(store: Store, edges: dict[tuple[str, str], float], exact: set[tuple[str, str]],
-             limits: Limits) -> tuple[dict[tuple[str, str], float], dict[str, str]]:
-    """Drop from ``edges`` the near pairs whose pixel score is below the threshold; returns the
-    pixel scores of the pairs kept and ``{path: reason}`` of the files that could not be read
-    (their pairs are kept)."""
+             scores: dict[tuple[str, str], float], limits: Limits) -> PixelChecker:
+    """Drop from ``edges`` the near pairs whose pixel score is below the threshold, and put the
+    pixel scores of the pairs kept in ``scores``; returns the checker (its :attr:`unreadable`:
+    the files that could not be read, whose pairs are kept)."""
     near = sorted(key for key in edges if key not in exact)  # grouped by first path: cache hits
     if not near:
-        return {}, {}
+        return PixelChecker({}, limits)
     rows = store.get(sorted({p for key in near for p in key}), fields=("size", "sha256"))
     same = [key for key in near if key[0] in rows and key[1] in rows
             and rows[key[0]]["sha256"] == rows[key[1]]["sha256"]]  # identical bytes: nothing to check
     exact.update(same)
     near = [key for key in near if key not in exact]
     checker = PixelChecker({path: int(row["size"]) for path, row in rows.items()}, limits)
-    scores: dict[tuple[str, str], float] = {}
     for key, score in zip(near, checker.scores(near)):
         if score is None:
             continue
@@ -284,7 +290,21 @@ def _confirm(store: Store, edges: dict[tuple[str, str], float], exact: set[tuple
             del edges[key]
         else:
             scores[key] = score
-    return scores, dict(sorted(checker.unreadable.items()))
+    return checker
+
+
+def _anchored(checker: PixelChecker, scores: dict[tuple[str, str], float],
+              exact: set[tuple[str, str]]) -> Callable[[str, str], bool]:
+    """Whether two parts of a group may be joined: their anchors are the same picture by their
+    pixels too (or identical bytes, or a file that could not be read: the embedding decides)."""
+    def joins(a: str, b: str) -> bool:
+        key = _key(a, b)
+        if key in exact or key in scores:
+            return True
+        score = next(iter(checker.scores([key])))
+        return score is None or score >= PIXEL_THRESHOLD
+
+    return joins
 
 
 def _chunks(rows: Iterable[dict[str, Any]], size: int = 1000) -> Iterable[list[dict[str, Any]]]:
@@ -302,34 +322,53 @@ def _key(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a < b else (b, a)
 
 
-def _groups(store: Store, edges: dict[tuple[str, str], float],
-            pixels: dict[tuple[str, str], float]) -> list[DuplicateGroup]:
+def _keeper_rank(row: dict[str, Any]) -> tuple[int, float, str]:
+    """Orders a group's rows: the suggested keeper first (the largest pixel count, then the oldest
+    mtime, then the path)."""
+    return -int(row["width"]) * int(row["height"]), float(row["mtime"]), row["path"]
+
+
+def _groups(store: Store, edges: dict[tuple[str, str], float], pixels: dict[tuple[str, str], float],
+            joins: Callable[[str, str], bool] | None = None) -> list[DuplicateGroup]:
     """Connected components of ``edges`` as groups, with their rows read back (``pixels``: the
-    pixel scores of the pairs that have one)."""
+    pixel scores of the pairs that have one). With ``joins``, an edge joins two parts only where
+    ``joins`` holds for their anchors (each part's suggested keeper so far: the largest image,
+    which every copy of a picture is closest to), so that a chain of look-alikes, each pair
+    alike, does not make one group of distinct pictures."""
     if not edges:
         return []
+    rows = store.get(sorted({p for key in edges for p in key}), fields=(*META_FIELDS, "vector"))
+    rank = {path: _keeper_rank(row) for path, row in rows.items()}
+    missing = (0, float("inf"), "")  # a row deleted since the scan: never an anchor while there is another
     sets = _UnionFind()
     weakest: dict[str, float] = {}  # the component root -> its weakest spanning-tree link so far
+    anchor: dict[str, str] = {}  # the component root -> its anchor (itself while alone)
     ordered = sorted(edges.items(), key=lambda e: -e[1])
     for (a, b), score in ordered:  # Kruskal: the last edge that joins two parts is the weakest link
         ra, rb = sets.find(a), sets.find(b)
-        if ra != rb:
+        if ra == rb:
+            continue
+        xa, xb = anchor.pop(ra, ra), anchor.pop(rb, rb)
+        if joins is None or joins(xa, xb):
             low = min(score, weakest.pop(ra, 1.0), weakest.pop(rb, 1.0))
             sets.union(a, b)
             weakest[sets.find(a)] = low
+            anchor[sets.find(a)] = min(xa, xb, key=lambda x: rank.get(x, missing))
+        else:
+            anchor[ra], anchor[rb] = xa, xb
     members: dict[str, list[str]] = {}
     for path in sets.parent:
         members.setdefault(sets.find(path), []).append(path)
     pairs_of: dict[str, list[DuplicatePair]] = {}
     for (a, b), score in ordered:
-        pairs_of.setdefault(sets.find(a), []).append(DuplicatePair(a, b, score, pixels.get((a, b))))
-    rows = store.get(list(sets.parent), fields=(*META_FIELDS, "vector"))
+        if sets.find(a) == sets.find(b):  # not a pair that was kept apart
+            pairs_of.setdefault(sets.find(a), []).append(DuplicatePair(a, b, score, pixels.get((a, b))))
     groups = []
     for root, paths in members.items():
         found = [rows[p] for p in paths if p in rows]  # a row deleted since the scan is left out
         if len(found) < 2:
             continue
-        keeper = min(found, key=lambda r: (-r["width"] * r["height"], r["mtime"], r["path"]))
+        keeper = min(found, key=_keeper_rank)
         anchor = np.asarray(keeper["vector"], np.float32)
         images = []
         for r in found:

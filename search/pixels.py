@@ -161,10 +161,17 @@ def _score(a: np.ndarray, b: np.ndarray, moved: np.ndarray) -> float:
     return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
 
 
+def _order(s: Signature) -> tuple[int, float]:
+    return s.rgb.shape[0] * s.rgb.shape[1], float(s.rgb.mean())
+
+
 def pixel_score(a: Signature, b: Signature) -> float:
     """The pixel score of a pair (module docstring), in [-1, 1]: higher is more alike, 1 for the
-    same pixels. The keypoint alignment is tried only where the plain rescale scores below
-    :data:`PIXEL_THRESHOLD`."""
+    same pixels. The smaller image is mapped onto the larger (of two the same size, the one of
+    lower mean level onto the other), so either order gives the same score; the keypoint
+    alignment is tried only where the plain rescale scores below :data:`PIXEL_THRESHOLD`."""
+    if _order(a) < _order(b):
+        a, b = b, a
     (h, w), (hb, wb) = a.rgb.shape[:2], b.rgb.shape[:2]
     best = _score(a.rgb, b.rgb, np.float32([[w / wb, 0, 0], [0, h / hb, 0]]))
     if best < PIXEL_THRESHOLD:

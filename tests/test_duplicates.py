@@ -196,6 +196,39 @@ def test_pixels_keep_look_alike_products_apart_and_a_crop_and_a_darker_copy_toge
     assert names(gone) == [["crop.jpg", "darker.jpg", "item-0036.jpg", "item-0263.jpg"]]
 
 
+def test_a_chain_of_look_alikes_is_not_one_group(tmp_path, real_model):
+    """Two distinct black trousers (catalogue items 0114 and 0257, pixel score 0.87, below the
+    threshold) and a JPEG-30 copy of 0114 (its original is older: the keeper), which scores 0.95
+    against the other product: the copy joins its original and the other product stays apart,
+    because a part of a group is joined only where its anchor (the keeper so far) passes the
+    pixel check against the other's. Without the pixel check the embedding groups all three."""
+    from vitsearch.search.config import DEFAULT_DUPLICATE_THRESHOLD
+    from vitsearch.search.pixels import PIXEL_THRESHOLD, pixel_score, signature
+
+    catalog = shared_path("data", "catalog")
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    for name in ("item-0114.jpg", "item-0257.jpg"):
+        shutil.copyfile(catalog / name, folder / name)
+    with Image.open(folder / "item-0114.jpg") as im:
+        im.convert("RGB").save(folder / "item-0114-jpeg30.jpg", quality=30)
+    os.utime(folder / "item-0114.jpg", (OLD, OLD))
+    sig = {p.name: signature(str(p)) for p in folder.iterdir()}
+    assert pixel_score(sig["item-0114.jpg"], sig["item-0257.jpg"]) < PIXEL_THRESHOLD  # distinct products
+    assert pixel_score(sig["item-0114-jpeg30.jpg"], sig["item-0257.jpg"]) >= PIXEL_THRESHOLD  # the chain's link
+    uri = str(tmp_path / "milvus.db")
+    with Store(uri, "images") as store:
+        index_folder(str(folder), encoder=Encoder.load(str(real_model)), store=store, workers=0)
+        alone = find_duplicates(store, DEFAULT_DUPLICATE_THRESHOLD, verify=False)
+        checked = find_duplicates(store, DEFAULT_DUPLICATE_THRESHOLD)
+        store.close(release=True)
+    names = lambda report: [sorted(os.path.basename(p) for p in g.paths) for g in report.groups]
+    assert names(alone) == [["item-0114-jpeg30.jpg", "item-0114.jpg", "item-0257.jpg"]]
+    assert names(checked) == [["item-0114-jpeg30.jpg", "item-0114.jpg"]] and checked.groups[0].keep.endswith("item-0114.jpg")
+    assert [sorted(os.path.basename(x) for x in (p.a, p.b)) for p in checked.groups[0].pairs] == [
+        ["item-0114-jpeg30.jpg", "item-0114.jpg"]]
+
+
 def test_an_empty_collection_and_a_collection_of_one_image(tmp_path, tiny_model):
     uri = str(tmp_path / "milvus.db")
     encoder = Encoder.load(str(tiny_model))

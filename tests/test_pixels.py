@@ -59,6 +59,7 @@ def test_copies_pass_and_distinct_photos_do_not(tmp_path):
     made = copies(tmp_path)
     got = {name: pixel_score(original, signature(path)) for name, path in made.items()}
     assert all(score >= PIXEL_THRESHOLD for score in got.values()), got
+    assert all(pixel_score(signature(path), original) == got[name] for name, path in made.items())  # either order
     # the rotation is put back by the keypoint alignment: the plain rescale alone scores it lower
     rotated = signature(made["rot2"])
     h, w = original.rgb.shape[:2]
