@@ -21,12 +21,7 @@ The ONNX export is made once by the indexing (cached), as a user's first `vitsea
 one warm-up search per tree precedes the timed ones (the OS file cache). Not a test: run by hand,
 report the table.
 
-Measured (2 AMD EPYC cores shared with other work, `--before` = 6fd5520, after = issue 30's
-changes; p50 / p90 in s): search IMG 6.74 / 7.95 before, 1.40 / 1.45 after (0.21x); search
-nope.jpg 6.54 / 6.71 before, 0.33 / 0.40 after (0.05x); search --help 1.67 / 2.19 before, 0.31 /
-0.36 after. Of the 1.4 s: importing pymilvus (~0.33 s, pandas and scipy with it), the CLI and
-Pillow/NumPy (~0.25 s), hashing the weights to find the export (~0.14 s), opening Milvus Lite,
-ONNX Runtime's session and the forward pass.
+Figures: docs/benchmarks/cli-latency.md.
 """
 from __future__ import annotations
 
