@@ -30,9 +30,9 @@ def duplicates(
     exact_only: bool = typer.Option(False, "--exact-only", help="Only identical bytes (same sha256); "
                                     "no vector search, much faster."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Confirm each near pair found by the "
-                                "embedding by the two files' pixels (64 px high-passed thumbnails, normalised "
-                                "cross-correlation; the files of candidate pairs are read). --no-verify: the "
-                                "embedding alone decides (then use a higher threshold)."),
+                                "embedding by the two files' pixels (aligned, then compared at 128 px; the files of "
+                                "candidate pairs are read, a few ms a pair). --no-verify: the embedding alone "
+                                "decides (then use a higher threshold)."),
     as_json: bool = JSON,
     csv_file: Optional[Path] = typer.Option(None, "--csv", dir_okay=False, help="Write one row per image of "
                                             "a group (group, path, keep yes/no, score to the keeper, kind, size, "
