@@ -11,8 +11,7 @@ into groups, the connected components of the confirmed pairs, with a union-find 
 the strongest pairs first, so a group's weakest link is the lowest score that still holds it
 together). A pair joins two parts only where their anchors (each part's largest image, its
 suggested keeper so far) are the same picture by their pixels too: a chain of look-alikes, each
-alike to the next, stays apart. Nothing
-here deletes or moves a file: the product only reports.
+alike to the next, stays apart. Nothing here deletes or moves a file: the product only reports.
 """
 from __future__ import annotations
 
