@@ -35,6 +35,20 @@ def small(src: Path, out: Path, scale: float = 0.5, quality: int = 90) -> None:
                                  Image.Resampling.LANCZOS).save(out, quality=quality)
 
 
+def shop(tmp_path: Path, *items: str) -> Path:
+    """A folder ``shop/`` holding copies of these catalogue photos."""
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    for name in items:
+        shutil.copyfile(shared_path("data", "catalog") / name, folder / name)
+    return folder
+
+
+def group_names(report) -> list[list[str]]:
+    """The file names of each group of a report, sorted."""
+    return [sorted(os.path.basename(p) for p in g.paths) for g in report.groups]
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, real_model):
     """The 11 example photos in ``a/``, with planted copies, indexed by the real model:
@@ -168,12 +182,8 @@ def test_pixels_keep_look_alike_products_apart_and_a_crop_and_a_darker_copy_toge
     from vitsearch.search.config import DEFAULT_DUPLICATE_THRESHOLD
     from vitsearch.search.pixels import PIXEL_THRESHOLD
 
-    catalog = shared_path("data", "catalog")
-    folder = tmp_path / "shop"
-    folder.mkdir()
-    for name in ("item-0036.jpg", "item-0263.jpg"):
-        shutil.copyfile(catalog / name, folder / name)
-    with Image.open(catalog / "item-0036.jpg") as im:
+    folder = shop(tmp_path, "item-0036.jpg", "item-0263.jpg")
+    with Image.open(folder / "item-0036.jpg") as im:
         rgb = im.convert("RGB")
     dx, dy = round(rgb.width * 0.05), round(rgb.height * 0.05)
     rgb.crop((dx, dy, rgb.width - dx, rgb.height - dy)).save(folder / "crop.jpg", quality=90)
@@ -186,14 +196,13 @@ def test_pixels_keep_look_alike_products_apart_and_a_crop_and_a_darker_copy_toge
         (folder / "item-0263.jpg").unlink()
         gone = find_duplicates(store, DEFAULT_DUPLICATE_THRESHOLD)
         store.close(release=True)
-    names = lambda report: [sorted(os.path.basename(p) for p in g.paths) for g in report.groups]
-    assert not alone.verified and names(alone) == [["crop.jpg", "darker.jpg", "item-0036.jpg", "item-0263.jpg"]]
+    assert not alone.verified and group_names(alone) == [["crop.jpg", "darker.jpg", "item-0036.jpg", "item-0263.jpg"]]
     assert checked.verified and checked.unverified == {}
-    assert names(checked) == [["crop.jpg", "darker.jpg", "item-0036.jpg"]]
+    assert group_names(checked) == [["crop.jpg", "darker.jpg", "item-0036.jpg"]]
     assert all(p.pixels is not None and p.pixels >= PIXEL_THRESHOLD for p in checked.groups[0].pairs)
     lost = str(folder / "item-0263.jpg")
     assert set(gone.unverified) == {lost} and "No such file" in gone.unverified[lost]
-    assert names(gone) == [["crop.jpg", "darker.jpg", "item-0036.jpg", "item-0263.jpg"]]
+    assert group_names(gone) == [["crop.jpg", "darker.jpg", "item-0036.jpg", "item-0263.jpg"]]
 
 
 def test_a_chain_of_look_alikes_is_not_one_group(tmp_path, real_model):
@@ -205,11 +214,7 @@ def test_a_chain_of_look_alikes_is_not_one_group(tmp_path, real_model):
     from vitsearch.search.config import DEFAULT_DUPLICATE_THRESHOLD
     from vitsearch.search.pixels import PIXEL_THRESHOLD, pixel_score, signature
 
-    catalog = shared_path("data", "catalog")
-    folder = tmp_path / "shop"
-    folder.mkdir()
-    for name in ("item-0114.jpg", "item-0257.jpg"):
-        shutil.copyfile(catalog / name, folder / name)
+    folder = shop(tmp_path, "item-0114.jpg", "item-0257.jpg")
     with Image.open(folder / "item-0114.jpg") as im:
         im.convert("RGB").save(folder / "item-0114-jpeg30.jpg", quality=30)
     os.utime(folder / "item-0114.jpg", (OLD, OLD))
@@ -222,9 +227,8 @@ def test_a_chain_of_look_alikes_is_not_one_group(tmp_path, real_model):
         alone = find_duplicates(store, DEFAULT_DUPLICATE_THRESHOLD, verify=False)
         checked = find_duplicates(store, DEFAULT_DUPLICATE_THRESHOLD)
         store.close(release=True)
-    names = lambda report: [sorted(os.path.basename(p) for p in g.paths) for g in report.groups]
-    assert names(alone) == [["item-0114-jpeg30.jpg", "item-0114.jpg", "item-0257.jpg"]]
-    assert names(checked) == [["item-0114-jpeg30.jpg", "item-0114.jpg"]] and checked.groups[0].keep.endswith("item-0114.jpg")
+    assert group_names(alone) == [["item-0114-jpeg30.jpg", "item-0114.jpg", "item-0257.jpg"]]
+    assert group_names(checked) == [["item-0114-jpeg30.jpg", "item-0114.jpg"]] and checked.groups[0].keep.endswith("item-0114.jpg")
     assert [sorted(os.path.basename(x) for x in (p.a, p.b)) for p in checked.groups[0].pairs] == [
         ["item-0114-jpeg30.jpg", "item-0114.jpg"]]
 
