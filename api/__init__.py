@@ -10,6 +10,7 @@ turns the library's errors into JSON responses and :mod:`.routes` holds the rout
 :mod:`.settings` reads ``VITSEARCH_API_*``. Installed with the ``api`` extra
 (``pip install 'vitsearch[api]'``).
 """
+
 from __future__ import annotations
 
 __all__ = ["create_app"]

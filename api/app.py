@@ -1,6 +1,7 @@
 """The app factory: :func:`create_app` builds the FastAPI app that ``vitsearch serve`` runs on
 uvicorn (``uvicorn --factory vitsearch.api.app:create_app`` does the same, reading everything from
 ``VITSEARCH_*`` variables)."""
+
 from __future__ import annotations
 
 import threading
@@ -52,21 +53,34 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
         yield
         backend.close()
 
-    app = FastAPI(title="vitsearch", summary="Image similarity search with Vision Transformer embeddings in Milvus",
-                  description=DESCRIPTION, version=_version(), lifespan=lifespan,
-                  default_response_class=AsciiJSONResponse)
+    app = FastAPI(
+        title="vitsearch",
+        summary="Image similarity search with Vision Transformer embeddings in Milvus",
+        description=DESCRIPTION,
+        version=_version(),
+        lifespan=lifespan,
+        default_response_class=AsciiJSONResponse,
+    )
     app.state.backend = backend
     app.include_router(router)
     errors.install(app, api.retry_after_s)
     # Middleware added last runs first: the Host check, CORS (answers preflights), the token, the body limits.
-    app.add_middleware(BodyLimit, upload_bytes=settings.max_upload_mb * 2**20, json_bytes=api.max_json_kb * 1024,
-                       timeout_s=api.body_timeout_s)
+    app.add_middleware(
+        BodyLimit,
+        upload_bytes=settings.max_upload_mb * 2**20,
+        json_bytes=api.max_json_kb * 1024,
+        timeout_s=api.body_timeout_s,
+    )
     if api.token is not None:
         app.add_middleware(BearerToken, token=api.token.get_secret_value())
         _document_bearer(app)
     if api.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=api.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=api.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(AllowedHosts, hosts=settings.allowed_hosts, open_paths={"/healthz"})
     return app
 
@@ -79,7 +93,9 @@ def _document_bearer(app: FastAPI) -> None:
     def openapi() -> dict:
         schema = schema_of()  # built once and cached by FastAPI; the additions are idempotent
         schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
-            "type": "http", "scheme": "bearer"}
+            "type": "http",
+            "scheme": "bearer",
+        }
         schema["security"] = [{"bearer": []}]
         return schema
 

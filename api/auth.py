@@ -1,6 +1,7 @@
 """The optional bearer token (``VITSEARCH_API_TOKEN``): when set, every request for data must carry
 ``Authorization: Bearer TOKEN``, compared in constant time (``hmac.compare_digest``); liveness and
 the API's own description (:data:`OPEN_PATHS`) need none."""
+
 from __future__ import annotations
 
 import hmac
@@ -34,7 +35,6 @@ class BearerToken:
                 break
         if not hmac.compare_digest(given, self._token):
             reason = "wrong bearer token" if given else "missing bearer token: send Authorization: Bearer TOKEN"
-            response = AsciiJSONResponse({"detail": reason}, status_code=401,
-                                         headers={"WWW-Authenticate": "Bearer"})
+            response = AsciiJSONResponse({"detail": reason}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)
         return await self.app(scope, receive, send)

@@ -8,6 +8,7 @@ remembered for ``retry_after_s`` (requests meanwhile get the same 503 at once, n
 then the next request tries again; once open, the store itself reconnects to a Milvus that went
 away (:class:`~vitsearch.search.store.Store`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -119,8 +120,12 @@ class Backend:
         failure is logged (requests report it)."""
         try:
             self.batcher()
-            log.info("ready: %s, encoder %s on %s", self._client.store.where, self._client.encoder_info.model,
-                     self._batcher.encoder.device)
+            log.info(
+                "ready: %s, encoder %s on %s",
+                self._client.store.where,
+                self._client.encoder_info.model,
+                self._batcher.encoder.device,
+            )
         except VitsearchError as exc:
             log.warning("not ready: %s", exc)
 
@@ -129,10 +134,16 @@ class Backend:
         ``batch_window_ms``, ``max_batch``, ``torch_threads``, ``milvus_searches`` (multi-vector
         searches run) and ``queries_searched`` (the queries they answered)."""
         b, s = self._batcher, self._searches
-        return {"pid": os.getpid(), "forward_passes": b.passes if b else 0, "images_embedded": b.images if b else 0,
-                "batch_window_ms": self.api.batch_window_ms, "max_batch": self.api.max_batch,
-                "torch_threads": torch.get_num_threads(), "milvus_searches": s.calls if s else 0,
-                "queries_searched": s.queries if s else 0}
+        return {
+            "pid": os.getpid(),
+            "forward_passes": b.passes if b else 0,
+            "images_embedded": b.images if b else 0,
+            "batch_window_ms": self.api.batch_window_ms,
+            "max_batch": self.api.max_batch,
+            "torch_threads": torch.get_num_threads(),
+            "milvus_searches": s.calls if s else 0,
+            "queries_searched": s.queries if s else 0,
+        }
 
     def close(self) -> None:
         """Stop the batchers and close the Milvus connection."""

@@ -22,6 +22,7 @@ folder, expand)``: each answer is what the same request alone gets from ``Search
 this saves a Milvus round trip and, with Milvus Lite (served inside this process, in Python), most
 of its CPU time.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,9 +31,10 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -163,8 +165,14 @@ class SearchBatcher:
             groups.setdefault((q.k, q.filter or "", q.folder or "", q.expand), []).append(q)
         for (k, filter, folder, expand), group in groups.items():
             try:
-                found = self.client.search_vectors(np.stack([q.vector for q in group]), k, filter or None,
-                                                   folder or None, [q.path for q in group], expand)
+                found = self.client.search_vectors(
+                    np.stack([q.vector for q in group]),
+                    k,
+                    filter or None,
+                    folder or None,
+                    [q.path for q in group],
+                    expand,
+                )
             except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
                 for q in group:
                     q.future.set_exception(exc)
@@ -195,8 +203,9 @@ class EmbedBatcher:
         passes: forward passes run so far; ``images``: images embedded by them.
     """
 
-    def __init__(self, encoder: Encoder, window_s: float = 0.005, max_batch: int = 32,
-                 searches: SearchBatcher | None = None):
+    def __init__(
+        self, encoder: Encoder, window_s: float = 0.005, max_batch: int = 32, searches: SearchBatcher | None = None
+    ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.encoder = encoder
@@ -206,7 +215,8 @@ class EmbedBatcher:
         self.passes = 0
         self.images = 0
         self._worker: _Worker[tuple[torch.Tensor, Future, SearchQuery | None]] = _Worker(
-            "vitsearch-embed", self._embed, window_s, max_batch)
+            "vitsearch-embed", self._embed, window_s, max_batch
+        )
 
     def submit(self, pixels: torch.Tensor, query: SearchQuery | None = None) -> Future:
         """Queue one model input ``(3, H, W) float32``; the future gives its ``(D,) float32``

@@ -6,14 +6,14 @@
 - 503 with ``Retry-After``: Milvus unreachable, the collection missing, or its encoder not loadable;
 - 500: anything else (the server logs its traceback; the answer names only its type).
 """
+
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from vitsearch.search.errors import (BadImageError, BadQueryError, ImageTooLargeError, NotIndexedError,
-                                     VitsearchError)
+from vitsearch.search.errors import BadImageError, BadQueryError, ImageTooLargeError, NotIndexedError, VitsearchError
 
 from .schemas import AsciiJSONResponse
 
@@ -48,8 +48,9 @@ def install(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):  # uvicorn logs the traceback
-        return AsciiJSONResponse({"detail": f"internal error ({type(exc).__name__}); the server log has the details"},
-                                 status_code=500)
+        return AsciiJSONResponse(
+            {"detail": f"internal error ({type(exc).__name__}); the server log has the details"}, status_code=500
+        )
 
 
 def validation_message(exc: RequestValidationError) -> str:

@@ -11,12 +11,13 @@ served on (:func:`~vitsearch.search.config.served_hosts`: the loopback names, ``
 nothing heavy: the page's server (:mod:`vitsearch.ui.server`) loads it before the app sets the
 process up.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import urllib.parse
-from typing import Iterable
+from collections.abc import Iterable
 
 from starlette.responses import Response
 
@@ -64,8 +65,10 @@ class AllowedHosts:
             return f"a request needs exactly one Host header, this one has {len(hosts)}"
         host = hosts[0].decode("latin-1")
         if host_name(host) not in self.hosts:
-            return (f"Host {_shown(host)} is not a name this server is served on ({', '.join(sorted(self.hosts))}); "
-                    f"to reach it by that name, add it to --allowed-hosts (VITSEARCH_ALLOWED_HOSTS)")
+            return (
+                f"Host {_shown(host)} is not a name this server is served on ({', '.join(sorted(self.hosts))}); "
+                f"to reach it by that name, add it to --allowed-hosts (VITSEARCH_ALLOWED_HOSTS)"
+            )
         origins = [value for name, value in scope["headers"] if name == b"origin"]
         if scope["type"] == "websocket" and origins:
             origin = origins[0].decode("latin-1")

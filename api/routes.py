@@ -1,6 +1,7 @@
 """The routes. Each parses its request, calls :class:`~vitsearch.search.client.SearchClient` (off the
 event loop) and answers JSON; an image query's forward pass, and the searches, go through the
 batchers (:mod:`.batching`), shared with the requests that arrive together."""
+
 from __future__ import annotations
 
 import time
@@ -21,7 +22,7 @@ from .schemas import AsciiJSONResponse, SearchOut, SimilarIn, VectorIn, search_j
 
 router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Bad image, bad k, bad filter or a malformed request: `{\"detail\": ...}`"},
+    400: {"description": 'Bad image, bad k, bad filter or a malformed request: `{"detail": ...}`'},
     401: {"description": "Missing or wrong bearer token (when VITSEARCH_API_TOKEN is set)"},
     503: {"description": "Milvus unreachable or the collection not ready; see Retry-After"},
 }
@@ -35,20 +36,35 @@ def _json(content: Any, status: int = 200) -> AsciiJSONResponse:
     return AsciiJSONResponse(content, status_code=status)
 
 
-@router.post("/search", response_model=SearchOut, summary="Search by image",
-             responses={**_ERRORS, 413: {"description": "Upload over --max-upload-mb, or an image over the "
-                                                       "decoded-pixel limit"}})
-async def search(request: Request,
-                 image: UploadFile = File(..., description="The query image (JPEG, PNG, WebP, BMP, GIF, TIFF)."),
-                 k: Annotated[int, Query(ge=1, le=MAX_K, description=f"Number of results, 1 to {MAX_K}.")] = 10,
-                 folder: str | None = Query(None, description="Only images in this folder or below it."),
-                 filter: str | None = Query(None, description='Milvus boolean expression on the stored fields, '
-                                                              'e.g. `width >= 500`.'),
-                 min_score: float | None = Query(None, description="Leave out hits scoring below this."),
-                 collapse: bool = Query(False, description="Show exact duplicates (same sha256) as one hit."),
-                 expand: Annotated[int, Query(ge=0, le=MAX_EXPAND, description="Query expansion: search again "
-                                              "with the query averaged with its N nearest results (αQE); 0: off."
-                                              )] = 0):
+@router.post(
+    "/search",
+    response_model=SearchOut,
+    summary="Search by image",
+    responses={
+        **_ERRORS,
+        413: {"description": "Upload over --max-upload-mb, or an image over the decoded-pixel limit"},
+    },
+)
+async def search(
+    request: Request,
+    image: UploadFile = File(..., description="The query image (JPEG, PNG, WebP, BMP, GIF, TIFF)."),
+    k: Annotated[int, Query(ge=1, le=MAX_K, description=f"Number of results, 1 to {MAX_K}.")] = 10,
+    folder: str | None = Query(None, description="Only images in this folder or below it."),
+    filter: str | None = Query(
+        None, description="Milvus boolean expression on the stored fields, e.g. `width >= 500`."
+    ),
+    min_score: float | None = Query(None, description="Leave out hits scoring below this."),
+    collapse: bool = Query(False, description="Show exact duplicates (same sha256) as one hit."),
+    expand: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=MAX_EXPAND,
+            description="Query expansion: search again "
+            "with the query averaged with its N nearest results (αQE); 0: off.",
+        ),
+    ] = 0,
+):
     """The `k` indexed images most similar to the uploaded one, best first (score: cosine
     similarity). The upload is decoded as the indexer decodes a file (same size and pixel limits);
     the forward passes and the searches of concurrent requests are batched."""
@@ -58,8 +74,11 @@ async def search(request: Request,
     client = await backend.opened("client")
     name = image.filename or "upload"
     if len(data) > backend.settings.max_upload_mb * 2**20:
-        raise ImageTooLargeError(name, f"upload is {len(data) / 2**20:.1f} MB, over the limit of "
-                                       f"{backend.settings.max_upload_mb} MB (vitsearch serve --max-upload-mb)")
+        raise ImageTooLargeError(
+            name,
+            f"upload is {len(data) / 2**20:.1f} MB, over the limit of "
+            f"{backend.settings.max_upload_mb} MB (vitsearch serve --max-upload-mb)",
+        )
     batcher = await backend.opened("batcher")
 
     def model_input():
@@ -75,15 +94,20 @@ async def search(request: Request,
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), min_score))
 
 
-@router.post("/search/similar", response_model=SearchOut, summary="Search by an indexed image",
-             responses={**_ERRORS, 404: {"description": "The path is not indexed"}})
+@router.post(
+    "/search/similar",
+    response_model=SearchOut,
+    summary="Search by an indexed image",
+    responses={**_ERRORS, 404: {"description": "The path is not indexed"}},
+)
 async def search_similar(request: Request, body: SimilarIn):
     """Images similar to an indexed file, by its stored vector (no model runs); the file itself is
     left out."""
     started = time.perf_counter()
     searches = await _backend(request).opened("searches")
-    hits = await searches.search(SearchQuery(body.k, body.filter, body.folder or None, path=body.path,
-                                             expand=body.expand))
+    hits = await searches.search(
+        SearchQuery(body.k, body.filter, body.folder or None, path=body.path, expand=body.expand)
+    )
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), body.min_score))
 
 
@@ -102,8 +126,9 @@ async def search_vector(request: Request, body: VectorIn):
     if not np.isfinite(vector).all() or not np.any(vector):
         raise BadQueryError("vector must be finite and not all zeros (its direction is the query)")
     searches = await backend.opened("searches")
-    hits = await searches.search(SearchQuery(body.k, body.filter, body.folder or None, vector=vector,
-                                             expand=body.expand))
+    hits = await searches.search(
+        SearchQuery(body.k, body.filter, body.folder or None, vector=vector, expand=body.expand)
+    )
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), body.min_score))
 
 
@@ -130,17 +155,34 @@ async def readyz(request: Request):
     if not await run_in_threadpool(client.store.exists):
         raise StoreError(f"{client.store.where} no longer exists")
     if not backend.encoder_loaded:
-        return AsciiJSONResponse({"detail": "the encoder is loading"}, status_code=503,
-                                 headers={"Retry-After": str(backend.api.retry_after_s)})
-    return _json({"status": "ready", "collection": client.store.collection, "uri": client.store.uri,
-                  "model": client.encoder_info.model})
+        return AsciiJSONResponse(
+            {"detail": "the encoder is loading"},
+            status_code=503,
+            headers={"Retry-After": str(backend.api.retry_after_s)},
+        )
+    return _json(
+        {
+            "status": "ready",
+            "collection": client.store.collection,
+            "uri": client.store.uri,
+            "model": client.encoder_info.model,
+        }
+    )
 
 
-@router.get("/thumbnail", summary="Thumbnail of an indexed image",
-            responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "Not a row of the collection, "
-                       "or the file changed since it was indexed"}, **_ERRORS})
-async def thumbnail(request: Request, path: str = Query(..., description="An indexed file's path, as a hit gives "
-                                                                         "it (percent-encoded bytes).")):
+@router.get(
+    "/thumbnail",
+    summary="Thumbnail of an indexed image",
+    responses={
+        200: {"content": {"image/jpeg": {}}},
+        404: {"description": "Not a row of the collection, or the file changed since it was indexed"},
+        **_ERRORS,
+    },
+)
+async def thumbnail(
+    request: Request,
+    path: str = Query(..., description="An indexed file's path, as a hit gives it (percent-encoded bytes)."),
+):
     """A JPEG of at most 320 pixels a side, only of a row of the collection and only from the
     bytes that were indexed (size and sha256 checked): a path that is not a row is never opened."""
     client = await _backend(request).opened("client")

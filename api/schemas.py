@@ -6,6 +6,7 @@ surrogate, U+DC80-U+DCFF) is sent as a ``\\udcNN`` escape, which JSON allows and
 parser such as Python's gives back as the same string, so a hit's path can be sent back as it is
 (``/search/similar``). Every response is therefore ASCII JSON (:class:`AsciiJSONResponse`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,14 @@ from vitsearch.search.ranking import MAX_EXPAND
 from vitsearch.search.store import META_FIELDS
 
 K = Annotated[int, Field(ge=1, le=MAX_K, description=f"Number of results, 1 to {MAX_K}.")]
-EXPAND = Annotated[int, Field(ge=0, le=MAX_EXPAND, description="Query expansion: search again with the query averaged "
-                                                               "with its N nearest results (αQE); 0: off.")]
+EXPAND = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=MAX_EXPAND,
+        description="Query expansion: search again with the query averaged with its N nearest results (αQE); 0: off.",
+    ),
+]
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -75,7 +82,8 @@ class VectorIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     vector: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
-        description="The query embedding, D floats (need not be normalised: the metric is COSINE).")
+        description="The query embedding, D floats (need not be normalised: the metric is COSINE)."
+    )
     k: K = 10
     folder: str | None = None
     filter: str | None = None
@@ -86,11 +94,15 @@ class VectorIn(BaseModel):
 def hit_json(hit: Hit) -> dict[str, Any]:
     """``{"path", "score", "match", "metadata": {...}}``, and any other field a :class:`Hit` has
     that is set (such as the paths of a collapsed hit's exact copies)."""
-    extra = {f.name: list(value) if isinstance(value, tuple) else value for f in dataclasses.fields(hit)
-             if f.name not in ("path", "score", "match", "metadata") and (value := getattr(hit, f.name))}
+    extra = {
+        f.name: list(value) if isinstance(value, tuple) else value
+        for f in dataclasses.fields(hit)
+        if f.name not in ("path", "score", "match", "metadata") and (value := getattr(hit, f.name))
+    }
     order = {name: i for i, name in enumerate(META_FIELDS)}
-    metadata = dict(sorted(((k, v) for k, v in hit.metadata.items() if k != "path"),
-                           key=lambda kv: order.get(kv[0], len(order))))
+    metadata = dict(
+        sorted(((k, v) for k, v in hit.metadata.items() if k != "path"), key=lambda kv: order.get(kv[0], len(order)))
+    )
     return {"path": hit.path, "score": hit.score, "match": hit.match, "metadata": metadata, **extra}
 
 
@@ -98,5 +110,8 @@ def search_json(hits: list[Hit], took_ms: float, min_score: float | None) -> dic
     """The body of a search response: hits at or above ``min_score``, best first, and whether any
     hit searched (also one below ``min_score``) is a close match."""
     kept = [h for h in hits if min_score is None or h.score >= min_score]
-    return {"hits": [hit_json(h) for h in kept], "close_match": any(h.match for h in hits),
-            "took_ms": round(took_ms, 2)}
+    return {
+        "hits": [hit_json(h) for h in kept],
+        "close_match": any(h.match for h in hits),
+        "took_ms": round(took_ms, 2),
+    }

@@ -1,5 +1,6 @@
 """Settings of the HTTP API, read from ``VITSEARCH_API_*`` environment variables (the Milvus URI,
 the collection, the model and the image limits are the library's :class:`~vitsearch.search.config.Settings`)."""
+
 from __future__ import annotations
 
 from typing import Annotated

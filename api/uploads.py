@@ -7,6 +7,7 @@ as it passes the limit. A body that has not all arrived ``VITSEARCH_API_BODY_TIM
 after the app began to read it (a client that announces more than it sends, or sends it a
 trickle at a time) gets 408, and its connection is closed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,16 +45,24 @@ class BodyLimit:
     def _limit(self, content_type: str) -> tuple[int, str]:
         """The most bytes a body of ``content_type`` may have, and the limit's name for a message."""
         if content_type.lower().lstrip().startswith("multipart/form-data"):
-            return (self.upload_bytes + OVERHEAD_BYTES, f"the upload limit of {self.upload_bytes / 2**20:g} MB "
-                                                        f"(vitsearch serve --max-upload-mb, or VITSEARCH_MAX_UPLOAD_MB)")
-        return self.json_bytes, (f"the limit of {self.json_bytes / 1024:g} KB for a request body that is not an "
-                                 f"upload (VITSEARCH_API_MAX_JSON_KB)")
+            return (
+                self.upload_bytes + OVERHEAD_BYTES,
+                f"the upload limit of {self.upload_bytes / 2**20:g} MB "
+                f"(vitsearch serve --max-upload-mb, or VITSEARCH_MAX_UPLOAD_MB)",
+            )
+        return self.json_bytes, (
+            f"the limit of {self.json_bytes / 1024:g} KB for a request body that is not an "
+            f"upload (VITSEARCH_API_MAX_JSON_KB)"
+        )
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {name: value.decode("latin-1") for name, value in scope["headers"]
-                   if name in (b"content-length", b"content-type")}
+        headers = {
+            name: value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in (b"content-length", b"content-type")
+        }
         max_bytes, limit = self._limit(headers.get(b"content-type", ""))
         try:
             length = int(headers.get(b"content-length", "0"))
@@ -74,9 +83,12 @@ class BodyLimit:
                 deadline = loop.time() + self.timeout_s
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
-            except asyncio.TimeoutError:
-                failure = _closing(408, f"request body not received within {self.timeout_s:g} s ({_size(seen)} of "
-                                        f"{_size(length) if length else 'it'} came; VITSEARCH_API_BODY_TIMEOUT_S)")
+            except TimeoutError:
+                failure = _closing(
+                    408,
+                    f"request body not received within {self.timeout_s:g} s ({_size(seen)} of "
+                    f"{_size(length) if length else 'it'} came; VITSEARCH_API_BODY_TIMEOUT_S)",
+                )
                 raise BodyTimeout() from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))

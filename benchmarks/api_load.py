@@ -31,6 +31,7 @@ several processes measure more of the server and less of the client (the same CP
 
 Not a test: run by hand, report the table and the machine load it prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def build_collection(catalog: Path, n: int, model: str, cache: Path, server: str | None
-                     ) -> tuple[str, str, list[Path], list[Path]]:
+def build_collection(
+    catalog: Path, n: int, model: str, cache: Path, server: str | None
+) -> tuple[str, str, list[Path], list[Path]]:
     """A collection of the first ``n`` catalogue photos (links in a folder of their own): a Lite
     database, or the collection ``api_load`` on ``server``; its URI and name, the indexed paths,
     and 64 other photos to query with."""
@@ -86,7 +88,7 @@ def build_collection(catalog: Path, n: int, model: str, cache: Path, server: str
     from vitsearch.search.store import Store
 
     photos = sorted(catalog.glob("*.jpg"))
-    indexed, queries = photos[:n], photos[n:n + 64]
+    indexed, queries = photos[:n], photos[n : n + 64]
     key = hashlib.sha256("\n".join([model, *map(str, indexed)]).encode()).hexdigest()[:12]
     root = cache / f"vitsearch-api-load-{key}"
     folder = root / "photos"
@@ -112,11 +114,13 @@ def encoder_baseline(encoder, queries: list[bytes], seconds: float = 15.0) -> fl
     encoder.embed(queries[:BATCH], batch_size=BATCH)  # warm-up
     done, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
-        encoder.embed(queries[done % len(queries):][:BATCH] or queries[:BATCH], batch_size=BATCH)
+        encoder.embed(queries[done % len(queries) :][:BATCH] or queries[:BATCH], batch_size=BATCH)
         done += BATCH
     rate = done / (time.perf_counter() - started)
-    print(f"encoder alone: {rate:.1f} images/s, {1000 * (time.process_time() - cpu) / done:.1f} CPU ms/image "
-          f"(Encoder.embed, batches of {BATCH}, decode included), load {load()}")
+    print(
+        f"encoder alone: {rate:.1f} images/s, {1000 * (time.process_time() - cpu) / done:.1f} CPU ms/image "
+        f"(Encoder.embed, batches of {BATCH}, decode included), load {load()}"
+    )
     return rate
 
 
@@ -128,9 +132,24 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from vitsearch.cli import main; main()", "serve", "--uri", uri, "--collection",
-             collection, "--port", str(self.port), "--workers", str(workers)],
-            env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-c",
+                "from vitsearch.cli import main; main()",
+                "serve",
+                "--uri",
+                uri,
+                "--collection",
+                collection,
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+            ],
+            env={**os.environ, **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 300
         while True:
             try:
@@ -148,8 +167,17 @@ class Server:
         self.log.close()
 
 
-async def _drive(url: str, mode: str, offsets: list[int], step: int, start_at: float, seconds: float,
-                 queries: list[bytes], paths: list[str], timeout: float) -> tuple:
+async def _drive(
+    url: str,
+    mode: str,
+    offsets: list[int],
+    step: int,
+    start_at: float,
+    seconds: float,
+    queries: list[bytes],
+    paths: list[str],
+    timeout: float,
+) -> tuple:
     """One process's share of a level: a client per offset, from ``start_at`` (``time.time()``) for
     ``seconds``; (latencies s, errors by code, dropped by exception, elapsed s, own CPU s)."""
     latencies: list[float] = []
@@ -164,8 +192,11 @@ async def _drive(url: str, mode: str, offsets: list[int], step: int, start_at: f
             started = time.perf_counter()
             try:
                 if mode == "image":
-                    r = await http.post("/search", params={"k": 10},
-                                        files={"image": ("query.jpg", queries[i % len(queries)], "image/jpeg")})
+                    r = await http.post(
+                        "/search",
+                        params={"k": 10},
+                        files={"image": ("query.jpg", queries[i % len(queries)], "image/jpeg")},
+                    )
                 else:
                     r = await http.post("/search/similar", json={"path": paths[i % len(paths)], "k": 10})
             except httpx.TransportError as exc:
@@ -189,8 +220,16 @@ def drive(*args) -> tuple:
     return asyncio.run(_drive(*args))
 
 
-def run_level(url: str, mode: str, clients: int, seconds: float, queries: list[bytes], paths: list[str],
-              timeout: float, procs: int = 1) -> dict:
+def run_level(
+    url: str,
+    mode: str,
+    clients: int,
+    seconds: float,
+    queries: list[bytes],
+    paths: list[str],
+    timeout: float,
+    procs: int = 1,
+) -> dict:
     """One level: ``clients`` clients spread over ``procs`` load-generator processes (this one
     where ``procs`` is 1), each client sending its next request when its last is answered."""
     procs = max(1, min(procs, clients))
@@ -198,8 +237,10 @@ def run_level(url: str, mode: str, clients: int, seconds: float, queries: list[b
     load_before = load()
     server_cpu = cpu_seconds(before["pid"])
     start_at = time.time() + (3.0 if procs > 1 else 0.0)  # the processes start together, after spawning
-    shares = [(url, mode, list(range(p, clients, procs)), clients, start_at, seconds, queries, paths, timeout)
-              for p in range(procs)]
+    shares = [
+        (url, mode, list(range(p, clients, procs)), clients, start_at, seconds, queries, paths, timeout)
+        for p in range(procs)
+    ]
     if procs == 1:
         parts = [drive(*shares[0])]
     else:
@@ -217,23 +258,35 @@ def run_level(url: str, mode: str, clients: int, seconds: float, queries: list[b
     searched = after.get("queries_searched", 0) - before.get("queries_searched", 0)
     ms = np.asarray(latencies) * 1000 if latencies else np.asarray([np.nan])
     answered = max(len(latencies), 1)
-    return {"mode": mode, "clients": clients, "procs": procs, "requests": len(latencies),
-            "qps": len(latencies) / elapsed,
-            "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
-            "errors": sum(errors.values()), "codes": errors, "dropped": sum(dropped.values()), "why": dropped,
-            "batch": images / passes if passes else float("nan"),
-            "per_search": searched / searches if searches else float("nan"),
-            "server_ms": 1000 * server_cpu / answered, "client_ms": 1000 * own_cpu / answered,
-            "load": f"{load_before} -> {load()}"}
+    return {
+        "mode": mode,
+        "clients": clients,
+        "procs": procs,
+        "requests": len(latencies),
+        "qps": len(latencies) / elapsed,
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "errors": sum(errors.values()),
+        "codes": errors,
+        "dropped": sum(dropped.values()),
+        "why": dropped,
+        "batch": images / passes if passes else float("nan"),
+        "per_search": searched / searches if searches else float("nan"),
+        "server_ms": 1000 * server_cpu / answered,
+        "client_ms": 1000 * own_cpu / answered,
+        "load": f"{load_before} -> {load()}",
+    }
 
 
 def row(r: dict, label: str = "") -> str:
     codes = " " + ",".join(f"{c}x{n}" for c, n in r["codes"].items()) if r["codes"] else ""
     batch, per_search = ("-" if np.isnan(r[key]) else f"{r[key]:.1f}" for key in ("batch", "per_search"))
     why = " " + ",".join(f"{k}x{n}" for k, n in r["why"].items()) if r["why"] else ""
-    return (f"| {r['mode']}{label} | {r['clients']} | {r['requests']} | {r['qps']:.1f} | {r['p50']:.0f} | "
-            f"{r['p99']:.0f} | {r['errors']}{codes} | {r['dropped']}{why} | {batch} | {per_search} | "
-            f"{r['server_ms']:.1f} | {r['client_ms']:.1f} | {r['load']} |")
+    return (
+        f"| {r['mode']}{label} | {r['clients']} | {r['requests']} | {r['qps']:.1f} | {r['p50']:.0f} | "
+        f"{r['p99']:.0f} | {r['errors']}{codes} | {r['dropped']}{why} | {batch} | {per_search} | "
+        f"{r['server_ms']:.1f} | {r['client_ms']:.1f} | {r['load']} |"
+    )
 
 
 def main() -> None:
@@ -245,12 +298,20 @@ def main() -> None:
     parser.add_argument("--model", default=str(SHARED / "models" / "dinov2-small-9l"))
     parser.add_argument("--catalog", default=str(SHARED / "data" / "catalog"))
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--server", help="index into and serve from the collection api_load of this Milvus server "
-                        "(a URI, or 'local': the one `vitsearch server start` runs) instead of a Lite database")
+    parser.add_argument(
+        "--server",
+        help="index into and serve from the collection api_load of this Milvus server "
+        "(a URI, or 'local': the one `vitsearch server start` runs) instead of a Lite database",
+    )
     parser.add_argument("--url", help="drive this running server instead (its collection must hold the photos)")
-    parser.add_argument("--procs", type=int, default=4, help="load-generator processes the clients of a level are "
-                        "spread over (default 4, at most one per client; 1: one event loop drives them all, and "
-                        "its own queueing, at a few CPU ms a request, is in the latencies it measures)")
+    parser.add_argument(
+        "--procs",
+        type=int,
+        default=4,
+        help="load-generator processes the clients of a level are "
+        "spread over (default 4, at most one per client; 1: one event loop drives them all, and "
+        "its own queueing, at a few CPU ms a request, is in the latencies it measures)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a request counts as dropped")
     parser.add_argument("--cache", default=tempfile.gettempdir())
     parser.add_argument("--no-compare", action="store_true", help="skip the batching-off leg")
@@ -261,23 +322,28 @@ def main() -> None:
     from vitsearch.search.config import Settings
 
     milvus = Settings().resolved_uri() if args.server == "local" else args.server
-    uri, collection, indexed, query_files = build_collection(Path(args.catalog), args.photos, args.model,
-                                                             Path(args.cache), milvus)
+    uri, collection, indexed, query_files = build_collection(
+        Path(args.catalog), args.photos, args.model, Path(args.cache), milvus
+    )
     queries = [p.read_bytes() for p in query_files]
     paths = [str(p) for p in indexed]
-    print(f"# {platform.node()}: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-          f"load {load()} at start; model {args.model}; {args.photos} photos indexed in {uri} ({collection}); "
-          f"{args.duration:g} s per level; {args.workers} worker(s); clients spread over {args.procs} load-generator "
-          f"process(es)")
+    print(
+        f"# {platform.node()}: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"load {load()} at start; model {args.model}; {args.photos} photos indexed in {uri} ({collection}); "
+        f"{args.duration:g} s per level; {args.workers} worker(s); clients spread over {args.procs} load-generator "
+        f"process(es)"
+    )
     from vitsearch.search.encoder import Encoder
 
     modes = args.modes.split(",")
     encoder = Encoder.load(args.model) if "image" in modes else None
     baselines = [encoder_baseline(encoder, queries)] if encoder else []
 
-    header = ("| search | clients | answered | QPS | p50 ms | p99 ms | errors | dropped | mean batch | queries per "
-              "Milvus search | server CPU ms/answer | load generator CPU ms/answer | load 1m/5m |\n"
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    header = (
+        "| search | clients | answered | QPS | p50 ms | p99 ms | errors | dropped | mean batch | queries per "
+        "Milvus search | server CPU ms/answer | load generator CPU ms/answer | load 1m/5m |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    )
     results, server = [], None
     try:
         if args.url:
@@ -296,7 +362,9 @@ def main() -> None:
             server.stop()
     compare = None
     if not args.url and not args.no_compare and "image" in modes:
-        server = Server(uri, collection, args.workers, {"VITSEARCH_API_MAX_BATCH": "1"}, Path(args.cache) / "api-load-serve-1.log")
+        server = Server(
+            uri, collection, args.workers, {"VITSEARCH_API_MAX_BATCH": "1"}, Path(args.cache) / "api-load-serve-1.log"
+        )
         try:
             compare = run_level(server.url, "image", BATCH, args.duration, queries, paths, args.timeout, args.procs)
         finally:
@@ -310,12 +378,16 @@ def main() -> None:
     baseline = float(np.mean(baselines)) if baselines else float("nan")
     at16 = next((r for r in results if r["mode"] == "image" and r["clients"] == BATCH), None)
     if at16:
-        print(f"\nimage search at {BATCH} clients: {at16['qps']:.1f} QPS = {at16['qps'] / baseline:.0%} of the "
-              f"encoder's own {baseline:.1f} images/s (mean of {', '.join(f'{b:.1f}' for b in baselines)}; "
-              f"goal >= 90%)")
+        print(
+            f"\nimage search at {BATCH} clients: {at16['qps']:.1f} QPS = {at16['qps'] / baseline:.0%} of the "
+            f"encoder's own {baseline:.1f} images/s (mean of {', '.join(f'{b:.1f}' for b in baselines)}; "
+            f"goal >= 90%)"
+        )
         if compare:
-            print(f"batching on/off at {BATCH} clients: {at16['qps']:.1f} / {compare['qps']:.1f} QPS = "
-                  f"{at16['qps'] / compare['qps']:.2f}x; p99 {at16['p99']:.0f} / {compare['p99']:.0f} ms")
+            print(
+                f"batching on/off at {BATCH} clients: {at16['qps']:.1f} / {compare['qps']:.1f} QPS = "
+                f"{at16['qps'] / compare['qps']:.2f}x; p99 {at16['p99']:.0f} / {compare['p99']:.0f} ms"
+            )
     sim16 = next((r for r in results if r["mode"] == "similar" and r["clients"] == BATCH), None)
     if sim16:
         print(f"stored-vector search at {BATCH} clients: p99 {sim16['p99']:.0f} ms (goal <= 100 ms)")

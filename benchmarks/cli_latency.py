@@ -23,6 +23,7 @@ report the table.
 
 Figures: docs/benchmarks/cli-latency.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,13 @@ def run(pythonpath: Path, args: list[str], env: dict) -> tuple[float, subprocess
     """Seconds of wall time of one fresh ``vitsearch ARGS`` process of the tree at ``pythonpath``."""
     env = {**env, "PYTHONPATH": str(pythonpath)}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", "from vitsearch.cli import main; main()", *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", "from vitsearch.cli import main; main()", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return time.perf_counter() - started, done
 
 
@@ -69,9 +75,25 @@ def build_database(uri: str, model: str, n: int, workdir: Path, env: dict) -> No
         if not (folder / p.name).is_symlink():
             (folder / p.name).symlink_to(p)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", "from vitsearch.cli import main; main()", "index", str(folder),
-                           "--model", model, "--uri", uri, "--runtime", "onnx-int8"], env=env, text=True,
-                          capture_output=True, timeout=3600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from vitsearch.cli import main; main()",
+            "index",
+            str(folder),
+            "--model",
+            model,
+            "--uri",
+            uri,
+            "--runtime",
+            "onnx-int8",
+        ],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=3600,
+    )
     if done.returncode != 0:
         sys.exit(f"indexing failed: {done.stderr.strip()[-2000:]}")
     print(f"indexed {len(photos)} photos into {uri} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -79,8 +101,11 @@ def build_database(uri: str, model: str, n: int, workdir: Path, env: dict) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--uri", help="a Milvus Lite database this script made before, or where to make one "
-                        "that is kept (default: a new one in a temporary folder)")
+    parser.add_argument(
+        "--uri",
+        help="a Milvus Lite database this script made before, or where to make one "
+        "that is kept (default: a new one in a temporary folder)",
+    )
     parser.add_argument("--before", type=Path, help="another source tree (a git worktree) to time as well")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--photos", type=int, default=1000)
@@ -95,9 +120,11 @@ def main() -> None:
             build_database(uri, args.model, args.photos, Path(uri).parent if args.uri else tmp, env)
         query = str(sorted((SHARED / "data" / "catalog").glob("*.jpg"))[-1])  # past the first 1,000: not indexed
         trees = {"after": REPO} if args.before is None else {"before": args.before.resolve(), "after": REPO}
-        cases = {"search IMG": ["search", query, "--uri", uri],
-                 "search nope.jpg": ["search", str(tmp / "nope.jpg"), "--uri", uri],
-                 "search --help": ["search", "--help"]}
+        cases = {
+            "search IMG": ["search", query, "--uri", uri],
+            "search nope.jpg": ["search", str(tmp / "nope.jpg"), "--uri", uri],
+            "search --help": ["search", "--help"],
+        }
         times: dict[tuple[str, str], list[float]] = {}
         paths = {name: shim(tree, tmp / f"shim-{name}") for name, tree in trees.items()}
         for name, path in paths.items():  # warm-up: the file cache, and the ONNX export of an older tree
@@ -113,10 +140,16 @@ def main() -> None:
                     elif done.returncode != 0:
                         sys.exit(f"{name}: {case} failed: {done.stderr.strip()[-2000:]}")
                     times.setdefault((case, name), []).append(seconds)
-    print(f"cold `vitsearch` processes, {args.runs} runs each, {os.cpu_count()} CPUs, Milvus Lite, "
-          f"{args.photos} photos, {Path(args.model).name} onnx-int8\n")
-    head = "| command | " + " | ".join(f"{n} p50 s | {n} p90 s" for n in trees) + \
-           (" | after / before (p50) |" if len(trees) == 2 else " |") + " goal p50 s |"
+    print(
+        f"cold `vitsearch` processes, {args.runs} runs each, {os.cpu_count()} CPUs, Milvus Lite, "
+        f"{args.photos} photos, {Path(args.model).name} onnx-int8\n"
+    )
+    head = (
+        "| command | "
+        + " | ".join(f"{n} p50 s | {n} p90 s" for n in trees)
+        + (" | after / before (p50) |" if len(trees) == 2 else " |")
+        + " goal p50 s |"
+    )
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for case in cases:

@@ -9,6 +9,7 @@ between the embeddings of the AutoImageProcessor input and the draft-decoded inp
 
 Single process, single thread. Not a test: run by hand, report the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,10 +52,12 @@ def main() -> None:
     pre = encoder.preprocessor
     ways = {
         "AutoImageProcessor, full decode": lambda b: encoder.processor(
-            images=[decode_bytes(b, "x")], return_tensors="np")["pixel_values"][0],
+            images=[decode_bytes(b, "x")], return_tensors="np"
+        )["pixel_values"][0],
         "vitsearch Preprocess, full decode": lambda b: pre(decode_bytes(b, "x")),
         f"vitsearch Preprocess, draft decode (>= {pre.draft_px} px)": lambda b: pre(
-            decode_sized(b, "x", draft_px=pre.draft_px)[0]),
+            decode_sized(b, "x", draft_px=pre.draft_px)[0]
+        ),
     }
     print(f"\n{source}; model {Path(args.model).name}; {type(encoder.processor).__name__}\n")
     print(f"{'':52} {'ms/image':>9} {'vs HF':>6}")

@@ -56,6 +56,7 @@ threshold (``duplicates.png``) and of a collapsed search for the first original
 
 Not a test: run by hand, report the tables (and ``uptime``: the CPU is shared).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,7 +108,9 @@ def plant(original: Path, kind: str, out: Path) -> None:
         im.load()
         rgb = im.convert("RGB")
         if kind == "down50":
-            rgb.resize((max(1, rgb.width // 2), max(1, rgb.height // 2)), Image.Resampling.LANCZOS).save(out, quality=90)
+            rgb.resize((max(1, rgb.width // 2), max(1, rgb.height // 2)), Image.Resampling.LANCZOS).save(
+                out, quality=90
+            )
         elif kind == "jpeg30":
             rgb.save(out, quality=30)
         elif kind == "crop90":
@@ -125,7 +128,9 @@ def plant(original: Path, kind: str, out: Path) -> None:
             rgb.rotate(-2, Image.Resampling.BICUBIC, fillcolor=(255, 255, 255)).save(out, quality=90)
         elif kind == "rot1-down60":
             turned = straightened(rgb, 1)
-            turned.resize((round(turned.width * 0.6), round(turned.height * 0.6)), Image.Resampling.LANCZOS).save(out, quality=90)
+            turned.resize((round(turned.width * 0.6), round(turned.height * 0.6)), Image.Resampling.LANCZOS).save(
+                out, quality=90
+            )
         elif kind == "down50-sharp":
             small = rgb.resize((max(1, rgb.width // 2), max(1, rgb.height // 2)), Image.Resampling.LANCZOS)
             small.filter(ImageFilter.UnsharpMask(radius=2, percent=150, threshold=3)).save(out, quality=90)
@@ -135,7 +140,9 @@ def plant(original: Path, kind: str, out: Path) -> None:
             lut = [round(255 * (v / 255) ** 0.8) for v in range(256)] * 3
             ImageEnhance.Contrast(rgb.point(lut)).enhance(1.15).save(out, quality=90)
         elif kind == "down75-jpeg50":
-            rgb.resize((round(rgb.width * 0.75), round(rgb.height * 0.75)), Image.Resampling.LANCZOS).save(out, quality=50)
+            rgb.resize((round(rgb.width * 0.75), round(rgb.height * 0.75)), Image.Resampling.LANCZOS).save(
+                out, quality=50
+            )
         else:
             raise ValueError(kind)
 
@@ -169,8 +176,11 @@ def quality(args) -> None:
         with Store(uri, "images") as store:
             report = index_folder(str(root), encoder=encoder, store=store, workers=1)
         index_s = time.perf_counter() - started
-        print(f"indexed {report.indexed} files ({len(originals)} originals x {1 + len(kinds)}; "
-              f"{report.unchanged} unchanged), {len(report.failures)} failures, in {index_s:.0f} s", flush=True)
+        print(
+            f"indexed {report.indexed} files ({len(originals)} originals x {1 + len(kinds)}; "
+            f"{report.unchanged} unchanged), {len(report.failures)} failures, in {index_s:.0f} s",
+            flush=True,
+        )
         results = []
         with SearchClient(uri=uri) as client:
             default = client.duplicate_threshold()
@@ -183,19 +193,25 @@ def quality(args) -> None:
         for p in originals:
             shas.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), []).append(p.name)
         identical_originals = sum(len(v) * (len(v) - 1) // 2 for v in shas.values())
-        cost = pixel_cost(sorted(p for p in source if p.startswith(str(root / kinds[0])))[:50]
-                          + sorted(p for p in source if p.startswith(str(root / "original")))[:50])
+        cost = pixel_cost(
+            sorted(p for p in source if p.startswith(str(root / kinds[0])))[:50]
+            + sorted(p for p in source if p.startswith(str(root / "original")))[:50]
+        )
 
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
-          f"{len(originals)} catalogue photos from {args.folder} + {len(kinds)} planted copies each "
-          f"({len(source)} files, split {args.split}), model {Path(args.model).name} ({args.runtime}), {space} "
-          f"collection, default threshold {default} (*); {identical_originals} pairs of originals are "
-          f"byte-identical in the catalogue itself; "
-          + ("near pairs confirmed by their pixels (default)" if args.verify else "embedding alone (--no-verify)"))
+    print(
+        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
+        f"{len(originals)} catalogue photos from {args.folder} + {len(kinds)} planted copies each "
+        f"({len(source)} files, split {args.split}), model {Path(args.model).name} ({args.runtime}), {space} "
+        f"collection, default threshold {default} (*); {identical_originals} pairs of originals are "
+        f"byte-identical in the catalogue itself; "
+        + ("near pairs confirmed by their pixels (default)" if args.verify else "embedding alone (--no-verify)")
+    )
     for split in splits:
         report_split(split, SPLITS[split], len(originals), source, results, default)
-    print(f"\npixel check cost: {cost[0]:.2f} ms a file (decode and signature), {cost[1]:.1f} us a pair "
-          f"(score of two signatures), {cost[2]} files, {cost[3]} pairs")
+    print(
+        f"\npixel check cost: {cost[0]:.2f} ms a file (decode and signature), {cost[1]:.1f} us a pair "
+        f"(score of two signatures), {cost[2]} files, {cost[3]} pairs"
+    )
 
 
 def pixel_cost(paths: list[str]) -> tuple[float, float, int, int]:
@@ -214,14 +230,26 @@ def pixel_cost(paths: list[str]) -> tuple[float, float, int, int]:
     return per_file, (time.perf_counter() - started) / len(i) * 1e6, len(paths), len(i)
 
 
-def report_split(split: str, kinds: tuple[str, ...], n_originals: int, source: dict[str, tuple[str, str]],
-                 results: list, default: float) -> None:
+def report_split(
+    split: str,
+    kinds: tuple[str, ...],
+    n_originals: int,
+    source: dict[str, tuple[str, str]],
+    results: list,
+    default: float,
+) -> None:
     """Print the recall/precision tables of one split: its files are the originals and its
     ``kinds`` of copies; each group is cut down to them."""
     mine = {"original", *kinds}
-    header = f"{'threshold':>10} " + " ".join(f"{k:>14}" for k in kinds) + f" {'P all':>6} {'R all':>6} {'distinct':>8} {'orig-orig':>9} {'scan s':>6}"
-    print(f"\n{split} split: recall per transformation (original-copy pairs in one group), overall pair precision P "
-          "and recall R,")
+    header = (
+        f"{'threshold':>10} "
+        + " ".join(f"{k:>14}" for k in kinds)
+        + f" {'P all':>6} {'R all':>6} {'distinct':>8} {'orig-orig':>9} {'scan s':>6}"
+    )
+    print(
+        f"\n{split} split: recall per transformation (original-copy pairs in one group), overall pair precision P "
+        "and recall R,"
+    )
     print("reported pairs of files from two distinct originals, of which both originals:")
     print(header)
     prec_rows = []
@@ -253,8 +281,12 @@ def report_split(split: str, kinds: tuple[str, ...], n_originals: int, source: d
         p_all = good / reported if reported else 1.0
         r_all = good / truth
         mark = "*" if t == default else " "
-        print(f"{t:9.3f}{mark} " + " ".join(f"{r:14.3f}" for r in per)
-              + f" {p_all:6.3f} {r_all:6.3f} {reported - good:8d} {orig_orig:9d} {found.seconds:6.1f}", flush=True)
+        print(
+            f"{t:9.3f}{mark} "
+            + " ".join(f"{r:14.3f}" for r in per)
+            + f" {p_all:6.3f} {r_all:6.3f} {reported - good:8d} {orig_orig:9d} {found.seconds:6.1f}",
+            flush=True,
+        )
         prec_rows.append((t, mark, prec))
     print(f"\n{split} split: precision per transformation (reported pairs holding that copy that are true pairs):")
     print(f"{'threshold':>10} " + " ".join(f"{k:>14}" for k in kinds))
@@ -276,15 +308,30 @@ def page(args) -> None:
             for p in originals:
                 shutil.copyfile(p, root / kind / p.name) if kind == "original" else plant(p, kind, root / kind / p.name)
         uri = str(Path(tmp) / "milvus.db")
-        subprocess.run([sys.executable, "-c", "from vitsearch.cli import main; main()", "index", str(root),
-                        "--model", args.model, "--uri", uri], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from vitsearch.cli import main; main()",
+                "index",
+                str(root),
+                "--model",
+                args.model,
+                "--uri",
+                uri,
+            ],
+            check=True,
+        )
         with ui_server(uri, Path(tmp) / "ui.log") as url, chromium_page(height=1300) as browser:
             browser.goto(f"{url}/duplicates")
             browser.get_by_text("groups,").first.wait_for(timeout=300_000)
-            browser.wait_for_function(f"""() => {{
+            browser.wait_for_function(
+                f"""() => {{
                 const imgs = [...document.querySelectorAll('{THUMBNAILS}')];
                 return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
-            }}""", timeout=120_000)
+            }}""",
+                timeout=120_000,
+            )
             browser.screenshot(path=out / "duplicates.png", full_page=True)
             browser.goto(url)
             upload_and_wait(browser, root / "original" / originals[0].name)
@@ -301,7 +348,7 @@ def synthetic(n: int, dim: int, seed: int = 0) -> np.ndarray:
     copies = max(1, n // 100)
     noise = rng.standard_normal((copies, dim), dtype=np.float32)
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-    v[n - copies:] = v[:copies] + 0.25 * noise
+    v[n - copies :] = v[:copies] + 0.25 * noise
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return v
 
@@ -318,17 +365,32 @@ def bench_store(uri: str):
 def fill(uri: str, vectors: np.ndarray, chunk: int = 5000) -> float:
     from vitsearch.search.encoder_info import EncoderInfo
 
-    info = EncoderInfo(model="synthetic", weights_sha256="0" * 64, dim=vectors.shape[1], pooling="cls",
-                       image_size=(224, 224))
+    info = EncoderInfo(
+        model="synthetic", weights_sha256="0" * 64, dim=vectors.shape[1], pooling="cls", image_size=(224, 224)
+    )
     started = time.perf_counter()
     with bench_store(uri) as store:
         store.drop()
         store.ensure(info)
         for start in range(0, len(vectors), chunk):
-            store.upsert([{"path": f"/f/{i % 100}/{i:08d}.jpg", "vector": vectors[i], "folder": f"/f/{i % 100}",
-                           "size": 1000, "mtime": float(i), "ctime_ns": 0, "inode": i, "width": 10, "height": 10,
-                           "sha256": f"{i:064x}", "indexed_at": 0.0}
-                          for i in range(start, min(start + chunk, len(vectors)))])
+            store.upsert(
+                [
+                    {
+                        "path": f"/f/{i % 100}/{i:08d}.jpg",
+                        "vector": vectors[i],
+                        "folder": f"/f/{i % 100}",
+                        "size": 1000,
+                        "mtime": float(i),
+                        "ctime_ns": 0,
+                        "inode": i,
+                        "width": 10,
+                        "height": 10,
+                        "sha256": f"{i:064x}",
+                        "indexed_at": 0.0,
+                    }
+                    for i in range(start, min(start + chunk, len(vectors)))
+                ]
+            )
         store.flush(timeout_s=3600)
         store.close(release=True)
     return time.perf_counter() - started
@@ -375,8 +437,9 @@ def scan(uri: str, threshold: float | None):
                     result = queue.get(timeout=1)
                     break
                 except Empty:
-                    raise SystemExit(f"the scan process exited with code {proc.exitcode} without a result "
-                                     "(its traceback is above)") from None
+                    raise SystemExit(
+                        f"the scan process exited with code {proc.exitcode} without a result (its traceback is above)"
+                    ) from None
     proc.join()
     return result
 
@@ -386,7 +449,7 @@ def exact_pairs(vectors: np.ndarray, threshold: float, block: int = 4096) -> tup
     started = time.perf_counter()
     found = set()
     for s in range(0, len(vectors), block):
-        sims = vectors[s:s + block] @ vectors.T
+        sims = vectors[s : s + block] @ vectors.T
         for i, j in zip(*np.nonzero(sims >= threshold)):
             if s + i < j:
                 found.add(frozenset((f"/f/{(s + i) % 100}/{s + i:08d}.jpg", f"/f/{j % 100}/{j:08d}.jpg")))
@@ -412,19 +475,35 @@ def speed(args) -> None:
                 sha_s, *_ = scan(uri, None)
                 seconds, images, groups, pairs, rss = scan(uri, 0.95)
                 recall = len(pairs & exact) / len(exact) if exact else None
-                rows.append(("Milvus Lite" if backend == "lite" else "Milvus server", n, load_s, sha_s, seconds,
-                             images, groups, rss, exact_s, recall))
+                rows.append(
+                    (
+                        "Milvus Lite" if backend == "lite" else "Milvus server",
+                        n,
+                        load_s,
+                        sha_s,
+                        seconds,
+                        images,
+                        groups,
+                        rss,
+                        exact_s,
+                        recall,
+                    )
+                )
                 print_row(*rows[-1], flush=True)
                 if not args.keep:
                     with bench_store(uri) as store:
                         store.drop()
                         store.close(release=True)
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
-          f"synthetic {args.dim}-d unit vectors (1 % planted near copies), threshold 0.95, HNSW M 16, "
-          f"efConstruction 200; top-16 per query; queries per search: {NEIGHBOURS_BATCH} on a server, "
-          f"{LITE_NEIGHBOURS_BATCH} on Lite")
-    print(f"\n{'backend':14} {'vectors':>9} {'load s':>7} {'sha s':>6} {'scan s':>7} {'img/s':>7} {'groups':>7} "
-          f"{'RSS MiB':>7} {'numpy s':>7} {'x numpy':>7} {'recall':>6}")
+    print(
+        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
+        f"synthetic {args.dim}-d unit vectors (1 % planted near copies), threshold 0.95, HNSW M 16, "
+        f"efConstruction 200; top-16 per query; queries per search: {NEIGHBOURS_BATCH} on a server, "
+        f"{LITE_NEIGHBOURS_BATCH} on Lite"
+    )
+    print(
+        f"\n{'backend':14} {'vectors':>9} {'load s':>7} {'sha s':>6} {'scan s':>7} {'img/s':>7} {'groups':>7} "
+        f"{'RSS MiB':>7} {'numpy s':>7} {'x numpy':>7} {'recall':>6}"
+    )
     for row in rows:
         print_row(*row)
 
@@ -432,9 +511,12 @@ def speed(args) -> None:
 def print_row(backend, n, load_s, sha_s, seconds, images, groups, rss, exact_s, recall, flush=False) -> None:
     ratio = f"{exact_s / seconds:7.2f}" if exact_s else f"{'-':>7}"
     load = f"{load_s:7.1f}" if load_s is not None else f"{'reused':>7}"
-    print(f"{backend:14} {n:9,d} {load} {sha_s:6.1f} {seconds:7.1f} {images / seconds:7.0f} {groups:7d} "
-          f"{rss:7.0f} {exact_s if exact_s else float('nan'):7.1f} {ratio} "
-          f"{recall if recall is not None else float('nan'):6.3f}", flush=flush)
+    print(
+        f"{backend:14} {n:9,d} {load} {sha_s:6.1f} {seconds:7.1f} {images / seconds:7.0f} {groups:7d} "
+        f"{rss:7.0f} {exact_s if exact_s else float('nan'):7.1f} {ratio} "
+        f"{recall if recall is not None else float('nan'):6.3f}",
+        flush=flush,
+    )
 
 
 def main() -> None:
@@ -445,27 +527,54 @@ def main() -> None:
     q.add_argument("--model", default=str(SHARED / "models" / "dinov2-small-9l"))
     q.add_argument("--originals", type=int, default=300)
     q.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)))
-    q.add_argument("--no-verify", dest="verify", action="store_false", help="the embedding alone decides (no "
-                   "pixel check of the candidate pairs)")
+    q.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="the embedding alone decides (no pixel check of the candidate pairs)",
+    )
     q.add_argument("--runtime", default="onnx-int8", help="encoder runtime (default onnx-int8, the CPU default)")
-    q.add_argument("--split", choices=("tuning", "held-out", "both"), default="both", help="the planted "
-                   "copies: the transformations the pixel check was tuned on, the held-out ones, or both in one "
-                   "collection, each scored on its own (default both)")
-    q.add_argument("--workdir", default=None, help="keep the planted files and the index here (reused when "
-                   "it holds them): default a temporary folder")
+    q.add_argument(
+        "--split",
+        choices=("tuning", "held-out", "both"),
+        default="both",
+        help="the planted "
+        "copies: the transformations the pixel check was tuned on, the held-out ones, or both in one "
+        "collection, each scored on its own (default both)",
+    )
+    q.add_argument(
+        "--workdir",
+        default=None,
+        help="keep the planted files and the index here (reused when it holds them): default a temporary folder",
+    )
     s = sub.add_parser("speed")
     s.add_argument("--sizes", default="10000,100000")
-    s.add_argument("--server", default=None, help="Milvus server URI, e.g. http://127.0.0.1:19530, or "
-                   "'local': the server that `vitsearch server start` runs (its credentials are used)")
+    s.add_argument(
+        "--server",
+        default=None,
+        help="Milvus server URI, e.g. http://127.0.0.1:19530, or "
+        "'local': the server that `vitsearch server start` runs (its credentials are used)",
+    )
     s.add_argument("--no-lite", action="store_true")
     s.add_argument("--dim", type=int, default=384)
-    s.add_argument("--keep", action="store_true", help="keep the collections after the scans (Lite's only "
-                   "with --lite-dir: by default its databases are in a temporary folder)")
-    s.add_argument("--reuse", action="store_true", help="scan the collections a --keep run left, without "
-                   "refilling them, where they hold exactly the size asked (1M takes ~16 min to fill on Lite, "
-                   "~30 min on a server here)")
-    s.add_argument("--lite-dir", default=None, help="folder of the Lite databases (lite-N.db), for --keep and "
-                   "--reuse (default a temporary folder)")
+    s.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the collections after the scans (Lite's only "
+        "with --lite-dir: by default its databases are in a temporary folder)",
+    )
+    s.add_argument(
+        "--reuse",
+        action="store_true",
+        help="scan the collections a --keep run left, without "
+        "refilling them, where they hold exactly the size asked (1M takes ~16 min to fill on Lite, "
+        "~30 min on a server here)",
+    )
+    s.add_argument(
+        "--lite-dir",
+        default=None,
+        help="folder of the Lite databases (lite-N.db), for --keep and --reuse (default a temporary folder)",
+    )
     s.add_argument("--exact-max", type=int, default=100000, help="largest size checked by exact numpy")
     g = sub.add_parser("page")
     g.add_argument("--folder", default=str(SHARED / "data" / "catalog"))

@@ -18,6 +18,7 @@ mAP, which must agree.
 Defaults: ``$VITSEARCH_SHARED/data/holidays-dev``, ``$VITSEARCH_SHARED/models/dinov2-small-9l``.
 Not a test: run by hand, report the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vitsearch-eval-bench-") as tmp:
         uri = str(Path(tmp) / "eval.db")
-        settings = Settings(model=args.model, uri=uri, collection="eval",
-                            **({"runtime": args.runtime} if args.runtime else {}))
+        settings = Settings(
+            model=args.model, uri=uri, collection="eval", **({"runtime": args.runtime} if args.runtime else {})
+        )
         report = evaluate(args.dataset, settings, (1, 5, 10), uri=uri, collection="eval")
         new = report.seconds
         data = load_dataset(args.dataset)
@@ -54,22 +56,35 @@ def main() -> None:
             old_search = time.perf_counter() - started
         old_map = ranking_figures(rankings, data.queries, (1, 5, 10)).map
     old_total = new["total"] - new["search"] + old_search
-    print(f"{args.dataset}: {report.images} images, {report.result.queries} queries, model {report.model}, "
-          f"runtime {report.runtime}; "
-          f"model load {new['model']:.2f} s, embedding (index) {new['index']:.2f} s, {report.images_per_s} images/s; "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"{args.dataset}: {report.images} images, {report.result.queries} queries, model {report.model}, "
+        f"runtime {report.runtime}; "
+        f"model load {new['model']:.2f} s, embedding (index) {new['index']:.2f} s, {report.images_per_s} images/s; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     embedding = new["index"] + new["model"]
-    print("| ranking | ranking s | total s | outside embedding (model load counted as embedding) | "
-          "outside index | mAP | ANN recall@10 |")
+    print(
+        "| ranking | ranking s | total s | outside embedding (model load counted as embedding) | "
+        "outside index | mAP | ANN recall@10 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, search, total, figure, ann in (
-            ("per-query search through Milvus (before)", old_search, old_total, old_map, "-"),
-            (f"stored vectors once, exact NumPy, ANN sample of {report.result.ann_queries} (now)", new["search"],
-             new["total"], report.result.map, f"{report.result.ann_recall_at_10:.4f}")):
-        print(f"| {name} | {search:.2f} | {total:.2f} | {(total - embedding) / total:.1%} | "
-              f"{(total - new['index']) / total:.1%} | {figure:.4f} | {ann} |")
-    print(f"ranking speed-up x{old_search / max(new['search'], 1e-9):.1f}; ANN sample {new['ann']:.2f} s of the "
-          f"ranking")
+        ("per-query search through Milvus (before)", old_search, old_total, old_map, "-"),
+        (
+            f"stored vectors once, exact NumPy, ANN sample of {report.result.ann_queries} (now)",
+            new["search"],
+            new["total"],
+            report.result.map,
+            f"{report.result.ann_recall_at_10:.4f}",
+        ),
+    ):
+        print(
+            f"| {name} | {search:.2f} | {total:.2f} | {(total - embedding) / total:.1%} | "
+            f"{(total - new['index']) / total:.1%} | {figure:.4f} | {ann} |"
+        )
+    print(
+        f"ranking speed-up x{old_search / max(new['search'], 1e-9):.1f}; ANN sample {new['ann']:.2f} s of the ranking"
+    )
 
 
 if __name__ == "__main__":

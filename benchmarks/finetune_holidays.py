@@ -13,6 +13,7 @@ classes (those with at least 2 photos), never seen in training. Both become clas
 
 Not a test: run by hand, report the table (2 CPU cores: a few minutes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ def class_folders(holidays: Path, out: Path, parity: int, at_least: int) -> int:
 
 
 def evaluate(dataset: Path, model: str) -> dict:
-    out = subprocess.run([*VITSEARCH, "eval", str(dataset), "--model", model, "--json"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [*VITSEARCH, "eval", str(dataset), "--model", model, "--json"], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout)
 
 
@@ -65,19 +67,32 @@ def main() -> None:
         tmp = Path(tmp)
         n_train = class_folders(Path(args.holidays), tmp / "train", parity=0, at_least=3)
         n_held = class_folders(Path(args.holidays), tmp / "held-out", parity=1, at_least=2)
-        print(f"training classes {n_train} ({sum(1 for _ in (tmp / 'train').rglob('*.jpg'))} photos), "
-              f"held-out classes {n_held} ({sum(1 for _ in (tmp / 'held-out').rglob('*.jpg'))} photos)")
+        print(
+            f"training classes {n_train} ({sum(1 for _ in (tmp / 'train').rglob('*.jpg'))} photos), "
+            f"held-out classes {n_held} ({sum(1 for _ in (tmp / 'held-out').rglob('*.jpg'))} photos)"
+        )
         before = evaluate(tmp / "held-out", args.model)
-        result = train(tmp / "train", tmp / "tuned", from_model=args.model, epochs=args.epochs, lr=args.lr,
-                       batch_size=args.batch_size, on_epoch=lambda r: print(r.line(args.epochs), flush=True))
+        result = train(
+            tmp / "train",
+            tmp / "tuned",
+            from_model=args.model,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            on_epoch=lambda r: print(r.line(args.epochs), flush=True),
+        )
         after = evaluate(tmp / "held-out", str(result.out_dir))
 
-    print(f"\nheld-out classes (never trained on), `vitsearch eval`; {args.epochs} epochs, lr {args.lr}, "
-          f"batch {args.batch_size}, {result.device}, training {result.seconds:.0f} s")
+    print(
+        f"\nheld-out classes (never trained on), `vitsearch eval`; {args.epochs} epochs, lr {args.lr}, "
+        f"batch {args.batch_size}, {result.device}, training {result.seconds:.0f} s"
+    )
     print(f"{'encoder':24} {'mAP':>7} {'R@1':>7} {'R@5':>7} {'R@10':>7} {'P@1':>7}")
     for name, r in (("pretrained", before), ("fine-tuned", after)):
-        print(f"{name:24} {r['map']:7.4f} {r['recall']['1']:7.4f} {r['recall']['5']:7.4f} {r['recall']['10']:7.4f} "
-              f"{r['precision']['1']:7.4f}")
+        print(
+            f"{name:24} {r['map']:7.4f} {r['recall']['1']:7.4f} {r['recall']['5']:7.4f} {r['recall']['10']:7.4f} "
+            f"{r['precision']['1']:7.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ files), ``--install-cuda-torch`` (GPU machines only: before anything else,
 when ``torch.cuda.is_available()`` is false; never done otherwise, and never on the CPU).
 Set ``VITSEARCH_SHARED`` (default ``../shared`` beside the repository) and ``HF_HUB_OFFLINE=1``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -109,10 +110,24 @@ def vitsearch_cmd() -> list[str]:
 
 def sizes(quick: bool) -> dict:
     if quick:
-        return {"batches": [8, 16], "photos": 20, "copies": 1, "train_per_class": 8, "cosine_photos": 8,
-                "eval_queries": 16, "model_batches_total": 64}
-    return {"batches": [64, 128, 256, 512], "photos": None, "copies": 2, "train_per_class": 120,
-            "cosine_photos": 64, "eval_queries": None, "model_batches_total": 4096}
+        return {
+            "batches": [8, 16],
+            "photos": 20,
+            "copies": 1,
+            "train_per_class": 8,
+            "cosine_photos": 8,
+            "eval_queries": 16,
+            "model_batches_total": 64,
+        }
+    return {
+        "batches": [64, 128, 256, 512],
+        "photos": None,
+        "copies": 2,
+        "train_per_class": 120,
+        "cosine_photos": 64,
+        "eval_queries": None,
+        "model_batches_total": 4096,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,8 +141,14 @@ def build_vit(folder: Path, quick: bool) -> Path:
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
     if quick:
-        config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                           image_size=32, patch_size=8)
+        config = ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        )
         processor = ViTImageProcessor(size={"height": 32, "width": 32})
     else:
         config, processor = ViTConfig(), ViTImageProcessor()
@@ -201,7 +222,7 @@ def make_classes(folder: Path, per_class: int, workers: int) -> int:
     jobs = []
     for i, kind in enumerate(("plain", "gray", "rot90")):
         (tmp / kind).mkdir(parents=True)
-        jobs += [(p, tmp / kind / (p.stem + ".jpg"), kind) for p in files[i * per_class:(i + 1) * per_class]]
+        jobs += [(p, tmp / kind / (p.stem + ".jpg"), kind) for p in files[i * per_class : (i + 1) * per_class]]
     _run_jobs(jobs, workers)
     tmp.rename(folder)
     return len(jobs)
@@ -260,9 +281,19 @@ class GpuSampler:
             pass
         if shutil.which("nvidia-smi"):
             self.source = "nvidia-smi"
-            self._proc = subprocess.Popen(["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu",
-                                           "--format=csv,noheader,nounits", "-lms", "200"],
-                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self._proc = subprocess.Popen(
+                [
+                    "nvidia-smi",
+                    f"--id={index}",
+                    "--query-gpu=utilization.gpu",
+                    "--format=csv,noheader,nounits",
+                    "-lms",
+                    "200",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
 
             def read():
                 for line in self._proc.stdout:
@@ -288,10 +319,19 @@ class GpuSampler:
 
     def summary(self) -> dict:
         if not self.samples:
-            return {"gpu_util_source": self.source, "gpu_util_mean": "n/a", "gpu_util_max": "n/a", "gpu_util_samples": 0}
+            return {
+                "gpu_util_source": self.source,
+                "gpu_util_mean": "n/a",
+                "gpu_util_max": "n/a",
+                "gpu_util_samples": 0,
+            }
         busy = self.samples
-        return {"gpu_util_source": self.source, "gpu_util_mean": round(sum(busy) / len(busy), 1),
-                "gpu_util_max": max(busy), "gpu_util_samples": len(busy)}
+        return {
+            "gpu_util_source": self.source,
+            "gpu_util_mean": round(sum(busy) / len(busy), 1),
+            "gpu_util_max": max(busy),
+            "gpu_util_samples": len(busy),
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,8 +360,11 @@ def part_model_only(args, work: Path) -> dict:
         for r in rows:
             if "images_per_s" in r:
                 best[r["model"]] = max(best.get(r["model"], 0), r["images_per_s"])
-        result = {"rows": rows, "best_images_per_s": best,
-                  "anchor": "timm ViT-B/16 AMP, one recent GPU: 3,000-4,700 images/s model-only"}
+        result = {
+            "rows": rows,
+            "best_images_per_s": best,
+            "anchor": "timm ViT-B/16 AMP, one recent GPU: 3,000-4,700 images/s model-only",
+        }
         Path(args.result).write_text(json.dumps(result, default=str))  # what is there if the budget runs out
         return result
 
@@ -338,8 +381,13 @@ def part_model_only(args, work: Path) -> dict:
             if encoder.device.type != args.device.split(":")[0]:
                 raise RuntimeError(f"encoder on {encoder.device}, asked {args.device}: a silent fallback")
             for batch in s["batches"]:
-                row = {"model": name, "mode": mode, "batch": batch, "dtype": str(encoder.dtype).replace("torch.", ""),
-                       "device": str(encoder.device)}
+                row = {
+                    "model": name,
+                    "mode": mode,
+                    "batch": batch,
+                    "dtype": str(encoder.dtype).replace("torch.", ""),
+                    "device": str(encoder.device),
+                }
                 try:
                     one = encoder.preprocess(images[:1])
                     pixels = one.repeat(batch, *[1] * (one.dim() - 1)) if hasattr(one, "repeat") else one
@@ -395,9 +443,16 @@ def part_cosine(args, work: Path) -> dict:
     a /= np.linalg.norm(a, axis=1, keepdims=True)
     b /= np.linalg.norm(b, axis=1, keepdims=True)
     cos = (a * b).sum(axis=1)
-    return {"model": "dinov2-small-9l", "photos": len(images), "device": args.device, "device_dtype": dev_dtype,
-            "reference": "cpu float32, runtime torch", "cosine_min": round(float(cos.min()), 6),
-            "cosine_mean": round(float(cos.mean()), 6), "expected": ">= 0.999"}
+    return {
+        "model": "dinov2-small-9l",
+        "photos": len(images),
+        "device": args.device,
+        "device_dtype": dev_dtype,
+        "reference": "cpu float32, runtime torch",
+        "cosine_min": round(float(cos.min()), 6),
+        "cosine_mean": round(float(cos.mean()), 6),
+        "expected": ">= 0.999",
+    }
 
 
 CHILD_PARTS = {"model_only": part_model_only, "cosine": part_cosine}
@@ -411,8 +466,9 @@ def run(cmd: list[str], budget: float, env: dict | None = None, cwd: Path | None
     """Run ``cmd``; its stdout and the wall seconds. Raises on a timeout or a non-zero exit."""
     started = time.perf_counter()
     # its own process group, so that a timeout ends its workers too (decode processes, Ray, compilers)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, start_new_session=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=max(5.0, budget))
     except subprocess.TimeoutExpired as exc:
@@ -444,24 +500,47 @@ def part_index(args, work: Path, budget: float, engine: str, results: dict) -> d
     n = make_photos(folder, args.quick, args.copies, args.workers)
     name, model = index_model(args, work)
     db = work / f"index-{engine}-{time.time_ns()}.db"
-    cmd = [*vitsearch_cmd(), "index", str(folder), "--model", model, "--uri", str(db), "--device", args.device,
-           "--runtime", "torch", "--json", "--whitening", "none"]
+    cmd = [
+        *vitsearch_cmd(),
+        "index",
+        str(folder),
+        "--model",
+        model,
+        "--uri",
+        str(db),
+        "--device",
+        args.device,
+        "--runtime",
+        "torch",
+        "--json",
+        "--whitening",
+        "none",
+    ]
     if engine == "ray":
         cmd += ["--engine", "ray"]
     else:
         cmd += ["--workers", str(args.workers)]
     with GpuSampler(args.device) as sampler:
         out, seconds = run(cmd, budget)
-    summary = json.loads(out[out.index("{"):])
+    summary = json.loads(out[out.index("{") :])
     if summary["failed"]:
         raise RuntimeError(f"{summary['failed']} files failed: {summary.get('failures', [])[:3]}")
     if summary["indexed"] != n:
         raise RuntimeError(f"indexed {summary['indexed']} of {n} files")
-    row = {"engine": engine, "model": name, "images": n, "workers": args.workers if engine == "local" else "ray",
-           "wall_s": round(seconds, 2), "wall_images_per_s": round(n / seconds, 1),
-           "indexer_s": summary["seconds"], "indexer_images_per_s": summary["images_per_s"],
-           "batch_size": summary["batch_size"], "runtime": summary["runtime"],
-           **{f"{k}_s": v for k, v in summary["stage_seconds"].items()}, **sampler.summary()}
+    row = {
+        "engine": engine,
+        "model": name,
+        "images": n,
+        "workers": args.workers if engine == "local" else "ray",
+        "wall_s": round(seconds, 2),
+        "wall_images_per_s": round(n / seconds, 1),
+        "indexer_s": summary["seconds"],
+        "indexer_images_per_s": summary["images_per_s"],
+        "batch_size": summary["batch_size"],
+        "runtime": summary["runtime"],
+        **{f"{k}_s": v for k, v in summary["stage_seconds"].items()},
+        **sampler.summary(),
+    }
     decode = summary["stage_seconds"].get("decode") or 0
     row["decode_cores_per_1000_images_per_s"] = round(decode / n * 1000, 2) if decode else "n/a"
     best = (results.get("model_only") or {}).get("best_images_per_s", {}).get(name)
@@ -480,13 +559,41 @@ def part_train(args, work: Path, budget: float) -> dict:
     rows, started = [], time.perf_counter()
     for device in devices:
         if args.quick:
-            how = ["--scratch", "--patch-size", "8", "--dim", "32", "--depth", "2", "--heads", "2",
-                   "--mlp-dim", "64", "--image-size", "32", "--batch-size", "8"]
+            how = [
+                "--scratch",
+                "--patch-size",
+                "8",
+                "--dim",
+                "32",
+                "--depth",
+                "2",
+                "--heads",
+                "2",
+                "--mlp-dim",
+                "64",
+                "--image-size",
+                "32",
+                "--batch-size",
+                "8",
+            ]
         else:
             how = ["--from", str(SHARED / "models" / "dinov2-small-9l"), "--batch-size", "64"]
         out_dir = work / f"trained-{device.replace(':', '-')}"
-        cmd = [*vitsearch_cmd(), "train", str(data), "--out", str(out_dir), "--overwrite", "--epochs", "1",
-               "--device", device, "--seed", "0", *how]
+        cmd = [
+            *vitsearch_cmd(),
+            "train",
+            str(data),
+            "--out",
+            str(out_dir),
+            "--overwrite",
+            "--epochs",
+            "1",
+            "--device",
+            device,
+            "--seed",
+            "0",
+            *how,
+        ]
         left = budget - (time.perf_counter() - started)
         try:
             with GpuSampler(device) as sampler:
@@ -500,10 +607,21 @@ def part_train(args, work: Path, budget: float) -> dict:
             continue
         m = found[-1]
         val = lambda v: None if v == "-" else float(v)  # noqa: E731
-        rows.append({"device": device, "images": n, "classes": 3, "wall_s": round(seconds, 2),
-                     "loss": val(m.group(2)), "val_accuracy": val(m.group(3)), "map": val(m.group(4)),
-                     "recall_at_1": val(m.group(5)), "recall_at_10": val(m.group(6)),
-                     "precision_at_1": val(m.group(7)), **sampler.summary()})
+        rows.append(
+            {
+                "device": device,
+                "images": n,
+                "classes": 3,
+                "wall_s": round(seconds, 2),
+                "loss": val(m.group(2)),
+                "val_accuracy": val(m.group(3)),
+                "map": val(m.group(4)),
+                "recall_at_1": val(m.group(5)),
+                "recall_at_10": val(m.group(6)),
+                "precision_at_1": val(m.group(7)),
+                **sampler.summary(),
+            }
+        )
     if rows and all("error" in r for r in rows):
         raise RuntimeError("; ".join(r["error"] for r in rows))
     return {"rows": rows}
@@ -517,17 +635,40 @@ def part_eval(args, work: Path, budget: float) -> dict:
     s = sizes(args.quick)
     dataset = holidays(work / "holidays-subset", s["eval_queries"])
     model = str(SHARED / "models" / "dinov2-small-9l")
-    cmd = [*vitsearch_cmd(), "eval", str(dataset), "--model", model, "--device", args.device, "--runtime", "torch",
-           "--workers", str(args.workers), "--json"]
+    cmd = [
+        *vitsearch_cmd(),
+        "eval",
+        str(dataset),
+        "--model",
+        model,
+        "--device",
+        args.device,
+        "--runtime",
+        "torch",
+        "--workers",
+        str(args.workers),
+        "--json",
+    ]
     with GpuSampler(args.device) as sampler:
         out, seconds = run(cmd, budget)
-    r = json.loads(out[out.index("{"):])
-    return {"rows": [{"dataset": "holidays-dev" + (f" (first {s['eval_queries']} queries)" if s["eval_queries"] else ""),
-                      "model": "dinov2-small-9l", "device": args.device, "images": r.get("images"),
-                      "queries": r.get("queries"), "map": _round(r.get("map")),
-                      "recall_at_1": _round(r.get("recall", {}).get("1")),
-                      "ann_recall_at_10": _round(r.get("ann_recall_at_10")), "runtime": r.get("runtime"),
-                      "wall_s": round(seconds, 2), **sampler.summary()}]}
+    r = json.loads(out[out.index("{") :])
+    return {
+        "rows": [
+            {
+                "dataset": "holidays-dev" + (f" (first {s['eval_queries']} queries)" if s["eval_queries"] else ""),
+                "model": "dinov2-small-9l",
+                "device": args.device,
+                "images": r.get("images"),
+                "queries": r.get("queries"),
+                "map": _round(r.get("map")),
+                "recall_at_1": _round(r.get("recall", {}).get("1")),
+                "ann_recall_at_10": _round(r.get("ann_recall_at_10")),
+                "runtime": r.get("runtime"),
+                "wall_s": round(seconds, 2),
+                **sampler.summary(),
+            }
+        ]
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,9 +677,13 @@ def part_eval(args, work: Path, budget: float) -> dict:
 
 def write_report(out: Path, report: dict) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    lines = ["# vitsearch GPU check", "",
-             f"Device `{report['device']}`{' (quick)' if report['quick'] else ''}; {report['machine']}; "
-             f"started {report['started']}; {report.get('total_s', '?')} s in all.", ""]
+    lines = [
+        "# vitsearch GPU check",
+        "",
+        f"Device `{report['device']}`{' (quick)' if report['quick'] else ''}; {report['machine']}; "
+        f"started {report['started']}; {report.get('total_s', '?')} s in all.",
+        "",
+    ]
     for name in PARTS:
         part = report["parts"].get(name)
         lines += [f"## {name}", ""]
@@ -556,8 +701,10 @@ def write_report(out: Path, report: dict) -> None:
         keys = keys or ["status"]
         lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         for r in rows:
-            cells = [str(r.get(k, part["status"] if k == "status" else "")).replace("|", "\\|").replace("\n", " ")
-                     for k in keys]
+            cells = [
+                str(r.get(k, part["status"] if k == "status" else "")).replace("|", "\\|").replace("\n", " ")
+                for k in keys
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     (out / "report.md").write_text("\n".join(lines))
@@ -582,8 +729,19 @@ def install_cuda_torch() -> None:
     probe = subprocess.run([sys.executable, "-c", "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"])
     if probe.returncode == 0:
         return
-    subprocess.run([sys.executable, "-m", "pip", "install", "--upgrade", "torch", "--index-url",
-                    "https://download.pytorch.org/whl/cu124"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--upgrade",
+            "torch",
+            "--index-url",
+            "https://download.pytorch.org/whl/cu124",
+        ],
+        check=True,
+    )
 
 
 def child(args) -> None:
@@ -599,16 +757,27 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for the CPU and the tests")
     ap.add_argument("--budget-s", type=float, default=None, help="seconds per part but model_only (default 90)")
-    ap.add_argument("--model-budget-s", type=float, default=None,
-                    help="seconds for model_only, whose compiles take longest (default 200; 120 with --quick)")
-    ap.add_argument("--total-s", type=float, default=None,
-                    help="the whole run's limit: a part gets at most what is left (default 480; 240 with --quick)")
+    ap.add_argument(
+        "--model-budget-s",
+        type=float,
+        default=None,
+        help="seconds for model_only, whose compiles take longest (default 200; 120 with --quick)",
+    )
+    ap.add_argument(
+        "--total-s",
+        type=float,
+        default=None,
+        help="the whole run's limit: a part gets at most what is left (default 480; 240 with --quick)",
+    )
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--workers", type=int, default=None, help="decode processes (default: cores - 1)")
     ap.add_argument("--copies", type=int, default=None, help="changed copies per catalogue photo (default 2; 1 quick)")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one, deleted)")
-    ap.add_argument("--install-cuda-torch", action="store_true",
-                    help="GPU machines only: pip install the CUDA build of torch first if CUDA is not available")
+    ap.add_argument(
+        "--install-cuda-torch",
+        action="store_true",
+        help="GPU machines only: pip install the CUDA build of torch first if CUDA is not available",
+    )
     ap.add_argument("--part", choices=sorted(CHILD_PARTS), help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -631,10 +800,17 @@ def main() -> None:
     unknown = set(wanted) - set(PARTS)
     if unknown:
         ap.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
-    report = {"device": args.device, "quick": args.quick, "machine": machine(), "workers": args.workers,
-              "budget_s_per_part": default_budget, "budget_s_model_only": model_budget, "total_s_limit": total,
-              "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-              "parts": {}}
+    report = {
+        "device": args.device,
+        "quick": args.quick,
+        "machine": machine(),
+        "workers": args.workers,
+        "budget_s_per_part": default_budget,
+        "budget_s_model_only": model_budget,
+        "total_s_limit": total,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "parts": {},
+    }
     t0 = time.perf_counter()
     tmp = tempfile.TemporaryDirectory(prefix="gpu-check-") if args.work is None else None
     work = Path(args.work or tmp.name)
@@ -655,8 +831,22 @@ def main() -> None:
             try:
                 if name in CHILD_PARTS:
                     result_file.unlink(missing_ok=True)
-                    cmd = [sys.executable, str(HERE), "--part", name, "--result", str(result_file), "--work", str(work),
-                           "--device", args.device, "--workers", str(args.workers), "--copies", str(args.copies)]
+                    cmd = [
+                        sys.executable,
+                        str(HERE),
+                        "--part",
+                        name,
+                        "--result",
+                        str(result_file),
+                        "--work",
+                        str(work),
+                        "--device",
+                        args.device,
+                        "--workers",
+                        str(args.workers),
+                        "--copies",
+                        str(args.copies),
+                    ]
                     run(cmd + (["--quick"] if args.quick else []), budget, cwd=REPO)
                     result = json.loads(result_file.read_text())
                 elif name == "index":
@@ -669,8 +859,10 @@ def main() -> None:
                     result = part_eval(args, work, budget)
                 result.setdefault("status", "ok")
             except Exception as exc:
-                result = {"status": "timeout" if isinstance(exc, TimeoutError) else "error",
-                          "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"[-3000:]}
+                result = {
+                    "status": "timeout" if isinstance(exc, TimeoutError) else "error",
+                    "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"[-3000:],
+                }
                 if name in CHILD_PARTS and result_file.exists():  # the rows measured before it stopped
                     try:
                         result = {**json.loads(result_file.read_text()), **result}

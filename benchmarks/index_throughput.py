@@ -30,6 +30,7 @@ Defaults: ``$VITSEARCH_SHARED/data/catalog``, ``$VITSEARCH_SHARED/models/dinov2-
 random weights) for timing. ``--replicate K`` links every file K times (for >= 5,000 images on a
 GPU). Not a test: run by hand, report the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -134,7 +135,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = str(build_vit_b16(tmp / "vit-b16")) if args.model == "vit-b16-random" else args.model
-        distinct = sorted(p for p in Path(args.folder).rglob("*") if is_image_file(p))[:args.limit]
+        distinct = sorted(p for p in Path(args.folder).rglob("*") if is_image_file(p))[: args.limit]
         folder = tmp / "images"
         folder.mkdir()
         for k in range(args.replicate):
@@ -148,20 +149,33 @@ def main() -> None:
         runtime = encoder.runtime
         del encoder
 
-        naive_files = [str(p) for p in files[:args.naive_limit]]
+        naive_files = [str(p) for p in files[: args.naive_limit]]
         naive_wall = naive_rss = 0.0
         naive = None
         if naive_files:
-            out, naive_wall, naive_rss = run_measured([sys.executable, "-c", NAIVE, model, str(tmp / "naive.db"),
-                                                       device, *naive_files])
+            out, naive_wall, naive_rss = run_measured(
+                [sys.executable, "-c", NAIVE, model, str(tmp / "naive.db"), device, *naive_files]
+            )
             naive = json.loads(out)
 
         env = {**os.environ, "VITSEARCH_DATA_DIR": str(tmp / "data")}
 
         def vitsearch_index(db: str, *extra: str) -> tuple[dict, float, float]:
-            cmd = [sys.executable, "-c", "from vitsearch.cli import main; main()", "index", str(folder),
-                   "--model", model, "--uri", str(tmp / db), "--batch-size", str(args.batch_size), "--json",
-                   *extra]
+            cmd = [
+                sys.executable,
+                "-c",
+                "from vitsearch.cli import main; main()",
+                "index",
+                str(folder),
+                "--model",
+                model,
+                "--uri",
+                str(tmp / db),
+                "--batch-size",
+                str(args.batch_size),
+                "--json",
+                *extra,
+            ]
             if args.device:
                 cmd += ["--device", args.device]
             if args.dtype:
@@ -176,7 +190,7 @@ def main() -> None:
         compared = []  # (runtime, model-only images/s, lowest cosine to torch, whole-process images/s, summary)
         if runtimes:
             fp32 = Encoder.load(model, device=args.device, runtime="torch", dtype="float32")
-            probe = fp32.preprocess([load_image(p) for p in files[:args.batch_size]])
+            probe = fp32.preprocess([load_image(p) for p in files[: args.batch_size]])
             reference = fp32.embed_pixels(probe)
             del fp32
             for name in runtimes:
@@ -184,39 +198,73 @@ def main() -> None:
                 speed = model_only(encoder, files, args.batch_size)
                 cosine = float((encoder.embed_pixels(probe) * reference).sum(axis=1).min())
                 del encoder
-                info, seconds, _ = vitsearch_index(f"runtime-{name}.db", "--workers", str(args.workers),
-                                                   "--runtime", name)
+                info, seconds, _ = vitsearch_index(
+                    f"runtime-{name}.db", "--workers", str(args.workers), "--runtime", name
+                )
                 compared.append((name, speed, cosine, len(files) / seconds, info))
 
     n = len(files)
     nn = len(naive_files)
     rows = [("model only (forward on ready batches)", ceiling, None, "-", None, n)]
     if naive:
-        rows.append((f"naive loop, 1 image at a time ({nn} images)", nn / naive_wall, nn / naive["loop_seconds"],
-                     f"{naive_rss:.2f}", naive["stage_seconds"], nn))
-    rows.append(("vitsearch index (whole process)", n / wall, summary["images_per_s"], f"{rss:.2f}",
-                 summary["stage_seconds"], n))
+        rows.append(
+            (
+                f"naive loop, 1 image at a time ({nn} images)",
+                nn / naive_wall,
+                nn / naive["loop_seconds"],
+                f"{naive_rss:.2f}",
+                naive["stage_seconds"],
+                nn,
+            )
+        )
+    rows.append(
+        (
+            "vitsearch index (whole process)",
+            n / wall,
+            summary["images_per_s"],
+            f"{rss:.2f}",
+            summary["stage_seconds"],
+            n,
+        )
+    )
     if ray:
-        rows.append(("vitsearch index --engine ray (local Ray)", n / ray[1], ray[0]["images_per_s"],
-                     f"{ray[2]:.2f}", ray[0]["stage_seconds"], n))
-    print(f"\n{n} images ({len(distinct)} distinct) from {args.folder}; model {Path(args.model).name}; "
-          f"{device} {dtype}, runtime {runtime}; batch {args.batch_size}; {args.workers} workers; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
-          + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""))
-    print("\nimages/s: whole process (start-up and model load included), in its loop, and per stage "
-          "(images / seconds in that stage)")
+        rows.append(
+            (
+                "vitsearch index --engine ray (local Ray)",
+                n / ray[1],
+                ray[0]["images_per_s"],
+                f"{ray[2]:.2f}",
+                ray[0]["stage_seconds"],
+                n,
+            )
+        )
+    print(
+        f"\n{n} images ({len(distinct)} distinct) from {args.folder}; model {Path(args.model).name}; "
+        f"{device} {dtype}, runtime {runtime}; batch {args.batch_size}; {args.workers} workers; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else "")
+    )
+    print(
+        "\nimages/s: whole process (start-up and model load included), in its loop, and per stage "
+        "(images / seconds in that stage)"
+    )
     print(f"\n{'':46} {'whole':>7} {'loop':>7} {'vs model':>8} {'decode':>7} {'embed':>7} {'write':>7} {'RSS GB':>7}")
     for name, whole, loop, peak, stages, count in rows:
-        per_stage = [f"{count / stages[k]:7.0f}" if stages and stages[k] else f"{'':7}"
-                     for k in ("decode", "embed", "write")]
+        per_stage = [
+            f"{count / stages[k]:7.0f}" if stages and stages[k] else f"{'':7}" for k in ("decode", "embed", "write")
+        ]
         loop_s = f"{loop:7.1f}" if loop else f"{'':7}"
         print(f"{name:46} {whole:7.1f} {loop_s} {whole / ceiling:8.2f} {' '.join(per_stage)} {peak:>7}")
     st = summary["stage_seconds"]
-    print(f"\nvitsearch index: {wall:.1f} s whole process, {summary['seconds']:.1f} s indexing; stages: "
-          f"decode {st['decode']:.1f} s (CPU, summed over {args.workers} workers), embed {st['embed']:.1f} s, "
-          f"write {st['write']:.1f} s (background), waited for input {st['wait']:.1f} s")
-    print(f"whole process vs model only: {n / wall / ceiling:.2f}"
-          + (f"; vs naive loop: {(n / wall) / (nn / naive_wall):.1f}x" if naive else ""))
+    print(
+        f"\nvitsearch index: {wall:.1f} s whole process, {summary['seconds']:.1f} s indexing; stages: "
+        f"decode {st['decode']:.1f} s (CPU, summed over {args.workers} workers), embed {st['embed']:.1f} s, "
+        f"write {st['write']:.1f} s (background), waited for input {st['wait']:.1f} s"
+    )
+    print(
+        f"whole process vs model only: {n / wall / ceiling:.2f}"
+        + (f"; vs naive loop: {(n / wall) / (nn / naive_wall):.1f}x" if naive else "")
+    )
     if compared:
         base = {name: (speed, whole) for name, speed, _, whole, _ in compared}.get("torch")
         print(f"\nruntimes ({n} images, load average {os.getloadavg()[0]:.1f}; ratios to torch fp32 of this run)")
@@ -226,8 +274,10 @@ def main() -> None:
             ratios = (f"{speed / base[0]:.2f}", f"{whole / base[1]:.2f}") if base else ("-", "-")
             print(f"| {name} | {speed:.1f} | {ratios[0]} | {whole:.1f} | {ratios[1]} | {cosine:.5f} |")
     if ray:
-        print(f"--engine ray vs --engine local, whole process: {ray[1] and wall / ray[1]:.2f} "
-              f"(Ray's RSS is the driver's only; its workers are separate processes)")
+        print(
+            f"--engine ray vs --engine local, whole process: {ray[1] and wall / ray[1]:.2f} "
+            f"(Ray's RSS is the driver's only; its workers are separate processes)"
+        )
 
 
 if __name__ == "__main__":

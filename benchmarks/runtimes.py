@@ -14,6 +14,7 @@ tensor, so per batch), the recipe of the int8 runtime before.
 
 Not a test: run by hand, report the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,22 +75,35 @@ def main() -> None:
         for rt, run in runs.items():
             run(pixels[:2])
             started = time.perf_counter()
-            batched = np.concatenate([run(pixels[i:i + 32]) for i in range(0, len(pixels), 32)])
+            batched = np.concatenate([run(pixels[i : i + 32]) for i in range(0, len(pixels), 32)])
             batch_s = time.perf_counter() - started
             started = time.perf_counter()
-            alone = np.concatenate([run(pixels[i:i + 1]) for i in range(len(pixels))])
+            alone = np.concatenate([run(pixels[i : i + 1]) for i in range(len(pixels))])
             alone_s = time.perf_counter() - started
             reference = batched if reference is None else reference
-            rows.append((rt, len(pixels) / batch_s, len(pixels) / alone_s, float((batched * alone).sum(1).min()),
-                         float((batched * reference).sum(1).min()), holidays_map(alone, names),
-                         holidays_map(whitened(alone), names)))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
-          f"{torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}; commit {commit}; {len(names)} Holidays-dev "
-          f"photos; model {Path(args.model).name}")
-    print("| runtime | images/s, batch 32 | images/s, one at a time | cos alone vs in a batch (min) | "
-          "cos to torch fp32 (min) | mAP raw | mAP whitened |")
+            rows.append(
+                (
+                    rt,
+                    len(pixels) / batch_s,
+                    len(pixels) / alone_s,
+                    float((batched * alone).sum(1).min()),
+                    float((batched * reference).sum(1).min()),
+                    holidays_map(alone, names),
+                    holidays_map(whitened(alone), names),
+                )
+            )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
+        f"{torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}; commit {commit}; {len(names)} Holidays-dev "
+        f"photos; model {Path(args.model).name}"
+    )
+    print(
+        "| runtime | images/s, batch 32 | images/s, one at a time | cos alone vs in a batch (min) | "
+        "cos to torch fp32 (min) | mAP raw | mAP whitened |"
+    )
     print("|---|---|---|---|---|---|---|")
     for rt, b, a, same, ref, m_raw, m_white in rows:
         print(f"| {rt} | {b:.1f} | {a:.1f} | {same:.6f} | {ref:.5f} | {m_raw:.4f} | {m_white:.4f} |")

@@ -26,6 +26,7 @@ The embeddings of FOLDER are cached in ``--cache`` (default: the system temp fol
 server must be reachable at ``--server`` (``vitsearch server start`` and ``--server local``,
 ``milvus-server`` of the ``milvus`` package, or docker-compose.yml). Not a test: run by hand, report the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,10 +73,24 @@ def fill(store: Store, info: EncoderInfo, vectors: np.ndarray, chunk: int = 5000
     store.ensure(info)
     started = time.perf_counter()
     for start in range(0, len(vectors), chunk):
-        store.upsert([{"path": f"/f/{i % FOLDERS}/{i}.jpg", "vector": vectors[i], "folder": f"/f/{i % FOLDERS}",
-                       "size": 0, "mtime": 0.0, "ctime_ns": 0, "inode": i, "width": 1, "height": 1, "sha256": "",
-                       "indexed_at": 0.0}
-                      for i in range(start, min(start + chunk, len(vectors)))])
+        store.upsert(
+            [
+                {
+                    "path": f"/f/{i % FOLDERS}/{i}.jpg",
+                    "vector": vectors[i],
+                    "folder": f"/f/{i % FOLDERS}",
+                    "size": 0,
+                    "mtime": 0.0,
+                    "ctime_ns": 0,
+                    "inode": i,
+                    "width": 1,
+                    "height": 1,
+                    "sha256": "",
+                    "indexed_at": 0.0,
+                }
+                for i in range(start, min(start + chunk, len(vectors)))
+            ]
+        )
     store.flush()
     return time.perf_counter() - started
 
@@ -95,8 +110,12 @@ def main() -> None:
     ap.add_argument("--folder", default=str(SHARED / "data" / "catalog"))
     ap.add_argument("--model", default=str(SHARED / "models" / "dinov2-small-9l"))
     ap.add_argument("--sizes", default="10000,100000")
-    ap.add_argument("--server", default=None, help="Milvus server URI, e.g. http://127.0.0.1:19530, or 'local': the "
-                    "server that `vitsearch server start` runs (its credentials are used; else VITSEARCH_TOKEN)")
+    ap.add_argument(
+        "--server",
+        default=None,
+        help="Milvus server URI, e.g. http://127.0.0.1:19530, or 'local': the "
+        "server that `vitsearch server start` runs (its credentials are used; else VITSEARCH_TOKEN)",
+    )
     ap.add_argument("--no-lite", action="store_true", help="measure the server only")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--sigma", type=float, default=0.02, help="noise per dimension of the copies")
@@ -119,23 +138,33 @@ def main() -> None:
         for n in (int(s) for s in args.sizes.split(",")):
             vectors = perturbed(base, n, args.sigma, seed=0)
             exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
-            def recall_of(found):
-                return np.mean([len({f"/f/{i % FOLDERS}/{i}.jpg" for i in e} & set(f)) / 10
-                                for e, f in zip(exact, found)])
+
+            def recall_of(found, exact=exact):
+                return np.mean(
+                    [len({f"/f/{i % FOLDERS}/{i}.jpg" for i in e} & set(f)) / 10 for e, f in zip(exact, found)]
+                )
 
             for backend in backends:
                 uri = str(Path(tmp) / f"lite-{n}.db") if backend == "lite" else backend
                 variants = backend == "lite" and args.lite_settings
                 store = Store.from_settings(settings, uri, "bench")
                 load_s = fill(store, info, vectors)
-                for level in (["Session", "Bounded", "Eventually", "Strong"] if variants else ["Session"]):
+                for level in ["Session", "Bounded", "Eventually", "Strong"] if variants else ["Session"]:
                     collection_module.SEARCH_CONSISTENCY = level
                     measure(store, queries[:5], None)  # warm-up
                     plain, found = measure(store, queries, None)
                     filtered, _ = measure(store, queries, 'folder == "/f/7"')
                     name = "Milvus Lite" if backend == "lite" else "Milvus server"
-                    rows.append((name + (f", as written, {level}" if variants else ""), n, load_s, plain, filtered,
-                                 recall_of(found)))
+                    rows.append(
+                        (
+                            name + (f", as written, {level}" if variants else ""),
+                            n,
+                            load_s,
+                            plain,
+                            filtered,
+                            recall_of(found),
+                        )
+                    )
                     print_row(*rows[-1])
                 collection_module.SEARCH_CONSISTENCY = "Session"
                 if variants:  # a new process opens the database: Lite loads it, building the index
@@ -146,16 +175,28 @@ def main() -> None:
                     measure(store, queries[:5], None)
                     plain, found = measure(store, queries, None)
                     filtered, _ = measure(store, queries, 'folder == "/f/7"')
-                    rows.append((f"Milvus Lite, reopened ({reopen_s:.0f} s), Session", n, load_s, plain, filtered,
-                                 recall_of(found)))
+                    rows.append(
+                        (
+                            f"Milvus Lite, reopened ({reopen_s:.0f} s), Session",
+                            n,
+                            load_s,
+                            plain,
+                            filtered,
+                            recall_of(found),
+                        )
+                    )
                     print_row(*rows[-1])
                 store.drop()
                 store.close(release=backend == "lite")
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {len(base)} base embeddings "
-          f"({info.dim}-d, {Path(args.model).name}) from {args.folder}, sigma {args.sigma}; {args.queries} "
-          f"queries, top-10, one client; HNSW M 16, efConstruction 200, ef 64")
-    print(f"\n{'backend':44} {'vectors':>9} {'load s':>7} {'p50 ms':>7} {'p99 ms':>7} {'QPS':>7} "
-          f"{'filt p50':>8} {'filt p99':>8} {'recall@10':>9}")
+    print(
+        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {len(base)} base embeddings "
+        f"({info.dim}-d, {Path(args.model).name}) from {args.folder}, sigma {args.sigma}; {args.queries} "
+        f"queries, top-10, one client; HNSW M 16, efConstruction 200, ef 64"
+    )
+    print(
+        f"\n{'backend':44} {'vectors':>9} {'load s':>7} {'p50 ms':>7} {'p99 ms':>7} {'QPS':>7} "
+        f"{'filt p50':>8} {'filt p99':>8} {'recall@10':>9}"
+    )
     for row in rows:
         print_row(*row)
 
@@ -165,11 +206,16 @@ def lite_index_types(vectors: np.ndarray, queries: np.ndarray, chunk: int = 5000
     from pymilvus import DataType, MilvusClient
 
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
-    kinds = [("HNSW", {"M": 16, "efConstruction": 200}, [{"ef": 64}]),
-             ("IVF_FLAT", {"nlist": 1024}, [{"nprobe": 16}, {"nprobe": 1}]), ("FLAT", {}, [{}])]
+    kinds = [
+        ("HNSW", {"M": 16, "efConstruction": 200}, [{"ef": 64}]),
+        ("IVF_FLAT", {"nlist": 1024}, [{"nprobe": 16}, {"nprobe": 1}]),
+        ("FLAT", {}, [{}]),
+    ]
     print(f"\n{len(vectors):,} vectors, {len(queries)} queries, top-10, Milvus Lite, bare collections")
-    print("| index | search params | write + flush s | p50 ms after the writes | reload s | p50 ms after reload "
-          "| p99 ms | recall@10 |")
+    print(
+        "| index | search params | write + flush s | p50 ms after the writes | reload s | p50 ms after reload "
+        "| p99 ms | recall@10 |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         client = MilvusClient(str(Path(tmp) / "kinds.db"))
@@ -178,8 +224,9 @@ def lite_index_types(vectors: np.ndarray, queries: np.ndarray, chunk: int = 5000
             times, found = [], []
             for q in queries:
                 started = time.perf_counter()
-                hits = client.search(name, [q.tolist()], limit=10,
-                                     search_params={"metric_type": "COSINE", "params": params})[0]
+                hits = client.search(
+                    name, [q.tolist()], limit=10, search_params={"metric_type": "COSINE", "params": params}
+                )[0]
                 times.append(time.perf_counter() - started)
                 found.append([h["id"] for h in hits])
             return times, found
@@ -194,8 +241,10 @@ def lite_index_types(vectors: np.ndarray, queries: np.ndarray, chunk: int = 5000
             client.create_collection(name, schema=schema, index_params=index)
             started = time.perf_counter()
             for start in range(0, len(vectors), chunk):
-                client.insert(name, [{"id": i, "vector": vectors[i].tolist()}
-                                     for i in range(start, min(start + chunk, len(vectors)))])
+                client.insert(
+                    name,
+                    [{"id": i, "vector": vectors[i].tolist()} for i in range(start, min(start + chunk, len(vectors)))],
+                )
             client.flush(name)
             write_s = time.perf_counter() - started
             before = np.median(timed(name, searches[0])[0][5:]) * 1000
@@ -208,16 +257,21 @@ def lite_index_types(vectors: np.ndarray, queries: np.ndarray, chunk: int = 5000
                 times, found = timed(name, params)
                 recall = np.mean([len(set(e) & set(f)) / 10 for e, f in zip(exact, found)])
                 ms = np.asarray(times) * 1000
-                print(f"| {kind} | {params or '-'} | {write_s:.1f} | {before:.1f} | {reload_s:.1f} | "
-                      f"{np.percentile(ms, 50):.1f} | {np.percentile(ms, 99):.1f} | {recall:.3f} |", flush=True)
+                print(
+                    f"| {kind} | {params or '-'} | {write_s:.1f} | {before:.1f} | {reload_s:.1f} | "
+                    f"{np.percentile(ms, 50):.1f} | {np.percentile(ms, 99):.1f} | {recall:.3f} |",
+                    flush=True,
+                )
             client.drop_collection(name)
         client.close()
 
 
 def print_row(backend, n, load_s, plain, filtered, recall) -> None:
     ms = lambda t, q: float(np.percentile(np.asarray(t) * 1000, q))  # noqa: E731
-    print(f"{backend:44} {n:9,d} {load_s:7.1f} {ms(plain, 50):7.1f} {ms(plain, 99):7.1f} "
-          f"{len(plain) / sum(plain):7.0f} {ms(filtered, 50):8.1f} {ms(filtered, 99):8.1f} {recall:9.3f}")
+    print(
+        f"{backend:44} {n:9,d} {load_s:7.1f} {ms(plain, 50):7.1f} {ms(plain, 99):7.1f} "
+        f"{len(plain) / sum(plain):7.0f} {ms(filtered, 50):8.1f} {ms(filtered, 99):8.1f} {recall:9.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Defaults: ``$VITSEARCH_SHARED/data/catalog`` (all of it), ``$VITSEARCH_SHARED/mo
 dinov2-small-9l``, 20 queries spread over the folder. Saves ``results.png`` (a search) and
 ``more-like-this.png`` in ``--out``. Not a test: run by hand, report the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,9 +54,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         uri = str(Path(tmp) / "milvus.db")
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "from vitsearch.cli import main; main()", "index",
-                        args.folder, "--model", args.model, "--uri", uri], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from vitsearch.cli import main; main()",
+                "index",
+                args.folder,
+                "--model",
+                args.model,
+                "--uri",
+                uri,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         index_s = time.perf_counter() - t
 
         with ui_server(uri, out / "ui.log") as url, chromium_page(height=2200) as page:
@@ -69,8 +83,12 @@ def main() -> None:
             page.get_by_role("button", name="More like this").nth(1).click()
             page.get_by_text("More like ").first.wait_for(timeout=60_000)
             time.sleep(0.5)
-            results_shown(page, page.eval_on_selector(
-                "[data-testid=stColumn] [data-testid=stMarkdownContainer] p code", "c => c.innerText"))
+            results_shown(
+                page,
+                page.eval_on_selector(
+                    "[data-testid=stColumn] [data-testid=stMarkdownContainer] p code", "c => c.innerText"
+                ),
+            )
             page.screenshot(path=out / "more-like-this.png")
 
             with SearchClient(uri=uri) as client:  # connects to the page's server process
@@ -83,9 +101,13 @@ def main() -> None:
                     assert hits[0].path == str(q)
                 count = client.stats()["count"]
 
-    print(f"\nvitsearch ui, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"model {Path(args.model).name}, {count} images from {args.folder}, {len(queries)} queries, top-12")
-    print(f"indexing (vitsearch index, whole process): {index_s:.1f} s; first page load with model: {first_load_s:.1f} s\n")
+    print(
+        f"\nvitsearch ui, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"model {Path(args.model).name}, {count} images from {args.folder}, {len(queries)} queries, top-12"
+    )
+    print(
+        f"indexing (vitsearch index, whole process): {index_s:.1f} s; first page load with model: {first_load_s:.1f} s\n"
+    )
     print(f"{'':42} {'p50 ms':>8} {'p90 ms':>8} {'max ms':>8}")
     rows = [("SearchClient.search (baseline)", direct), ("page: upload to results shown", ui)]
     for name, samples in rows:

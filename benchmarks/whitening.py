@@ -35,6 +35,7 @@ the label included), as ratios.
 
 Not a test: run by hand, report the tables (and ``uptime``: the CPU is shared).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,8 +109,11 @@ def unrelated(root: Path, source: str) -> Path:
     """200 photos that match nothing in the set: catalogue photos past the first 500 (never
     planted), or Holidays photos."""
     out = root / f"unrelated-{source}"
-    files = sorted(CATALOG.glob("*.jpg"))[500:700] if source == "catalogue" else sorted(
-        (HOLIDAYS / "images").glob("*.jpg"))[:200]
+    files = (
+        sorted(CATALOG.glob("*.jpg"))[500:700]
+        if source == "catalogue"
+        else sorted((HOLIDAYS / "images").glob("*.jpg"))[:200]
+    )
     link_all(files, out)
     return out
 
@@ -136,8 +140,11 @@ def quality(args) -> None:
         others = {"catalogue": unrelated(root, "holidays"), "default": unrelated(root, "catalogue")}
         for name in args.sets.split(","):
             noise = others["catalogue" if name == "catalogue" else "default"]
-            configs = [("raw", "none", 0), ("whitened", None, 0),
-                       *((f"whitened + expand {n}", None, n) for n in args.expand)]
+            configs = [
+                ("raw", "none", 0),
+                ("whitened", None, 0),
+                *((f"whitened + expand {n}", None, n) for n in args.expand),
+            ]
             for label, whitening, expand in configs:
                 started = time.perf_counter()
                 if name == "flowers-mixed":
@@ -152,22 +159,37 @@ def quality(args) -> None:
                     report = evaluate(FLOWERS, settings, (10,), uri=uri, collection="mixed", expand=expand)
                     # (no unrelated queries: the mixed collection holds the catalogue itself)
                 else:
-                    report = evaluate(paths[name], settings, (10,), whitening=whitening, expand=expand,
-                                      unrelated=noise)
+                    report = evaluate(paths[name], settings, (10,), whitening=whitening, expand=expand, unrelated=noise)
                 r = report.result
-                rows.append((name, label, report.images, r.map, r.p_at_10, r.match_precision, r.match_recall,
-                             r.unrelated_rejected, time.perf_counter() - started))
+                rows.append(
+                    (
+                        name,
+                        label,
+                        report.images,
+                        r.map,
+                        r.p_at_10,
+                        r.match_precision,
+                        r.match_recall,
+                        r.unrelated_rejected,
+                        time.perf_counter() - started,
+                    )
+                )
                 print(f"  {name} {label}: mAP {r.map:.4f}, P@10 {r.p_at_10:.4f}", file=sys.stderr, flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
-          f"commit {commit}; model {Path(args.model).name}, runtime {args.runtime or 'default'}; "
-          f"match figures on each query's top hit; unrelated: 200 photos of another set")
-    print(f"\n| set | images | setting | mAP | P@10 | match precision | match recall | unrelated rejected | s |")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
+    print(
+        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
+        f"commit {commit}; model {Path(args.model).name}, runtime {args.runtime or 'default'}; "
+        f"match figures on each query's top hit; unrelated: 200 photos of another set"
+    )
+    print("\n| set | images | setting | mAP | P@10 | match precision | match recall | unrelated rejected | s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, label, images, m, p, mp, mr, rej, s in rows:
-        print(f"| {name} | {images} | {label} | {m:.4f} | {p:.4f} | {mp:.3f} | {mr:.3f} | "
-              f"{'-' if rej is None else f'{rej:.3f}'} | {s:.0f} |")
+        print(
+            f"| {name} | {images} | {label} | {m:.4f} | {p:.4f} | {mp:.3f} | {mr:.3f} | "
+            f"{'-' if rej is None else f'{rej:.3f}'} | {s:.0f} |"
+        )
 
 
 def catalogue_embeddings(model: str, cache: Path) -> np.ndarray:
@@ -195,10 +217,24 @@ def fill(store, info, vectors: np.ndarray, chunk: int = 20_000) -> None:
     """Upsert ``vectors`` as rows ``/synthetic/NNNNNNNN.jpg`` (raw embeddings, the collection new)."""
     store.ensure(info)
     for start in range(0, len(vectors), chunk):
-        store.upsert([{"path": f"/synthetic/{start + i:08d}.jpg", "vector": v, "folder": "/synthetic", "size": 1,
-                       "mtime": 0.0, "ctime_ns": 0, "inode": start + i, "width": 1, "height": 1,
-                       "sha256": f"{start + i:064x}", "indexed_at": 0.0}
-                      for i, v in enumerate(vectors[start:start + chunk])])
+        store.upsert(
+            [
+                {
+                    "path": f"/synthetic/{start + i:08d}.jpg",
+                    "vector": v,
+                    "folder": "/synthetic",
+                    "size": 1,
+                    "mtime": 0.0,
+                    "ctime_ns": 0,
+                    "inode": start + i,
+                    "width": 1,
+                    "height": 1,
+                    "sha256": f"{start + i:064x}",
+                    "indexed_at": 0.0,
+                }
+                for i, v in enumerate(vectors[start : start + chunk])
+            ]
+        )
 
 
 def resolve_uri(uri: str) -> tuple[str, str | None]:
@@ -214,8 +250,14 @@ def resolve_uri(uri: str) -> tuple[str, str | None]:
 def info_of(model: str, dim: int):
     from vitsearch.search.encoder_info import EncoderInfo
 
-    return EncoderInfo(model=f"synthetic from {Path(model).name}", weights_sha256="0" * 64, dim=dim,
-                       pooling="cls", image_size=(224, 224), runtime="onnx-int8")
+    return EncoderInfo(
+        model=f"synthetic from {Path(model).name}",
+        weights_sha256="0" * 64,
+        dim=dim,
+        pooling="cls",
+        image_size=(224, 224),
+        runtime="onnx-int8",
+    )
 
 
 def relearn(args) -> None:
@@ -271,9 +313,12 @@ def latency(args) -> None:
             client = stack.enter_context(SearchClient(uri=uri, collection=name, token=token))
             space = client.space
             kind = name.split("_")[0]
-            runs = {f"Milvus alone ({kind})": lambda q: client.store.search(space.to_search(q[None, :]), 10,
-                                                                             fields=META_FIELDS),
-                    f"SearchClient.search_vector ({kind})": lambda q: client.search_vector(q, k=10)}
+            runs = {
+                f"Milvus alone ({kind})": lambda q, c=client, s=space: c.store.search(
+                    s.to_search(q[None, :]), 10, fields=META_FIELDS
+                ),
+                f"SearchClient.search_vector ({kind})": lambda q, c=client: c.search_vector(q, k=10),
+            }
             times: dict[str, list[float]] = {what: [] for what in runs}
             for q in queries[:20]:
                 for run in runs.values():
@@ -286,8 +331,10 @@ def latency(args) -> None:
             for what, ms in times.items():
                 results[what] = (np.percentile(ms, 50), np.percentile(ms, 99))
     base_p50 = results["Milvus alone (raw)"][0]
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
-          f"{uri}; {args.size:,} rows, {args.queries} top-10 searches")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
+        f"{uri}; {args.size:,} rows, {args.queries} top-10 searches"
+    )
     print("| search | p50 ms | p99 ms | p50 / Milvus alone (raw) |")
     print("|---|---|---|---|")
     for what, (p50, p99) in results.items():
@@ -299,8 +346,12 @@ def main() -> None:
     sub = parser.add_subparsers(dest="mode", required=True)
     q = sub.add_parser("quality")
     q.add_argument("--sets", default=",".join(SETS))
-    q.add_argument("--expand", type=lambda v: [int(n) for n in v.split(",")], default=[2, 3],
-                   help="query expansion's neighbours, one setting per value (default 2,3)")
+    q.add_argument(
+        "--expand",
+        type=lambda v: [int(n) for n in v.split(",")],
+        default=[2, 3],
+        help="query expansion's neighbours, one setting per value (default 2,3)",
+    )
     q.add_argument("--originals", type=int, default=100)
     q.add_argument("--model", default=str(SHARED / "models" / "dinov2-small-9l"))
     q.add_argument("--runtime", default=None, help="default: the CPU default (onnx-int8)")
@@ -312,8 +363,11 @@ def main() -> None:
     lat = sub.add_parser("latency")
     lat.add_argument("--size", type=int, default=10_000)
     lat.add_argument("--queries", type=int, default=200)
-    lat.add_argument("--uri", default=None, help="default: a temporary Milvus Lite database; local: the "
-                                                 "server of vitsearch server start")
+    lat.add_argument(
+        "--uri",
+        default=None,
+        help="default: a temporary Milvus Lite database; local: the server of vitsearch server start",
+    )
     lat.add_argument("--model", default=str(SHARED / "models" / "dinov2-small-9l"))
     args = parser.parse_args()
     from vitsearch.search.application import configure

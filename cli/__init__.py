@@ -10,9 +10,10 @@ flag, then ``VITSEARCH_*`` variable, then default; a
 for bad input). Heavy imports (torch, transformers, pymilvus) happen inside the commands, so
 ``--help`` answers at once.
 """
-from .common import app
+
 # Each module registers its commands on ``app``, in the order --help lists them.
-from . import index, search, collections, duplicates, ui, serve, evaluate, train, model, server  # noqa: E402,F401,I001
+from . import collections, duplicates, evaluate, index, model, search, serve, server, train, ui  # noqa: E402,F401,I001
+from .common import app
 
 __all__ = ["app", "main"]
 

@@ -1,9 +1,9 @@
 """``vitsearch collections`` and ``vitsearch drop``: see and delete the collections of a database
 (:mod:`vitsearch.search.store.catalog`)."""
+
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 import typer
 
@@ -22,7 +22,7 @@ def _no_database(uri: str) -> bool:
 
 
 @app.command(epilog="Docs: docs/guides/indexing.md")
-def collections(uri: Optional[str] = URI, as_json: bool = JSON) -> None:
+def collections(uri: str | None = URI, as_json: bool = JSON) -> None:
     """List the collections of the database, with their number of images and model.
 
     Commands use the collection `images` unless given `--collection NAME` (or VITSEARCH_COLLECTION).
@@ -59,7 +59,7 @@ def collections(uri: Optional[str] = URI, as_json: bool = JSON) -> None:
 def drop(
     name: str = typer.Argument(..., help="The collection to delete (see `vitsearch collections`)."),
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation (for scripts)."),
-    uri: Optional[str] = URI,
+    uri: str | None = URI,
 ) -> None:
     """Delete the collection NAME: its rows, and everything vitsearch keeps behind the name (the
     whitening it learned). The image files are not touched.

@@ -1,10 +1,11 @@
 """What every command shares: the Typer app, the options several commands take, settings from
 flags, one-line failures, the progress bar, and the process setup of an application
 (:func:`~vitsearch.search.application.configure`: quiet third-party loggers and warnings)."""
+
 from __future__ import annotations
 
-from enum import Enum
-from typing import Any, Optional
+from enum import StrEnum
+from typing import Any
 
 import typer
 
@@ -13,44 +14,69 @@ from vitsearch.search.errors import VitsearchError
 
 app = typer.Typer(
     help="Image similarity search: index folders of images with a Vision Transformer's CLS "
-         "embedding into Milvus, then find visually similar images.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    rich_markup_mode="markdown", epilog="Docs: docs/index.md (mkdocs serve for the site)",
+    "embedding into Milvus, then find visually similar images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    epilog="Docs: docs/index.md (mkdocs serve for the site)",
 )
-model_app = typer.Typer(help="Get encoder models for offline use.", no_args_is_help=True,
-                        epilog="Docs: docs/getting-started.md")
+model_app = typer.Typer(
+    help="Get encoder models for offline use.", no_args_is_help=True, epilog="Docs: docs/getting-started.md"
+)
 app.add_typer(model_app, name="model")
-server_app = typer.Typer(help="Run a Milvus server on this machine (no Docker) that every vitsearch command then "
-                         "uses: fast search past ~100k images, where Milvus Lite slows down.", no_args_is_help=True,
-                         epilog="Docs: docs/guides/storage.md")
+server_app = typer.Typer(
+    help="Run a Milvus server on this machine (no Docker) that every vitsearch command then "
+    "uses: fast search past ~100k images, where Milvus Lite slows down.",
+    no_args_is_help=True,
+    epilog="Docs: docs/guides/storage.md",
+)
 app.add_typer(server_app, name="server")
 
-URI = typer.Option(None, "--uri", help="Milvus URI: a Milvus Lite path (*.db) or http://host:19530. "
-                   "(env VITSEARCH_URI; default: the server of `vitsearch server start` while it runs, "
-                   "else milvus.db in the user data folder)")
+URI = typer.Option(
+    None,
+    "--uri",
+    help="Milvus URI: a Milvus Lite path (*.db) or http://host:19530. "
+    "(env VITSEARCH_URI; default: the server of `vitsearch server start` while it runs, "
+    "else milvus.db in the user data folder)",
+)
 COLLECTION = typer.Option(None, "--collection", help="Collection name. (env VITSEARCH_COLLECTION; default: images)")
 DEVICE = typer.Option(None, "--device", help="cuda, cuda:N, mps or cpu. (env VITSEARCH_DEVICE; default: auto)")
-DTYPE = typer.Option(None, "--dtype", help="bfloat16, float16 or float32. (env VITSEARCH_DTYPE; "
-                     "default: bfloat16 on CUDA, float32 elsewhere)")
+DTYPE = typer.Option(
+    None,
+    "--dtype",
+    help="bfloat16, float16 or float32. (env VITSEARCH_DTYPE; default: bfloat16 on CUDA, float32 elsewhere)",
+)
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
-ALLOWED_HOSTS = typer.Option(None, "--allowed-hosts", help="Names (or addresses) this server answers to besides "
-                             "localhost, 127.0.0.1, [::1] and --host, comma-separated, e.g. photos.lan,192.168.1.20: "
-                             "a request for any other Host is refused (400), so that no web page reaches it by DNS "
-                             "rebinding. (env VITSEARCH_ALLOWED_HOSTS)")
+ALLOWED_HOSTS = typer.Option(
+    None,
+    "--allowed-hosts",
+    help="Names (or addresses) this server answers to besides "
+    "localhost, 127.0.0.1, [::1] and --host, comma-separated, e.g. photos.lan,192.168.1.20: "
+    "a request for any other Host is refused (400), so that no web page reaches it by DNS "
+    "rebinding. (env VITSEARCH_ALLOWED_HOSTS)",
+)
 
 
-class Pooling(str, Enum):
+class Pooling(StrEnum):
     """``--pooling`` values (see :data:`vitsearch.search.encoder.POOLINGS`)."""
 
     cls = "cls"
     mean = "mean"
 
 
-IMAGE_SIZE = typer.Option(None, "--image-size", min=8, help="Encoder input N x N pixels: the processor resizes "
-                          "and crops to N, the position embeddings are interpolated. Recorded in the "
-                          "collection like the model. (env VITSEARCH_IMAGE_SIZE; default: the collection's, "
-                          "else the checkpoint's, e.g. 224)")
-class Runtime(str, Enum):
+IMAGE_SIZE = typer.Option(
+    None,
+    "--image-size",
+    min=8,
+    help="Encoder input N x N pixels: the processor resizes "
+    "and crops to N, the position embeddings are interpolated. Recorded in the "
+    "collection like the model. (env VITSEARCH_IMAGE_SIZE; default: the collection's, "
+    "else the checkpoint's, e.g. 224)",
+)
+
+
+class Runtime(StrEnum):
     """``--runtime`` values (see :data:`vitsearch.search.config.RUNTIMES`)."""
 
     torch = "torch"
@@ -58,28 +84,47 @@ class Runtime(str, Enum):
     onnx_int8 = "onnx-int8"
 
 
-RUNTIME = typer.Option(None, "--runtime", help="How the encoder runs: torch, onnx (the model exported once to "
-                       "ONNX, cached beside it, run by ONNX Runtime) or onnx-int8 (the same with int8 weights: "
-                       "fastest on a CPU). Recorded in the collection like the model; a search takes the "
-                       "collection's unless told. (env VITSEARCH_RUNTIME; default: the collection's, else "
-                       "onnx-int8 on a CPU and torch on CUDA)")
-class Whitening(str, Enum):
+RUNTIME = typer.Option(
+    None,
+    "--runtime",
+    help="How the encoder runs: torch, onnx (the model exported once to "
+    "ONNX, cached beside it, run by ONNX Runtime) or onnx-int8 (the same with int8 weights: "
+    "fastest on a CPU). Recorded in the collection like the model; a search takes the "
+    "collection's unless told. (env VITSEARCH_RUNTIME; default: the collection's, else "
+    "onnx-int8 on a CPU and torch on CUDA)",
+)
+
+
+class Whitening(StrEnum):
     """``--whitening`` values (see :mod:`vitsearch.search.whitening`)."""
 
     auto = "auto"
     none = "none"
 
 
-WHITENING = typer.Option(None, "--whitening", help="auto: learn a whitening of the embeddings from the collection "
-                         "itself once it holds 50 images (no labels; better rankings and readable scores); none: "
-                         "search the model's raw embeddings. Recorded in the collection. (default: the "
-                         "collection's, auto for a new one)")
-EXPAND = typer.Option(0, "--expand", min=0, max=100, help="Query expansion: search again with the query averaged "
-                      "with its N nearest results (αQE). 2-3 finds more of a category (species, product "
-                      "type); it changes little for copies and scenes. 0: off.")
-POOLING = typer.Option(None, "--pooling",
-                       help="cls (the CLS token; default) or mean (the mean of the patch tokens); recorded "
-                            "in the collection like the model. (env VITSEARCH_POOLING)")
+WHITENING = typer.Option(
+    None,
+    "--whitening",
+    help="auto: learn a whitening of the embeddings from the collection "
+    "itself once it holds 50 images (no labels; better rankings and readable scores); none: "
+    "search the model's raw embeddings. Recorded in the collection. (default: the "
+    "collection's, auto for a new one)",
+)
+EXPAND = typer.Option(
+    0,
+    "--expand",
+    min=0,
+    max=100,
+    help="Query expansion: search again with the query averaged "
+    "with its N nearest results (αQE). 2-3 finds more of a category (species, product "
+    "type); it changes little for copies and scenes. 0: off.",
+)
+POOLING = typer.Option(
+    None,
+    "--pooling",
+    help="cls (the CLS token; default) or mean (the mean of the patch tokens); recorded "
+    "in the collection like the model. (env VITSEARCH_POOLING)",
+)
 
 
 def parsed_settings(**overrides: Any) -> Settings:
@@ -119,11 +164,18 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def open_client(uri: Optional[str], collection: Optional[str], model: Optional[str], device: Optional[str],
-                image_size: Optional[int] = None, runtime: Optional[Runtime] = None):
+def open_client(
+    uri: str | None,
+    collection: str | None,
+    model: str | None,
+    device: str | None,
+    image_size: int | None = None,
+    runtime: Runtime | None = None,
+):
     """The :class:`~vitsearch.search.client.SearchClient` the flags name."""
-    s = settings(uri=uri, collection=collection, device=device, image_size=image_size,
-                 runtime=runtime and runtime.value)  # the process set up before pymilvus loads
+    s = settings(
+        uri=uri, collection=collection, device=device, image_size=image_size, runtime=runtime and runtime.value
+    )  # the process set up before pymilvus loads
     from vitsearch.search.client import SearchClient
 
     return SearchClient(model=model, settings=s)
@@ -155,8 +207,12 @@ def progress_bar():
                 self.bar.close()
 
         def rewriting(self, kind: str, rows: int) -> None:
-            self.rewrite = tqdm(total=rows, unit="row", desc=f"{kind} whitening" if kind != "resuming"
-                                else "finishing a stopped rewrite", dynamic_ncols=True)
+            self.rewrite = tqdm(
+                total=rows,
+                unit="row",
+                desc=f"{kind} whitening" if kind != "resuming" else "finishing a stopped rewrite",
+                dynamic_ncols=True,
+            )
 
         def rewritten(self, n: int) -> None:
             self.rewrite.update(n)

@@ -1,10 +1,10 @@
 """``vitsearch duplicates``: parse, call :meth:`~vitsearch.search.client.SearchClient.duplicates`, print."""
+
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,29 +17,44 @@ from .common import COLLECTION, JSON, URI, app, fail, open_client
 
 @app.command(epilog="Docs: docs/guides/duplicates.md")
 def duplicates(
-    threshold: Optional[float] = typer.Option(
-        None, "--threshold", min=0.0, max=1.0,
+    threshold: float | None = typer.Option(
+        None,
+        "--threshold",
+        min=0.0,
+        max=1.0,
         help="Cosine similarity (in the collection's space) at or above which two images are near-duplicate "
-             "candidates; each candidate pair is then confirmed by the two files' pixels (see --verify). "
-             f"Default: {DEFAULT_WHITENED_DUPLICATE_THRESHOLD} on a whitened collection, "
-             f"{DEFAULT_DUPLICATE_THRESHOLD} on raw embeddings (one under 50 images, or --whitening none), "
-             "chosen for dinov2-small-9l (onnx-int8) on planted copies of real photos (see the benchmark page of the "
-             "docs). Review groups before acting on them."),
-    folder: Optional[str] = typer.Option(None, "--folder", help="Only images in this folder or below it "
-                                         "(both images of every pair)."),
-    exact_only: bool = typer.Option(False, "--exact-only", help="Only identical bytes (same sha256); "
-                                    "no vector search, much faster."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Confirm each near pair found by the "
-                                "embedding by the two files' pixels (aligned, then compared at 128 px; the files of "
-                                "candidate pairs are read, a few ms a pair). --no-verify: the embedding alone "
-                                "decides (then use a higher threshold)."),
+        "candidates; each candidate pair is then confirmed by the two files' pixels (see --verify). "
+        f"Default: {DEFAULT_WHITENED_DUPLICATE_THRESHOLD} on a whitened collection, "
+        f"{DEFAULT_DUPLICATE_THRESHOLD} on raw embeddings (one under 50 images, or --whitening none), "
+        "chosen for dinov2-small-9l (onnx-int8) on planted copies of real photos (see the benchmark page of the "
+        "docs). Review groups before acting on them.",
+    ),
+    folder: str | None = typer.Option(
+        None, "--folder", help="Only images in this folder or below it (both images of every pair)."
+    ),
+    exact_only: bool = typer.Option(
+        False, "--exact-only", help="Only identical bytes (same sha256); no vector search, much faster."
+    ),
+    verify: bool = typer.Option(
+        True,
+        "--verify/--no-verify",
+        help="Confirm each near pair found by the "
+        "embedding by the two files' pixels (aligned, then compared at 128 px; the files of "
+        "candidate pairs are read, a few ms a pair). --no-verify: the embedding alone "
+        "decides (then use a higher threshold).",
+    ),
     as_json: bool = JSON,
-    csv_file: Optional[Path] = typer.Option(None, "--csv", dir_okay=False, help="Write one row per image of "
-                                            "a group (group, path, keep yes/no, score to the keeper, kind, size, "
-                                            "width, height, mtime, sha256, same_file: a link to the keeper's "
-                                            "file) to this file."),
-    uri: Optional[str] = URI,
-    collection: Optional[str] = COLLECTION,
+    csv_file: Path | None = typer.Option(
+        None,
+        "--csv",
+        dir_okay=False,
+        help="Write one row per image of "
+        "a group (group, path, keep yes/no, score to the keeper, kind, size, "
+        "width, height, mtime, sha256, same_file: a link to the keeper's "
+        "file) to this file.",
+    ),
+    uri: str | None = URI,
+    collection: str | None = COLLECTION,
 ) -> None:
     """Find groups of indexed images that are the same picture; nothing is deleted or moved.
 
@@ -63,17 +78,23 @@ def duplicates(
     try:
         with open_client(uri, collection, None, None) as client:
             where = os.path.abspath(os.fsdecode(folder)) if folder else None
-            with tqdm(total=client.store.count(where), unit="img", desc="scanning", dynamic_ncols=True,
-                      disable=None, leave=False) as bar:
-                report = client.duplicates(threshold, folder, exact_only=exact_only, verify=verify,
-                                           on_rows=bar.update)
+            with tqdm(
+                total=client.store.count(where),
+                unit="img",
+                desc="scanning",
+                dynamic_ncols=True,
+                disable=None,
+                leave=False,
+            ) as bar:
+                report = client.duplicates(threshold, folder, exact_only=exact_only, verify=verify, on_rows=bar.update)
     except BadQueryError as exc:
         fail(str(exc), code=2)
     except VitsearchError as exc:
         fail(str(exc))
     for path, reason in report.unverified.items():
-        typer.echo(f"not checked by its pixels (the embedding decided): {printable(path)}: {printable(reason)}",
-                   err=True)
+        typer.echo(
+            f"not checked by its pixels (the embedding decided): {printable(path)}: {printable(reason)}", err=True
+        )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -87,15 +108,26 @@ def duplicates(
         typer.echo(f"group {number}: {group.kind}, {len(group.images)} images, weakest link {group.min_score:.4f}")
         for im in group.images:
             mark = "keep" if im.path == group.keep else "link" if im.same_file else ""
-            typer.echo(f"  {mark:<4}  {im.score:.4f}  {f'{im.width}x{im.height}':>11}  {im.size:>11,} B  "
-                       f"{printable(im.path)}")
+            typer.echo(
+                f"  {mark:<4}  {im.score:.4f}  {f'{im.width}x{im.height}':>11}  {im.size:>11,} B  {printable(im.path)}"
+            )
         if group.kind == "near":
             index = {p: i for i, p in enumerate(group.paths, 1)}
-            typer.echo("  pairs: " + ", ".join(f"{index[p.a]}-{index[p.b]} {p.score:.4f}"
-                                               + (f" (pixels {p.pixels:.3f})" if p.pixels is not None else "")
-                                               for p in group.pairs))
-    how = ("exact duplicates only" if exact_only
-           else f"threshold {report.threshold:g}" + (", pixels checked" if verify else ", embedding alone"))
-    typer.echo(f"{len(report.groups)} group{'' if len(report.groups) == 1 else 's'}, {report.duplicates} "
-               f"duplicate{'' if report.duplicates == 1 else 's'} among {report.images:,} images "
-               f"({how}, {report.seconds:.1f} s)" + (f"; CSV written to {printable(str(csv_file))}" if csv_file else ""))
+            typer.echo(
+                "  pairs: "
+                + ", ".join(
+                    f"{index[p.a]}-{index[p.b]} {p.score:.4f}"
+                    + (f" (pixels {p.pixels:.3f})" if p.pixels is not None else "")
+                    for p in group.pairs
+                )
+            )
+    how = (
+        "exact duplicates only"
+        if exact_only
+        else f"threshold {report.threshold:g}" + (", pixels checked" if verify else ", embedding alone")
+    )
+    typer.echo(
+        f"{len(report.groups)} group{'' if len(report.groups) == 1 else 's'}, {report.duplicates} "
+        f"duplicate{'' if report.duplicates == 1 else 's'} among {report.images:,} images "
+        f"({how}, {report.seconds:.1f} s)" + (f"; CSV written to {printable(str(csv_file))}" if csv_file else "")
+    )

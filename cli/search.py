@@ -1,9 +1,9 @@
 """``vitsearch search`` and ``vitsearch stats``: parse, call :class:`~vitsearch.search.client.SearchClient`, print."""
+
 from __future__ import annotations
 
 import json
 import os
-from typing import Optional
 
 import typer
 
@@ -11,27 +11,47 @@ from vitsearch.search.config import MAX_K
 from vitsearch.search.errors import BadImageError, BadQueryError, VitsearchError
 from vitsearch.search.paths import printable
 
-from .common import (COLLECTION, DEVICE, EXPAND, IMAGE_SIZE, JSON, RUNTIME, URI, Runtime, app, fail, open_client,
-                     parsed_settings, ready)
+from .common import (
+    COLLECTION,
+    DEVICE,
+    EXPAND,
+    IMAGE_SIZE,
+    JSON,
+    RUNTIME,
+    URI,
+    Runtime,
+    app,
+    fail,
+    open_client,
+    parsed_settings,
+    ready,
+)
 
 
 @app.command(epilog="Docs: docs/guides/searching.md")
 def search(
     image: str = typer.Argument(..., help="Query image file (or, with --similar, an indexed file's path)."),
     k: int = typer.Option(10, "-k", min=1, max=MAX_K, help="Number of results."),
-    filter: Optional[str] = typer.Option(None, "--filter", help='Milvus boolean expression on stored fields, '
-                                         'e.g. \'width >= 500 and folder == "/photos/2024"\'.'),
-    folder: Optional[str] = typer.Option(None, "--folder", help="Only images in this folder or below it."),
+    filter: str | None = typer.Option(
+        None,
+        "--filter",
+        help="Milvus boolean expression on stored fields, e.g. 'width >= 500 and folder == \"/photos/2024\"'.",
+    ),
+    folder: str | None = typer.Option(None, "--folder", help="Only images in this folder or below it."),
     similar: bool = typer.Option(False, "--similar", help="IMAGE is an indexed file: use its stored vector."),
-    collapse: bool = typer.Option(False, "--collapse", help="Show files with identical bytes (same sha256) as one "
-                                  "result with a '+N copies' count (JSON: its \"copies\"); still k distinct "
-                                  "results."),
-    model: Optional[str] = typer.Option(None, "--model", help="Default: the model the collection was indexed with."),
-    image_size: Optional[int] = IMAGE_SIZE,
-    uri: Optional[str] = URI,
-    collection: Optional[str] = COLLECTION,
-    device: Optional[str] = DEVICE,
-    runtime: Optional[Runtime] = RUNTIME,
+    collapse: bool = typer.Option(
+        False,
+        "--collapse",
+        help="Show files with identical bytes (same sha256) as one "
+        "result with a '+N copies' count (JSON: its \"copies\"); still k distinct "
+        "results.",
+    ),
+    model: str | None = typer.Option(None, "--model", help="Default: the model the collection was indexed with."),
+    image_size: int | None = IMAGE_SIZE,
+    uri: str | None = URI,
+    collection: str | None = COLLECTION,
+    device: str | None = DEVICE,
+    runtime: Runtime | None = RUNTIME,
     expand: int = EXPAND,
     as_json: bool = JSON,
 ) -> None:
@@ -46,8 +66,9 @@ def search(
     image, a corrupt image, an unknown --similar path, a --folder without indexed images, a
     malformed --filter, k out of range).
     """
-    s = parsed_settings(uri=uri, collection=collection, device=device, image_size=image_size,
-                        runtime=runtime and runtime.value)
+    s = parsed_settings(
+        uri=uri, collection=collection, device=device, image_size=image_size, runtime=runtime and runtime.value
+    )
     query = None if similar else _read_query(image, s)  # a bad file is said before any model or Milvus loads
     ready(s)
     try:
@@ -55,15 +76,25 @@ def search(
 
         with SearchClient(model=model, settings=s) as client:
             if folder and not client.store.count(folder=os.path.abspath(os.fsdecode(folder))):
-                fail(f"no indexed image is in {printable(os.path.abspath(folder))} or below it, in collection "
-                     f"{client.store.collection!r}: --folder takes a folder that was indexed "
-                     f"(see `vitsearch stats`)", code=2)
+                fail(
+                    f"no indexed image is in {printable(os.path.abspath(folder))} or below it, in collection "
+                    f"{client.store.collection!r}: --folder takes a folder that was indexed "
+                    f"(see `vitsearch stats`)",
+                    code=2,
+                )
             if similar:
-                hits = client.search_similar(image, k=k, filter=filter, folder=folder, collapse_duplicates=collapse,
-                                             expand=expand)
+                hits = client.search_similar(
+                    image, k=k, filter=filter, folder=folder, collapse_duplicates=collapse, expand=expand
+                )
             else:
-                hits = client.search(client.load(query, name=image), k=k, filter=filter, folder=folder,
-                                     collapse_duplicates=collapse, expand=expand)
+                hits = client.search(
+                    client.load(query, name=image),
+                    k=k,
+                    filter=filter,
+                    folder=folder,
+                    collapse_duplicates=collapse,
+                    expand=expand,
+                )
     except (BadImageError, BadQueryError) as exc:
         fail(str(exc), code=2)
     except VitsearchError as exc:
@@ -98,7 +129,7 @@ def _read_query(image: str, s) -> bytes:
 
 
 @app.command(epilog="Docs: docs/guides/indexing.md")
-def stats(uri: Optional[str] = URI, collection: Optional[str] = COLLECTION, as_json: bool = JSON) -> None:
+def stats(uri: str | None = URI, collection: str | None = COLLECTION, as_json: bool = JSON) -> None:
     """Show the collection: number of images, model, dimension, runtime, index type, URI."""
     try:
         with open_client(uri, collection, None, None) as client:

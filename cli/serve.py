@@ -1,8 +1,8 @@
 """``vitsearch serve``: the HTTP API (:mod:`vitsearch.api`) on uvicorn."""
+
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import typer
 
@@ -11,19 +11,32 @@ from .common import ALLOWED_HOSTS, COLLECTION, URI, app, fail, settings
 
 @app.command(epilog="Docs: docs/guides/http-api.md")
 def serve(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 serves other machines "
-                             "too (set VITSEARCH_API_TOKEN then: without it there is no login; and name the "
-                             "host they call in --allowed-hosts)."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address to listen on; 0.0.0.0 serves other machines "
+        "too (set VITSEARCH_API_TOKEN then: without it there is no login; and name the "
+        "host they call in --allowed-hosts).",
+    ),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="HTTP port."),
-    uri: Optional[str] = URI,
-    collection: Optional[str] = COLLECTION,
-    workers: int = typer.Option(1, "--workers", min=1, help="Server processes, each with its own copy of the "
-                                "encoder and its own batches. One is best on one GPU (one forward pass per "
-                                "batch) and on a CPU (torch uses every core); more help stored-vector searches. "
-                                "A Milvus Lite database is shared by the processes."),
-    max_upload_mb: Optional[int] = typer.Option(None, "--max-upload-mb", min=1, help="Largest query image "
-                                                "accepted, in MB (413 above). (env VITSEARCH_MAX_UPLOAD_MB; default: 20)"),
-    allowed_hosts: Optional[str] = ALLOWED_HOSTS,
+    uri: str | None = URI,
+    collection: str | None = COLLECTION,
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        help="Server processes, each with its own copy of the "
+        "encoder and its own batches. One is best on one GPU (one forward pass per "
+        "batch) and on a CPU (torch uses every core); more help stored-vector searches. "
+        "A Milvus Lite database is shared by the processes.",
+    ),
+    max_upload_mb: int | None = typer.Option(
+        None,
+        "--max-upload-mb",
+        min=1,
+        help="Largest query image accepted, in MB (413 above). (env VITSEARCH_MAX_UPLOAD_MB; default: 20)",
+    ),
+    allowed_hosts: str | None = ALLOWED_HOSTS,
 ) -> None:
     """Serve the HTTP search API: POST /search (multipart `image`), /search/similar, /search/vector;
     GET /stats, /healthz, /readyz, /thumbnail; OpenAPI at /docs.
@@ -50,15 +63,32 @@ def serve(
         fail(f"VITSEARCH_API_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}", code=2)
     hosts = served_hosts(host, s.allowed_hosts)
     # The worker processes build the app from the environment (uvicorn imports the factory in each).
-    os.environ.update({"VITSEARCH_URI": s.resolved_uri(), "VITSEARCH_COLLECTION": s.collection,
-                       "VITSEARCH_MAX_UPLOAD_MB": str(s.max_upload_mb), "VITSEARCH_ALLOWED_HOSTS": ",".join(hosts)})
+    os.environ.update(
+        {
+            "VITSEARCH_URI": s.resolved_uri(),
+            "VITSEARCH_COLLECTION": s.collection,
+            "VITSEARCH_MAX_UPLOAD_MB": str(s.max_upload_mb),
+            "VITSEARCH_ALLOWED_HOSTS": ",".join(hosts),
+        }
+    )
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:  # N processes share the cores, not N x all of them
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     import uvicorn
 
     login = "token required" if api.token else "no token"
-    typer.echo(f"vitsearch: collection {s.collection!r} at {s.resolved_uri()} on http://{host}:{port} "
-               f"({workers} worker{'s' if workers > 1 else ''}, {login}; OpenAPI at /docs; answers to Host "
-               f"{', '.join(hosts)})", err=True)
-    uvicorn.run("vitsearch.api.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False, server_header=False)
+    typer.echo(
+        f"vitsearch: collection {s.collection!r} at {s.resolved_uri()} on http://{host}:{port} "
+        f"({workers} worker{'s' if workers > 1 else ''}, {login}; OpenAPI at /docs; answers to Host "
+        f"{', '.join(hosts)})",
+        err=True,
+    )
+    uvicorn.run(
+        "vitsearch.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+    )

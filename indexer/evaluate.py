@@ -7,15 +7,17 @@ top-10 with the exact one. The figures are :mod:`vitsearch.search.metrics`'.
 Rankings are ``min(N - 1, MAX_K)`` deep (``MAX_K`` 16384, Milvus's top-k limit, kept so that
 figures stay comparable with a search through the index).
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +32,6 @@ from vitsearch.search.store import Store
 from vitsearch.search.whitening import Space
 
 from .runner import Progress, index_folder
-
 
 #: Queries whose top-10 through Milvus is compared with the exact top-10 (ANN recall@10): a
 #: fixed-seed sample, every stored query where there are fewer. 200 queries measure a recall near
@@ -74,13 +75,23 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         """JSON-ready; ``k`` keys become strings."""
-        return {**asdict(self), "recall": {str(k): v for k, v in self.recall.items()},
-                "precision": {str(k): v for k, v in self.precision.items()}}
+        return {
+            **asdict(self),
+            "recall": {str(k): v for k, v in self.recall.items()},
+            "precision": {str(k): v for k, v in self.precision.items()},
+        }
 
 
-def evaluate_collection(dataset: Dataset, client: SearchClient, ks: Sequence[int] = (1, 5, 10), *,
-                        expand: int = 0, unrelated: Sequence[str] = (), ann_sample: int = ANN_SAMPLE,
-                        seed: int = 0) -> EvalResult:
+def evaluate_collection(
+    dataset: Dataset,
+    client: SearchClient,
+    ks: Sequence[int] = (1, 5, 10),
+    *,
+    expand: int = 0,
+    unrelated: Sequence[str] = (),
+    ann_sample: int = ANN_SAMPLE,
+    seed: int = 0,
+) -> EvalResult:
     """Rank every query of ``dataset`` against ``client``'s collection (which must hold the
     dataset's images; other rows act as distractors) and compute mAP, recall@k, precision@k, the
     close-match label's precision and recall, and the index's recall@10 on a sample of the queries.
@@ -138,28 +149,41 @@ def evaluate_collection(dataset: Dataset, client: SearchClient, ks: Sequence[int
     sample = [stored[i] for i in sorted(rng.choice(len(stored), min(ann_sample, len(stored)), replace=False))]
     ann = []
     for start in range(0, len(sample), 100):
-        chunk = sample[start:start + 100]
+        chunk = sample[start : start + 100]
         found = client.store.search(matrix[[row[q] for q in chunk]], k=min(11, len(names)), fields=())
         for query, hits in zip(chunk, found):
             exact = exact_rankings(matrix, names, matrix[[row[query]]], [query], 10)[0]
             index = [h.path for h in hits if h.path != query][:10]
             ann.append(len(set(exact) & set(index)) / max(1, len(exact)))
     now = time.perf_counter()
-    return EvalResult(queries=len(rankings), map=figures.map, recall={k: figures.recall[k] for k in ks},
-                      precision={k: figures.precision[k] for k in ks}, p_at_10=figures.precision[10],
-                      ann_recall_at_10=float(np.mean(ann)) if ann else float("nan"), ann_queries=len(ann),
-                      match_precision=_share([q for q in matched if q in relevant_top], matched),
-                      match_recall=_share([q for q in relevant_top if q in matched], relevant_top),
-                      unrelated=len(unrelated), unrelated_rejected=rejected,
-                      search_seconds=now - started, ann_seconds=now - ann_started)
+    return EvalResult(
+        queries=len(rankings),
+        map=figures.map,
+        recall={k: figures.recall[k] for k in ks},
+        precision={k: figures.precision[k] for k in ks},
+        p_at_10=figures.precision[10],
+        ann_recall_at_10=float(np.mean(ann)) if ann else float("nan"),
+        ann_queries=len(ann),
+        match_precision=_share([q for q in matched if q in relevant_top], matched),
+        match_recall=_share([q for q in relevant_top if q in matched], relevant_top),
+        unrelated=len(unrelated),
+        unrelated_rejected=rejected,
+        search_seconds=now - started,
+        ann_seconds=now - ann_started,
+    )
 
 
 def _share(part: Sequence, whole: Sequence) -> float:
     return len(part) / len(whole) if whole else float("nan")
 
 
-def _expanded(matrix: np.ndarray, queries: np.ndarray, leave_out: Sequence[str | None], expand: int,
-              names: Sequence[str] | None = None) -> np.ndarray:
+def _expanded(
+    matrix: np.ndarray,
+    queries: np.ndarray,
+    leave_out: Sequence[str | None],
+    expand: int,
+    names: Sequence[str] | None = None,
+) -> np.ndarray:
     """Each query expanded with its ``expand`` nearest stored vectors (αQE, as a search does;
     the stored query itself left out), or the queries as they are."""
     if not expand:
@@ -174,8 +198,15 @@ def _expanded(matrix: np.ndarray, queries: np.ndarray, leave_out: Sequence[str |
     return out
 
 
-def _labels(space: Space, matrix: np.ndarray, raw: np.ndarray, row: dict[str, int], queries: np.ndarray,
-            keys: Sequence, hits: dict) -> dict:
+def _labels(
+    space: Space,
+    matrix: np.ndarray,
+    raw: np.ndarray,
+    row: dict[str, int],
+    queries: np.ndarray,
+    keys: Sequence,
+    hits: dict,
+) -> dict:
     """For each query (``keys[i]`` is ``queries[i]``'s key in ``hits``), whether each of its
     ``hits`` (paths) is a close match, as a search labels it."""
     out = {}
@@ -221,9 +252,18 @@ class EvalReport:
         return {**out, "queries": self.result.queries, **figures}
 
 
-def evaluate(dataset: str | os.PathLike, settings: Settings | None = None, ks: Sequence[int] = (1, 5, 10), *,
-             uri: str | None = None, collection: str | None = None, progress: Progress | None = None,
-             whitening: str | None = None, expand: int = 0, unrelated: str | os.PathLike | None = None) -> EvalReport:
+def evaluate(
+    dataset: str | os.PathLike,
+    settings: Settings | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+    *,
+    uri: str | None = None,
+    collection: str | None = None,
+    progress: Progress | None = None,
+    whitening: str | None = None,
+    expand: int = 0,
+    unrelated: str | os.PathLike | None = None,
+) -> EvalReport:
     """Index a labelled set (:func:`~vitsearch.search.metrics.load_dataset`) and measure retrieval on it.
 
     Without ``uri`` the images go to a temporary Milvus Lite database (collection ``eval``, or
@@ -253,16 +293,26 @@ def evaluate(dataset: str | os.PathLike, settings: Settings | None = None, ks: S
     data = load_dataset(dataset)
     others = unrelated_images(unrelated) if unrelated is not None else []
     scratch = None if uri else tempfile.mkdtemp(prefix="vitsearch-eval-")
-    settings = settings.model_copy(update={"uri": uri or str(Path(scratch) / "eval.db"),
-                                           "collection": collection or ("eval" if scratch else settings.collection)})
+    settings = settings.model_copy(
+        update={
+            "uri": uri or str(Path(scratch) / "eval.db"),
+            "collection": collection or ("eval" if scratch else settings.collection),
+        }
+    )
     store = Store.from_settings(settings)
     try:
         loading = time.perf_counter()
         encoder = encoder_for(store.recorded_encoder(), settings, store.where)
         model_seconds = time.perf_counter() - loading
-        report = index_folder(str(data.root), encoder=encoder, store=store,
-                              batch_size=settings.batch_size or batch_size_for(encoder), workers=settings.workers,
-                              progress=progress, whitening=whitening)
+        report = index_folder(
+            str(data.root),
+            encoder=encoder,
+            store=store,
+            batch_size=settings.batch_size or batch_size_for(encoder),
+            workers=settings.workers,
+            progress=progress,
+            whitening=whitening,
+        )
         data = data.without(path for path, _ in report.failures)  # counted in `failed`, never asked
         with SearchClient(settings=settings, encoder=encoder) as client:
             result = evaluate_collection(data, client, ks, expand=expand, unrelated=others)
@@ -273,14 +323,30 @@ def evaluate(dataset: str | os.PathLike, settings: Settings | None = None, ks: S
             shutil.rmtree(scratch, ignore_errors=True)
     info = encoder.info
     return EvalReport(
-        dataset=str(dataset), layout=data.kind, images=report.indexed + report.unchanged, failed=report.failed,
-        model=info.model, pooling=info.pooling, dim=info.dim, image_size=info.size_text, runtime=info.runtime,
-        whitening=space, expand=expand, k=ks, result=result,
+        dataset=str(dataset),
+        layout=data.kind,
+        images=report.indexed + report.unchanged,
+        failed=report.failed,
+        model=info.model,
+        pooling=info.pooling,
+        dim=info.dim,
+        image_size=info.size_text,
+        runtime=info.runtime,
+        whitening=space,
+        expand=expand,
+        k=ks,
+        result=result,
         images_per_s=round(report.images_per_s, 2),
-        seconds={"model": round(model_seconds, 2), "index": round(report.seconds, 2), "search": round(result.search_seconds, 2),
-                 "ann": round(result.ann_seconds, 2),
-                 "total": round(time.perf_counter() - started, 2)},
-        uri=None if scratch else settings.uri, collection=None if scratch else settings.collection)
+        seconds={
+            "model": round(model_seconds, 2),
+            "index": round(report.seconds, 2),
+            "search": round(result.search_seconds, 2),
+            "ann": round(result.ann_seconds, 2),
+            "total": round(time.perf_counter() - started, 2),
+        },
+        uri=None if scratch else settings.uri,
+        collection=None if scratch else settings.collection,
+    )
 
 
 def unrelated_images(folder: str | os.PathLike) -> list[str]:

@@ -26,13 +26,14 @@ next run embeds only what is missing. Ray Data retries a task lost with its work
 restarts a lost encoder actor and gives it the batch again (its defaults: ``max_restarts=-1``,
 ``max_task_retries=-1``); upserts keyed by path make a batch written twice harmless.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import os
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -47,8 +48,18 @@ from vitsearch.search.store.bulk import bulk_load
 from vitsearch.search.whitening import Space
 
 from .reader import Decoded, Failed, read_one
-from .runner import (IndexInterrupted, IndexReport, Progress, begin, changed, chunks, finish, make_row, refreshed,
-                     storable)
+from .runner import (
+    IndexInterrupted,
+    IndexReport,
+    Progress,
+    begin,
+    changed,
+    chunks,
+    finish,
+    make_row,
+    refreshed,
+    storable,
+)
 from .scan import FileEntry, scan
 
 log = logging.getLogger(__name__)
@@ -126,8 +137,9 @@ def read_uri(uri: str, limits: Limits = Limits()) -> bytes:
     return data
 
 
-def _decode(batch: dict[str, np.ndarray], preprocess: Preprocess, limits: Limits,
-            shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+def _decode(
+    batch: dict[str, np.ndarray], preprocess: Preprocess, limits: Limits, shape: tuple[int, int, int]
+) -> dict[str, np.ndarray]:
     """Ray Data task: read, decode and preprocess a batch of files with :func:`.reader.read_one`.
 
     A file keeps its place: decoded (``error`` ""), unchanged (``same``: its bytes hash to its
@@ -145,8 +157,11 @@ def _decode(batch: dict[str, np.ndarray], preprocess: Preprocess, limits: Limits
         out["error"].append(result.reason if isinstance(result, Failed) else "")
         out["same"].append(not isinstance(result, (Decoded, Failed)))
         out["cpu_s"].append(result.cpu_s)
-    return {**{k: batch[k] for k in ENTRY if k != "sha256"}, "pixel_values": pixels,
-            **{k: np.asarray(v) for k, v in out.items()}}
+    return {
+        **{k: batch[k] for k in ENTRY if k != "sha256"},
+        "pixel_values": pixels,
+        **{k: np.asarray(v) for k, v in out.items()},
+    }
 
 
 def _columns(entry: FileEntry) -> dict:
@@ -157,8 +172,9 @@ def _columns(entry: FileEntry) -> dict:
 def _entries(batch: dict[str, np.ndarray]) -> Iterator[FileEntry]:
     """The files of a batch of :func:`_columns` rows."""
     for path, size, mtime, ctime_ns, inode, sha256 in zip(*(batch[k] for k in ENTRY)):
-        yield FileEntry(path_from_stored(str(path)), int(size), float(mtime), int(ctime_ns), int(inode),
-                        str(sha256) or None)
+        yield FileEntry(
+            path_from_stored(str(path)), int(size), float(mtime), int(ctime_ns), int(inode), str(sha256) or None
+        )
 
 
 class EmbedAndWrite:
@@ -171,14 +187,24 @@ class EmbedAndWrite:
             one machine: a cluster needs a Milvus server), or Milvus unreachable.
     """
 
-    def __init__(self, settings: Settings, info_json: str, uri: str, collection: str, driver_node: str,
-                 write: bool = True, space: Space = Space()):
+    def __init__(
+        self,
+        settings: Settings,
+        info_json: str,
+        uri: str,
+        collection: str,
+        driver_node: str,
+        write: bool = True,
+        space: Space = Space(),
+    ):
         import ray
 
         node = ray.util.get_node_ip_address()
         if not is_server_uri(uri) and node != driver_node:
-            raise StoreError(f"Milvus Lite database {uri} is on {driver_node}, this Ray worker on {node}: "
-                             f"a Ray cluster over several machines needs a Milvus server (--uri http://HOST:19530)")
+            raise StoreError(
+                f"Milvus Lite database {uri} is on {driver_node}, this Ray worker on {node}: "
+                f"a Ray cluster over several machines needs a Milvus server (--uri http://HOST:19530)"
+            )
         expected = EncoderInfo.from_json(info_json)
         if not ray.get_gpu_ids():  # Ray sets OMP_NUM_THREADS to 1: use the CPUs this actor reserved
             import torch
@@ -203,16 +229,32 @@ class EmbedAndWrite:
             vectors = self.space.to_search(self.encoder.embed_pixels(torch.from_numpy(batch["pixel_values"][good])))
             embed_s = time.perf_counter() - started
             now = time.time()
-            rows = [make_row(entries[i], v, {"width": int(batch["width"][i]), "height": int(batch["height"][i]),
-                                             "sha256": str(batch["sha256"][i])}, now)
-                    for i, v in zip(good, vectors)]
+            rows = [
+                make_row(
+                    entries[i],
+                    v,
+                    {
+                        "width": int(batch["width"][i]),
+                        "height": int(batch["height"][i]),
+                        "sha256": str(batch["sha256"][i]),
+                    },
+                    now,
+                )
+                for i, v in zip(good, vectors)
+            ]
         if self.store is not None:
             same = [entries[i] for i in np.flatnonzero(batch["same"])]
             self.store.upsert(rows + (refreshed(self.store, same) if same else []))
             write_s = time.perf_counter() - started - embed_s
         n = len(batch["path"])
-        status = {"path": batch["path"], "error": batch["error"], "same": batch["same"], "cpu_s": batch["cpu_s"],
-                  "embed_s": np.full(n, embed_s / n), "write_s": np.full(n, write_s / n)}
+        status = {
+            "path": batch["path"],
+            "error": batch["error"],
+            "same": batch["same"],
+            "cpu_s": batch["cpu_s"],
+            "embed_s": np.full(n, embed_s / n),
+            "write_s": np.full(n, write_s / n),
+        }
         return status if self.store is not None else _with_rows(status, rows, good)
 
 
@@ -230,11 +272,22 @@ def _with_rows(status: dict[str, np.ndarray], rows: list[dict], good: np.ndarray
     return pa.table({**status, **columns})
 
 
-def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Settings,
-                   batch_size: int = DEFAULT_BATCH_SIZE, ray_address: str | None = None,
-                   num_gpus_per_worker: float | None = None, concurrency: int | None = None,
-                   progress: Progress | None = None, on_failure: Callable[[str, str], None] | None = None,
-                   bulk_dir: str | None = None, whitening: str | None = None, relearn: bool = False) -> IndexReport:
+def index_with_ray(
+    source: str,
+    *,
+    encoder: Encoder,
+    store: Store,
+    settings: Settings,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    ray_address: str | None = None,
+    num_gpus_per_worker: float | None = None,
+    concurrency: int | None = None,
+    progress: Progress | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
+    bulk_dir: str | None = None,
+    whitening: str | None = None,
+    relearn: bool = False,
+) -> IndexReport:
     """Index the image files under ``source`` into ``store``'s collection on a Ray cluster.
 
     Same contract as :func:`.runner.index_folder` (incremental, failures reported and skipped,
@@ -301,23 +354,42 @@ def index_with_ray(source: str, *, encoder: Encoder, store: Store, settings: Set
         space = begin(store, progress, report)
         try:
             for n, wave in enumerate(chunks(changed(storable(listing, failed), store, report, progress), WAVE)):
-                ds = ray.data.from_items([_columns(e) for e in wave], override_num_blocks=max(1, len(wave) // batch_size))
-                ds = ds.map_batches(_decode, batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS,
-                                    fn_kwargs={"preprocess": encoder.preprocessor, "limits": encoder.limits,
-                                               "shape": (3, h, w)})
+                ds = ray.data.from_items(
+                    [_columns(e) for e in wave], override_num_blocks=max(1, len(wave) // batch_size)
+                )
                 ds = ds.map_batches(
-                    EmbedAndWrite, batch_size=batch_size, batch_format="numpy", num_gpus=gpus_each,
-                    num_cpus=cpus_each, compute=ray.data.ActorPoolStrategy(size=actors),
-                    fn_constructor_kwargs={"settings": settings, "info_json": encoder.info.to_json(),
-                                           "uri": store.uri, "collection": store.collection,
-                                           "driver_node": ray.util.get_node_ip_address(),
-                                           "write": bulk_dir is None, "space": space})
+                    _decode,
+                    batch_size=batch_size,
+                    batch_format="numpy",
+                    num_cpus=DECODE_CPUS,
+                    fn_kwargs={"preprocess": encoder.preprocessor, "limits": encoder.limits, "shape": (3, h, w)},
+                )
+                ds = ds.map_batches(
+                    EmbedAndWrite,
+                    batch_size=batch_size,
+                    batch_format="numpy",
+                    num_gpus=gpus_each,
+                    num_cpus=cpus_each,
+                    compute=ray.data.ActorPoolStrategy(size=actors),
+                    fn_constructor_kwargs={
+                        "settings": settings,
+                        "info_json": encoder.info.to_json(),
+                        "uri": store.uri,
+                        "collection": store.collection,
+                        "driver_node": ray.util.get_node_ip_address(),
+                        "write": bulk_dir is None,
+                        "space": space,
+                    },
+                )
                 if bulk_dir is not None:  # computed once, then read twice: the status, the shards
                     from ray.data.expressions import col
 
                     ds = ds.materialize()
-                    (ds.filter(expr=(col("error") == "") & ~col("same")).select_columns(["path", "vector", *META_FIELDS[1:]])
-                       .write_parquet(f"{bulk_dir.rstrip('/')}/wave-{n:05d}"))
+                    (
+                        ds.filter(expr=(col("error") == "") & ~col("same"))
+                        .select_columns(["path", "vector", *META_FIELDS[1:]])
+                        .write_parquet(f"{bulk_dir.rstrip('/')}/wave-{n:05d}")
+                    )
                 for out in ds.select_columns(STATUS).iter_batches(batch_size=None, batch_format="numpy"):
                     errors = out["error"]
                     report.unchanged += int(out["same"].sum())
@@ -367,9 +439,11 @@ def _start(ray, address: str | None, wait_s: int, verbose: bool) -> None:
                 raise VitsearchError(
                     f"the local Ray cluster did not start within {wait_s} s ({_first_line(exc)}); the machine may "
                     f"be busy: wait longer (VITSEARCH_RAY_START_S=300), or start one with `ray start --head` and "
-                    f"pass --ray-address auto") from None
-            log.warning("the local Ray cluster did not start within %d s (%s); trying once more", wait_s,
-                        _first_line(exc))
+                    f"pass --ray-address auto"
+                ) from None
+            log.warning(
+                "the local Ray cluster did not start within %d s (%s); trying once more", wait_s, _first_line(exc)
+            )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -387,4 +461,3 @@ def _unwrap(exc: BaseException) -> BaseException:
         cause = getattr(seen, "cause", None) or seen.__cause__
         seen = cause if cause is not seen else None
     return VitsearchError(f"the Ray job failed: {type(exc).__name__}: {_first_line(exc)}")
-

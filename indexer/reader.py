@@ -10,6 +10,7 @@ Each file is read once: its sha256 is taken from the same bytes that are decoded
 row is already stored (``FileEntry.sha256``) and whose bytes hash to it is not decoded at all.
 A file that cannot be read or decoded becomes a failure record; it never stops the batch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,9 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +62,7 @@ class Batch:
     failures: list[tuple[str, str]]
     decode_seconds: float
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """Called by the DataLoader's pinning thread (CUDA only): page-lock the pixels."""
         self.pixel_values = self.pixel_values.pin_memory()
         return self
@@ -94,8 +96,9 @@ class Failed:
     cpu_s: float
 
 
-def read_one(entry: FileEntry, preprocess: Preprocess, limits: Limits = Limits(),
-             read: Callable[..., bytes] = read_file) -> Decoded | Unchanged | Failed:
+def read_one(
+    entry: FileEntry, preprocess: Preprocess, limits: Limits = Limits(), read: Callable[..., bytes] = read_file
+) -> Decoded | Unchanged | Failed:
     """Read one file and make its model input, or find its bytes unchanged, or say why not.
 
     ``read(path, limits)`` returns the file's bytes or raises :class:`BadImageError` (default: a
@@ -147,23 +150,40 @@ def collate(items: list[Decoded | Unchanged | Failed]) -> Batch:
     """Stack the decoded items of a batch; keep the unchanged and failed files beside them."""
     good = [it for it in items if isinstance(it, Decoded)]
     pixels = torch.from_numpy(np.stack([it.pixels for it in good])) if good else torch.empty(0)
-    return Batch(pixels, [it.entry for it in good], [it.info for it in good],
-                 [it.entry for it in items if isinstance(it, Unchanged)],
-                 [(it.entry.path, it.reason) for it in items if isinstance(it, Failed)],
-                 sum(it.cpu_s for it in items))
+    return Batch(
+        pixels,
+        [it.entry for it in good],
+        [it.info for it in good],
+        [it.entry for it in items if isinstance(it, Unchanged)],
+        [(it.entry.path, it.reason) for it in items if isinstance(it, Failed)],
+        sum(it.cpu_s for it in items),
+    )
 
 
-def read_batches(files: Iterable[FileEntry], preprocess: Preprocess, batch_size: int, workers: int,
-                 pin_memory: bool = False, limits: Limits = Limits()) -> Iterator[Batch]:
+def read_batches(
+    files: Iterable[FileEntry],
+    preprocess: Preprocess,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool = False,
+    limits: Limits = Limits(),
+) -> Iterator[Batch]:
     """Batches of decoded images for the files of a stream, made by ``workers`` processes (0: in
     this process). ``files`` is consumed by a feeder thread as the workers need it; an error it
     raises is raised here once the files before it are done."""
     ctx = multiprocessing.get_context("fork") if workers else None
     size = QUEUED_BATCHES * batch_size * max(1, workers)
     queue_ = ctx.Queue(size) if ctx else queue.Queue(size)
-    loader = DataLoader(_Files(queue_, preprocess, limits), batch_size=batch_size, num_workers=workers,
-                        collate_fn=collate, pin_memory=pin_memory, multiprocessing_context=ctx,
-                        prefetch_factor=PREFETCH if workers else None, worker_init_fn=_init_worker)
+    loader = DataLoader(
+        _Files(queue_, preprocess, limits),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        multiprocessing_context=ctx,
+        prefetch_factor=PREFETCH if workers else None,
+        worker_init_fn=_init_worker,
+    )
     batches = iter(loader)  # fork the workers now, before the feeder thread exists
     stop = threading.Event()
     error: list[BaseException] = []

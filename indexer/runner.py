@@ -11,6 +11,7 @@ writes while the encoder runs on the following batch. Rows are written batch by 
 that is stopped keeps everything written so far, and the next run only embeds what is missing
 or changed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,9 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from vitsearch.search.config import DEFAULT_BATCH_SIZE
 from vitsearch.search.encoder import Encoder
@@ -94,8 +96,10 @@ class IndexReport:
 
     def stages(self) -> str:
         """One line: where the time went."""
-        return (f"decode {self.decode_seconds:.1f} s (CPU, workers summed), embed {self.embed_seconds:.1f} s, "
-                f"write {self.write_seconds:.1f} s (background), waited for input {self.wait_seconds:.1f} s")
+        return (
+            f"decode {self.decode_seconds:.1f} s (CPU, workers summed), embed {self.embed_seconds:.1f} s, "
+            f"write {self.write_seconds:.1f} s (background), waited for input {self.wait_seconds:.1f} s"
+        )
 
 
 class IndexInterrupted(KeyboardInterrupt):
@@ -131,10 +135,21 @@ class Progress:
         """``n`` more rows are rewritten."""
 
 
-def index_folder(root: str, *, encoder: Encoder, store: Store, batch_size: int = DEFAULT_BATCH_SIZE,
-                 workers: int = 2, prune: bool = False, verify: bool = False, progress: Progress | None = None,
-                 on_failure: Callable[[str, str], None] | None = None,
-                 limits: Limits | None = None, whitening: str | None = None, relearn: bool = False) -> IndexReport:
+def index_folder(
+    root: str,
+    *,
+    encoder: Encoder,
+    store: Store,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = 2,
+    prune: bool = False,
+    verify: bool = False,
+    progress: Progress | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
+    limits: Limits | None = None,
+    whitening: str | None = None,
+    relearn: bool = False,
+) -> IndexReport:
     """Index the image files under ``root`` into ``store``'s collection with ``encoder``.
 
     New and changed files are embedded and upserted; unchanged files are skipped. A file is
@@ -189,8 +204,19 @@ def index_folder(root: str, *, encoder: Encoder, store: Store, batch_size: int =
         space = begin(store, progress, report)
         log.debug("scanning %s", root)
         try:
-            _run(root, encoder, store, space, batch_size, workers, limits or encoder.limits, verify, progress,
-                 report, failed)
+            _run(
+                root,
+                encoder,
+                store,
+                space,
+                batch_size,
+                workers,
+                limits or encoder.limits,
+                verify,
+                progress,
+                report,
+                failed,
+            )
         except KeyboardInterrupt:
             report.seconds = time.perf_counter() - started
             raise IndexInterrupted(report) from None
@@ -233,8 +259,9 @@ def finish(store: Store, whitening: str | None, relearn: bool, progress: Progres
         progress.rewriting(kind, rows)
 
     before = report.space
-    space = update_space(store, whitening, relearn, on_rows=lambda n: _rewritten(progress, report, n),
-                         on_start=rewriting)
+    space = update_space(
+        store, whitening, relearn, on_rows=lambda n: _rewritten(progress, report, n), on_start=rewriting
+    )
     if report.space != before:
         report.rewrite_seconds += time.perf_counter() - started
     store.persist()
@@ -246,9 +273,21 @@ def _rewritten(progress: Progress, report: IndexReport, n: int) -> None:
     progress.rewritten(n)
 
 
-def _run(root: str, encoder: Encoder, store: Store, space: Space, batch_size: int, workers: int, limits: Limits,
-         verify: bool, progress: Progress, report: IndexReport, failed: Callable[[str, str], None]) -> None:
+def _run(
+    root: str,
+    encoder: Encoder,
+    store: Store,
+    space: Space,
+    batch_size: int,
+    workers: int,
+    limits: Limits,
+    verify: bool,
+    progress: Progress,
+    report: IndexReport,
+    failed: Callable[[str, str], None],
+) -> None:
     """The stages, overlapped; every embedded row is written before this returns or raises."""
+
     def unsupported(path: str) -> None:
         ext = os.path.splitext(path)[1].lower()
         report.unsupported[ext] = report.unsupported.get(ext, 0) + 1
@@ -256,8 +295,9 @@ def _run(root: str, encoder: Encoder, store: Store, space: Space, batch_size: in
     todo = changed(storable(scan(root, failed, unsupported), failed), store, report, progress, verify)
     writer = Writer(store)
     try:
-        batches = read_batches(todo, encoder.preprocessor, batch_size, workers,
-                               pin_memory=encoder.device.type == "cuda", limits=limits)
+        batches = read_batches(
+            todo, encoder.preprocessor, batch_size, workers, pin_memory=encoder.device.type == "cuda", limits=limits
+        )
         waited = time.perf_counter()
         for n, batch in enumerate(batches, 1):
             report.wait_seconds += time.perf_counter() - waited
@@ -274,9 +314,14 @@ def _run(root: str, encoder: Encoder, store: Store, space: Space, batch_size: in
                 report.embed_seconds += embed_s
                 now = time.time()
                 writer.put([make_row(e, v, info, now) for e, v, info in zip(batch.entries, vectors, batch.info)])
-                log.debug("batch %d: %d images, decode %.0f ms (summed), waited %.0f ms, embed %.0f ms",
-                          n, len(batch.entries), 1000 * batch.decode_seconds,
-                          1000 * (t - waited), 1000 * embed_s)
+                log.debug(
+                    "batch %d: %d images, decode %.0f ms (summed), waited %.0f ms, embed %.0f ms",
+                    n,
+                    len(batch.entries),
+                    1000 * batch.decode_seconds,
+                    1000 * (t - waited),
+                    1000 * embed_s,
+                )
             progress.advance(len(batch.entries) + len(batch.unchanged) + len(batch.failures))
             waited = time.perf_counter()
     finally:
@@ -301,8 +346,17 @@ def refreshed(store: Store, entries: list[FileEntry]) -> list[dict[str, Any]]:
 def make_row(entry: FileEntry, vector, info: dict[str, Any], now: float) -> dict[str, Any]:
     """The collection row of one embedded file: ``vector`` ``(D,) float32``, ``info`` the
     ``width``/``height``/``sha256`` read with it, ``now`` the Unix time of the write."""
-    return {"path": entry.path, "vector": vector, "folder": os.path.dirname(entry.path), "size": entry.size,
-            "mtime": entry.mtime, "ctime_ns": entry.ctime_ns, "inode": entry.inode, "indexed_at": now, **info}
+    return {
+        "path": entry.path,
+        "vector": vector,
+        "folder": os.path.dirname(entry.path),
+        "size": entry.size,
+        "mtime": entry.mtime,
+        "ctime_ns": entry.ctime_ns,
+        "inode": entry.inode,
+        "indexed_at": now,
+        **info,
+    }
 
 
 def chunks(items: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
@@ -325,8 +379,9 @@ def storable(found: Iterable[FileEntry], failed: Callable[[str, str], None]) -> 
 UNCHANGED_IF_EQUAL = ("size", "mtime", "ctime_ns", "inode")
 
 
-def changed(found: Iterable[FileEntry], store: Store, report: IndexReport, progress: Progress,
-            verify: bool = False) -> Iterator[FileEntry]:
+def changed(
+    found: Iterable[FileEntry], store: Store, report: IndexReport, progress: Progress, verify: bool = False
+) -> Iterator[FileEntry]:
     """The files to read, as the scan finds them: those without a row, and those whose row
     differs in :data:`UNCHANGED_IF_EQUAL` (all of them with ``verify``), the latter with the
     row's sha256 so that the reader embeds them only if their bytes changed. Counts the others
@@ -353,7 +408,7 @@ def _prune(root: str, store: Store) -> int:
     a socket; links are followed, as the scan does)."""
     gone = [r["path"] for r in store.iter_rows(["path"], folder=root) if not _is_file(r["path"])]
     for start in range(0, len(gone), LOOKUP_CHUNK):
-        store.delete(gone[start:start + LOOKUP_CHUNK])
+        store.delete(gone[start : start + LOOKUP_CHUNK])
     return len(gone)
 
 

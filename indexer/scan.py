@@ -1,9 +1,10 @@
 """Walking a folder for image files."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from vitsearch.search.images import is_image_file, not_regular
 
@@ -30,14 +31,15 @@ class FileEntry:
     sha256: str | None = None
 
     @classmethod
-    def of(cls, path: str, st: os.stat_result) -> "FileEntry":
+    def of(cls, path: str, st: os.stat_result) -> FileEntry:
         """The entry of ``path`` from its ``os.stat`` (links followed)."""
         inode = st.st_ino - 2**64 if st.st_ino >= 2**63 else st.st_ino  # Milvus INT64 is signed
         return cls(path, st.st_size, st.st_mtime, st.st_ctime_ns, inode)
 
 
-def scan(root: str, on_error: Callable[[str, str], None],
-         on_unsupported: Callable[[str], None] | None = None) -> Iterator[FileEntry]:
+def scan(
+    root: str, on_error: Callable[[str, str], None], on_unsupported: Callable[[str], None] | None = None
+) -> Iterator[FileEntry]:
     """Image files under ``root``, recursively, in sorted order within each folder.
 
     Files with an extension of :data:`~vitsearch.search.images.IMAGE_EXTENSIONS` are yielded;

@@ -4,13 +4,15 @@ At most ``max_pending`` batches of rows wait to be written (bounded memory); bey
 :meth:`Writer.put` blocks. A write that fails stops the writer; the error is raised by the next
 :meth:`~Writer.put` or by :meth:`~Writer.close`, and rows written before it stay written.
 """
+
 from __future__ import annotations
 
 import logging
 import queue
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from vitsearch.search.store import Store
 

@@ -4,15 +4,27 @@ imports none of them, and changes no process-wide state (an application calls
 :func:`~.application.configure`). Names are imported on first use, so that
 ``vitsearch --help`` does not pay for importing torch and pymilvus.
 """
+
 from importlib import import_module
 
 _EXPORTS = {
-    "SearchClient": "client", "Hit": "client", "Settings": "config", "Encoder": "encoder",
-    "EncoderInfo": "encoder", "VitsearchError": "errors", "BadImageError": "errors",
-    "BadQueryError": "errors", "CollectionNotFoundError": "errors",
-    "EncoderMismatchError": "errors", "ModelNotFoundError": "errors", "StoreError": "errors",
-    "UnsupportedModelError": "errors", "ImageTooLargeError": "errors", "NotIndexedError": "errors",
-    "ServerError": "errors", "LocalServer": "server",
+    "SearchClient": "client",
+    "Hit": "client",
+    "Settings": "config",
+    "Encoder": "encoder",
+    "EncoderInfo": "encoder",
+    "VitsearchError": "errors",
+    "BadImageError": "errors",
+    "BadQueryError": "errors",
+    "CollectionNotFoundError": "errors",
+    "EncoderMismatchError": "errors",
+    "ModelNotFoundError": "errors",
+    "StoreError": "errors",
+    "UnsupportedModelError": "errors",
+    "ImageTooLargeError": "errors",
+    "NotIndexedError": "errors",
+    "ServerError": "errors",
+    "LocalServer": "server",
 }
 __all__ = list(_EXPORTS)
 

@@ -8,6 +8,7 @@ the library itself changes no global state; an application calls :func:`configur
   quantizer its advice to pre-process (on the root logger) and the TorchScript exporter its notes;
 - lets Pillow's own decompression-bomb guard follow a ``VITSEARCH_MAX_IMAGE_PIXELS`` raised above it.
 """
+
 from __future__ import annotations
 
 import logging

@@ -5,6 +5,7 @@ login. Started once with ``tlsMode: 2`` (mutual TLS) on its port and these files
 only a client that shows the client certificate made here, signed by a certificate authority
 whose key is never written: nobody else can log in while the password is replaced.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -52,18 +53,25 @@ def make(folder: Path) -> MutualTLS:
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import NameOID
     except ImportError as exc:
-        raise ServerError("the Milvus server's first start needs the cryptography package: "
-                          "pip install 'vitsearch[server]'") from exc
+        raise ServerError(
+            "the Milvus server's first start needs the cryptography package: pip install 'vitsearch[server]'"
+        ) from exc
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def name(common: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
     def signed(subject: str, key, issuer_key, issuer: x509.Name, *extensions) -> x509.Certificate:
-        builder = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(issuer)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + _VALID))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + _VALID)
+        )
         for extension, critical in extensions:
             builder = builder.add_extension(extension, critical=critical)
         return builder.sign(issuer_key, hashes.SHA256())
@@ -77,18 +85,31 @@ def make(folder: Path) -> MutualTLS:
         return cert.public_bytes(serialization.Encoding.PEM)
 
     def key_pem(key) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     ca_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
-    ca = signed("vitsearch setup CA", ca_key, ca_key, name("vitsearch setup CA"),
-                (x509.BasicConstraints(ca=True, path_length=0), True))
-    hosts = x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                         x509.IPAddress(ipaddress.ip_address("::1"))])
+    ca = signed(
+        "vitsearch setup CA",
+        ca_key,
+        ca_key,
+        name("vitsearch setup CA"),
+        (x509.BasicConstraints(ca=True, path_length=0), True),
+    )
+    hosts = x509.SubjectAlternativeName(
+        [
+            x509.DNSName(SERVER_NAME),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1")),
+        ]
+    )
     server = signed(SERVER_NAME, server_key, ca_key, ca.subject, (hosts, False))
     client = signed("vitsearch", client_key, ca_key, ca.subject)
-    return MutualTLS(ca=write(folder / "ca.pem", pem(ca)),
-                     server_cert=write(folder / "server.pem", pem(server)),
-                     server_key=write(folder / "server.key", key_pem(server_key)),
-                     client_cert=write(folder / "client.pem", pem(client)),
-                     client_key=write(folder / "client.key", key_pem(client_key)))
+    return MutualTLS(
+        ca=write(folder / "ca.pem", pem(ca)),
+        server_cert=write(folder / "server.pem", pem(server)),
+        server_key=write(folder / "server.key", key_pem(server_key)),
+        client_cert=write(folder / "client.pem", pem(client)),
+        client_key=write(folder / "client.key", key_pem(client_key)),
+    )

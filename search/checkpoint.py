@@ -6,6 +6,7 @@ A text + vision checkpoint (CLIP) gives its vision model alone. A checkpoint tha
 ViT-family vision model (a text model, a CNN, Swin: no class token before the patch tokens) is
 refused here, before anything is indexed or trained with it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -92,8 +93,9 @@ def _load(resolved, AutoImageProcessor, AutoModel, PreTrainedModel) -> Checkpoin
                 raise
             net = AutoModel.from_pretrained(resolved.folder)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelNotFoundError(f"cannot load model {resolved.name!r} from {resolved.folder}: "
-                                 f"{str(exc).splitlines()[0]}") from exc
+        raise ModelNotFoundError(
+            f"cannot load model {resolved.name!r} from {resolved.folder}: {str(exc).splitlines()[0]}"
+        ) from exc
     vision_config = getattr(net.config, "vision_config", None)
     if vision_config is not None and hasattr(net, "vision_model"):
         tower = net.vision_model
@@ -121,7 +123,8 @@ def check_vision_transformer(net: torch.nn.Module, processor: Any, name: str) ->
     def refuse(why: str) -> UnsupportedModelError:
         return UnsupportedModelError(
             f"model {name!r} is a {kind}, not a ViT-family vision model: {why}. Use a ViT, DeiT, DINO, "
-            f"DINOv2 or CLIP vision checkpoint (the embedding is the class token of the last layer)")
+            f"DINOv2 or CLIP vision checkpoint (the embedding is the class token of the last layer)"
+        )
 
     if "pixel_values" not in inspect.signature(net.forward).parameters:
         raise refuse("it takes no pixel_values")
@@ -131,8 +134,10 @@ def check_vision_transformer(net: torch.nn.Module, processor: Any, name: str) ->
     try:
         with torch.inference_mode():
             first = next(net.parameters(), torch.empty(0))
-            out = net(pixel_values=pixel.to(first.device, first.dtype),
-                      **forward_kwargs(net, (pixel.shape[2], pixel.shape[3])))
+            out = net(
+                pixel_values=pixel.to(first.device, first.dtype),
+                **forward_kwargs(net, (pixel.shape[2], pixel.shape[3])),
+            )
         tokens = getattr(out, "last_hidden_state", None)
     except Exception as exc:  # any model's own error on image input: it is not one of ours
         raise refuse(f"a forward pass on an image failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None

@@ -3,22 +3,24 @@
 The facade the CLI, the UI and users' scripts use. It opens the store, reads which encoder filled
 the collection and loads that same encoder (lazily, on the first image query).
 """
+
 from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from . import ranking
 from .config import DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_WHITENED_DUPLICATE_THRESHOLD, MAX_K, Settings
 from .duplicates import DuplicateReport, collapse, find_duplicates
 from .encoder import Encoder, check_image_size, encoder_for
 from .errors import BadQueryError, NotIndexedError
 from .images import ImageLike, Limits
 from .paths import printable
-from . import ranking
 from .store import META_FIELDS, SEARCH_CONSISTENCY, CollectionMoved, Hit, Store
 from .store.space import read_space
 from .thumbnails import THUMB_PX, thumbnail
@@ -58,10 +60,20 @@ class SearchClient:
         EncoderMismatchError: ``model``/``encoder`` is not the collection's encoder.
     """
 
-    def __init__(self, uri: str | None = None, collection: str | None = None, model: str | None = None,
-                 *, device: str | None = None, dtype: str | None = None, token: str | None = None,
-                 image_size: int | None = None, runtime: str | None = None, encoder: Encoder | None = None,
-                 settings: Settings | None = None):
+    def __init__(
+        self,
+        uri: str | None = None,
+        collection: str | None = None,
+        model: str | None = None,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        token: str | None = None,
+        image_size: int | None = None,
+        runtime: str | None = None,
+        encoder: Encoder | None = None,
+        settings: Settings | None = None,
+    ):
         self.settings = settings or Settings()
         if image_size:
             self.settings = self.settings.model_copy(update={"image_size": image_size})
@@ -97,9 +109,16 @@ class SearchClient:
         return self._encoder is not None
 
     def _load_encoder(self) -> None:
-        self._encoder = encoder_for(self.encoder_info, self.settings, self._where, model=self._model,
-                                    device=self._device, dtype=self._dtype, follow=("image_size", "runtime"),
-                                    queries=True)
+        self._encoder = encoder_for(
+            self.encoder_info,
+            self.settings,
+            self._where,
+            model=self._model,
+            device=self._device,
+            dtype=self._dtype,
+            follow=("image_size", "runtime"),
+            queries=True,
+        )
 
     @property
     def limits(self) -> Limits:
@@ -147,8 +166,15 @@ class SearchClient:
                 continue
         return run(self.space)
 
-    def search(self, image: ImageLike, k: int = 10, filter: str | None = None,
-               folder: str | None = None, collapse_duplicates: bool = False, expand: int = 0) -> list[Hit]:
+    def search(
+        self,
+        image: ImageLike,
+        k: int = 10,
+        filter: str | None = None,
+        folder: str | None = None,
+        collapse_duplicates: bool = False,
+        expand: int = 0,
+    ) -> list[Hit]:
         """The ``k`` indexed images most similar to ``image``, best first.
 
         Args:
@@ -182,12 +208,25 @@ class SearchClient:
         _check_k(k, expand)
         picture = self.load(image)
         encoder = self.encoder
-        return self.search_vector(encoder.embed_pixels(encoder.preprocessor.array([picture]))[0], k, filter, folder,
-                                  collapse_duplicates, expand)
+        return self.search_vector(
+            encoder.embed_pixels(encoder.preprocessor.array([picture]))[0],
+            k,
+            filter,
+            folder,
+            collapse_duplicates,
+            expand,
+        )
 
-    def search_similar(self, path: str, k: int = 10, filter: str | None = None,
-                       exclude_self: bool = True, folder: str | None = None,
-                       collapse_duplicates: bool = False, expand: int = 0) -> list[Hit]:
+    def search_similar(
+        self,
+        path: str,
+        k: int = 10,
+        filter: str | None = None,
+        exclude_self: bool = True,
+        folder: str | None = None,
+        collapse_duplicates: bool = False,
+        expand: int = 0,
+    ) -> list[Hit]:
         """Images similar to an already indexed file, using its stored vector (no model needed).
 
         Args:
@@ -211,6 +250,7 @@ class SearchClient:
             if collapse_duplicates:
                 return self._collapsed(space, query, space.to_raw(query), k, filter, folder, exclude, expand)
             return self._search_many(space, query, space.to_raw(query), k, filter, folder, [exclude], expand)[0]
+
         return self._consistent(run)
 
     def stored_vectors(self, paths: Sequence[str]) -> dict[str, np.ndarray]:
@@ -236,10 +276,18 @@ class SearchClient:
                 return {}
             raw = space.to_raw(np.asarray([row["vector"] for row in rows.values()], np.float32))
             return dict(zip(rows, raw))
+
         return self._consistent(run)
 
-    def search_vector(self, vector: np.ndarray, k: int = 10, filter: str | None = None,
-                      folder: str | None = None, collapse_duplicates: bool = False, expand: int = 0) -> list[Hit]:
+    def search_vector(
+        self,
+        vector: np.ndarray,
+        k: int = 10,
+        filter: str | None = None,
+        folder: str | None = None,
+        collapse_duplicates: bool = False,
+        expand: int = 0,
+    ) -> list[Hit]:
         """The ``k`` nearest rows to a ``(D,) float32`` embedding of the model (raw, as
         :meth:`~.encoder.Encoder.embed` gives it; mapped into the collection's space here), best first.
 
@@ -248,13 +296,20 @@ class SearchClient:
         _check_k(k, expand)
         raw = normalise(np.asarray(vector, np.float32).reshape(1, -1))
         if collapse_duplicates:
-            return self._consistent(lambda space: self._collapsed(space, space.to_search(raw), raw, k, filter,
-                                                                   folder, [], expand))
+            return self._consistent(
+                lambda space: self._collapsed(space, space.to_search(raw), raw, k, filter, folder, [], expand)
+            )
         return self.search_vectors(raw, k, filter, folder, expand=expand)[0]
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10, filter: str | None = None,
-                       folder: str | None = None, exclude: Sequence[str | None] | None = None,
-                       expand: int = 0) -> list[list[Hit]]:
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        filter: str | None = None,
+        folder: str | None = None,
+        exclude: Sequence[str | None] | None = None,
+        expand: int = 0,
+    ) -> list[list[Hit]]:
         """The ``k`` nearest rows to each of ``Q`` embeddings of the model, in one Milvus search
         (two with ``expand``): row ``i`` of the answer is what :meth:`search_vector` gives for
         ``vectors[i]`` (the same ``filter``, ``folder`` and ``expand`` for all; no
@@ -287,26 +342,53 @@ class SearchClient:
         if not np.all(np.isfinite(norms)) or not np.all(norms > 0):
             raise BadQueryError("a query vector must be finite and not all zeros (its direction is the query)")
         raw = normalise((vectors / norms[:, None]).astype(np.float32))  # in float64: any finite scale
-        return self._consistent(lambda space: self._search_many(
-            space, space.to_search(raw), raw, k, filter, folder, [[p] if p else [] for p in exclude], expand))
+        return self._consistent(
+            lambda space: self._search_many(
+                space, space.to_search(raw), raw, k, filter, folder, [[p] if p else [] for p in exclude], expand
+            )
+        )
 
-    def _search_many(self, space: Space, queries: np.ndarray, raw: np.ndarray, k: int, filter: str | None,
-                     folder: str | None, exclude: list[list[str]], expand: int) -> list[list[Hit]]:
+    def _search_many(
+        self,
+        space: Space,
+        queries: np.ndarray,
+        raw: np.ndarray,
+        k: int,
+        filter: str | None,
+        folder: str | None,
+        exclude: list[list[str]],
+        expand: int,
+    ) -> list[list[Hit]]:
         """Search ``(Q, D)`` queries of ``space`` (``raw``: the same as raw embeddings), each
         leaving its ``exclude`` paths out, expand and search again (``expand``), label."""
         folder = os.path.abspath(os.fsdecode(folder)) if folder else None
         if expand:
             first = self._hits(space, queries, expand, filter, folder, exclude, vectors=True)
-            queries_now = np.stack([ranking.expand(q, np.asarray([h.metadata["vector"] for h in hits]),
-                                                   np.asarray([h.score for h in hits])) if hits else q
-                                    for q, hits in zip(queries, first)])
+            queries_now = np.stack(
+                [
+                    ranking.expand(
+                        q, np.asarray([h.metadata["vector"] for h in hits]), np.asarray([h.score for h in hits])
+                    )
+                    if hits
+                    else q
+                    for q, hits in zip(queries, first)
+                ]
+            )
         else:
             queries_now = queries
         found = self._hits(space, queries_now, k, filter, folder, exclude)
         return [self._labelled(space, hits[:k], q, r) for hits, q, r in zip(found, queries, raw)]
 
-    def _hits(self, space: Space, queries: np.ndarray, k: int, filter: str | None, folder: str | None,
-              exclude: list[list[str]], vectors: bool = False) -> list[list[Hit]]:
+    def _hits(
+        self,
+        space: Space,
+        queries: np.ndarray,
+        k: int,
+        filter: str | None,
+        folder: str | None,
+        exclude: list[list[str]],
+        vectors: bool = False,
+    ) -> list[list[Hit]]:
         """Milvus's top ``k`` of each query, its ``exclude`` paths left out (one call: ``k + 1``
         rows asked and the path dropped, where each query leaves out at most one; else, or at
         ``MAX_K``, one call per query with the paths in the filter); a whitened collection's hits
@@ -316,8 +398,10 @@ class SearchClient:
         if not any(exclude):
             return self.store.search(queries, k, filter, folder=folder, fields=fields)
         if k == MAX_K or any(len(e) > 1 for e in exclude):
-            return [self.store.search(q[None, :], k, filter, folder=folder, exclude=e, fields=fields)[0]
-                    for q, e in zip(queries, exclude)]
+            return [
+                self.store.search(q[None, :], k, filter, folder=folder, exclude=e, fields=fields)[0]
+                for q, e in zip(queries, exclude)
+            ]
         found = self.store.search(queries, k + 1, filter, folder=folder, fields=fields)
         return [[h for h in hits if h.path not in e][:k] for hits, e in zip(found, exclude)]
 
@@ -333,8 +417,17 @@ class SearchClient:
                 vectors.update({p: np.asarray(r["vector"], np.float32) for p, r in rows.items()})
         return ranking.label(hits, space, query, raw, vectors)
 
-    def _collapsed(self, space: Space, query: np.ndarray, raw: np.ndarray, k: int, filter: str | None,
-                   folder: str | None, exclude: list[str], expand: int) -> list[Hit]:
+    def _collapsed(
+        self,
+        space: Space,
+        query: np.ndarray,
+        raw: np.ndarray,
+        k: int,
+        filter: str | None,
+        folder: str | None,
+        exclude: list[str],
+        expand: int,
+    ) -> list[Hit]:
         """One query's hits with exact copies collapsed (``collapse_duplicates``): searched deeper
         until ``k`` distinct images are found."""
         folder = os.path.abspath(os.fsdecode(folder)) if folder else None
@@ -355,9 +448,15 @@ class SearchClient:
         :data:`~.config.DEFAULT_WHITENED_DUPLICATE_THRESHOLD` on whitened ones."""
         return DEFAULT_WHITENED_DUPLICATE_THRESHOLD if self.space.whitened else DEFAULT_DUPLICATE_THRESHOLD
 
-    def duplicates(self, threshold: float | None = None, folder: str | None = None, *,
-                   exact_only: bool = False, verify: bool = True,
-                   on_rows: Callable[[int], None] | None = None) -> DuplicateReport:
+    def duplicates(
+        self,
+        threshold: float | None = None,
+        folder: str | None = None,
+        *,
+        exact_only: bool = False,
+        verify: bool = True,
+        on_rows: Callable[[int], None] | None = None,
+    ) -> DuplicateReport:
         """Groups of images of the collection that are the same picture (no model needed; nothing
         is deleted or moved): exact duplicates by sha256, near duplicates by cosine similarity
         of the stored embeddings at or above ``threshold``, confirmed by their pixels, joined
@@ -382,8 +481,9 @@ class SearchClient:
         folder = os.path.abspath(os.fsdecode(folder)) if folder else None
         if not exact_only and threshold is None:
             threshold = self.duplicate_threshold()
-        return find_duplicates(self.store, None if exact_only else threshold, folder, verify=verify,
-                               limits=self.limits, on_rows=on_rows)
+        return find_duplicates(
+            self.store, None if exact_only else threshold, folder, verify=verify, limits=self.limits, on_rows=on_rows
+        )
 
     def thumbnail(self, path: str, max_px: int = THUMB_PX) -> bytes:
         """A JPEG thumbnail (longest side at most ``max_px`` pixels) of an indexed file, made only
@@ -418,11 +518,19 @@ class SearchClient:
         space = self._consistent(lambda s: s)
         bars = space.match_bars()
         return {
-            "uri": self.store.uri, "collection": self.store.collection, "count": count,
-            "model": info.model, "dim": info.dim, "pooling": info.pooling, "image_size": info.size_text,
-            "runtime": info.runtime, "query_runtime": query_runtime,
-            "weights_sha256": info.weights_sha256, "index_type": index["index_type"],
-            "metric_type": index["metric_type"], "space": space.describe(count),
+            "uri": self.store.uri,
+            "collection": self.store.collection,
+            "count": count,
+            "model": info.model,
+            "dim": info.dim,
+            "pooling": info.pooling,
+            "image_size": info.size_text,
+            "runtime": info.runtime,
+            "query_runtime": query_runtime,
+            "weights_sha256": info.weights_sha256,
+            "index_type": index["index_type"],
+            "metric_type": index["metric_type"],
+            "space": space.describe(count),
             "whitening": space.whitening.record() if space.whitening else None,
             "match_bar": None if bars is None else round(bars[0], 4),
         }
@@ -431,7 +539,7 @@ class SearchClient:
         """Close the Milvus connection."""
         self.store.close()
 
-    def __enter__(self) -> "SearchClient":
+    def __enter__(self) -> SearchClient:
         return self
 
     def __exit__(self, *exc) -> None:

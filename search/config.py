@@ -3,12 +3,14 @@
 Resolution order for every value: explicit argument (or CLI flag), then the ``VITSEARCH_*``
 environment variable, then the default below.
 """
+
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Iterable, Literal
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator
@@ -99,8 +101,9 @@ def _checked_host(value: str) -> str:
     name = host_name(value)
     if name is None:
         shown = value if len(value) <= 80 else value[:77] + "..."
-        raise ValueError(f"{shown!r} is not a host name or address (give names such as photos.lan or "
-                         f"192.168.1.20, comma-separated)")
+        raise ValueError(
+            f"{shown!r} is not a host name or address (give names such as photos.lan or 192.168.1.20, comma-separated)"
+        )
     return name
 
 
@@ -178,8 +181,10 @@ class Settings(BaseSettings):
     @classmethod
     def _uri_not_empty(cls, uri: str | None) -> str | None:
         if uri is not None and not uri.strip():
-            raise ValueError("the Milvus URI is empty: give a Milvus Lite path (such as ~/vitsearch/milvus.db) "
-                             "or a server URI (http://host:19530), or leave it unset for the default")
+            raise ValueError(
+                "the Milvus URI is empty: give a Milvus Lite path (such as ~/vitsearch/milvus.db) "
+                "or a server URI (http://host:19530), or leave it unset for the default"
+            )
         return uri
 
     @field_validator("allowed_hosts", mode="before")
@@ -223,9 +228,11 @@ class Settings(BaseSettings):
         if state is None:
             return str(self.data_dir / "milvus.db")
         if not server.alive(state):
-            raise ServerError(f"the Milvus server that `vitsearch server start` ran ({state.uri}, pid {state.pid}) "
-                              f"is not running: start it again with `vitsearch server start`, or run "
-                              f"`vitsearch server stop` to go back to Milvus Lite (its log: {server.log})")
+            raise ServerError(
+                f"the Milvus server that `vitsearch server start` ran ({state.uri}, pid {state.pid}) "
+                f"is not running: start it again with `vitsearch server start`, or run "
+                f"`vitsearch server stop` to go back to Milvus Lite (its log: {server.log})"
+            )
         return state.uri
 
     def token_for(self, uri: str) -> str | None:

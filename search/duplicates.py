@@ -13,13 +13,15 @@ together). A pair joins two parts only where their anchors (each part's largest 
 suggested keeper so far) are the same picture by their pixels too: a chain of look-alikes, each
 alike to the next, stays apart. Nothing here deletes or moves a file: the product only reports.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import numpy as np
 
@@ -28,8 +30,15 @@ from .images import Limits
 from .pixels import PIXEL_THRESHOLD, PixelChecker
 from .store import META_FIELDS, Hit, Store
 
-__all__ = ["DuplicateImage", "DuplicatePair", "DuplicateGroup", "DuplicateReport", "find_duplicates",
-           "collapse", "CSV_COLUMNS"]
+__all__ = [
+    "DuplicateImage",
+    "DuplicatePair",
+    "DuplicateGroup",
+    "DuplicateReport",
+    "find_duplicates",
+    "collapse",
+    "CSV_COLUMNS",
+]
 
 #: Columns of the CSV (:meth:`DuplicateReport.write_csv`): one row per image of a group.
 CSV_COLUMNS = ("group", "path", "keep", "score", "kind", "size", "width", "height", "mtime", "sha256", "same_file")
@@ -105,11 +114,26 @@ class DuplicateGroup:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"kind", "paths", "keep", "min_score", "images": [...], "pairs": [[a, b, score, pixels], ...]}``."""
-        return {"kind": self.kind, "paths": self.paths, "keep": self.keep, "min_score": self.min_score,
-                "images": [{"path": im.path, "size": im.size, "width": im.width, "height": im.height,
-                            "mtime": im.mtime, "sha256": im.sha256, "score": im.score, "same_file": im.same_file}
-                           for im in self.images],
-                "pairs": [[p.a, p.b, p.score, p.pixels] for p in self.pairs]}
+        return {
+            "kind": self.kind,
+            "paths": self.paths,
+            "keep": self.keep,
+            "min_score": self.min_score,
+            "images": [
+                {
+                    "path": im.path,
+                    "size": im.size,
+                    "width": im.width,
+                    "height": im.height,
+                    "mtime": im.mtime,
+                    "sha256": im.sha256,
+                    "score": im.score,
+                    "same_file": im.same_file,
+                }
+                for im in self.images
+            ],
+            "pairs": [[p.a, p.b, p.score, p.pixels] for p in self.pairs],
+        }
 
 
 @dataclass(frozen=True)
@@ -144,9 +168,15 @@ class DuplicateReport:
         """``{"groups": [...], "images": N, "seconds": S, "threshold": T, "folder": F,
         "verified": V, "unverified": {path: reason}}``; paths that are not UTF-8 hold their
         bytes as surrogates (``json.dumps`` escapes them)."""
-        return {"groups": [g.to_dict() for g in self.groups], "images": self.images,
-                "seconds": self.seconds, "threshold": self.threshold, "folder": self.folder,
-                "verified": self.verified, "unverified": self.unverified}
+        return {
+            "groups": [g.to_dict() for g in self.groups],
+            "images": self.images,
+            "seconds": self.seconds,
+            "threshold": self.threshold,
+            "folder": self.folder,
+            "verified": self.verified,
+            "unverified": self.unverified,
+        }
 
     def write_csv(self, out: TextIO) -> None:
         """One row per image of a group (:data:`CSV_COLUMNS`: group number from 1, path, keep
@@ -156,9 +186,21 @@ class DuplicateReport:
         writer.writerow(CSV_COLUMNS)
         for number, group in enumerate(self.groups, 1):
             for im in group.images:
-                writer.writerow([number, im.path, "yes" if im.path == group.keep else "no", f"{im.score:.6f}",
-                                 group.kind, im.size, im.width, im.height, im.mtime, im.sha256,
-                                 "yes" if im.same_file else "no"])
+                writer.writerow(
+                    [
+                        number,
+                        im.path,
+                        "yes" if im.path == group.keep else "no",
+                        f"{im.score:.6f}",
+                        group.kind,
+                        im.size,
+                        im.width,
+                        im.height,
+                        im.mtime,
+                        im.sha256,
+                        "yes" if im.same_file else "no",
+                    ]
+                )
 
     def csv_bytes(self) -> bytes:
         """:meth:`write_csv` as bytes (UTF-8; a name that is not UTF-8 as its own bytes)."""
@@ -196,9 +238,15 @@ class _UnionFind:
         return True
 
 
-def find_duplicates(store: Store, threshold: float | None, folder: str | None = None, *,
-                    verify: bool = True, limits: Limits = Limits(),
-                    on_rows: Callable[[int], None] | None = None) -> DuplicateReport:
+def find_duplicates(
+    store: Store,
+    threshold: float | None,
+    folder: str | None = None,
+    *,
+    verify: bool = True,
+    limits: Limits = Limits(),
+    on_rows: Callable[[int], None] | None = None,
+) -> DuplicateReport:
     """Groups of exact and near-duplicate images of a collection.
 
     One pass over the collection: the rows are streamed in batches; with a ``threshold``, each
@@ -264,12 +312,24 @@ def find_duplicates(store: Store, threshold: float | None, folder: str | None = 
         unverified = dict(sorted(checker.unreadable.items()))
         joins = _anchored(checker, pixels, exact)
     groups = _groups(store, edges, pixels, joins)
-    return DuplicateReport(tuple(groups), scanned, time.perf_counter() - started, threshold, folder,
-                           verify and threshold is not None, unverified)
+    return DuplicateReport(
+        tuple(groups),
+        scanned,
+        time.perf_counter() - started,
+        threshold,
+        folder,
+        verify and threshold is not None,
+        unverified,
+    )
 
 
-def _confirm(store: Store, edges: dict[tuple[str, str], float], exact: set[tuple[str, str]],
-             scores: dict[tuple[str, str], float], limits: Limits) -> PixelChecker:
+def _confirm(
+    store: Store,
+    edges: dict[tuple[str, str], float],
+    exact: set[tuple[str, str]],
+    scores: dict[tuple[str, str], float],
+    limits: Limits,
+) -> PixelChecker:
     """Drop from ``edges`` the near pairs whose pixel score is below the threshold, and put the
     pixel scores of the pairs kept in ``scores``; returns the checker (its :attr:`unreadable`:
     the files that could not be read, whose pairs are kept)."""
@@ -277,8 +337,9 @@ def _confirm(store: Store, edges: dict[tuple[str, str], float], exact: set[tuple
     if not near:
         return PixelChecker({}, limits)
     rows = store.get(sorted({p for key in near for p in key}), fields=("size", "sha256"))
-    same = [key for key in near if key[0] in rows and key[1] in rows
-            and rows[key[0]]["sha256"] == rows[key[1]]["sha256"]]  # identical bytes: nothing to check
+    same = [
+        key for key in near if key[0] in rows and key[1] in rows and rows[key[0]]["sha256"] == rows[key[1]]["sha256"]
+    ]  # identical bytes: nothing to check
     exact.update(same)
     near = [key for key in near if key not in exact]
     checker = PixelChecker({path: int(row["size"]) for path, row in rows.items()}, limits)
@@ -292,10 +353,12 @@ def _confirm(store: Store, edges: dict[tuple[str, str], float], exact: set[tuple
     return checker
 
 
-def _anchored(checker: PixelChecker, scores: dict[tuple[str, str], float],
-              exact: set[tuple[str, str]]) -> Callable[[str, str], bool]:
+def _anchored(
+    checker: PixelChecker, scores: dict[tuple[str, str], float], exact: set[tuple[str, str]]
+) -> Callable[[str, str], bool]:
     """Whether two parts of a group may be joined: their anchors are the same picture by their
     pixels too (or identical bytes, or a file that could not be read: the embedding decides)."""
+
     def joins(a: str, b: str) -> bool:
         key = _key(a, b)
         if key in exact or key in scores:
@@ -327,8 +390,12 @@ def _keeper_rank(row: dict[str, Any]) -> tuple[int, float, str]:
     return -int(row["width"]) * int(row["height"]), float(row["mtime"]), row["path"]
 
 
-def _groups(store: Store, edges: dict[tuple[str, str], float], pixels: dict[tuple[str, str], float],
-            joins: Callable[[str, str], bool] | None = None) -> list[DuplicateGroup]:
+def _groups(
+    store: Store,
+    edges: dict[tuple[str, str], float],
+    pixels: dict[tuple[str, str], float],
+    joins: Callable[[str, str], bool] | None = None,
+) -> list[DuplicateGroup]:
     """Connected components of ``edges`` as groups, with their rows read back (``pixels``: the
     pixel scores of the pairs that have one). With ``joins``, an edge joins two parts only where
     ``joins`` holds for their anchors (each part's suggested keeper so far: the largest image,
@@ -371,17 +438,34 @@ def _groups(store: Store, edges: dict[tuple[str, str], float], pixels: dict[tupl
         anchor = np.asarray(keeper["vector"], np.float32)
         images = []
         for r in found:
-            score = 1.0 if r["sha256"] == keeper["sha256"] else float(np.dot(anchor, np.asarray(r["vector"], np.float32)))
-            link = (r["path"] != keeper["path"] and r["inode"] == keeper["inode"] != -1
-                    and r["ctime_ns"] == keeper["ctime_ns"] and r["sha256"] == keeper["sha256"])
-            images.append(DuplicateImage(r["path"], int(r["size"]), int(r["width"]), int(r["height"]),
-                                         float(r["mtime"]), r["sha256"], min(score, 1.0), link))
+            score = (
+                1.0 if r["sha256"] == keeper["sha256"] else float(np.dot(anchor, np.asarray(r["vector"], np.float32)))
+            )
+            link = (
+                r["path"] != keeper["path"]
+                and r["inode"] == keeper["inode"] != -1
+                and r["ctime_ns"] == keeper["ctime_ns"]
+                and r["sha256"] == keeper["sha256"]
+            )
+            images.append(
+                DuplicateImage(
+                    r["path"],
+                    int(r["size"]),
+                    int(r["width"]),
+                    int(r["height"]),
+                    float(r["mtime"]),
+                    r["sha256"],
+                    min(score, 1.0),
+                    link,
+                )
+            )
         images.sort(key=lambda im: (im.path != keeper["path"], -im.score, im.path))
         kind = "exact" if len({im.sha256 for im in images}) == 1 else "near"
         present = {im.path for im in images}
         pairs = tuple(p for p in pairs_of[root] if p.a in present and p.b in present)
-        groups.append(DuplicateGroup(kind, tuple(images), keeper["path"], 1.0 if kind == "exact" else weakest[root],
-                                     pairs))
+        groups.append(
+            DuplicateGroup(kind, tuple(images), keeper["path"], 1.0 if kind == "exact" else weakest[root], pairs)
+        )
     groups.sort(key=lambda g: (-len(g.images), -g.min_score, g.keep))
     return groups
 

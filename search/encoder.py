@@ -5,6 +5,7 @@ and the UI, so index and query vectors are computed by the same code. The embedd
 ``last_hidden_state[:, 0]``, the class token of the last layer (Dosovitskiy et al. 2020, "An Image
 is Worth 16x16 Words"), never ``pooler_output``.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -13,8 +14,8 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -27,8 +28,17 @@ from .models import resolve_model, weights_sha256
 from .preprocess import Preprocess, at_size, processor_settings
 from .runtimes import OnnxEmbedder, cached_embedder, check_runtime, default_runtime, onnx_embedder
 
-__all__ = ["Encoder", "EncoderInfo", "encoder_for", "check_image_size", "batch_size_for", "fit_batch", "pick_device",
-           "pick_dtype", "POOLINGS"]
+__all__ = [
+    "Encoder",
+    "EncoderInfo",
+    "encoder_for",
+    "check_image_size",
+    "batch_size_for",
+    "fit_batch",
+    "pick_device",
+    "pick_dtype",
+    "POOLINGS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +47,14 @@ log = logging.getLogger(__name__)
 #: compare; extra prefix tokens such as DeiT's distillation token are left out of the mean).
 POOLINGS = ("cls", "mean")
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 
 
 def pick_device(device: str | None = None):
@@ -84,8 +100,9 @@ def accelerator_possible() -> bool:
         return True
     if text is None:
         return spec is not None
-    built_for_gpu = any(not re.search(rf"^{name}(: Optional\[str\])? = None\s*$", text, re.M)
-                        for name in ("cuda", "hip"))
+    built_for_gpu = any(
+        not re.search(rf"^{name}(: Optional\[str\])? = None\s*$", text, re.M) for name in ("cuda", "hip")
+    )
     return built_for_gpu and any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd"))
 
 
@@ -115,8 +132,16 @@ class Encoder:
         limits: what decoding one image may cost (:class:`~.images.Limits`, from the settings).
     """
 
-    def __init__(self, model, processor, info: EncoderInfo, device, dtype, limits: Limits = Limits(),
-                 onnx: OnnxEmbedder | None = None):
+    def __init__(
+        self,
+        model,
+        processor,
+        info: EncoderInfo,
+        device,
+        dtype,
+        limits: Limits = Limits(),
+        onnx: OnnxEmbedder | None = None,
+    ):
         if info.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {info.pooling!r}; use one of {', '.join(POOLINGS)}")
         self.model = model
@@ -157,9 +182,19 @@ class Encoder:
         return self.info.runtime
 
     @classmethod
-    def load(cls, model: str | None = None, *, device: str | None = None, dtype: str | None = None,
-             pooling: str | None = None, image_size: int | None = None, compile: bool = False,
-             runtime: str | None = None, settings: Settings | None = None, quick: bool = False) -> "Encoder":
+    def load(
+        cls,
+        model: str | None = None,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        pooling: str | None = None,
+        image_size: int | None = None,
+        compile: bool = False,
+        runtime: str | None = None,
+        settings: Settings | None = None,
+        quick: bool = False,
+    ) -> Encoder:
         """Load a checkpoint by hub id, local folder or pulled model name.
 
         Args:
@@ -193,9 +228,13 @@ class Encoder:
         if (dtype or settings.dtype) and (dtype or settings.dtype) not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype or settings.dtype!r}; use one of float32, bfloat16, float16")
         if quick and not compile and not settings.compile and _on_cpu(device or settings.device):
-            ready = cls.exported(model or settings.model, runtime=runtime or settings.runtime or DEFAULT_CPU_RUNTIME,
-                                 pooling=pooling or settings.pooling, image_size=image_size or settings.image_size,
-                                 settings=settings)
+            ready = cls.exported(
+                model or settings.model,
+                runtime=runtime or settings.runtime or DEFAULT_CPU_RUNTIME,
+                pooling=pooling or settings.pooling,
+                image_size=image_size or settings.image_size,
+                settings=settings,
+            )
             if ready is not None:
                 return ready
         import torch
@@ -226,16 +265,22 @@ class Encoder:
             raise ValueError(f"unknown pooling {info.pooling!r}; use one of {', '.join(POOLINGS)}")
         onnx = None
         if runtime != "torch":
-            onnx = onnx_embedder(net, info, forward_kwargs(net, info.image_size), checkpoint.folder,
-                                 settings.cache_dir)
+            onnx = onnx_embedder(net, info, forward_kwargs(net, info.image_size), checkpoint.folder, settings.cache_dir)
         elif compile or settings.compile:
             net = torch.compile(net, dynamic=False)
         log.info("loaded %s on %s (%s, %s), dim %d", checkpoint.name, dev, runtime, dt, info.dim)
         return cls(net, processor, info, dev, dt, Limits.from_settings(settings), onnx)
 
     @classmethod
-    def exported(cls, model: str, *, runtime: str, pooling: str = "cls", image_size: int | None = None,
-                 settings: Settings | None = None) -> "Encoder | None":
+    def exported(
+        cls,
+        model: str,
+        *,
+        runtime: str,
+        pooling: str = "cls",
+        image_size: int | None = None,
+        settings: Settings | None = None,
+    ) -> Encoder | None:
         """The encoder of an ONNX runtime from its cached export alone (made by an earlier
         :meth:`load`, such as the one `vitsearch index` runs), without torch, transformers or the
         checkpoint's model: preprocessing from the checkpoint's ``preprocessor_config.json`` and
@@ -274,9 +319,14 @@ class Encoder:
             processor = at_size(processor, image_size)
         preprocess = Preprocess.from_processor(processor)
         pixel = preprocess.array([Image.new("RGB", (64, 48))])
-        info = EncoderInfo(model=resolved.name, weights_sha256=weights_sha256(resolved.folder),
-                           dim=config["hidden_size"], pooling=pooling, image_size=(pixel.shape[2], pixel.shape[3]),
-                           runtime=runtime)
+        info = EncoderInfo(
+            model=resolved.name,
+            weights_sha256=weights_sha256(resolved.folder),
+            dim=config["hidden_size"],
+            pooling=pooling,
+            image_size=(pixel.shape[2], pixel.shape[3]),
+            runtime=runtime,
+        )
         onnx = cached_embedder(resolved.folder, settings.cache_dir, info)
         if onnx is None:
             return None
@@ -317,7 +367,7 @@ class Encoder:
             else:
                 patch = self.model.config.patch_size
                 patches = (x.shape[2] // patch) * (x.shape[3] // patch)
-                pooled = tokens[:, tokens.shape[1] - patches:].mean(dim=1)
+                pooled = tokens[:, tokens.shape[1] - patches :].mean(dim=1)
             return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
 
     def embed(self, images: Sequence[ImageLike], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
@@ -330,15 +380,24 @@ class Encoder:
         """
         out = [np.empty((0, self.dim), np.float32)]
         for start in range(0, len(images), batch_size):
-            batch = [self.preprocessor.load(im, self.limits) for im in images[start:start + batch_size]]
-            out.append(self.embed_pixels(self.preprocessor.array(batch) if self.model is None else self.preprocess(batch)))
+            batch = [self.preprocessor.load(im, self.limits) for im in images[start : start + batch_size]]
+            out.append(
+                self.embed_pixels(self.preprocessor.array(batch) if self.model is None else self.preprocess(batch))
+            )
         return np.concatenate(out)
 
 
-def encoder_for(recorded: EncoderInfo | None, settings: Settings, where: str = "the collection", *,
-                model: str | None = None, device: str | None = None, dtype: str | None = None,
-                follow: Sequence[str] = ("model", "pooling", "image_size", "runtime"),
-                queries: bool = False) -> Encoder:
+def encoder_for(
+    recorded: EncoderInfo | None,
+    settings: Settings,
+    where: str = "the collection",
+    *,
+    model: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    follow: Sequence[str] = ("model", "pooling", "image_size", "runtime"),
+    queries: bool = False,
+) -> Encoder:
     """The encoder to index or search a collection with: the model, pooling, input size and
     runtime asked for (``model``, else those of ``follow`` set in ``settings``:
     ``VITSEARCH_MODEL`` / ``VITSEARCH_POOLING`` / ``VITSEARCH_IMAGE_SIZE`` /
@@ -373,8 +432,16 @@ def encoder_for(recorded: EncoderInfo | None, settings: Settings, where: str = "
     runtime = recorded.runtime if keep and "runtime" not in asked else settings.runtime
     if runtime != "torch" and "runtime" not in asked and not _on_cpu(device or settings.device):
         runtime = None  # a collection indexed with ONNX on a CPU, searched on a GPU: its default there
-    encoder = Encoder.load(name, device=device, dtype=dtype, pooling=pooling, image_size=size, runtime=runtime,
-                           settings=settings, quick=queries)
+    encoder = Encoder.load(
+        name,
+        device=device,
+        dtype=dtype,
+        pooling=pooling,
+        image_size=size,
+        runtime=runtime,
+        settings=settings,
+        quick=queries,
+    )
     if recorded is not None:
         recorded.check_same(encoder.info, where, queries=queries)
     return encoder
@@ -387,8 +454,10 @@ def check_image_size(recorded: EncoderInfo, size: int | None, where: str = "the 
         EncoderMismatchError: naming ``where`` and both sizes.
     """
     if size and (size, size) != recorded.image_size:
-        raise EncoderMismatchError(f"{where} was indexed at image size {recorded.size_text}, not {size}x{size}: "
-                                   f"leave --image-size out to use the collection's")
+        raise EncoderMismatchError(
+            f"{where} was indexed at image size {recorded.size_text}, not {size}x{size}: "
+            f"leave --image-size out to use the collection's"
+        )
 
 
 def batch_size_for(encoder: Encoder, fraction: float = 0.5, lo: int = 32, hi: int = 1024) -> int:

@@ -1,5 +1,6 @@
 """What a collection records about the encoder that filled it (:class:`EncoderInfo`): read by the
 store and the client without loading torch."""
+
 from __future__ import annotations
 
 import json
@@ -53,11 +54,11 @@ class EncoderInfo:
         return json.dumps({**asdict(self), "image_size": self.size_text}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "EncoderInfo":
+    def from_json(cls, text: str) -> EncoderInfo:
         """Parse what :meth:`to_json` wrote."""
         return cls(**json.loads(text))
 
-    def check_same(self, other: "EncoderInfo", where: str, *, queries: bool = False) -> None:
+    def check_same(self, other: EncoderInfo, where: str, *, queries: bool = False) -> None:
         """Refuse to mix vectors: raise unless ``other`` computes the same embeddings.
 
         The ``model`` name may differ (a hub id and its local copy); weights, dimension, pooling,

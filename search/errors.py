@@ -3,6 +3,7 @@
 Library code raises these and never exits the process; only ``cli.py`` turns them into a message
 and an exit code.
 """
+
 from __future__ import annotations
 
 

@@ -8,6 +8,7 @@ model's ``draft_px`` (:meth:`~vitsearch.search.preprocess.Preprocess.load`). Pil
 (``Image.MAX_IMAGE_PIXELS``, ~179 megapixels in the file) also applies; an application raises it
 with :func:`~vitsearch.search.application.configure`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +17,6 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -29,10 +29,17 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", 
 
 _ORIENTATION = 0x0112  # EXIF tag
 #: File signatures, to tell a damaged image from a file that is not an image at all.
-_SIGNATURES = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"RIFF", "WebP"),
-               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+_SIGNATURES = (
+    (b"\x89PNG", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF8", "GIF"),
+    (b"RIFF", "WebP"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
 
-ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageLike = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ class Limits:
     max_file_bytes: int = int(DEFAULT_MAX_FILE_MB * 2**20)
 
     @classmethod
-    def from_settings(cls, settings) -> "Limits":
+    def from_settings(cls, settings) -> Limits:
         """The limits of a :class:`~vitsearch.search.config.Settings` (``VITSEARCH_MAX_IMAGE_PIXELS``,
         ``VITSEARCH_MAX_FILE_MB``)."""
         return cls(settings.max_image_pixels, settings.max_file_bytes)
@@ -60,8 +67,11 @@ class Limits:
             ImageTooLargeError: naming ``source``, the size and the limit.
         """
         if size > self.max_file_bytes:
-            raise ImageTooLargeError(source, f"file is {size / 2**20:.1f} MB, over the limit of "
-                                        f"{self.max_file_bytes / 2**20:g} MB (VITSEARCH_MAX_FILE_MB)")
+            raise ImageTooLargeError(
+                source,
+                f"file is {size / 2**20:.1f} MB, over the limit of "
+                f"{self.max_file_bytes / 2**20:g} MB (VITSEARCH_MAX_FILE_MB)",
+            )
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -89,8 +99,9 @@ def decode_bytes(data: bytes, source: str, draft_px: int | None = None, limits: 
     return decode_sized(data, source, draft_px, limits)[0]
 
 
-def decode_sized(data: bytes, source: str, draft_px: int | None = None,
-                 limits: Limits = Limits()) -> tuple[Image.Image, tuple[int, int]]:
+def decode_sized(
+    data: bytes, source: str, draft_px: int | None = None, limits: Limits = Limits()
+) -> tuple[Image.Image, tuple[int, int]]:
     """:func:`decode_bytes`, and the upright image's full ``(width, height)`` in pixels (which a
     draft decode does not have).
 
@@ -109,9 +120,12 @@ def decode_sized(data: bytes, source: str, draft_px: int | None = None,
         decoded = img.size[0] * img.size[1]
         if decoded > limits.max_pixels:
             scaled = f" ({img.size[0]}x{img.size[1]} at reduced scale)" if img.size != (width, height) else ""
-            raise ImageTooLargeError(source, f"image too large: {width}x{height} = {width * height / 1e6:.0f} "
-                                        f"megapixels{scaled}, over the limit of {limits.max_pixels / 1e6:g} "
-                                        f"megapixels decoded (VITSEARCH_MAX_IMAGE_PIXELS)")
+            raise ImageTooLargeError(
+                source,
+                f"image too large: {width}x{height} = {width * height / 1e6:.0f} "
+                f"megapixels{scaled}, over the limit of {limits.max_pixels / 1e6:g} "
+                f"megapixels decoded (VITSEARCH_MAX_IMAGE_PIXELS)",
+            )
         if img.getexif().get(_ORIENTATION) in (5, 6, 7, 8):  # turned by 90 degrees
             width, height = height, width
         img.load()
@@ -221,9 +235,17 @@ def not_regular(mode: int) -> str:
     """Why a file of ``mode`` (``st_mode``) that is not a regular file is not read, in words."""
     if stat.S_ISDIR(mode):
         return "a folder, not an image file"
-    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-            else "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
-            else "a special file")
+    kind = (
+        "a named pipe (FIFO)"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a character device"
+        if stat.S_ISCHR(mode)
+        else "a block device"
+        if stat.S_ISBLK(mode)
+        else "a special file"
+    )
     return f"{kind}, not a regular file: not read"
 
 
@@ -257,8 +279,6 @@ def load_image(image: ImageLike, draft_px: int | None = None, limits: Limits = L
         return to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise BadImageError(
-                "<array>", f"expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}"
-            )
+            raise BadImageError("<array>", f"expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}")
         return Image.fromarray(image, mode="RGB")
     raise BadImageError(repr(type(image)), "unsupported query type: use a path, bytes, PIL image or array")

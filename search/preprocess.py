@@ -20,14 +20,15 @@ without transformers, for a search that runs an exported model (:meth:`Encoder.l
 <vitsearch.search.encoder.Encoder.load>` with ``quick``). Nothing here imports torch but
 :meth:`Preprocess.batch`.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
-
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -65,8 +66,11 @@ def at_size(processor, size: int):
     if set(resize) == {"shortest_edge"}:
         out.size = {"shortest_edge": round(resize["shortest_edge"] * scale) if scale else size}
     elif set(resize) == {"height", "width"}:
-        out.size = ({"height": round(resize["height"] * scale), "width": round(resize["width"] * scale)}
-                    if scale else {"height": size, "width": size})
+        out.size = (
+            {"height": round(resize["height"] * scale), "width": round(resize["width"] * scale)}
+            if scale
+            else {"height": size, "width": size}
+        )
     else:
         raise ValueError(f"cannot set the input size of {type(processor).__name__} (resize {resize})")
     return out
@@ -98,7 +102,7 @@ class Preprocess:
     native: bool
 
     @classmethod
-    def from_processor(cls, processor) -> "Preprocess":
+    def from_processor(cls, processor) -> Preprocess:
         """Settings of a transformers image processor (``ViTImageProcessor``, ``BitImageProcessor``
         of DINOv2, ``CLIPImageProcessor``, ``DeiTImageProcessor``...)."""
         get = lambda name, default=None: getattr(processor, name, default)  # noqa: E731
@@ -106,18 +110,27 @@ class Preprocess:
         crop = dict(get("crop_size") or {}) if get("do_center_crop") else {}
         short = size.get("shortest_edge") if set(size) == {"shortest_edge"} else None
         hw = (int(size["height"]), int(size["width"])) if set(size) == {"height", "width"} else None
-        native = (bool(get("do_resize")) and (short is not None or hw is not None)
-                  and not get("do_pad") and get("crop_pct") is None
-                  and (not crop or set(crop) == {"height", "width"})
-                  and get("do_convert_rgb") in (None, True))
+        native = (
+            bool(get("do_resize"))
+            and (short is not None or hw is not None)
+            and not get("do_pad")
+            and get("crop_pct") is None
+            and (not crop or set(crop) == {"height", "width"})
+            and get("do_convert_rgb") in (None, True)
+        )
         mean = np.asarray(get("image_mean"), np.float32) if get("do_normalize") else None
         std = np.asarray(get("image_std"), np.float32) if get("do_normalize") else None
         return cls(
-            short_edge=int(short) if short is not None else None, size_hw=hw,
+            short_edge=int(short) if short is not None else None,
+            size_hw=hw,
             resample=int(get("resample", Image.Resampling.BILINEAR)),
             crop_hw=(int(crop["height"]), int(crop["width"])) if crop else None,
             scale=float(get("rescale_factor")) if get("do_rescale") else None,
-            mean=mean, std=std, processor=processor, native=native)
+            mean=mean,
+            std=std,
+            processor=processor,
+            native=native,
+        )
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """``(width, height)`` after the resize step, for an image of ``width`` x ``height``."""
@@ -212,9 +225,14 @@ def processor_settings(folder: Path) -> SimpleNamespace | None:
         return None
     if "do_center_crop" not in config and config.get("image_processor_type") not in _NO_CROP:
         return None
-    if (config.get("do_center_crop") and not isinstance(config.get("crop_size"), dict)
-            or config["do_rescale"] and "rescale_factor" not in config
-            or config["do_normalize"] and not ("image_mean" in config and "image_std" in config)):
+    if (
+        config.get("do_center_crop")
+        and not isinstance(config.get("crop_size"), dict)
+        or config["do_rescale"]
+        and "rescale_factor" not in config
+        or config["do_normalize"]
+        and not ("image_mean" in config and "image_std" in config)
+    ):
         return None
     processor = SimpleNamespace(**config)
     try:

@@ -1,5 +1,6 @@
 """Whether a process runs: the one check behind the Lite endpoint, the index lease and the
 local server's record (each asks about a pid that a crashed process may have left behind)."""
+
 from __future__ import annotations
 
 import os

@@ -12,10 +12,11 @@ its ``n`` nearest stored vectors, each weighted by its similarity to the query r
 out of the collection's random pairs in the searched space and in the model's raw space
 (:meth:`~.whitening.Space.is_match`).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 
@@ -46,8 +47,9 @@ def expand(query: np.ndarray, neighbours: np.ndarray, scores: np.ndarray, alpha:
     return normalise(expanded[None, :])[0]
 
 
-def label(hits: Sequence[Hit], space: Space, query: np.ndarray, raw_query: np.ndarray,
-          vectors: dict[str, np.ndarray]) -> list[Hit]:
+def label(
+    hits: Sequence[Hit], space: Space, query: np.ndarray, raw_query: np.ndarray, vectors: dict[str, np.ndarray]
+) -> list[Hit]:
     """``hits`` with :attr:`~.store.Hit.match` set (module docstring).
 
     Args:

@@ -23,6 +23,7 @@ and renamed, so concurrent processes never see half a file.
 
 Nothing here imports torch but the export: a cached file is run with ONNX Runtime alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,10 @@ def check_runtime(runtime: str, device) -> None:
     if runtime not in RUNTIMES:
         raise UnsupportedRuntimeError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
     if runtime != "torch" and device.type != "cpu":
-        raise UnsupportedRuntimeError(f"runtime {runtime} runs on the CPU (ONNX Runtime's CPU provider), not on {device}: "
-                         f"use --runtime torch there, or --device cpu")
+        raise UnsupportedRuntimeError(
+            f"runtime {runtime} runs on the CPU (ONNX Runtime's CPU provider), not on {device}: "
+            f"use --runtime torch there, or --device cpu"
+        )
 
 
 def _embedding(model, pooling: str, forward_kwargs: dict):
@@ -88,7 +91,7 @@ def _embedding(model, pooling: str, forward_kwargs: dict):
             else:
                 patch = self.model.config.patch_size
                 patches = (pixel_values.shape[2] // patch) * (pixel_values.shape[3] // patch)
-                pooled = tokens[:, tokens.shape[1] - patches:].mean(dim=1)
+                pooled = tokens[:, tokens.shape[1] - patches :].mean(dim=1)
             return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
     return Embedding()
@@ -156,8 +159,7 @@ def cache_path(folder: Path, info: EncoderInfo, runtime: str) -> Path:
     return folder / f"{info.weights_sha256[:32]}-{runtime}{recipe}-{info.pooling}-{info.size_text}.onnx"
 
 
-def onnx_embedder(model, info: EncoderInfo, forward_kwargs: dict, model_folder: Path,
-                  cache_dir: Path) -> OnnxEmbedder:
+def onnx_embedder(model, info: EncoderInfo, forward_kwargs: dict, model_folder: Path, cache_dir: Path) -> OnnxEmbedder:
     """The ONNX Runtime embedder of ``info.runtime`` (``onnx`` or ``onnx-int8``) for ``model``,
     from the cache, exported (and quantized) first where the cache lacks it or does not verify.
 
@@ -214,9 +216,16 @@ def _export(model, info: EncoderInfo, forward_kwargs: dict, path: Path) -> None:
     log.info("exporting %s to ONNX at %s (%dx%d, %s)", info.model, path, h, w, info.pooling)
     with _written(path) as tmp, torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes and tracer warnings: nothing a user acts on
-        torch.onnx.export(wrapper, (torch.zeros(2, 3, h, w),), str(tmp), input_names=["pixel_values"],
-                          output_names=["embedding"], opset_version=OPSET, dynamo=False,
-                          dynamic_axes={"pixel_values": {0: "batch"}, "embedding": {0: "batch"}})
+        torch.onnx.export(
+            wrapper,
+            (torch.zeros(2, 3, h, w),),
+            str(tmp),
+            input_names=["pixel_values"],
+            output_names=["embedding"],
+            opset_version=OPSET,
+            dynamo=False,
+            dynamic_axes={"pixel_values": {0: "batch"}, "embedding": {0: "batch"}},
+        )
     _record(path, info, "onnx")
 
 
@@ -225,8 +234,9 @@ def _quantize(fp32: Path, path: Path, info: EncoderInfo) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     log.info("quantizing %s to int8 at %s", fp32, path)
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), bits=8, block_size=INT8_BLOCK, is_symmetric=True,
-                                     accuracy_level=4)
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(fp32)), bits=8, block_size=INT8_BLOCK, is_symmetric=True, accuracy_level=4
+    )
     level = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     previous, level.level = level.level, logging.WARNING  # it logs every node it visits at INFO
     try:
@@ -261,8 +271,15 @@ def _record(path: Path, info: EncoderInfo, runtime: str) -> None:
     import onnxruntime
     import torch
 
-    meta = {"sha256": file_sha256(path), "weights_sha256": info.weights_sha256, "runtime": runtime,
-            "pooling": info.pooling, "image_size": info.size_text, "opset": OPSET, "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__}
+    meta = {
+        "sha256": file_sha256(path),
+        "weights_sha256": info.weights_sha256,
+        "runtime": runtime,
+        "pooling": info.pooling,
+        "image_size": info.size_text,
+        "opset": OPSET,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
     with _written(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(meta, indent=1))

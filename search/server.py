@@ -27,6 +27,7 @@ random one (:func:`secrets.token_urlsafe`, 32 bytes); then it is stopped and sta
 use. Nobody else can log in as ``root:Milvus`` meanwhile. The internal ports have no
 authentication: keep them behind the machine's firewall.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -96,7 +97,7 @@ class LocalServer:
         self._log_from = 0  # where the last start's output begins in the log, in bytes
 
     @classmethod
-    def for_data_dir(cls, data_dir: Path) -> "LocalServer":
+    def for_data_dir(cls, data_dir: Path) -> LocalServer:
         """The server of the vitsearch data folder ``data_dir``."""
         return cls(Path(data_dir) / "server")
 
@@ -113,8 +114,10 @@ class LocalServer:
         except FileNotFoundError:
             return None
         except (ValueError, TypeError) as exc:
-            raise ServerError(f"{self.root / _STATE} is unreadable ({exc}): stop the server with "
-                              f"`vitsearch server stop`, then start it again") from exc
+            raise ServerError(
+                f"{self.root / _STATE} is unreadable ({exc}): stop the server with "
+                f"`vitsearch server stop`, then start it again"
+            ) from exc
 
     def alive(self, state: ServerState | None = None) -> bool:
         """Whether the recorded server's process still runs (and is this server's ``milvus``,
@@ -174,13 +177,17 @@ class LocalServer:
         try:
             import milvus
         except ImportError as exc:
-            raise ServerError("the Milvus server is not installed: pip install 'vitsearch[server]' "
-                              "(the milvus package, Milvus 2.3.5 standalone)") from exc
+            raise ServerError(
+                "the Milvus server is not installed: pip install 'vitsearch[server]' "
+                "(the milvus package, Milvus 2.3.5 standalone)"
+            ) from exc
         for taken, role in ETCD_PORTS.items():
             if _listening(taken):
-                raise ServerError(f"port {taken} on 127.0.0.1 is taken: Milvus 2.3.5's embedded etcd needs it (its "
-                                  f"{role} port, fixed in the binary), so another Milvus server (or etcd) runs on this "
-                                  f"machine; stop it, or point vitsearch at it with --uri")
+                raise ServerError(
+                    f"port {taken} on 127.0.0.1 is taken: Milvus 2.3.5's embedded etcd needs it (its "
+                    f"{role} port, fixed in the binary), so another Milvus server (or etcd) runs on this "
+                    f"machine; stop it, or point vitsearch at it with --uri"
+                )
         self._private()
         if self.token() is None or not (self.root / "data" / "etcd.data").is_dir():
             self._set_up(milvus, port, timeout_s)
@@ -218,24 +225,46 @@ class LocalServer:
         try:
             config.resolve()  # binds (and releases) the ports, writes configs/milvus.yaml
         except RuntimeError as exc:
-            raise ServerError(f"cannot start the Milvus server: {exc} (a port it needs is taken: stop what listens "
-                              f"there, or give another --port)") from None
+            raise ServerError(
+                f"cannot start the Milvus server: {exc} (a port it needs is taken: stop what listens "
+                f"there, or give another --port)"
+            ) from None
         milvus._initialize_data_files(str(self.root))  # unpacks bin/milvus once
         health_port, sock = config.resolve_port(9091)
         sock.close()
         binary = self.root / "bin" / "milvus"
-        env = {**os.environ, "DEPLOY_MODE": "STANDALONE", "METRICS_PORT": str(health_port),
-               "MILVUS_RUN_DIR": str(self.root / "run"),
-               "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(binary.parent), os.environ.get("LD_LIBRARY_PATH")])),
-               "DYLD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(binary.parent), os.environ.get("DYLD_LIBRARY_PATH")]))}
+        env = {
+            **os.environ,
+            "DEPLOY_MODE": "STANDALONE",
+            "METRICS_PORT": str(health_port),
+            "MILVUS_RUN_DIR": str(self.root / "run"),
+            "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(binary.parent), os.environ.get("LD_LIBRARY_PATH")])),
+            "DYLD_LIBRARY_PATH": os.pathsep.join(
+                filter(None, [str(binary.parent), os.environ.get("DYLD_LIBRARY_PATH")])
+            ),
+        }
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._log_from = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
-            proc = subprocess.Popen([str(binary), "run", "standalone"], cwd=self.root, env=env, umask=0o077,
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            proc = subprocess.Popen(
+                [str(binary), "run", "standalone"],
+                cwd=self.root,
+                env=env,
+                umask=0o077,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
         proxy_port = int(config.get("proxy_port"))
-        state = ServerState(pid=proc.pid, uri=f"http://127.0.0.1:{proxy_port}", port=proxy_port,
-                            health_port=health_port, started=time.time(), version=milvus.__version__)
+        state = ServerState(
+            pid=proc.pid,
+            uri=f"http://127.0.0.1:{proxy_port}",
+            port=proxy_port,
+            health_port=health_port,
+            started=time.time(),
+            version=milvus.__version__,
+        )
         self._write(_STATE, json.dumps(asdict(state)))
         return proc, state
 
@@ -249,11 +278,15 @@ class LocalServer:
         started = time.monotonic()
         while not self.healthy(state):
             if proc.poll() is not None:
-                raise ServerError(f"the Milvus server exited with code {proc.returncode} while starting: "
-                                  f"{self._cause()}. Its log: {self.log}")
+                raise ServerError(
+                    f"the Milvus server exited with code {proc.returncode} while starting: "
+                    f"{self._cause()}. Its log: {self.log}"
+                )
             if time.monotonic() > deadline:
-                raise ServerError(f"the Milvus server was not healthy after {time.monotonic() - started:.0f} s "
-                                  f"({self._cause()}); its log: {self.log}")
+                raise ServerError(
+                    f"the Milvus server was not healthy after {time.monotonic() - started:.0f} s "
+                    f"({self._cause()}); its log: {self.log}"
+                )
             time.sleep(0.25)
 
     def _set_up(self, milvus, port: int | None, timeout_s: float) -> None:
@@ -270,15 +303,30 @@ class LocalServer:
         password = self._kept_password() or secrets.token_urlsafe(32)
         with tempfile.TemporaryDirectory(dir=self.root, prefix=".setup-") as folder:  # 0700
             tls = certificates.make(Path(folder))
-            proc, state = self._launch(milvus, port, {
-                "tls_mode": 2, "server_pem_path": str(tls.server_cert), "server_key_path": str(tls.server_key),
-                "ca_pem_path": str(tls.ca), "proxy.http.enabled": "false"})
+            proc, state = self._launch(
+                milvus,
+                port,
+                {
+                    "tls_mode": 2,
+                    "server_pem_path": str(tls.server_cert),
+                    "server_key_path": str(tls.server_key),
+                    "ca_pem_path": str(tls.ca),
+                    "proxy.http.enabled": "false",
+                },
+            )
             try:
                 self._wait_healthy(proc, state, time.monotonic() + timeout_s)
                 try:
-                    client = MilvusClient(uri=f"https://127.0.0.1:{state.port}", token=_DEFAULT_TOKEN, secure=True,
-                                          client_pem_path=str(tls.client_cert), client_key_path=str(tls.client_key),
-                                          ca_pem_path=str(tls.ca), server_name=certificates.SERVER_NAME, timeout=30)
+                    client = MilvusClient(
+                        uri=f"https://127.0.0.1:{state.port}",
+                        token=_DEFAULT_TOKEN,
+                        secure=True,
+                        client_pem_path=str(tls.client_cert),
+                        client_key_path=str(tls.client_key),
+                        ca_pem_path=str(tls.ca),
+                        server_name=certificates.SERVER_NAME,
+                        timeout=30,
+                    )
                     client.update_password("root", "Milvus", password)
                     client.close()
                 except Exception as exc:  # pymilvus raises assorted types
@@ -286,7 +334,8 @@ class LocalServer:
                         f"the Milvus server's data in {self.root / 'data'} do not take the built-in root:Milvus "
                         f"login ({_one_line(exc)}): they were made with another root password than the one in "
                         f"{self.root / _CREDENTIALS} (or that file is gone). Put back the credentials file made with "
-                        f"them, or move {self.root / 'data'} away to start afresh") from None
+                        f"them, or move {self.root / 'data'} away to start afresh"
+                    ) from None
             finally:
                 self._stop(grace_s=5)
         self._write(_CREDENTIALS, f"root:{password}\n")
@@ -302,8 +351,10 @@ class LocalServer:
             return None
         user, _, password = token.partition(":")
         if user != "root" or not password:
-            raise ServerError(f"{self.root / _CREDENTIALS} does not hold root:<password>: remove it, and the data "
-                              f"folder {self.root / 'data'} made with it, to start afresh")
+            raise ServerError(
+                f"{self.root / _CREDENTIALS} does not hold root:<password>: remove it, and the data "
+                f"folder {self.root / 'data'} made with it, to start afresh"
+            )
         return password
 
     def stop(self, grace_s: float = 30.0) -> ServerState | None:
@@ -354,8 +405,10 @@ class LocalServer:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 yield
         except OSError as exc:
-            raise ServerError(f"{self.root}: {exc.strerror or exc} (the server's folder must be writable; "
-                              "VITSEARCH_DATA_DIR moves it)") from exc
+            raise ServerError(
+                f"{self.root}: {exc.strerror or exc} (the server's folder must be writable; "
+                "VITSEARCH_DATA_DIR moves it)"
+            ) from exc
 
     def _wait_served(self, state: ServerState, deadline: float) -> None:
         """Wait until every collection that Milvus loads again after a restart answers a query:
@@ -369,26 +422,32 @@ class LocalServer:
         from pymilvus.client.types import LoadState
 
         try:
-            client = MilvusClient(uri=state.uri, token=self.token() or "", timeout=max(1.0, deadline - time.monotonic()))
+            client = MilvusClient(
+                uri=state.uri, token=self.token() or "", timeout=max(1.0, deadline - time.monotonic())
+            )
         except Exception as exc:  # pymilvus raises assorted types; the server is healthy, so it refused the login
-            raise ServerError(f"the Milvus server does not take the root password in {self.root / _CREDENTIALS} "
-                              f"({_one_line(exc)}): its data in {self.root / 'data'} were made with another one. Put "
-                              f"back the credentials file made with them, or move {self.root / 'data'} away to start "
-                              f"afresh") from None
+            raise ServerError(
+                f"the Milvus server does not take the root password in {self.root / _CREDENTIALS} "
+                f"({_one_line(exc)}): its data in {self.root / 'data'} were made with another one. Put "
+                f"back the credentials file made with them, or move {self.root / 'data'} away to start "
+                f"afresh"
+            ) from None
         try:
             for name in client.list_collections():
                 while client.get_load_state(name)["state"] == LoadState.Loading:
                     if time.monotonic() > deadline:
-                        raise ServerError(f"collection {name!r} was still loading when the start timed out; "
-                                          f"see {self.log}")
+                        raise ServerError(
+                            f"collection {name!r} was still loading when the start timed out; see {self.log}"
+                        )
                     time.sleep(0.25)
                 if client.get_load_state(name)["state"] == LoadState.Loaded:
                     client.query(name, filter="", output_fields=["count(*)"])
         except ServerError:
             raise
         except Exception as exc:  # pymilvus raises assorted types
-            raise ServerError(f"the Milvus server started, but its collections do not answer ({_one_line(exc)}); "
-                              f"its log: {self.log}") from None
+            raise ServerError(
+                f"the Milvus server started, but its collections do not answer ({_one_line(exc)}); its log: {self.log}"
+            ) from None
         finally:
             client.close()
 
@@ -414,7 +473,9 @@ class LocalServer:
             return f"its log cannot be read ({exc.strerror or exc})"
         if bound := _BIND_FAILED.search(text):
             port = int(bound.group(1))
-            needs = f" (Milvus 2.3.5's embedded etcd needs it: its {ETCD_PORTS[port]} port)" if port in ETCD_PORTS else ""
+            needs = (
+                f" (Milvus 2.3.5's embedded etcd needs it: its {ETCD_PORTS[port]} port)" if port in ETCD_PORTS else ""
+            )
             return f"port {port} is taken{needs}: stop the program that listens there"
         if logged := _LOGGED_ERROR.search(text):
             return ": ".join(filter(None, (logged.group(1), logged.group(2))))
@@ -471,6 +532,8 @@ def _check_yaml_safe(folder: Path) -> None:
     """
     text = str(folder)
     if not text.isprintable() or " #" in text or ": " in text or text.endswith(":"):
-        raise ServerError(f"{text!r}: the Milvus server cannot use a folder whose path holds a line break, a tab, "
-                          "' #' or ': ' (its configuration file writes paths unquoted): set VITSEARCH_DATA_DIR "
-                          "to another folder")
+        raise ServerError(
+            f"{text!r}: the Milvus server cannot use a folder whose path holds a line break, a tab, "
+            "' #' or ': ' (its configuration file writes paths unquoted): set VITSEARCH_DATA_DIR "
+            "to another folder"
+        )

@@ -6,11 +6,13 @@ Only rows of the collection are ever read: :func:`thumbnail` takes a row (``path
 the bytes that were indexed: a file replaced since (also by a symlink to an image elsewhere,
 with the same size and mtime) shows nothing.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from PIL import Image
 

@@ -23,14 +23,15 @@ the cosine of random pairs of the collection's images, in the raw and in the sea
 hit is a *close match* (the same object, scene or product, not merely the nearest item) when it
 stands out from that background in both (:meth:`Space.is_match`).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Iterable
 
 import numpy as np
 
@@ -112,7 +113,7 @@ class Whitening:
     learned_at: float = 0.0
 
     @classmethod
-    def learn(cls, moments: Moments, power: float = POWER, shrinkage: float | None = None) -> "Whitening":
+    def learn(cls, moments: Moments, power: float = POWER, shrinkage: float | None = None) -> Whitening:
         """Learn from the moments of raw embeddings.
 
         Args:
@@ -129,8 +130,15 @@ class Whitening:
         s = shrinkage_for(moments.n, len(mean)) if shrinkage is None else shrinkage
         floor = max(float(eig.mean()), 1e-12)
         scale = (eig + s * floor) ** -power
-        return cls(mean.astype(np.float32), axes.astype(np.float32), scale.astype(np.float32), power, float(s),
-                   moments.n, time.time())
+        return cls(
+            mean.astype(np.float32),
+            axes.astype(np.float32),
+            scale.astype(np.float32),
+            power,
+            float(s),
+            moments.n,
+            time.time(),
+        )
 
     @property
     def dim(self) -> int:
@@ -160,11 +168,18 @@ class Whitening:
         return np.vstack([self.mean, self.scale, self.axes.T]).astype(np.float32)
 
     @classmethod
-    def from_matrix(cls, matrix: np.ndarray, record: dict) -> "Whitening":
+    def from_matrix(cls, matrix: np.ndarray, record: dict) -> Whitening:
         """Rebuild from :meth:`matrix` and :meth:`record`."""
         m = np.asarray(matrix, np.float32)
-        return cls(m[0], np.ascontiguousarray(m[2:].T), m[1], float(record["power"]), float(record["shrinkage"]),
-                   int(record["n"]), float(record["learned_at"]))
+        return cls(
+            m[0],
+            np.ascontiguousarray(m[2:].T),
+            m[1],
+            float(record["power"]),
+            float(record["shrinkage"]),
+            int(record["n"]),
+            float(record["learned_at"]),
+        )
 
     def sha256(self) -> str:
         """Digest of :meth:`matrix`'s bytes: what the record checks the stored matrix against."""
@@ -172,8 +187,14 @@ class Whitening:
 
     def record(self) -> dict:
         """The JSON-ready facts recorded with the collection (the matrix is stored apart)."""
-        return {"power": self.power, "shrinkage": self.shrinkage, "n": self.n, "learned_at": self.learned_at,
-                "dim": self.dim, "sha256": self.sha256()}
+        return {
+            "power": self.power,
+            "shrinkage": self.shrinkage,
+            "n": self.n,
+            "learned_at": self.learned_at,
+            "dim": self.dim,
+            "sha256": self.sha256(),
+        }
 
 
 @dataclass(frozen=True)
@@ -190,15 +211,16 @@ class ScoreStats:
     count: int
 
     @classmethod
-    def measure(cls, raw: np.ndarray, count: int, whitening: "Whitening | None") -> "ScoreStats | None":
+    def measure(cls, raw: np.ndarray, count: int, whitening: Whitening | None) -> ScoreStats | None:
         """From a sample of raw embeddings ``(n, D)`` (None for fewer than 3)."""
         if len(raw) < 3:
             return None
         pairs = np.triu_indices(len(raw), 1)
         r = (raw @ raw.T)[pairs]
         w = r if whitening is None else (lambda v: (v @ v.T)[pairs])(whitening.apply(raw))
-        return cls(float(r.mean()), float(max(r.std(), 1e-6)), float(w.mean()), float(max(w.std(), 1e-6)),
-                   len(raw), count)
+        return cls(
+            float(r.mean()), float(max(r.std(), 1e-6)), float(w.mean()), float(max(w.std(), 1e-6)), len(raw), count
+        )
 
 
 class Reservoir:
@@ -265,8 +287,10 @@ class Space:
         if self.whitening is None:
             bar = min(MATCH_CAP, st.raw_mean + MATCH_Z_RAW_ONLY * st.raw_sd)
             return bar, bar
-        return (min(MATCH_CAP, st.search_mean + MATCH_Z_SEARCH * st.search_sd),
-                min(MATCH_CAP, st.raw_mean + MATCH_Z_RAW * st.raw_sd))
+        return (
+            min(MATCH_CAP, st.search_mean + MATCH_Z_SEARCH * st.search_sd),
+            min(MATCH_CAP, st.raw_mean + MATCH_Z_RAW * st.raw_sd),
+        )
 
     def is_match(self, search_score: float, raw_score: float | None) -> bool:
         """Whether a hit is a close match: its score stands out of the collection's random pairs
@@ -279,26 +303,33 @@ class Space:
             return False
         return raw_score is None or raw_score >= bars[1]
 
-    def with_stats(self, stats: ScoreStats | None) -> "Space":
+    def with_stats(self, stats: ScoreStats | None) -> Space:
         """This space with other statistics."""
         return replace(self, stats=stats)
 
     def record(self) -> dict:
         """The JSON-ready record kept with the collection."""
-        return {"id": self.id, "learn": self.learn,
-                "whitening": self.whitening.record() if self.whitening else None,
-                "stats": None if self.stats is None else self.stats.__dict__}
+        return {
+            "id": self.id,
+            "learn": self.learn,
+            "whitening": self.whitening.record() if self.whitening else None,
+            "stats": None if self.stats is None else self.stats.__dict__,
+        }
 
     def to_json(self) -> str:
         """:meth:`record` as JSON text."""
         return json.dumps(self.record(), sort_keys=True)
 
     @classmethod
-    def from_record(cls, record: dict, whitening: Whitening | None) -> "Space":
+    def from_record(cls, record: dict, whitening: Whitening | None) -> Space:
         """Rebuild from :meth:`record` and the stored whitening (None where ``record`` has none)."""
         stats = record.get("stats")
-        return cls(str(record.get("id", "raw")), whitening, str(record.get("learn", "auto")),
-                   ScoreStats(**stats) if stats else None)
+        return cls(
+            str(record.get("id", "raw")),
+            whitening,
+            str(record.get("learn", "auto")),
+            ScoreStats(**stats) if stats else None,
+        )
 
     def describe(self, count: int) -> str:
         """One line for ``stats``: what the vectors are and when whitening is learned next."""
@@ -308,8 +339,10 @@ class Space:
             return f"raw embeddings; whitening is learned once the collection holds {MIN_IMAGES} images"
         due = int(np.ceil(self.whitening.n * RELEARN_GROWTH))
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.whitening.learned_at))
-        return (f"whitened (learned from {self.whitening.n:,} images on {when}; re-learned at {due:,} images, "
-                f"or by `vitsearch index DIR --relearn`)")
+        return (
+            f"whitened (learned from {self.whitening.n:,} images on {when}; re-learned at {due:,} images, "
+            f"or by `vitsearch index DIR --relearn`)"
+        )
 
 
 def new_id() -> str:

@@ -1,6 +1,7 @@
 """A real `vitsearch ui` server and a real headless Chromium, for the browser test and the UI
 benchmark. Chromium is Debian's (`apt-get install chromium chromium-driver`, done by .ci/run),
 driven by Playwright for Python; no browser is ever downloaded."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,14 +11,21 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 CHROMIUM = Path(os.environ.get("VITSEARCH_CHROMIUM", "/usr/bin/chromium"))
 # Headless, and nothing that reaches out to Google's services (the network is closed here).
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
 #: A result cell's thumbnail, as Streamlit renders st.image.
 THUMBNAILS = "[data-testid=stImage] img"
 #: The file name under each result thumbnail (plain text, st.text, in each grid cell).
@@ -35,9 +43,21 @@ def ui_server(uri: str, log: Path, *options: str, timeout_s: float = 120) -> Ite
     """Run ``vitsearch ui --uri URI [options]`` on a free localhost port; yield its base URL."""
     port = free_port()
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", "from vitsearch.cli import main; main()",
-                                 "ui", "--uri", uri, "--port", str(port), *options], stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from vitsearch.cli import main; main()",
+                "ui",
+                "--uri",
+                uri,
+                "--port",
+                str(port),
+                *options,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
@@ -94,7 +114,10 @@ def results_shown(page, first: str, count: int | None = None, timeout_ms: float 
             const imgs = [...document.querySelectorAll(thumbs)];
             return cells.length === n && n > 0 && cells[0].innerText === first && imgs.length >= n
                 && imgs.every(i => i.complete && i.naturalWidth > 0);
-        }""", arg=[first, count, RESULT_NAMES, THUMBNAILS], timeout=timeout_ms)
+        }""",
+        arg=[first, count, RESULT_NAMES, THUMBNAILS],
+        timeout=timeout_ms,
+    )
 
 
 def upload_and_wait(page, photo: Path, timeout_ms: float = 120_000) -> float:

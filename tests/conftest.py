@@ -5,6 +5,7 @@
 - real photos from ``examples/`` (in the repo) and ``$VITSEARCH_SHARED/data``;
 - a real Milvus Lite database in a temporary folder.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,9 @@ def make_tiny_vit(folder: Path, seed: int) -> Path:
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
     torch.manual_seed(seed)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, image_size=32, patch_size=8)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
     ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
@@ -88,6 +90,7 @@ def photos(tmp_path) -> Path:
 def linked_photos(photos, tmp_path):
     """A factory: a folder of the 11 photos each linked ``copies`` times (``{k:02d}-name.jpg``;
     links to files are followed by the scan), for runs of a few hundred files."""
+
     def make(copies: int) -> Path:
         folder = tmp_path / f"linked-{copies}"
         folder.mkdir()
@@ -95,6 +98,7 @@ def linked_photos(photos, tmp_path):
             for p in sorted(photos.rglob("*.jpg")):
                 (folder / f"{k:02d}-{p.name}").symlink_to(p)
         return folder
+
     return make
 
 
@@ -164,7 +168,7 @@ class MilvusProcess:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc = None
 
-    def start(self, timeout_s: float = 60) -> "MilvusProcess":
+    def start(self, timeout_s: float = 60) -> MilvusProcess:
         import subprocess
         import sys
         import time
@@ -173,9 +177,21 @@ class MilvusProcess:
 
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from milvus_lite.cmdline import main; main()", "server",
-                 "--data-dir", str(self.data), "--host", "127.0.0.1", "--port", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-c",
+                    "from milvus_lite.cmdline import main; main()",
+                    "server",
+                    "--data-dir",
+                    str(self.data),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -183,7 +199,7 @@ class MilvusProcess:
                 return self
             except Exception:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"milvus-lite server did not start: {self.log.read_text()}")
+                    raise RuntimeError(f"milvus-lite server did not start: {self.log.read_text()}") from None
                 time.sleep(0.2)
 
     def kill(self) -> None:

@@ -4,14 +4,15 @@ index` must do with each: index it, or report it with a reason containing the gi
 Used by tests/test_hostile.py; ``python tests/hostile.py`` indexes a fresh corpus with the tiny
 test ViT and prints the table of cases and outcomes (for the issue's closing note).
 """
+
 from __future__ import annotations
 
 import io
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 
@@ -34,16 +35,20 @@ def encoded(img: Image.Image, fmt: str, **kw) -> bytes:
 
 def png_claiming(width: int, height: int) -> bytes:
     """A small PNG whose header claims width x height pixels (a decompression bomb's header)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def blank_png(width: int, height: int) -> bytes:
     """A valid grayscale PNG of width x height pixels, all black: megapixels in a few hundred KB."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     squeeze = zlib.compressobj(9)
     row = b"\0" * (width + 1)  # filter byte + one byte per pixel
     idat = b"".join(squeeze.compress(row) for _ in range(height)) + squeeze.flush()
@@ -63,6 +68,7 @@ def write(rel: str, data: bytes) -> Callable[[Path], None]:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+
     return make
 
 
@@ -70,6 +76,7 @@ def chmod_000(rel: str) -> Callable[[Path], None]:
     def make(root: Path) -> None:
         write(rel, encoded(photo("cat.jpg"), "JPEG"))(root)
         os.chmod(root / rel, 0)
+
     return make
 
 
@@ -77,6 +84,7 @@ def symlink(rel: str, target: str | Callable[[Path], Path]) -> Callable[[Path], 
     def make(root: Path) -> None:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         os.symlink(target(root) if callable(target) else target, root / rel)
+
     return make
 
 
@@ -125,8 +133,9 @@ def exif_rotated(root: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     (root / "upright.png").write_bytes(encoded(upright, "PNG"))
-    (root / "rotated-exif6.jpg").write_bytes(encoded(upright.transpose(Image.Transpose.ROTATE_90), "JPEG",
-                                                     quality=100, subsampling=0, exif=exif))
+    (root / "rotated-exif6.jpg").write_bytes(
+        encoded(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=100, subsampling=0, exif=exif)
+    )
 
 
 #: (file or case name, how to make it, expected outcome: INDEXED or words of the reason)
@@ -144,13 +153,20 @@ CASES: list[tuple[str, Callable[[Path], None], str]] = [
     ("panorama.jpg", write("panorama.jpg", encoded(photo(size=(20000, 200)), "JPEG")), INDEXED),
     ("tall.png", write("tall.png", encoded(photo(size=(200, 8000)), "PNG")), INDEXED),
     ("cmyk.jpg", write("cmyk.jpg", encoded(photo(mode="CMYK"), "JPEG")), INDEXED),
-    ("gray16.png", write("gray16.png", encoded(photo(mode="L").convert("I").point(lambda v: v * 256).convert("I;16"), "PNG")), INDEXED),
+    (
+        "gray16.png",
+        write("gray16.png", encoded(photo(mode="L").convert("I").point(lambda v: v * 256).convert("I;16"), "PNG")),
+        INDEXED,
+    ),
     ("gray.png", write("gray.png", encoded(photo(mode="L"), "PNG")), INDEXED),
     ("gray.jpg", write("gray.jpg", encoded(photo(mode="L"), "JPEG")), INDEXED),
     ("bilevel.png", write("bilevel.png", encoded(photo(mode="1"), "PNG")), INDEXED),
     ("float.tif", write("float.tif", encoded(photo(mode="L").convert("F"), "TIFF")), INDEXED),
-    ("palette-transparent.png", write("palette-transparent.png",
-                                      encoded(photo(size=(64, 48)).quantize(16), "PNG", transparency=0)), INDEXED),
+    (
+        "palette-transparent.png",
+        write("palette-transparent.png", encoded(photo(size=(64, 48)).quantize(16), "PNG", transparency=0)),
+        INDEXED,
+    ),
     ("rgba.png", write("rgba.png", encoded(photo(mode="RGBA"), "PNG")), INDEXED),
     ("gray-alpha.png", write("gray-alpha.png", encoded(photo(mode="LA"), "PNG")), INDEXED),
     ("animated.gif", write("animated.gif", frames("GIF", duration=100, loop=0)), INDEXED),
@@ -175,13 +191,13 @@ CASES: list[tuple[str, Callable[[Path], None], str]] = [
 ]
 
 
-
 def unix_socket(rel: str) -> Callable[[Path], None]:
     def make(root: Path) -> None:
         import socket
 
         with socket.socket(socket.AF_UNIX) as sock:
             sock.bind(str(root / rel))  # the file stays after the socket closes
+
     return make
 
 
@@ -227,25 +243,68 @@ def build_queries(root: Path) -> list[tuple[str, str]]:
 #: (``os.fsencode`` round trip) and pruned only by themselves: POSIX allows any byte but ``/`` and
 #: NUL. Relative paths under the corpus root, as bytes (some are not valid UTF-8).
 NAMES: list[bytes] = [
-    "John's photo.jpg".encode(), b"say \"cheese\".jpg", b"''.jpg", b'"".jpg',
-    b"back\\slash.jpg", b"x\\.jpg", b"\\leading-backslash.jpg", b"back\\nslash-not-a-newline.jpg",
-    b"\\x41-not-an-escape.jpg", b"ends-with-backslash\\/inside.jpg", b"a\\/b.jpg",
-    b"new\nline.jpg", b"carriage\rreturn.jpg", b"tab\there.jpg", b"\n.jpg",
-    b"100%.jpg", b"50% off_sale.jpg", b"under_score.jpg", b"star*.jpg", b"question?.jpg",
-    b"pct%/in-pct-folder.jpg", b"pctX/in-sibling-of-pct.jpg", b"a_b/in-underscore-folder.jpg",
-    b"aXb/in-sibling-of-underscore.jpg", b"pre/in-prefix.jpg", b"prefix/in-longer-name.jpg",
-    b" leading space.jpg", b"trailing space .jpg", b"spaced folder /inside.jpg",
-    "caf\u00e9.jpg".encode(), "cafe\u0301.jpg".encode(),  # the same name in NFC and in NFD: two files
-    ("a" * 251 + ".jpg").encode(), ("\u00e9" * 125 + "x.jpg").encode(),
-    b"caf\xe9-latin1.jpg", b"\xff\xfe-bom-bytes.jpg", b"\x80-lone-continuation.jpg",
-    b"\xed\xa0\x80-encoded-surrogate.jpg", b"\xc0\xaf-overlong-slash.jpg", b"latin1-\xe9t\xe9/inside.jpg",
-    b"x'] or path like '%' or path in ['y.jpg", b'x" or path != "y.jpg', b'") or true or ("x.jpg',
-    b"`backtick`.jpg", b"**bold** _it_.jpg", b"[link](http:x).jpg", b"<img src=x onerror=alert(1)>.jpg",
-    b":red[red] :tada:.jpg", b"$x^2$.jpg", b"# heading.jpg",
-    "\U0001f600 emoji.jpg".encode(), "\u202egpj.exe-rtl-override.jpg".encode(),
-    "zero\u200bwidth.jpg".encode(), "line\u2028separator.jpg".encode(), "\u5199\u771f.jpg".encode(),
-    b"\x01\x02\x7f-controls.jpg", b"\x1b[31mansi-red.jpg", b".hidden.jpg", b"-dash.jpg", b"--help.jpg",
-    b"UPPER.JPG", b"mixed.JpEg", b"s3:not-a-uri.jpg",
+    b"John's photo.jpg",
+    b'say "cheese".jpg',
+    b"''.jpg",
+    b'"".jpg',
+    b"back\\slash.jpg",
+    b"x\\.jpg",
+    b"\\leading-backslash.jpg",
+    b"back\\nslash-not-a-newline.jpg",
+    b"\\x41-not-an-escape.jpg",
+    b"ends-with-backslash\\/inside.jpg",
+    b"a\\/b.jpg",
+    b"new\nline.jpg",
+    b"carriage\rreturn.jpg",
+    b"tab\there.jpg",
+    b"\n.jpg",
+    b"100%.jpg",
+    b"50% off_sale.jpg",
+    b"under_score.jpg",
+    b"star*.jpg",
+    b"question?.jpg",
+    b"pct%/in-pct-folder.jpg",
+    b"pctX/in-sibling-of-pct.jpg",
+    b"a_b/in-underscore-folder.jpg",
+    b"aXb/in-sibling-of-underscore.jpg",
+    b"pre/in-prefix.jpg",
+    b"prefix/in-longer-name.jpg",
+    b" leading space.jpg",
+    b"trailing space .jpg",
+    b"spaced folder /inside.jpg",
+    "caf\u00e9.jpg".encode(),
+    "cafe\u0301.jpg".encode(),  # the same name in NFC and in NFD: two files
+    ("a" * 251 + ".jpg").encode(),
+    ("\u00e9" * 125 + "x.jpg").encode(),
+    b"caf\xe9-latin1.jpg",
+    b"\xff\xfe-bom-bytes.jpg",
+    b"\x80-lone-continuation.jpg",
+    b"\xed\xa0\x80-encoded-surrogate.jpg",
+    b"\xc0\xaf-overlong-slash.jpg",
+    b"latin1-\xe9t\xe9/inside.jpg",
+    b"x'] or path like '%' or path in ['y.jpg",
+    b'x" or path != "y.jpg',
+    b'") or true or ("x.jpg',
+    b"`backtick`.jpg",
+    b"**bold** _it_.jpg",
+    b"[link](http:x).jpg",
+    b"<img src=x onerror=alert(1)>.jpg",
+    b":red[red] :tada:.jpg",
+    b"$x^2$.jpg",
+    b"# heading.jpg",
+    "\U0001f600 emoji.jpg".encode(),
+    "\u202egpj.exe-rtl-override.jpg".encode(),
+    "zero\u200bwidth.jpg".encode(),
+    "line\u2028separator.jpg".encode(),
+    "\u5199\u771f.jpg".encode(),
+    b"\x01\x02\x7f-controls.jpg",
+    b"\x1b[31mansi-red.jpg",
+    b".hidden.jpg",
+    b"-dash.jpg",
+    b"--help.jpg",
+    b"UPPER.JPG",
+    b"mixed.JpEg",
+    b"s3:not-a-uri.jpg",
 ]
 
 
@@ -289,8 +348,9 @@ def permissions_apply(path: Path) -> bool:
     import subprocess
     import sys
 
-    probe = subprocess.run([sys.executable, "-c", f"open({str(path)!r}, 'rb')"], capture_output=True,
-                           preexec_fn=without_root_file_access)
+    probe = subprocess.run(
+        [sys.executable, "-c", f"open({str(path)!r}, 'rb')"], capture_output=True, preexec_fn=without_root_file_access
+    )
     return probe.returncode != 0
 
 
@@ -333,9 +393,23 @@ if __name__ == "__main__":  # the table for the closing note
         root.mkdir()
         build(root)
         model = make_tiny_vit(tmp / "tiny", seed=0)
-        out = subprocess.run([sys.executable, "-c", "from vitsearch.cli import main; main()", "index",
-                              str(root), "--model", str(model), "--uri", str(tmp / "db.db"), "--json"],
-                             capture_output=True, text=True, preexec_fn=without_root_file_access)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from vitsearch.cli import main; main()",
+                "index",
+                str(root),
+                "--model",
+                str(model),
+                "--uri",
+                str(tmp / "db.db"),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            preexec_fn=without_root_file_access,
+        )
         summary = json.loads(out.stdout)
         from vitsearch.search.store import Store
 

@@ -4,6 +4,7 @@ concurrent requests, whose forward passes are batched); every error is JSON ``{"
 with its code (400, 401, 404, 413, 503 with Retry-After); the token guards every data route (not
 /healthz nor the OpenAPI pages); a thumbnail is made only from a row's indexed bytes, and a path that is not a row is never
 opened."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,6 +21,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from hostile import png_claiming
 
 from vitsearch.api.app import create_app
 from vitsearch.api.batching import SearchBatcher, SearchQuery
@@ -27,8 +29,6 @@ from vitsearch.api.settings import ApiSettings
 from vitsearch.search import SearchClient
 from vitsearch.search.config import Settings
 from vitsearch.search.errors import BadQueryError, NotIndexedError
-
-from hostile import png_claiming
 
 
 def free_port() -> int:
@@ -107,8 +107,10 @@ def test_search_by_image_gives_what_search_client_gives(api):
         assert hit["metadata"]["sha256"] and hit["metadata"]["width"] > 0 and "path" not in hit["metadata"]
         sub = upload(base, data, k=20, folder=str(photos / "sub")).json()["hits"]
         assert [h["path"] for h in sub] == [str(photos / "sub" / "rocket.jpg")]
-        assert_same(upload(base, data, k=20, filter="width > 400").json()["hits"],
-                    client.search(data, k=20, filter="width > 400"))
+        assert_same(
+            upload(base, data, k=20, filter="width > 400").json()["hits"],
+            client.search(data, k=20, filter="width > 400"),
+        )
         all_hits = upload(base, data, k=11).json()["hits"]
         cut = all_hits[4]["score"]
         kept = upload(base, data, k=11, min_score=cut).json()["hits"]
@@ -122,8 +124,9 @@ def test_concurrent_image_searches_are_batched_and_answer_as_search_client(api):
 
     async def all_at_once():
         async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-            return await asyncio.gather(*(http.post("/search", params={"k": 4}, files={"image": ("q.jpg", q)})
-                                          for q in queries))
+            return await asyncio.gather(
+                *(http.post("/search", params={"k": 4}, files={"image": ("q.jpg", q)}) for q in queries)
+            )
 
     responses = asyncio.run(all_at_once())
     assert [r.status_code for r in responses] == [200] * len(queries)
@@ -150,17 +153,21 @@ def test_concurrent_similar_and_vector_searches_answer_as_search_client(api):
 
     async def all_at_once():
         async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-            return await asyncio.gather(*(http.post("/search/similar", json=ask) for ask in asks),
-                                        *(http.post("/search/vector", json={"vector": v, "k": 4}) for v in vectors))
+            return await asyncio.gather(
+                *(http.post("/search/similar", json=ask) for ask in asks),
+                *(http.post("/search/vector", json={"vector": v, "k": 4}) for v in vectors),
+            )
 
     with SearchClient(uri=uri) as client:
         vectors = [client.store.get([p], fields=["vector"])[p]["vector"] for p in paths[:4]]
         responses = asyncio.run(all_at_once())
         assert [r.status_code for r in responses] == [200] * (len(asks) - 1) + [404] + [200] * len(vectors)
         for ask, r in zip(asks[:-1], responses):
-            assert_same(r.json()["hits"], client.search_similar(ask["path"], ask["k"], ask.get("filter"),
-                                                                folder=ask.get("folder")))
-        for v, r in zip(vectors, responses[len(asks):]):
+            assert_same(
+                r.json()["hits"],
+                client.search_similar(ask["path"], ask["k"], ask.get("filter"), folder=ask.get("folder")),
+            )
+        for v, r in zip(vectors, responses[len(asks) :]):
             assert_same(r.json()["hits"], client.search_vector(np.asarray(v, np.float32), k=4))
     assert "is not indexed" in responses[len(asks) - 1].json()["detail"]
     after = app.state.backend.stats()
@@ -176,13 +183,25 @@ def test_one_batch_of_searches_makes_one_milvus_search_per_k_filter_and_folder(i
         vector = client.stored_vectors([cat])[cat]
         batcher = SearchBatcher(client)
         try:
-            queries = [SearchQuery(3, path=cat), SearchQuery(3, path=coffee), SearchQuery(3, vector=vector),
-                       SearchQuery(5, "width > 400", path=cat), SearchQuery(5, "width > 400", path=coffee),
-                       SearchQuery(5, folder=sub, path=cat), SearchQuery(3, path=nope), SearchQuery(3, "width >", path=cat)]
+            queries = [
+                SearchQuery(3, path=cat),
+                SearchQuery(3, path=coffee),
+                SearchQuery(3, vector=vector),
+                SearchQuery(5, "width > 400", path=cat),
+                SearchQuery(5, "width > 400", path=coffee),
+                SearchQuery(5, folder=sub, path=cat),
+                SearchQuery(3, path=nope),
+                SearchQuery(3, "width >", path=cat),
+            ]
             batcher.submit(queries)  # one entry: one batch
-            want = [client.search_similar(cat, 3), client.search_similar(coffee, 3), client.search_vector(vector, 3),
-                    client.search_similar(cat, 5, "width > 400"), client.search_similar(coffee, 5, "width > 400"),
-                    client.search_similar(cat, 5, folder=sub)]
+            want = [
+                client.search_similar(cat, 3),
+                client.search_similar(coffee, 3),
+                client.search_vector(vector, 3),
+                client.search_similar(cat, 5, "width > 400"),
+                client.search_similar(coffee, 5, "width > 400"),
+                client.search_similar(cat, 5, folder=sub),
+            ]
             for query, hits in zip(queries, want):
                 assert_same(query.future.result(30), hits)
             assert cat not in {h.path for h in queries[0].future.result()} and queries[2].future.result()[0].path == cat
@@ -242,20 +261,25 @@ def test_every_bad_input_is_a_json_400_404_or_413(api):
     expect(httpx.post(f"{base}/search", params={"k": 3}), 400, "image")  # no upload at all
     expect(httpx.post(f"{base}/search/vector", json={"vector": [1.0] * 31}), 400, "31 dimensions")
     expect(httpx.post(f"{base}/search/vector", json={"vector": [0.0] * 32}), 400, "not all zeros")
-    expect(httpx.post(f"{base}/search/vector", content=b'{"vector": [NaN]}',
-                      headers={"content-type": "application/json"}), 400, "finite")
+    expect(
+        httpx.post(f"{base}/search/vector", content=b'{"vector": [NaN]}', headers={"content-type": "application/json"}),
+        400,
+        "finite",
+    )
     expect(httpx.post(f"{base}/search/similar", json={"path": str(photos / "nope.jpg")}), 404, "is not indexed")
     expect(httpx.get(f"{base}/no-such-route"), 404, "Not Found")
     # Too large: the server's limit here is 1 MB (--max-upload-mb 1).
     big = os.urandom(3 * 2**20)
     expect(upload(base, big), 413, "over the upload limit of 1 MB")
+
     def multipart_stream():  # sent chunked, without a Content-Length
         yield b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n\r\n'
-        yield from (big[i:i + 65536] for i in range(0, len(big), 65536))
+        yield from (big[i : i + 65536] for i in range(0, len(big), 65536))
         yield b"\r\n--xyz--\r\n"
 
-    streamed = httpx.post(f"{base}/search", content=multipart_stream(),
-                          headers={"content-type": "multipart/form-data; boundary=xyz"})
+    streamed = httpx.post(
+        f"{base}/search", content=multipart_stream(), headers={"content-type": "multipart/form-data; boundary=xyz"}
+    )
     assert "content-length" not in streamed.request.headers
     expect(streamed, 413, "over the upload limit")
     just_over = os.urandom(2**20 + 10)  # the body fits the allowance for headers; the image does not
@@ -275,14 +299,21 @@ def test_the_token_guards_every_data_route_and_not_health_or_the_api_description
         data = (photos / "cat.jpg").read_bytes()
         for name, call in {
             "search": lambda h: httpx.post(f"{base}/search", files={"image": ("q.jpg", data)}, headers=h),
-            "similar": lambda h: httpx.post(f"{base}/search/similar", json={"path": str(photos / "cat.jpg")}, headers=h),
+            "similar": lambda h: httpx.post(
+                f"{base}/search/similar", json={"path": str(photos / "cat.jpg")}, headers=h
+            ),
             "vector": lambda h: httpx.post(f"{base}/search/vector", json={"vector": [1.0] * 32}, headers=h),
             "stats": lambda h: httpx.get(f"{base}/stats", headers=h),
             "readyz": lambda h: httpx.get(f"{base}/readyz", headers=h),
             "thumbnail": lambda h: httpx.get(f"{base}/thumbnail", params={"path": str(photos / "cat.jpg")}, headers=h),
         }.items():
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer s3cret-tokenX"},
-                            {"Authorization": "Basic s3cret-token"}, {"Authorization": "s3cret-token"}):
+            for headers in (
+                {},
+                {"Authorization": "Bearer wrong"},
+                {"Authorization": "Bearer s3cret-tokenX"},
+                {"Authorization": "Basic s3cret-token"},
+                {"Authorization": "s3cret-token"},
+            ):
                 r = call(headers)
                 assert r.status_code == 401, (name, headers, r.text)
                 assert r.headers["www-authenticate"] == "Bearer" and "bearer token" in r.json()["detail"]
@@ -358,7 +389,7 @@ def test_a_path_that_is_not_utf8_comes_back_exactly(photos, db_uri, tiny_model):
     from vitsearch.search.encoder import Encoder
     from vitsearch.search.store import Store
 
-    name = os.fsdecode(b"caf\xe9 \"q\"\n\\x.jpg")  # Latin-1, a quote, a newline, a backslash
+    name = os.fsdecode(b'caf\xe9 "q"\n\\x.jpg')  # Latin-1, a quote, a newline, a backslash
     shutil.copy(photos / "cat.jpg", photos / name)
     with Store(db_uri, "images") as store:
         index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
@@ -366,11 +397,14 @@ def test_a_path_that_is_not_utf8_comes_back_exactly(photos, db_uri, tiny_model):
         hits = upload(base, (photos / "cat.jpg").read_bytes(), k=2).json()["hits"]
         odd = str(photos / name)
         assert odd in [h["path"] for h in hits]  # the JSON escape \udce9 gives the same str back
-        assert os.fsencode(odd).endswith(b"caf\xe9 \"q\"\n\\x.jpg")
+        assert os.fsencode(odd).endswith(b'caf\xe9 "q"\n\\x.jpg')
         import json
 
-        r = httpx.post(f"{base}/search/similar", content=json.dumps({"path": odd, "k": 1}),
-                       headers={"content-type": "application/json"})  # ASCII JSON: \udce9 escapes
+        r = httpx.post(
+            f"{base}/search/similar",
+            content=json.dumps({"path": odd, "k": 1}),
+            headers={"content-type": "application/json"},
+        )  # ASCII JSON: \udce9 escapes
         assert r.status_code == 200 and r.json()["hits"][0]["path"] == str(photos / "cat.jpg")
         from urllib.parse import quote_from_bytes
 
@@ -405,9 +439,12 @@ def test_503_with_retry_after_while_milvus_is_unreachable(indexed, milvus_proces
     # Nobody listens: the server starts, answers /healthz, and 503 everywhere else.
     with serving(f"http://127.0.0.1:{free_port()}", wait_ready=False) as (base, _):
         assert httpx.get(f"{base}/healthz").status_code == 200
-        for r in (httpx.get(f"{base}/readyz"), httpx.get(f"{base}/stats"),
-                  upload(base, (indexed[0] / "cat.jpg").read_bytes()),
-                  httpx.post(f"{base}/search/similar", json={"path": "/x.jpg"})):
+        for r in (
+            httpx.get(f"{base}/readyz"),
+            httpx.get(f"{base}/stats"),
+            upload(base, (indexed[0] / "cat.jpg").read_bytes()),
+            httpx.post(f"{base}/search/similar", json={"path": "/x.jpg"}),
+        ):
             assert r.status_code == 503 and r.headers["retry-after"] == "7", r.text
             assert "cannot open Milvus" in r.json()["detail"]
     # A Milvus that goes away while serving, and comes back.
@@ -449,9 +486,26 @@ def test_vitsearch_serve_with_two_workers_shares_the_lite_file(indexed, tmp_path
     port = free_port()
     env = {**os.environ, "VITSEARCH_API_TOKEN": "tok"}
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-c", "from vitsearch.cli import main; main()", "serve", "--uri", uri, "--port", str(port),
-                             "--workers", "2", "--max-upload-mb", "1"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from vitsearch.cli import main; main()",
+            "serve",
+            "--uri",
+            uri,
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--max-upload-mb",
+            "1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base, auth = f"http://127.0.0.1:{port}", {"Authorization": "Bearer tok"}
     try:
         deadline = time.monotonic() + 120
@@ -487,6 +541,7 @@ def test_vitsearch_serve_with_two_workers_shares_the_lite_file(indexed, tmp_path
 
 def test_the_real_model_finds_the_photo_a_crop_was_cut_from(tmp_path, db_uri, real_model):
     from conftest import EXAMPLES
+
     from vitsearch.indexer import index_folder
     from vitsearch.search.encoder import Encoder
     from vitsearch.search.store import Store

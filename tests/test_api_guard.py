@@ -4,6 +4,7 @@ route (DNS rebinding), `vitsearch serve` answers its --host and --allowed-hosts 
 too long or nested too deep is a 400 (not a 503), a JSON body over its limit a 413 before it
 is read, a body that does not arrive a 408 after the timeout; /search/vector gives the same
 hits for any scale of its vector."""
+
 from __future__ import annotations
 
 import os
@@ -16,16 +17,27 @@ import time
 import httpx
 import numpy as np
 import pytest
-
 from test_api import assert_same, free_port, serving, upload
+
 from vitsearch.search import SearchClient
 from vitsearch.search.config import Settings, host_name, served_hosts
 
 VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
 #: Host headers a rebinding page, or a confused client, sends; none names this server.
-HOSTILE_HOSTS = ["rebind.attacker.example:8101", "rebind.attacker.example", "localhost.attacker.example",
-                 "127.0.0.1.nip.io:8000", "attacker.example@localhost", "localhost:8000/x", "localhost:99999",
-                 "[::2]:8000", "0.0.0.0:8000", "", "loca\u0142host".encode(), "x" * 5000]
+HOSTILE_HOSTS = [
+    "rebind.attacker.example:8101",
+    "rebind.attacker.example",
+    "localhost.attacker.example",
+    "127.0.0.1.nip.io:8000",
+    "attacker.example@localhost",
+    "localhost:8000/x",
+    "localhost:99999",
+    "[::2]:8000",
+    "0.0.0.0:8000",
+    "",
+    "loca\u0142host".encode(),
+    "x" * 5000,
+]
 
 
 def raw(port: int, request: bytes, wait_s: float = 30.0) -> tuple[str, str, float]:
@@ -42,8 +54,12 @@ def raw(port: int, request: bytes, wait_s: float = 30.0) -> tuple[str, str, floa
 
 
 def test_host_names_are_read_as_a_browser_sends_them():
-    assert [host_name(h) for h in ("LocalHost.:8501", "[0:0:0:0:0:0:0:1]:80", "::1", "photos.lan")] == \
-        ["localhost", "[::1]", "[::1]", "photos.lan"]
+    assert [host_name(h) for h in ("LocalHost.:8501", "[0:0:0:0:0:0:0:1]:80", "::1", "photos.lan")] == [
+        "localhost",
+        "[::1]",
+        "[::1]",
+        "photos.lan",
+    ]
     assert [host_name(h) for h in ("http://x", "a@b", "x:99999", "[zz]", "", "a/b", "[::1")] == [None] * 7
     loopback = ["localhost", "127.0.0.1", "[::1]"]
     assert served_hosts("127.0.0.1") == served_hosts("0.0.0.0") == served_hosts("::") == loopback
@@ -73,8 +89,10 @@ def test_a_request_for_another_host_is_refused_on_every_route(indexed):
             "readyz": lambda h: httpx.get(f"{base}/readyz", headers=h),
             "docs": lambda h: httpx.get(f"{base}/docs", headers=h),
             "openapi": lambda h: httpx.get(f"{base}/openapi.json", headers=h),
-            "preflight": lambda h: httpx.options(f"{base}/search", headers={
-                "Origin": "http://rebind.attacker.example:8101", "Access-Control-Request-Method": "POST", **h}),
+            "preflight": lambda h: httpx.options(
+                f"{base}/search",
+                headers={"Origin": "http://rebind.attacker.example:8101", "Access-Control-Request-Method": "POST", **h},
+            ),
         }
         for name, call in routes.items():
             for host in HOSTILE_HOSTS:
@@ -89,23 +107,44 @@ def test_a_request_for_another_host_is_refused_on_every_route(indexed):
         # A liveness probe sends the address it probes, and learns only "ok".
         assert httpx.get(f"{base}/healthz", headers={"Host": "10.1.2.3:8000"}).json() == {"status": "ok"}
         # Two Host headers (h11 refuses them itself; httptools passes them on), or none (HTTP/1.0), are refused too.
-        status, text, _ = raw(port, b"GET /stats HTTP/1.1\r\nHost: localhost\r\nHost: rebind.attacker.example\r\n"
-                                    b"Connection: close\r\n\r\n")
+        status, text, _ = raw(
+            port,
+            b"GET /stats HTTP/1.1\r\nHost: localhost\r\nHost: rebind.attacker.example\r\nConnection: close\r\n\r\n",
+        )
         assert status.startswith("HTTP/1.1 400 ") and '"count"' not in text
         status, text, _ = raw(port, b"GET /stats HTTP/1.0\r\n\r\n")
         assert status.startswith("HTTP/1.1 400 ") and "exactly one Host header, this one has 0" in text
 
 
 def test_vitsearch_serve_answers_its_host_and_allowed_hosts_only(db_uri, tmp_path):
-    bad = subprocess.run([*VITSEARCH, "serve", "--uri", db_uri, "--allowed-hosts", "photos.lan,http://evil.example"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [*VITSEARCH, "serve", "--uri", db_uri, "--allowed-hosts", "photos.lan,http://evil.example"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "'http://evil.example' is not a host name or address" in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([*VITSEARCH, "serve", "--uri", db_uri, "--host", "127.0.0.1", "--port", str(port),
-                             "--allowed-hosts", "photos.lan"], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "VITSEARCH_API_TOKEN": "tok"}, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            *VITSEARCH,
+            "serve",
+            "--uri",
+            db_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--allowed-hosts",
+            "photos.lan",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "VITSEARCH_API_TOKEN": "tok"},
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -116,8 +155,13 @@ def test_vitsearch_serve_answers_its_host_and_allowed_hosts_only(db_uri, tmp_pat
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        for host, status in (("photos.lan", 200), (f"photos.lan:{port}", 200), (f"127.0.0.1:{port}", 200),
-                             ("rebind.attacker.example", 400), ("other.lan", 400)):
+        for host, status in (
+            ("photos.lan", 200),
+            (f"photos.lan:{port}", 200),
+            (f"127.0.0.1:{port}", 200),
+            ("rebind.attacker.example", 400),
+            ("other.lan", 400),
+        ):
             assert httpx.get(f"{base}/openapi.json", headers={"Host": host}).status_code == status, host  # no token
     finally:
         proc.send_signal(signal.SIGINT)
@@ -136,17 +180,23 @@ def test_a_filter_too_long_or_nested_too_deep_is_a_400_not_a_503(indexed):
     data = (photos / "cat.jpg").read_bytes()
 
     def searches(filter: str) -> list[httpx.Response]:
-        return [httpx.post(f"{base}/search/similar", json={"path": cat, "filter": filter}),
-                httpx.post(f"{base}/search/vector", json={"vector": [1.0] * 32, "filter": filter}),
-                upload(base, data, filter=filter)]
+        return [
+            httpx.post(f"{base}/search/similar", json={"path": cat, "filter": filter}),
+            httpx.post(f"{base}/search/vector", json={"vector": [1.0] * 32, "filter": filter}),
+            upload(base, data, filter=filter),
+        ]
 
     def nested(depth: int) -> str:
         return "(" * depth + "width > 1" + ")" * depth
 
     with serving(uri, settings={"max_filter_chars": 3000, "max_filter_depth": 8}) as (base, _):
-        refused = {nested(990): "nests deeper than the limit of 8", "not " * 500 + "width > 1": "limit of 8",
-                   nested(9): "nests deeper than the limit of 8", "- " * 9 + "1 < width": "limit of 8",
-                   "width > 1 or " * 231 + "width > 1": "3,012 characters long, over the limit of 3,000"}
+        refused = {
+            nested(990): "nests deeper than the limit of 8",
+            "not " * 500 + "width > 1": "limit of 8",
+            nested(9): "nests deeper than the limit of 8",
+            "- " * 9 + "1 < width": "limit of 8",
+            "width > 1 or " * 231 + "width > 1": "3,012 characters long, over the limit of 3,000",
+        }
         for filter, words in refused.items():
             for r in searches(filter):
                 assert r.status_code == 400 and "retry-after" not in r.headers, (filter[:20], r.status_code, r.text)
@@ -168,15 +218,24 @@ def test_a_json_body_over_the_limit_is_413_before_it_is_read(indexed):
         under = httpx.post(f"{base}/search/similar", json={"path": "/" + "p" * 4000})
         assert under.status_code == 404 and "is not indexed" in under.json()["detail"]  # read, parsed, answered
         over = httpx.post(f"{base}/search/similar", json={"path": "/" + "p" * 4100})
-        assert over.status_code == 413 and "over the limit of 4 KB for a request body that is not an upload " \
-                                           "(VITSEARCH_API_MAX_JSON_KB)" in over.json()["detail"]
-        streamed = httpx.post(f"{base}/search/vector", headers={"content-type": "application/json"},
-                              content=iter([b'{"vector": [', b"1.0, " * 1000, b"1.0]}"]))
+        assert (
+            over.status_code == 413
+            and "over the limit of 4 KB for a request body that is not an upload (VITSEARCH_API_MAX_JSON_KB)"
+            in over.json()["detail"]
+        )
+        streamed = httpx.post(
+            f"{base}/search/vector",
+            headers={"content-type": "application/json"},
+            content=iter([b'{"vector": [', b"1.0, " * 1000, b"1.0]}"]),
+        )
         assert "content-length" not in streamed.request.headers
         assert streamed.status_code == 413 and "VITSEARCH_API_MAX_JSON_KB" in streamed.json()["detail"]
         # 21 MB announced and none of it sent: refused at once, from the headers.
-        status, text, took = raw(port, b"POST /search/vector HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
-                                       b"application/json\r\nContent-Length: 22020096\r\n\r\n")
+        status, text, took = raw(
+            port,
+            b"POST /search/vector HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
+            b"application/json\r\nContent-Length: 22020096\r\n\r\n",
+        )
         assert status.startswith("HTTP/1.1 413 ") and "request body is 21.0 MB, over the limit of 4 KB" in text
         assert took < 5
         # An image upload has its own limit (--max-upload-mb, 1 MB here), not the JSON one.
@@ -189,18 +248,26 @@ def test_a_body_that_does_not_arrive_gets_408_after_the_timeout(indexed):
     with serving(uri, body_timeout_s=1.0) as (base, _):
         port = int(base.rsplit(":", 1)[1])
         # Announces 1,000 bytes, sends 10: answered 408 after the timeout, and the connection closed.
-        status, text, took = raw(port, b"POST /search/vector HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
-                                       b"application/json\r\nContent-Length: 1000\r\n\r\n{\"vector\":")
+        status, text, took = raw(
+            port,
+            b"POST /search/vector HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
+            b'application/json\r\nContent-Length: 1000\r\n\r\n{"vector":',
+        )
         assert status.startswith("HTTP/1.1 408 ") and 1.0 <= took < 10, (status, took)
         assert "not received within 1 s (10 bytes of 1,000 bytes came; VITSEARCH_API_BODY_TIMEOUT_S)" in text
-        status, _, took = raw(port, b"POST /search HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; "
-                                    b"boundary=xyz\r\nContent-Length: 500000\r\n\r\n--xyz\r\n")
+        status, _, took = raw(
+            port,
+            b"POST /search HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; "
+            b"boundary=xyz\r\nContent-Length: 500000\r\n\r\n--xyz\r\n",
+        )
         assert status.startswith("HTTP/1.1 408 ") and 1.0 <= took < 10
         # A trickle (a byte every 0.2 s) does not hold it longer: the timeout is for the whole body.
         started = time.monotonic()
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-            s.sendall(b"POST /search/vector HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 100\r\n\r\n")
+            s.sendall(
+                b"POST /search/vector HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n"
+            )
             answer = b""
             for _ in range(100):
                 try:
@@ -224,8 +291,10 @@ def test_a_body_that_does_not_arrive_gets_408_after_the_timeout(indexed):
 def test_search_vector_gives_the_same_hits_and_scores_at_any_scale(indexed):
     photos, uri = indexed
     with SearchClient(uri=uri) as client:
-        vector = np.asarray(client.store.get([str(photos / "cat.jpg")], fields=["vector"])[str(photos / "cat.jpg")]
-                            ["vector"], np.float64)
+        vector = np.asarray(
+            client.store.get([str(photos / "cat.jpg")], fields=["vector"])[str(photos / "cat.jpg")]["vector"],
+            np.float64,
+        )
     with serving(uri) as (base, _):
         want = httpx.post(f"{base}/search/vector", json={"vector": vector.tolist(), "k": 11}).json()["hits"]
         assert want[0]["path"] == str(photos / "cat.jpg") and want[0]["score"] == pytest.approx(1, abs=1e-5)

@@ -1,5 +1,6 @@
 """Contract of the `vitsearch` command, run as a user runs it (a subprocess): index, search
 (table and --json), stats, errors as one line without a traceback, exit codes."""
+
 from __future__ import annotations
 
 import json
@@ -8,15 +9,15 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import EXAMPLES
 
 VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
 
 
 def cli(*args, ok=True, **env):
-    out = subprocess.run([*VITSEARCH, *map(str, args)], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, **env})
+    out = subprocess.run(
+        [*VITSEARCH, *map(str, args)], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
     if ok:
         assert out.returncode == 0, out.stderr
     return out
@@ -45,8 +46,7 @@ def test_index_search_stats(photos, db_uri, tiny_model):
     lines = table.strip().splitlines()
     assert lines[0].split() == ["rank", "score", "match", "size", "path"] and len(lines) >= 4
     assert lines[1].endswith(str(photos / "cat.jpg"))  # the crop of the cat finds the cat
-    assert (lines[-1] == "no close match in this collection: these are only the nearest images") == (
-        "yes" not in table)
+    assert (lines[-1] == "no close match in this collection: these are only the nearest images") == ("yes" not in table)
 
     answer = json.loads(cli("search", photos / "coffee.jpg", "--json", "-k", "4", "--uri", db_uri).stdout)
     hits = answer["hits"]
@@ -54,11 +54,13 @@ def test_index_search_stats(photos, db_uri, tiny_model):
     assert hits[0]["path"] == str(photos / "coffee.jpg") and hits[0]["score"] > 0.999 and hits[0]["match"] is True
     assert {"path", "score", "match", "width", "height", "size", "mtime", "sha256"} <= set(hits[0])
 
-    similar = json.loads(cli("search", "--similar", photos / "coffee.jpg", "--json", "-k", "3",
-                             "--uri", db_uri).stdout)["hits"]
+    similar = json.loads(
+        cli("search", "--similar", photos / "coffee.jpg", "--json", "-k", "3", "--uri", db_uri).stdout
+    )["hits"]
     assert [h["path"] for h in similar] == [h["path"] for h in hits[1:]]
-    expanded = json.loads(cli("search", photos / "coffee.jpg", "--json", "-k", "4", "--expand", "2",
-                              "--uri", db_uri).stdout)["hits"]
+    expanded = json.loads(
+        cli("search", photos / "coffee.jpg", "--json", "-k", "4", "--expand", "2", "--uri", db_uri).stdout
+    )["hits"]
     assert expanded[0]["path"] == str(photos / "coffee.jpg") and len(expanded) == 4
 
     stats = json.loads(cli("stats", "--json", "--uri", db_uri).stdout)
@@ -76,31 +78,37 @@ def test_env_settings(photos, tmp_path, tiny_model):
     assert stats["collection"] == "mine" and stats["count"] == 11
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["index", "/no/such/folder"], 2, "does not exist"),
-    (["index", "{photos}"], 1, "vitsearch model pull dinov2-small-9l"),  # default hub model, offline
-    (["search", "{photos}/cat.jpg"], 1, "index a folder first"),
-    (["stats"], 1, "index a folder first"),
-])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["index", "/no/such/folder"], 2, "does not exist"),
+        (["index", "{photos}"], 1, "vitsearch model pull dinov2-small-9l"),  # default hub model, offline
+        (["search", "{photos}/cat.jpg"], 1, "index a folder first"),
+        (["stats"], 1, "index a folder first"),
+    ],
+)
 def test_errors_are_one_clear_line(args, code, message, photos, db_uri):
     out = cli(*[a.format(photos=photos) for a in args], "--uri", db_uri, ok=False)
     assert out.returncode == code
     assert message in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("query, args, code, message", [
-    ("notes.jpg", [], 2, "notes.jpg: not a recognised image format"),
-    ("cut.jpg", [], 2, "cut.jpg: corrupt or truncated image data"),
-    ("cat.jpg", ["-k", "0"], 2, "Invalid value for '-k'"),
-    ("cat.jpg", ["-k", "16385"], 2, "Invalid value for '-k'"),
-    ("cat.jpg", ["--filter", "width >"], 2, "filter 'width >' is not a valid Milvus expression"),
-    ("cat.jpg", ["--filter", "colour == 3"], 2, "is not a valid Milvus expression"),
-    ("cat.jpg", ["--filter", "(" * 1000 + "width > 1" + ")" * 1000], 2, "nests deeper than the limit of 32"),
-    ("cat.jpg", ["--filter", "not " * 1000 + "width > 1"], 2, "nests deeper than the limit of 32"),
-    ("cat.jpg", ["--filter", "width > 1 or " * 1300 + "width > 1"], 2, "over the limit of 16,384"),
-    ("nope.jpg", ["--similar"], 2, "is not indexed"),
-    ("cat.jpg", ["--collection", "other"], 1, "index a folder first"),
-])
+@pytest.mark.parametrize(
+    "query, args, code, message",
+    [
+        ("notes.jpg", [], 2, "notes.jpg: not a recognised image format"),
+        ("cut.jpg", [], 2, "cut.jpg: corrupt or truncated image data"),
+        ("cat.jpg", ["-k", "0"], 2, "Invalid value for '-k'"),
+        ("cat.jpg", ["-k", "16385"], 2, "Invalid value for '-k'"),
+        ("cat.jpg", ["--filter", "width >"], 2, "filter 'width >' is not a valid Milvus expression"),
+        ("cat.jpg", ["--filter", "colour == 3"], 2, "is not a valid Milvus expression"),
+        ("cat.jpg", ["--filter", "(" * 1000 + "width > 1" + ")" * 1000], 2, "nests deeper than the limit of 32"),
+        ("cat.jpg", ["--filter", "not " * 1000 + "width > 1"], 2, "nests deeper than the limit of 32"),
+        ("cat.jpg", ["--filter", "width > 1 or " * 1300 + "width > 1"], 2, "over the limit of 16,384"),
+        ("nope.jpg", ["--similar"], 2, "is not indexed"),
+        ("cat.jpg", ["--collection", "other"], 1, "index a folder first"),
+    ],
+)
 def test_bad_searches_are_one_clear_line(query, args, code, message, indexed):
     photos, uri = indexed
     (photos / "notes.jpg").write_text("not an image")
@@ -129,8 +137,24 @@ def test_image_size_is_recorded_and_another_size_refused(photos, tmp_path, tiny_
 def test_engine_ray_without_ray_installed_says_how_to_get_it(photos, tmp_path, tiny_model):
     # The core install has no Ray: `import ray` fails as it would there (sys.modules entry None).
     no_ray = "import sys; sys.modules['ray'] = None; from vitsearch.cli import main; main()"
-    out = subprocess.run([sys.executable, "-c", no_ray, "index", str(photos), "--engine", "ray", "--model",
-                          str(tiny_model), "--uri", str(tmp_path / "x.db")], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            no_ray,
+            "index",
+            str(photos),
+            "--engine",
+            "ray",
+            "--model",
+            str(tiny_model),
+            "--uri",
+            str(tmp_path / "x.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 1 and "pip install 'vitsearch[ray]'" in out.stderr and "Traceback" not in out.stderr
     indexed = cli("index", photos, "--model", tiny_model, "--uri", tmp_path / "y.db", "--workers", 0, "--json")
     assert json.loads(indexed.stdout)["indexed"] == 11  # the local engine needs no Ray
@@ -142,8 +166,9 @@ def bert_folder(tmp_path_factory):
     from transformers import BertConfig, BertModel, ViTImageProcessor
 
     folder = tmp_path_factory.mktemp("bert")
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                         vocab_size=100)).save_pretrained(folder)
+    BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+    ).save_pretrained(folder)
     ViTImageProcessor().save_pretrained(folder)
     return folder
 
@@ -181,7 +206,7 @@ def test_a_uri_that_is_a_photo_folder_is_refused(photos, tiny_model):
 def test_index_verify_and_the_rehashed_count(photos, db_uri, tiny_model):
     assert run_in_process("index", photos, "--model", tiny_model, "--uri", db_uri, "--workers", "0").exit_code == 0
     out = run_in_process("index", photos, "--uri", db_uri, "--verify", "--json", "--workers", "0")
-    summary = json.loads(out.stdout[out.stdout.index("{"):])
+    summary = json.loads(out.stdout[out.stdout.index("{") :])
     assert (summary["indexed"], summary["unchanged"], summary["rehashed"]) == (0, 11, 11)
     assert "--verify" in run_in_process("index", "--help").stdout
 
@@ -193,6 +218,9 @@ def test_no_third_party_log_lines_reach_the_terminal(photos, db_uri, tiny_model)
     out = cli("index", photos, "--model", tiny_model, "--uri", db_uri, "--workers", "2")
     search = cli("search", EXAMPLES / "queries" / "cat-crop.jpg", "-k", "3", "--uri", db_uri)
     for text in (out.stderr, search.stderr):
-        foreign = [line for line in text.splitlines() if "fork_posix" in line or ".cc:" in line
-                   or "Warning" in line or "pre-processing" in line]
+        foreign = [
+            line
+            for line in text.splitlines()
+            if "fork_posix" in line or ".cc:" in line or "Warning" in line or "pre-processing" in line
+        ]
         assert not foreign, foreign

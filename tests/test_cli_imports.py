@@ -2,6 +2,7 @@
 without torch and transformers (preprocessing from the checkpoint's JSON, ONNX Runtime on the
 cached file) and finds what the fully loaded encoder finds; a bad query and --help load neither
 a model nor Milvus. (Latency itself is benchmarks/cli_latency.py's.)"""
+
 from __future__ import annotations
 
 import json
@@ -11,18 +12,20 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import EXAMPLES
 
 #: Runs the CLI, then prints which heavy modules the process imported, as JSON on the last line.
-PROBE = ("import json, sys\nfrom vitsearch.cli import main\ntry:\n    main()\nexcept SystemExit as exc:\n"
-         "    code = exc.code\nprint(json.dumps({'code': code, 'modules': sorted(m for m in ('torch', 'transformers', "
-         "'pymilvus', 'onnxruntime', 'streamlit', 'fastapi', 'ray') if m in sys.modules)}))")
+PROBE = (
+    "import json, sys\nfrom vitsearch.cli import main\ntry:\n    main()\nexcept SystemExit as exc:\n"
+    "    code = exc.code\nprint(json.dumps({'code': code, 'modules': sorted(m for m in ('torch', 'transformers', "
+    "'pymilvus', 'onnxruntime', 'streamlit', 'fastapi', 'ray') if m in sys.modules)}))"
+)
 
 
 def probe(*args) -> tuple[dict, str]:
-    out = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True,
-                         timeout=300, env={**os.environ})
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True, timeout=300, env={**os.environ}
+    )
     lines = out.stdout.strip().splitlines()
     return json.loads(lines[-1]), "\n".join(lines[:-1]) + out.stderr
 
@@ -31,9 +34,26 @@ def probe(*args) -> tuple[dict, str]:
 def onnx_indexed(photos, tmp_path, tiny_model):
     """The example photos indexed by the CLI with onnx-int8 (which exports and caches the model)."""
     uri = str(tmp_path / "onnx.db")
-    out = subprocess.run([sys.executable, "-c", "from vitsearch.cli import main; main()", "index", str(photos),
-                          "--model", str(tiny_model), "--uri", uri, "--runtime", "onnx-int8", "--workers", "0"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from vitsearch.cli import main; main()",
+            "index",
+            str(photos),
+            "--model",
+            str(tiny_model),
+            "--uri",
+            uri,
+            "--runtime",
+            "onnx-int8",
+            "--workers",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     return photos, uri
 
@@ -44,7 +64,7 @@ def test_an_onnx_search_imports_neither_torch_nor_transformers(onnx_indexed, tin
     assert seen["code"] in (0, None), text
     assert "torch" not in seen["modules"] and "transformers" not in seen["modules"], seen
     assert "onnxruntime" in seen["modules"] and "pymilvus" in seen["modules"]  # it did search
-    hits = json.loads(text[:text.rindex("}") + 1])["hits"]
+    hits = json.loads(text[: text.rindex("}") + 1])["hits"]
 
     from vitsearch.search.client import SearchClient
     from vitsearch.search.encoder import Encoder
@@ -72,8 +92,13 @@ def test_the_quick_encoder_embeds_as_the_loaded_one(tiny_model, real_model):
         assert quick.info == full.info
         a, b = quick.preprocessor, full.preprocessor
         assert isinstance(a, Preprocess) and a.native and b.native
-        assert (a.short_edge, a.size_hw, a.resample, a.crop_hw, a.scale) == (b.short_edge, b.size_hw, b.resample,
-                                                                             b.crop_hw, b.scale)
+        assert (a.short_edge, a.size_hw, a.resample, a.crop_hw, a.scale) == (
+            b.short_edge,
+            b.size_hw,
+            b.resample,
+            b.crop_hw,
+            b.scale,
+        )
         np.testing.assert_array_equal(a.mean, b.mean)
         np.testing.assert_array_equal(a.std, b.std)
         np.testing.assert_array_equal(quick.embed(photos), full.embed(photos))
@@ -94,8 +119,17 @@ def test_no_export_in_the_cache_means_the_model_is_loaded(tiny_model, tmp_path, 
     assert Encoder.exported(str(model), runtime="onnx-int8") is not None  # ...so the next one is quick
 
 
-@pytest.mark.parametrize("args", [["search", "{tmp}/nope.jpg"], ["search", "{tmp}"], ["search", "--help"],
-                                  ["--help"], ["index", "--help"], ["search", "{tmp}/x.jpg", "-k", "0"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["search", "{tmp}/nope.jpg"],
+        ["search", "{tmp}"],
+        ["search", "--help"],
+        ["--help"],
+        ["index", "--help"],
+        ["search", "{tmp}/x.jpg", "-k", "0"],
+    ],
+)
 def test_bad_arguments_and_help_load_no_model_nor_milvus(args, tmp_path):
     seen, text = probe(*[a.format(tmp=tmp_path) for a in args], "--uri", tmp_path / "never.db")
     assert seen["code"] in (0, 2, None), text

@@ -1,14 +1,21 @@
 """Contract of SearchClient: query by path, bytes, PIL image or array (same answer), by an
 indexed item's stored vector, or by vector; scores are cosine similarity, best first; the
 collection's own encoder is used and a different one refused."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from vitsearch.search import (BadImageError, BadQueryError, CollectionNotFoundError,
-                              EncoderMismatchError, Hit, SearchClient)
+from vitsearch.search import (
+    BadImageError,
+    BadQueryError,
+    CollectionNotFoundError,
+    EncoderMismatchError,
+    Hit,
+    SearchClient,
+)
 from vitsearch.search.encoder import Encoder
 
 
@@ -31,8 +38,12 @@ def test_every_query_type_gives_the_same_answer(indexed):
     with SearchClient(uri=uri) as client:
         ref = client.search(path, k=4)
         assert ref[0].path == str(path) and ref[0].score == pytest.approx(1.0, abs=2e-6)
-        for query, atol in ((str(path), 1e-6), (path.read_bytes(), 1e-6), (Image.open(path), 1e-3),
-                            (np.asarray(Image.open(path).convert("RGB")), 1e-3)):
+        for query, atol in (
+            (str(path), 1e-6),
+            (path.read_bytes(), 1e-6),
+            (Image.open(path), 1e-3),
+            (np.asarray(Image.open(path).convert("RGB")), 1e-3),
+        ):
             got = client.search(query, k=4)
             assert [h.path for h in got] == [h.path for h in ref]
             np.testing.assert_allclose([h.score for h in got], [h.score for h in ref], atol=atol)
@@ -62,8 +73,9 @@ def test_search_vectors_answers_each_query_as_alone_and_leaves_each_path_out(ind
         vectors = np.stack([stored[p] for p in paths])
         for k in (1, 4, 11):
             together = client.search_vectors(vectors, k=k)
-            assert [[h.path for h in hits] for hits in together] == [[h.path for h in client.search_vector(v, k=k)]
-                                                                      for v in vectors]
+            assert [[h.path for h in hits] for hits in together] == [
+                [h.path for h in client.search_vector(v, k=k)] for v in vectors
+            ]
             left_out = client.search_vectors(vectors, k=k, exclude=[paths[0], None, paths[2]])
             assert paths[0] not in {h.path for h in left_out[0]} and len(left_out[0]) == min(k, 10)
             assert [h.path for h in left_out[0]] == [h.path for h in client.search_similar(paths[0], k=k)]
@@ -102,16 +114,22 @@ def test_folder_keeps_that_folder_and_below_and_nothing_else(photos, db_uri, tin
     from vitsearch.search.store import Store
 
     # "a_b" as a `like` pattern also matches "aXb" (Milvus has no escape for _): it must not leak.
-    for folder, name in (("a_b", "cat.jpg"), ("a_b/deeper", "coffee.jpg"), ("aXb/inner", "camera.jpg"),
-                         ("a_bc", "grass.jpg")):
+    for folder, name in (
+        ("a_b", "cat.jpg"),
+        ("a_b/deeper", "coffee.jpg"),
+        ("aXb/inner", "camera.jpg"),
+        ("a_bc", "grass.jpg"),
+    ):
         (photos / folder).mkdir(parents=True)
         shutil.copy(photos / name, photos / folder / name)
     with Store(db_uri, "images") as store:
         index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
     with SearchClient(uri=db_uri) as client:
         hits = client.search(photos / "cat.jpg", k=20, folder=str(photos / "a_b") + "/")
-        assert sorted(h.path for h in hits) == [str(photos / "a_b" / "cat.jpg"),
-                                                str(photos / "a_b" / "deeper" / "coffee.jpg")]
+        assert sorted(h.path for h in hits) == [
+            str(photos / "a_b" / "cat.jpg"),
+            str(photos / "a_b" / "deeper" / "coffee.jpg"),
+        ]
         similar = client.search_similar(str(photos / "cat.jpg"), k=20, folder=str(photos / "sub"))
         assert [h.path for h in similar] == [str(photos / "sub" / "rocket.jpg")]
         assert len(client.search(photos / "cat.jpg", k=20, folder=str(photos))) == 15

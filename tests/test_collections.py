@@ -2,6 +2,7 @@
 database's collections (never the generations and side collections vitsearch keeps behind a name)
 and drops one with everything behind its name, refused while an indexing run holds its writer
 lease; ``vitsearch collections`` and ``vitsearch drop`` as a user runs them (subprocesses)."""
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,8 @@ import sys
 import time
 
 import pytest
+from test_space import varied_photos
+from test_store import INFO
 
 from vitsearch.indexer import index_folder
 from vitsearch.search.client import SearchClient
@@ -23,15 +26,18 @@ from vitsearch.search.store.collection import is_internal
 from vitsearch.search.store.lease import KEY
 from vitsearch.search.whitening import MIN_IMAGES
 
-from test_space import varied_photos
-from test_store import INFO
-
 VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
 
 
 def cli(*args, input: str | None = None):
-    return subprocess.run([*VITSEARCH, *map(str, args)], capture_output=True, text=True, timeout=300,
-                          input=input if input is not None else "", env=os.environ)
+    return subprocess.run(
+        [*VITSEARCH, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        input=input if input is not None else "",
+        env=os.environ,
+    )
 
 
 def one_line(out) -> str:
@@ -49,8 +55,7 @@ def physical(uri: str) -> list[str]:
 def test_listed_by_name_and_dropped_with_everything_behind_it(tmp_path, db_uri, photos, tiny_model):
     encoder = Encoder.load(str(tiny_model), runtime="torch")
     with Store(db_uri, "images") as store:  # whitened: a new generation and the matrices' collection
-        report = index_folder(str(varied_photos(tmp_path / "own", MIN_IMAGES)), encoder=encoder, store=store,
-                              workers=0)
+        report = index_folder(str(varied_photos(tmp_path / "own", MIN_IMAGES)), encoder=encoder, store=store, workers=0)
         assert report.space == "learned"
     with Store(db_uri, "examples") as store:
         index_folder(str(photos), encoder=encoder, store=store, workers=0)
@@ -62,8 +67,10 @@ def test_listed_by_name_and_dropped_with_everything_behind_it(tmp_path, db_uri, 
         assert collection_names(store) == ["examples", "images", "other"]
         listed = list_collections(store)
     assert [(c.name, c.count, c.model, c.dim, c.indexing) for c in listed] == [
-        ("examples", 11, str(tiny_model), 32, False), ("images", MIN_IMAGES, str(tiny_model), 32, False),
-        ("other", 0, None, None, False)]
+        ("examples", 11, str(tiny_model), 32, False),
+        ("images", MIN_IMAGES, str(tiny_model), 32, False),
+        ("other", 0, None, None, False),
+    ]
 
     with Store(db_uri, "images") as store:
         dropped = drop_collection(store)
@@ -103,8 +110,13 @@ def test_refused_while_a_run_writes_and_kept_unless_confirmed(db_uri):
             assert out.returncode == 1 and f"being indexed by another run (pid {os.getpid()} on" in one_line(out)
             assert store.exists() and store.count() == 0
 
-        lease = {"token": "t", "host": socket.gethostname(), "pid": 999_999_999, "since": time.time(),
-                 "renewed": time.time()}
+        lease = {
+            "token": "t",
+            "host": socket.gethostname(),
+            "pid": 999_999_999,
+            "since": time.time(),
+            "renewed": time.time(),
+        }
         store.set_properties({KEY: json.dumps(lease)})  # a run that was killed: its lease is dead
         assert drop_collection(store) and not store.exists()
 
@@ -129,8 +141,10 @@ def test_vitsearch_drop_asks_first_and_says_what_is_wrong_in_one_line(db_uri, tm
         out = cli("drop", "keep__vitsearch_1", "--yes", "--uri", db_uri)
         assert out.returncode == 1 and "is not a collection but part of 'keep'" in one_line(out)
         listed = json.loads(cli("collections", "--uri", db_uri, "--json").stdout)
-        assert listed == {"uri": db_uri, "collections": [
-            {"name": "keep", "count": 0, "model": "m", "dim": 16, "indexing": False}]}
+        assert listed == {
+            "uri": db_uri,
+            "collections": [{"name": "keep", "count": 0, "model": "m", "dim": 16, "indexing": False}],
+        }
 
     fresh = tmp_path / "nothing-here" / "milvus.db"  # neither command makes a database
     out = cli("collections", "--uri", fresh)

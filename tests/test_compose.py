@@ -2,13 +2,13 @@
 engine (none runs here): the services of Milvus's standalone stack plus the page and the HTTP API, images pinned,
 healthchecks, start order on health, named volumes, ports on localhost, the app's environment;
 the Dockerfile installs as the README does and serves the page by default."""
+
 from __future__ import annotations
 
 import re
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 
@@ -32,8 +32,10 @@ def test_services_images_and_healthchecks(compose):
 
 def test_start_order_waits_for_health(compose):
     services = compose["services"]
-    assert services["standalone"]["depends_on"] == {"etcd": {"condition": "service_healthy"},
-                                                   "minio": {"condition": "service_healthy"}}
+    assert services["standalone"]["depends_on"] == {
+        "etcd": {"condition": "service_healthy"},
+        "minio": {"condition": "service_healthy"},
+    }
     assert services["app"]["depends_on"] == {"standalone": {"condition": "service_healthy"}}
     assert services["api"]["depends_on"]["standalone"] == {"condition": "service_healthy"}
     env = services["standalone"]["environment"]

@@ -3,6 +3,7 @@ stage converges, once run again, to the collection a clean run makes (same paths
 file, equal vectors) without redoing written work; Ctrl-C writes what was embedded, prints the
 summary and exits 130; a second run on the same collection is refused while the first works;
 a Milvus server that goes away stops the run with an error naming it, and a later run resumes."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import stored_vectors
+
 from vitsearch.search.store import Store
 
 VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
@@ -31,8 +32,10 @@ def vit_ti(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("vit-ti")
     torch.manual_seed(0)
-    ViTModel(ViTConfig(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768),
-             add_pooling_layer=False).save_pretrained(folder)
+    ViTModel(
+        ViTConfig(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768),
+        add_pooling_layer=False,
+    ).save_pretrained(folder)
     ViTImageProcessor().save_pretrained(folder)
     return folder
 
@@ -46,16 +49,36 @@ def folder(linked_photos):
 def index_cmd(folder, uri, model, *extra):
     """The indexing command, on torch: its pace (~40 images/s) is what lets kills land inside each
     stage, and its vectors do not depend on the batch (int8's do: test_runtimes.py)."""
-    return [*VITSEARCH, "index", folder, "--model", model, "--uri", uri, "--batch-size", "4", "--workers", "2",
-            "--runtime", "torch", "--verbose", *extra]
+    return [
+        *VITSEARCH,
+        "index",
+        folder,
+        "--model",
+        model,
+        "--uri",
+        uri,
+        "--batch-size",
+        "4",
+        "--workers",
+        "2",
+        "--runtime",
+        "torch",
+        "--verbose",
+        *extra,
+    ]
 
 
 def start(cmd, **env) -> subprocess.Popen:
     """``cmd`` running, with Ctrl-C's default handling even where pytest itself runs with SIGINT
     ignored (a background job of a non-interactive shell), which children would inherit."""
-    return subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **env},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [str(c) for c in cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_for(proc: subprocess.Popen, marker: str, timeout_s: float = 120) -> str:
@@ -78,8 +101,9 @@ def contents(uri: str) -> tuple[dict[str, np.ndarray], int]:
 
 
 def run_json(cmd) -> dict:
-    out = subprocess.run([str(c) for c in cmd if c != "--verbose"] + ["--json"], capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [str(c) for c in cmd if c != "--verbose"] + ["--json"], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -93,9 +117,15 @@ def test_killed_at_any_stage_then_rerun_equals_a_clean_run(folder, tmp_path, vit
     # (stage, log line after which to kill, extra delay in s): the scan has begun; the paths are
     # looked up and the workers decode the first batches; batches are embedded; rows were just
     # written (the next write is in flight); and at random points further on.
-    kills = [("scan", "scanning", 0), ("decode", "looked up", 0), ("decode", "looked up", 0.05),
-             ("embed", "batch 2:", 0.02), ("write", "wrote", 0), ("embed", "batch 4:", rng.uniform(0, 1)),
-             ("write", "wrote", rng.uniform(0, 1))]
+    kills = [
+        ("scan", "scanning", 0),
+        ("decode", "looked up", 0),
+        ("decode", "looked up", 0.05),
+        ("embed", "batch 2:", 0.02),
+        ("write", "wrote", 0),
+        ("embed", "batch 4:", rng.uniform(0, 1)),
+        ("write", "wrote", rng.uniform(0, 1)),
+    ]
     log = []
     for stage, marker, delay in kills:
         proc = start(index_cmd(folder, uri, vit_ti))
@@ -135,8 +165,9 @@ def test_a_second_run_on_the_same_collection_is_refused(folder, tmp_path, vit_ti
     uri = str(tmp_path / "db.db")
     first = start(index_cmd(folder, uri, vit_ti))
     wait_for(first, "batch 1:")
-    second = subprocess.run([str(c) for c in index_cmd(folder, uri, vit_ti)], capture_output=True, text=True,
-                            timeout=120)
+    second = subprocess.run(
+        [str(c) for c in index_cmd(folder, uri, vit_ti)], capture_output=True, text=True, timeout=120
+    )
     assert second.returncode == 1
     assert f"is being indexed by another run (pid {first.pid}" in second.stderr
     out, err = first.communicate(timeout=300)

@@ -2,6 +2,7 @@
 pages missing from the navigation and unresolved docstring references fail it), and the
 reference it generates covers the code: every command and option, every setting and its
 environment variable, every route; every public name of the documented modules has a docstring."""
+
 from __future__ import annotations
 
 import html
@@ -14,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "docs" / "_hooks"))
@@ -31,8 +31,14 @@ KNOWN_UNDOCUMENTED: set[str] = set()
 def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(REPO / "mkdocs.yml"),
-                          "-d", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(REPO / "mkdocs.yml"), "-d", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, f"mkdocs build --strict failed:\n{run.stdout}\n{run.stderr}"
     return out
 
@@ -45,7 +51,7 @@ def section(text: str, anchor: str) -> str:
     """The HTML from the heading with id ``anchor`` to the next heading."""
     start = text.index(f'id="{anchor}"')
     end = re.compile(r"<h[1-4][ >]").search(text, start + 1)
-    return text[start:end.start() if end else len(text)]
+    return text[start : end.start() if end else len(text)]
 
 
 def test_build_is_strict_and_has_every_page(site):
@@ -71,8 +77,11 @@ def test_every_command_and_option_is_in_the_cli_reference(site):
         for param in command.params:
             if getattr(param, "hidden", False):
                 continue
-            names = [(param.metavar or param.name).upper()] if param.param_type_name == "argument" \
+            names = (
+                [(param.metavar or param.name).upper()]
+                if param.param_type_name == "argument"
                 else param.opts + param.secondary_opts
+            )
             for name in names:
                 assert f"<code>{name}</code>" in body, f"`{path}`: {name} is not in its reference section"
         if command.help:
@@ -88,8 +97,12 @@ def test_every_setting_and_its_variable_is_in_the_settings_reference(site):
     for cls, prefix in ((Settings, "VITSEARCH_"), (ApiSettings, "VITSEARCH_API_")):
         assert len(cls.model_fields) > 5
         for name in cls.model_fields:
-            row = re.search(rf"<tr>\s*<td><code>{name}</code></td>\s*<td><code>{prefix}{name.upper()}</code></td>"
-                            rf"(.*?)</tr>", text, flags=re.S)
+            row = re.search(
+                rf"<tr>\s*<td><code>{name}</code></td>\s*<td><code>{prefix}{name.upper()}</code></td>"
+                rf"(.*?)</tr>",
+                text,
+                flags=re.S,
+            )
             assert row, f"{cls.__name__}.{name} ({prefix}{name.upper()}) is not in the settings reference"
             assert len(re.sub(r"<[^>]+>", "", row.group(1)).strip()) > 10, f"{name} has no description"
 
@@ -140,11 +153,17 @@ def test_every_route_is_in_the_http_reference(site):
 
 def test_the_python_reference_renders_the_documented_classes(site):
     text = page(site, "reference/python")
-    for name in ("vitsearch.search.client.SearchClient", "vitsearch.search.client.SearchClient.search",
-                 "vitsearch.search.store.collection.Hit", "vitsearch.search.store.collection.Store",
-                 "vitsearch.search.encoder.Encoder", "vitsearch.indexer.runner.index_folder",
-                 "vitsearch.indexer.evaluate.evaluate", "vitsearch.search.errors.VitsearchError",
-                 "vitsearch.search.config.Settings"):
+    for name in (
+        "vitsearch.search.client.SearchClient",
+        "vitsearch.search.client.SearchClient.search",
+        "vitsearch.search.store.collection.Hit",
+        "vitsearch.search.store.collection.Store",
+        "vitsearch.search.encoder.Encoder",
+        "vitsearch.indexer.runner.index_folder",
+        "vitsearch.indexer.evaluate.evaluate",
+        "vitsearch.search.errors.VitsearchError",
+        "vitsearch.search.config.Settings",
+    ):
         assert f'id="{name}"' in text, f"{name} is not in the Python API reference"
 
 
@@ -165,7 +184,9 @@ def undocumented() -> set[str]:
                 if member.startswith("_"):
                     continue
                 function = value.fget if isinstance(value, property) else getattr(value, "__func__", value)
-                if (inspect.isfunction(function) or isinstance(value, property)) and not (function.__doc__ or "").strip():
+                if (inspect.isfunction(function) or isinstance(value, property)) and not (
+                    function.__doc__ or ""
+                ).strip():
                     missing.add(f"{module_name}.{name}.{member}")
     return missing
 
@@ -190,7 +211,7 @@ def test_docs_links_in_the_readme_and_help_exist():
     for path in linked:
         assert (REPO / path).is_file(), f"README.md links {path}, which does not exist"
     runner = CliRunner()
-    for path, command, _ in reference.walk_commands(typer.main.get_command(app)):
+    for path, _command, _ in reference.walk_commands(typer.main.get_command(app)):
         args = path.split()[1:] + ["--help"]
         out = runner.invoke(app, args, terminal_width=200).output
         assert re.search(r"Docs: docs/[\w./-]+\.md", out), f"`{path} --help` does not point to its docs page"
@@ -217,7 +238,10 @@ def test_the_commands_the_docs_show_exist():
     """Every `vitsearch COMMAND --option` in a code block of the README or the docs names a real
     command and real options of it, so an example cannot outlive a renamed option."""
     commands = {path: command for path, command, _ in reference.walk_commands(reference.cli_command())}
-    pages = [REPO / "README.md", *(p for p in (REPO / "docs").rglob("*.md") if not p.relative_to(REPO / "docs").parts[0].startswith("_"))]
+    pages = [
+        REPO / "README.md",
+        *(p for p in (REPO / "docs").rglob("*.md") if not p.relative_to(REPO / "docs").parts[0].startswith("_")),
+    ]
     checked = 0
     for page_path in pages:
         for line in command_lines(page_path.read_text()):
@@ -253,8 +277,11 @@ def test_the_python_examples_use_real_names():
         for block in re.findall(r"^```python\n(.*?)^```", page_path.read_text(), flags=re.S | re.M):
             tree = ast.parse(block)
             for node in ast.walk(tree):
-                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                        and node.value.id in ("client", "hit"):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id in ("client", "hit")
+                ):
                     assert node.attr in known, f"{page_path.name}: {node.value.id}.{node.attr} does not exist"
                     checked += 1
     assert checked >= 3

@@ -4,6 +4,7 @@ copies of real photos, embedded by the real model, are found and grouped with th
 distinct photos are not grouped; ``--folder`` limits both sides; the JSON and CSV shapes; hostile
 names (quotes, newline, bytes that are not UTF-8) come back exact; an empty collection and a
 collection of one image; ``collapse_duplicates`` folds identical bytes into one hit."""
+
 from __future__ import annotations
 
 import csv
@@ -14,25 +15,26 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import EXAMPLES, MILVUS_SERVER_URI, shared_path
+from PIL import Image
 from test_cli import cli
+
 from vitsearch.indexer import index_folder
 from vitsearch.search import SearchClient
 from vitsearch.search.duplicates import CSV_COLUMNS, find_duplicates
 from vitsearch.search.encoder import Encoder
 from vitsearch.search.store import Store
 
-QUOTED = 'quote " \' and\nnewline.jpg'
+QUOTED = "quote \" ' and\nnewline.jpg"
 NOT_UTF8 = os.fsdecode(b"caf\xe9 copy.jpg")
 OLD = 1_000_000_000.0  # an mtime long ago
 
 
 def small(src: Path, out: Path, scale: float = 0.5, quality: int = 90) -> None:
     with Image.open(src) as im:
-        im.convert("RGB").resize((round(im.width * scale), round(im.height * scale)),
-                                 Image.Resampling.LANCZOS).save(out, quality=quality)
+        im.convert("RGB").resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS).save(
+            out, quality=quality
+        )
 
 
 def shop(tmp_path: Path, *items: str) -> Path:
@@ -228,9 +230,12 @@ def test_a_chain_of_look_alikes_is_not_one_group(tmp_path, real_model):
         checked = find_duplicates(store, DEFAULT_DUPLICATE_THRESHOLD)
         store.close(release=True)
     assert group_names(alone) == [["item-0114-jpeg30.jpg", "item-0114.jpg", "item-0257.jpg"]]
-    assert group_names(checked) == [["item-0114-jpeg30.jpg", "item-0114.jpg"]] and checked.groups[0].keep.endswith("item-0114.jpg")
+    assert group_names(checked) == [["item-0114-jpeg30.jpg", "item-0114.jpg"]] and checked.groups[0].keep.endswith(
+        "item-0114.jpg"
+    )
     assert [sorted(os.path.basename(x) for x in (p.a, p.b)) for p in checked.groups[0].pairs] == [
-        ["item-0114-jpeg30.jpg", "item-0114.jpg"]]
+        ["item-0114-jpeg30.jpg", "item-0114.jpg"]
+    ]
 
 
 def test_an_empty_collection_and_a_collection_of_one_image(tmp_path, tiny_model):

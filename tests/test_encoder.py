@@ -1,18 +1,18 @@
 """Contract of search/encoder.py and search/models.py: CLS token of the last hidden state,
 L2-normalised, (N, D) float32; equal to a plain transformers forward pass; encoder identity
 recorded and compared; offline failures are one clear error."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLES
 from PIL import Image
 
 from vitsearch.search.encoder import Encoder, EncoderInfo
 from vitsearch.search.errors import EncoderMismatchError, ModelNotFoundError
 from vitsearch.search.models import DINOV2_SMALL_9L_SHA256, weights_sha256
-
-from conftest import EXAMPLES
 
 PHOTOS = sorted((EXAMPLES / "images").glob("*.jpg"))
 
@@ -87,15 +87,29 @@ def test_bad_dtype_is_refused(tiny_model):
 
 def save_tiny(kind: str, folder):
     """A tiny random checkpoint of each ViT family the product claims, with its image processor."""
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, DeiTConfig, DeiTModel,
-                              Dinov2Config, Dinov2Model, ViTImageProcessor)
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        DeiTConfig,
+        DeiTModel,
+        Dinov2Config,
+        Dinov2Model,
+        ViTImageProcessor,
+    )
 
     torch.manual_seed(0)
-    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                 image_size=32, patch_size=8)
+    small = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
     if kind == "clip":
-        model = CLIPModel(CLIPConfig(vision_config=small, text_config=dict(
-            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64), projection_dim=16))
+        model = CLIPModel(
+            CLIPConfig(
+                vision_config=small,
+                text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+                projection_dim=16,
+            )
+        )
         CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     else:
         if kind == "deit":
@@ -129,8 +143,9 @@ def test_hub_id_is_recorded_as_given(tiny_model, monkeypatch):
     import huggingface_hub
 
     asked = []
-    monkeypatch.setattr(huggingface_hub, "snapshot_download",
-                        lambda repo_id, allow_patterns: asked.append(repo_id) or str(tiny_model))
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda repo_id, allow_patterns: asked.append(repo_id) or str(tiny_model)
+    )
     enc = Encoder.load("someone/tiny-vit")
     assert asked == ["someone/tiny-vit"]
     assert enc.info.model == "someone/tiny-vit" and enc.info.weights_sha256 == weights_sha256(tiny_model)
@@ -154,6 +169,7 @@ def test_cuda_path_copies_asynchronously_and_casts_on_the_device(tiny_model, mon
     def spy(self, *args, **kwargs):
         calls.append((args, kwargs))
         return real_to(self, *args, **kwargs)
+
     monkeypatch.setattr(torch.Tensor, "to", spy)
     encoder.embed_pixels(torch.zeros(2, 3, 32, 32))
     assert calls[0] == ((encoder.device,), {"non_blocking": True}) and calls[1] == ((encoder.dtype,), {})
@@ -173,7 +189,8 @@ def test_mean_pooling_averages_the_patch_tokens_only(kind, prefix, tmp_path, tin
     model = AutoModel.from_pretrained(folder).eval()
     tower = getattr(model, "vision_model", model)
     pixels = AutoImageProcessor.from_pretrained(folder)(
-        images=[Image.open(p).convert("RGB") for p in PHOTOS[:3]], return_tensors="pt")["pixel_values"]
+        images=[Image.open(p).convert("RGB") for p in PHOTOS[:3]], return_tensors="pt"
+    )["pixel_values"]
     with torch.no_grad():
         tokens = tower(pixel_values=pixels).last_hidden_state
     assert tokens.shape[1] == prefix + 16
@@ -236,15 +253,16 @@ def test_image_size_on_dinov2_keeps_the_resize_to_crop_ratio(real_model):
     enc = Encoder.load(str(real_model), image_size=336, runtime="torch")
     assert enc.preprocessor.short_edge == 384 and enc.preprocessor.crop_hw == (336, 336)
     paths = [str(p) for p in PHOTOS[:2]]
-    np.testing.assert_allclose(enc.embed(paths), plain_at_size(real_model, paths, 336, decode=enc.preprocessor.load),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        enc.embed(paths), plain_at_size(real_model, paths, 336, decode=enc.preprocessor.load), atol=1e-4
+    )
 
 
 def test_image_size_is_recorded_reused_and_a_mismatch_refused(photos, db_uri, tiny_model):
     from vitsearch.indexer import index_folder
-    from vitsearch.search.encoder import encoder_for
     from vitsearch.search import SearchClient
     from vitsearch.search.config import Settings
+    from vitsearch.search.encoder import encoder_for
     from vitsearch.search.store import Store
 
     with Store(db_uri, "images") as store:
@@ -252,8 +270,12 @@ def test_image_size_is_recorded_reused_and_a_mismatch_refused(photos, db_uri, ti
         assert store.encoder_info().size_text == "48x48"
         assert encoder_for(store.recorded_encoder(), Settings()).info.size_text == "48x48"  # the collection's size
         with pytest.raises(EncoderMismatchError, match="image.size"):
-            index_folder(str(photos), encoder=encoder_for(store.recorded_encoder(), Settings(image_size=32)),
-                         store=store, workers=0)
+            index_folder(
+                str(photos),
+                encoder=encoder_for(store.recorded_encoder(), Settings(image_size=32)),
+                store=store,
+                workers=0,
+            )
     with SearchClient(uri=db_uri) as client:  # loads the collection's size
         assert client.encoder.info.size_text == "48x48"
         assert client.search(photos / "cat.jpg", k=1)[0].path == str(photos / "cat.jpg")

@@ -2,6 +2,7 @@
 DINOv2, CLS mAP within 0.005 of a brute-force numpy reference over the same embeddings, and at
 least 0.75; on class folders made here from real photos, mAP and recall@k equal a reference
 implementation and recall@k never falls as k grows; the JSON is stable; bad datasets are clear."""
+
 from __future__ import annotations
 
 import json
@@ -11,19 +12,45 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import shared_path, stored_vectors
+
 from vitsearch.indexer import index_folder
+from vitsearch.indexer.evaluate import evaluate, evaluate_collection
 from vitsearch.search import SearchClient
 from vitsearch.search.encoder import Encoder
-from vitsearch.indexer.evaluate import evaluate, evaluate_collection
 from vitsearch.search.metrics import load_dataset
 from vitsearch.search.store import Store
 
 VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
-JSON_KEYS = {"dataset", "layout", "images", "failed", "queries", "model", "pooling", "dim", "image_size", "runtime", "k", "map",
-             "recall", "precision", "ann_recall_at_10", "ann_queries", "images_per_s", "seconds", "uri", "collection",
-             "whitening", "expand", "p_at_10", "match_precision", "match_recall", "unrelated", "unrelated_rejected"}
+JSON_KEYS = {
+    "dataset",
+    "layout",
+    "images",
+    "failed",
+    "queries",
+    "model",
+    "pooling",
+    "dim",
+    "image_size",
+    "runtime",
+    "k",
+    "map",
+    "recall",
+    "precision",
+    "ann_recall_at_10",
+    "ann_queries",
+    "images_per_s",
+    "seconds",
+    "uri",
+    "collection",
+    "whitening",
+    "expand",
+    "p_at_10",
+    "match_precision",
+    "match_recall",
+    "unrelated",
+    "unrelated_rejected",
+}
 
 
 def reference(vectors: dict[str, np.ndarray], queries: dict[str, set[str]], ks) -> tuple[float, dict, dict]:
@@ -39,21 +66,36 @@ def reference(vectors: dict[str, np.ndarray], queries: dict[str, set[str]], ks) 
         for k in ks:
             rec[k].append(hit[:k].sum() / len(relevant))
             prec[k].append(hit[:k].sum() / k)
-    return float(np.mean(aps)), {k: float(np.mean(v)) for k, v in rec.items()}, {k: float(np.mean(v)) for k, v in prec.items()}
+    return (
+        float(np.mean(aps)),
+        {k: float(np.mean(v)) for k, v in rec.items()},
+        {k: float(np.mean(v)) for k, v in prec.items()},
+    )
 
 
 def test_holidays_map_matches_a_brute_force_reference(real_model, tmp_path):
     root = shared_path("data", "holidays-dev")
     uri = str(tmp_path / "eval.db")
-    out = subprocess.run([*VITSEARCH, "eval", root, "--model", real_model, "--uri", uri, "--collection", "h",
-                          "--json"], capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [*VITSEARCH, "eval", root, "--model", real_model, "--uri", uri, "--collection", "h", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert set(result) == JSON_KEYS
-    assert (result["layout"], result["images"], result["queries"], result["pooling"]) == ("groundtruth", 405, 150, "cls")
+    assert (result["layout"], result["images"], result["queries"], result["pooling"]) == (
+        "groundtruth",
+        405,
+        150,
+        "cls",
+    )
     ref_map, ref_recall, ref_precision = reference(stored_vectors(uri, "h"), load_dataset(root).queries, (1, 5, 10))
-    print(f"Holidays-dev CLS mAP {result['map']:.4f} (brute force {ref_map:.4f}), recall {result['recall']}, "
-          f"ANN recall@10 {result['ann_recall_at_10']:.4f}")
+    print(
+        f"Holidays-dev CLS mAP {result['map']:.4f} (brute force {ref_map:.4f}), recall {result['recall']}, "
+        f"ANN recall@10 {result['ann_recall_at_10']:.4f}"
+    )
     assert abs(result["map"] - ref_map) <= 0.005 and result["map"] >= 0.75
     for k in (1, 5, 10):
         assert abs(result["recall"][str(k)] - ref_recall[k]) <= 0.005
@@ -97,6 +139,7 @@ def test_evaluate_is_callable_from_python_and_leaves_nothing_behind(classes, tin
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the temporary database goes
     import tempfile
+
     monkeypatch.setattr(tempfile, "tempdir", None)
     (tmp_path / "elsewhere").mkdir()
     dotted = tmp_path / "elsewhere" / ".." / classes.name  # named as a user types it: the indexer collapses ".."
@@ -123,18 +166,25 @@ def test_linked_class_folders_are_not_classes_and_undecodable_files_are_counted_
     report = evaluate(classes, Settings(model=str(tiny_model), workers=0), (1, 10))
     assert (report.images, report.failed, report.result.queries) == (60, 2, 60)
     assert report.result.map == pytest.approx(before.result.map)  # the same 60 images, the same figures
-    out = subprocess.run([*VITSEARCH, "eval", str(classes), "--model", str(tiny_model), "--json"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [*VITSEARCH, "eval", str(classes), "--model", str(tiny_model), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert (json.loads(out.stdout)["failed"], json.loads(out.stdout)["queries"]) == (2, 60)
 
 
-@pytest.mark.parametrize("layout, args, message", [
-    ("flat", [], "expected groundtruth.json and images/, or one subfolder of images per class"),
-    ("bad-truth", [], "names 1 files not in"),
-    ("flat", ["--k", "0,5"], "--k takes positive integers"),
-    ("flat", ["--pooling", "max"], "Invalid value for '--pooling'"),
-])
+@pytest.mark.parametrize(
+    "layout, args, message",
+    [
+        ("flat", [], "expected groundtruth.json and images/, or one subfolder of images per class"),
+        ("bad-truth", [], "names 1 files not in"),
+        ("flat", ["--k", "0,5"], "--k takes positive integers"),
+        ("flat", ["--pooling", "max"], "Invalid value for '--pooling'"),
+    ],
+)
 def test_bad_datasets_and_options_are_one_clear_line(layout, args, message, tmp_path, photos, tiny_model):
     root = tmp_path / layout
     if layout == "flat":
@@ -143,6 +193,7 @@ def test_bad_datasets_and_options_are_one_clear_line(layout, args, message, tmp_
         (root / "images").mkdir(parents=True)
         shutil.copy(photos / "cat.jpg", root / "images")
         (root / "groundtruth.json").write_text(json.dumps({"cat.jpg": ["missing.jpg"]}))
-    out = subprocess.run([*VITSEARCH, "eval", root, "--model", tiny_model, *args], capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [*VITSEARCH, "eval", root, "--model", tiny_model, *args], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr

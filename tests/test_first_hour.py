@@ -4,6 +4,7 @@ apart from the examples; both listed by `vitsearch collections`; one dropped wit
 
 Everything runs in a fresh user data folder (``XDG_DATA_HOME``), as on a new machine: the default
 database and the pulled model are where a user's would be."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,6 +16,7 @@ import subprocess
 import sys
 
 from conftest import REPO, shared_path
+
 from vitsearch.search.models import DINOV2_SMALL_9L_SHA256
 
 VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
@@ -54,13 +56,17 @@ def main_job() -> list[list[str]]:
 def test_the_main_job_keeps_the_examples_apart_and_a_collection_can_be_dropped(tmp_path):
     real = shared_path("models", "dinov2-small-9l")
     catalog = shared_path("data", "catalog")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("VITSEARCH_DATA_DIR", "VITSEARCH_URI", "VITSEARCH_COLLECTION", "VITSEARCH_MODEL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VITSEARCH_DATA_DIR", "VITSEARCH_URI", "VITSEARCH_COLLECTION", "VITSEARCH_MODEL")
+    }
     env["XDG_DATA_HOME"] = str(tmp_path / "home-data")  # a new user's data folder: ~/.local/share
 
     def run(*args, ok=True):
-        out = subprocess.run([*VITSEARCH, *map(str, args)], capture_output=True, text=True, timeout=300,
-                             env=env, cwd=REPO)
+        out = subprocess.run(
+            [*VITSEARCH, *map(str, args)], capture_output=True, text=True, timeout=300, env=env, cwd=REPO
+        )
         if ok:
             assert out.returncode == 0, (args, out.stderr)
         return out
@@ -102,9 +108,14 @@ def test_the_main_job_keeps_the_examples_apart_and_a_collection_can_be_dropped(t
     listed = json.loads(run("collections", "--json").stdout)
     assert listed["uri"] == str(database)
     assert [(c["name"], c["count"], c["model"], c["dim"], c["indexing"]) for c in listed["collections"]] == [
-        ("examples", 11, "dinov2-small-9l", 384, False), ("images", 5, "dinov2-small-9l", 384, False)]
+        ("examples", 11, "dinov2-small-9l", 384, False),
+        ("images", 5, "dinov2-small-9l", 384, False),
+    ]
     assert run("collections").stdout.splitlines() == [
-        "collection    images  model", "examples          11  dinov2-small-9l", "images             5  dinov2-small-9l"]
+        "collection    images  model",
+        "examples          11  dinov2-small-9l",
+        "images             5  dinov2-small-9l",
+    ]
 
     # Drop the examples: gone, with everything behind the name; the user's collection intact.
     dropped = run("drop", "examples", "--yes")

@@ -5,6 +5,7 @@ tested before it meets a GPU. Not here: the CUDA-only calls (synchronize, pinned
 the ``index_ray`` part: a local Ray cluster started from the command line failed to start in time
 in one CI run (Ray's raylet), so that part is run by hand and in the GPU run; the Ray engine itself
 is tested by tests/test_ray.py."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,24 @@ def report(tmp_path_factory):
     assert (SHARED / "data" / "catalog").is_dir(), f"real photos are needed under {SHARED} (set VITSEARCH_SHARED)"
     out = tmp_path_factory.mktemp("gpu-check")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VITSEARCH_SHARED": str(SHARED)}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
-                           "--parts", ",".join(PARTS), "--out", str(out)], capture_output=True, text=True, timeout=400, env=env, cwd=REPO)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gpu_check.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--parts",
+            ",".join(PARTS),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "report.md").is_file() and (out / "report.json").is_file()
     return json.loads((out / "report.json").read_text()), (out / "report.md").read_text()

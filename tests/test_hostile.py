@@ -2,6 +2,7 @@
 correctly or reports it with its path and a one-line reason, and the run goes on and exits 0;
 --report writes the failures; animated and multi-page files give their first frame, an
 EXIF-rotated photo its upright picture; a file that vanishes mid-run is reported."""
+
 from __future__ import annotations
 
 import csv
@@ -11,11 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hostile
 import pytest
+from conftest import stored_vectors
 from PIL import Image
 
-import hostile
-from conftest import stored_vectors
 from vitsearch.indexer import index_folder
 from vitsearch.search.encoder import Encoder
 from vitsearch.search.store import Store
@@ -39,9 +40,26 @@ def corpus_run(tmp_path_factory, tiny_model):
     uri = str(tmp / "db.db")
     report = tmp / "failures.jsonl"
     # torch: the decode is under test here; int8's batch-dependent rounding is test_runtimes.py's
-    out = subprocess.run([*VITSEARCH, "index", root, "--model", tiny_model, "--uri", uri, "--report", report,
-                          "--runtime", "torch", "--json"], capture_output=True, text=True, timeout=600,
-                         preexec_fn=hostile.without_root_file_access)
+    out = subprocess.run(
+        [
+            *VITSEARCH,
+            "index",
+            root,
+            "--model",
+            tiny_model,
+            "--uri",
+            uri,
+            "--report",
+            report,
+            "--runtime",
+            "torch",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=hostile.without_root_file_access,
+    )
     return root, frame0, uri, report, out
 
 
@@ -58,8 +76,11 @@ def test_every_case_is_indexed_or_reported_with_a_reason(corpus_run):
     if not hostile.permissions_apply(root / "no-permission.jpg"):  # root that cannot drop its access
         print("file permissions do not apply to this process: no-permission.jpg is readable here")
         expected["no-permission.jpg"] = hostile.INDEXED
-    wrong = {name: (want, seen[name]) for name, want in expected.items()
-             if not (seen[name] == want if want == hostile.INDEXED else want in seen[name])}
+    wrong = {
+        name: (want, seen[name])
+        for name, want in expected.items()
+        if not (seen[name] == want if want == hostile.INDEXED else want in seen[name])
+    }
     assert not wrong
     assert summary["indexed"] == len(rows) and summary["failed"] == len(failures)
     assert all("\n" not in reason and reason for reason in failures.values())  # one line each
@@ -78,17 +99,28 @@ def test_first_frames_are_embedded(corpus_run, tiny_model):
 def test_the_report_can_be_csv(tmp_path, photos, tiny_model):
     (photos / "bad.jpg").write_bytes(b"nope")
     report = tmp_path / "failures.csv"
-    out = subprocess.run([*VITSEARCH, "index", photos, "--model", tiny_model, "--uri", tmp_path / "db.db",
-                          "--report", report], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [*VITSEARCH, "index", photos, "--model", tiny_model, "--uri", tmp_path / "db.db", "--report", report],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0 and "1 file could not be indexed (listed in" in out.stdout
-    assert list(csv.reader(report.open())) == [["path", "reason"], [str(photos / "bad.jpg"), "not a recognised image format"]]
+    assert list(csv.reader(report.open())) == [
+        ["path", "reason"],
+        [str(photos / "bad.jpg"), "not a recognised image format"],
+    ]
 
 
 def test_a_folder_without_images_is_not_an_error(tmp_path, tiny_model):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    out = subprocess.run([*VITSEARCH, "index", tmp_path / "empty", "--model", tiny_model, "--uri", tmp_path / "db.db"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [*VITSEARCH, "index", tmp_path / "empty", "--model", tiny_model, "--uri", tmp_path / "db.db"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert f"no image files under {tmp_path / 'empty'} (extensions: .bmp, .gif" in out.stdout
 
@@ -118,6 +150,7 @@ def test_a_file_that_vanishes_between_scan_and_read_is_reported(photos, db_uri, 
             if entry.path.endswith("cat.jpg"):
                 os.unlink(entry.path)  # gone after the scan saw it, before a worker reads it
             yield entry
+
     monkeypatch.setattr(runner, "scan", scan_then_delete)
     with Store(db_uri, "images") as store:
         report = index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=2)
@@ -151,8 +184,13 @@ def test_every_bad_query_is_one_line_and_exit_2(indexed, hostile_queries, tmp_pa
     for path, reason in queries:
         early = os.path.basename(path) not in damaged
         db = str(tmp_path / "never.db") if early else uri
-        out = subprocess.run([*VITSEARCH, "search", path, "--uri", db], capture_output=True, text=True, timeout=300,
-                             preexec_fn=hostile.without_root_file_access)
+        out = subprocess.run(
+            [*VITSEARCH, "search", path, "--uri", db],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=hostile.without_root_file_access,
+        )
         assert out.returncode == 2, (path, out.stderr)
         assert out.stderr.startswith(f"error: {path}: ") and reason in out.stderr, (path, out.stderr)
         assert out.stderr.count("\n") == 1 and out.stdout == "", (path, out.stderr)

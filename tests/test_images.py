@@ -1,17 +1,17 @@
 """Contract of search/images.py: every input type decodes to the same upright RGB image, and bad
 input raises BadImageError naming the source and the reason."""
+
 from __future__ import annotations
 
 import io
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES
 from PIL import Image
 
 from vitsearch.search.errors import BadImageError
 from vitsearch.search.images import decode_bytes, is_image_file, load_image
-
-from conftest import EXAMPLES
 
 CAT = EXAMPLES / "images" / "cat.jpg"
 
@@ -58,11 +58,14 @@ def test_first_frame_of_an_animated_gif():
     assert b > 200 and r < 50
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty file"),
-    (b"<html>not an image</html>", "not a recognised image format"),
-    (CAT.read_bytes()[:2000], "corrupt or truncated"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty file"),
+        (b"<html>not an image</html>", "not a recognised image format"),
+        (CAT.read_bytes()[:2000], "corrupt or truncated"),
+    ],
+)
 def test_bad_bytes_name_the_source_and_reason(data, reason):
     with pytest.raises(BadImageError) as err:
         decode_bytes(data, "/x/bad.jpg")

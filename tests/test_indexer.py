@@ -1,6 +1,7 @@
 """Contract of indexer/: a folder of real photos indexed into a real Milvus Lite collection;
 incremental re-runs, changed files, --prune, failures reported and skipped, the encoder
 record enforced, and vectors equal to a plain transformers forward pass."""
+
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES
 
 from vitsearch.indexer import IndexInterrupted, index_folder
 from vitsearch.indexer.scan import scan
@@ -15,8 +17,6 @@ from vitsearch.search.config import Settings
 from vitsearch.search.encoder import Encoder, encoder_for
 from vitsearch.search.errors import EncoderMismatchError
 from vitsearch.search.store import META_FIELDS, Store
-
-from conftest import EXAMPLES
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,12 @@ def run(folder, uri, encoder, **kw):
 
 def rows(uri) -> dict[str, dict]:
     with Store(uri, "images") as store:
-        return {r["path"]: r for r in store.iter_rows(["size", "mtime", "ctime_ns", "inode", "width", "height",
-                                                        "sha256", "folder", "vector"])}
+        return {
+            r["path"]: r
+            for r in store.iter_rows(
+                ["size", "mtime", "ctime_ns", "inode", "width", "height", "sha256", "folder", "vector"]
+            )
+        }
 
 
 def test_scan_is_recursive_sorted_and_filters_extensions(photos):
@@ -54,6 +58,7 @@ def test_index_rerun_change_and_prune(photos, db_uri, tiny):
     assert stored[cat]["folder"] == str(photos) and stored[cat]["size"] == os.path.getsize(cat)
     assert (stored[cat]["width"], stored[cat]["height"]) == (451, 300)
     import hashlib
+
     assert stored[cat]["sha256"] == hashlib.sha256((photos / "cat.jpg").read_bytes()).hexdigest()
 
     again = run(photos, db_uri, tiny, workers=0)
@@ -152,6 +157,7 @@ def test_the_scan_streams_and_memory_stays_bounded(many, db_uri, tiny, monkeypat
         for entry in real_scan(root, on_error, *rest):
             scanned[0] += 1
             yield entry
+
     monkeypatch.setattr(runner, "scan", counting_scan)
     at_first_write = []
     with Store(db_uri, "images") as store:
@@ -184,6 +190,7 @@ def test_a_failing_write_stops_the_run_and_keeps_what_was_written(photos, db_uri
             if len(calls) == 2:
                 raise StoreError("Milvus at test: upsert failed: injected")
             real_upsert(rows)
+
         monkeypatch.setattr(store, "upsert", flaky)
         with pytest.raises(StoreError, match="injected"):
             index_folder(str(photos), encoder=tiny, store=store, batch_size=4, workers=0)
@@ -199,6 +206,7 @@ def test_an_interrupted_run_writes_what_it_embedded(photos, db_uri, tiny, monkey
             raise KeyboardInterrupt
         embedded.append(len(pixels))
         return real_embed(pixels)
+
     monkeypatch.setattr(tiny, "embed_pixels", interrupted)
     with pytest.raises(IndexInterrupted) as stop:  # a KeyboardInterrupt, with the report
         run(photos, db_uri, tiny, workers=2)
@@ -222,6 +230,7 @@ def test_an_error_while_scanning_reaches_the_caller(photos, db_uri, tiny, monkey
             if len(calls) == 2:
                 raise StoreError("Milvus at test: get failed: injected")
             return real_get(paths, fields)
+
         monkeypatch.setattr(store, "get", failing_get)
         with pytest.raises(StoreError, match="injected"):
             index_folder(str(photos), encoder=tiny, store=store, batch_size=4, workers=2)
@@ -239,6 +248,7 @@ def test_batch_size_for_memory():
 
 # --- bytes you can trust: what a user (or a sync tool) can set back is not trusted --------------
 
+
 def test_a_file_swapped_keeping_size_and_mtime_is_re_embedded(tmp_path, db_uri, tiny):
     folder = tmp_path / "swap"
     folder.mkdir()
@@ -253,6 +263,7 @@ def test_a_file_swapped_keeping_size_and_mtime_is_re_embedded(tmp_path, db_uri, 
     assert again.indexed == 1
     after = rows(db_uri)[str(a)]
     import hashlib
+
     assert after["sha256"] == hashlib.sha256(a.read_bytes()).hexdigest() != before[str(a)]["sha256"]
     assert not np.allclose(after["vector"], before[str(a)]["vector"])
 
@@ -299,6 +310,7 @@ def test_prune_removes_rows_of_paths_that_are_no_longer_regular_files(photos, db
     (photos / "cat.jpg").unlink()
     (photos / "cat.jpg").mkdir()  # a folder of the same name
     import socket
+
     (photos / "coffee.jpg").unlink()
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(photos / "coffee.jpg"))  # a socket of the same name
@@ -335,8 +347,10 @@ def test_a_file_over_the_size_limit_is_refused_unread(photos, db_uri, tiny):
 def test_a_bug_in_preprocessing_stops_the_run_instead_of_failing_every_file(photos, db_uri, tiny, monkeypatch):
     """Only a bad file is a per-file failure; a bug (here a TypeError from the preprocess) is raised,
     not turned into a "successful" run with 0 images indexed."""
+
     def broken(self, image):
         raise TypeError("a bug in Preprocess.__call__")
+
     monkeypatch.setattr(type(tiny.preprocessor), "__call__", broken)
     with pytest.raises(TypeError, match="a bug in Preprocess"):
         run(photos, db_uri, tiny, workers=0)

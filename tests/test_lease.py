@@ -1,6 +1,7 @@
 """Contract of search/lease.py: one writer per collection; a lease of a process that is gone
 (same host) or not renewed for EXPIRE_S (another host) is taken over; a live one is refused
 with a message naming its holder; the lease is given back at the end, also after an error."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,11 @@ import socket
 import time
 
 import pytest
+from test_store import INFO
 
 from vitsearch.search.errors import CollectionBusyError
-from vitsearch.search.store.lease import EXPIRE_S, KEY, writer_lease
 from vitsearch.search.store import Store
-
-from test_store import INFO
+from vitsearch.search.store.lease import EXPIRE_S, KEY, writer_lease
 
 
 @pytest.fixture
@@ -25,8 +25,14 @@ def store(db_uri):
 
 
 def plant(store, **holder):
-    lease = {"token": "t", "host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
-             "renewed": time.time(), **holder}
+    lease = {
+        "token": "t",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "since": time.time(),
+        "renewed": time.time(),
+        **holder,
+    }
     store.set_properties({KEY: json.dumps(lease)})
 
 

@@ -8,6 +8,7 @@ database gets in: it is served on a Unix socket of mode 0600 (also where its pat
 for a socket address), in a folder of mode 0700, and another user (a real other uid) can
 neither read the endpoint nor connect.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from test_store import INFO, make_rows
 
 from vitsearch.search.errors import StoreError
-from vitsearch.search.store.lite import ENDPOINT_FILE, release
 from vitsearch.search.store import Store
-
-from test_store import INFO, make_rows
+from vitsearch.search.store.lite import ENDPOINT_FILE, release
 
 # A second process: open the store, add rows /other/0..n-1, print a JSON line, wait for stdin.
 OTHER = textwrap.dedent("""
@@ -50,8 +50,13 @@ OTHER = textwrap.dedent("""
 
 
 def start_other(db_uri: str, n: int) -> tuple[subprocess.Popen, dict]:
-    proc = subprocess.Popen([sys.executable, "-c", OTHER, db_uri, INFO.to_json(), str(n)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OTHER, db_uri, INFO.to_json(), str(n)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     if not line:
         proc.kill()
@@ -91,8 +96,9 @@ def test_an_idle_lite_client_sends_no_keepalive_pings(tmp_path):
     default) with GOAWAY "too_many_pings" after a few pings; under load the next connection then
     failed ("Fail connecting to server"). grpc core's keepalive trace shows every ping sent."""
     env = {**os.environ, "GRPC_VERBOSITY": "debug", "GRPC_TRACE": "http_keepalive"}
-    out = subprocess.run([sys.executable, "-c", IDLE, str(tmp_path / "milvus.db")], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", IDLE, str(tmp_path / "milvus.db")], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
     assert "keepalive" in out.stderr.lower()  # the trace is on: a missing ping below means something
     assert "Finish keepalive ping" not in out.stderr
@@ -122,9 +128,17 @@ def test_when_the_serving_process_goes_the_next_call_takes_over(db_uri, how):
 
 def test_a_process_that_does_not_share_the_database_gives_a_clear_error(db_uri):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom pymilvus import MilvusClient\n"
-         "MilvusClient(sys.argv[1]).list_collections()\nprint('open', flush=True)\nsys.stdin.readline()",
-         db_uri], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom pymilvus import MilvusClient\n"
+            "MilvusClient(sys.argv[1]).list_collections()\nprint('open', flush=True)\nsys.stdin.readline()",
+            db_uri,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "open"
         with pytest.raises(StoreError, match="open in another process that does not share it"):
@@ -154,6 +168,7 @@ def test_an_old_single_file_database_is_refused_clearly(tmp_path):
 
 
 # --- a --uri that cannot be a database gets its real reason, and nothing is written ------------
+
 
 def test_a_uri_under_a_regular_file_is_refused(tmp_path):
     (tmp_path / "photo.jpg").write_bytes(b"x")
@@ -187,8 +202,12 @@ def run_without_root_file_access(code: str, *args: str) -> subprocess.CompletedP
 
     cmd = [sys.executable, "-c", code, *args]
     if os.geteuid() == 0 and shutil.which("setpriv"):
-        return subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *cmd],
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *cmd],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, preexec_fn=without_root_file_access)
 
 
@@ -208,8 +227,14 @@ def test_a_read_only_database_says_why(db_uri):
             pytest.skip("file permissions do not apply to this process (root that cannot drop its access)")
         out = run_without_root_file_access(
             "import sys\nfrom vitsearch.search.store import Store\n"
-            "try:\n    Store(sys.argv[1], 'images')\nexcept Exception as e:\n    print(type(e).__name__, e)", db_uri)
-        assert "StoreError" in out.stdout and "Permission denied" in out.stdout, (out.stdout, out.stderr[-3000:], out.returncode)
+            "try:\n    Store(sys.argv[1], 'images')\nexcept Exception as e:\n    print(type(e).__name__, e)",
+            db_uri,
+        )
+        assert "StoreError" in out.stdout and "Permission denied" in out.stdout, (
+            out.stdout,
+            out.stderr[-3000:],
+            out.returncode,
+        )
         assert "read-only" in out.stdout and "unknown error" not in out.stdout
     finally:
         for p in [Path(db_uri), *Path(db_uri).rglob("*")]:
@@ -222,7 +247,9 @@ def small_disk(tmp_path):
     """A real 8 MB filesystem (tmpfs), to fill up; skipped where mounting is not allowed."""
     mount = tmp_path / "small"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if made.returncode:
         pytest.skip(f"cannot mount a small tmpfs to fill up here: {made.stderr.strip()} (needs root)")
     yield mount
@@ -284,8 +311,22 @@ def as_other_user(code: str, *args: str) -> str:
     """``python -c code args`` as the user ``nobody`` (uid 65534), its output."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("running as another user needs root and util-linux's setpriv")
-    out = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
-                          sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            "--",
+            sys.executable,
+            "-c",
+            code,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.strip()
 
@@ -323,8 +364,12 @@ def test_a_second_process_of_the_owner_still_connects_over_the_socket(db_uri):
     """The same check's positive side: the owner's other process, given the same endpoint."""
     with Store(db_uri, "images") as store:
         store.ensure(INFO)
-        out = subprocess.run([sys.executable, "-c", INTRUDER, str(Path(db_uri) / ENDPOINT_FILE)],
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", INTRUDER, str(Path(db_uri) / ENDPOINT_FILE)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.stdout.strip().startswith("listed: ["), out.stderr[-3000:]
         assert "images" in out.stdout
 

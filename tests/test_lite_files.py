@@ -7,6 +7,7 @@ collection folder is checked; files that the recovery of a sound database delete
 first; Lite's own warnings are shown. Each case is a real database made by the product (two
 indexing runs of the tiny ViT: two data files of 11 rows), damaged on disk, then used through
 the `vitsearch` command."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES
 from test_cli import cli
 
@@ -77,8 +77,9 @@ def refused(out: subprocess.CompletedProcess, db: Path) -> str:
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
     line = lines[0]
-    assert line.startswith(f"error: Milvus Lite database {db} is damaged, so it was not opened and nothing in it "
-                           "was changed: ")
+    assert line.startswith(
+        f"error: Milvus Lite database {db} is damaged, so it was not opened and nothing in it was changed: "
+    )
     assert "Restore the database folder from a backup, or move it aside (keep it) and index your folders again" in line
     return line
 
@@ -90,7 +91,7 @@ def test_a_damaged_manifest_is_refused_and_no_file_is_deleted(db, damage):
     if damage == "deleted":
         manifest.unlink()
     elif damage == "truncated":
-        manifest.write_bytes(good[:len(good) // 2])
+        manifest.write_bytes(good[: len(good) // 2])
     else:
         manifest.write_bytes(b"\x00\xff not json {{{" * 20)
     before = files(db)

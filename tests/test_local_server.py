@@ -5,6 +5,7 @@ its first start never lets the built-in ``root:Milvus`` in, its files are the us
 what stops a start (a port taken, credentials that do not fit its data) is one line. Skipped,
 saying why, where the package is not installed or another Milvus server holds the embedded
 etcd's fixed ports (then run it in a network namespace of its own)."""
+
 from __future__ import annotations
 
 import base64
@@ -19,9 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES
 from test_cli import VITSEARCH, cli
+
 from vitsearch.search.server import ETCD_PORTS
 
 
@@ -51,8 +52,10 @@ def data_dir(tmp_path, monkeypatch) -> Path:
 def server_env(data_dir):
     pytest.importorskip("milvus", reason="the Milvus server is not installed: pip install 'vitsearch[server]'")
     if taken := [port for port in ETCD_PORTS if listening(port)]:
-        pytest.skip(f"127.0.0.1:{taken[0]} is taken: another Milvus server runs here (run this file in a network "
-                    f"namespace of its own: ip netns exec NAME pytest ...)")
+        pytest.skip(
+            f"127.0.0.1:{taken[0]} is taken: another Milvus server runs here (run this file in a network "
+            f"namespace of its own: ip netns exec NAME pytest ...)"
+        )
     yield data_dir / "server"
     cli("server", "stop", "--grace", "0", ok=False)  # whatever the test left
 
@@ -65,9 +68,8 @@ def test_a_folder_that_milvus_yaml_would_misread_is_refused_before_anything_star
     assert not folder.exists()
 
 
-def test_start_makes_the_server_every_command_default_until_stop_or_death(server_env, photos, tiny_model,
-                                                                          data_dir):
-    from pymilvus import MilvusClient
+def test_start_makes_the_server_every_command_default_until_stop_or_death(server_env, photos, tiny_model, data_dir):
+    from pymilvus import MilvusClient, MilvusException
 
     out = cli("server", "status", ok=False)
     assert out.returncode == 3 and "not running" in out.stdout
@@ -83,9 +85,9 @@ def test_start_makes_the_server_every_command_default_until_stop_or_death(server
     # authentication is on, and the built-in root:Milvus no longer logs in
     credentials = server_env / "credentials"
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
-    with pytest.raises(Exception):
+    with pytest.raises(MilvusException):
         MilvusClient(uri=uri, token="root:Milvus", timeout=5).list_collections()
-    with pytest.raises(Exception):
+    with pytest.raises(MilvusException):
         MilvusClient(uri=uri, timeout=5).list_collections()
 
     # no --uri: index, search and stats go to the server, with its credentials, never to Lite
@@ -149,7 +151,8 @@ def test_the_first_start_never_accepts_the_built_in_password_and_keeps_its_files
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 try:
                     reply = milvus_pb2_grpc.MilvusServiceStub(channel).ShowCollections(
-                        milvus_pb2.ShowCollectionsRequest(), metadata=default, timeout=0.5)
+                        milvus_pb2.ShowCollectionsRequest(), metadata=default, timeout=0.5
+                    )
                     if reply.status.error_code == 0 and reply.status.code == 0:
                         accepted.append(time.monotonic())
                 except grpc.RpcError:
@@ -169,7 +172,7 @@ def test_the_first_start_never_accepts_the_built_in_password_and_keeps_its_files
 
 
 def test_kept_credentials_fit_a_new_data_folder_and_others_are_one_line(server_env):
-    from pymilvus import MilvusClient
+    from pymilvus import MilvusClient, MilvusException
 
     cli("server", "start")
     token = (server_env / "credentials").read_text().strip()
@@ -180,7 +183,7 @@ def test_kept_credentials_fit_a_new_data_folder_and_others_are_one_line(server_e
     assert (server_env / "credentials").read_text().strip() == token  # the kept password, now the new data's
     uri = json.loads(cli("server", "status", "--json").stdout)["uri"]
     MilvusClient(uri=uri, token=token, timeout=10).list_collections()
-    with pytest.raises(Exception):
+    with pytest.raises(MilvusException):
         MilvusClient(uri=uri, token="root:Milvus", timeout=5).list_collections()
     cli("server", "stop")
 

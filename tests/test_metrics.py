@@ -1,6 +1,7 @@
 """Contract of search/metrics.py: average precision as the field defines it (the figures over a
 whole dataset are pinned against a reference in test_eval.py); the exact rankings equal one
 stable sort per query, in chunks and truncated alike; importing it does not import pymilvus."""
+
 from __future__ import annotations
 
 import subprocess
@@ -35,5 +36,5 @@ def test_exact_rankings_are_one_stable_sort_per_query(depth, chunk_bytes):
     got = exact_rankings(matrix, names, queries, leave, depth=depth, chunk_bytes=chunk_bytes)
     for query, left, ranking in zip(queries, leave, got):
         full = [names[i] for i in np.argsort(-(matrix @ query), kind="stable") if names[i] != left]
-        assert ranking == full[:len(names) if depth is None else depth]
+        assert ranking == full[: len(names) if depth is None else depth]
     assert got[0][0] == "n07"  # the duplicate of the query ranks first, the query itself left out

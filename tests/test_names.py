@@ -4,6 +4,7 @@ exact prefix of path components, and pruned only by itself. The hostile-names co
 (tests/hostile.py ``NAMES``) and a property test that generates names, on Milvus Lite and (in the
 server leg of tests/test_server.py) on a Milvus server: the collection always equals the file
 system."""
+
 from __future__ import annotations
 
 import json
@@ -11,18 +12,17 @@ import os
 import shutil
 import tempfile
 
+import hostile
 import numpy as np
 import pytest
+from conftest import MILVUS_SERVER_URI, examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import hostile
-from conftest import MILVUS_SERVER_URI, examples
 from vitsearch.indexer import index_folder
 from vitsearch.search import SearchClient
 from vitsearch.search.encoder import Encoder
 from vitsearch.search.store import Store
-
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +38,10 @@ def stored_paths(uri: str, collection: str = "images") -> set[str]:
 def files_under(root: str) -> set[str]:
     """Image files under ``root`` as the scan sees them: regular files, links to folders not followed."""
     found = set()
-    for folder, dirs, files in os.walk(root):
-        found.update(os.path.join(folder, f) for f in files if os.path.splitext(f)[1].lower() in
-                     {".jpg", ".jpeg", ".png"})
+    for folder, _dirs, files in os.walk(root):
+        found.update(
+            os.path.join(folder, f) for f in files if os.path.splitext(f)[1].lower() in {".jpg", ".jpeg", ".png"}
+        )
     return found
 
 
@@ -56,8 +57,7 @@ def test_every_hostile_name_is_indexed_found_and_returned_exactly(tmp_path, db_u
     report = index(root, db_uri, tiny)
     assert report.failures == [] and report.indexed == len(paths)
     assert stored_paths(db_uri) == set(paths)  # exactly these strings, nothing mangled
-    assert {os.fsencode(p) for p in stored_paths(db_uri)} == {os.path.join(os.fsencode(root), n)
-                                                              for n in hostile.NAMES}
+    assert {os.fsencode(p) for p in stored_paths(db_uri)} == {os.path.join(os.fsencode(root), n) for n in hostile.NAMES}
     with SearchClient(uri=db_uri) as client:
         for path in paths:
             hits = client.search_similar(path, k=1, exclude_self=False)
@@ -76,10 +76,11 @@ def test_the_cli_returns_every_name_exactly(tmp_path, db_uri, tiny_model):
 
     root = tmp_path / "names"
     paths = hostile.build_names(root)
-    out = CliRunner().invoke(app, ["index", str(root), "--model", str(tiny_model), "--uri", db_uri, "--workers", "0",
-                                   "--json"])
+    out = CliRunner().invoke(
+        app, ["index", str(root), "--model", str(tiny_model), "--uri", db_uri, "--workers", "0", "--json"]
+    )
     assert out.exit_code == 0, out.stderr
-    assert json.loads(out.stdout[out.stdout.index("{"):])["indexed"] == len(paths)
+    assert json.loads(out.stdout[out.stdout.index("{") :])["indexed"] == len(paths)
     sample = [p for p in paths if any(b in os.fsencode(p) for b in (b"\xe9t", b"'] or", b"new\n", b"back\\s"))]
     assert len(sample) == 4
     for path in sample:  # a few of the worst names, as a command-line argument and in the JSON printed
@@ -104,7 +105,7 @@ def test_each_name_is_pruned_only_by_itself(tmp_path, db_uri, tiny):
     remaining = set(paths)
     step = 8 if MILVUS_SERVER_URI else 1  # a server leg run takes ~1.4 s: a few names at a time there
     for start in range(0, len(paths), step):
-        group = paths[start:start + step]
+        group = paths[start : start + step]
         for path in group:
             os.unlink(path)
             remaining.discard(path)
@@ -130,26 +131,63 @@ def test_folder_filters_are_exact_prefixes_of_path_components(tmp_path, db_uri, 
 
 # --- the property: for generated names, the collection equals the file system --------------------
 
+
 def legal_name(data: bytes) -> bool:
     return b"/" not in data and b"\0" not in data and data not in (b".", b"..")
 
 
 #: Bytes that broke or could break expressions, patterns, escapes and encodings.
-NASTY = [b"'", b'"', b"\\", b"\n", b"\r", b"\t", b"%", b"_", b"*", b" ", b"]", b"[", b"(", b")",
-         b"\xe9", b"\xff", b"\x80", "\u00e9".encode(), "e\u0301".encode(), "\U0001f600".encode(),
-         b"\\x41", b"\\n", b"or", b"like", b"in", b"==", b"!="]
-name_bytes = st.one_of(
-    st.lists(st.sampled_from(NASTY) | st.binary(min_size=1, max_size=3), min_size=1, max_size=8).map(b"".join),
-    st.binary(min_size=1, max_size=24),
-).filter(legal_name).filter(lambda b: len(b) <= 200)
+NASTY = [
+    b"'",
+    b'"',
+    b"\\",
+    b"\n",
+    b"\r",
+    b"\t",
+    b"%",
+    b"_",
+    b"*",
+    b" ",
+    b"]",
+    b"[",
+    b"(",
+    b")",
+    b"\xe9",
+    b"\xff",
+    b"\x80",
+    "\u00e9".encode(),
+    "e\u0301".encode(),
+    "\U0001f600".encode(),
+    b"\\x41",
+    b"\\n",
+    b"or",
+    b"like",
+    b"in",
+    b"==",
+    b"!=",
+]
+name_bytes = (
+    st.one_of(
+        st.lists(st.sampled_from(NASTY) | st.binary(min_size=1, max_size=3), min_size=1, max_size=8).map(b"".join),
+        st.binary(min_size=1, max_size=24),
+    )
+    .filter(legal_name)
+    .filter(lambda b: len(b) <= 200)
+)
 extension = st.sampled_from([b".jpg", b".JPG", b".jpeg", b".png", b".PNG"])
 file_spec = st.tuples(st.lists(name_bytes, max_size=2).map(tuple), name_bytes, extension)
 
 
-@settings(max_examples=examples(lite=25, server=5), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(files=st.lists(file_spec, min_size=1, max_size=6, unique_by=lambda f: (f[0], f[1] + f[2])),
-       delete=st.lists(st.integers(0, 5), max_size=3), as_folder=st.booleans())
+@settings(
+    max_examples=examples(lite=25, server=5),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    files=st.lists(file_spec, min_size=1, max_size=6, unique_by=lambda f: (f[0], f[1] + f[2])),
+    delete=st.lists(st.integers(0, 5), max_size=3),
+    as_folder=st.booleans(),
+)
 def test_property_the_collection_equals_the_file_system(files, delete, as_folder, db_uri, tiny):
     """One collection for every example, each in a folder of its own, emptied by pruning."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,8 +197,9 @@ def test_property_the_collection_equals_the_file_system(files, delete, as_folder
         for i, (folders, stem, ext) in enumerate(files):
             folder = os.path.join(root, *folders)
             path = os.path.join(folder, stem + ext)
-            if os.path.isdir(path) or any(os.path.isfile(os.path.join(root, *folders[:j]))
-                                          for j in range(1, len(folders) + 1)):
+            if os.path.isdir(path) or any(
+                os.path.isfile(os.path.join(root, *folders[:j])) for j in range(1, len(folders) + 1)
+            ):
                 continue  # a name already taken by a folder, or a folder named like a file
             os.makedirs(folder, exist_ok=True)
             with open(path, "wb") as f:

@@ -1,6 +1,7 @@
 """Contract of search/paths.py: a path of any bytes is stored as valid UTF-8 text that maps back
 to the same bytes, component by component (so a folder's stored text is a prefix of its files');
 a path is shown on one printable line."""
+
 from __future__ import annotations
 
 import os

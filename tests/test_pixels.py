@@ -3,6 +3,7 @@ a side; a copy (50 % downscale, JPEG 30, 90 % centre crop, 10 % darker, and the 
 the keypoint alignment puts back: 2 degrees of rotation, 3 % cut off one side) scores at or above
 PIXEL_THRESHOLD and distinct photos far below it; a file that cannot be read is a BadImageError,
 and the checker reports it and scores its pairs None."""
+
 from __future__ import annotations
 
 import itertools
@@ -10,9 +11,9 @@ import math
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES
 from PIL import Image, ImageEnhance
 
-from conftest import EXAMPLES
 from vitsearch.search import pixels
 from vitsearch.search.errors import BadImageError
 from vitsearch.search.pixels import PIXEL_THRESHOLD, WORK_PX, PixelChecker, pixel_score, signature
@@ -34,12 +35,13 @@ def copies(tmp_path) -> dict[str, str]:
     out = {}
     dx, dy = round(rgb.width * 0.05), round(rgb.height * 0.05)
     for name, image, quality in (
-            ("down50", rgb.resize((rgb.width // 2, rgb.height // 2), Image.Resampling.LANCZOS), 90),
-            ("jpeg30", rgb, 30),
-            ("crop90", rgb.crop((dx, dy, rgb.width - dx, rgb.height - dy)), 90),
-            ("darker", ImageEnhance.Brightness(rgb).enhance(0.9), 90),
-            ("rot2", straightened(rgb, 2.0), 90),
-            ("shift3", rgb.crop((round(rgb.width * 0.03), 0, rgb.width, rgb.height)), 90)):
+        ("down50", rgb.resize((rgb.width // 2, rgb.height // 2), Image.Resampling.LANCZOS), 90),
+        ("jpeg30", rgb, 30),
+        ("crop90", rgb.crop((dx, dy, rgb.width - dx, rgb.height - dy)), 90),
+        ("darker", ImageEnhance.Brightness(rgb).enhance(0.9), 90),
+        ("rot2", straightened(rgb, 2.0), 90),
+        ("shift3", rgb.crop((round(rgb.width * 0.03), 0, rgb.width, rgb.height)), 90),
+    ):
         out[name] = str(tmp_path / f"{name}.jpg")
         image.save(out[name], quality=quality)
     return out
@@ -49,7 +51,11 @@ def test_a_signature_is_the_image_at_working_size_and_matches_itself():
     sig = signature(str(PHOTOS / "cat.jpg"))
     with Image.open(PHOTOS / "cat.jpg") as im:
         width, height = im.size
-    assert sig.rgb.dtype == np.uint8 and sig.rgb.shape[2] == 3 and max(sig.rgb.shape[:2]) == min(WORK_PX, max(width, height))
+    assert (
+        sig.rgb.dtype == np.uint8
+        and sig.rgb.shape[2] == 3
+        and max(sig.rgb.shape[:2]) == min(WORK_PX, max(width, height))
+    )
     assert abs(sig.rgb.shape[1] / sig.rgb.shape[0] - width / height) < 0.02
     assert pixel_score(sig, sig) == pytest.approx(1.0, abs=1e-5)
 
@@ -84,8 +90,11 @@ def test_unreadable_files_are_reported_and_their_pairs_unscored(tmp_path):
 
 def test_a_blank_matches_only_a_blank_of_the_same_colour(tmp_path):
     made = {}
-    for name, size, colour in (("white", (300, 200), "white"), ("white-small", (150, 100), "white"),
-                               ("off-white", (300, 200), (245, 245, 245))):
+    for name, size, colour in (
+        ("white", (300, 200), "white"),
+        ("white-small", (150, 100), "white"),
+        ("off-white", (300, 200), (245, 245, 245)),
+    ):
         made[name] = str(tmp_path / f"{name}.png")
         Image.new("RGB", size, colour).save(made[name])
     white, small, off = (signature(made[n]) for n in ("white", "white-small", "off-white"))

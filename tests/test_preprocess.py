@@ -3,6 +3,7 @@ gives the same model input as its ``AutoImageProcessor`` on real photos (measure
 difference 0 for DINOv2's, ViT's, DeiT's and CLIP's processors); a JPEG decoded at reduced scale
 (``Image.draft``) gives the same embedding (cosine > 0.9999 measured with the real DINOv2); a
 processor with options it does not implement is called as it is."""
+
 from __future__ import annotations
 
 import io
@@ -10,9 +11,9 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLES, shared_path
 from PIL import Image
 
-from conftest import EXAMPLES, shared_path
 from vitsearch.search.images import decode_bytes, decode_sized
 from vitsearch.search.preprocess import DRAFT_MARGIN, Preprocess
 
@@ -30,16 +31,17 @@ def real_photos() -> list[tuple[str, Image.Image]]:
 
 
 def processors():
-    from transformers import (AutoImageProcessor, CLIPImageProcessor, DeiTImageProcessor,
-                              ViTImageProcessor)
+    from transformers import AutoImageProcessor, CLIPImageProcessor, DeiTImageProcessor, ViTImageProcessor
 
     yield "ViT 224", ViTImageProcessor()
     yield "ViT 32x32 (tests' tiny model)", ViTImageProcessor(size={"height": 32, "width": 32})
     yield "DeiT (256, crop 224)", DeiTImageProcessor()
     yield "CLIP (short side 224, crop)", CLIPImageProcessor()
     try:
-        yield "DINOv2 (short side 256, crop 224)", AutoImageProcessor.from_pretrained(
-            shared_path("models", "dinov2-small-9l"))
+        yield (
+            "DINOv2 (short side 256, crop 224)",
+            AutoImageProcessor.from_pretrained(shared_path("models", "dinov2-small-9l")),
+        )
     except pytest.skip.Exception:
         pass
 
@@ -49,8 +51,10 @@ def test_same_input_as_auto_image_processor_on_real_photos():
     for name, processor in processors():
         pre = Preprocess.from_processor(processor)
         assert pre.native, name
-        worst = max(float(np.abs(pre(img) - processor(images=[img], return_tensors="np")["pixel_values"][0]).max())
-                    for _, img in photos)
+        worst = max(
+            float(np.abs(pre(img) - processor(images=[img], return_tensors="np")["pixel_values"][0]).max())
+            for _, img in photos
+        )
         assert worst <= 1e-6, f"{name}: max abs difference {worst}"
         batch = pre.batch([img for _, img in photos[:3]])
         assert batch.dtype == torch.float32 and batch.shape[:2] == (3, 3)

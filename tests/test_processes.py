@@ -1,4 +1,5 @@
 """pid_alive: the one liveness check of the Lite endpoint, the index lease and the local server."""
+
 import os
 import subprocess
 import sys

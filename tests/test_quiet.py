@@ -3,6 +3,7 @@
 counted by extension, a --folder without indexed images refused (exit 2), --help without type
 artefacts or second spellings, one default model, hints with --model where the default model is
 not available offline, no transformers bars or advice from a library load."""
+
 from __future__ import annotations
 
 import json
@@ -16,19 +17,43 @@ import pytest
 from vitsearch.search.config import DEFAULT_MODEL
 
 VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
-COMMANDS = [[], ["index"], ["search"], ["stats"], ["collections"], ["drop"], ["duplicates"], ["ui"], ["serve"],
-            ["eval"], ["train"], ["model"], ["model", "pull"], ["model", "list"], ["server"], ["server", "start"],
-            ["server", "stop"], ["server", "status"]]
+COMMANDS = [
+    [],
+    ["index"],
+    ["search"],
+    ["stats"],
+    ["collections"],
+    ["drop"],
+    ["duplicates"],
+    ["ui"],
+    ["serve"],
+    ["eval"],
+    ["train"],
+    ["model"],
+    ["model", "pull"],
+    ["model", "list"],
+    ["server"],
+    ["server", "start"],
+    ["server", "stop"],
+    ["server", "status"],
+]
 
 
 def cli(*args, **env):
-    return subprocess.run([*VITSEARCH, *map(str, args)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [*VITSEARCH, *map(str, args)], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
 
 
 def test_index_is_quiet_unless_verbose_and_counts_unsupported_files(photos, tmp_path, tiny_model):
-    for name, data in (("clip.mp4", b"\0" * 10), ("a.heic", b"x"), ("b.HEIC", b"x"), ("notes", b"x"),
-                       (".DS_Store", b"x"), ("sub/c.heic", b"x")):
+    for name, data in (
+        ("clip.mp4", b"\0" * 10),
+        ("a.heic", b"x"),
+        ("b.HEIC", b"x"),
+        ("notes", b"x"),
+        (".DS_Store", b"x"),
+        ("sub/c.heic", b"x"),
+    ):
         (photos / name).write_bytes(data)
     uri = tmp_path / "db.db"
     first = cli("index", photos, "--model", tiny_model, "--uri", uri, "--workers", "0")
@@ -48,8 +73,10 @@ def test_a_folder_without_indexed_images_is_refused(indexed, tmp_path):
     query = photos / "cat.jpg"
     out = cli("search", query, "--uri", uri, "--folder", tmp_path / "elsewhere")
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr == (f"error: no indexed image is in {tmp_path / 'elsewhere'} or below it, in collection "
-                          f"'images': --folder takes a folder that was indexed (see `vitsearch stats`)\n")
+    assert out.stderr == (
+        f"error: no indexed image is in {tmp_path / 'elsewhere'} or below it, in collection "
+        f"'images': --folder takes a folder that was indexed (see `vitsearch stats`)\n"
+    )
     inside = cli("search", query, "--uri", uri, "--folder", photos / "sub", "--json")
     assert inside.returncode == 0, inside.stderr
     assert [h["path"] for h in json.loads(inside.stdout)["hits"]] == [str(photos / "sub" / "rocket.jpg")]
@@ -79,8 +106,9 @@ def test_the_default_model_is_stated_once_and_the_same_everywhere():
 def test_hints_name_the_offline_model_where_the_default_one_is_not_here(tmp_path, tiny_model):
     lacking = cli("stats", "--uri", tmp_path / "a.db", HF_HUB_OFFLINE="1")
     assert lacking.returncode == 1
-    assert ("index a folder first: vitsearch model pull dinov2-small-9l, then vitsearch index DIR "
-            "--model dinov2-small-9l") in lacking.stderr
+    assert (
+        "index a folder first: vitsearch model pull dinov2-small-9l, then vitsearch index DIR --model dinov2-small-9l"
+    ) in lacking.stderr
     here = cli("stats", "--uri", tmp_path / "b.db", VITSEARCH_MODEL=str(tiny_model))
     assert here.returncode == 1 and here.stderr.rstrip().endswith("index a folder first: vitsearch index DIR")
 
@@ -89,9 +117,11 @@ def test_loading_a_model_through_the_library_prints_nothing(indexed):
     """SearchClient in a user's script (no vitsearch application set up) loading its model with
     transformers: no progress bar (`Loading weights`), no processor advice on stderr."""
     photos, uri = indexed
-    script = (f"from vitsearch.search.client import SearchClient\n"
-              f"with SearchClient({uri!r}, runtime='torch') as c:\n"
-              f"    print(c.search({str(photos / 'cat.jpg')!r}, k=1)[0].path)")
+    script = (
+        f"from vitsearch.search.client import SearchClient\n"
+        f"with SearchClient({uri!r}, runtime='torch') as c:\n"
+        f"    print(c.search({str(photos / 'cat.jpg')!r}, k=1)[0].path)"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(photos / "cat.jpg")

@@ -1,6 +1,7 @@
 """``--engine ray``: a real local Ray cluster (``ray.init(num_cpus=2)``, CPU only) indexes real
 photos with the tiny test ViT into a real Milvus Lite collection, and must give the rows the
 local engine gives; bad files are reported, lost workers are retried, re-runs are incremental."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,9 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '
 
 from typer.testing import CliRunner  # noqa: E402
 
+from vitsearch.cli import app  # noqa: E402
 from vitsearch.indexer import index_folder  # noqa: E402
 from vitsearch.indexer.ray_engine import index_with_ray  # noqa: E402
-from vitsearch.cli import app  # noqa: E402
 from vitsearch.search.config import Settings  # noqa: E402
 from vitsearch.search.encoder import Encoder  # noqa: E402
 from vitsearch.search.errors import CollectionNotFoundError, StoreError  # noqa: E402
@@ -74,7 +75,11 @@ def test_same_rows_and_vectors_as_the_local_engine(photos, tmp_path, tiny):
     (photos / "cat.jpg").write_bytes((photos / "coffee.jpg").read_bytes())  # new bytes
     changed = ray_index(photos, str(tmp_path / "ray.db"), tiny)
     assert (changed.indexed, changed.unchanged) == (1, 10)
-    assert rows(str(tmp_path / "ray.db"))[str(photos / "cat.jpg")]["size"] == (photos / "coffee.jpg").stat().st_size != st.st_size
+    assert (
+        rows(str(tmp_path / "ray.db"))[str(photos / "cat.jpg")]["size"]
+        == (photos / "coffee.jpg").stat().st_size
+        != st.st_size
+    )
 
 
 def test_a_uri_source_is_read_through_pyarrow(photos, tmp_path, tiny):
@@ -94,13 +99,13 @@ def test_cli_reports_a_corrupt_file_and_goes_on(photos, tmp_path, tiny_model):
     args = ["index", str(photos), "--engine", "ray", "--model", str(tiny_model), "--uri", uri, "--json"]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
-    summary = json.loads(out.stdout[out.stdout.index("{"):])
+    summary = json.loads(out.stdout[out.stdout.index("{") :])
     assert (summary["indexed"], summary["failed"]) == (11, 2)
     reasons = {os.path.basename(f["path"]): f["reason"] for f in summary["failures"]}
     assert "truncated" in reasons["corrupt.jpg"] and "not a recognised image format" in reasons["text.png"]
     assert str(photos / "corrupt.jpg") not in rows(uri) and len(rows(uri)) == 11
 
-    again = json.loads((out := CliRunner().invoke(app, args)).stdout[out.stdout.index("{"):])
+    again = json.loads((out := CliRunner().invoke(app, args)).stdout[out.stdout.index("{") :])
     assert (again["indexed"], again["unchanged"], again["failed"]) == (0, 11, 2)
 
 
@@ -120,9 +125,25 @@ def test_a_local_cluster_that_does_not_start_in_time_is_one_line_that_says_what_
 
     uri = str(tmp_path / "late.db")
     env = {**os.environ, "VITSEARCH_RAY_START_S": "0", "RAY_ADDRESS": ""}
-    out = subprocess.run([sys.executable, "-c", "from vitsearch.cli import main; main()", "index", str(photos),
-                          "--engine", "ray", "--model", str(tiny_model), "--uri", uri],
-                         capture_output=True, text=True, timeout=300, env=env)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from vitsearch.cli import main; main()",
+            "index",
+            str(photos),
+            "--engine",
+            "ray",
+            "--model",
+            str(tiny_model),
+            "--uri",
+            uri,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr
     assert "trying once more" in out.stderr

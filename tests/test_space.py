@@ -4,6 +4,7 @@ request, removed with ``--whitening none``; every vector rewritten without embed
 again (the raw embeddings recovered); searches during a re-learn answered in one space; a run
 killed during the rewrite finished by the next; collections of 1, 11 and 5,000 images. Run
 again against a Milvus server by tests/test_server.py."""
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
 from vitsearch.indexer import index_folder
 from vitsearch.search.client import SearchClient
 from vitsearch.search.encoder import Encoder
@@ -141,7 +142,9 @@ def test_searches_during_a_relearn_stay_in_one_space(tmp_path, db_uri, encoder):
     assert not errors, errors[:3]
     assert len(scores) > 20
     # a query mapped with one space and compared with vectors of another would not find itself at ~1
-    assert all(same and score > 0.9999 for same, score in scores), [s for s in scores if not (s[0] and s[1] > 0.9999)][:5]
+    assert all(same and score > 0.9999 for same, score in scores), [s for s in scores if not (s[0] and s[1] > 0.9999)][
+        :5
+    ]
 
 
 def test_a_reader_on_a_generation_being_dropped_follows_the_move(tmp_path, db_uri, encoder, monkeypatch):
@@ -157,6 +160,7 @@ def test_a_reader_on_a_generation_being_dropped_follows_the_move(tmp_path, db_ur
 
         def empty_instead_of_drop(store, name):  # what a concurrent reader of Lite sees mid-drop
             store._client.delete(name, filter='path != ""')
+
         monkeypatch.setattr(Store, "drop_physical", empty_instead_of_drop)
         with Store(db_uri, "images") as writer:
             update_space(writer, relearn=True)
@@ -185,8 +189,13 @@ def test_a_kill_during_relearn_is_finished_by_the_next_run(tmp_path, db_uri, enc
     with Store(db_uri, "images") as store:
         before_id, count = read_space(store).id, store.count()
         store.close(release=True)
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RELEARN, db_uri], stdout=subprocess.PIPE, text=True,
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RELEARN, db_uri],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     seen = 0
     while seen < 3:  # three batches written and recorded, the copy half done
         line = proc.stdout.readline()
@@ -241,9 +250,22 @@ def test_collections_of_1_11_and_5000_images(tmp_path, db_uri, encoder, photos):
         rng = np.random.default_rng(0)
         raw = rng.standard_normal((5000, encoder.dim)).astype(np.float32) * np.linspace(4, 0.5, encoder.dim)
         raw = (raw + 3) / np.linalg.norm(raw + 3, axis=1, keepdims=True)
-        rows = [{"path": f"/synthetic/{i:05d}.jpg", "vector": v, "folder": "/synthetic", "size": 1, "mtime": 0.0,
-                 "ctime_ns": 0, "inode": i, "width": 1, "height": 1, "sha256": f"{i:064x}", "indexed_at": 0.0}
-                for i, v in enumerate(raw)]
+        rows = [
+            {
+                "path": f"/synthetic/{i:05d}.jpg",
+                "vector": v,
+                "folder": "/synthetic",
+                "size": 1,
+                "mtime": 0.0,
+                "ctime_ns": 0,
+                "inode": i,
+                "width": 1,
+                "height": 1,
+                "sha256": f"{i:064x}",
+                "indexed_at": 0.0,
+            }
+            for i, v in enumerate(raw)
+        ]
         with writer_lease(store):
             store.upsert(rows)
             space = update_space(store)

@@ -1,19 +1,19 @@
 """Contract of search/store.py on a real Milvus Lite database: the collection records its
 encoder and refuses another; rows are upserted, read, iterated and deleted by path; search
 agrees with an exact numpy cosine reference."""
+
 from __future__ import annotations
 
 import grpc
 import numpy as np
 import pytest
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vitsearch.search.encoder_info import EncoderInfo
 from vitsearch.search.errors import BadQueryError, CollectionNotFoundError, EncoderMismatchError, StoreError
 from vitsearch.search.store import Store
-
-from conftest import examples
 
 INFO = EncoderInfo(model="m", weights_sha256="a" * 64, dim=16, pooling="cls", image_size="32x32")
 
@@ -22,9 +22,22 @@ def make_rows(n: int, seed: int = 0) -> tuple[list[dict], np.ndarray]:
     rng = np.random.default_rng(seed)
     v = rng.normal(size=(n, INFO.dim)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    rows = [{"path": f"/photos/{i % 3}/img_{i}.jpg", "vector": v[i], "folder": f"/photos/{i % 3}",
-             "size": 1000 + i, "mtime": 1.7e9 + i / 7, "ctime_ns": 1_700_000_000_000_000_000 + i, "inode": 2**63 - 1 - i,
-             "width": 100 + i, "height": 50, "sha256": f"{i:064x}", "indexed_at": 1.8e9} for i in range(n)]
+    rows = [
+        {
+            "path": f"/photos/{i % 3}/img_{i}.jpg",
+            "vector": v[i],
+            "folder": f"/photos/{i % 3}",
+            "size": 1000 + i,
+            "mtime": 1.7e9 + i / 7,
+            "ctime_ns": 1_700_000_000_000_000_000 + i,
+            "inode": 2**63 - 1 - i,
+            "width": 100 + i,
+            "height": 50,
+            "sha256": f"{i:064x}",
+            "indexed_at": 1.8e9,
+        }
+        for i in range(n)
+    ]
     return rows, v
 
 
@@ -150,11 +163,20 @@ def test_the_token_is_never_shown(monkeypatch):
 
 # --- expressions: the one escaping function, against the real parser of each backend -----------
 
-@settings(max_examples=examples(lite=60, server=6), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(names=st.lists(st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=30)
-                      .map(lambda s: s.replace("\0", "").replace("/", "")).filter(bool),
-                      min_size=2, max_size=8, unique=True))
+
+@settings(
+    max_examples=examples(lite=60, server=6), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    names=st.lists(
+        st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=30)
+        .map(lambda s: s.replace("\0", "").replace("/", ""))
+        .filter(bool),
+        min_size=2,
+        max_size=8,
+        unique=True,
+    )
+)
 def test_any_path_is_stored_found_and_deleted_by_itself(names, db_uri):
     prefix = f"/example-{abs(hash(tuple(names)))}"  # one collection for every example, a folder each
     paths = [f"{prefix}/{n}" for n in names]
@@ -171,8 +193,19 @@ def test_any_path_is_stored_found_and_deleted_by_itself(names, db_uri):
         assert list(store.iter_rows(folder=prefix)) == []
 
 
-@pytest.mark.parametrize("bad", ["1==1) or (1==1", "(width > 1", "width > 1)", 'folder == "x', "folder == 'x",
-                                 "]", "path in [\"a\"", "width > 1) or path != (\"x\""])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "1==1) or (1==1",
+        "(width > 1",
+        "width > 1)",
+        'folder == "x',
+        "folder == 'x",
+        "]",
+        'path in ["a"',
+        'width > 1) or path != ("x"',
+    ],
+)
 def test_a_filter_that_is_not_one_balanced_expression_is_refused(db_uri, bad):
     rows, v = make_rows(6)
     with Store(db_uri, "images") as store:
@@ -202,11 +235,23 @@ def test_a_schema_1_collection_is_searchable_and_upgraded_without_losing_rows(db
             schema.add_field(name, DataType.DOUBLE)
         schema.add_field("sha256", DataType.VARCHAR, max_length=64)
         index = client.prepare_index_params()
-        index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200})
-        client.create_collection("images", schema=schema, index_params=index, consistency_level="Strong",
-                                 properties={"vitsearch.encoder": INFO.to_json(), "vitsearch.schema_version": "1"})
-        client.insert("images", [{k: (val.tolist() if k == "vector" else val) for k, val in r.items()
-                                  if k not in ("ctime_ns", "inode")} for r in rows])
+        index.add_index(
+            field_name="vector", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200}
+        )
+        client.create_collection(
+            "images",
+            schema=schema,
+            index_params=index,
+            consistency_level="Strong",
+            properties={"vitsearch.encoder": INFO.to_json(), "vitsearch.schema_version": "1"},
+        )
+        client.insert(
+            "images",
+            [
+                {k: (val.tolist() if k == "vector" else val) for k, val in r.items() if k not in ("ctime_ns", "inode")}
+                for r in rows
+            ],
+        )
     with Store(db_uri, "images") as store:
         before = store.search(v[:1], k=5)[0]
         assert before[0].path == rows[0]["path"] and before[0].metadata["inode"] == -1  # readable as it is

@@ -5,6 +5,7 @@ its epoch-0 report is the pretrained encoder's own figure, and the saved folder 
 AutoModel and indexes into Milvus Lite; a CLIP checkpoint is trained and saved as its vision
 model; the per-epoch figures equal an independent reference; bad files are skipped; bad
 datasets and options are one clear error."""
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,10 @@ import torch
 from PIL import Image
 
 from vitsearch.indexer import index_folder
+from vitsearch.indexer.evaluate import evaluate_collection
 from vitsearch.search import SearchClient
 from vitsearch.search.encoder import Encoder
 from vitsearch.search.errors import BadQueryError
-from vitsearch.indexer.evaluate import evaluate_collection
 from vitsearch.search.metrics import load_dataset
 from vitsearch.search.store import Store
 from vitsearch.train import Augment, ScratchConfig, retrieval_figures, split_classes, train
@@ -75,9 +76,14 @@ def random_vit(folder: Path, shape: ScratchConfig, seed: int) -> Path:
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
     torch.manual_seed(seed)
-    config = ViTConfig(image_size=shape.image_size, patch_size=shape.patch_size, hidden_size=shape.dim,
-                       num_hidden_layers=shape.depth, num_attention_heads=shape.heads,
-                       intermediate_size=shape.mlp_dim)
+    config = ViTConfig(
+        image_size=shape.image_size,
+        patch_size=shape.patch_size,
+        hidden_size=shape.dim,
+        num_hidden_layers=shape.depth,
+        num_attention_heads=shape.heads,
+        intermediate_size=shape.mlp_dim,
+    )
     ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
     ViTImageProcessor(size={"height": shape.image_size, "width": shape.image_size}).save_pretrained(folder)
     return folder
@@ -85,8 +91,7 @@ def random_vit(folder: Path, shape: ScratchConfig, seed: int) -> Path:
 
 def test_scratch_vit_on_digits_beats_a_random_init_on_held_out_map(digits, tmp_path):
     seen = []
-    result = train(digits / "train", tmp_path / "vit", scratch=DIGITS_VIT, epochs=15, on_epoch=seen.append,
-                   **DIGITS)
+    result = train(digits / "train", tmp_path / "vit", scratch=DIGITS_VIT, epochs=15, on_epoch=seen.append, **DIGITS)
     assert seen == result.epochs and [r.epoch for r in seen] == list(range(1, 16))  # no epoch 0 from scratch
     n_train = len(list((digits / "train").rglob("*.png")))
     assert result.train_images + result.val_images == n_train and result.failures == []
@@ -97,8 +102,10 @@ def test_scratch_vit_on_digits_beats_a_random_init_on_held_out_map(digits, tmp_p
 
     trained = reference_map(result.out_dir, digits / "test")
     baseline = [reference_map(random_vit(tmp_path / f"random-{s}", DIGITS_VIT, s), digits / "test") for s in (1, 2)]
-    print(f"digits held-out mAP: trained {trained:.3f}, random init {baseline}; per epoch:\n" +
-          "\n".join(r.line(15) for r in seen))
+    print(
+        f"digits held-out mAP: trained {trained:.3f}, random init {baseline}; per epoch:\n"
+        + "\n".join(r.line(15) for r in seen)
+    )
     # Measured (2 CPU cores, ~8 s of training): trained 0.706, random init 0.136 and 0.137.
     assert trained >= max(baseline) + 0.3
 
@@ -106,21 +113,35 @@ def test_scratch_vit_on_digits_beats_a_random_init_on_held_out_map(digits, tmp_p
     test_items = [(str(p), int(p.parent.name)) for p in sorted((digits / "test").rglob("*.png"))]
     # 1e-6: the library ranks with one (Q, N) matrix product, the reference one query at a time;
     # float32 rounding may swap two images whose scores differ by ~1e-7
-    assert retrieval_figures(Encoder.load(str(result.out_dir), runtime="torch"), test_items)["map"] == pytest.approx(trained, abs=1e-6)
+    assert retrieval_figures(Encoder.load(str(result.out_dir), runtime="torch"), test_items)["map"] == pytest.approx(
+        trained, abs=1e-6
+    )
 
 
 def test_fine_tuning_improves_held_out_map_and_the_folder_indexes(digits, tmp_path):
     # "Pretrained" here: a ViT trained from scratch on digits 0-4 only, then fine-tuned on 5-9.
-    pretrained = train(subset(digits / "train", tmp_path / "low", range(5)), tmp_path / "pretrained",
-                       scratch=DIGITS_VIT, epochs=12, **DIGITS).out_dir
+    pretrained = train(
+        subset(digits / "train", tmp_path / "low", range(5)),
+        tmp_path / "pretrained",
+        scratch=DIGITS_VIT,
+        epochs=12,
+        **DIGITS,
+    ).out_dir
     data = subset(digits / "train", tmp_path / "high", range(5, 10))
     broken = data / "5" / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
     failed = []
     # lr 1e-3, the rate it was pretrained at (the default, 1e-4, suits real checkpoints: measured
     # here it also improves held-out mAP, 0.33 -> 0.42, by less).
-    result = train(data, tmp_path / "tuned", from_model=str(pretrained), epochs=6, lr=1e-3,
-                   on_failure=lambda p, r: failed.append(p), **DIGITS)
+    result = train(
+        data,
+        tmp_path / "tuned",
+        from_model=str(pretrained),
+        epochs=6,
+        lr=1e-3,
+        on_failure=lambda p, r: failed.append(p),
+        **DIGITS,
+    )
     assert failed == [str(broken)] and [p for p, _ in result.failures] == [str(broken)]
     assert [r.epoch for r in result.epochs] == list(range(7))
     first, last = result.epochs[0], result.epochs[-1]
@@ -129,8 +150,12 @@ def test_fine_tuning_improves_held_out_map_and_the_folder_indexes(digits, tmp_pa
     # Epoch 0 is the pretrained encoder's own figure, and the last epoch's is the saved model's.
     classes, _, val, failures = split_classes(data, 0.2, seed=0, check=lambda p: "bad" if p == str(broken) else None)
     assert len(val) == result.val_images and classes == result.classes == [str(d) for d in range(5, 10)]
-    assert retrieval_figures(Encoder.load(str(pretrained), runtime="torch"), val)["map"] == pytest.approx(first.map, abs=1e-6)
-    assert retrieval_figures(Encoder.load(str(result.out_dir), runtime="torch"), val)["map"] == pytest.approx(last.map, abs=1e-6)
+    assert retrieval_figures(Encoder.load(str(pretrained), runtime="torch"), val)["map"] == pytest.approx(
+        first.map, abs=1e-6
+    )
+    assert retrieval_figures(Encoder.load(str(result.out_dir), runtime="torch"), val)["map"] == pytest.approx(
+        last.map, abs=1e-6
+    )
     print("fine-tuning on digits 5-9:\n" + "\n".join(r.line(6) for r in result.epochs))
     assert last.map >= first.map + 0.1
 
@@ -140,7 +165,11 @@ def test_fine_tuning_improves_held_out_map_and_the_folder_indexes(digits, tmp_pa
     net = AutoModel.from_pretrained(result.out_dir)
     assert isinstance(net, ViTModel) and not any("head" in k for k in net.state_dict())
     assert {p.name for p in result.out_dir.iterdir()} == {
-        "config.json", "model.safetensors", "preprocessor_config.json", "training.json"}
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "training.json",
+    }
 
     # Held out, through the product: index the test images of 5-9 and run `vitsearch eval`'s evaluate_collection().
     test = subset(digits / "test", tmp_path / "test-high", range(5, 10))
@@ -160,10 +189,25 @@ def test_a_clip_checkpoint_is_trained_and_saved_as_its_vision_model(digits, tmp_
     from transformers import AutoModel, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionModel
 
     torch.manual_seed(0)
-    config = CLIPConfig(text_config=dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                         intermediate_size=37, max_position_embeddings=16),
-                        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                           intermediate_size=37, image_size=32, patch_size=8), projection_dim=16)
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=16,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
     clip = tmp_path / "clip"
     CLIPModel(config).save_pretrained(clip)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(clip)
@@ -174,13 +218,17 @@ def test_a_clip_checkpoint_is_trained_and_saved_as_its_vision_model(digits, tmp_
             shutil.copy(p, data / str(d))
     out, link = tmp_path / "out", tmp_path / "link"
     shutil.copytree(clip, out)  # a model folder vitsearch wrote is replaced, with overwrite, through a link to it
-    (out / "training.json").write_text(json.dumps({"files": sorted(p.name for p in clip.iterdir()) + ["training.json"]}))
+    (out / "training.json").write_text(
+        json.dumps({"files": sorted(p.name for p in clip.iterdir()) + ["training.json"]})
+    )
     link.symlink_to(out)
     result = train(data, link, from_model=str(clip), epochs=1, overwrite=True, **DIGITS)
     assert result.out_dir == out and link.is_symlink() and link.resolve() == out
     _, _, val, _ = split_classes(data, 0.2, seed=0)
     # Epoch 0 is the CLIP checkpoint's vision tower as the product loads it.
-    assert retrieval_figures(Encoder.load(str(clip), runtime="torch"), val)["map"] == pytest.approx(result.epochs[0].map, abs=1e-6)
+    assert retrieval_figures(Encoder.load(str(clip), runtime="torch"), val)["map"] == pytest.approx(
+        result.epochs[0].map, abs=1e-6
+    )
     assert isinstance(AutoModel.from_pretrained(result.out_dir), CLIPVisionModel)
     encoder = Encoder.load(str(result.out_dir), runtime="torch")
     assert encoder.dim == 32 and encoder.info.size_text == "32x32"
@@ -201,17 +249,20 @@ def test_augment_crops_inside_the_image_within_the_scale_and_flips_half_the_time
     assert {flat(image).size} == {(16, 16)}
 
 
-@pytest.mark.parametrize("case, message", [
-    ("one class", "at least 2 classes (found 1 class folders with images)"),
-    ("few images", "has 2 usable images; at least 3 are needed"),
-    ("both", "give exactly one of --from MODEL"),
-    ("neither", "give exactly one of --from MODEL"),
-    ("out not empty", "exists and is not an empty folder: choose another --out or overwrite it"),
-    ("out not a model", "exists and is not an empty folder nor a model folder vitsearch wrote"),
-    ("out someone else's model", "exists and is not an empty folder nor a model folder vitsearch wrote"),
-    ("out a model with notes", "holds 2 entries vitsearch did not write there (e.g. 'notes.txt')"),
-    ("bad shape", "--dim 64 must be a multiple of --heads 3"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("one class", "at least 2 classes (found 1 class folders with images)"),
+        ("few images", "has 2 usable images; at least 3 are needed"),
+        ("both", "give exactly one of --from MODEL"),
+        ("neither", "give exactly one of --from MODEL"),
+        ("out not empty", "exists and is not an empty folder: choose another --out or overwrite it"),
+        ("out not a model", "exists and is not an empty folder nor a model folder vitsearch wrote"),
+        ("out someone else's model", "exists and is not an empty folder nor a model folder vitsearch wrote"),
+        ("out a model with notes", "holds 2 entries vitsearch did not write there (e.g. 'notes.txt')"),
+        ("bad shape", "--dim 64 must be a multiple of --heads 3"),
+    ],
+)
 def test_bad_datasets_and_options_are_one_clear_error(case, message, digits, tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     kw = dict(scratch=DIGITS_VIT)
@@ -261,13 +312,39 @@ def test_cli_prints_each_epoch_and_the_saved_folder_indexes(digits, tmp_path):
     import sys
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-c", "from vitsearch.cli import main; main()", *map(str, args)],
-                              capture_output=True, text=True, timeout=300, env={**os.environ, "VITSEARCH_WORKERS": "0"})
+        return subprocess.run(
+            [sys.executable, "-c", "from vitsearch.cli import main; main()", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "VITSEARCH_WORKERS": "0"},
+        )
 
     data = subset(digits / "train", tmp_path / "three", (0, 1, 2))
     out = tmp_path / "digits-vit"
-    run = cli("train", data, "--out", out, "--scratch", "--patch-size", 2, "--dim", 32, "--depth", 2,
-              "--heads", 2, "--mlp-dim", 64, "--image-size", 8, "--epochs", 2, "--batch-size", 64)
+    run = cli(
+        "train",
+        data,
+        "--out",
+        out,
+        "--scratch",
+        "--patch-size",
+        2,
+        "--dim",
+        32,
+        "--depth",
+        2,
+        "--heads",
+        2,
+        "--mlp-dim",
+        64,
+        "--image-size",
+        8,
+        "--epochs",
+        2,
+        "--batch-size",
+        64,
+    )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].startswith("epoch  1/2  loss ") and lines[1].startswith("epoch  2/2  loss ")

@@ -3,6 +3,7 @@ collection: an upload finds itself first; k, minimum score and folder narrow the
 like this" searches with the stored vector; the encoder is loaded once per process; bad input
 and a missing or unreachable collection give a message, never a traceback; only files that are
 rows of the collection are read."""
+
 from __future__ import annotations
 
 import os
@@ -11,10 +12,10 @@ import sys
 
 import pytest
 import streamlit as st
+from conftest import EXAMPLES, REPO
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import EXAMPLES, REPO
 from vitsearch.search import SearchClient
 from vitsearch.search.errors import BadImageError
 from vitsearch.search.thumbnails import THUMB_PX, thumbnail
@@ -25,6 +26,7 @@ APP = str(REPO / "ui" / "app.py")
 @pytest.fixture
 def page(monkeypatch):
     """An AppTest of the page for the collection in ``VITSEARCH_URI``, with fresh caches."""
+
     def make(uri: str, **env: str) -> AppTest:
         monkeypatch.setenv("VITSEARCH_URI", uri)
         for name, value in env.items():
@@ -35,13 +37,15 @@ def page(monkeypatch):
         at.run()
         assert not at.exception
         return at
+
     yield make
     st.cache_resource.clear()
 
 
 def upload(at: AppTest, path, name: str | None = None, data: bytes | None = None) -> AppTest:
-    at.file_uploader(key="upload").set_value((name or path.name, data if data is not None else path.read_bytes(),
-                                              "image/jpeg"))
+    at.file_uploader(key="upload").set_value(
+        (name or path.name, data if data is not None else path.read_bytes(), "image/jpeg")
+    )
     at.run()
     assert not at.exception, at.exception
     return at
@@ -90,8 +94,9 @@ def test_upload_shows_the_query_and_a_grid_of_results_best_first(indexed, page, 
         assert names == [os.path.basename(h.path) for h in client.search(photos / "cat.jpg", k=12)]
 
 
-@pytest.mark.parametrize("fmt, options", [("PNG", {}), ("WEBP", {"lossless": True}), ("BMP", {}),
-                                          ("TIFF", {}), ("GIF", {})])
+@pytest.mark.parametrize(
+    "fmt, options", [("PNG", {}), ("WEBP", {"lossless": True}), ("BMP", {}), ("TIFF", {}), ("GIF", {})]
+)
 def test_every_upload_format_is_searched(indexed, page, fmt, options):
     import io
 
@@ -185,11 +190,14 @@ def test_the_encoder_is_loaded_once_per_server_process(indexed, page, monkeypatc
     assert len(loads) == 1
 
 
-@pytest.mark.parametrize("name, data, message", [
-    ("notes.jpg", b"<html><body>not an image</body></html>", "notes.jpg: not a recognised image format"),
-    ("cut.jpg", (EXAMPLES / "images" / "cat.jpg").read_bytes()[:3000], "cut.jpg: corrupt or truncated"),
-    ("empty.png", b"", "empty.png: empty file"),
-])
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("notes.jpg", b"<html><body>not an image</body></html>", "notes.jpg: not a recognised image format"),
+        ("cut.jpg", (EXAMPLES / "images" / "cat.jpg").read_bytes()[:3000], "cut.jpg: corrupt or truncated"),
+        ("empty.png", b"", "empty.png: empty file"),
+    ],
+)
 def test_a_bad_upload_gets_a_message_naming_it(indexed, page, name, data, message):
     _, uri = indexed
     at = upload(page(uri), EXAMPLES / "images" / "cat.jpg", name=name, data=data)
@@ -228,6 +236,7 @@ def test_a_path_that_is_not_a_row_is_never_read(indexed, page, tmp_path):
     def audit(event, args):
         if watching[0] and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
             opened.append(os.fsdecode(args[0]))
+
     sys.addaudithook(audit)  # audit hooks cannot be removed: this one switches itself off below
     try:
         at = page(uri)
@@ -262,8 +271,9 @@ def test_thumbnails_are_bounded_and_read_only_the_indexed_bytes(tmp_path):
         thumbnail(row)
 
 
-def test_a_file_swapped_for_a_symlink_to_an_outside_image_shows_no_outside_pixels(photos, db_uri, tiny_model,
-                                                                                 page, tmp_path):
+def test_a_file_swapped_for_a_symlink_to_an_outside_image_shows_no_outside_pixels(
+    photos, db_uri, tiny_model, page, tmp_path
+):
     from vitsearch.indexer import index_folder
     from vitsearch.search.encoder import Encoder
     from vitsearch.search.store import Store
@@ -331,6 +341,7 @@ def test_the_page_answers_while_an_indexing_run_writes(first, real_model, page, 
     import time
 
     from conftest import shared_path
+
     from vitsearch.indexer import index_folder
     from vitsearch.search.encoder import Encoder
     from vitsearch.search.store import Store
@@ -343,8 +354,21 @@ def test_the_page_answers_while_an_indexing_run_writes(first, real_model, page, 
     for p in catalog[4:164]:
         shutil.copy(p, folder)
     uri = str(tmp_path / "milvus.db")
-    indexer = [sys.executable, "-c", "from vitsearch.cli import main; main()", "index", str(folder),
-               "--model", str(real_model), "--uri", uri, "--batch-size", "8", "--workers", "1"]
+    indexer = [
+        sys.executable,
+        "-c",
+        "from vitsearch.cli import main; main()",
+        "index",
+        str(folder),
+        "--model",
+        str(real_model),
+        "--uri",
+        uri,
+        "--batch-size",
+        "8",
+        "--workers",
+        "1",
+    ]
 
     if first == "page":  # the page's process opens the database and serves it to the indexer
         with Store(uri, "images") as store:
@@ -355,6 +379,7 @@ def test_the_page_answers_while_an_indexing_run_writes(first, real_model, page, 
         proc = subprocess.Popen(indexer, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         at = page(uri)
+
         def shown_count() -> int:  # 0 also while the page says "index a folder first"
             metric = at.sidebar.get("metric")
             return int(metric[0].value.replace(",", "")) if metric else 0

@@ -2,20 +2,21 @@
 port, over a real collection; Debian's headless Chromium uploads a photo, sees result thumbnails
 with the right file names, bounded in size, and clicks "More like this". A screenshot of each
 step is saved in the test's tmp folder."""
+
 from __future__ import annotations
 
 import pytest
+from browser import CHROMIUM, THUMBNAILS, chromium_page, result_names, results_shown, ui_server, upload_and_wait
 from PIL import Image
 
-from browser import (CHROMIUM, THUMBNAILS, chromium_page, result_names, results_shown, ui_server,
-                     upload_and_wait)
 from vitsearch.search import SearchClient
 from vitsearch.search.thumbnails import THUMB_PX
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
     reason=f"{CHROMIUM} not found: install Debian's chromium and chromium-driver "
-           f"(apt-get install chromium chromium-driver; .ci/run does) or set VITSEARCH_CHROMIUM")
+    f"(apt-get install chromium chromium-driver; .ci/run does) or set VITSEARCH_CHROMIUM",
+)
 
 
 def test_upload_see_results_and_more_like_this_in_chromium(indexed, tmp_path):
@@ -113,12 +114,19 @@ def test_the_duplicates_page_in_chromium(photos, db_uri, tiny_model, tmp_path):
         page.get_by_text("identical bytes only, scanned in").wait_for(timeout=120_000)
         want = [os.path.basename(p) for g in expected.groups for p in g.paths]
         with contextlib.suppress(PlaywrightTimeout):  # if it never matches, the assert below shows how
-            page.wait_for_function("""want => JSON.stringify([...document.querySelectorAll('[data-testid=stText]')]
-                .map(e => e.innerText)) === JSON.stringify(want)""", arg=want, timeout=60_000)
-        page.wait_for_function(f"""() => {{
+            page.wait_for_function(
+                """want => JSON.stringify([...document.querySelectorAll('[data-testid=stText]')]
+                .map(e => e.innerText)) === JSON.stringify(want)""",
+                arg=want,
+                timeout=60_000,
+            )
+        page.wait_for_function(
+            f"""() => {{
             const imgs = [...document.querySelectorAll('{THUMBNAILS}')];
             return imgs.length === 4 && imgs.every(i => i.complete && i.naturalWidth > 0);
-        }}""", timeout=60_000)
+        }}""",
+            timeout=60_000,
+        )
         assert page.url.endswith("/duplicates")
         names = page.get_by_test_id("stText").all_inner_texts()
         assert names == want  # keeper first

@@ -2,6 +2,7 @@
 starts it answers only the Host names it is served on (loopback, --host, --allowed-hosts), on
 every HTTP route and on its websocket, and opens no websocket from another origin; through the
 names it is served on, the page works (a session over the real websocket renders it)."""
+
 from __future__ import annotations
 
 import socket
@@ -10,7 +11,6 @@ import sys
 import time
 
 import httpx
-
 from browser import ui_server
 
 VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
@@ -19,9 +19,11 @@ REBIND = "rebind.attacker.example"
 
 def handshake(port: int, host: str, origin: str | None) -> tuple[int, str]:
     """A websocket handshake as a browser sends it to the page's stream: the status and the answer."""
-    request = (f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-               f"Sec-WebSocket-Protocol: streamlit\r\n" + (f"Origin: {origin}\r\n" if origin else "") + "\r\n")
+    request = (
+        f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Protocol: streamlit\r\n" + (f"Origin: {origin}\r\n" if origin else "") + "\r\n"
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(request.encode())
         answer = b""
@@ -42,8 +44,12 @@ def rendered_elements(port: int) -> list[str]:
     from websockets.sync.client import connect
 
     shown = []
-    with connect(f"ws://127.0.0.1:{port}/_stcore/stream", subprotocols=["streamlit"],
-                 origin=f"http://127.0.0.1:{port}", open_timeout=30) as ws:
+    with connect(
+        f"ws://127.0.0.1:{port}/_stcore/stream",
+        subprotocols=["streamlit"],
+        origin=f"http://127.0.0.1:{port}",
+        open_timeout=30,
+    ) as ws:
         rerun = BackMsg()
         rerun.rerun_script.query_string = ""
         ws.send(rerun.SerializeToString())
@@ -92,7 +98,11 @@ def test_the_page_answers_only_the_hosts_it_is_served_on(indexed, tmp_path):
 
 
 def test_a_bad_allowed_host_is_one_line_and_exit_2(db_uri):
-    out = subprocess.run([*VITSEARCH, "ui", "--uri", db_uri, "--allowed-hosts", "photos.lan,https://evil.example/"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [*VITSEARCH, "ui", "--uri", db_uri, "--allowed-hosts", "photos.lan,https://evil.example/"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "'https://evil.example/' is not a host name or address" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1

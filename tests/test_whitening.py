@@ -1,6 +1,7 @@
 """The whitening's maths (:mod:`vitsearch.search.whitening`) against a NumPy reference written
 from the formula: learned from moments fed in batches as from all rows at once, invertible, the
 score statistics and the close-match rule, and query expansion (:mod:`vitsearch.search.ranking`)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,9 +9,22 @@ import pytest
 
 from vitsearch.search import ranking
 from vitsearch.search.store import Hit
-from vitsearch.search.whitening import (MATCH_CAP, MATCH_Z_RAW, MATCH_Z_RAW_ONLY, MATCH_Z_SEARCH, POWER, SHRINK_BASE,
-                                        SHRINK_PER_DIM, Moments, Reservoir, ScoreStats, Space, Whitening, normalise,
-                                        shrinkage_for)
+from vitsearch.search.whitening import (
+    MATCH_CAP,
+    MATCH_Z_RAW,
+    MATCH_Z_RAW_ONLY,
+    MATCH_Z_SEARCH,
+    POWER,
+    SHRINK_BASE,
+    SHRINK_PER_DIM,
+    Moments,
+    Reservoir,
+    ScoreStats,
+    Space,
+    Whitening,
+    normalise,
+    shrinkage_for,
+)
 
 
 def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -69,7 +83,7 @@ def test_moments_fed_in_batches_equal_all_at_once():
     whole, parts = Moments(12), Moments(12)
     whole.add(x)
     for start in range(0, 500, 37):
-        parts.add(x[start:start + 37])
+        parts.add(x[start : start + 37])
     assert parts.n == whole.n == 500
     for a, b in zip(parts.mean_cov(), whole.mean_cov()):
         assert np.allclose(a, b, atol=1e-12)
@@ -112,7 +126,9 @@ def test_score_stats_and_the_match_rule():
     w = learned(x)
     stats = ScoreStats.measure(x, 300, w)
     pairs = (x @ x.T)[np.triu_indices(300, 1)]
-    assert stats.raw_mean == pytest.approx(pairs.mean(), abs=1e-5) and stats.raw_sd == pytest.approx(pairs.std(), abs=1e-5)
+    assert stats.raw_mean == pytest.approx(pairs.mean(), abs=1e-5) and stats.raw_sd == pytest.approx(
+        pairs.std(), abs=1e-5
+    )
     y = w.apply(x)
     assert stats.search_mean == pytest.approx((y @ y.T)[np.triu_indices(300, 1)].mean(), abs=1e-5)
     assert ScoreStats.measure(x[:2], 2, w) is None
@@ -121,7 +137,9 @@ def test_score_stats_and_the_match_rule():
     assert bar == pytest.approx(min(MATCH_CAP, stats.search_mean + MATCH_Z_SEARCH * stats.search_sd))
     assert raw_bar == pytest.approx(min(MATCH_CAP, stats.raw_mean + MATCH_Z_RAW * stats.raw_sd))
     assert bar == MATCH_CAP  # these 16-d random pairs spread so widely that the bar would pass 1
-    assert white.is_match(bar, raw_bar) and not white.is_match(bar - 1e-3, 1.0) and not white.is_match(1.0, raw_bar - 1e-3)
+    assert (
+        white.is_match(bar, raw_bar) and not white.is_match(bar - 1e-3, 1.0) and not white.is_match(1.0, raw_bar - 1e-3)
+    )
     assert white.is_match(bar, None)  # a raw score not known: the searched space decides
     raw = Space(stats=stats)
     assert raw.match_bars()[0] == pytest.approx(min(MATCH_CAP, stats.raw_mean + MATCH_Z_RAW_ONLY * stats.raw_sd))
@@ -143,7 +161,7 @@ def test_query_expansion_is_alpha_qe():
     nb = normalise(np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], np.float32))
     scores = np.array([0.5, -0.2], np.float32)
     out = ranking.expand(q, nb, scores, alpha=3.0)
-    expected = q + 0.5 ** 3 * nb[0]  # a negative similarity weighs 0
+    expected = q + 0.5**3 * nb[0]  # a negative similarity weighs 0
     assert np.allclose(out, expected / np.linalg.norm(expected), atol=1e-6)
     assert out.shape == (3,) and out.dtype == np.float32
 

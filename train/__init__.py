@@ -9,14 +9,36 @@
 Names are imported on first use: importing :mod:`.config` (what ``vitsearch`` reads for its
 ``--help``) does not import torch and transformers.
 """
+
 from importlib import import_module
 
-_EXPORTS = {"DEFAULTS": "config", "LR_FINETUNE": "config", "LR_SCRATCH": "config", "OBJECTIVES": "config",
-            "ScratchConfig": "config", "Augment": "data", "split_classes": "data", "EpochReport": "loop",
-            "TrainResult": "loop", "retrieval_figures": "loop", "train": "loop"}
+_EXPORTS = {
+    "DEFAULTS": "config",
+    "LR_FINETUNE": "config",
+    "LR_SCRATCH": "config",
+    "OBJECTIVES": "config",
+    "ScratchConfig": "config",
+    "Augment": "data",
+    "split_classes": "data",
+    "EpochReport": "loop",
+    "TrainResult": "loop",
+    "retrieval_figures": "loop",
+    "train": "loop",
+}
 
-__all__ = ["train", "TrainResult", "EpochReport", "ScratchConfig", "DEFAULTS", "OBJECTIVES", "LR_SCRATCH",
-           "LR_FINETUNE", "Augment", "split_classes", "retrieval_figures"]
+__all__ = [
+    "train",
+    "TrainResult",
+    "EpochReport",
+    "ScratchConfig",
+    "DEFAULTS",
+    "OBJECTIVES",
+    "LR_SCRATCH",
+    "LR_FINETUNE",
+    "Augment",
+    "split_classes",
+    "retrieval_figures",
+]
 
 
 def __getattr__(name: str):

@@ -1,6 +1,7 @@
 """What a training run is given: the shape of a ViT trained from scratch (:class:`ScratchConfig`)
 and the defaults of every training option (:data:`DEFAULTS`), the one place they are written
 (``vitsearch train`` shows and uses them). No torch here, so ``--help`` answers at once."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

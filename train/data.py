@@ -1,14 +1,15 @@
 """Training data: class folders split into seeded, stratified train and validation sets
 (:func:`split_classes`), random resized crops and flips (:class:`Augment`), and the dataset that
 decodes, augments and preprocesses images for ``Trainer`` (:class:`ImageFolderSet`)."""
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -72,8 +73,7 @@ class Augment:
 
     def __call__(self, image: Image.Image) -> Image.Image:
         """A ``size_hw`` crop of ``image``, maybe flipped."""
-        out = image.resize((self.size_hw[1], self.size_hw[0]), resample=self.resample,
-                           box=self.crop_box(*image.size))
+        out = image.resize((self.size_hw[1], self.size_hw[0]), resample=self.resample, box=self.crop_box(*image.size))
         if self.hflip and float(torch.rand(())) < 0.5:
             out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return out
@@ -91,8 +91,9 @@ class ImageFolderSet(torch.utils.data.Dataset):
     checkpoint's :class:`~vitsearch.search.preprocess.Preprocess` (for a processor it does not
     implement, the processor itself is called on the crop, which then resizes it its own way)."""
 
-    def __init__(self, items: Sequence[tuple[str, int]], preprocess: Preprocess,
-                 augment: Augment | None, limits: Limits):
+    def __init__(
+        self, items: Sequence[tuple[str, int]], preprocess: Preprocess, augment: Augment | None, limits: Limits
+    ):
         self.items = list(items)
         self.augment = augment
         self.limits = limits
@@ -100,8 +101,7 @@ class ImageFolderSet(torch.utils.data.Dataset):
         if augment is None:
             self.preprocess = preprocess
         else:  # the crop is already the input size: keep only rescale and normalise
-            self.preprocess = dataclasses.replace(preprocess, short_edge=None, size_hw=augment.size_hw,
-                                                  crop_hw=None)
+            self.preprocess = dataclasses.replace(preprocess, short_edge=None, size_hw=augment.size_hw, crop_hw=None)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -111,13 +111,15 @@ class ImageFolderSet(torch.utils.data.Dataset):
         image, _ = self.decoder.decode(read_file(path, self.limits), path, self.limits)
         if self.augment is not None:
             image = self.augment(image)
-        return {"pixel_values": torch.from_numpy(self.preprocess(image)),
-                "labels": torch.tensor(label, dtype=torch.long)}
+        return {
+            "pixel_values": torch.from_numpy(self.preprocess(image)),
+            "labels": torch.tensor(label, dtype=torch.long),
+        }
 
 
-def split_classes(data_dir: str | os.PathLike, val_split: float, seed: int,
-                  check: Callable[[str], str | None] | None = None
-                  ) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]], list[tuple[str, str]]]:
+def split_classes(
+    data_dir: str | os.PathLike, val_split: float, seed: int, check: Callable[[str], str | None] | None = None
+) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]], list[tuple[str, str]]]:
     """Class folders to a stratified, seeded train/validation split.
 
     Classes are the subfolders of ``data_dir`` holding image files (searched recursively, as
@@ -142,8 +144,10 @@ def split_classes(data_dir: str | os.PathLike, val_split: float, seed: int,
         raise BadQueryError(f"{root} is not a folder: expected one subfolder of images per class")
     found = class_folders(root)
     if len(found) < 2:
-        raise BadQueryError(f"{root}: expected one subfolder of images per class, at least 2 classes "
-                            f"(found {len(found)} class folders with images)")
+        raise BadQueryError(
+            f"{root}: expected one subfolder of images per class, at least 2 classes "
+            f"(found {len(found)} class folders with images)"
+        )
     failures: list[tuple[str, str]] = []
     usable = {}
     for c, files in found.items():
@@ -157,9 +161,12 @@ def split_classes(data_dir: str | os.PathLike, val_split: float, seed: int,
     need = MIN_VAL_PER_CLASS + 1 if val_split > 0 else 1
     for c, files in usable.items():
         if len(files) < need:
-            raise BadQueryError(f"class folder {c} has {len(files)} usable images; at least {need} are needed "
-                                f"({MIN_VAL_PER_CLASS} to validate and 1 to train)" if val_split > 0 else
-                                f"class folder {c} has no usable images")
+            raise BadQueryError(
+                f"class folder {c} has {len(files)} usable images; at least {need} are needed "
+                f"({MIN_VAL_PER_CLASS} to validate and 1 to train)"
+                if val_split > 0
+                else f"class folder {c} has no usable images"
+            )
     rng = np.random.default_rng(seed)
     train, val = [], []
     for label, files in enumerate(usable.values()):

@@ -25,15 +25,17 @@ What is saved is the backbone alone, as a plain ``transformers`` folder (``confi
 ``model.safetensors``, ``preprocessor_config.json``), which ``AutoModel.from_pretrained`` and
 ``vitsearch index --model FOLDER`` load like any checkpoint, plus ``training.json`` (what was done).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,9 +89,11 @@ class EpochReport:
         f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         of = f"/{epochs}" if epochs else ""
         name = f"epoch {self.epoch:>2}{of}" + ("  (pretrained)" if self.epoch == 0 else "")
-        return (f"{name}  loss {f(self.train_loss)}  val acc {f(self.val_accuracy)}  mAP {f(self.map)}  "
-                f"R@1 {f(self.recall_at_1)}  R@10 {f(self.recall_at_10)}  P@1 {f(self.precision_at_1)}  "
-                f"{self.seconds:.1f} s")
+        return (
+            f"{name}  loss {f(self.train_loss)}  val acc {f(self.val_accuracy)}  mAP {f(self.map)}  "
+            f"R@1 {f(self.recall_at_1)}  R@10 {f(self.recall_at_10)}  P@1 {f(self.precision_at_1)}  "
+            f"{self.seconds:.1f} s"
+        )
 
 
 @dataclass
@@ -116,9 +120,9 @@ class TrainResult:
     seconds: float = 0.0
 
 
-
-def retrieval_figures(encoder: Encoder, items: Sequence[tuple[str, int]],
-                      batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, float]:
+def retrieval_figures(
+    encoder: Encoder, items: Sequence[tuple[str, int]], batch_size: int = DEFAULT_BATCH_SIZE
+) -> dict[str, float]:
     """mAP, recall@1, recall@10 and precision@1 of ``items`` (``(path, label)``) querying each other.
 
     Each image is embedded with ``encoder.embed`` (as indexing embeds it), queries all the others
@@ -139,21 +143,38 @@ def retrieval_figures(encoder: Encoder, items: Sequence[tuple[str, int]],
     rankings = dict(zip(paths, exact_rankings(vectors, paths, vectors, leave_out=paths)))
     relevant = {p: by_label[label] - {p} for p, label in items}
     figures = ranking_figures(rankings, relevant, (1, 10))
-    return {"map": figures.map, "recall_at_1": figures.recall[1], "recall_at_10": figures.recall[10],
-            "precision_at_1": figures.precision[1]}
+    return {
+        "map": figures.map,
+        "recall_at_1": figures.recall[1],
+        "recall_at_10": figures.recall[10],
+        "precision_at_1": figures.precision[1],
+    }
 
 
-def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, from_model: str | None = None,
-          scratch: ScratchConfig | None = None, epochs: int = DEFAULTS.epochs,
-          batch_size: int = DEFAULTS.batch_size, lr: float | None = None, val_split: float = DEFAULTS.val_split,
-          objective: str = DEFAULTS.objective, label_smoothing: float = DEFAULTS.label_smoothing,
-          weight_decay: float = DEFAULTS.weight_decay, warmup_ratio: float = DEFAULTS.warmup_ratio,
-          augment_scale: tuple[float, float] = DEFAULTS.augment_scale, hflip: bool = DEFAULTS.hflip,
-          seed: int = DEFAULTS.seed,
-          device: str | None = None, workers: int | None = None, overwrite: bool = False,
-          on_epoch: Callable[[EpochReport], None] | None = None,
-          on_failure: Callable[[str, str], None] | None = None,
-          settings: Settings | None = None) -> TrainResult:
+def train(
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    from_model: str | None = None,
+    scratch: ScratchConfig | None = None,
+    epochs: int = DEFAULTS.epochs,
+    batch_size: int = DEFAULTS.batch_size,
+    lr: float | None = None,
+    val_split: float = DEFAULTS.val_split,
+    objective: str = DEFAULTS.objective,
+    label_smoothing: float = DEFAULTS.label_smoothing,
+    weight_decay: float = DEFAULTS.weight_decay,
+    warmup_ratio: float = DEFAULTS.warmup_ratio,
+    augment_scale: tuple[float, float] = DEFAULTS.augment_scale,
+    hflip: bool = DEFAULTS.hflip,
+    seed: int = DEFAULTS.seed,
+    device: str | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
+    settings: Settings | None = None,
+) -> TrainResult:
     """Train an encoder on the class folders of ``data_dir`` and save it to ``out_dir``.
 
     Exactly one of ``from_model`` (fine-tune a checkpoint: hub id, folder or pulled model, found
@@ -206,8 +227,10 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, from_model
     if epochs < 1 or batch_size < 1:
         raise BadQueryError(f"--epochs and --batch-size must be positive, got {epochs} and {batch_size}")
     if not 0 <= val_split < 1 or not 0 <= label_smoothing < 1 or not 0 <= warmup_ratio < 1:
-        raise BadQueryError(f"--val-split, label smoothing and warm-up ratio must be in [0, 1), got "
-                            f"{val_split}, {label_smoothing} and {warmup_ratio}")
+        raise BadQueryError(
+            f"--val-split, label smoothing and warm-up ratio must be in [0, 1), got "
+            f"{val_split}, {label_smoothing} and {warmup_ratio}"
+        )
     if objective not in OBJECTIVES:
         raise BadQueryError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
     if lr is not None and lr <= 0:
@@ -237,16 +260,22 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, from_model
     model = ClassifierOnCLS(backbone, len(classes), objective)
     dev = pick_device(device or settings.device)
     model.to(dev)
-    info = EncoderInfo(model=str(out), weights_sha256="(training)", dim=int(backbone.config.hidden_size),
-                       pooling="cls", image_size=input_hw)
+    info = EncoderInfo(
+        model=str(out),
+        weights_sha256="(training)",
+        dim=int(backbone.config.hidden_size),
+        pooling="cls",
+        image_size=input_hw,
+    )
 
     def encoder() -> Encoder:  # the backbone as indexing runs it (no dropout, fp32 weights)
         param = next(backbone.parameters())
         return Encoder(backbone.eval(), processor, info, param.device, param.dtype, limits)
 
     if from_model is not None and model.cosine:
-        model.imprint(encoder().embed([p for p, _ in train_items], batch_size),
-                      np.array([label for _, label in train_items]))
+        model.imprint(
+            encoder().embed([p for p, _ in train_items], batch_size), np.array([label for _, label in train_items])
+        )
     workers = settings.workers if workers is None else workers
     augment = Augment(input_hw, scale=augment_scale, hflip=hflip, resample=preprocess.resample)
     train_set = ImageFolderSet(train_items, preprocess, augment, limits)
@@ -291,31 +320,80 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, from_model
         torch.cuda.set_device(dev)  # Trainer (accelerate) trains on the current CUDA device
     with tempfile.TemporaryDirectory(prefix="vitsearch-train-") as scratch_dir:
         args = TrainingArguments(
-            output_dir=scratch_dir, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-            per_device_eval_batch_size=batch_size, learning_rate=lr or (LR_SCRATCH if scratch else LR_FINETUNE),
-            weight_decay=weight_decay, lr_scheduler_type="cosine", warmup_steps=warmup_ratio,
-            label_smoothing_factor=label_smoothing, max_grad_norm=1.0,
-            eval_strategy="epoch" if val_set is not None else "no", logging_strategy="epoch",
-            save_strategy="no", report_to=[], disable_tqdm=True, seed=seed, data_seed=seed,
-            use_cpu=dev.type == "cpu", bf16=cuda and torch.cuda.is_bf16_supported(),
-            dataloader_num_workers=workers, dataloader_persistent_workers=workers > 0,
-            dataloader_pin_memory=cuda, remove_unused_columns=False)
-        trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
-                          compute_metrics=_accuracy, callbacks=[Reporter()])
+            output_dir=scratch_dir,
+            num_train_epochs=epochs,
+            per_device_train_batch_size=batch_size,
+            per_device_eval_batch_size=batch_size,
+            learning_rate=lr or (LR_SCRATCH if scratch else LR_FINETUNE),
+            weight_decay=weight_decay,
+            lr_scheduler_type="cosine",
+            warmup_steps=warmup_ratio,
+            label_smoothing_factor=label_smoothing,
+            max_grad_norm=1.0,
+            eval_strategy="epoch" if val_set is not None else "no",
+            logging_strategy="epoch",
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            seed=seed,
+            data_seed=seed,
+            use_cpu=dev.type == "cpu",
+            bf16=cuda and torch.cuda.is_bf16_supported(),
+            dataloader_num_workers=workers,
+            dataloader_persistent_workers=workers > 0,
+            dataloader_pin_memory=cuda,
+            remove_unused_columns=False,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train_set,
+            eval_dataset=val_set,
+            compute_metrics=_accuracy,
+            callbacks=[Reporter()],
+        )
         for quiet in (PrinterCallback, ProgressCallback):
             trainer.remove_callback(quiet)
         trainer.train()
 
-    save(backbone, processor, out, overwrite, {
-        "source": source, "scratch": asdict(scratch) if scratch else None, "classes": classes,
-        "train_images": len(train_items), "val_images": len(val_items), "failed": len(failures),
-        "epochs": epochs, "batch_size": batch_size, "lr": args.learning_rate, "val_split": val_split,
-        "objective": objective, "label_smoothing": label_smoothing, "weight_decay": weight_decay,
-        "warmup_ratio": warmup_ratio, "augment_scale": list(augment_scale), "hflip": hflip,
-        "seed": seed, "device": dev.type, "saved": "last epoch", "reports": [asdict(r) for r in reports],
-    })
-    return TrainResult(out_dir=out, classes=classes, train_images=len(train_items), val_images=len(val_items),
-                       epochs=reports, failures=failures, device=dev.type, seconds=time.perf_counter() - started)
+    save(
+        backbone,
+        processor,
+        out,
+        overwrite,
+        {
+            "source": source,
+            "scratch": asdict(scratch) if scratch else None,
+            "classes": classes,
+            "train_images": len(train_items),
+            "val_images": len(val_items),
+            "failed": len(failures),
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": args.learning_rate,
+            "val_split": val_split,
+            "objective": objective,
+            "label_smoothing": label_smoothing,
+            "weight_decay": weight_decay,
+            "warmup_ratio": warmup_ratio,
+            "augment_scale": list(augment_scale),
+            "hflip": hflip,
+            "seed": seed,
+            "device": dev.type,
+            "saved": "last epoch",
+            "reports": [asdict(r) for r in reports],
+        },
+    )
+    return TrainResult(
+        out_dir=out,
+        classes=classes,
+        train_images=len(train_items),
+        val_images=len(val_items),
+        epochs=reports,
+        failures=failures,
+        device=dev.type,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def _accuracy(prediction) -> dict[str, float]:

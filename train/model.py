@@ -1,6 +1,7 @@
 """The network trained: a classification head on the class token of a backbone
 (:class:`ClassifierOnCLS`), the backbone a checkpoint (:func:`~vitsearch.search.checkpoint.load_checkpoint`)
 or a new ViT (:func:`load_backbone`)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,7 +44,8 @@ class ClassifierOnCLS(torch.nn.Module):
         cls = self.backbone(pixel_values=pixel_values).last_hidden_state[:, 0]
         if self.cosine:
             logits = COSINE_SCALE * torch.nn.functional.linear(
-                torch.nn.functional.normalize(cls, dim=-1), torch.nn.functional.normalize(self.head.weight, dim=-1))
+                torch.nn.functional.normalize(cls, dim=-1), torch.nn.functional.normalize(self.head.weight, dim=-1)
+            )
         else:
             logits = self.head(cls)
         out = {"logits": logits}
@@ -63,9 +65,14 @@ def load_backbone(from_model: str | None, scratch: ScratchConfig | None, setting
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
     if scratch is not None:
-        config = ViTConfig(image_size=scratch.image_size, patch_size=scratch.patch_size, hidden_size=scratch.dim,
-                           num_hidden_layers=scratch.depth, num_attention_heads=scratch.heads,
-                           intermediate_size=scratch.mlp_dim)
+        config = ViTConfig(
+            image_size=scratch.image_size,
+            patch_size=scratch.patch_size,
+            hidden_size=scratch.dim,
+            num_hidden_layers=scratch.depth,
+            num_attention_heads=scratch.heads,
+            intermediate_size=scratch.mlp_dim,
+        )
         processor = ViTImageProcessor(size={"height": scratch.image_size, "width": scratch.image_size})
         return ViTModel(config, add_pooling_layer=False), processor, "scratch", None
     checkpoint = load_checkpoint(from_model, settings)

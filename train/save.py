@@ -1,4 +1,5 @@
 """Saving a trained backbone as a plain ``transformers`` model folder, atomically."""
+
 from __future__ import annotations
 
 import json
@@ -33,19 +34,24 @@ def check_out(out: Path, overwrite: bool) -> None:
         return
     record = out / RECORD
     if not out.is_dir() or not (out / "config.json").is_file() or not record.is_file():
-        raise BadQueryError(f"{out} exists and is not an empty folder nor a model folder vitsearch wrote "
-                            f"(config.json and {RECORD}): choose another --out")
+        raise BadQueryError(
+            f"{out} exists and is not an empty folder nor a model folder vitsearch wrote "
+            f"(config.json and {RECORD}): choose another --out"
+        )
     if not overwrite:
         raise BadQueryError(f"{out} exists and is not an empty folder: choose another --out or overwrite it")
     try:
         written = set(json.loads(record.read_text()).get("files") or _WRITTEN_BEFORE) | {RECORD}
     except (OSError, ValueError, AttributeError):
-        raise BadQueryError(f"{record} cannot be read as the record vitsearch writes: {out} is left as it is; "
-                            f"choose another --out") from None
+        raise BadQueryError(
+            f"{record} cannot be read as the record vitsearch writes: {out} is left as it is; choose another --out"
+        ) from None
     others = sorted(p.name for p in out.iterdir() if p.name not in written or p.is_dir() or p.is_symlink())
     if others:
-        raise BadQueryError(f"{out} holds {len(others)} entries vitsearch did not write there (e.g. {others[0]!r}): "
-                            f"--overwrite replaces only a model folder it wrote; choose another --out")
+        raise BadQueryError(
+            f"{out} holds {len(others)} entries vitsearch did not write there (e.g. {others[0]!r}): "
+            f"--overwrite replaces only a model folder it wrote; choose another --out"
+        )
 
 
 def save(backbone, processor, out: Path, overwrite: bool, record: dict) -> Path:

@@ -5,6 +5,7 @@ Started by ``vitsearch ui`` (``streamlit run`` on this file), which passes the c
 ``VITSEARCH_URI``, ``VITSEARCH_COLLECTION`` and ``VITSEARCH_MAX_UPLOAD_MB``. This file only sets
 the process up and routes (``st.navigation``); the pages share :mod:`.common`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +19,9 @@ configure()  # this app is an application: quiet the libraries' own logs (before
 HERE = Path(__file__).resolve().parent
 
 st.set_page_config(page_title="vitsearch", page_icon="🔎", layout="wide")
-st.navigation([
-    st.Page(HERE / "search_page.py", title="Search", icon=":material/search:", default=True),
-    st.Page(HERE / "duplicates_page.py", title="Duplicates", icon=":material/content_copy:", url_path="duplicates"),
-]).run()
+st.navigation(
+    [
+        st.Page(HERE / "search_page.py", title="Search", icon=":material/search:", default=True),
+        st.Page(HERE / "duplicates_page.py", title="Duplicates", icon=":material/content_copy:", url_path="duplicates"),
+    ]
+).run()

@@ -1,11 +1,12 @@
 """What the pages of the app share: the one client per server process, cached thumbnails,
 Markdown that shows names as they are, opening the collection with a message when it cannot be
 opened, and the guard that shows every error on the page rather than as a traceback."""
+
 from __future__ import annotations
 
 import logging
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import streamlit as st
 
@@ -86,8 +87,10 @@ def collection_client() -> SearchClient | None:
     try:
         return open_client(uri, collection)
     except CollectionNotFoundError:
-        st.info(f"Collection {literal_markdown(collection)} at {literal_markdown(uri)} has no images yet: "
-                f"index a folder first: `{index_hint(settings)}`")
+        st.info(
+            f"Collection {literal_markdown(collection)} at {literal_markdown(uri)} has no images yet: "
+            f"index a folder first: `{index_hint(settings)}`"
+        )
         st.button("Check again")
     except VitsearchError as exc:
         st.error(f"Cannot open the collection: {literal_markdown(str(exc))}")

@@ -6,6 +6,7 @@ a folder; each group with its kind, weakest link and, per image, the thumbnail (
 bytes are shown, :func:`~vitsearch.search.thumbnails.thumbnail`), the score to the suggested
 keeper, size and dimensions; the whole report as a CSV download. Nothing is deleted or moved.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,15 +37,26 @@ def controls(default: float) -> tuple[float, bool, str]:
     threshold (:meth:`~vitsearch.search.client.SearchClient.duplicate_threshold`)."""
     with st.sidebar:
         st.header("Duplicates")
-        threshold = st.slider("Similarity threshold", round(default - 0.3, 2), 1.0, default, 0.005,
-                              key="dup_threshold", format="%.3f",
-                              help="Cosine similarity of the embeddings (in the collection's space) at or above "
-                                   "which two images are near-duplicate candidates, each then confirmed by the "
-                                   f"two files' pixels; {default} was chosen for the default model on planted "
-                                   "copies (see the docs' benchmark page).")
+        threshold = st.slider(
+            "Similarity threshold",
+            round(default - 0.3, 2),
+            1.0,
+            default,
+            0.005,
+            key="dup_threshold",
+            format="%.3f",
+            help="Cosine similarity of the embeddings (in the collection's space) at or above "
+            "which two images are near-duplicate candidates, each then confirmed by the "
+            f"two files' pixels; {default} was chosen for the default model on planted "
+            "copies (see the docs' benchmark page).",
+        )
         exact_only = st.checkbox("Identical bytes only", key="dup_exact", help="Same sha256; no vector search.")
-        folder = st.text_input("Folder", key="dup_folder", placeholder="/photos/2024",
-                               help="Only images in this folder or below it (both images of every pair).")
+        folder = st.text_input(
+            "Folder",
+            key="dup_folder",
+            placeholder="/photos/2024",
+            help="Only images in this folder or below it (both images of every pair).",
+        )
         if st.button("Scan again", help="The result of a scan is kept for five minutes."):
             scan.clear()
     return threshold, exact_only, folder.strip()
@@ -53,11 +65,12 @@ def controls(default: float) -> tuple[float, bool, str]:
 def show_group(number: int, group: DuplicateGroup) -> None:
     """One group: a header line, then a grid of its images, the suggested keeper first."""
     with st.container(border=True, key=f"group-{number}"):
-        st.markdown(f"**Group {number}** · {group.kind} · {len(group.images)} images · "
-                    f"weakest link {group.min_score:.4f}")
+        st.markdown(
+            f"**Group {number}** · {group.kind} · {len(group.images)} images · weakest link {group.min_score:.4f}"
+        )
         shown = group.images[:IMAGES_SHOWN]
         for start in range(0, len(shown), GRID_COLUMNS):
-            for col, im in zip(st.columns(GRID_COLUMNS), shown[start:start + GRID_COLUMNS]):
+            for col, im in zip(st.columns(GRID_COLUMNS), shown[start : start + GRID_COLUMNS]):
                 with col:
                     thumb = cached_thumbnail(im.path, im.size, im.sha256)
                     if thumb is None:
@@ -65,8 +78,11 @@ def show_group(number: int, group: DuplicateGroup) -> None:
                     else:
                         st.image(thumb, width="stretch")
                     keep = im.path == group.keep
-                    st.markdown(f"**{im.score:.4f}**" + (" · :green-badge[keep]" if keep else "")
-                                + (" · :orange-badge[link to the keeper]" if im.same_file else ""))
+                    st.markdown(
+                        f"**{im.score:.4f}**"
+                        + (" · :green-badge[keep]" if keep else "")
+                        + (" · :orange-badge[link to the keeper]" if im.same_file else "")
+                    )
                     st.text(printable(os.path.basename(im.path)), help=printable(im.path))
                     st.caption(literal_markdown(os.path.dirname(im.path)))
                     st.caption(f"{im.width}x{im.height} px · {im.size / 1024:,.1f} KiB")
@@ -81,15 +97,24 @@ def main() -> None:
         return
     threshold, exact_only, folder = controls(client.duplicate_threshold())
     settings = Settings()
-    report = scan(settings.resolved_uri(), settings.collection, threshold,
-                  os.path.abspath(folder) if folder else "", exact_only)
+    report = scan(
+        settings.resolved_uri(), settings.collection, threshold, os.path.abspath(folder) if folder else "", exact_only
+    )
     how = "identical bytes only" if exact_only else f"threshold {threshold:.3f}"
-    st.caption(f"{len(report.groups)} group{'' if len(report.groups) == 1 else 's'}, {report.duplicates} "
-               f"duplicate{'' if report.duplicates == 1 else 's'} among {report.images:,} images ({how}, "
-               f"scanned in {report.seconds:.1f} s). Nothing is deleted or moved: the CSV lists every image "
-               "of every group with the suggested keeper, for your own tools.")
-    st.download_button("Download CSV", report.csv_bytes(), file_name="duplicates.csv", mime="text/csv",
-                       key="dup_csv", disabled=not report.groups)
+    st.caption(
+        f"{len(report.groups)} group{'' if len(report.groups) == 1 else 's'}, {report.duplicates} "
+        f"duplicate{'' if report.duplicates == 1 else 's'} among {report.images:,} images ({how}, "
+        f"scanned in {report.seconds:.1f} s). Nothing is deleted or moved: the CSV lists every image "
+        "of every group with the suggested keeper, for your own tools."
+    )
+    st.download_button(
+        "Download CSV",
+        report.csv_bytes(),
+        file_name="duplicates.csv",
+        mime="text/csv",
+        key="dup_csv",
+        disabled=not report.groups,
+    )
     if not report.groups:
         st.info("No duplicates at this threshold: lower it to find looser copies.")
         return

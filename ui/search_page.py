@@ -8,6 +8,7 @@ otherwise (``collapse_duplicates``).
 Session state: ``similar`` holds the path of the indexed item that "More like this" asked for
 (None when the query is the uploaded or camera image).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,9 +22,16 @@ from vitsearch.search.config import Settings
 from vitsearch.search.errors import BadImageError
 from vitsearch.search.images import IMAGE_EXTENSIONS
 from vitsearch.search.paths import printable
-from vitsearch.ui.common import (GRID_COLUMNS, cached_thumbnail, collection_client, ensure_encoder, folder_count,
-                                 guarded, literal_markdown)
 from vitsearch.search.thumbnails import THUMB_PX, to_jpeg
+from vitsearch.ui.common import (
+    GRID_COLUMNS,
+    cached_thumbnail,
+    collection_client,
+    ensure_encoder,
+    folder_count,
+    guarded,
+    literal_markdown,
+)
 
 UPLOAD_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 K_DEFAULT, K_MAX = 12, 100
@@ -56,36 +64,70 @@ def sidebar(client: SearchClient) -> tuple[int, float, str, bool, int]:
                 f"**Embedding** {stats['dim']}-d, {stats['pooling'].upper()} token  \n"
                 f"**Space** {literal_markdown(stats['space'])}  \n"
                 f"**Runtime** {stats['runtime']} (queries: {stats['query_runtime']})  \n"
-                f"**Index** {stats['index_type']} ({stats['metric_type']})")
+                f"**Index** {stats['index_type']} ({stats['metric_type']})"
+            )
         st.header("Search")
         k = st.slider("Results (top-k)", 1, K_MAX, K_DEFAULT, key="k")
-        min_score = st.slider("Minimum score", 0.0, 1.0, 0.0, 0.01, key="min_score",
-                              help="Cosine similarity in the collection's space: 1 is identical; once the "
-                                   "collection is whitened, unrelated images score near 0.")
-        folder = st.text_input("Folder", key="folder", placeholder="/photos/2024",
-                               help="Only images in this folder or below it.")
-        collapse = st.checkbox("Collapse identical copies", value=True, key="collapse",
-                               help="Files with the same bytes (sha256) are one result with a '+N copies' count.")
-        expand = st.toggle("Query expansion", value=False, key="expand",
-                           help=f"Search again with the query averaged with its {EXPAND_N} nearest results "
-                                f"(αQE): more results of the same kind of thing.")
+        min_score = st.slider(
+            "Minimum score",
+            0.0,
+            1.0,
+            0.0,
+            0.01,
+            key="min_score",
+            help="Cosine similarity in the collection's space: 1 is identical; once the "
+            "collection is whitened, unrelated images score near 0.",
+        )
+        folder = st.text_input(
+            "Folder", key="folder", placeholder="/photos/2024", help="Only images in this folder or below it."
+        )
+        collapse = st.checkbox(
+            "Collapse identical copies",
+            value=True,
+            key="collapse",
+            help="Files with the same bytes (sha256) are one result with a '+N copies' count.",
+        )
+        expand = st.toggle(
+            "Query expansion",
+            value=False,
+            key="expand",
+            help=f"Search again with the query averaged with its {EXPAND_N} nearest results "
+            f"(αQE): more results of the same kind of thing.",
+        )
     return k, min_score, folder.strip(), collapse, EXPAND_N if expand else 0
 
 
 def query_image(max_upload_mb: int):
     """The uploaded or camera image as ``(name, bytes)``, or None. Shows errors itself."""
-    source = st.segmented_control("Query", ["Upload", "Camera"], default="Upload", key="source",
-                                  label_visibility="collapsed", on_change=show_similar, args=(None,))
+    source = st.segmented_control(
+        "Query",
+        ["Upload", "Camera"],
+        default="Upload",
+        key="source",
+        label_visibility="collapsed",
+        on_change=show_similar,
+        args=(None,),
+    )
     if source == "Camera":
         shot = st.camera_input("Take a photo", key="camera", on_change=show_similar, args=(None,))
         return ("camera photo", shot.getvalue()) if shot is not None else None
-    upload = st.file_uploader("Drop a photo to find similar images", type=UPLOAD_TYPES, key="upload",
-                              max_upload_size=max_upload_mb, on_change=show_similar, args=(None,))
+    upload = st.file_uploader(
+        "Drop a photo to find similar images",
+        type=UPLOAD_TYPES,
+        key="upload",
+        max_upload_size=max_upload_mb,
+        on_change=show_similar,
+        args=(None,),
+    )
     if upload is None:
         return None
     if upload.size > max_upload_mb * 1024 * 1024:
-        st.error(literal_markdown(f"{upload.name} is {upload.size / 2**20:.1f} MB: the limit is {max_upload_mb} MB "
-                                  f"(vitsearch ui --max-upload-mb, or VITSEARCH_MAX_UPLOAD_MB)"))
+        st.error(
+            literal_markdown(
+                f"{upload.name} is {upload.size / 2**20:.1f} MB: the limit is {max_upload_mb} MB "
+                f"(vitsearch ui --max-upload-mb, or VITSEARCH_MAX_UPLOAD_MB)"
+            )
+        )
         return None
     return upload.name, upload.getvalue()
 
@@ -115,8 +157,10 @@ def _view(hit: Hit) -> None:
     with facts:
         st.code(printable(hit.path), language=None, wrap_lines=True)  # its copy button copies the path
         modified = datetime.fromtimestamp(float(meta["mtime"])).strftime("%Y-%m-%d %H:%M")
-        st.caption(f"{int(meta['width'])} × {int(meta['height'])} pixels, {int(meta['size']) / 2**20:.2f} MB, "
-                   f"modified {modified}; score {hit.score:.3f}" + (", a close match" if hit.match else ""))
+        st.caption(
+            f"{int(meta['width'])} × {int(meta['height'])} pixels, {int(meta['size']) / 2**20:.2f} MB, "
+            f"modified {modified}; score {hit.score:.3f}" + (", a close match" if hit.match else "")
+        )
         if st.button("More like this", key="view-more", type="primary", on_click=show_similar, args=(hit.path,)):
             st.rerun()  # the whole page, not only the dialog: it closes and shows the new results
 
@@ -125,7 +169,7 @@ def results_grid(hits: list[Hit]) -> None:
     """Thumbnails of the hits in rows of :data:`GRID_COLUMNS`, each with "View" (the full-size
     view) and "More like this". File and folder names are plain text, never Markdown."""
     for start in range(0, len(hits), GRID_COLUMNS):
-        for col, (rank, hit) in zip(st.columns(GRID_COLUMNS), enumerate(hits[start:start + GRID_COLUMNS], start + 1)):
+        for col, (rank, hit) in zip(st.columns(GRID_COLUMNS), enumerate(hits[start : start + GRID_COLUMNS], start + 1)):
             with col.container(border=True):
                 meta = hit.metadata
                 thumb = cached_thumbnail(hit.path, int(meta["size"]), meta["sha256"])
@@ -133,13 +177,17 @@ def results_grid(hits: list[Hit]) -> None:
                     st.warning("changed since it was indexed, or gone: run vitsearch index again")
                 else:
                     st.image(thumb, width="stretch")
-                st.markdown(f"**{hit.score:.3f}**" + ("  :green-badge[match]" if hit.match else ""),
-                            help="A close match: the same object, scene or product." if hit.match else None)
+                st.markdown(
+                    f"**{hit.score:.3f}**" + ("  :green-badge[match]" if hit.match else ""),
+                    help="A close match: the same object, scene or product." if hit.match else None,
+                )
                 st.text(printable(os.path.basename(hit.path)), help=printable(hit.path))
                 st.caption(literal_markdown(meta["folder"]))
                 if hit.copies:
-                    st.caption(f"+{len(hit.copies)} {'copy' if len(hit.copies) == 1 else 'copies'}",
-                               help="  \n".join(literal_markdown(p) for p in hit.copies))
+                    st.caption(
+                        f"+{len(hit.copies)} {'copy' if len(hit.copies) == 1 else 'copies'}",
+                        help="  \n".join(literal_markdown(p) for p in hit.copies),
+                    )
                 with st.container(horizontal=True):
                     if st.button("View", key=f"view-{rank}", help="Full size, path, size and date"):
                         full_view(hit)
@@ -158,11 +206,12 @@ def main() -> None:
     started = time.perf_counter()
     if similar:
         with st.container(horizontal=True, vertical_alignment="center"):
-            st.markdown(f"More like {literal_markdown(os.path.basename(similar))} "
-                        f"({literal_markdown(os.path.dirname(similar))})")
+            st.markdown(
+                f"More like {literal_markdown(os.path.basename(similar))} "
+                f"({literal_markdown(os.path.dirname(similar))})"
+            )
             st.button("Back to my photo", on_click=show_similar, args=(None,))
-        hits = client.search_similar(similar, k=k, folder=folder or None, collapse_duplicates=collapse,
-                                     expand=expand)
+        hits = client.search_similar(similar, k=k, folder=folder or None, collapse_duplicates=collapse, expand=expand)
     elif query is not None:
         name, data = query
         picture = client.load(data, name)  # decoded as the indexer decodes: reduced scale, same limits
@@ -175,8 +224,10 @@ def main() -> None:
         return
     elapsed_ms = 1000 * (time.perf_counter() - started)
     shown = [h for h in hits if h.score >= min_score]
-    st.caption(f"{len(shown)} result{'' if len(shown) == 1 else 's'} in {elapsed_ms:.0f} ms"
-               + (f" ({len(hits) - len(shown)} below score {min_score:.2f})" if len(shown) < len(hits) else ""))
+    st.caption(
+        f"{len(shown)} result{'' if len(shown) == 1 else 's'} in {elapsed_ms:.0f} ms"
+        + (f" ({len(hits) - len(shown)} below score {min_score:.2f})" if len(shown) < len(hits) else "")
+    )
     if not shown:
         st.info("No indexed image matches: lower the minimum score or clear the folder filter.")
     elif not any(h.match for h in hits):

@@ -8,6 +8,7 @@ The names come from ``VITSEARCH_ALLOWED_HOSTS``, which ``vitsearch ui`` sets to 
 names, its ``--host`` and its ``--allowed-hosts``. Streamlit's own ``server.allowedHosts`` is not
 enough: it guards the websocket only, not the page's files, media and uploads.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,5 +22,7 @@ from vitsearch.search.config import Settings
 #: Streamlit's liveness probe, answered for any Host (it says "ok" and nothing else).
 HEALTH = "/_stcore/health"
 
-app = st.App(Path(__file__).resolve().parent / "app.py",
-             middleware=[Middleware(AllowedHosts, hosts=Settings().allowed_hosts, open_paths={HEALTH})])
+app = st.App(
+    Path(__file__).resolve().parent / "app.py",
+    middleware=[Middleware(AllowedHosts, hosts=Settings().allowed_hosts, open_paths={HEALTH})],
+)

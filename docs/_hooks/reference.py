@@ -12,6 +12,7 @@ cannot drift from it.
 Pages listed in ``nav`` whose file does not exist (a benchmark page still being written) are
 left out of the navigation instead of failing a strict build.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -53,8 +54,11 @@ def on_config(config, **kwargs):
 
 
 #: The pages whose Markdown is generated: their files in docs/ say so, for readers of the repository.
-PAGES = {"reference/cli.md": lambda: cli_markdown(), "reference/settings.md": lambda: settings_markdown(),
-         "reference/http.md": lambda: http_markdown()}
+PAGES = {
+    "reference/cli.md": lambda: cli_markdown(),
+    "reference/settings.md": lambda: settings_markdown(),
+    "reference/http.md": lambda: http_markdown(),
+}
 
 
 def on_files(files, config, **kwargs):
@@ -145,10 +149,14 @@ def _default(param) -> str:
 
 def cli_markdown() -> str:
     root = cli_command()
-    out = ["# Command line", "",
-           "Generated from the Typer app (`vitsearch.cli.app`) when the site is built: every command, "
-           "argument and option of `vitsearch`, as `vitsearch COMMAND --help` prints them. A flag beats "
-           "its `VITSEARCH_*` variable, which beats the default ([Settings](settings.md)).", ""]
+    out = [
+        "# Command line",
+        "",
+        "Generated from the Typer app (`vitsearch.cli.app`) when the site is built: every command, "
+        "argument and option of `vitsearch`, as `vitsearch COMMAND --help` prints them. A flag beats "
+        "its `VITSEARCH_*` variable, which beats the default ([Settings](settings.md)).",
+        "",
+    ]
     for path, command, ctx in walk_commands(root):
         depth = path.count(" ")
         out.append(f"{'#' * min(depth + 1, 4) if depth else '##'} `{path}`")
@@ -182,8 +190,11 @@ def cli_markdown() -> str:
             out += [f"| {a} | {b} | {_cell(c)} | {d} |" for a, b, c, d in rows]
             out.append("")
         if getattr(command, "commands", None):
-            subs = [f"[`{path} {n}`](#{_anchor(f'{path} {n}')})" for n, c in command.commands.items()
-                    if not getattr(c, "hidden", False)]
+            subs = [
+                f"[`{path} {n}`](#{_anchor(f'{path} {n}')})"
+                for n, c in command.commands.items()
+                if not getattr(c, "hidden", False)
+            ]
             out += ["Commands: " + ", ".join(subs) + ".", ""]
     return "\n".join(out)
 
@@ -226,10 +237,13 @@ def settings_table(cls: type, prefix: str) -> list[str]:
     rows = ["| setting | environment variable | type | default | what it is |", "|---|---|---|---|---|"]
     for name, field in cls.model_fields.items():
         if name not in described:
-            raise DocsError(f"{cls.__module__}.{cls.__qualname__}.{name} has no entry in the class "
-                            "docstring's Attributes: section")
-        rows.append(f"| `{name}` | `{prefix}{name.upper()}` | {_cell(_type_name(field.annotation))} | "
-                    f"{_setting_default(field)} | {_cell(_rst_to_md(described[name]))} |")
+            raise DocsError(
+                f"{cls.__module__}.{cls.__qualname__}.{name} has no entry in the class docstring's Attributes: section"
+            )
+        rows.append(
+            f"| `{name}` | `{prefix}{name.upper()}` | {_cell(_type_name(field.annotation))} | "
+            f"{_setting_default(field)} | {_cell(_rst_to_md(described[name]))} |"
+        )
     return rows
 
 
@@ -237,17 +251,28 @@ def settings_markdown() -> str:
     from vitsearch.api.settings import ApiSettings
     from vitsearch.search.config import Settings
 
-    out = ["# Settings", "",
-           "Generated from the settings classes when the site is built. Every setting is read from its "
-           "environment variable; a command's flag beats the variable, the variable beats the default. "
-           "An empty `--uri` or `VITSEARCH_URI` is an error, not the default database.", "",
-           "## The library, the commands and the page", "",
-           "`vitsearch.search.config.Settings` ([Python API](python.md#vitsearch.search.config.Settings)):", ""]
+    out = [
+        "# Settings",
+        "",
+        "Generated from the settings classes when the site is built. Every setting is read from its "
+        "environment variable; a command's flag beats the variable, the variable beats the default. "
+        "An empty `--uri` or `VITSEARCH_URI` is an error, not the default database.",
+        "",
+        "## The library, the commands and the page",
+        "",
+        "`vitsearch.search.config.Settings` ([Python API](python.md#vitsearch.search.config.Settings)):",
+        "",
+    ]
     out += settings_table(Settings, "VITSEARCH_")
-    out += ["", "## The HTTP API", "",
-            "`vitsearch.api.settings.ApiSettings`, the own settings of `vitsearch serve` "
-            "([the HTTP API guide](../guides/http-api.md)); the Milvus URI, the collection, the model and "
-            "the image limits are the library's, above.", ""]
+    out += [
+        "",
+        "## The HTTP API",
+        "",
+        "`vitsearch.api.settings.ApiSettings`, the own settings of `vitsearch serve` "
+        "([the HTTP API guide](../guides/http-api.md)); the Milvus URI, the collection, the model and "
+        "the image limits are the library's, above.",
+        "",
+    ]
     out += settings_table(ApiSettings, "VITSEARCH_API_")
     out.append("")
     return "\n".join(out)
@@ -303,17 +328,23 @@ def _schema_type(schema: dict, node: dict) -> str:
 def http_markdown() -> str:
     schema = _schema()
     info = schema.get("info", {})
-    out = ["# HTTP API", "",
-           f"Generated when the site is built from the OpenAPI schema that `vitsearch serve` serves at "
-           f"`/openapi.json` (version {info.get('version', '?')}); the whole schema is "
-           "[openapi.json](openapi.json), and a running server renders it at `/docs` and `/redoc`. "
-           "How to run and secure the server: [the HTTP API guide](../guides/http-api.md).", ""]
+    out = [
+        "# HTTP API",
+        "",
+        f"Generated when the site is built from the OpenAPI schema that `vitsearch serve` serves at "
+        f"`/openapi.json` (version {info.get('version', '?')}); the whole schema is "
+        "[openapi.json](openapi.json), and a running server renders it at `/docs` and `/redoc`. "
+        "How to run and secure the server: [the HTTP API guide](../guides/http-api.md).",
+        "",
+    ]
     if info.get("description"):
         out += [info["description"], ""]
     out += ["| method | path | what it does |", "|---|---|---|"]
     routes = [(path, method, op) for path, ops in schema["paths"].items() for method, op in ops.items()]
     for path, method, op in routes:
-        out.append(f"| {method.upper()} | [`{path}`](#{_route_anchor(method, path)}) | {_cell(op.get('summary', ''))} |")
+        out.append(
+            f"| {method.upper()} | [`{path}`](#{_route_anchor(method, path)}) | {_cell(op.get('summary', ''))} |"
+        )
     out.append("")
     for path, method, op in routes:
         out += [f"## {method.upper()} `{path}` {{#{_route_anchor(method, path)}}}", ""]
@@ -327,24 +358,32 @@ def http_markdown() -> str:
             for p in params:
                 s = p.get("schema", {})
                 default = s.get("default")
-                out.append(f"| `{p['name']}` | {p['in']} | {_cell(_schema_type(schema, s))} | "
-                           f"{'yes' if p.get('required') else 'no'} | "
-                           f"{_code(json.dumps(default)) if default is not None else ''} | "
-                           f"{_cell(p.get('description') or s.get('description', ''))} |")
+                out.append(
+                    f"| `{p['name']}` | {p['in']} | {_cell(_schema_type(schema, s))} | "
+                    f"{'yes' if p.get('required') else 'no'} | "
+                    f"{_code(json.dumps(default)) if default is not None else ''} | "
+                    f"{_cell(p.get('description') or s.get('description', ''))} |"
+                )
             out.append("")
         body = op.get("requestBody")
         if body:
             for media, content in body.get("content", {}).items():
                 body_schema = _resolve(schema, content.get("schema", {}))
-                out += [f"Request body: `{media}`" + (f", {body_schema.get('title')}" if body_schema.get("title") else "")
-                        + ".", ""]
+                out += [
+                    f"Request body: `{media}`"
+                    + (f", {body_schema.get('title')}" if body_schema.get("title") else "")
+                    + ".",
+                    "",
+                ]
                 props = body_schema.get("properties", {})
                 if props:
                     required = set(body_schema.get("required", []))
                     out += ["| field | type | required | description |", "|---|---|---|---|"]
                     for name, prop in props.items():
-                        out.append(f"| `{name}` | {_cell(_schema_type(schema, prop))} | "
-                                   f"{'yes' if name in required else 'no'} | {_cell(prop.get('description', ''))} |")
+                        out.append(
+                            f"| `{name}` | {_cell(_schema_type(schema, prop))} | "
+                            f"{'yes' if name in required else 'no'} | {_cell(prop.get('description', ''))} |"
+                        )
                     out.append("")
         responses = op.get("responses", {})
         if responses:
@@ -368,8 +407,10 @@ def http_markdown() -> str:
                 required = set(model.get("required", []))
                 out += ["| field | type | required | description |", "|---|---|---|---|"]
                 for field, prop in props.items():
-                    out.append(f"| `{field}` | {_cell(_schema_type(schema, prop))} | "
-                               f"{'yes' if field in required else 'no'} | {_cell(prop.get('description', ''))} |")
+                    out.append(
+                        f"| `{field}` | {_cell(_schema_type(schema, prop))} | "
+                        f"{'yes' if field in required else 'no'} | {_cell(prop.get('description', ''))} |"
+                    )
                 out.append("")
     return "\n".join(out)
 
@@ -383,6 +424,8 @@ def on_page_content(html, page, config, files, **kwargs):
     reference renders them as Markdown, where the role would show as text."""
     if page.file.src_uri != "reference/python.md":
         return html
-    return re.sub(r":(?:py:)?(?:meth|func|class|mod|data|attr|exc|obj):<code>~?\.?([^<]*)</code>",
-                  lambda m: f"<code>{m.group(1).rsplit('.', 1)[-1] if m.group(0).find('~') >= 0 else m.group(1)}</code>",
-                  html)
+    return re.sub(
+        r":(?:py:)?(?:meth|func|class|mod|data|attr|exc|obj):<code>~?\.?([^<]*)</code>",
+        lambda m: f"<code>{m.group(1).rsplit('.', 1)[-1] if m.group(0).find('~') >= 0 else m.group(1)}</code>",
+        html,
+    )

@@ -7,9 +7,27 @@ Only :mod:`.collection`, :mod:`.space` (the whitening matrices' collection), :mo
 :mod:`.lite` (pymilvus' generated gRPC service, on which it serves Lite) import pymilvus;
 nothing here imports torch.
 """
-from .collection import (MAX_PATH_BYTES, META_FIELDS, SCHEMA_VERSION, SEARCH_CONSISTENCY, CollectionMoved, Hit, Store,
-                         is_server_uri)
+
+from .collection import (
+    MAX_PATH_BYTES,
+    META_FIELDS,
+    SCHEMA_VERSION,
+    SEARCH_CONSISTENCY,
+    CollectionMoved,
+    Hit,
+    Store,
+    is_server_uri,
+)
 from .lease import writer_lease
 
-__all__ = ["Store", "Hit", "CollectionMoved", "META_FIELDS", "MAX_PATH_BYTES", "SCHEMA_VERSION", "SEARCH_CONSISTENCY", "is_server_uri",
-           "writer_lease"]
+__all__ = [
+    "Store",
+    "Hit",
+    "CollectionMoved",
+    "META_FIELDS",
+    "MAX_PATH_BYTES",
+    "SCHEMA_VERSION",
+    "SEARCH_CONSISTENCY",
+    "is_server_uri",
+    "writer_lease",
+]

@@ -1,11 +1,12 @@
 """Loading Parquet shards into a collection by Milvus bulk import (a Milvus server 2.4+, through
 its REST API: ``pymilvus.bulk_writer``), for first loads too large to upsert
 (``vitsearch index --engine ray --bulk-dir``)."""
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import StoreError
 from .collection import Store
@@ -27,16 +28,19 @@ def bulk_import(store: Store, files: Sequence[str], timeout_s: float = 24 * 3600
     Raises:
         StoreError: a Milvus Lite URI, the server refused the job, or it failed or timed out.
     """
-    from pymilvus.bulk_writer import bulk_import as start, get_import_progress
+    from pymilvus.bulk_writer import bulk_import as start
+    from pymilvus.bulk_writer import get_import_progress
 
     if store.is_lite:
         raise StoreError(f"bulk import needs a Milvus server, not Milvus Lite ({store.uri})")
-    reply = start(url=store.uri, collection_name=store.physical, api_key=store._token,
-                  files=[[f] for f in files]).json()
+    reply = start(
+        url=store.uri, collection_name=store.physical, api_key=store._token, files=[[f] for f in files]
+    ).json()
     job = (reply.get("data") or {}).get("jobId")
     if not job:
-        raise StoreError(f"Milvus at {store.uri} refused the bulk import of {len(files)} files: "
-                         f"{reply.get('message', reply)}")
+        raise StoreError(
+            f"Milvus at {store.uri} refused the bulk import of {len(files)} files: {reply.get('message', reply)}"
+        )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         state = get_import_progress(url=store.uri, job_id=job, api_key=store._token).json().get("data") or {}
@@ -62,8 +66,9 @@ def bulk_load(store: Store, bulk_dir: str) -> int:
 
     filesystem, root = pafs.FileSystem.from_uri(bulk_dir)
     bucket = root.split("/", 1)[0]
-    files = sorted(i.path for i in filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
-                   if i.path.endswith(".parquet"))
-    rows = bulk_import(store, [f[len(bucket) + 1:] for f in files])  # keys within the bucket
+    files = sorted(
+        i.path for i in filesystem.get_file_info(pafs.FileSelector(root, recursive=True)) if i.path.endswith(".parquet")
+    )
+    rows = bulk_import(store, [f[len(bucket) + 1 :] for f in files])  # keys within the bucket
     log.info("bulk import of %d files: %d rows", len(files), rows)
     return rows

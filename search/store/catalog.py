@@ -6,10 +6,11 @@ the generations ``NAME__vitsearch_<n>`` that the name (a Milvus alias) leads to,
 matrices' ``NAME__vitsearch_space``, and during an upgrade ``NAME__vitsearch_upgrade`` and
 ``NAME__vitsearch_v1``. Those are never shown as collections; dropping a name drops all of them.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 from ..errors import CollectionBusyError, CollectionNotFoundError, StoreError
 from .collection import _OLD, _UPGRADING, GENERATION, SPACE_SUFFIX, Store, _generation, is_internal
@@ -48,7 +49,7 @@ def _owner(name: str) -> str | None:
         return name
     for suffix in (_UPGRADING, _OLD):
         if name.endswith(suffix):
-            return name[:-len(suffix)]
+            return name[: -len(suffix)]
     base, _, number = name.rpartition(GENERATION)
     return base if base and number.isdigit() else None
 
@@ -100,8 +101,9 @@ def summary(store: Store) -> CollectionSummary:
         raise
     except StoreError:  # exists, but not made by vitsearch
         info = None
-    return CollectionSummary(store.collection, store.count(), info and info.model, info and info.dim,
-                             live_holder(store) is not None)
+    return CollectionSummary(
+        store.collection, store.count(), info and info.model, info and info.dim, live_holder(store) is not None
+    )
 
 
 def drop_collection(store: Store, confirm: Callable[[CollectionSummary | None], bool] | None = None) -> list[str]:
@@ -134,11 +136,13 @@ def drop_collection(store: Store, confirm: Callable[[CollectionSummary | None], 
         behind = repr(owner) if owner else "a collection"
         raise CollectionNotFoundError(
             f"{store.collection!r} is not a collection but part of {behind}, which vitsearch keeps "
-            f"behind that name at {store.uri}: drop that one instead (see `vitsearch collections`)")
+            f"behind that name at {store.uri}: drop that one instead (see `vitsearch collections`)"
+        )
     names = _behind(set(store._call("list_collections")), store.collection)
     if not names:
-        raise CollectionNotFoundError(f"collection {store.collection!r} does not exist at {store.uri} "
-                                      f"(see `vitsearch collections`)")
+        raise CollectionNotFoundError(
+            f"collection {store.collection!r} does not exist at {store.uri} (see `vitsearch collections`)"
+        )
     if not store.exists():  # only leftovers of a drop cut short: no lease to take
         if confirm is not None and not confirm(None):
             return []

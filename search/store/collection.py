@@ -12,14 +12,16 @@ expression text, and the expressions are built by :mod:`.expr`. A path is stored
 maps back to its exact bytes (:func:`~vitsearch.search.paths.stored_path`), also where a name is
 not valid UTF-8.
 """
+
 from __future__ import annotations
 
 import logging
 import re
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -33,7 +35,8 @@ from ..errors import BadQueryError, CollectionNotFoundError, StoreError
 from ..models import index_hint
 from ..paths import path_from_stored, stored_path
 from .expr import all_of, check_filter, literal, path_is_not, paths_in, under, values_in
-from .lite import lite_uri, release as lite_release
+from .lite import lite_uri
+from .lite import release as lite_release
 
 log = logging.getLogger(__name__)
 #: gRPC channel options of every Milvus client (``MilvusClient(..., grpc_options=...)``).
@@ -58,6 +61,7 @@ class _ReplyTooLarge(StoreError):
     """A reply over gRPC's message limit (a Milvus 2.3 server's query nodes send the proxy up to
     ``limit`` rows per segment: 4,096 rows of 384-d vectors from ~15 segments of a 1M collection
     came to 98 MB, over its 64 MB)."""
+
 
 #: Version 2 (vitsearch 0.2) added ``ctime_ns`` and ``inode`` and stores paths with
 #: :func:`stored_path`; a version-1 collection is read as it is and upgraded in place by the
@@ -147,9 +151,13 @@ class Hit:
     def to_dict(self) -> dict[str, Any]:
         """``{"path", "score", "match", **metadata}``, plus ``"copies": [...]`` on a collapsed hit
         that has copies; JSON-serialisable."""
-        return {"path": self.path, "score": self.score, "match": self.match,
-                **{k: v for k, v in self.metadata.items() if k != "path"},
-                **({"copies": list(self.copies)} if self.copies else {})}
+        return {
+            "path": self.path,
+            "score": self.score,
+            "match": self.match,
+            **{k: v for k, v in self.metadata.items() if k != "path"},
+            **({"copies": list(self.copies)} if self.copies else {}),
+        }
 
 
 def is_server_uri(uri: str) -> bool:
@@ -184,12 +192,22 @@ class Store:
             the URI and the reason.
     """
 
-    def __init__(self, uri: str, collection: str, token: str | None = None, *, lite_wait_s: float = 10.0,
-                 retry_s: float = 60.0, max_filter_chars: int = DEFAULT_MAX_FILTER_CHARS,
-                 max_filter_depth: int = DEFAULT_MAX_FILTER_DEPTH):
+    def __init__(
+        self,
+        uri: str,
+        collection: str,
+        token: str | None = None,
+        *,
+        lite_wait_s: float = 10.0,
+        retry_s: float = 60.0,
+        max_filter_chars: int = DEFAULT_MAX_FILTER_CHARS,
+        max_filter_depth: int = DEFAULT_MAX_FILTER_DEPTH,
+    ):
         if not uri or not uri.strip():
-            raise StoreError("the Milvus URI is empty: give a Milvus Lite path (such as ~/vitsearch/milvus.db) "
-                             "or a server URI (http://host:19530)")
+            raise StoreError(
+                "the Milvus URI is empty: give a Milvus Lite path (such as ~/vitsearch/milvus.db) "
+                "or a server URI (http://host:19530)"
+            )
         self.uri = uri
         self.collection = collection
         self._token = token or ""
@@ -204,8 +222,9 @@ class Store:
         self._connect()
 
     @classmethod
-    def from_settings(cls, settings: Settings, uri: str | None = None, collection: str | None = None,
-                      token: str | None = None) -> "Store":
+    def from_settings(
+        cls, settings: Settings, uri: str | None = None, collection: str | None = None, token: str | None = None
+    ) -> Store:
         """Open the store that ``settings`` names; explicit ``uri``/``collection``/``token`` win.
 
         Raises:
@@ -213,18 +232,31 @@ class Store:
         """
         uri = uri if uri is not None else settings.resolved_uri()
         token = token or settings.token_for(uri)
-        return cls(uri, collection or settings.collection, token, lite_wait_s=settings.lite_wait_s,
-                   retry_s=settings.retry_s, max_filter_chars=settings.max_filter_chars,
-                   max_filter_depth=settings.max_filter_depth)
+        return cls(
+            uri,
+            collection or settings.collection,
+            token,
+            lite_wait_s=settings.lite_wait_s,
+            retry_s=settings.retry_s,
+            max_filter_chars=settings.max_filter_chars,
+            max_filter_depth=settings.max_filter_depth,
+        )
 
-    def sibling(self, collection: str) -> "Store":
+    def sibling(self, collection: str) -> Store:
         """Another collection of the same database, opened with this store's URI, token and limits.
 
         Raises:
             StoreError: Milvus cannot be opened or reached.
         """
-        return Store(self.uri, collection, self._token, lite_wait_s=self._lite_wait_s, retry_s=self._retry_s,
-                     max_filter_chars=self._filter_limits[0], max_filter_depth=self._filter_limits[1])
+        return Store(
+            self.uri,
+            collection,
+            self._token,
+            lite_wait_s=self._lite_wait_s,
+            retry_s=self._retry_s,
+            max_filter_chars=self._filter_limits[0],
+            max_filter_depth=self._filter_limits[1],
+        )
 
     def _connect(self) -> None:
         target = self.uri
@@ -263,8 +295,10 @@ class Store:
                     return (getattr(self._client, method) if isinstance(method, str) else method)(*args, **kwargs)
                 except grpc.RpcError as exc:  # pymilvus passes some through unwrapped
                     kind = _ReplyTooLarge if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else StoreError
-                    raise kind(f"Milvus at {self.uri}, collection {self.collection!r}: {what} failed: "
-                               f"{exc.code().name}: {exc.details()}") from exc
+                    raise kind(
+                        f"Milvus at {self.uri}, collection {self.collection!r}: {what} failed: "
+                        f"{exc.code().name}: {exc.details()}"
+                    ) from exc
                 except MilvusException as exc:
                     if _released(exc) and not reloaded:
                         reloaded = True
@@ -284,7 +318,8 @@ class Store:
                 self._stale = True
                 raise StoreError(
                     f"Milvus at {self.uri} did not answer for {self._retry_s:g} s ({what}: {last}); "
-                    f"run again once it is back: an indexing run resumes where it stopped") from last
+                    f"run again once it is back: an indexing run resumes where it stopped"
+                ) from last
             log.warning("Milvus at %s is unreachable; retrying in %.1f s", self.uri, delay)
             time.sleep(delay)
             delay = min(2 * delay, 8.0)
@@ -314,8 +349,9 @@ class Store:
         if self._name == name:
             return False
         if what in ("search", "upsert", "insert") or "vector" in (kwargs.get("output_fields") or ()):
-            raise CollectionMoved(f"{self.where}: its vectors were rewritten into {self._name!r} while this "
-                                  f"call ran on {name!r}")
+            raise CollectionMoved(
+                f"{self.where}: its vectors were rewritten into {self._name!r} while this call ran on {name!r}"
+            )
         return True
 
     def _require(self) -> str:
@@ -327,8 +363,9 @@ class Store:
         if self._name is None:
             self._resolve_checked()
         if self._name is None:
-            raise CollectionNotFoundError(f"collection {self.collection!r} does not exist at {self.uri}: "
-                                          f"index a folder first: {index_hint()}")
+            raise CollectionNotFoundError(
+                f"collection {self.collection!r} does not exist at {self.uri}: index a folder first: {index_hint()}"
+            )
         return self._name
 
     @property
@@ -357,8 +394,12 @@ class Store:
         elif target is not None and target in names:
             self._name = target
         else:
-            done = [n for n in names if _generation(self.collection, n) is not None
-                    and self._client.describe_collection(n).get("properties", {}).get(STATE_KEY, "done") == "done"]
+            done = [
+                n
+                for n in names
+                if _generation(self.collection, n) is not None
+                and self._client.describe_collection(n).get("properties", {}).get(STATE_KEY, "done") == "done"
+            ]
             self._name = max(done, key=lambda n: _generation(self.collection, n)) if done else None
             if self._name is not None:
                 self.point_alias(self._name)
@@ -399,8 +440,9 @@ class Store:
         self._name = name
 
     def _error(self, what: str, exc: MilvusException) -> StoreError:
-        return StoreError(f"Milvus at {self.uri}, collection {self.collection!r}: {what} failed: "
-                          f"{' '.join(str(exc).split())}")
+        return StoreError(
+            f"Milvus at {self.uri}, collection {self.collection!r}: {what} failed: {' '.join(str(exc).split())}"
+        )
 
     # --- the collection and its encoder record ---------------------------------------------------
 
@@ -437,8 +479,10 @@ class Store:
         """
         props = self.properties()
         if _ENCODER_KEY not in props:
-            raise StoreError(f"collection {self.collection!r} at {self.uri} has no vitsearch encoder "
-                             f"record: it was not created by vitsearch; use another --collection")
+            raise StoreError(
+                f"collection {self.collection!r} at {self.uri} has no vitsearch encoder "
+                f"record: it was not created by vitsearch; use another --collection"
+            )
         return EncoderInfo.from_json(props[_ENCODER_KEY])
 
     def properties(self) -> dict[str, str]:
@@ -449,8 +493,8 @@ class Store:
         """
         if not self.exists():
             raise CollectionNotFoundError(
-                f"collection {self.collection!r} does not exist at {self.uri}: "
-                f"index a folder first: {index_hint()}")
+                f"collection {self.collection!r} does not exist at {self.uri}: index a folder first: {index_hint()}"
+            )
         desc = self._call("describe_collection", self._name)
         return dict(desc.get("properties") or {})
 
@@ -464,8 +508,10 @@ class Store:
         if self._schema is None:
             version = self.properties().get(_SCHEMA_KEY)
             if version not in ("1", SCHEMA_VERSION):
-                raise StoreError(f"collection {self.collection!r} at {self.uri} has schema version "
-                                 f"{version!r}; this vitsearch reads 1 and {SCHEMA_VERSION}: upgrade vitsearch")
+                raise StoreError(
+                    f"collection {self.collection!r} at {self.uri} has schema version "
+                    f"{version!r}; this vitsearch reads 1 and {SCHEMA_VERSION}: upgrade vitsearch"
+                )
             self._schema = version
         return self._schema
 
@@ -519,8 +565,14 @@ class Store:
         schema.add_field("indexed_at", DataType.DOUBLE)
         index = self._client.prepare_index_params()
         index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE", params=HNSW_PARAMS)
-        self._call("create_collection", name, schema=schema, index_params=index, consistency_level="Strong",
-                   properties={**properties, _SCHEMA_KEY: SCHEMA_VERSION})
+        self._call(
+            "create_collection",
+            name,
+            schema=schema,
+            index_params=index,
+            consistency_level="Strong",
+            properties={**properties, _SCHEMA_KEY: SCHEMA_VERSION},
+        )
         if name == self._name:
             self._schema = SCHEMA_VERSION
 
@@ -554,21 +606,27 @@ class Store:
         copied = 0
         old_fields = [f for f in ("vector", *META_FIELDS[1:]) if f not in _NEW_IN_2]
         for rows in self._batches(self._name, old_fields, "", 1000):  # each read is one upsert
-            self._call("upsert", new, [{**_NEW_IN_2, **r, "path": stored_path(r["path"]),
-                                        "folder": stored_path(r["folder"])} for r in rows])
+            self._call(
+                "upsert",
+                new,
+                [{**_NEW_IN_2, **r, "path": stored_path(r["path"]), "folder": stored_path(r["folder"])} for r in rows],
+            )
             copied += len(rows)
             if on_rows:
                 on_rows(len(rows))
         count = int(self._call("query", new, filter="", output_fields=["count(*)"])[0]["count(*)"])
         if count != self.count():
-            raise StoreError(f"upgrading {self.collection!r} at {self.uri}: the copy holds {count} rows, "
-                             f"not {self.count()}; the collection is unchanged, run again")
+            raise StoreError(
+                f"upgrading {self.collection!r} at {self.uri}: the copy holds {count} rows, "
+                f"not {self.count()}; the collection is unchanged, run again"
+            )
         self._call("alter_collection_properties", new, properties={_UPGRADE_KEY: "done"})
         self._call("rename_collection", self.collection, old)
         self._finish_upgrade()
         self.resolve()  # loads the renamed copy
-        log.info("upgraded collection %s at %s to schema %s (%d rows)", self.collection, self.uri,
-                 SCHEMA_VERSION, copied)
+        log.info(
+            "upgraded collection %s at %s to schema %s (%d rows)", self.collection, self.uri, SCHEMA_VERSION, copied
+        )
         return copied
 
     def _finish_upgrade(self) -> None:
@@ -607,8 +665,12 @@ class Store:
         names = set(self._call("list_collections"))
         if self._alias_target(names) is not None:
             self._call("drop_alias", self.collection)
-        internal = {self.collection, self.collection + _UPGRADING, self.collection + _OLD,
-                    self.collection + SPACE_SUFFIX}
+        internal = {
+            self.collection,
+            self.collection + _UPGRADING,
+            self.collection + _OLD,
+            self.collection + SPACE_SUFFIX,
+        }
         for name in names:
             if name in internal or _generation(self.collection, name) is not None:
                 self._call("drop_collection", name)
@@ -627,10 +689,14 @@ class Store:
                 stayed unreachable; the requests sent before stay written.
         """
         if self.schema_version() != SCHEMA_VERSION:
-            raise StoreError(f"collection {self.collection!r} at {self.uri} has schema version "
-                             f"{self._schema}: `vitsearch index` upgrades it before writing")
-        self.upsert_stored(self._name, ({**row, "path": stored_path(row["path"]), "folder": stored_path(row["folder"])}
-                                         for row in rows))
+            raise StoreError(
+                f"collection {self.collection!r} at {self.uri} has schema version "
+                f"{self._schema}: `vitsearch index` upgrades it before writing"
+            )
+        self.upsert_stored(
+            self._name,
+            ({**row, "path": stored_path(row["path"]), "folder": stored_path(row["folder"])} for row in rows),
+        )
 
     def upsert_stored(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
         """Upsert rows whose ``path`` and ``folder`` are already in their stored form (as
@@ -652,8 +718,9 @@ class Store:
         if batch:
             self._call("upsert", name, batch)
 
-    def read_stored(self, name: str, fields: Sequence[str], after: str | None = None,
-                    batch_size: int | None = None) -> Iterator[list[dict[str, Any]]]:
+    def read_stored(
+        self, name: str, fields: Sequence[str], after: str | None = None, batch_size: int | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
         """Every row of the physical collection ``name`` as Milvus stores it (``path`` and
         ``folder`` in stored form), in primary-key order from after the stored path ``after``,
         in batches (:meth:`_batches`)."""
@@ -685,8 +752,9 @@ class Store:
         """Drop the physical collection ``name`` (a generation no longer in use)."""
         self._call("drop_collection", name)
 
-    def get(self, paths: Sequence[str], fields: Sequence[str] = META_FIELDS, *,
-            consistency: str | None = None) -> dict[str, dict[str, Any]]:
+    def get(
+        self, paths: Sequence[str], fields: Sequence[str] = META_FIELDS, *, consistency: str | None = None
+    ) -> dict[str, dict[str, Any]]:
         """Rows of the given paths that exist, by path. Missing paths are absent from the result.
 
         Args:
@@ -714,8 +782,9 @@ class Store:
             return self.get(paths, asked, consistency=consistency)
         return found
 
-    def iter_rows(self, fields: Sequence[str] = ("path",), folder: str | None = None,
-                  batch_size: int | None = None) -> Iterator[dict[str, Any]]:
+    def iter_rows(
+        self, fields: Sequence[str] = ("path",), folder: str | None = None, batch_size: int | None = None
+    ) -> Iterator[dict[str, Any]]:
         """All rows, or those of files inside ``folder`` (an absolute path, any depth), streamed
         in reads of ``batch_size`` rows (default :meth:`read_size`).
 
@@ -725,8 +794,7 @@ class Store:
         Raises:
             StoreError: Milvus refused or stayed unreachable.
         """
-        for batch in self._batches(self._name, self._fields(fields), under(folder) if folder else "",
-                                   batch_size):
+        for batch in self._batches(self._name, self._fields(fields), under(folder) if folder else "", batch_size):
             yield from (self._row(r, fields) for r in batch)
 
     def vectors(self, folder: str | None = None, batch_size: int | None = None) -> tuple[list[str], np.ndarray]:
@@ -758,8 +826,14 @@ class Store:
         :data:`NEIGHBOURS_READ` on a server."""
         return LITE_READ if self._lite is not None else NEIGHBOURS_READ
 
-    def _batches(self, collection: str, fields: list[str], filter: str,
-                 batch_size: int | None = None, start_after: str | None = None) -> Iterator[list[dict[str, Any]]]:
+    def _batches(
+        self,
+        collection: str,
+        fields: list[str],
+        filter: str,
+        batch_size: int | None = None,
+        start_after: str | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
         """Rows of ``collection`` matching ``filter`` as Milvus stores them, in batches of
         ``batch_size`` rows (default :meth:`read_size`), in
         primary-key order: each query asks for the next rows after the last path seen, as
@@ -772,8 +846,15 @@ class Store:
         while True:
             after = f"path > {literal(last)}" if last is not None else ""
             try:
-                rows = self._call("query", collection, filter=all_of(after, filter), output_fields=fields,
-                                  limit=limit, iterator="True", reduce_stop_for_best="True")
+                rows = self._call(
+                    "query",
+                    collection,
+                    filter=all_of(after, filter),
+                    output_fields=fields,
+                    limit=limit,
+                    iterator="True",
+                    reduce_stop_for_best="True",
+                )
             except _ReplyTooLarge:
                 if limit == 1:
                     raise
@@ -831,8 +912,10 @@ class Store:
             if not pending or desc.get("indexed_rows", 0) >= desc.get("total_rows", 0):
                 return
             if time.monotonic() > deadline:
-                raise StoreError(f"Milvus at {self.uri}: the index of {self.collection!r} still has "
-                                 f"{pending} rows to build after {timeout_s:g} s")
+                raise StoreError(
+                    f"Milvus at {self.uri}: the index of {self.collection!r} still has "
+                    f"{pending} rows to build after {timeout_s:g} s"
+                )
             time.sleep(1)
 
     def delete(self, paths: Sequence[str]) -> None:
@@ -856,9 +939,16 @@ class Store:
             return self.count(folder)
         return int(res[0]["count(*)"])
 
-    def neighbours(self, threshold: float, *, folder: str | None = None, fields: Sequence[str] = ("sha256",),
-                   k: int = NEIGHBOURS_K, max_k: int = NEIGHBOURS_MAX_K, batch_size: int | None = None,
-                   ) -> Iterator[tuple[list[dict[str, Any]], list[tuple[str, str, float]]]]:
+    def neighbours(
+        self,
+        threshold: float,
+        *,
+        folder: str | None = None,
+        fields: Sequence[str] = ("sha256",),
+        k: int = NEIGHBOURS_K,
+        max_k: int = NEIGHBOURS_MAX_K,
+        batch_size: int | None = None,
+    ) -> Iterator[tuple[list[dict[str, Any]], list[tuple[str, str, float]]]]:
         """Every stored vector's neighbours at cosine similarity ``threshold`` or more: the rows
         are streamed in primary-key order (:meth:`_batches`) and each batch's vectors are the
         query vectors of one search (``batch_size`` queries per call, default
@@ -884,14 +974,24 @@ class Store:
             StoreError: Milvus refused the search or stayed unreachable.
         """
         batch_size = batch_size or (LITE_NEIGHBOURS_BATCH if self._lite is not None else NEIGHBOURS_BATCH)
-        for read in self._batches(self._name, self._fields(["vector", *fields]),
-                                  under(folder) if folder else "", max(batch_size, self.read_size())):
+        for read in self._batches(
+            self._name,
+            self._fields(["vector", *fields]),
+            under(folder) if folder else "",
+            max(batch_size, self.read_size()),
+        ):
             for start in range(0, len(read), batch_size):
-                yield self._neighbours_of(read[start:start + batch_size], threshold, folder, fields, k, max_k)
+                yield self._neighbours_of(read[start : start + batch_size], threshold, folder, fields, k, max_k)
 
-    def _neighbours_of(self, batch: list[dict[str, Any]], threshold: float, folder: str | None,
-                       fields: Sequence[str], k: int, max_k: int,
-                       ) -> tuple[list[dict[str, Any]], list[tuple[str, str, float]]]:
+    def _neighbours_of(
+        self,
+        batch: list[dict[str, Any]],
+        threshold: float,
+        folder: str | None,
+        fields: Sequence[str],
+        k: int,
+        max_k: int,
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str, float]]]:
         """One batch of :meth:`neighbours`: its rows (vector removed) and their pairs."""
         rows = [self._row(r, fields) for r in batch]
         vectors = np.asarray([r.pop("vector") for r in rows], np.float32)
@@ -904,13 +1004,22 @@ class Store:
                 if depth < max_k and len(hits) == depth and hits[-1].score >= threshold:
                     deeper.append(i)
                     continue
-                pairs += [(rows[i]["path"], h.path, h.score) for h in hits
-                          if h.score >= threshold and h.path != rows[i]["path"]]
+                pairs += [
+                    (rows[i]["path"], h.path, h.score)
+                    for h in hits
+                    if h.score >= threshold and h.path != rows[i]["path"]
+                ]
             todo, depth = np.asarray(deeper, int), min(max_k, MAX_K)
         return rows, pairs
 
-    def copies(self, sha256s: Sequence[str], filter: str | None = None, *, folder: str | None = None,
-               exclude: Sequence[str] = ()) -> dict[str, list[str]]:
+    def copies(
+        self,
+        sha256s: Sequence[str],
+        filter: str | None = None,
+        *,
+        folder: str | None = None,
+        exclude: Sequence[str] = (),
+    ) -> dict[str, list[str]]:
         """The paths of the rows whose file bytes have each of these sha256 digests, under the
         same conditions as :meth:`search` (``filter``, ``folder``, ``exclude``), sorted.
 
@@ -930,9 +1039,17 @@ class Store:
                     found.setdefault(row["sha256"], []).append(path_from_stored(row["path"]))
         return {sha: sorted(paths) for sha, paths in found.items()}
 
-    def search(self, vectors: np.ndarray, k: int, filter: str | None = None, *, folder: str | None = None,
-               exclude: Sequence[str] = (), fields: Sequence[str] = META_FIELDS,
-               ef: int | None = None) -> list[list[Hit]]:
+    def search(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        filter: str | None = None,
+        *,
+        folder: str | None = None,
+        exclude: Sequence[str] = (),
+        fields: Sequence[str] = META_FIELDS,
+        ef: int | None = None,
+    ) -> list[list[Hit]]:
         """Top-``k`` rows by cosine similarity for each query vector.
 
         The conditions are ANDed: ``filter`` (checked by :func:`check_filter` to be one
@@ -960,8 +1077,13 @@ class Store:
         name = self._name
         try:
             res = self._call(
-                "search", name, data=np.asarray(vectors, np.float32).tolist(),
-                limit=k, filter=expr, output_fields=fields, consistency_level=SEARCH_CONSISTENCY,
+                "search",
+                name,
+                data=np.asarray(vectors, np.float32).tolist(),
+                limit=k,
+                filter=expr,
+                output_fields=fields,
+                consistency_level=SEARCH_CONSISTENCY,
                 search_params={"metric_type": "COSINE", "params": {"ef": max(ef or 64, k)}},
             )
         except StoreError as exc:
@@ -969,7 +1091,8 @@ class Store:
             if user and isinstance(cause, MilvusException) and _FILTER_ERROR.search(cause.message or ""):
                 raise BadQueryError(
                     f"filter {user!r} is not a valid Milvus expression on this collection "
-                    f"(fields: {', '.join(META_FIELDS)}): {' '.join(cause.message.split())}") from None
+                    f"(fields: {', '.join(META_FIELDS)}): {' '.join(cause.message.split())}"
+                ) from None
             raise
         if any(len(hits) < k for hits in res):  # also what Milvus Lite answers from a generation being dropped
             self._follow(name, "search", {})  # CollectionMoved where it was
@@ -1005,7 +1128,7 @@ class Store:
         if release and self._lite is not None:
             lite_release(self._lite)
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -1020,7 +1143,7 @@ def generation_name(collection: str, generation: int) -> str:
 def _generation(collection: str, name: str) -> int | None:
     """The generation number of ``name`` if it is one of ``collection``'s, else None."""
     prefix = collection + GENERATION
-    rest = name[len(prefix):] if name.startswith(prefix) else ""
+    rest = name[len(prefix) :] if name.startswith(prefix) else ""
     return int(rest) if rest.isdigit() else None
 
 

@@ -6,11 +6,12 @@ go in as their stored text (:func:`~vitsearch.search.paths.stored_path`); a user
 ever combined whole, after :func:`check_filter` (which also bounds its length and nesting).
 Nothing here imports pymilvus.
 """
+
 from __future__ import annotations
 
 import os
 import re
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from ..config import DEFAULT_MAX_FILTER_CHARS, DEFAULT_MAX_FILTER_DEPTH
 from ..errors import BadQueryError
@@ -35,8 +36,9 @@ def literal(value: str) -> str:
 _LITERAL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
 
 
-def check_filter(expr: str, max_chars: int = DEFAULT_MAX_FILTER_CHARS,
-                 max_depth: int = DEFAULT_MAX_FILTER_DEPTH) -> str:
+def check_filter(
+    expr: str, max_chars: int = DEFAULT_MAX_FILTER_CHARS, max_depth: int = DEFAULT_MAX_FILTER_DEPTH
+) -> str:
     """A user's filter, checked to be one balanced boolean expression (so that ANDing it with
     the product's own conditions cannot be escaped by a stray parenthesis) of bounded size, or
     ``""``.
@@ -59,8 +61,9 @@ def check_filter(expr: str, max_chars: int = DEFAULT_MAX_FILTER_CHARS,
     """
     expr = (expr or "").strip()
     if len(expr) > max_chars:
-        raise BadQueryError(f"filter is {len(expr):,} characters long, over the limit of {max_chars:,} "
-                            f"(VITSEARCH_MAX_FILTER_CHARS)")
+        raise BadQueryError(
+            f"filter is {len(expr):,} characters long, over the limit of {max_chars:,} (VITSEARCH_MAX_FILTER_CHARS)"
+        )
     closing, stack = {"(": ")", "[": "]"}, []
     chains, chained = [0], 0  # prefix operators pending at each bracket level, and their sum
     operand = False  # whether the last token ends an operand (so that a "-" after it is binary)
@@ -78,12 +81,16 @@ def check_filter(expr: str, max_chars: int = DEFAULT_MAX_FILTER_CHARS,
             chained += 1
         elif text in (")", "]"):
             if not stack or stack.pop() != text:
-                raise BadQueryError(f"filter {_shown(expr)} is not one boolean expression: unmatched {text!r} "
-                                    f"at column {token.start() + 1}")
+                raise BadQueryError(
+                    f"filter {_shown(expr)} is not one boolean expression: unmatched {text!r} "
+                    f"at column {token.start() + 1}"
+                )
             chained -= chains.pop()
         if len(stack) + chained > max_depth:
-            raise BadQueryError(f"filter {_shown(expr)} nests deeper than the limit of {max_depth} (each bracket "
-                                f"and each chained not, ! or - counts; VITSEARCH_MAX_FILTER_DEPTH)")
+            raise BadQueryError(
+                f"filter {_shown(expr)} nests deeper than the limit of {max_depth} (each bracket "
+                f"and each chained not, ! or - counts; VITSEARCH_MAX_FILTER_DEPTH)"
+            )
         operand = text in (")", "]") or (kind in ("string", "word", "number") and text.lower() not in _KEYWORDS)
         if operand:  # a chain of prefix operators ends with its operand
             chained -= chains[-1]
@@ -95,9 +102,12 @@ def check_filter(expr: str, max_chars: int = DEFAULT_MAX_FILTER_CHARS,
 
 #: A filter's tokens, as far as :func:`check_filter` needs them: a terminated string literal, an
 #: opening quote without its end, a word, a number, a two-character operator or one character.
-_TOKEN = re.compile(r"""(?P<space>\s+)|(?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<open>["'])"""
-                    r"|(?P<word>[A-Za-z_][A-Za-z0-9_]*)|(?P<number>[0-9.]+(?:[eE][+-]?[0-9]+)?)"
-                    r"|(?P<op>==|!=|<=|>=|&&|\|\||\*\*|.)", re.S)
+_TOKEN = re.compile(
+    r"""(?P<space>\s+)|(?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<open>["'])"""
+    r"|(?P<word>[A-Za-z_][A-Za-z0-9_]*)|(?P<number>[0-9.]+(?:[eE][+-]?[0-9]+)?)"
+    r"|(?P<op>==|!=|<=|>=|&&|\|\||\*\*|.)",
+    re.S,
+)
 #: Prefix operators (besides unary ``-`` and ``+``), and words that are operators, not operands.
 _PREFIX = frozenset({"not", "!"})
 _KEYWORDS = frozenset({"and", "or", "not", "in", "like", "is"})

@@ -10,6 +10,7 @@ The lease lives in Milvus, so it works alike for Milvus Lite and a server, acros
 Two runs starting in the same instant both write their lease; the one whose lease is not the
 one read back afterwards steps aside.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +21,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..errors import CollectionBusyError, StoreError
 from ..processes import pid_alive
@@ -43,8 +44,13 @@ def writer_lease(store: Store, renew_s: float = RENEW_S, expire_s: float = EXPIR
         CollectionBusyError: another live run holds it.
         StoreError: Milvus refused or cannot be reached.
     """
-    mine = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
-            "since": time.time(), "renewed": time.time()}
+    mine = {
+        "token": uuid.uuid4().hex,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "since": time.time(),
+        "renewed": time.time(),
+    }
     holder = _holder(store)
     if holder is not None and _alive(holder, expire_s):
         raise CollectionBusyError(_busy(store, holder))
@@ -114,6 +120,8 @@ def _alive(holder: dict, expire_s: float) -> bool:
 
 def _busy(store: Store, holder: dict) -> str:
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("since", 0))))
-    return (f"collection {store.collection!r} at {store.uri} is being indexed by another run "
-            f"(pid {holder.get('pid')} on {holder.get('host')}, since {since}); wait for it to finish "
-            f"or stop it. A run that crashed on another machine is taken over after {EXPIRE_S:g} s")
+    return (
+        f"collection {store.collection!r} at {store.uri} is being indexed by another run "
+        f"(pid {holder.get('pid')} on {holder.get('host')}, since {since}); wait for it to finish "
+        f"or stop it. A run that crashed on another machine is taken over after {EXPIRE_S:g} s"
+    )

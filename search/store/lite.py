@@ -20,6 +20,7 @@ under ``<db>/vitsearch-kept/`` first.
 
 No daemon is started and nothing outlives the processes that use the database.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -110,7 +111,8 @@ def lite_uri(db: Path, wait_s: float) -> tuple[str, bool]:
             raise StoreError(
                 f"Milvus Lite database {db} is open in another process that does not share it "
                 f"(not a vitsearch process, or an older one); waited {wait_s:g} s. Close that "
-                f"process, or use a Milvus server")
+                f"process, or use a Milvus server"
+            )
         time.sleep(_POLL_S)
 
 
@@ -121,14 +123,18 @@ def _check_path(db: Path) -> None:
         if parent.exists() and not parent.is_dir():
             raise StoreError(f"cannot use {db} as a Milvus Lite database: {parent} is a file, not a folder")
     if db.exists() and not db.is_dir():
-        raise StoreError(f"{db} is a file, not a Milvus Lite database directory (files of milvus-lite "
-                         f"before 3.0 cannot be read by this version): use a new path")
+        raise StoreError(
+            f"{db} is a file, not a Milvus Lite database directory (files of milvus-lite "
+            f"before 3.0 cannot be read by this version): use a new path"
+        )
     if db.is_dir():
         entries = sorted(os.listdir(db))
         if entries and not set(entries) & _LITE_MARKERS:
-            raise StoreError(f"{db} is a folder that is not a Milvus Lite database (it holds {len(entries)} "
-                             f"other entries, such as {entries[0]!r}): give the database a path of its own, "
-                             f"such as ~/vitsearch/milvus.db")
+            raise StoreError(
+                f"{db} is a folder that is not a Milvus Lite database (it holds {len(entries)} "
+                f"other entries, such as {entries[0]!r}): give the database a path of its own, "
+                f"such as ~/vitsearch/milvus.db"
+            )
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
         db.mkdir(mode=0o700, exist_ok=True)
@@ -201,8 +207,11 @@ def _own(db: Path) -> None:
         if info.st_uid == os.geteuid() and info.st_mode & 0o077:
             db.chmod(0o700)
     except OSError as exc:
-        log.warning("cannot make Milvus Lite database %s private to its owner (%s): other users may read it",
-                    db, exc.strerror or exc)
+        log.warning(
+            "cannot make Milvus Lite database %s private to its owner (%s): other users may read it",
+            db,
+            exc.strerror or exc,
+        )
 
 
 def _check_files(db: Path) -> None:
@@ -221,18 +230,26 @@ def _check_files(db: Path) -> None:
         raise DatabaseDamagedError(
             f"Milvus Lite database {db} is damaged, so it was not opened and nothing in it was changed: "
             f"{found.damage[0]}{more}. Restore the database folder from a backup, or move it aside (keep it) "
-            f"and index your folders again into a new one")
+            f"and index your folders again into a new one"
+        )
     if found.doomed:
         try:
             kept = keep(db, found.doomed)
         except OSError as exc:
-            raise StoreError(f"Milvus Lite database {db}: its recovery would delete {len(found.doomed)} files that "
-                             f"its manifests do not list, and no copy of them could be kept ({exc.strerror or exc}: "
-                             f"{exc.filename}); free some space and run again") from None
+            raise StoreError(
+                f"Milvus Lite database {db}: its recovery would delete {len(found.doomed)} files that "
+                f"its manifests do not list, and no copy of them could be kept ({exc.strerror or exc}: "
+                f"{exc.filename}); free some space and run again"
+            ) from None
         n = len(found.doomed)
-        log.warning("Milvus Lite database %s: its recovery deletes %d file%s that its manifests do not list "
-                    "(left by a write that stopped, or a manifest that is not the latest); copies are kept in %s",
-                    db, n, "" if n == 1 else "s", kept)
+        log.warning(
+            "Milvus Lite database %s: its recovery deletes %d file%s that its manifests do not list "
+            "(left by a write that stopped, or a manifest that is not the latest); copies are kept in %s",
+            db,
+            n,
+            "" if n == 1 else "s",
+            kept,
+        )
 
 
 def _start(db: Path, lite) -> _Served:
@@ -246,9 +263,10 @@ def _start(db: Path, lite) -> _Served:
     from milvus_lite.adapter.grpc.servicer import MilvusServicer
     from pymilvus.grpc_gen import milvus_pb2_grpc
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=_WORKERS),
-                         options=[("grpc.max_receive_message_length", _MESSAGE_BYTES),
-                                  ("grpc.max_send_message_length", _MESSAGE_BYTES)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=_WORKERS),
+        options=[("grpc.max_receive_message_length", _MESSAGE_BYTES), ("grpc.max_send_message_length", _MESSAGE_BYTES)],
+    )
     milvus_pb2_grpc.add_MilvusServiceServicer_to_server(MilvusServicer(lite), server)
     socket, scratch = db / SOCKET_FILE, None
     try:
@@ -260,8 +278,9 @@ def _start(db: Path, lite) -> _Served:
             server.add_insecure_port(f"unix:{socket}")
         except RuntimeError:
             scratch.rmdir()
-            raise StoreError(f"cannot serve Milvus Lite database {db}: no Unix socket can be made in it "
-                             f"nor in {scratch.parent}") from None
+            raise StoreError(
+                f"cannot serve Milvus Lite database {db}: no Unix socket can be made in it nor in {scratch.parent}"
+            ) from None
     socket.chmod(0o600)
     server.start()
     return _Served(server, lite, socket, scratch)
@@ -270,8 +289,10 @@ def _start(db: Path, lite) -> _Served:
 def _reason(exc: BaseException) -> str:
     """One line on why a Lite database could not be opened."""
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return (f"{exc.strerror}: {exc.filename} (the database is read-only here: Milvus Lite needs write "
-                f"access to open a database, also only to search it; copy it to a writable place)")
+        return (
+            f"{exc.strerror}: {exc.filename} (the database is read-only here: Milvus Lite needs write "
+            f"access to open a database, also only to search it; copy it to a writable place)"
+        )
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return f"{exc.strerror}: {exc.filename} (the disk is full)"
     return f"{type(exc).__name__}: {exc}"
@@ -295,8 +316,12 @@ def _publish(db: Path, uri: str) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        log.warning("cannot publish the endpoint of %s (%s): other processes cannot share the database "
-                    "while this one has it open", db, exc.strerror or exc)
+        log.warning(
+            "cannot publish the endpoint of %s (%s): other processes cannot share the database "
+            "while this one has it open",
+            db,
+            exc.strerror or exc,
+        )
 
 
 def _published(db: Path) -> str | None:

@@ -19,6 +19,7 @@ stopped before the manifest named them, or a sign of damage); :func:`keep` keeps
 those before Lite runs. Every name and byte read here is treated as hostile: a manifest that
 names a file outside its folder is damage, not a path to follow.
 """
+
 from __future__ import annotations
 
 import json
@@ -118,8 +119,10 @@ def _inspect_collection(folder: Path, found: Findings) -> None:
     try:
         _read_schema(schema)
     except FileNotFoundError:
-        found.damage.append(f"{schema} is missing (Milvus Lite no longer sees collection {folder.name!r}, "
-                            f"and refuses to make one of that name)")
+        found.damage.append(
+            f"{schema} is missing (Milvus Lite no longer sees collection {folder.name!r}, "
+            f"and refuses to make one of that name)"
+        )
         return
     except ValueError as exc:
         found.damage.append(f"{schema} is unreadable ({exc})")
@@ -130,8 +133,10 @@ def _inspect_collection(folder: Path, found: Findings) -> None:
         if why:  # both manifests unreadable: Lite refuses the collection, deleting nothing
             found.damage.append(why)
         elif on_disk:  # both missing: Lite starts empty and deletes every file
-            found.damage.append(f"{folder / MANIFEST} and {PREVIOUS} are missing: Milvus Lite would start "
-                                f"collection {folder.name!r} empty and delete its {len(on_disk)} data and index files")
+            found.damage.append(
+                f"{folder / MANIFEST} and {PREVIOUS} are missing: Milvus Lite would start "
+                f"collection {folder.name!r} empty and delete its {len(on_disk)} data and index files"
+            )
         return
     missing = _missing(folder, listed)
     doomed = _doomed(folder, listed, on_disk)
@@ -139,8 +144,10 @@ def _inspect_collection(folder: Path, found: Findings) -> None:
         more = f", and {len(missing) - 1} more" if len(missing) > 1 else ""
         found.damage.append(f"{missing[0]} (listed in the manifest of collection {folder.name!r}{more})")
     elif why and doomed:  # Lite would read manifest.json.prev, older, and delete what it lacks
-        found.damage.append(f"{why}: Milvus Lite would fall back to {PREVIOUS} and delete the {len(doomed)} "
-                            f"newer data and index files it does not list")
+        found.damage.append(
+            f"{why}: Milvus Lite would fall back to {PREVIOUS} and delete the {len(doomed)} "
+            f"newer data and index files it does not list"
+        )
     else:
         found.doomed += doomed
 
@@ -220,8 +227,9 @@ def _read_manifest(path: Path) -> Listed:
     for name, contents in partitions.items():
         if not isinstance(contents, dict):
             raise ValueError(f"partition {name!r} is not an object")
-        listed[name] = {sub: [f.replace("\\", "/") for f in _strings(contents.get(f"{sub}_files", []))]
-                        for sub in _LISTED}
+        listed[name] = {
+            sub: [f.replace("\\", "/") for f in _strings(contents.get(f"{sub}_files", []))] for sub in _LISTED
+        }
     return listed
 
 
@@ -280,9 +288,15 @@ def _files(folder: Path) -> list[Path]:
     partitions = folder / "partitions"
     if not partitions.is_dir():
         return []
-    return sorted(f for p in partitions.iterdir() if p.is_dir() and not p.is_symlink()
-                  for sub in (*_LISTED, "indexes") if (p / sub).is_dir()
-                  for f in (p / sub).iterdir() if f.is_symlink() or not f.is_dir())
+    return sorted(
+        f
+        for p in partitions.iterdir()
+        if p.is_dir() and not p.is_symlink()
+        for sub in (*_LISTED, "indexes")
+        if (p / sub).is_dir()
+        for f in (p / sub).iterdir()
+        if f.is_symlink() or not f.is_dir()
+    )
 
 
 def _doomed(folder: Path, listed: Listed, on_disk: list[Path]) -> list[Path]:

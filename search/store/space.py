@@ -21,18 +21,18 @@ whole and consistent, and a search that meets the move is run again in the new s
 killed during it is resumed by the next indexing run (:func:`resume_rewrite`) from the last
 batch written.
 """
+
 from __future__ import annotations
 
 import json
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from pymilvus import DataType, MilvusClient
 
 from ..errors import StoreError
-from ..whitening import (MIN_IMAGES, RELEARN_GROWTH, Moments, Reservoir, ScoreStats, Space, Whitening, new_id,
-                         normalise)
+from ..whitening import MIN_IMAGES, RELEARN_GROWTH, Moments, Reservoir, ScoreStats, Space, Whitening, new_id, normalise
 from .collection import HNSW_PARAMS, META_FIELDS, SPACE_SUFFIX, STATE_KEY, Store, generation_name
 
 log = logging.getLogger(__name__)
@@ -96,23 +96,28 @@ def _store_whitening(store: Store, space: Space) -> None:
         store._call("create_collection", name, schema=schema, index_params=index, consistency_level="Strong")
     rows = [{"key": f"{space.id}/{i}", "space": space.id, "vector": row.tolist()} for i, row in enumerate(matrix)]
     for start in range(0, len(rows), 512):
-        store._call("upsert", name, rows[start:start + 512])
+        store._call("upsert", name, rows[start : start + 512])
 
 
 def _load_whitening(store: Store, space_id: str, record: dict) -> Whitening:
     dim = int(record["dim"])
     store._call("load_collection", _aux(store))  # not loaded when Milvus Lite reopens the database
-    rows = store._call("query", _aux(store), filter=f'space == "{space_id}"', output_fields=["key", "vector"],
-                       limit=dim + 2)
+    rows = store._call(
+        "query", _aux(store), filter=f'space == "{space_id}"', output_fields=["key", "vector"], limit=dim + 2
+    )
     found = {int(r["key"].split("/")[1]): r["vector"] for r in rows}
     if len(found) != dim + 2:
-        raise StoreError(f"{store.where}: the whitening matrix of space {space_id} is incomplete "
-                         f"({len(found)} of {dim + 2} rows in {_aux(store)!r}); re-learn it: "
-                         f"vitsearch index DIR --relearn")
+        raise StoreError(
+            f"{store.where}: the whitening matrix of space {space_id} is incomplete "
+            f"({len(found)} of {dim + 2} rows in {_aux(store)!r}); re-learn it: "
+            f"vitsearch index DIR --relearn"
+        )
     whitening = Whitening.from_matrix(np.asarray([found[i] for i in range(dim + 2)], np.float32), record)
     if whitening.sha256() != record["sha256"]:
-        raise StoreError(f"{store.where}: the whitening matrix of space {space_id} does not match its record "
-                         f"(sha256); re-learn it: vitsearch index DIR --relearn")
+        raise StoreError(
+            f"{store.where}: the whitening matrix of space {space_id} does not match its record "
+            f"(sha256); re-learn it: vitsearch index DIR --relearn"
+        )
     return whitening
 
 
@@ -128,8 +133,9 @@ def raw_batches(store: Store, space: Space, name: str | None = None):
         yield space.to_raw(np.asarray([r["vector"] for r in rows], np.float32))
 
 
-def measure(store: Store, space: Space, whitening: Whitening | None, count: int,
-            learn: bool) -> tuple[Whitening | None, ScoreStats | None]:
+def measure(
+    store: Store, space: Space, whitening: Whitening | None, count: int, learn: bool
+) -> tuple[Whitening | None, ScoreStats | None]:
     """One read of every stored vector: the moments to learn a whitening from (``learn``; else
     ``whitening`` is kept) and a uniform sample for the score statistics of the resulting space."""
     dim = store.encoder_info().dim
@@ -143,9 +149,14 @@ def measure(store: Store, space: Space, whitening: Whitening | None, count: int,
     return whitening, ScoreStats.measure(sample.sample(dim), count, whitening)
 
 
-def update_space(store: Store, learn: str | None = None, relearn: bool = False,
-                 on_rows: Callable[[int], None] | None = None, on_start: Callable[[str, int], None] | None = None,
-                 batch_size: int = COPY_BATCH) -> Space:
+def update_space(
+    store: Store,
+    learn: str | None = None,
+    relearn: bool = False,
+    on_rows: Callable[[int], None] | None = None,
+    on_start: Callable[[str, int], None] | None = None,
+    batch_size: int = COPY_BATCH,
+) -> Space:
     """Bring the collection's space up to date after an indexing run (hold the writer lease).
 
     Whitening is learned when the collection reaches :data:`MIN_IMAGES` images, re-learned when
@@ -204,8 +215,13 @@ def _stats_due(stats: ScoreStats | None, count: int) -> bool:
     return count >= RELEARN_GROWTH * stats.count or count * RELEARN_GROWTH <= stats.count
 
 
-def rewrite(store: Store, source: Space, target: Space, on_rows: Callable[[int], None] | None = None,
-            batch_size: int = COPY_BATCH) -> int:
+def rewrite(
+    store: Store,
+    source: Space,
+    target: Space,
+    on_rows: Callable[[int], None] | None = None,
+    batch_size: int = COPY_BATCH,
+) -> int:
     """Copy every row of the collection into a new generation with its vector mapped from
     ``source`` to ``target`` (:meth:`Space.to_raw`, :meth:`Space.to_search`), then make the new
     generation the collection and drop the old (see the module docstring). Hold the writer lease.
@@ -221,14 +237,22 @@ def rewrite(store: Store, source: Space, target: Space, on_rows: Callable[[int],
     dim = store.encoder_info().dim
     if target.whitening is not None:
         _store_whitening(store, target)
-    new = store.create_generation(dim, {**props, SPACE_KEY: target.to_json(), STATE_KEY: "copying",
-                                        COPY_KEY: json.dumps({"from": old, "after": None})})
+    new = store.create_generation(
+        dim,
+        {
+            **props,
+            SPACE_KEY: target.to_json(),
+            STATE_KEY: "copying",
+            COPY_KEY: json.dumps({"from": old, "after": None}),
+        },
+    )
     log.debug("rewriting %s into %s (space %s)", store.where, new, target.id)
     return _copy(store, old, new, source, target, None, on_rows, batch_size)
 
 
-def resume_rewrite(store: Store, on_rows: Callable[[int], None] | None = None,
-                   on_start: Callable[[str, int], None] | None = None) -> int:
+def resume_rewrite(
+    store: Store, on_rows: Callable[[int], None] | None = None, on_start: Callable[[str, int], None] | None = None
+) -> int:
     """Finish a rewrite that a stopped run left: a generation being filled from the current one
     is filled from where its record says it stopped, then takes the collection's name; stale
     generations (neither the current one nor being filled from it) are dropped. Call it before
@@ -252,14 +276,23 @@ def resume_rewrite(store: Store, on_rows: Callable[[int], None] | None = None,
             on_start("resuming", store.count())
         target = _space_of(store, props)
         source = read_space(store)
-        copied += _copy(store, current, name, source, target, progress.get("after") if state == "copying" else "",
-                        on_rows)
+        copied += _copy(
+            store, current, name, source, target, progress.get("after") if state == "copying" else "", on_rows
+        )
         current = store.physical
     return copied
 
 
-def _copy(store: Store, old: str, new: str, source: Space, target: Space, after: str | None,
-          on_rows: Callable[[int], None] | None, batch_size: int = COPY_BATCH) -> int:
+def _copy(
+    store: Store,
+    old: str,
+    new: str,
+    source: Space,
+    target: Space,
+    after: str | None,
+    on_rows: Callable[[int], None] | None,
+    batch_size: int = COPY_BATCH,
+) -> int:
     """Fill ``new`` from ``old`` from after the stored path ``after`` ("": already whole), check
     it holds every row, then move the collection's name to it and drop ``old``."""
     copied = 0
@@ -274,8 +307,10 @@ def _copy(store: Store, old: str, new: str, source: Space, target: Space, after:
                 on_rows(len(rows))
         have, want = store.count_of(new), store.count_of(old)
         if have != want:
-            raise StoreError(f"rewriting {store.where}: the new generation {new!r} holds {have} rows, not {want}; "
-                             f"the collection is unchanged: run `vitsearch index` again to finish it")
+            raise StoreError(
+                f"rewriting {store.where}: the new generation {new!r} holds {have} rows, not {want}; "
+                f"the collection is unchanged: run `vitsearch index` again to finish it"
+            )
         store.set_properties_of(new, {STATE_KEY: "done", COPY_KEY: json.dumps({"from": old, "after": ""})})
     old_props = store.properties_of(old)
     store._call(store.point_alias, new)
@@ -299,5 +334,13 @@ def _drop_generation(store: Store, name: str, props: dict[str, str]) -> None:
         _drop_whitening(store, record["id"])
 
 
-__all__ = ["SPACE_KEY", "read_space", "write_space", "update_space", "rewrite", "resume_rewrite", "raw_batches",
-           "normalise"]
+__all__ = [
+    "SPACE_KEY",
+    "read_space",
+    "write_space",
+    "update_space",
+    "rewrite",
+    "resume_rewrite",
+    "raw_batches",
+    "normalise",
+]
