@@ -1,5 +1,6 @@
 """The API's JSON: request and response shapes (they make the OpenAPI document at ``/docs``),
-hits as JSON, and the response class.
+search responses as JSON (a hit: :meth:`~vitsearch.search.hit.Hit.to_dict`) and the
+response class.
 
 Paths are exact: a path whose bytes are not UTF-8 (``os.fsdecode`` gives each such byte as a
 surrogate, U+DC80-U+DCFF) is sent as a ``\\udcNN`` escape, which JSON allows and which a JSON
@@ -9,7 +10,6 @@ parser such as Python's gives back as the same string, so a hit's path can be se
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Annotated, Any
 
@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from vitsearch.search.client import Hit
 from vitsearch.search.config import MAX_K
 from vitsearch.search.ranking import MAX_EXPAND
-from vitsearch.search.store import META_FIELDS
 
 K = Annotated[int, Field(ge=1, le=MAX_K, description=f"Number of results, 1 to {MAX_K}.")]
 EXPAND = Annotated[
@@ -91,27 +90,12 @@ class VectorIn(BaseModel):
     expand: EXPAND = 0
 
 
-def hit_json(hit: Hit) -> dict[str, Any]:
-    """``{"path", "score", "match", "metadata": {...}}``, and any other field a :class:`Hit` has
-    that is set (such as the paths of a collapsed hit's exact copies)."""
-    extra = {
-        f.name: list(value) if isinstance(value, tuple) else value
-        for f in dataclasses.fields(hit)
-        if f.name not in ("path", "score", "match", "metadata") and (value := getattr(hit, f.name))
-    }
-    order = {name: i for i, name in enumerate(META_FIELDS)}
-    metadata = dict(
-        sorted(((k, v) for k, v in hit.metadata.items() if k != "path"), key=lambda kv: order.get(kv[0], len(order)))
-    )
-    return {"path": hit.path, "score": hit.score, "match": hit.match, "metadata": metadata, **extra}
-
-
 def search_json(hits: list[Hit], took_ms: float, min_score: float | None) -> dict[str, Any]:
     """The body of a search response: hits at or above ``min_score``, best first, and whether any
     hit searched (also one below ``min_score``) is a close match."""
     kept = [h for h in hits if min_score is None or h.score >= min_score]
     return {
-        "hits": [hit_json(h) for h in kept],
+        "hits": [h.to_dict() for h in kept],
         "close_match": any(h.match for h in hits),
         "took_ms": round(took_ms, 2),
     }

@@ -9,7 +9,7 @@ from importlib import import_module
 
 _EXPORTS = {
     "SearchClient": "client",
-    "Hit": "client",
+    "Hit": "hit",
     "Settings": "config",
     "Encoder": "encoder",
     "EncoderInfo": "encoder",

@@ -117,6 +117,25 @@ def test_search_by_image_gives_what_search_client_gives(api):
         assert kept == [h for h in all_hits if h["score"] >= cut] and len(kept) == 5
 
 
+def test_a_hit_is_the_same_object_from_the_api_and_from_search_json(api):
+    import json
+
+    from typer.testing import CliRunner
+
+    from vitsearch.cli import app as cli_app
+
+    base, photos, uri, _ = api
+    query = photos / "cat.jpg"
+    served = upload(base, query.read_bytes(), k=4).json()
+    printed = CliRunner().invoke(cli_app, ["search", str(query), "-k", "4", "--uri", uri, "--json"])
+    assert printed.exit_code == 0, printed.stderr
+    printed = json.loads(printed.stdout)
+    assert printed["close_match"] == served["close_match"]
+    for got, want in zip(printed["hits"], served["hits"], strict=True):
+        assert got["score"] == pytest.approx(want["score"], abs=1e-5)
+        assert {**got, "score": 0} == {**want, "score": 0}  # same keys, metadata and its order
+
+
 def test_concurrent_image_searches_are_batched_and_answer_as_search_client(api):
     base, photos, uri, app = api
     queries = [p.read_bytes() for p in sorted(photos.rglob("*.jpg"))] * 2  # 22 requests at once

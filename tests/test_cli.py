@@ -52,7 +52,8 @@ def test_index_search_stats(photos, db_uri, tiny_model):
     hits = answer["hits"]
     assert set(answer) == {"hits", "close_match"} and answer["close_match"] is True  # the file itself
     assert hits[0]["path"] == str(photos / "coffee.jpg") and hits[0]["score"] > 0.999 and hits[0]["match"] is True
-    assert {"path", "score", "match", "width", "height", "size", "mtime", "sha256"} <= set(hits[0])
+    assert set(hits[0]) == {"path", "score", "match", "metadata"}  # the shape POST /search gives a hit
+    assert {"width", "height", "size", "mtime", "sha256"} <= set(hits[0]["metadata"])
 
     similar = json.loads(
         cli("search", "--similar", photos / "coffee.jpg", "--json", "-k", "3", "--uri", db_uri).stdout

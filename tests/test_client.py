@@ -137,8 +137,12 @@ def test_folder_keeps_that_folder_and_below_and_nothing_else(photos, db_uri, tin
 
 def test_hit_to_dict():
     h = Hit("/a.jpg", 0.5, {"path": "/a.jpg", "width": 3})
-    assert h.to_dict() == {"path": "/a.jpg", "score": 0.5, "match": False, "width": 3}
-    assert Hit("/b.jpg", 0.9, match=True).to_dict() == {"path": "/b.jpg", "score": 0.9, "match": True}
+    assert h.to_dict() == {"path": "/a.jpg", "score": 0.5, "match": False, "metadata": {"width": 3}}
+    plain = {"path": "/b.jpg", "score": 0.9, "match": True, "metadata": {}}
+    assert Hit("/b.jpg", 0.9, match=True).to_dict() == plain
+    # metadata in schema order, whatever order it was built in; copies only on a collapsed hit
+    mixed = Hit("/c.jpg", 0.1, {"sha256": "s", "width": 1, "folder": "/"}, copies=("/d.jpg",)).to_dict()
+    assert list(mixed["metadata"]) == ["folder", "width", "sha256"] and mixed["copies"] == ["/d.jpg"]
 
 
 def test_other_model_refused_missing_collection_explained(indexed, other_tiny_model, tiny_model, db_uri):

@@ -19,7 +19,6 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from pymilvus.exceptions import MilvusException, MilvusUnavailableException
 from ..config import DEFAULT_MAX_FILTER_CHARS, DEFAULT_MAX_FILTER_DEPTH, MAX_K, Settings
 from ..encoder_info import EncoderInfo
 from ..errors import BadQueryError, CollectionNotFoundError, StoreError
+from ..hit import META_FIELDS, Hit
 from ..models import index_hint
 from ..paths import path_from_stored, stored_path
 from .expr import all_of, check_filter, literal, path_is_not, paths_in, under, values_in
@@ -114,50 +114,12 @@ GENERATION = "__vitsearch_"
 SPACE_SUFFIX = "__vitsearch_space"
 #: Property of a generation: ``"copying"`` while its rows are written, ``"done"`` once whole.
 STATE_KEY = "vitsearch.state"
-#: Fields of a row besides the vector, in schema order.
-META_FIELDS = ("path", "folder", "size", "mtime", "ctime_ns", "inode", "width", "height", "sha256", "indexed_at")
 #: Fields schema 1 lacks, and the value its rows are read with (-1: unknown, so the indexer
 #: compares the file's bytes with the stored sha256 before trusting the row).
 _NEW_IN_2 = {"ctime_ns": -1, "inode": -1}
 #: A collection being upgraded is copied to ``<name><suffix>`` first (see :meth:`Store.upgrade`).
 _UPGRADING, _OLD = "__vitsearch_upgrade", "__vitsearch_v1"
 _UPGRADE_KEY = "vitsearch.upgrade"
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result.
-
-    Attributes:
-        path: absolute path of the indexed image file, exactly as the file system names it
-            (``os.fsencode(path)`` gives its bytes, also for a name that is not UTF-8).
-        score: cosine similarity of the embeddings, in [-1, 1]; higher is closer, 1 is identical.
-        metadata: the stored fields asked for: ``folder``, ``size`` (bytes), ``mtime`` (Unix
-            seconds), ``ctime_ns`` (Unix nanoseconds), ``inode``, ``width``, ``height`` (pixels),
-            ``sha256``, ``indexed_at`` (Unix seconds).
-        copies: with ``collapse_duplicates`` (:meth:`SearchClient.search`), the paths of the
-            other indexed files with the same bytes (same ``sha256``) that this one hit stands
-            for, sorted; empty otherwise.
-        match: a close match: the same object, scene or product, not merely the nearest item
-            (:mod:`~vitsearch.search.ranking`); False where the search did not label hits.
-    """
-
-    path: str
-    score: float
-    metadata: dict[str, Any] = field(default_factory=dict)
-    copies: tuple[str, ...] = ()
-    match: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"path", "score", "match", **metadata}``, plus ``"copies": [...]`` on a collapsed hit
-        that has copies; JSON-serialisable."""
-        return {
-            "path": self.path,
-            "score": self.score,
-            "match": self.match,
-            **{k: v for k, v in self.metadata.items() if k != "path"},
-            **({"copies": list(self.copies)} if self.copies else {}),
-        }
 
 
 def is_server_uri(uri: str) -> bool:
