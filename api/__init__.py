@@ -7,8 +7,7 @@ comes back), :mod:`.batching` gathers the image queries of concurrent requests i
 pass, :mod:`.hosts` answers only the Host names it is served on (DNS rebinding), :mod:`.auth` checks
 the bearer token, :mod:`.uploads` bounds request bodies in size and time, :mod:`.errors`
 turns the library's errors into JSON responses and :mod:`.routes` holds the routes;
-:mod:`.settings` reads ``VITSEARCH_API_*``. Installed with the ``api`` extra
-(``pip install 'vitsearch[api]'``).
+:mod:`.settings` reads ``VITSEARCH_API_*``. Installed with vitsearch itself (no extra).
 """
 
 from __future__ import annotations

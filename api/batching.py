@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import threading
 import time
@@ -41,6 +40,7 @@ import torch
 
 from vitsearch.search.client import Hit, SearchClient
 from vitsearch.search.encoder import Encoder
+from vitsearch.search.paths import absolute
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -155,7 +155,7 @@ class SearchBatcher:
                 batch = [q for q in batch if q.vector is not None]
             else:
                 for q in by_path:
-                    q.path = os.path.abspath(os.fsdecode(q.path))  # as SearchClient takes a path
+                    q.path = absolute(q.path)  # as SearchClient takes a path
                     q.vector = stored.get(q.path)
                     if q.vector is None:  # not indexed: SearchClient's own error (and its one query)
                         self._alone(q)

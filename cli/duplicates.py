@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
 
 from vitsearch.search.config import DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_WHITENED_DUPLICATE_THRESHOLD
 from vitsearch.search.errors import BadQueryError, VitsearchError
-from vitsearch.search.paths import printable
+from vitsearch.search.paths import absolute, printable
 
 from .common import COLLECTION, JSON, URI, app, fail, open_client
 
@@ -77,7 +76,7 @@ def duplicates(
 
     try:
         with open_client(uri, collection, None, None) as client:
-            where = os.path.abspath(os.fsdecode(folder)) if folder else None
+            where = absolute(folder) if folder else None
             with tqdm(
                 total=client.store.count(where),
                 unit="img",

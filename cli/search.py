@@ -9,7 +9,7 @@ import typer
 
 from vitsearch.search.config import MAX_K
 from vitsearch.search.errors import BadImageError, BadQueryError, VitsearchError
-from vitsearch.search.paths import printable
+from vitsearch.search.paths import absolute, printable
 
 from .common import (
     COLLECTION,
@@ -75,7 +75,7 @@ def search(
         from vitsearch.search.client import SearchClient
 
         with SearchClient(model=model, settings=s) as client:
-            if folder and not client.store.count(folder=os.path.abspath(os.fsdecode(folder))):
+            if folder and not client.store.count(folder=absolute(folder)):
                 fail(
                     f"no indexed image is in {printable(os.path.abspath(folder))} or below it, in collection "
                     f"{client.store.collection!r}: --folder takes a folder that was indexed "

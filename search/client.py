@@ -6,7 +6,6 @@ the collection and loads that same encoder (lazily, on the first image query).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,7 +19,7 @@ from .duplicates import DuplicateReport, collapse, find_duplicates
 from .encoder import Encoder, check_image_size, encoder_for
 from .errors import BadQueryError, NotIndexedError
 from .images import ImageLike, Limits
-from .paths import printable
+from .paths import absolute, printable
 from .store import META_FIELDS, SEARCH_CONSISTENCY, CollectionMoved, Hit, Store
 from .store.space import read_space
 from .thumbnails import THUMB_PX, thumbnail
@@ -239,7 +238,7 @@ class SearchClient:
             BadQueryError: ``k`` or ``expand`` out of range, or a bad filter.
         """
         _check_k(k, expand)
-        path = os.path.abspath(os.fsdecode(path))
+        path = absolute(path)
 
         def run(space: Space) -> list[Hit]:
             stored = self.store.get([path], fields=["vector"], consistency=SEARCH_CONSISTENCY).get(path)
@@ -268,7 +267,7 @@ class SearchClient:
         Raises:
             StoreError: Milvus refused or stayed unreachable.
         """
-        wanted = list(dict.fromkeys(os.path.abspath(os.fsdecode(p)) for p in paths))
+        wanted = list(dict.fromkeys(absolute(p) for p in paths))
 
         def run(space: Space) -> dict[str, np.ndarray]:
             rows = self.store.get(wanted, fields=["vector"], consistency=SEARCH_CONSISTENCY)  # as the search after it
@@ -361,7 +360,7 @@ class SearchClient:
     ) -> list[list[Hit]]:
         """Search ``(Q, D)`` queries of ``space`` (``raw``: the same as raw embeddings), each
         leaving its ``exclude`` paths out, expand and search again (``expand``), label."""
-        folder = os.path.abspath(os.fsdecode(folder)) if folder else None
+        folder = absolute(folder) if folder else None
         if expand:
             first = self._hits(space, queries, expand, filter, folder, exclude, vectors=True)
             queries_now = np.stack(
@@ -430,7 +429,7 @@ class SearchClient:
     ) -> list[Hit]:
         """One query's hits with exact copies collapsed (``collapse_duplicates``): searched deeper
         until ``k`` distinct images are found."""
-        folder = os.path.abspath(os.fsdecode(folder)) if folder else None
+        folder = absolute(folder) if folder else None
         depth = k
         while True:
             hits = self._search_many(space, query, raw, depth, filter, folder, [exclude], expand)[0]
@@ -478,7 +477,7 @@ class SearchClient:
             BadQueryError: ``threshold`` is not in (0, 1].
             StoreError: Milvus refused or stayed unreachable.
         """
-        folder = os.path.abspath(os.fsdecode(folder)) if folder else None
+        folder = absolute(folder) if folder else None
         if not exact_only and threshold is None:
             threshold = self.duplicate_threshold()
         return find_duplicates(
@@ -494,7 +493,7 @@ class SearchClient:
             NotIndexedError: ``path`` has no row in the collection (the file is not touched).
             BadImageError: the file is gone, unreadable, or not the bytes that were indexed.
         """
-        path = os.path.abspath(os.fsdecode(path))
+        path = absolute(path)
         row = self.store.get([path], fields=["size", "sha256"], consistency=SEARCH_CONSISTENCY).get(path)
         if row is None:
             raise NotIndexedError(f"{printable(path)} is not indexed in {self._where}")

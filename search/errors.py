@@ -1,6 +1,6 @@
 """The exceptions vitsearch raises. Every one derives from :class:`VitsearchError`.
 
-Library code raises these and never exits the process; only ``cli.py`` turns them into a message
+Library code raises these and never exits the process; only the command line (:mod:`vitsearch.cli`) turns them into a message
 and an exit code.
 """
 
@@ -42,7 +42,7 @@ class CollectionNotFoundError(StoreError):
 
 
 class CollectionBusyError(StoreError):
-    """Another indexing run is writing to the collection (see :mod:`vitsearch.search.lease`)."""
+    """Another indexing run is writing to the collection (see :mod:`vitsearch.search.store.lease`)."""
 
 
 class BadImageError(VitsearchError):

@@ -31,6 +31,13 @@ def stored_path(path: str) -> str:
     return _STORED_ESCAPE.sub(lambda m: "\\\\" if m[0] == "\\" else f"\\x{ord(m[0]) - 0xDC00:02x}", path)
 
 
+def absolute(path: str | bytes | os.PathLike) -> str:
+    """A path or folder as the collection keys it: absolute (``os.path.abspath``: relative to the
+    working directory, ``..`` folded, no symlink resolved) and as text (``os.fsdecode``, so bytes
+    that are not UTF-8 come back as the same surrogates every stored path uses)."""
+    return os.path.abspath(os.fsdecode(path))
+
+
 def printable(path: str) -> str:
     r"""A path for a terminal or a page: a byte that is not UTF-8 shown as ``\xNN``, a control
     character as ``\n``, ``\t``, ``\xNN`` (one line, nothing a terminal interprets). For people

@@ -9,7 +9,7 @@ import os
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vitsearch.search.paths import path_from_stored, printable, stored_path
+from vitsearch.search.paths import absolute, path_from_stored, printable, stored_path
 
 names = st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b and b"\0" not in b)
 
@@ -28,3 +28,12 @@ def test_ordinary_paths_are_stored_as_they_are_and_shown_on_one_line():
     assert stored_path("/photos/2024/John's photo.jpg") == "/photos/2024/John's photo.jpg"
     assert stored_path("/a\\b") == "/a\\\\b" and path_from_stored("/a\\\\b") == "/a\\b"
     assert printable(os.fsdecode(b"/caf\xe9\nx")) == "/caf\\xe9\\nx"
+
+
+def test_a_folder_is_keyed_absolute_as_text_whatever_it_was_given_as(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    odd = b"caf\xe9"  # Latin-1 bytes: not UTF-8
+    want = os.path.join(str(tmp_path), os.fsdecode(odd))
+    assert absolute(odd) == absolute(os.fsdecode(odd)) == absolute(tmp_path / os.fsdecode(odd)) == want
+    assert absolute(b"a/../" + odd) == want and os.fsencode(absolute(odd)).endswith(odd)
+    assert absolute("/x/./y/") == "/x/y"

@@ -74,7 +74,7 @@ _MARKDOWN_SYNTAX = re.compile(r"([!-/:-@\[-`{-~])")
 def literal_markdown(text: str) -> str:
     """Markdown that shows ``text`` as it is: every ASCII punctuation character backslash-escaped
     (CommonMark lets any be), control characters and bytes that are not UTF-8 spelled out
-    (:func:`~vitsearch.search.store.printable`). For file names and messages that hold them,
+    (:func:`~vitsearch.search.paths.printable`). For file names and messages that hold them,
     where Streamlit only takes Markdown (``st.error``, ``st.caption``)."""
     return _MARKDOWN_SYNTAX.sub(r"\\\1", printable(text))
 
