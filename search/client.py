@@ -20,7 +20,7 @@ from .encoder import Encoder, check_image_size, encoder_for
 from .errors import BadQueryError, NotIndexedError
 from .images import ImageLike, Limits
 from .paths import absolute, printable
-from .store import META_FIELDS, SEARCH_CONSISTENCY, CollectionMoved, Hit, Store
+from .store import META_FIELDS, CollectionMoved, Hit, Store
 from .store.space import read_space
 from .thumbnails import THUMB_PX, thumbnail
 from .whitening import Space, normalise
@@ -84,15 +84,11 @@ class SearchClient:
         self._encoder = encoder
         self._encoder_lock = threading.Lock()  # the UI's sessions share one client
         self._space: tuple[str | None, Space] | None = None  # (physical collection, its space)
-        check_image_size(self.encoder_info, self.settings.image_size, self._where)
+        check_image_size(self.encoder_info, self.settings.image_size, self.store.where)
         if encoder is not None:
-            self.encoder_info.check_same(encoder.info, self._where, queries=True)
+            self.encoder_info.check_same(encoder.info, self.store.where, queries=True)
         elif model is not None:
             self._load_encoder()
-
-    @property
-    def _where(self) -> str:
-        return f"collection {self.store.collection!r} at {self.store.uri}"
 
     @property
     def encoder(self) -> Encoder:
@@ -111,7 +107,7 @@ class SearchClient:
         self._encoder = encoder_for(
             self.encoder_info,
             self.settings,
-            self._where,
+            self.store.where,
             model=self._model,
             device=self._device,
             dtype=self._dtype,
@@ -241,9 +237,11 @@ class SearchClient:
         path = absolute(path)
 
         def run(space: Space) -> list[Hit]:
-            stored = self.store.get([path], fields=["vector"], consistency=SEARCH_CONSISTENCY).get(path)
+            stored = self.store.get([path], fields=["vector"], consistency=self.store.profile.search_consistency).get(
+                path
+            )
             if stored is None:
-                raise NotIndexedError(f"{printable(path)} is not indexed in {self._where}")
+                raise NotIndexedError(f"{printable(path)} is not indexed in {self.store.where}")
             query = np.asarray(stored["vector"], np.float32)[None, :]
             exclude = [path] if exclude_self else []
             if collapse_duplicates:
@@ -270,7 +268,9 @@ class SearchClient:
         wanted = list(dict.fromkeys(absolute(p) for p in paths))
 
         def run(space: Space) -> dict[str, np.ndarray]:
-            rows = self.store.get(wanted, fields=["vector"], consistency=SEARCH_CONSISTENCY)  # as the search after it
+            rows = self.store.get(
+                wanted, fields=["vector"], consistency=self.store.profile.search_consistency
+            )  # as the search after it
             if not rows:
                 return {}
             raw = space.to_raw(np.asarray([row["vector"] for row in rows.values()], np.float32))
@@ -412,7 +412,7 @@ class SearchClient:
         if space.whitened:
             missing = [p for p in ranking.candidates(hits, space) if p not in vectors]
             if missing:
-                rows = self.store.get(missing, fields=["vector"], consistency=SEARCH_CONSISTENCY)
+                rows = self.store.get(missing, fields=["vector"], consistency=self.store.profile.search_consistency)
                 vectors.update({p: np.asarray(r["vector"], np.float32) for p, r in rows.items()})
         return ranking.label(hits, space, query, raw, vectors)
 
@@ -494,9 +494,11 @@ class SearchClient:
             BadImageError: the file is gone, unreadable, or not the bytes that were indexed.
         """
         path = absolute(path)
-        row = self.store.get([path], fields=["size", "sha256"], consistency=SEARCH_CONSISTENCY).get(path)
+        row = self.store.get([path], fields=["size", "sha256"], consistency=self.store.profile.search_consistency).get(
+            path
+        )
         if row is None:
-            raise NotIndexedError(f"{printable(path)} is not indexed in {self._where}")
+            raise NotIndexedError(f"{printable(path)} is not indexed in {self.store.where}")
         return thumbnail(row, max_px, self.limits)
 
     def stats(self) -> dict[str, Any]:

@@ -69,10 +69,26 @@ def other_tiny_model(tmp_path_factory) -> Path:
     return make_tiny_vit(tmp_path_factory.mktemp("tiny-vit-2"), seed=1)
 
 
+#: Markers that make a test slow wherever it is (``pytest -m "not slow"`` leaves them out).
+SLOW_KINDS = ("server", "network", "browser", "ray")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test marked ``server``, ``network``, ``browser`` or ``ray`` is also ``slow``."""
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in SLOW_KINDS) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
-def real_model() -> Path:
-    """The pretrained DINOv2 ViT-S/14 (9 blocks) from the shared folder."""
-    return shared_path("models", "dinov2-small-9l")
+def real_model(tmp_path_factory) -> Path:
+    """The pretrained DINOv2 ViT-S/14 (9 blocks) from the shared folder, as a read-only copy
+    (folder mode 0o555): a test sees the same folder whether ``../shared`` is mounted read-only
+    or not, and nothing (an ONNX export cached beside a writable model) is ever written there."""
+    copy = tmp_path_factory.mktemp("shared-models") / "dinov2-small-9l"
+    shutil.copytree(shared_path("models", "dinov2-small-9l"), copy)
+    copy.chmod(0o555)
+    return copy
 
 
 @pytest.fixture

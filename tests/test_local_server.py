@@ -25,6 +25,8 @@ from test_cli import VITSEARCH, cli
 
 from vitsearch.search.server import ETCD_PORTS
 
+pytestmark = pytest.mark.server
+
 
 def listening(port: int) -> bool:
     """Whether something accepts TCP connections on 127.0.0.1:``port``."""

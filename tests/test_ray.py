@@ -26,6 +26,8 @@ from vitsearch.search.errors import CollectionNotFoundError, StoreError  # noqa:
 from vitsearch.search.store import Store  # noqa: E402
 from vitsearch.search.store.bulk import bulk_import  # noqa: E402
 
+pytestmark = pytest.mark.ray
+
 FIELDS = ["size", "mtime", "ctime_ns", "inode", "width", "height", "sha256", "folder", "vector"]
 
 

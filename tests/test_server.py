@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+pytestmark = [pytest.mark.server, pytest.mark.network]
+
 SERVER = Path(os.environ.get("VITSEARCH_MILVUS_SERVER", Path(sys.executable).parent / "milvus-server"))
 # The suites whose Milvus calls differ by backend (expressions parsed by Milvus's own parser,
 # search hits keyed `id`, iterator queries, consistency). tests/test_indexer.py is not rerun

@@ -12,11 +12,14 @@ from PIL import Image
 from vitsearch.search import SearchClient
 from vitsearch.search.thumbnails import THUMB_PX
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason=f"{CHROMIUM} not found: install Debian's chromium and chromium-driver "
-    f"(apt-get install chromium chromium-driver; .ci/run does) or set VITSEARCH_CHROMIUM",
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"{CHROMIUM} not found: install Debian's chromium and chromium-driver "
+        f"(apt-get install chromium chromium-driver; .ci/run does) or set VITSEARCH_CHROMIUM",
+    ),
+]
 
 
 def test_upload_see_results_and_more_like_this_in_chromium(indexed, tmp_path):
