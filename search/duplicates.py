@@ -4,7 +4,7 @@ copies collapsed into one hit.
 Exact duplicates are rows with the same stored ``sha256`` (identical bytes). Near duplicates are
 pairs whose embeddings' cosine similarity is at or above a threshold (resized, re-compressed,
 lightly cropped or re-coloured copies); the pairs come from Milvus itself, batched searches of
-the stored vectors (:meth:`~.store.Store.neighbours`), are then confirmed by their pixels
+the stored vectors (:func:`neighbours`), are then confirmed by their pixels
 (:mod:`.pixels`: the embedding alone puts distinct look-alike products as close as copies; a
 pair whose files cannot be read keeps the embedding's decision and is reported), and are joined
 into groups, the connected components of the confirmed pairs, with a union-find (Kruskal order:
@@ -19,12 +19,13 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TextIO
 
 import numpy as np
 
+from .config import MAX_K
 from .errors import BadQueryError
 from .images import Limits
 from .pixels import PIXEL_THRESHOLD, PixelChecker
@@ -37,9 +38,17 @@ __all__ = [
     "DuplicateReport",
     "find_duplicates",
     "collapse",
+    "neighbours",
     "CSV_COLUMNS",
 ]
 
+#: Neighbours asked for per stored vector by :func:`neighbours` at first; a vector whose last
+#: neighbour is still above the threshold is searched again, :data:`NEIGHBOURS_MAX_K` deep.
+NEIGHBOURS_K = 16
+#: The deepest search of one stored vector's neighbours: enough to join it to its group (a group
+#: is a connected component, so it needs one path to each member, not every pair); it bounds the
+#: cost where a whole collection is above the threshold (docs/benchmarks/duplicates-speed.md).
+NEIGHBOURS_MAX_K = 128
 #: Columns of the CSV (:meth:`DuplicateReport.write_csv`): one row per image of a group.
 CSV_COLUMNS = ("group", "path", "keep", "score", "kind", "size", "width", "height", "mtime", "sha256", "same_file")
 
@@ -250,9 +259,9 @@ def find_duplicates(
     """Groups of exact and near-duplicate images of a collection.
 
     One pass over the collection: the rows are streamed in batches; with a ``threshold``, each
-    batch's vectors are the query vectors of one Milvus search (:meth:`Store.neighbours`), so
-    the work is N/256 batched searches of bounded top-k, not N x N; without one, only the sha256
-    digests are read. Memory holds the sha256 of each row (to pair identical bytes) and the
+    batch's vectors are the query vectors of one Milvus search (:func:`neighbours`), so the
+    work is N/Q batched searches of bounded top-k (Q: the store profile's ``search_queries``),
+    not N x N; without one, only the sha256 digests are read. Memory holds the sha256 of each row (to pair identical bytes) and the
     pairs found. With ``verify``, each near pair is then confirmed by its pixels
     (:class:`~.pixels.PixelChecker`: the files of candidate pairs only are read, each decoded
     once at small scale, through the decode guards of ``limits``), and a pair below
@@ -289,7 +298,7 @@ def find_duplicates(
     if threshold is None:
         batches: Iterable = ((batch, []) for batch in _chunks(store.iter_rows(["sha256"], folder=folder)))
     else:
-        batches = store.neighbours(threshold, folder=folder, fields=("sha256",))
+        batches = neighbours(store, threshold, folder=folder, fields=("sha256",))
     for rows, pairs in batches:
         for row in rows:
             first = first_of.setdefault(row["sha256"], row["path"])
@@ -321,6 +330,72 @@ def find_duplicates(
         verify and threshold is not None,
         unverified,
     )
+
+
+def neighbours(
+    store: Store,
+    threshold: float,
+    *,
+    folder: str | None = None,
+    fields: Sequence[str] = ("sha256",),
+    k: int = NEIGHBOURS_K,
+    max_k: int = NEIGHBOURS_MAX_K,
+    batch_size: int | None = None,
+) -> Iterator[tuple[list[dict[str, Any]], list[tuple[str, str, float]]]]:
+    """Every stored vector's neighbours at cosine similarity ``threshold`` or more: the rows
+    are streamed in primary-key order (:meth:`Store.read_batches`) and each batch's vectors are
+    the query vectors of one search (``batch_size`` queries per call, default the store
+    profile's ``search_queries``; top-``k`` each, through the HNSW index), so the cost is
+    N/``batch_size`` searches, never N x N in Python. A query whose ``k``-th neighbour is still
+    at the threshold is searched again ``max_k`` deep; past that its pairs are its ``max_k``
+    nearest (its further neighbours are reached through them: enough for connected
+    components, not a list of every pair). HNSW is approximate: a neighbour it misses is
+    missed. With ``folder``, both the queries and their neighbours are files inside it.
+
+    Args:
+        store: an open collection.
+        threshold: cosine similarity, in [-1, 1].
+        folder: an absolute path, or None for the whole collection.
+        fields: row fields to yield besides ``path``.
+
+    Yields:
+        ``(rows, pairs)`` per batch: the batch's rows (``path`` and ``fields``, no vector),
+        and ``(path, neighbour path, score)`` for each neighbour at the threshold or above,
+        the row itself left out (each pair is found from both ends).
+
+    Raises:
+        StoreError: Milvus refused the search or stayed unreachable.
+    """
+    batch_size = batch_size or store.profile.search_queries
+    for read in store.read_batches(["vector", *fields], folder, max(batch_size, store.read_size())):
+        for start in range(0, len(read), batch_size):
+            yield _neighbours_of(store, read[start : start + batch_size], threshold, folder, k, max_k)
+
+
+def _neighbours_of(
+    store: Store,
+    rows: list[dict[str, Any]],
+    threshold: float,
+    folder: str | None,
+    k: int,
+    max_k: int,
+) -> tuple[list[dict[str, Any]], list[tuple[str, str, float]]]:
+    """One batch of :func:`neighbours`: its rows (their vectors taken out) and their pairs."""
+    vectors = np.asarray([r.pop("vector") for r in rows], np.float32)
+    pairs: list[tuple[str, str, float]] = []
+    todo, depth = np.arange(len(rows)), k
+    while len(todo):
+        results = store.search(vectors[todo], depth, folder=folder, fields=("path",))
+        deeper = []
+        for i, hits in zip(todo, results):
+            if depth < max_k and len(hits) == depth and hits[-1].score >= threshold:
+                deeper.append(i)
+                continue
+            pairs += [
+                (rows[i]["path"], h.path, h.score) for h in hits if h.score >= threshold and h.path != rows[i]["path"]
+            ]
+        todo, depth = np.asarray(deeper, int), min(max_k, MAX_K)
+    return rows, pairs
 
 
 def _confirm(
@@ -390,6 +465,31 @@ def _keeper_rank(row: dict[str, Any]) -> tuple[int, float, str]:
     return -int(row["width"]) * int(row["height"]), float(row["mtime"]), row["path"]
 
 
+def _image(row: dict[str, Any], keeper: dict[str, Any]) -> DuplicateImage:
+    """``row`` as an image of the group kept by ``keeper``: its score to the keeper (1.0 for the
+    same bytes), and whether it is the keeper's own file under another name (same inode and ctime)."""
+    if row["sha256"] == keeper["sha256"]:
+        score = 1.0
+    else:
+        score = float(np.dot(np.asarray(keeper["vector"], np.float32), np.asarray(row["vector"], np.float32)))
+    link = (
+        row["path"] != keeper["path"]
+        and row["inode"] == keeper["inode"] != -1
+        and row["ctime_ns"] == keeper["ctime_ns"]
+        and row["sha256"] == keeper["sha256"]
+    )
+    return DuplicateImage(
+        row["path"],
+        int(row["size"]),
+        int(row["width"]),
+        int(row["height"]),
+        float(row["mtime"]),
+        row["sha256"],
+        min(score, 1.0),
+        link,
+    )
+
+
 def _groups(
     store: Store,
     edges: dict[tuple[str, str], float],
@@ -435,30 +535,7 @@ def _groups(
         if len(found) < 2:
             continue
         keeper = min(found, key=_keeper_rank)
-        anchor = np.asarray(keeper["vector"], np.float32)
-        images = []
-        for r in found:
-            score = (
-                1.0 if r["sha256"] == keeper["sha256"] else float(np.dot(anchor, np.asarray(r["vector"], np.float32)))
-            )
-            link = (
-                r["path"] != keeper["path"]
-                and r["inode"] == keeper["inode"] != -1
-                and r["ctime_ns"] == keeper["ctime_ns"]
-                and r["sha256"] == keeper["sha256"]
-            )
-            images.append(
-                DuplicateImage(
-                    r["path"],
-                    int(r["size"]),
-                    int(r["width"]),
-                    int(r["height"]),
-                    float(r["mtime"]),
-                    r["sha256"],
-                    min(score, 1.0),
-                    link,
-                )
-            )
+        images = [_image(r, keeper) for r in found]
         images.sort(key=lambda im: (im.path != keeper["path"], -im.score, im.path))
         kind = "exact" if len({im.sha256 for im in images}) == 1 else "near"
         present = {im.path for im in images}

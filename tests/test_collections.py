@@ -22,7 +22,7 @@ from vitsearch.search.encoder import Encoder
 from vitsearch.search.errors import CollectionBusyError, CollectionNotFoundError
 from vitsearch.search.store import Store, writer_lease
 from vitsearch.search.store.catalog import collection_names, drop_collection, list_collections
-from vitsearch.search.store.collection import is_internal
+from vitsearch.search.store.generations import is_internal
 from vitsearch.search.store.lease import KEY
 from vitsearch.search.whitening import MIN_IMAGES
 

@@ -21,7 +21,7 @@ from test_cli import cli
 
 from vitsearch.indexer import index_folder
 from vitsearch.search import SearchClient
-from vitsearch.search.duplicates import CSV_COLUMNS, find_duplicates
+from vitsearch.search.duplicates import CSV_COLUMNS, find_duplicates, neighbours
 from vitsearch.search.encoder import Encoder
 from vitsearch.search.store import Store
 
@@ -269,7 +269,7 @@ def test_many_identical_copies_are_one_group_beyond_the_first_top_k(tmp_path, ti
     uri = str(tmp_path / "milvus.db")
     with Store(uri, "images") as store:
         index_folder(str(folder), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
-        pairs = [p for _, batch in store.neighbours(0.999, k=4, max_k=16) for p in batch]
+        pairs = [p for _, batch in neighbours(store, 0.999, k=4, max_k=16) for p in batch]
         report = find_duplicates(store, 0.999)
         store.close(release=True)
     assert 40 * 4 < len(pairs) <= 40 * 16  # deeper than the first top-4 of each, never past max_k

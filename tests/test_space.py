@@ -25,7 +25,8 @@ from vitsearch.indexer import index_folder
 from vitsearch.search.client import SearchClient
 from vitsearch.search.encoder import Encoder
 from vitsearch.search.store import Store
-from vitsearch.search.store.collection import is_internal
+from vitsearch.search.store.generations import is_internal
+from vitsearch.search.store.schema import SCHEMA_VERSION, collection_schema, index_params
 from vitsearch.search.store.space import read_space, update_space
 from vitsearch.search.whitening import MIN_IMAGES
 
@@ -280,7 +281,13 @@ def test_a_collection_of_an_older_vitsearch_is_moved_behind_its_name(db_uri, enc
     """A plain collection named as the user named it (no alias, as vitsearch made them before
     generations) keeps working, and its first rewrite puts it behind an alias."""
     with Store(db_uri, "images") as store:
-        store._create("images", encoder.dim, {"vitsearch.encoder": encoder.info.to_json()})
+        store._client.create_collection(
+            "images",
+            schema=collection_schema(encoder.dim),
+            index_params=index_params(store._client),
+            consistency_level="Strong",
+            properties={"vitsearch.encoder": encoder.info.to_json(), "vitsearch.schema_version": SCHEMA_VERSION},
+        )
         assert store.resolve() == "images"
     photos = varied_photos(tmp_path / "photos", MIN_IMAGES, seed=7)
     report = index(photos, encoder, db_uri)

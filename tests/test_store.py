@@ -112,11 +112,12 @@ def test_search_filter(db_uri):
 
 
 def test_large_upserts_are_split(db_uri, monkeypatch):
-    import vitsearch.search.store.collection as store_mod
+    from dataclasses import replace
 
-    monkeypatch.setattr(store_mod, "UPSERT_BYTES", 1000)  # ~4 rows per request
+    from vitsearch.search.store import profile_for
+
     rows, _ = make_rows(25)
-    with Store(db_uri, "images") as store:
+    with Store(db_uri, "images", profile=replace(profile_for(db_uri), upsert_bytes=1000)) as store:  # ~4 rows a request
         store.ensure(INFO)
         calls = []
         real = store._client.upsert
@@ -266,11 +267,13 @@ def test_a_schema_1_collection_is_searchable_and_upgraded_without_losing_rows(db
         assert store.upgrade() == 0  # already current
 
 
-def test_neighbours_are_batched_searches_of_the_stored_vectors(db_uri, monkeypatch):
+def test_neighbours_are_batched_searches_of_the_stored_vectors(db_uri):
     """Every pair at the threshold, found from both ends, in batches (several queries per
     search), also where the rows are read in several queries that do not divide into the
     batches; a folder limits queries and neighbours; ``copies`` finds rows by sha256."""
-    from vitsearch.search.store import collection
+    from dataclasses import replace
+
+    from vitsearch.search.duplicates import neighbours
 
     rows, v = make_rows(30)
     planted = ((0, 10), (1, 20))  # near copies of rows 0 and 1, in other folders
@@ -281,11 +284,10 @@ def test_neighbours_are_batched_searches_of_the_stored_vectors(db_uri, monkeypat
     with Store(db_uri, "images") as store:
         store.ensure(INFO)
         store.upsert(rows)
-        batches = list(store.neighbours(0.95, batch_size=8, fields=("sha256", "folder")))
-        monkeypatch.setattr(collection, "NEIGHBOURS_READ", 12)  # reads of 12, 12 and 6 rows (server)
-        monkeypatch.setattr(collection, "LITE_READ", 12)  # (Lite)
-        small_reads = list(store.neighbours(0.95, batch_size=8, fields=("sha256", "folder")))
-        inside = [p for _, pairs in store.neighbours(0.95, folder="/photos/1") for p in pairs]
+        batches = list(neighbours(store, 0.95, batch_size=8, fields=("sha256", "folder")))
+        with Store(db_uri, "images", profile=replace(store.profile, read_rows=12)) as small:  # reads of 12, 12, 6
+            small_reads = list(neighbours(small, 0.95, batch_size=8, fields=("sha256", "folder")))
+        inside = [p for _, pairs in neighbours(store, 0.95, folder="/photos/1") for p in pairs]
         copies = store.copies([rows[3]["sha256"], "no such digest"], exclude=[rows[3]["path"]])
         assert store.count() == 30 and store.count("/photos/1") == 10
     assert [len(r) for r, _ in batches] == [8, 8, 8, 6] and {"sha256", "folder"} <= set(batches[0][0][0])

@@ -1,9 +1,12 @@
-"""Milvus storage: the collection (:class:`Store`, :mod:`.collection`), its expressions
+"""Milvus storage: the collection (:class:`Store`, :mod:`.collection`, on :mod:`.base`), made of
+its connection (:mod:`.connection`), schema and rows as stored (:mod:`.schema`), the physical
+collections behind its name (:mod:`.generations`), schema upgrades (:mod:`.migration`), reads,
+writes and search (:mod:`.reads`), and the backend's sizes (:mod:`.profile`); its expressions
 (:mod:`.expr`), sharing a Milvus Lite database between processes (:mod:`.lite`) after checking
 its files (:mod:`.lite_files`), one indexing run per collection (:mod:`.lease`) and bulk import
 (:mod:`.bulk`).
 
-Only :mod:`.collection`, :mod:`.space` (the whitening matrices' collection), :mod:`.bulk` and
+Only those store parts, :mod:`.space` (the whitening matrices' collection), :mod:`.bulk` and
 :mod:`.lite` (pymilvus' generated gRPC service, on which it serves Lite) import pymilvus;
 nothing here imports torch.
 """
@@ -19,6 +22,7 @@ from .collection import (
     is_server_uri,
 )
 from .lease import writer_lease
+from .profile import BackendProfile, profile_for
 
 __all__ = [
     "Store",
@@ -30,4 +34,6 @@ __all__ = [
     "SEARCH_CONSISTENCY",
     "is_server_uri",
     "writer_lease",
+    "BackendProfile",
+    "profile_for",
 ]

@@ -31,7 +31,7 @@ def bulk_import(store: Store, files: Sequence[str], timeout_s: float = 24 * 3600
     from pymilvus.bulk_writer import bulk_import as start
     from pymilvus.bulk_writer import get_import_progress
 
-    if store.is_lite:
+    if not store.profile.bulk_import:
         raise StoreError(f"bulk import needs a Milvus server, not Milvus Lite ({store.uri})")
     reply = start(
         url=store.uri, collection_name=store.physical, api_key=store._token, files=[[f] for f in files]

@@ -33,7 +33,9 @@ from pymilvus import DataType, MilvusClient
 
 from ..errors import StoreError
 from ..whitening import MIN_IMAGES, RELEARN_GROWTH, Moments, Reservoir, ScoreStats, Space, Whitening, new_id, normalise
-from .collection import HNSW_PARAMS, META_FIELDS, SPACE_SUFFIX, STATE_KEY, Store, generation_name
+from .collection import META_FIELDS, Store
+from .generations import SPACE_SUFFIX, STATE_KEY, generation_name
+from .schema import index_params
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +93,7 @@ def _store_whitening(store: Store, space: Space) -> None:
         schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=64)
         schema.add_field("space", DataType.VARCHAR, max_length=32)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=matrix.shape[1])
-        index = store._client.prepare_index_params()
-        index.add_index(field_name="vector", index_type="HNSW", metric_type="L2", params=HNSW_PARAMS)
+        index = index_params(store._client, "L2")
         store._call("create_collection", name, schema=schema, index_params=index, consistency_level="Strong")
     rows = [{"key": f"{space.id}/{i}", "space": space.id, "vector": row.tolist()} for i, row in enumerate(matrix)]
     for start in range(0, len(rows), 512):
