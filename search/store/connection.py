@@ -37,8 +37,8 @@ _FIRST_DELAY_S, _MAX_DELAY_S = 0.5, 8.0
 
 class ReplyTooLarge(StoreError):
     """A reply over gRPC's message limit (a Milvus 2.3 server's query nodes send the proxy up to
-    ``limit`` rows per segment, which at 4,096 rows of 384-d vectors of a 1M collection came to
-    more than its 64 MB: docs/benchmarks/duplicates-speed.md)."""
+    ``limit`` rows per segment, so a read of a large collection can exceed it:
+    docs/benchmarks/duplicates-speed.md, "1,000,000 vectors on a server")."""
 
 
 class Naming(Protocol):
