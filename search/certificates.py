@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ServerError
+from .files import write_atomic
 
 #: The name the server's certificate is made for (and the client checks).
 SERVER_NAME = "localhost"
@@ -49,54 +49,16 @@ def make(folder: Path) -> MutualTLS:
     """
     try:
         from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
     except ImportError as exc:
         raise ServerError(
             "the Milvus server's first start needs the cryptography package: pip install 'vitsearch[server]'"
         ) from exc
 
     now = datetime.datetime.now(datetime.UTC)
-
-    def name(common: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-    def signed(subject: str, key, issuer_key, issuer: x509.Name, *extensions) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(subject))
-            .issuer_name(issuer)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + _VALID)
-        )
-        for extension, critical in extensions:
-            builder = builder.add_extension(extension, critical=critical)
-        return builder.sign(issuer_key, hashes.SHA256())
-
-    def write(path: Path, data: bytes) -> Path:
-        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-            f.write(data)
-        return path
-
-    def pem(cert: x509.Certificate) -> bytes:
-        return cert.public_bytes(serialization.Encoding.PEM)
-
-    def key_pem(key) -> bytes:
-        return key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-
     ca_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
-    ca = signed(
-        "vitsearch setup CA",
-        ca_key,
-        ca_key,
-        name("vitsearch setup CA"),
-        (x509.BasicConstraints(ca=True, path_length=0), True),
-    )
+    ca_name = _name("vitsearch setup CA")
+    ca = _signed(now, ca_name, ca_key, ca_key, ca_name, (x509.BasicConstraints(ca=True, path_length=0), True))
     hosts = x509.SubjectAlternativeName(
         [
             x509.DNSName(SERVER_NAME),
@@ -104,12 +66,61 @@ def make(folder: Path) -> MutualTLS:
             x509.IPAddress(ipaddress.ip_address("::1")),
         ]
     )
-    server = signed(SERVER_NAME, server_key, ca_key, ca.subject, (hosts, False))
-    client = signed("vitsearch", client_key, ca_key, ca.subject)
+    server = _signed(now, _name(SERVER_NAME), server_key, ca_key, ca.subject, (hosts, False))
+    client = _signed(now, _name("vitsearch"), client_key, ca_key, ca.subject)
     return MutualTLS(
-        ca=write(folder / "ca.pem", pem(ca)),
-        server_cert=write(folder / "server.pem", pem(server)),
-        server_key=write(folder / "server.key", key_pem(server_key)),
-        client_cert=write(folder / "client.pem", pem(client)),
-        client_key=write(folder / "client.key", key_pem(client_key)),
+        ca=_write(folder / "ca.pem", _pem(ca)),
+        server_cert=_write(folder / "server.pem", _pem(server)),
+        server_key=_write(folder / "server.key", _key_pem(server_key)),
+        client_cert=_write(folder / "client.pem", _pem(client)),
+        client_key=_write(folder / "client.key", _key_pem(client_key)),
     )
+
+
+def _name(common: str):
+    """An ``x509.Name`` of just a common name."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _signed(now: datetime.datetime, subject, key, issuer_key, issuer, *extensions):
+    """The certificate of ``key``'s public key for ``subject`` (an ``x509.Name``), valid from 5
+    minutes before ``now`` for :data:`_VALID`, with ``(extension, critical)`` pairs, signed by
+    ``issuer_key`` as ``issuer`` (SHA-256)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + _VALID)
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(cert) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _write(path: Path, data: bytes) -> Path:
+    """``data`` written to ``path``, mode 0600 (:func:`~.files.write_atomic`)."""
+    write_atomic(path, data, mode=0o600)
+    return path

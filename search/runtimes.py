@@ -19,7 +19,7 @@ Each export is cached beside the model (``<model folder>/.vitsearch-onnx/``), or
 sha256, the runtime, the pooling and the input size, with a ``.json`` record holding the sha256
 of the ONNX file itself: a file that does not hash to its record (truncated, overwritten, half
 written) or that ONNX Runtime cannot load is exported again. Files are written to a temporary name
-and renamed, so concurrent processes never see half a file.
+and renamed (:func:`~.files.written`), so concurrent processes never see half a file.
 
 Nothing here imports torch but the export: a cached file is run with ONNX Runtime alone.
 """
@@ -31,7 +31,6 @@ import logging
 import os
 import stat
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import numpy as np
 from .config import DEFAULT_CPU_RUNTIME, RUNTIMES
 from .encoder_info import EncoderInfo
 from .errors import UnsupportedRuntimeError
+from .files import written
 from .models import file_sha256
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def _export(model, info: EncoderInfo, forward_kwargs: dict, path: Path) -> None:
     h, w = info.image_size
     wrapper = _embedding(model, info.pooling, forward_kwargs).eval()
     log.info("exporting %s to ONNX at %s (%dx%d, %s)", info.model, path, h, w, info.pooling)
-    with _written(path) as tmp, torch.inference_mode(), warnings.catch_warnings():
+    with written(path) as tmp, torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes and tracer warnings: nothing a user acts on
         torch.onnx.export(
             wrapper,
@@ -243,28 +243,9 @@ def _quantize(fp32: Path, path: Path, info: EncoderInfo) -> None:
         quantizer.process()
     finally:
         level.setLevel(previous)
-    with _written(path) as tmp:
+    with written(path) as tmp:
         quantizer.model.save_model_to_file(str(tmp), use_external_data_format=False)
     _record(path, info, "onnx-int8")
-
-
-class _written:
-    """A temporary file beside ``path``, renamed to it on success, removed on failure."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self) -> Path:
-        fd, name = tempfile.mkstemp(prefix=self.path.stem + ".", suffix=".tmp" + self.path.suffix, dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, kind, *exc) -> None:
-        if kind is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 def _record(path: Path, info: EncoderInfo, runtime: str) -> None:
@@ -281,5 +262,5 @@ def _record(path: Path, info: EncoderInfo, runtime: str) -> None:
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
-    with _written(path.with_suffix(".json")) as tmp:
+    with written(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(meta, indent=1))

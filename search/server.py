@@ -46,6 +46,7 @@ from pathlib import Path
 
 from . import certificates
 from .errors import ServerError
+from .files import write_atomic
 from .processes import pid_alive
 
 DEFAULT_PORT = 19530
@@ -454,13 +455,7 @@ class LocalServer:
     def _write(self, name: str, text: str) -> None:
         """Write ``root/name`` atomically, readable by this user only (it may hold a password)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / name)
+        write_atomic(self.root / name, text, mode=0o600)
 
     def _cause(self) -> str:
         """What this start's part of the log says went wrong, in one line: a port that was taken,

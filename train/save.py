@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from vitsearch.search.errors import BadQueryError
+from vitsearch.search.files import written_folder
 
 #: The record vitsearch writes beside the model; it lists the files of the folder it wrote.
 RECORD = "training.json"
@@ -68,18 +67,9 @@ def save(backbone, processor, out: Path, overwrite: bool, record: dict) -> Path:
     check_out(out, overwrite)
     out = resolve_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
+    with written_folder(out) as tmp:  # renamed over out when filled, removed on failure
         backbone.to("cpu").save_pretrained(tmp)  # model.safetensors
         processor.save_pretrained(tmp)
         files = sorted(p.name for p in tmp.iterdir()) + [RECORD]
         (tmp / RECORD).write_text(json.dumps({**record, "files": files}, indent=2))
-        if out.is_dir():
-            shutil.rmtree(out)
-        elif out.exists():
-            out.unlink()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

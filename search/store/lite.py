@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatabaseDamagedError, StoreError
+from ..files import write_atomic
 from ..processes import pid_alive
 from .lite_files import inspect, keep
 
@@ -309,13 +310,9 @@ def _publish(db: Path, uri: str) -> None:
             return
     except (OSError, ValueError):
         pass
-    tmp = db / f".{ENDPOINT_FILE}.{os.getpid()}"
     try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            f.write(json.dumps(record))
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        write_atomic(path, json.dumps(record), mode=0o600)
+    except OSError as exc:  # the temporary file is removed
         log.warning(
             "cannot publish the endpoint of %s (%s): other processes cannot share the database "
             "while this one has it open",
