@@ -9,8 +9,9 @@ from typing import Any
 
 import typer
 
-from vitsearch.search.config import Settings
+from vitsearch.search.config import Runtime, Settings
 from vitsearch.search.errors import VitsearchError
+from vitsearch.search.pooling import Pooling as Pooling  # the --pooling choices, re-exported
 
 app = typer.Typer(
     help="Image similarity search: index folders of images with a Vision Transformer's CLS "
@@ -58,13 +59,6 @@ ALLOWED_HOSTS = typer.Option(
 )
 
 
-class Pooling(StrEnum):
-    """``--pooling`` values (see :data:`vitsearch.search.encoder.POOLINGS`)."""
-
-    cls = "cls"
-    mean = "mean"
-
-
 IMAGE_SIZE = typer.Option(
     None,
     "--image-size",
@@ -74,14 +68,6 @@ IMAGE_SIZE = typer.Option(
     "collection like the model. (env VITSEARCH_IMAGE_SIZE; default: the collection's, "
     "else the checkpoint's, e.g. 224)",
 )
-
-
-class Runtime(StrEnum):
-    """``--runtime`` values (see :data:`vitsearch.search.config.RUNTIMES`)."""
-
-    torch = "torch"
-    onnx = "onnx"
-    onnx_int8 = "onnx-int8"
 
 
 RUNTIME = typer.Option(

@@ -9,12 +9,15 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .pooling import POOLINGS, Pooling
 
 DEFAULT_MODEL = "facebook/dinov2-small"
 DEFAULT_COLLECTION = "images"
@@ -39,12 +42,27 @@ DEFAULT_DUPLICATE_THRESHOLD = 0.92
 #: The same for a whitened collection (:mod:`.whitening`), whose scores are on another scale
 #: (unrelated images near 0), chosen the same way (``benchmarks/duplicates.py quality``).
 DEFAULT_WHITENED_DUPLICATE_THRESHOLD = 0.50
-#: How the encoder runs (:mod:`vitsearch.search.runtimes`): PyTorch eager, or the checkpoint
-#: exported to ONNX and run by ONNX Runtime in fp32 or with int8 weights (dynamic quantization).
-RUNTIMES = ("torch", "onnx", "onnx-int8")
+
+
+class Runtime(StrEnum):
+    """How the encoder runs (:mod:`vitsearch.search.runtimes`): PyTorch eager, or the checkpoint
+    exported to ONNX and run by ONNX Runtime in fp32 or with int8 weights. The values are
+    ``--runtime``'s and ``VITSEARCH_RUNTIME``'s."""
+
+    torch = "torch"
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+
+
+#: The values of :class:`Runtime`, as plain strings.
+RUNTIMES: tuple[str, ...] = tuple(r.value for r in Runtime)
+#: What :attr:`Settings.pooling` and :attr:`Settings.runtime` accept: the values of the enums
+#: (kept as plain strings in the settings).
+PoolingName = Literal[POOLINGS]  # type: ignore[valid-type]
+RuntimeName = Literal[RUNTIMES]  # type: ignore[valid-type]
 #: The runtime on a CPU when none is asked: the fastest that keeps Holidays-dev mAP within 0.005
 #: of torch fp32 (docs/benchmarks/runtimes.md). On CUDA and MPS the default is torch (bf16 on CUDA).
-DEFAULT_CPU_RUNTIME = "onnx-int8"
+DEFAULT_CPU_RUNTIME = Runtime.onnx_int8.value
 #: Longest filter (a Milvus boolean expression from a user), in characters. Milvus Lite parses and
 #: evaluates a filter in Python, holding up the searches queued behind it: 16,384 characters of
 #: ``width > 1 or ...`` take ~0.07 s, 65,536 ~0.4 s, 18.8 MB ~28 s (2 AMD EPYC cores). Enough for
@@ -120,7 +138,8 @@ class Settings(BaseSettings):
             server's credentials when the URI is its own.
         collection: collection name.
         model: encoder, a Hugging Face hub id, a local folder or a pulled model's name.
-        pooling: ``cls`` (the class token; default) or ``mean`` (mean of the patch tokens).
+        pooling: ``cls`` (the class token; default) or ``mean`` (mean of the patch tokens): see
+            :class:`~.pooling.Pooling`.
         image_size: encoder input N x N pixels; ``None``: the checkpoint's own, or the
             collection's when it exists.
         device: ``cuda``, ``cuda:1``, ``mps`` or ``cpu``; ``None`` picks CUDA, then MPS, then CPU.
@@ -129,7 +148,7 @@ class Settings(BaseSettings):
             memory (:func:`vitsearch.search.encoder.batch_size_for`).
         workers: decode/preprocess worker processes.
         compile: run the encoder through ``torch.compile`` (the torch runtime).
-        runtime: ``torch``, ``onnx`` or ``onnx-int8`` (see :data:`RUNTIMES`); ``None``: the
+        runtime: ``torch``, ``onnx`` or ``onnx-int8`` (see :class:`Runtime`); ``None``: the
             collection's, else :data:`DEFAULT_CPU_RUNTIME` on a CPU and torch on CUDA/MPS.
         cache_dir: where exported ONNX models go when the model's folder is read-only (default:
             the platform's user cache directory, e.g. ``~/.cache/vitsearch``).
@@ -158,14 +177,14 @@ class Settings(BaseSettings):
     token: SecretStr | None = None
     collection: str = DEFAULT_COLLECTION
     model: str = DEFAULT_MODEL
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: PoolingName = Pooling.cls.value
     image_size: int | None = Field(default=None, ge=8)
     device: str | None = None
     dtype: str | None = None
     batch_size: int | None = Field(default=None, ge=1)
     workers: int = Field(default=2, ge=0)
     compile: bool = False
-    runtime: Literal["torch", "onnx", "onnx-int8"] | None = None
+    runtime: RuntimeName | None = None
     cache_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_cache_dir("vitsearch")))
     lite_wait_s: float = Field(default=10.0, ge=0)
     max_upload_mb: int = Field(default=20, ge=1)

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_CPU_RUNTIME, Settings
+from .config import DEFAULT_BATCH_SIZE, DEFAULT_CPU_RUNTIME, Runtime, Settings
 from .encoder_info import EncoderInfo
 from .errors import EncoderMismatchError
 from .images import ImageLike, Limits
 from .models import resolve_model, weights_sha256
+from .pooling import POOLINGS, check_pooling, pooled_embedding
 from .preprocess import Preprocess, at_size, processor_settings
 from .runtimes import OnnxEmbedder, cached_embedder, check_runtime, default_runtime, onnx_embedder
 
@@ -41,11 +42,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Pooling of the last hidden state into one vector: the class token, as in the ViT paper
-#: (Dosovitskiy et al. 2020), or the mean of the patch tokens (the "GAP" variant its ablations
-#: compare; extra prefix tokens such as DeiT's distillation token are left out of the mean).
-POOLINGS = ("cls", "mean")
 
 _DTYPES = {
     "float32": "float32",
@@ -142,8 +138,7 @@ class Encoder:
         limits: Limits = Limits(),
         onnx: OnnxEmbedder | None = None,
     ):
-        if info.pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {info.pooling!r}; use one of {', '.join(POOLINGS)}")
+        check_pooling(info.pooling)
         self.model = model
         self.processor = processor
         self.preprocessor = Preprocess.from_processor(processor)
@@ -261,8 +256,7 @@ class Encoder:
             image_size=(pixel.shape[2], pixel.shape[3]),
             runtime=runtime,
         )
-        if info.pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {info.pooling!r}; use one of {', '.join(POOLINGS)}")
+        check_pooling(info.pooling)
         onnx = None
         if runtime != "torch":
             onnx = onnx_embedder(net, info, forward_kwargs(net, info.image_size), checkpoint.folder, settings.cache_dir)
@@ -303,10 +297,9 @@ class Encoder:
             ValueError: an unknown pooling, or an image size the processor cannot take.
         """
         settings = settings or Settings()
-        if runtime not in ("onnx", "onnx-int8"):
+        if runtime not in (Runtime.onnx, Runtime.onnx_int8):
             return None
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+        check_pooling(pooling)
         resolved = resolve_model(model, settings.models_dir)
         processor = processor_settings(resolved.folder)
         try:
@@ -362,13 +355,10 @@ class Encoder:
         with torch.inference_mode():
             x = pixel_values.to(self.device, non_blocking=True).to(self.dtype)
             tokens = self.model(pixel_values=x, **self._forward_kwargs).last_hidden_state  # (N, prefix + patches, D)
-            if self.info.pooling == "cls":
-                pooled = tokens[:, 0]
-            else:
-                patch = self.model.config.patch_size
-                patches = (x.shape[2] // patch) * (x.shape[3] // patch)
-                pooled = tokens[:, tokens.shape[1] - patches :].mean(dim=1)
-            return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+            pooled = pooled_embedding(
+                tokens, self.info.pooling, patch_size=self.model.config.patch_size, image_size=x.shape[2:]
+            )
+            return pooled.cpu().numpy()
 
     def embed(self, images: Sequence[ImageLike], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Images (paths, bytes, PIL, ``(H, W, 3) uint8`` arrays) to ``(N, D) float32`` embeddings.

@@ -41,6 +41,7 @@ from .encoder_info import EncoderInfo
 from .errors import UnsupportedRuntimeError
 from .files import written
 from .models import file_sha256
+from .pooling import pooled_embedding
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def check_runtime(runtime: str, device) -> None:
 
 def _embedding(model, pooling: str, forward_kwargs: dict):
     """What is exported: a ``torch.nn.Module`` from pixel values to the pooled, L2-normalised
-    last-layer token."""
+    last-layer token (:func:`~.pooling.pooled_embedding`, as the torch runtime computes it)."""
     import torch
 
     class Embedding(torch.nn.Module):
@@ -86,13 +87,9 @@ def _embedding(model, pooling: str, forward_kwargs: dict):
 
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
             tokens = self.model(pixel_values=pixel_values, **self.kwargs).last_hidden_state
-            if self.pooling == "cls":
-                pooled = tokens[:, 0]
-            else:
-                patch = self.model.config.patch_size
-                patches = (pixel_values.shape[2] // patch) * (pixel_values.shape[3] // patch)
-                pooled = tokens[:, tokens.shape[1] - patches :].mean(dim=1)
-            return torch.nn.functional.normalize(pooled.float(), dim=-1)
+            return pooled_embedding(
+                tokens, self.pooling, patch_size=self.model.config.patch_size, image_size=pixel_values.shape[2:]
+            )
 
     return Embedding()
 

@@ -9,6 +9,7 @@ import torch
 
 from vitsearch.search.checkpoint import load_checkpoint
 from vitsearch.search.config import Settings
+from vitsearch.search.pooling import Pooling, pooled_embedding
 
 from .config import ScratchConfig
 
@@ -41,10 +42,12 @@ class ClassifierOnCLS(torch.nn.Module):
         self.head.weight.copy_(torch.nn.functional.normalize(torch.from_numpy(means), dim=-1))
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        cls = self.backbone(pixel_values=pixel_values).last_hidden_state[:, 0]
+        tokens = self.backbone(pixel_values=pixel_values).last_hidden_state
+        # the class token as indexing pools it, L2-normalised for the cosine head (in the dtype of autocast)
+        cls = pooled_embedding(tokens, Pooling.cls, normalize=self.cosine, float32=False)
         if self.cosine:
             logits = COSINE_SCALE * torch.nn.functional.linear(
-                torch.nn.functional.normalize(cls, dim=-1), torch.nn.functional.normalize(self.head.weight, dim=-1)
+                cls, torch.nn.functional.normalize(self.head.weight, dim=-1)
             )
         else:
             logits = self.head(cls)
