@@ -92,32 +92,16 @@ def train(
     """
     from vitsearch.train import train as run
 
-    if scratch and from_model:
-        raise typer.BadParameter("give --from MODEL or --scratch, not both", param_hint="--from/--scratch")
-    if not scratch and not from_model:
-        raise typer.BadParameter(
-            "give --from MODEL (fine-tune) or --scratch (a new ViT)", param_hint="--from/--scratch"
-        )
-    shape = {
-        name: value
-        for name, value in (
-            ("patch_size", patch_size),
-            ("dim", dim),
-            ("depth", depth),
-            ("heads", heads),
-            ("mlp_dim", mlp_dim),
-            ("image_size", image_size),
-        )
-        if value is not None
-    }
-    if from_model and shape:
-        raise typer.BadParameter(
-            f"{', '.join('--' + k.replace('_', '-') for k in shape)} set the shape of a new "
-            f"ViT (--scratch); a checkpoint keeps its own (index --image-size runs it at "
-            f"another input size)",
-            param_hint="--from",
-        )
-    config = ScratchConfig(**shape) if scratch else None  # ScratchConfig's defaults for the rest
+    config = _scratch_config(
+        from_model,
+        scratch,
+        patch_size=patch_size,
+        dim=dim,
+        depth=depth,
+        heads=heads,
+        mlp_dim=mlp_dim,
+        image_size=image_size,
+    )
     try:
         result = run(
             data_dir,
@@ -149,3 +133,28 @@ def train(
         f"{result.val_images} validation images, {len(result.failures)} failed, {result.device}, "
         f"{result.seconds:.0f} s): vitsearch index DIR --model {result.out_dir}"
     )
+
+
+def _scratch_config(from_model: str | None, scratch: bool, **shape: int | None) -> ScratchConfig | None:
+    """The shape of the new ViT of ``--scratch`` (the sizes given, :class:`ScratchConfig`'s defaults
+    for the rest), None with ``--from``; exactly one of the two must be given, and the sizes only
+    with ``--scratch``.
+
+    Raises:
+        typer.BadParameter: both or neither of --from and --scratch, or sizes with --from.
+    """
+    if scratch and from_model:
+        raise typer.BadParameter("give --from MODEL or --scratch, not both", param_hint="--from/--scratch")
+    if not scratch and not from_model:
+        raise typer.BadParameter(
+            "give --from MODEL (fine-tune) or --scratch (a new ViT)", param_hint="--from/--scratch"
+        )
+    given = {name: value for name, value in shape.items() if value is not None}
+    if from_model and given:
+        raise typer.BadParameter(
+            f"{', '.join('--' + k.replace('_', '-') for k in given)} set the shape of a new "
+            f"ViT (--scratch); a checkpoint keeps its own (index --image-size runs it at "
+            f"another input size)",
+            param_hint="--from",
+        )
+    return ScratchConfig(**given) if scratch else None  # ScratchConfig's defaults for the rest

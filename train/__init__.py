@@ -3,7 +3,8 @@
 - :mod:`.config`: the scratch ViT's shape and every option's default;
 - :mod:`.data`: class folders, the split, augmentation, the dataset;
 - :mod:`.model`: the head on the class token, the backbone (a checkpoint or a new ViT);
-- :mod:`.loop`: the ``transformers.Trainer`` loop and the per-epoch figures;
+- :mod:`.loop`: the ``transformers.Trainer`` loop;
+- :mod:`.report`: the per-epoch figures and the result;
 - :mod:`.save`: the saved model folder.
 
 Names are imported on first use: importing :mod:`.config` (what ``vitsearch`` reads for its
@@ -20,9 +21,9 @@ _EXPORTS = {
     "ScratchConfig": "config",
     "Augment": "data",
     "split_classes": "data",
-    "EpochReport": "loop",
-    "TrainResult": "loop",
-    "retrieval_figures": "loop",
+    "EpochReport": "report",
+    "TrainResult": "report",
+    "retrieval_figures": "report",
     "train": "loop",
 }
 

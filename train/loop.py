@@ -32,123 +32,29 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from vitsearch.search.config import DEFAULT_BATCH_SIZE, Settings
-from vitsearch.search.encoder import Encoder, pick_device
-from vitsearch.search.encoder_info import EncoderInfo
+from vitsearch.search.config import Settings
+from vitsearch.search.encoder import pick_device
 from vitsearch.search.errors import BadImageError, BadQueryError
 from vitsearch.search.images import Limits, read_file
-from vitsearch.search.metrics import exact_rankings, ranking_figures
 from vitsearch.search.preprocess import Preprocess
 
 from .config import DEFAULTS, LR_FINETUNE, LR_SCRATCH, OBJECTIVES, ScratchConfig
 from .data import Augment, ImageFolderSet, split_classes
 from .model import ClassifierOnCLS, load_backbone
+from .report import EpochReport, EpochReporter, TrainResult
+from .report import retrieval_figures as retrieval_figures  # re-exported: it lived here
 from .save import check_out, resolve_out, save
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EpochReport:
-    """Figures after one epoch; epoch 0 is the pretrained encoder before training (``from_model``).
-
-    Attributes:
-        epoch: 1-based epoch number, 0 before training.
-        train_loss: mean training loss (cross-entropy with label smoothing) over the epoch's
-            batches; None at epoch 0.
-        val_accuracy: top-1 accuracy of the head on the validation images, in [0, 1]; None at
-            epoch 0 (the head is untrained) and without a validation split.
-        map, recall_at_1, recall_at_10, precision_at_1: retrieval figures over the validation
-            images, in [0, 1], as ``vitsearch eval`` defines them (recall@k is the share of a
-            query's relevant images in its top k, so recall@1 is at most 1 / their number;
-            precision@1 is the share of queries whose first hit is of their class); None without
-            a validation split.
-        seconds: wall time of the epoch, validation included.
-    """
-
-    epoch: int
-    train_loss: float | None
-    val_accuracy: float | None
-    map: float | None
-    recall_at_1: float | None
-    recall_at_10: float | None
-    precision_at_1: float | None
-    seconds: float
-
-    def line(self, epochs: int | None = None) -> str:
-        """One line for a terminal, e.g.
-        ``epoch  3/10  loss 0.812  val acc 0.874  mAP 0.652  R@1 0.031  R@10 0.287  P@1 0.903  12.3 s``."""
-        f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        of = f"/{epochs}" if epochs else ""
-        name = f"epoch {self.epoch:>2}{of}" + ("  (pretrained)" if self.epoch == 0 else "")
-        return (
-            f"{name}  loss {f(self.train_loss)}  val acc {f(self.val_accuracy)}  mAP {f(self.map)}  "
-            f"R@1 {f(self.recall_at_1)}  R@10 {f(self.recall_at_10)}  P@1 {f(self.precision_at_1)}  "
-            f"{self.seconds:.1f} s"
-        )
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` did.
-
-    Attributes:
-        out_dir: the saved model folder (absolute).
-        classes: class names (subfolder names), in label order.
-        train_images, val_images: images in each split (failed files excluded).
-        epochs: one report per epoch, with epoch 0 first when fine-tuning.
-        failures: ``(path, reason)`` of files that could not be read or decoded (skipped).
-        device: where the model was trained (``cpu``, ``cuda``, ``mps``).
-        seconds: wall time of the run, model loading included.
-    """
-
-    out_dir: Path
-    classes: list[str]
-    train_images: int
-    val_images: int
-    epochs: list[EpochReport]
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    device: str = "cpu"
-    seconds: float = 0.0
-
-
-def retrieval_figures(
-    encoder: Encoder, items: Sequence[tuple[str, int]], batch_size: int = DEFAULT_BATCH_SIZE
-) -> dict[str, float]:
-    """mAP, recall@1, recall@10 and precision@1 of ``items`` (``(path, label)``) querying each other.
-
-    Each image is embedded with ``encoder.embed`` (as indexing embeds it), queries all the others
-    by exact cosine search (itself left out) and has the other images of its label as relevant
-    set; the figures are :func:`~vitsearch.search.metrics.ranking_figures`'.
-
-    Returns:
-        ``{"map", "recall_at_1", "recall_at_10", "precision_at_1"}``, each in [0, 1].
-
-    Raises:
-        BadImageError: a file cannot be decoded.
-    """
-    paths = [p for p, _ in items]
-    vectors = encoder.embed(paths, batch_size=batch_size)  # (N, D) float32, L2-normalised
-    by_label: dict[int, set[str]] = {}
-    for p, label in items:
-        by_label.setdefault(label, set()).add(p)
-    rankings = dict(zip(paths, exact_rankings(vectors, paths, vectors, leave_out=paths)))
-    relevant = {p: by_label[label] - {p} for p, label in items}
-    figures = ranking_figures(rankings, relevant, (1, 10))
-    return {
-        "map": figures.map,
-        "recall_at_1": figures.recall[1],
-        "recall_at_10": figures.recall[10],
-        "precision_at_1": figures.precision[1],
-    }
 
 
 def train(
@@ -214,12 +120,91 @@ def train(
         ModelNotFoundError: ``from_model`` cannot be found or loaded.
     """
     import transformers
-    from PIL import Image
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     started = time.perf_counter()
     settings = settings or Settings()
+    _check_options(from_model, scratch, epochs, batch_size, lr, val_split, objective, label_smoothing, warmup_ratio)
+    out = resolve_out(Path(out_dir))  # a link to a folder is written through
+    check_out(out, overwrite)
+
+    transformers.set_seed(seed)
+    backbone, processor, source, folder = load_backbone(from_model, scratch, settings)
+    if folder is not None and folder.resolve() == out.resolve():
+        raise BadQueryError(f"--out {out} is the folder of --from: write the trained model elsewhere")
+    preprocess = Preprocess.from_processor(processor)
+    input_hw = tuple(preprocess.batch([Image.new("RGB", (64, 48))]).shape[2:])
+    limits = Limits.from_settings(settings)
+    checked = _decodable(preprocess, limits, on_failure)
+    classes, train_items, val_items, failures = split_classes(data_dir, val_split, seed, checked)
+    model = ClassifierOnCLS(backbone, len(classes), objective)
+    dev = pick_device(device or settings.device)
+    model.to(dev)
+    reporter = EpochReporter(backbone, processor, str(out), input_hw, limits, val_items, batch_size, epochs, on_epoch)
+    if from_model is not None and model.cosine:
+        vectors = reporter.encoder().embed([p for p, _ in train_items], batch_size)
+        model.imprint(vectors, np.array([label for _, label in train_items]))
+    augment = Augment(input_hw, scale=augment_scale, hflip=hflip, resample=preprocess.resample)
+    train_set = ImageFolderSet(train_items, preprocess, augment, limits)
+    val_set = ImageFolderSet(val_items, preprocess, None, limits) if val_items else None
+    if from_model is not None:  # epoch 0: the pretrained encoder's own figures
+        reporter.report(0, None, None, time.perf_counter())
+    options = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr or (LR_SCRATCH if scratch else LR_FINETUNE),
+        "val_split": val_split,
+        "objective": objective,
+        "label_smoothing": label_smoothing,
+        "weight_decay": weight_decay,
+        "warmup_ratio": warmup_ratio,
+        "augment_scale": list(augment_scale),
+        "hflip": hflip,
+        "seed": seed,
+    }
+    workers = settings.workers if workers is None else workers
+    options["lr"] = _fit(model, dev, train_set, val_set, reporter.callback(), options, workers)
+    record = _record(source, scratch, classes, train_items, val_items, failures, options, dev.type, reporter.reports)
+    save(backbone, processor, out, overwrite, record)
+    return TrainResult(
+        out_dir=out,
+        classes=classes,
+        train_images=len(train_items),
+        val_images=len(val_items),
+        epochs=reporter.reports,
+        failures=failures,
+        device=dev.type,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _record(source, scratch, classes, train_items, val_items, failures, options, device, reports) -> dict[str, Any]:
+    """What ``training.json`` holds besides the list of files (:func:`~.save.save`)."""
+    return {
+        "source": source,
+        "scratch": asdict(scratch) if scratch else None,
+        "classes": classes,
+        "train_images": len(train_items),
+        "val_images": len(val_items),
+        "failed": len(failures),
+        **options,  # epochs, batch_size, lr (the peak), val_split, objective, ... seed
+        "device": device,
+        "saved": "last epoch",
+        "reports": [asdict(r) for r in reports],
+    }
+
+
+def _check_options(
+    from_model: str | None,
+    scratch: ScratchConfig | None,
+    epochs: int,
+    batch_size: int,
+    lr: float | None,
+    val_split: float,
+    objective: str,
+    label_smoothing: float,
+    warmup_ratio: float,
+) -> None:
+    """Raises: BadQueryError: both or neither of ``from_model`` and ``scratch``, or a bad value."""
     if (from_model is None) == (scratch is None):
         raise BadQueryError("give exactly one of --from MODEL (fine-tune a checkpoint) and --scratch (a new ViT)")
     if scratch is not None:
@@ -235,16 +220,13 @@ def train(
         raise BadQueryError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
     if lr is not None and lr <= 0:
         raise BadQueryError(f"--lr must be positive, got {lr}")
-    out = resolve_out(Path(out_dir))  # a link to a folder is written through
-    check_out(out, overwrite)
 
-    transformers.set_seed(seed)
-    backbone, processor, source, folder = load_backbone(from_model, scratch, settings)
-    if folder is not None and folder.resolve() == out.resolve():
-        raise BadQueryError(f"--out {out} is the folder of --from: write the trained model elsewhere")
-    preprocess = Preprocess.from_processor(processor)
-    input_hw = tuple(preprocess.batch([Image.new("RGB", (64, 48))]).shape[2:])
-    limits = Limits.from_settings(settings)
+
+def _decodable(
+    preprocess: Preprocess, limits: Limits, on_failure: Callable[[str, str], None] | None
+) -> Callable[[str], str | None]:
+    """The check :func:`~.data.split_classes` runs on each file: None where it decodes, else the
+    reason, logged and handed to ``on_failure(path, reason)``."""
 
     def check(path: str) -> str | None:
         try:  # JPEGs at reduced scale: only whether it decodes matters here
@@ -256,64 +238,17 @@ def train(
             return exc.reason
         return None
 
-    classes, train_items, val_items, failures = split_classes(data_dir, val_split, seed, check)
-    model = ClassifierOnCLS(backbone, len(classes), objective)
-    dev = pick_device(device or settings.device)
-    model.to(dev)
-    info = EncoderInfo(
-        model=str(out),
-        weights_sha256="(training)",
-        dim=int(backbone.config.hidden_size),
-        pooling="cls",
-        image_size=input_hw,
-    )
+    return check
 
-    def encoder() -> Encoder:  # the backbone as indexing runs it (no dropout, fp32 weights)
-        param = next(backbone.parameters())
-        return Encoder(backbone.eval(), processor, info, param.device, param.dtype, limits)
 
-    if from_model is not None and model.cosine:
-        model.imprint(
-            encoder().embed([p for p, _ in train_items], batch_size), np.array([label for _, label in train_items])
-        )
-    workers = settings.workers if workers is None else workers
-    augment = Augment(input_hw, scale=augment_scale, hflip=hflip, resample=preprocess.resample)
-    train_set = ImageFolderSet(train_items, preprocess, augment, limits)
-    val_set = ImageFolderSet(val_items, preprocess, None, limits) if val_items else None
-    reports: list[EpochReport] = []
-
-    def report(epoch: int, loss: float | None, accuracy: float | None, since: float) -> None:
-        figures: dict[str, Any] = dict.fromkeys(("map", "recall_at_1", "recall_at_10", "precision_at_1"))
-        if val_items:
-            was_training = backbone.training
-            figures = retrieval_figures(encoder(), val_items, batch_size)
-            backbone.train(was_training)
-        rep = EpochReport(epoch, loss, accuracy, seconds=time.perf_counter() - since, **figures)
-        reports.append(rep)
-        log.info("%s", rep.line(epochs))
-        if on_epoch:
-            on_epoch(rep)
-
-    if from_model is not None:  # epoch 0: the pretrained encoder's own figures
-        report(0, None, None, time.perf_counter())
-
-    class Reporter(TrainerCallback):
-        """Turns Trainer's per-epoch log and evaluation into :class:`EpochReport` s."""
-
-        def __init__(self):
-            self.since, self.loss = time.perf_counter(), None
-
-        def on_epoch_begin(self, args, state, control, **kwargs):
-            self.since = time.perf_counter()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:  # the epoch's mean training loss
-                self.loss = float(logs["loss"])
-                if val_set is None:
-                    report(round(state.epoch), self.loss, None, self.since)
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            report(round(state.epoch), self.loss, float(metrics["eval_accuracy"]), self.since)
+def _fit(model, dev, train_set, val_set, callback, options: dict[str, Any], workers: int) -> float:
+    """Train ``model`` on ``dev`` with ``transformers.Trainer`` (AdamW, warm-up then cosine decay,
+    gradients clipped at 1, bf16 autocast on CUDA), evaluating on ``val_set`` after every epoch
+    when there is one; its checkpoints go to a temporary folder, removed after. ``options``: the
+    record's ``epochs``, ``batch_size``, ``lr`` (peak), ``weight_decay``, ``warmup_ratio``,
+    ``label_smoothing`` and ``seed``. Returns the peak learning rate Trainer ran with."""
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     cuda = dev.type == "cuda"
     if cuda and dev.index is not None:
@@ -321,22 +256,22 @@ def train(
     with tempfile.TemporaryDirectory(prefix="vitsearch-train-") as scratch_dir:
         args = TrainingArguments(
             output_dir=scratch_dir,
-            num_train_epochs=epochs,
-            per_device_train_batch_size=batch_size,
-            per_device_eval_batch_size=batch_size,
-            learning_rate=lr or (LR_SCRATCH if scratch else LR_FINETUNE),
-            weight_decay=weight_decay,
+            num_train_epochs=options["epochs"],
+            per_device_train_batch_size=options["batch_size"],
+            per_device_eval_batch_size=options["batch_size"],
+            learning_rate=options["lr"],
+            weight_decay=options["weight_decay"],
             lr_scheduler_type="cosine",
-            warmup_steps=warmup_ratio,
-            label_smoothing_factor=label_smoothing,
+            warmup_steps=options["warmup_ratio"],
+            label_smoothing_factor=options["label_smoothing"],
             max_grad_norm=1.0,
             eval_strategy="epoch" if val_set is not None else "no",
             logging_strategy="epoch",
             save_strategy="no",
             report_to=[],
             disable_tqdm=True,
-            seed=seed,
-            data_seed=seed,
+            seed=options["seed"],
+            data_seed=options["seed"],
             use_cpu=dev.type == "cpu",
             bf16=cuda and torch.cuda.is_bf16_supported(),
             dataloader_num_workers=workers,
@@ -350,50 +285,12 @@ def train(
             train_dataset=train_set,
             eval_dataset=val_set,
             compute_metrics=_accuracy,
-            callbacks=[Reporter()],
+            callbacks=[callback],
         )
         for quiet in (PrinterCallback, ProgressCallback):
             trainer.remove_callback(quiet)
         trainer.train()
-
-    save(
-        backbone,
-        processor,
-        out,
-        overwrite,
-        {
-            "source": source,
-            "scratch": asdict(scratch) if scratch else None,
-            "classes": classes,
-            "train_images": len(train_items),
-            "val_images": len(val_items),
-            "failed": len(failures),
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": args.learning_rate,
-            "val_split": val_split,
-            "objective": objective,
-            "label_smoothing": label_smoothing,
-            "weight_decay": weight_decay,
-            "warmup_ratio": warmup_ratio,
-            "augment_scale": list(augment_scale),
-            "hflip": hflip,
-            "seed": seed,
-            "device": dev.type,
-            "saved": "last epoch",
-            "reports": [asdict(r) for r in reports],
-        },
-    )
-    return TrainResult(
-        out_dir=out,
-        classes=classes,
-        train_images=len(train_items),
-        val_images=len(val_items),
-        epochs=reports,
-        failures=failures,
-        device=dev.type,
-        seconds=time.perf_counter() - started,
-    )
+    return args.learning_rate
 
 
 def _accuracy(prediction) -> dict[str, float]:
