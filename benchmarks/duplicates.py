@@ -458,7 +458,7 @@ def exact_pairs(vectors: np.ndarray, threshold: float, block: int = 4096) -> tup
 
 def speed(args) -> None:
     from vitsearch.search.config import Settings
-    from vitsearch.search.store.collection import LITE_NEIGHBOURS_BATCH, NEIGHBOURS_BATCH
+    from vitsearch.search.store.profile import LITE, SERVER
 
     server = Settings().resolved_uri() if args.server == "local" else args.server
     backends = ([] if args.no_lite else ["lite"]) + ([server] if server else [])
@@ -497,8 +497,8 @@ def speed(args) -> None:
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
         f"synthetic {args.dim}-d unit vectors (1 % planted near copies), threshold 0.95, HNSW M 16, "
-        f"efConstruction 200; top-16 per query; queries per search: {NEIGHBOURS_BATCH} on a server, "
-        f"{LITE_NEIGHBOURS_BATCH} on Lite"
+        f"efConstruction 200; top-16 per query; queries per search: {SERVER.search_queries} on a server, "
+        f"{LITE.search_queries} on Lite"
     )
     print(
         f"\n{'backend':14} {'vectors':>9} {'load s':>7} {'sha s':>6} {'scan s':>7} {'img/s':>7} {'groups':>7} "

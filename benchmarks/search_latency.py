@@ -35,6 +35,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ from vitsearch.search.config import Settings
 from vitsearch.search.encoder import Encoder, EncoderInfo
 from vitsearch.search.images import is_image_file
 from vitsearch.search.store import Store
-from vitsearch.search.store import collection as collection_module
+from vitsearch.search.store.profile import profile_for
 
 SHARED = Path(os.environ.get("VITSEARCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 FOLDERS = 100  # rows are spread over this many folders: a folder filter keeps 1%
@@ -150,10 +151,14 @@ def main() -> None:
                 store = Store.from_settings(settings, uri, "bench")
                 load_s = fill(store, info, vectors)
                 for level in ["Session", "Bounded", "Eventually", "Strong"] if variants else ["Session"]:
-                    collection_module.SEARCH_CONSISTENCY = level
-                    measure(store, queries[:5], None)  # warm-up
-                    plain, found = measure(store, queries, None)
-                    filtered, _ = measure(store, queries, 'folder == "/f/7"')
+                    # the same collection searched at another consistency level: a store of its own
+                    at_level = Store(
+                        uri, "bench", retry_s=600, profile=replace(profile_for(uri), search_consistency=level)
+                    )
+                    measure(at_level, queries[:5], None)  # warm-up
+                    plain, found = measure(at_level, queries, None)
+                    filtered, _ = measure(at_level, queries, 'folder == "/f/7"')
+                    at_level.close()
                     name = "Milvus Lite" if backend == "lite" else "Milvus server"
                     rows.append(
                         (
@@ -166,7 +171,6 @@ def main() -> None:
                         )
                     )
                     print_row(*rows[-1])
-                collection_module.SEARCH_CONSISTENCY = "Session"
                 if variants:  # a new process opens the database: Lite loads it, building the index
                     store.close(release=True)
                     started = time.perf_counter()

@@ -15,9 +15,10 @@ from PIL import Image
 
 from . import ranking
 from .config import DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_WHITENED_DUPLICATE_THRESHOLD, MAX_K, Settings
-from .duplicates import DuplicateReport, collapse, find_duplicates
+from .duplicates import DuplicateReport, find_duplicates
 from .encoder import Encoder, check_image_size, encoder_for
 from .errors import BadQueryError, NotIndexedError
+from .hit import collapse
 from .images import ImageLike, Limits
 from .paths import absolute, printable
 from .store import META_FIELDS, CollectionMoved, Hit, Store

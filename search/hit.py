@@ -1,9 +1,10 @@
-"""One search result (:class:`Hit`) and its one JSON shape, the same from ``vitsearch search
---json``, the HTTP API and :meth:`Hit.to_dict`."""
+"""One search result (:class:`Hit`), its one JSON shape (the same from ``vitsearch search
+--json``, the HTTP API and :meth:`Hit.to_dict`), and hits of identical bytes folded into one
+(:func:`collapse`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 #: Fields of a stored row besides the vector, in schema order: what a hit's metadata can hold.
@@ -47,3 +48,36 @@ class Hit:
         )
         out = {"path": self.path, "score": self.score, "match": self.match, "metadata": metadata}
         return out | ({"copies": list(self.copies)} if self.copies else {})
+
+
+def collapse(hits: list[Hit], copies: dict[str, list[str]] | None = None) -> list[Hit]:
+    """``hits`` with every later hit of the same bytes (same ``sha256``) folded into the first,
+    best-scored one, which carries the others' paths as ``copies``.
+
+    Args:
+        hits: search results, best first, with ``sha256`` in their metadata.
+        copies: ``{sha256: paths}`` of every row with those bytes (:meth:`Store.copies`); when
+            given, each kept hit's ``copies`` are all those paths but its own (also copies
+            ranked below the hits searched), else the paths among ``hits``.
+
+    Returns:
+        the distinct hits, in order.
+    """
+    first: dict[str, int] = {}
+    kept: list[Hit] = []
+    found: list[list[str]] = []
+    for hit in hits:
+        sha = hit.metadata.get("sha256")
+        if sha is None or sha not in first:
+            if sha is not None:
+                first[sha] = len(kept)
+            kept.append(hit)
+            found.append([])
+        else:
+            found[first[sha]].append(hit.path)
+    out = []
+    for hit, seen in zip(kept, found):
+        pool = copies.get(hit.metadata.get("sha256"), seen) if copies is not None else seen
+        others = sorted(p for p in pool if p != hit.path)
+        out.append(replace(hit, copies=tuple(others)))
+    return out

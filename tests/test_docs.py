@@ -156,7 +156,7 @@ def test_the_python_reference_renders_the_documented_classes(site):
     for name in (
         "vitsearch.search.client.SearchClient",
         "vitsearch.search.client.SearchClient.search",
-        "vitsearch.search.store.collection.Hit",
+        "vitsearch.search.hit.Hit",
         "vitsearch.search.store.collection.Store",
         "vitsearch.search.encoder.Encoder",
         "vitsearch.indexer.runner.index_folder",

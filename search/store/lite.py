@@ -50,7 +50,7 @@ _POLL_S = 0.1
 #: What a Milvus Lite 3 database directory holds (a folder with none of these is something else).
 _LITE_MARKERS = {"LOCK", "collections", "databases", ".database-staging", ENDPOINT_FILE}
 #: gRPC message limit of the server, each way: Lite's own server's (``milvus_lite.adapter.grpc.
-#: server``), which :data:`~.collection.LITE_READ` is sized for.
+#: server``), which :attr:`~.profile.LITE` ``read_rows`` is sized for.
 _MESSAGE_BYTES = 256 * 1024 * 1024
 #: Threads answering calls (Lite's own server has 10).
 _WORKERS = 10
