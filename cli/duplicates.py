@@ -39,7 +39,7 @@ def duplicates(
         "--verify/--no-verify",
         help="Confirm each near pair found by the "
         "embedding by the two files' pixels (aligned, then compared at 128 px; the files of "
-        "candidate pairs are read, a few ms a pair). --no-verify: the embedding alone "
+        "candidate pairs are read). --no-verify: the embedding alone "
         "decides (then use a higher threshold).",
     ),
     as_json: bool = JSON,
