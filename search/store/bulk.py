@@ -4,6 +4,7 @@ its REST API: ``pymilvus.bulk_writer``), for first loads too large to upsert
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -33,9 +34,10 @@ def bulk_import(store: Store, files: Sequence[str], timeout_s: float = 24 * 3600
 
     if not store.profile.bulk_import:
         raise StoreError(f"bulk import needs a Milvus server, not Milvus Lite ({store.uri})")
-    reply = start(
-        url=store.uri, collection_name=store.physical, api_key=store._token, files=[[f] for f in files]
-    ).json()
+    with _refusals(store, f"the bulk import of {len(files)} files"):
+        reply = start(
+            url=store.uri, collection_name=store.physical, api_key=store._token, files=[[f] for f in files]
+        ).json()
     job = (reply.get("data") or {}).get("jobId")
     if not job:
         raise StoreError(
@@ -43,13 +45,29 @@ def bulk_import(store: Store, files: Sequence[str], timeout_s: float = 24 * 3600
         )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        state = get_import_progress(url=store.uri, job_id=job, api_key=store._token).json().get("data") or {}
+        with _refusals(store, f"bulk import job {job}"):
+            state = get_import_progress(url=store.uri, job_id=job, api_key=store._token).json().get("data") or {}
         if state.get("state") == "Completed":
             return int(state.get("importedRows") or 0)
         if state.get("state") == "Failed":
             raise StoreError(f"bulk import job {job} at {store.uri} failed: {state.get('reason')}")
         time.sleep(poll_s)
     raise StoreError(f"bulk import job {job} at {store.uri} did not finish in {timeout_s:.0f} s")
+
+
+@contextlib.contextmanager
+def _refusals(store: Store, what: str):
+    """pymilvus' own errors of a bulk import call (a refusal, a server without the REST import
+    API, one that cannot be reached) as a :class:`StoreError` naming ``what``."""
+    from pymilvus.exceptions import MilvusException
+
+    try:
+        yield
+    except MilvusException as exc:
+        raise StoreError(
+            f"Milvus at {store.uri} refused {what}: {exc.message} (bulk import needs a Milvus 2.4+ server "
+            f"with its REST API; `vitsearch server` runs 2.3.5, which has none)"
+        ) from exc
 
 
 def bulk_load(store: Store, bulk_dir: str) -> int:
