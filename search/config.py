@@ -145,7 +145,7 @@ class Settings(BaseSettings):
         device: ``cuda``, ``cuda:1``, ``mps`` or ``cpu``; ``None`` picks CUDA, then MPS, then CPU.
         dtype: ``bfloat16`` or ``float16`` on CUDA; ``None`` gives bf16 on CUDA, fp32 elsewhere.
         batch_size: images per forward pass; default 32, on CUDA chosen for the card's free
-            memory (:func:`vitsearch.search.encoder.batch_size_for`).
+            memory (:func:`vitsearch.search.devices.batch_size_for`).
         workers: decode/preprocess worker processes.
         compile: run the encoder through ``torch.compile`` (the torch runtime).
         runtime: ``torch``, ``onnx`` or ``onnx-int8`` (see :class:`Runtime`); ``None``: the

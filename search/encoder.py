@@ -8,19 +8,15 @@ is Worth 16x16 Words"), never ``pooler_output``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import os
-import re
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_CPU_RUNTIME, Runtime, Settings
+from .devices import DTYPES, batch_size_for, fit_batch, on_cpu, pick_device, pick_dtype
 from .encoder_info import EncoderInfo
 from .errors import EncoderMismatchError
 from .images import ImageLike, Limits
@@ -42,71 +38,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-}
-
-
-def pick_device(device: str | None = None):
-    """``device`` if given, else CUDA, then Apple MPS, then CPU, as a ``torch.device``."""
-    import torch
-
-    if device:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def pick_dtype(device, dtype: str | None = None):
-    """``dtype`` if given, else bfloat16 on CUDA and float32 elsewhere, as a ``torch.dtype``.
-
-    Raises:
-        ValueError: an unknown dtype name.
-    """
-    import torch
-
-    if dtype:
-        if dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16")
-        return getattr(torch, _DTYPES[dtype])
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def accelerator_possible() -> bool:
-    """Whether torch could find a GPU here (CUDA, ROCm or Apple MPS), told without importing
-    torch: False where torch is absent or built for the CPU only (its ``version.py`` names no
-    CUDA nor HIP), or where no GPU driver is present (``/proc/driver/nvidia``, ``/dev/nvidiactl``,
-    ``/dev/kfd``); True where unsure (macOS, torch already loaded): then ask torch
-    (:func:`pick_device`)."""
-    if "torch" in sys.modules or sys.platform == "darwin":
-        return True
-    try:
-        spec = importlib.util.find_spec("torch")
-        text = (Path(spec.origin).parent / "version.py").read_text() if spec and spec.origin else None
-    except (ImportError, OSError, ValueError):
-        return True
-    if text is None:
-        return spec is not None
-    built_for_gpu = any(
-        not re.search(rf"^{name}(: Optional\[str\])? = None\s*$", text, re.M) for name in ("cuda", "hip")
-    )
-    return built_for_gpu and any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd"))
-
-
-def _on_cpu(device: str | None) -> bool:
-    """Whether ``device`` (None: auto) is the CPU, importing torch only where a GPU may be there."""
-    if device:
-        return device == "cpu"
-    return not accelerator_possible() or pick_device(None).type == "cpu"
 
 
 class Encoder:
@@ -220,9 +151,9 @@ class Encoder:
             UnsupportedRuntimeError: an unknown runtime, or an ONNX runtime off the CPU.
         """
         settings = settings or Settings()
-        if (dtype or settings.dtype) and (dtype or settings.dtype) not in _DTYPES:
+        if (dtype or settings.dtype) and (dtype or settings.dtype) not in DTYPES:
             raise ValueError(f"unknown dtype {dtype or settings.dtype!r}; use one of float32, bfloat16, float16")
-        if quick and not compile and not settings.compile and _on_cpu(device or settings.device):
+        if quick and not compile and not settings.compile and on_cpu(device or settings.device):
             ready = cls.exported(
                 model or settings.model,
                 runtime=runtime or settings.runtime or DEFAULT_CPU_RUNTIME,
@@ -420,7 +351,7 @@ def encoder_for(
     pooling = recorded.pooling if keep and "pooling" not in asked else settings.pooling
     size = recorded.square_size if keep and "image_size" not in asked else settings.image_size
     runtime = recorded.runtime if keep and "runtime" not in asked else settings.runtime
-    if runtime != "torch" and "runtime" not in asked and not _on_cpu(device or settings.device):
+    if runtime != "torch" and "runtime" not in asked and not on_cpu(device or settings.device):
         runtime = None  # a collection indexed with ONNX on a CPU, searched on a GPU: its default there
     encoder = Encoder.load(
         name,
@@ -448,33 +379,3 @@ def check_image_size(recorded: EncoderInfo, size: int | None, where: str = "the 
             f"{where} was indexed at image size {recorded.size_text}, not {size}x{size}: "
             f"leave --image-size out to use the collection's"
         )
-
-
-def batch_size_for(encoder: Encoder, fraction: float = 0.5, lo: int = 32, hi: int = 1024) -> int:
-    """A batch size for ``encoder``'s device: :data:`DEFAULT_BATCH_SIZE` off CUDA; on CUDA the
-    largest power of two whose activations fit in ``fraction`` of the card's free memory, as
-    measured by a probe forward pass of 8 images (``torch.cuda.max_memory_allocated``)."""
-    if encoder.device.type != "cuda":
-        return DEFAULT_BATCH_SIZE
-    import torch
-
-    probe = 8
-    h, w = encoder.info.image_size
-    torch.cuda.synchronize(encoder.device)
-    torch.cuda.reset_peak_memory_stats(encoder.device)
-    base = torch.cuda.memory_allocated(encoder.device)
-    encoder.embed_pixels(torch.zeros(probe, 3, h, w))
-    per_image = max(1, (torch.cuda.max_memory_allocated(encoder.device) - base) // probe)
-    free, _ = torch.cuda.mem_get_info(encoder.device)
-    size = fit_batch(int(free * fraction), per_image, lo, hi)
-    log.info("batch size %d: %.1f MB per image, %.1f GB free", size, per_image / 2**20, free / 2**30)
-    return size
-
-
-def fit_batch(budget_bytes: int, per_image_bytes: int, lo: int = 32, hi: int = 1024) -> int:
-    """The largest power of two ``n`` with ``n * per_image_bytes <= budget_bytes``, clamped to
-    ``[lo, hi]``."""
-    n = lo
-    while n * 2 <= hi and n * 2 * per_image_bytes <= budget_bytes:
-        n *= 2
-    return n
