@@ -13,26 +13,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from . import ranking
-from .config import DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_WHITENED_DUPLICATE_THRESHOLD, MAX_K, Settings
+from .config import DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_WHITENED_DUPLICATE_THRESHOLD, Settings
 from .duplicates import DuplicateReport, find_duplicates
 from .encoder import Encoder, check_image_size, encoder_for
-from .errors import BadQueryError, NotIndexedError
-from .hit import collapse
 from .images import ImageLike, Limits
-from .paths import absolute, printable
-from .store import META_FIELDS, CollectionMoved, Hit, Store
-from .store.space import read_space
+from .paths import absolute
+from .searcher import Searcher, check_k, raw_queries
+from .store import Hit, Store
 from .thumbnails import THUMB_PX, thumbnail
 from .whitening import Space, normalise
 
 __all__ = ["SearchClient", "Hit"]
-
-#: Times a query is run again where the collection's vectors move to a new generation under it.
-MOVES = 3
-#: Deepest search whose hits come back with their stored vectors (for the close-match label and
-#: query expansion); deeper, the vectors of the few hits that may be matches are read apart.
-LABEL_DEPTH = 100
 
 
 class SearchClient:
@@ -75,16 +66,14 @@ class SearchClient:
         settings: Settings | None = None,
     ):
         self.settings = settings or Settings()
-        if image_size:
-            self.settings = self.settings.model_copy(update={"image_size": image_size})
-        if runtime:
-            self.settings = self.settings.model_copy(update={"runtime": runtime})
+        asked = {"image_size": image_size, "runtime": runtime}
+        self.settings = self.settings.model_copy(update={k: v for k, v in asked.items() if v})
         self.store = Store.from_settings(self.settings, uri, collection, token)
+        self._searcher = Searcher(self.store)
         self.encoder_info = self.store.encoder_info()
         self._model, self._device, self._dtype = model, device, dtype
         self._encoder = encoder
         self._encoder_lock = threading.Lock()  # the UI's sessions share one client
-        self._space: tuple[str | None, Space] | None = None  # (physical collection, its space)
         check_image_size(self.encoder_info, self.settings.image_size, self.store.where)
         if encoder is not None:
             self.encoder_info.check_same(encoder.info, self.store.where, queries=True)
@@ -145,22 +134,7 @@ class SearchClient:
         Raises:
             StoreError: Milvus refused, or the collection's whitening matrix does not match its record.
         """
-        cached = self._space
-        if cached is None or cached[0] != self.store.physical:
-            cached = (self.store.physical, read_space(self.store))
-            self._space = cached
-        return cached[1]
-
-    def _consistent(self, run: Callable[[Space], Any]) -> Any:
-        """``run(space)``, run again in the new space where the collection's vectors moved to a new
-        generation while it ran (a re-learn: :class:`~.store.CollectionMoved`), so that a query
-        and the vectors it is compared with are always in one space."""
-        for _ in range(MOVES):
-            try:
-                return run(self.space)
-            except CollectionMoved:
-                continue
-        return run(self.space)
+        return self._searcher.space
 
     def search(
         self,
@@ -201,7 +175,7 @@ class SearchClient:
                 range, or ``filter`` is not one valid Milvus expression on the stored fields.
             StoreError: Milvus refused the search or stayed unreachable.
         """
-        _check_k(k, expand)
+        check_k(k, expand)
         picture = self.load(image)
         encoder = self.encoder
         return self.search_vector(
@@ -234,22 +208,17 @@ class SearchClient:
             NotIndexedError: ``path`` is not in the collection.
             BadQueryError: ``k`` or ``expand`` out of range, or a bad filter.
         """
-        _check_k(k, expand)
+        check_k(k, expand)
         path = absolute(path)
 
         def run(space: Space) -> list[Hit]:
-            stored = self.store.get([path], fields=["vector"], consistency=self.store.profile.search_consistency).get(
-                path
+            query = np.asarray(self._searcher.row(path, ["vector"])["vector"], np.float32)[None, :]
+            left_out = [path] if exclude_self else []
+            return self._searcher.one(
+                space, query, space.to_raw(query), k, filter, folder, left_out, expand, collapse_duplicates
             )
-            if stored is None:
-                raise NotIndexedError(f"{printable(path)} is not indexed in {self.store.where}")
-            query = np.asarray(stored["vector"], np.float32)[None, :]
-            exclude = [path] if exclude_self else []
-            if collapse_duplicates:
-                return self._collapsed(space, query, space.to_raw(query), k, filter, folder, exclude, expand)
-            return self._search_many(space, query, space.to_raw(query), k, filter, folder, [exclude], expand)[0]
 
-        return self._consistent(run)
+        return self._searcher.consistent(run)
 
     def stored_vectors(self, paths: Sequence[str]) -> dict[str, np.ndarray]:
         """The embeddings of indexed files as the model computed them (raw, also in a whitened
@@ -269,15 +238,13 @@ class SearchClient:
         wanted = list(dict.fromkeys(absolute(p) for p in paths))
 
         def run(space: Space) -> dict[str, np.ndarray]:
-            rows = self.store.get(
-                wanted, fields=["vector"], consistency=self.store.profile.search_consistency
-            )  # as the search after it
+            rows = self._searcher.rows(wanted, ["vector"])
             if not rows:
                 return {}
             raw = space.to_raw(np.asarray([row["vector"] for row in rows.values()], np.float32))
             return dict(zip(rows, raw))
 
-        return self._consistent(run)
+        return self._searcher.consistent(run)
 
     def search_vector(
         self,
@@ -293,11 +260,11 @@ class SearchClient:
 
         ``filter``, ``folder``, ``collapse_duplicates`` and ``expand`` as in :meth:`search`.
         """
-        _check_k(k, expand)
+        check_k(k, expand)
         raw = normalise(np.asarray(vector, np.float32).reshape(1, -1))
         if collapse_duplicates:
-            return self._consistent(
-                lambda space: self._collapsed(space, space.to_search(raw), raw, k, filter, folder, [], expand)
+            return self._searcher.consistent(
+                lambda space: self._searcher.collapsed(space, space.to_search(raw), raw, k, filter, folder, [], expand)
             )
         return self.search_vectors(raw, k, filter, folder, expand=expand)[0]
 
@@ -333,114 +300,11 @@ class SearchClient:
             StoreError: Milvus refused the search or stayed unreachable.
             ValueError: ``vectors`` is not 2-D, or ``exclude`` has not one entry per query.
         """
-        _check_k(k, expand)
-        vectors = np.asarray(vectors, np.float32)
-        exclude = list(exclude) if exclude is not None else [None] * len(vectors)
-        if vectors.ndim != 2 or len(exclude) != len(vectors):
-            raise ValueError(f"expected (Q, D) vectors and Q paths to exclude, got {vectors.shape} and {len(exclude)}")
-        norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
-        if not np.all(np.isfinite(norms)) or not np.all(norms > 0):
-            raise BadQueryError("a query vector must be finite and not all zeros (its direction is the query)")
-        raw = normalise((vectors / norms[:, None]).astype(np.float32))  # in float64: any finite scale
-        return self._consistent(
-            lambda space: self._search_many(
-                space, space.to_search(raw), raw, k, filter, folder, [[p] if p else [] for p in exclude], expand
-            )
+        check_k(k, expand)
+        raw, left_out = raw_queries(vectors, exclude)
+        return self._searcher.consistent(
+            lambda space: self._searcher.run(space, space.to_search(raw), raw, k, filter, folder, left_out, expand)
         )
-
-    def _search_many(
-        self,
-        space: Space,
-        queries: np.ndarray,
-        raw: np.ndarray,
-        k: int,
-        filter: str | None,
-        folder: str | None,
-        exclude: list[list[str]],
-        expand: int,
-    ) -> list[list[Hit]]:
-        """Search ``(Q, D)`` queries of ``space`` (``raw``: the same as raw embeddings), each
-        leaving its ``exclude`` paths out, expand and search again (``expand``), label."""
-        folder = absolute(folder) if folder else None
-        if expand:
-            first = self._hits(space, queries, expand, filter, folder, exclude, vectors=True)
-            queries_now = np.stack(
-                [
-                    ranking.expand(
-                        q, np.asarray([h.metadata["vector"] for h in hits]), np.asarray([h.score for h in hits])
-                    )
-                    if hits
-                    else q
-                    for q, hits in zip(queries, first)
-                ]
-            )
-        else:
-            queries_now = queries
-        found = self._hits(space, queries_now, k, filter, folder, exclude)
-        return [self._labelled(space, hits[:k], q, r) for hits, q, r in zip(found, queries, raw)]
-
-    def _hits(
-        self,
-        space: Space,
-        queries: np.ndarray,
-        k: int,
-        filter: str | None,
-        folder: str | None,
-        exclude: list[list[str]],
-        vectors: bool = False,
-    ) -> list[list[Hit]]:
-        """Milvus's top ``k`` of each query, its ``exclude`` paths left out (one call: ``k + 1``
-        rows asked and the path dropped, where each query leaves out at most one; else, or at
-        ``MAX_K``, one call per query with the paths in the filter); a whitened collection's hits
-        carry their stored ``vector`` in their metadata where ``k`` is at most :data:`LABEL_DEPTH`
-        (all hits with ``vectors``)."""
-        fields = (*META_FIELDS, "vector") if vectors or (space.whitened and k <= LABEL_DEPTH) else META_FIELDS
-        if not any(exclude):
-            return self.store.search(queries, k, filter, folder=folder, fields=fields)
-        if k == MAX_K or any(len(e) > 1 for e in exclude):
-            return [
-                self.store.search(q[None, :], k, filter, folder=folder, exclude=e, fields=fields)[0]
-                for q, e in zip(queries, exclude)
-            ]
-        found = self.store.search(queries, k + 1, filter, folder=folder, fields=fields)
-        return [[h for h in hits if h.path not in e][:k] for hits, e in zip(found, exclude)]
-
-    def _labelled(self, space: Space, hits: list[Hit], query: np.ndarray, raw: np.ndarray) -> list[Hit]:
-        """``hits`` labelled against ``query`` (:func:`~.ranking.label`), their stored vectors
-        taken out of their metadata (read for the candidates only where the search did not
-        return them)."""
-        vectors = {h.path: np.asarray(h.metadata.pop("vector"), np.float32) for h in hits if "vector" in h.metadata}
-        if space.whitened:
-            missing = [p for p in ranking.candidates(hits, space) if p not in vectors]
-            if missing:
-                rows = self.store.get(missing, fields=["vector"], consistency=self.store.profile.search_consistency)
-                vectors.update({p: np.asarray(r["vector"], np.float32) for p, r in rows.items()})
-        return ranking.label(hits, space, query, raw, vectors)
-
-    def _collapsed(
-        self,
-        space: Space,
-        query: np.ndarray,
-        raw: np.ndarray,
-        k: int,
-        filter: str | None,
-        folder: str | None,
-        exclude: list[str],
-        expand: int,
-    ) -> list[Hit]:
-        """One query's hits with exact copies collapsed (``collapse_duplicates``): searched deeper
-        until ``k`` distinct images are found."""
-        folder = absolute(folder) if folder else None
-        depth = k
-        while True:
-            hits = self._search_many(space, query, raw, depth, filter, folder, [exclude], expand)[0]
-            distinct = collapse(hits)
-            if len(distinct) >= k or len(hits) < depth or depth == MAX_K:
-                break
-            depth = min(MAX_K, 4 * depth)  # copies took places: search deeper for k distinct images
-        distinct = distinct[:k]
-        copies = self.store.copies([h.metadata["sha256"] for h in distinct], filter, folder=folder, exclude=exclude)
-        return collapse(distinct, copies)
 
     def duplicate_threshold(self) -> float:
         """The default near-duplicate threshold of this collection's space:
@@ -495,12 +359,7 @@ class SearchClient:
             BadImageError: the file is gone, unreadable, or not the bytes that were indexed.
         """
         path = absolute(path)
-        row = self.store.get([path], fields=["size", "sha256"], consistency=self.store.profile.search_consistency).get(
-            path
-        )
-        if row is None:
-            raise NotIndexedError(f"{printable(path)} is not indexed in {self.store.where}")
-        return thumbnail(row, max_px, self.limits)
+        return thumbnail(self._searcher.row(path, ["size", "sha256"]), max_px, self.limits)
 
     def stats(self) -> dict[str, Any]:
         """Collection facts: ``count``, ``model``, ``dim``, ``pooling``, ``image_size``,
@@ -517,24 +376,16 @@ class SearchClient:
         else:
             query_runtime = self.settings.runtime if "runtime" in self.settings.model_fields_set else info.runtime
         count = self.store.count()
-        space = self._consistent(lambda s: s)
-        bars = space.match_bars()
         return {
             "uri": self.store.uri,
             "collection": self.store.collection,
             "count": count,
-            "model": info.model,
-            "dim": info.dim,
-            "pooling": info.pooling,
-            "image_size": info.size_text,
-            "runtime": info.runtime,
+            **info.facts(),
             "query_runtime": query_runtime,
             "weights_sha256": info.weights_sha256,
             "index_type": index["index_type"],
             "metric_type": index["metric_type"],
-            "space": space.describe(count),
-            "whitening": space.whitening.record() if space.whitening else None,
-            "match_bar": None if bars is None else round(bars[0], 4),
+            **self._searcher.consistent(lambda space: space.facts(count)),
         }
 
     def close(self) -> None:
@@ -546,10 +397,3 @@ class SearchClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _check_k(k: int, expand: int = 0) -> None:
-    if not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise BadQueryError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-    if not isinstance(expand, int) or not 0 <= expand <= ranking.MAX_EXPAND:
-        raise BadQueryError(f"expand must be an integer from 0 to {ranking.MAX_EXPAND}, got {expand!r}")

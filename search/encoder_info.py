@@ -49,6 +49,17 @@ class EncoderInfo:
         """The input size as recorded and shown: ``"HxW"``, e.g. ``"224x224"``."""
         return f"{self.image_size[0]}x{self.image_size[1]}"
 
+    def facts(self) -> dict:
+        """``stats``'s facts of the encoder: ``model``, ``dim``, ``pooling``, ``image_size``
+        (``"HxW"``) and ``runtime``."""
+        return {
+            "model": self.model,
+            "dim": self.dim,
+            "pooling": self.pooling,
+            "image_size": self.size_text,
+            "runtime": self.runtime,
+        }
+
     def to_json(self) -> str:
         """Serialise to a JSON object string (the image size as ``"HxW"``)."""
         return json.dumps({**asdict(self), "image_size": self.size_text}, sort_keys=True)

@@ -331,6 +331,17 @@ class Space:
             ScoreStats(**stats) if stats else None,
         )
 
+    def facts(self, count: int) -> dict:
+        """``stats``'s facts of the space of a collection of ``count`` rows: ``space``
+        (:meth:`describe`), ``whitening`` (its record, or None) and ``match_bar`` (the searched
+        score a close match reaches; None before statistics exist)."""
+        bars = self.match_bars()
+        return {
+            "space": self.describe(count),
+            "whitening": self.whitening.record() if self.whitening else None,
+            "match_bar": None if bars is None else round(bars[0], 4),
+        }
+
     def describe(self, count: int) -> str:
         """One line for ``stats``: what the vectors are and when whitening is learned next."""
         if self.learn == "none":
