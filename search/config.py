@@ -21,15 +21,15 @@ from .pooling import POOLINGS, Pooling
 
 DEFAULT_MODEL = "facebook/dinov2-small"
 DEFAULT_COLLECTION = "images"
-#: Images per forward pass off CUDA. On a CPU throughput is flat in the batch size (measured:
-#: dinov2-small-9l ~16-19 images/s on 2 cores from 8 to 64), so this only bounds memory.
+#: Images per forward pass off CUDA. On a CPU throughput is nearly flat in the batch size
+#: (docs/benchmarks/indexing.md), so this only bounds memory.
 DEFAULT_BATCH_SIZE = 32
 #: Most results one search returns: Milvus's top-k limit (``limit`` of a search, 16384).
 MAX_K = 16384
 #: Most pixels decoded from one image (width x height as decoded: a JPEG at the reduced scale it
 #: is decoded at, see :class:`~vitsearch.search.preprocess.Preprocess`); a bigger one is refused
 #: from its header, before decoding (a "decompression bomb": a small file that would need
-#: gigabytes and seconds once decoded). 64 MP of PNG decode in ~0.7 s on 2 AMD EPYC cores.
+#: gigabytes and seconds once decoded); the limit admits any photo a camera takes.
 #: Pillow's own guard also refuses files of more than ~179 megapixels (``Image.MAX_IMAGE_PIXELS``).
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 #: Largest image file read, in MB (checked before reading: a sparse or huge file is not read).
@@ -153,7 +153,7 @@ class Settings(BaseSettings):
         cache_dir: where exported ONNX models go when the model's folder is read-only (default:
             the platform's user cache directory, e.g. ``~/.cache/vitsearch``).
         lite_wait_s: seconds to wait for a Milvus Lite database that another process has just
-            opened to be shared (see :mod:`vitsearch.search.lite`).
+            opened to be shared (see :mod:`vitsearch.search.store.lite`).
         max_upload_mb: largest query image the UI accepts, in megabytes.
         retry_s: seconds a call keeps retrying (with backoff) while Milvus is unreachable.
         ray_start_s: seconds ``--engine ray`` waits for the local Ray cluster it starts (Ray's

@@ -1,4 +1,4 @@
-"""Contract of search/store.py on a real Milvus Lite database: the collection records its
+"""Contract of search/store/ (the `Store`) on a real Milvus Lite database: the collection records its
 encoder and refuses another; rows are upserted, read, iterated and deleted by path; search
 agrees with an exact numpy cosine reference."""
 

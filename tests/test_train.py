@@ -1,4 +1,4 @@
-"""Contract of search/train.py (`vitsearch train`): a small ViT trained from scratch on
+"""Contract of train/ (`vitsearch train`): a small ViT trained from scratch on
 scikit-learn's bundled 8x8 digits beats a random-init ViT of the same shape on held-out mAP by
 at least 0.3; a ViT pretrained here on digits 0-4 and fine-tuned on 5-9 improves held-out mAP,
 its epoch-0 report is the pretrained encoder's own figure, and the saved folder loads with
