@@ -111,10 +111,14 @@ def eval_(
         fail(str(exc), code=2)
     except VitsearchError as exc:
         fail(str(exc))
-    out = report.to_dict()
     if as_json:
-        typer.echo(json.dumps(out, indent=2))
+        typer.echo(json.dumps(report.to_dict(), indent=2))
         return
+    _print_figures(dataset, report)
+
+
+def _print_figures(dataset: Path, report) -> None:
+    """The figures of an :class:`~vitsearch.indexer.EvalReport`, one line each."""
     result = report.result
     typer.echo(
         f"{dataset}: {report.layout}, {report.images} images, {result.queries} queries; "

@@ -1,5 +1,5 @@
-"""``vitsearch index``: parse, call :func:`vitsearch.indexer.index_folder` (or the Ray engine),
-print the summary."""
+"""``vitsearch index``: parse, build an :class:`~vitsearch.indexer.IndexJob` with this process's
+executor (or the Ray engine's) and run it, print the summary."""
 
 from __future__ import annotations
 
@@ -150,10 +150,6 @@ def index(
     time went. With `--engine ray` the same stages run on a Ray cluster
     (docs/guides/scaling-out.md).
     """
-    import logging
-
-    from tqdm import tqdm
-
     s = settings(
         model=model,
         pooling=pooling and pooling.value,
@@ -167,16 +163,59 @@ def index(
         compile=use_compile or None,
         runtime=runtime and runtime.value,
     )  # before pymilvus loads
-    from vitsearch.indexer import IndexInterrupted, index_folder
-    from vitsearch.indexer.ray_engine import is_uri  # no Ray imported: only when --engine ray runs
-    from vitsearch.search.config import DEFAULT_BATCH_SIZE
-    from vitsearch.search.encoder import batch_size_for, encoder_for
-    from vitsearch.search.store import Store
+    from vitsearch.indexer import IndexInterrupted, IndexJob, LocalExecutor
+    from vitsearch.indexer.ray_engine import RayExecutor  # no Ray imported: only when --engine ray runs
 
+    _check_options(folder, engine, prune, bulk_dir, relearn, whitening)
     if verbose:
+        import logging
+
         logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
         logging.getLogger("vitsearch").setLevel(logging.DEBUG)
-    on_failure = lambda p, r: tqdm.write(f"skipped {printable(p)}: {r}", file=sys.stderr)  # noqa: E731
+    if engine is Engine.ray:
+        executor = RayExecutor(s, ray_address, num_gpus_per_worker, concurrency, bulk_dir)
+    else:
+        executor = LocalExecutor(s.workers, prune, verify)
+    try:
+        with IndexJob.open(
+            s,
+            executor,
+            progress=progress_bar(),
+            on_failure=_skipped,
+            whitening=whitening and whitening.value,
+            relearn=relearn,
+        ) as job:
+            report = job.run(folder)
+    except NotADirectoryError as exc:
+        fail(str(exc), 2)
+    except VitsearchError as exc:
+        fail(str(exc))
+    except IndexInterrupted as stop:
+        _index_summary(stop.report, s, job.encoder.info, job.batch_size, folder, report_file, as_json, verbose)
+        typer.echo("interrupted: every image embedded so far is written; run again to continue", err=True)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # before indexing began (loading the model, opening Milvus)
+        typer.echo("\ninterrupted", err=True)
+        raise typer.Exit(130) from None
+    _index_summary(report, s, job.encoder.info, job.batch_size, folder, report_file, as_json, verbose)
+    if bulk_dir and not as_json:
+        typer.echo(
+            f"rows written as Parquet shards under {bulk_dir}, not into Milvus, unless it is a "
+            f"server and {bulk_dir} is in its bucket (then loaded by bulk import)"
+        )
+
+
+def _check_options(
+    folder: str, engine: Engine, prune: bool, bulk_dir: str | None, relearn: bool, whitening: Whitening | None
+) -> None:
+    """Refuse what the source and the options cannot do together.
+
+    Raises:
+        typer.BadParameter: a URI without Ray, a missing folder, an option of the other engine,
+            --relearn with --whitening none.
+    """
+    from vitsearch.indexer.sources import is_uri
+
     if is_uri(folder) and engine is Engine.local:
         raise typer.BadParameter(f"{folder}: a URI needs --engine ray", param_hint="SOURCE")
     if not is_uri(folder) and not os.path.isdir(folder):
@@ -188,66 +227,13 @@ def index(
         raise typer.BadParameter("--bulk-dir needs --engine ray", param_hint="--bulk-dir")
     if relearn and whitening is Whitening.none:
         raise typer.BadParameter("--relearn learns a whitening; --whitening none removes it", param_hint="--relearn")
-    learn = whitening and whitening.value
-    try:
-        with Store.from_settings(s) as store:
-            if engine is Engine.ray:
-                from vitsearch.indexer.ray_engine import index_with_ray  # imports Ray itself
 
-                recorded = store.recorded_encoder()
-                driver = {"device": "cpu", "compile": False}
-                if recorded is None and "runtime" not in s.model_fields_set:
-                    driver["runtime"] = "torch"  # the workers' default on GPUs, which ONNX does not run on
-                encoder = encoder_for(recorded, s.model_copy(update=driver), store.where)
-                size = s.batch_size or DEFAULT_BATCH_SIZE
-                report = index_with_ray(
-                    folder,
-                    encoder=encoder,
-                    store=store,
-                    settings=s,
-                    batch_size=size,
-                    ray_address=ray_address,
-                    num_gpus_per_worker=num_gpus_per_worker,
-                    concurrency=concurrency,
-                    progress=progress_bar(),
-                    on_failure=on_failure,
-                    bulk_dir=bulk_dir,
-                    whitening=learn,
-                    relearn=relearn,
-                )
-            else:
-                encoder = encoder_for(store.recorded_encoder(), s, store.where)
-                size = s.batch_size or batch_size_for(encoder)
-                report = index_folder(
-                    folder,
-                    encoder=encoder,
-                    store=store,
-                    batch_size=size,
-                    workers=s.workers,
-                    prune=prune,
-                    verify=verify,
-                    progress=progress_bar(),
-                    on_failure=on_failure,
-                    whitening=learn,
-                    relearn=relearn,
-                )
-    except NotADirectoryError as exc:
-        fail(str(exc), 2)
-    except VitsearchError as exc:
-        fail(str(exc))
-    except IndexInterrupted as stop:
-        _index_summary(stop.report, s, encoder.info, size, folder, report_file, as_json, verbose)
-        typer.echo("interrupted: every image embedded so far is written; run again to continue", err=True)
-        raise typer.Exit(130) from None
-    except KeyboardInterrupt:  # before indexing began (loading the model, opening Milvus)
-        typer.echo("\ninterrupted", err=True)
-        raise typer.Exit(130) from None
-    _index_summary(report, s, encoder.info, size, folder, report_file, as_json, verbose)
-    if bulk_dir and not as_json:
-        typer.echo(
-            f"rows written as Parquet shards under {bulk_dir}, not into Milvus, unless it is a "
-            f"server and {bulk_dir} is in its bucket (then loaded by bulk import)"
-        )
+
+def _skipped(path: str, reason: str) -> None:
+    """A file that could not be indexed, said above the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"skipped {printable(path)}: {reason}", file=sys.stderr)
 
 
 def _index_summary(
@@ -264,31 +250,8 @@ def _index_summary(
     write the failures to ``report_file``."""
     if report_file is not None:
         _write_failures(report_file, report.failures)
-    summary = {
-        "indexed": report.indexed,
-        "unchanged": report.unchanged,
-        "rehashed": report.rehashed,
-        "removed": report.removed,
-        "failed": report.failed,
-        "seconds": round(report.seconds, 2),
-        "images_per_s": round(report.images_per_s, 2),
-        "stage_seconds": {
-            "decode": round(report.decode_seconds, 2),
-            "embed": round(report.embed_seconds, 2),
-            "write": round(report.write_seconds, 2),
-            "wait": round(report.wait_seconds, 2),
-        },
-        "batch_size": batch_size,
-        "collection": s.collection,
-        "uri": s.resolved_uri(),
-        "model": info.model,
-        "runtime": info.runtime,
-        "whitening": report.space,
-        "rewritten": report.rewritten,
-        "rewrite_seconds": round(report.rewrite_seconds, 2),
-        "unsupported": dict(getattr(report, "unsupported", {})),
-    }
     if as_json:
+        summary = _summary_json(report, s, info, batch_size)
         summary["failures"] = [{"path": p, "reason": r} for p, r in report.failures]
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -318,19 +281,50 @@ def _index_summary(
     if report.indexed and verbose:
         typer.echo(f"time: {report.stages()}; batch size {batch_size}, runtime {info.runtime}")
     if report.space:
-        done = {
-            "learned": "whitening learned from the collection",
-            "re-learned": "whitening re-learned",
-            "removed": "whitening removed (raw embeddings)",
-            "resumed": "a rewrite a stopped run left finished",
-        }
         typer.echo(
-            f"{done.get(report.space, report.space)}: {report.rewritten} stored vectors rewritten in "
+            f"{SPACE_DONE.get(report.space, report.space)}: {report.rewritten} stored vectors rewritten in "
             f"{report.rewrite_seconds:.1f} s, no image embedded again"
         )
     if report.failures:
         where = f"listed in {report_file}" if report_file else "listed above; --report FILE saves them"
         typer.echo(f"{report.failed} file{'s' if report.failed > 1 else ''} could not be indexed ({where})")
+
+
+#: What a run did to the collection's space (:attr:`IndexReport.space`), as the summary says it.
+SPACE_DONE = {
+    "learned": "whitening learned from the collection",
+    "re-learned": "whitening re-learned",
+    "removed": "whitening removed (raw embeddings)",
+    "resumed": "a rewrite a stopped run left finished",
+}
+
+
+def _summary_json(report, s: Settings, info: EncoderInfo, batch_size: int) -> dict:
+    """The summary of ``vitsearch index --json``, without the failures."""
+    return {
+        "indexed": report.indexed,
+        "unchanged": report.unchanged,
+        "rehashed": report.rehashed,
+        "removed": report.removed,
+        "failed": report.failed,
+        "seconds": round(report.seconds, 2),
+        "images_per_s": round(report.images_per_s, 2),
+        "stage_seconds": {
+            "decode": round(report.decode_seconds, 2),
+            "embed": round(report.embed_seconds, 2),
+            "write": round(report.write_seconds, 2),
+            "wait": round(report.wait_seconds, 2),
+        },
+        "batch_size": batch_size,
+        "collection": s.collection,
+        "uri": s.resolved_uri(),
+        "model": info.model,
+        "runtime": info.runtime,
+        "whitening": report.space,
+        "rewritten": report.rewritten,
+        "rewrite_seconds": round(report.rewrite_seconds, 2),
+        "unsupported": dict(getattr(report, "unsupported", {})),
+    }
 
 
 def _write_failures(path: Path, failures: list[tuple[str, str]]) -> None:

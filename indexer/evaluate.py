@@ -24,14 +24,13 @@ import numpy as np
 from vitsearch.search import ranking
 from vitsearch.search.client import SearchClient
 from vitsearch.search.config import MAX_K, Settings
-from vitsearch.search.encoder import batch_size_for, encoder_for
 from vitsearch.search.errors import BadQueryError
 from vitsearch.search.images import is_image_file
 from vitsearch.search.metrics import Dataset, exact_rankings, load_dataset, ranking_figures
-from vitsearch.search.store import Store
 from vitsearch.search.whitening import Space
 
-from .runner import Progress, index_folder
+from .job import IndexJob, Progress
+from .runner import LocalExecutor
 
 #: Queries whose top-10 through Milvus is compared with the exact top-10 (ANN recall@10): a
 #: fixed-seed sample, every stored query where there are fewer. 200 queries measure a recall near
@@ -299,29 +298,18 @@ def evaluate(
             "collection": collection or ("eval" if scratch else settings.collection),
         }
     )
-    store = Store.from_settings(settings)
     try:
-        loading = time.perf_counter()
-        encoder = encoder_for(store.recorded_encoder(), settings, store.where)
-        model_seconds = time.perf_counter() - loading
-        report = index_folder(
-            str(data.root),
-            encoder=encoder,
-            store=store,
-            batch_size=settings.batch_size or batch_size_for(encoder),
-            workers=settings.workers,
-            progress=progress,
-            whitening=whitening,
-        )
-        data = data.without(path for path, _ in report.failures)  # counted in `failed`, never asked
-        with SearchClient(settings=settings, encoder=encoder) as client:
-            result = evaluate_collection(data, client, ks, expand=expand, unrelated=others)
-            space = "whitened" if client.space.whitened else "raw"
+        executor = LocalExecutor(settings.workers)
+        with IndexJob.open(settings, executor, progress=progress, whitening=whitening, release=bool(scratch)) as job:
+            report = job.run(str(data.root))
+            data = data.without(path for path, _ in report.failures)  # counted in `failed`, never asked
+            with SearchClient(settings=settings, encoder=job.encoder) as client:
+                result = evaluate_collection(data, client, ks, expand=expand, unrelated=others)
+                space = "whitened" if client.space.whitened else "raw"
     finally:
-        store.close(release=bool(scratch))
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
-    info = encoder.info
+    info = job.encoder.info
     return EvalReport(
         dataset=str(dataset),
         layout=data.kind,
@@ -338,7 +326,7 @@ def evaluate(
         result=result,
         images_per_s=round(report.images_per_s, 2),
         seconds={
-            "model": round(model_seconds, 2),
+            "model": round(job.model_seconds, 2),
             "index": round(report.seconds, 2),
             "search": round(result.search_seconds, 2),
             "ann": round(result.ann_seconds, 2),

@@ -1,4 +1,6 @@
-"""Indexing a folder into a collection: the one place that knows the order of the stages.
+"""Indexing a folder into a collection in this process (:class:`LocalExecutor`, the executor of an
+:class:`~.job.IndexJob`, which holds the lease and brings the space up to date around it; and
+:func:`index_folder`): the one place that knows the order of the stages.
 
     scan (streamed) -> compare with the collection (incremental, in chunks)
       -> read + decode + preprocess (worker processes)      [indexer/reader.py]
@@ -21,20 +23,20 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from vitsearch.search.config import DEFAULT_BATCH_SIZE
-from vitsearch.search.encoder import Encoder
+from vitsearch.search.config import DEFAULT_BATCH_SIZE, Settings
+from vitsearch.search.encoder import Encoder, EncoderInfo, batch_size_for
 from vitsearch.search.images import Limits
 from vitsearch.search.paths import stored_path
-from vitsearch.search.store import MAX_PATH_BYTES, META_FIELDS, Store, writer_lease
-from vitsearch.search.store.space import read_space, resume_rewrite, update_space
-from vitsearch.search.whitening import Space
+from vitsearch.search.store import MAX_PATH_BYTES, META_FIELDS, Store
 
+from .job import IndexInterrupted, IndexJob, IndexReport, Progress, Run
 from .reader import read_batches
 from .scan import FileEntry, scan
 from .writer import Writer
+
+__all__ = ["index_folder", "LocalExecutor", "IndexReport", "IndexInterrupted", "Progress"]
 
 log = logging.getLogger(__name__)
 
@@ -42,97 +44,100 @@ log = logging.getLogger(__name__)
 LOOKUP_CHUNK = 1000
 
 
-@dataclass
-class IndexReport:
-    """What an indexing run did, and where its time went.
+class LocalExecutor:
+    """The stages in this process (:class:`~.job.Executor`): the scan streamed, worker processes
+    decoding, the encoder in this thread, a background thread writing.
 
     Attributes:
-        indexed: files embedded and written (new or changed).
-        unchanged: files not embedded: their row matches (path, size, mtime, ctime and inode), or
-            their bytes still hash to the row's sha256.
-        rehashed: files with a row that were read to compare their bytes with its sha256 (their
-            metadata changed, or ``verify``); each is then counted as unchanged or indexed.
-        removed: rows deleted because their path is no longer a regular file (``prune``).
-        failures: ``(path, reason)`` of files that could not be read or decoded.
-        seconds: wall time of the run, model loading excluded.
-        decode_seconds: read + decode + preprocess CPU time, summed over the worker processes.
-        embed_seconds: time in the encoder's forward passes.
-        write_seconds: time in Milvus upserts (in the background).
-        wait_seconds: time the encoder waited for decoded input (0 when decoding keeps up).
-        space: what the run did to the collection's space: ``""`` (nothing), ``"learned"``,
-            ``"re-learned"`` or ``"removed"`` (whitening), ``"resumed"`` (a rewrite a stopped
-            run left).
-        rewritten: rows whose vectors were rewritten into the new space (no image embedded).
-        rewrite_seconds: wall time of that rewrite (learning included), within ``seconds``.
-        unsupported: files under the folder that are not of an image type vitsearch reads,
-            skipped unread, counted by extension in lower case (``{".heic": 12, ".mp4": 3}``;
-            ``""`` for a name without one); hidden files are not counted.
+        workers: decode/preprocess processes (0: decode in this thread).
+        prune: delete the rows under the folder whose path is no longer a regular file.
+        verify: hash every file, also those whose size, mtime, ctime and inode match their row.
+        limits: what reading and decoding one file may cost; None: the encoder's.
     """
 
-    indexed: int = 0
-    unchanged: int = 0
-    rehashed: int = 0
-    removed: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    decode_seconds: float = 0.0
-    embed_seconds: float = 0.0
-    write_seconds: float = 0.0
-    wait_seconds: float = 0.0
-    space: str = ""
-    rewritten: int = 0
-    rewrite_seconds: float = 0.0
-    unsupported: dict[str, int] = field(default_factory=dict)
+    def __init__(self, workers: int = 2, prune: bool = False, verify: bool = False, limits: Limits | None = None):
+        self.workers, self.prune, self.verify, self.limits = workers, prune, verify, limits
 
-    @property
-    def failed(self) -> int:
-        """Number of files that failed."""
-        return len(self.failures)
+    def encoder_settings(self, settings: Settings, recorded: EncoderInfo | None) -> Settings:
+        """The settings as they are: the encoder runs here."""
+        return settings
 
-    @property
-    def images_per_s(self) -> float:
-        """Indexed images per second of wall time."""
-        return self.indexed / self.seconds if self.seconds else 0.0
+    def default_batch_size(self, encoder: Encoder) -> int:
+        """:func:`~vitsearch.search.encoder.batch_size_for` the encoder's device."""
+        return batch_size_for(encoder)
 
-    def stages(self) -> str:
-        """One line: where the time went."""
-        return (
-            f"decode {self.decode_seconds:.1f} s (CPU, workers summed), embed {self.embed_seconds:.1f} s, "
-            f"write {self.write_seconds:.1f} s (background), waited for input {self.wait_seconds:.1f} s"
-        )
+    def prepare(self, job: IndexJob, run: Run) -> None:
+        """Make ``run.source`` absolute.
 
+        Raises:
+            NotADirectoryError: it is not a folder.
+        """
+        if not os.path.isdir(run.source):
+            raise NotADirectoryError(f"{run.source} is not a folder")
+        run.source = os.path.abspath(run.source)
 
-class IndexInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped :func:`index_folder` after it wrote every row it had embedded.
+    def execute(self, job: IndexJob, run: Run) -> None:
+        """The stages, overlapped; every embedded row is written before this returns or raises."""
+        report, encoder = run.report, job.encoder
 
-    Attributes:
-        report: the :class:`IndexReport` of the work done until then.
-    """
+        def unsupported(path: str) -> None:
+            ext = os.path.splitext(path)[1].lower()
+            report.unsupported[ext] = report.unsupported.get(ext, 0) + 1
 
-    def __init__(self, report: IndexReport):
-        super().__init__("indexing interrupted")
-        self.report = report
+        found = storable(scan(run.source, run.failed, unsupported), run.failed)
+        todo = changed(found, job.store, report, job.progress, self.verify)
+        writer = Writer(job.store)
+        try:
+            batches = read_batches(
+                todo,
+                encoder.preprocessor,
+                job.batch_size,
+                self.workers,
+                pin_memory=encoder.device.type == "cuda",
+                limits=self.limits or encoder.limits,
+            )
+            waited = time.perf_counter()
+            for n, batch in enumerate(batches, 1):
+                report.wait_seconds += time.perf_counter() - waited
+                report.decode_seconds += batch.decode_seconds
+                for path, reason in batch.failures:
+                    run.failed(path, reason)
+                if batch.unchanged:
+                    writer.put(refreshed(job.store, batch.unchanged), embedded=False)
+                    report.unchanged += len(batch.unchanged)
+                if batch.entries:
+                    t = time.perf_counter()
+                    vectors = run.space.to_search(encoder.embed_pixels(batch.pixel_values))
+                    embed_s = time.perf_counter() - t
+                    report.embed_seconds += embed_s
+                    now = time.time()
+                    writer.put([make_row(e, v, info, now) for e, v, info in zip(batch.entries, vectors, batch.info)])
+                    log.debug(
+                        "batch %d: %d images, decode %.0f ms (summed), waited %.0f ms, embed %.0f ms",
+                        n,
+                        len(batch.entries),
+                        1000 * batch.decode_seconds,
+                        1000 * (t - waited),
+                        1000 * embed_s,
+                    )
+                job.progress.advance(len(batch.entries) + len(batch.unchanged) + len(batch.failures))
+                waited = time.perf_counter()
+        finally:
+            try:
+                writer.close()
+            finally:
+                report.indexed = writer.written
+                report.write_seconds = writer.seconds
 
-
-class Progress:
-    """Callbacks the runner reports to; the CLI passes a tqdm-backed one. Default: silent."""
-
-    def found(self, n: int) -> None:
-        """``n`` more files are to be embedded (the scan streams, so the total grows)."""
-
-    def advance(self, n: int) -> None:
-        """``n`` more files are done (embedded or failed)."""
-
-    def close(self) -> None:
-        """The embedding stage is over."""
-
-    def rewriting(self, kind: str, rows: int) -> None:
-        """The collection's ``rows`` vectors are being rewritten into a new space (``kind``:
-        ``"learning"``, ``"re-learning"`` or ``"removing"`` whitening, ``"resuming"`` a rewrite
-        a stopped run left; see :mod:`vitsearch.search.store.space`)."""
-
-    def rewritten(self, n: int) -> None:
-        """``n`` more rows are rewritten."""
+    def complete(self, job: IndexJob, run: Run) -> None:
+        """With :attr:`prune`, delete the rows under the folder whose path is no longer a regular
+        file (gone, a folder, a socket; links are followed, as the scan does)."""
+        if not self.prune:
+            return
+        gone = [r["path"] for r in job.store.iter_rows(["path"], folder=run.source) if not _is_file(r["path"])]
+        for start in range(0, len(gone), LOOKUP_CHUNK):
+            job.store.delete(gone[start : start + LOOKUP_CHUNK])
+        run.report.removed = len(gone)
 
 
 def index_folder(
@@ -186,151 +191,17 @@ def index_folder(
         EncoderMismatchError: the collection was filled by another encoder.
         StoreError: Milvus refused a request or stayed unreachable.
     """
-    if not os.path.isdir(root):
-        raise NotADirectoryError(f"{root} is not a folder")
-    root = os.path.abspath(root)
-    progress = progress or Progress()
-    report = IndexReport()
-    started = time.perf_counter()
-
-    def failed(path: str, reason: str) -> None:
-        report.failures.append((path, reason))
-        log.debug("skipped %s: %s", path, reason)
-        if on_failure:
-            on_failure(path, reason)
-
-    store.ensure(encoder.info)
-    with writer_lease(store):
-        space = begin(store, progress, report)
-        log.debug("scanning %s", root)
-        try:
-            _run(
-                root,
-                encoder,
-                store,
-                space,
-                batch_size,
-                workers,
-                limits or encoder.limits,
-                verify,
-                progress,
-                report,
-                failed,
-            )
-        except KeyboardInterrupt:
-            report.seconds = time.perf_counter() - started
-            raise IndexInterrupted(report) from None
-        if prune:
-            report.removed = _prune(root, store)
-        finish(store, whitening, relearn, progress, report)
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-def begin(store: Store, progress: Progress, report: IndexReport) -> Space:
-    """What an indexing run does first, holding the lease: upgrade an older schema, finish a
-    rewrite a stopped run left (:func:`~vitsearch.search.store.space.resume_rewrite`).
-
-    Returns:
-        the space to write the run's vectors in.
-    """
-    store.upgrade()
-    started = time.perf_counter()
-    resumed = resume_rewrite(store, on_rows=progress.rewritten, on_start=progress.rewriting)
-    if resumed:
-        report.space, report.rewritten = "resumed", resumed
-        report.rewrite_seconds += time.perf_counter() - started
-    return read_space(store)
-
-
-def finish(store: Store, whitening: str | None, relearn: bool, progress: Progress, report: IndexReport) -> Space:
-    """What an indexing run does last, holding the lease: bring the collection's space up to date
-    (:func:`~vitsearch.search.store.space.update_space`) and, on Milvus Lite, write the data and
-    index files while the run owns the disk.
-
-    Returns:
-        the space the collection is in now.
-    """
-    started = time.perf_counter()
-    kinds = {"learning": "learned", "re-learning": "re-learned", "removing": "removed"}
-
-    def rewriting(kind: str, rows: int) -> None:
-        report.space = kinds.get(kind, kind)
-        progress.rewriting(kind, rows)
-
-    before = report.space
-    space = update_space(
-        store, whitening, relearn, on_rows=lambda n: _rewritten(progress, report, n), on_start=rewriting
+    job = IndexJob(
+        store,
+        encoder,
+        LocalExecutor(workers, prune, verify, limits),
+        batch_size,
+        progress=progress or Progress(),
+        on_failure=on_failure,
+        whitening=whitening,
+        relearn=relearn,
     )
-    if report.space != before:
-        report.rewrite_seconds += time.perf_counter() - started
-    store.persist()
-    return space
-
-
-def _rewritten(progress: Progress, report: IndexReport, n: int) -> None:
-    report.rewritten += n
-    progress.rewritten(n)
-
-
-def _run(
-    root: str,
-    encoder: Encoder,
-    store: Store,
-    space: Space,
-    batch_size: int,
-    workers: int,
-    limits: Limits,
-    verify: bool,
-    progress: Progress,
-    report: IndexReport,
-    failed: Callable[[str, str], None],
-) -> None:
-    """The stages, overlapped; every embedded row is written before this returns or raises."""
-
-    def unsupported(path: str) -> None:
-        ext = os.path.splitext(path)[1].lower()
-        report.unsupported[ext] = report.unsupported.get(ext, 0) + 1
-
-    todo = changed(storable(scan(root, failed, unsupported), failed), store, report, progress, verify)
-    writer = Writer(store)
-    try:
-        batches = read_batches(
-            todo, encoder.preprocessor, batch_size, workers, pin_memory=encoder.device.type == "cuda", limits=limits
-        )
-        waited = time.perf_counter()
-        for n, batch in enumerate(batches, 1):
-            report.wait_seconds += time.perf_counter() - waited
-            report.decode_seconds += batch.decode_seconds
-            for path, reason in batch.failures:
-                failed(path, reason)
-            if batch.unchanged:
-                writer.put(refreshed(store, batch.unchanged), embedded=False)
-                report.unchanged += len(batch.unchanged)
-            if batch.entries:
-                t = time.perf_counter()
-                vectors = space.to_search(encoder.embed_pixels(batch.pixel_values))
-                embed_s = time.perf_counter() - t
-                report.embed_seconds += embed_s
-                now = time.time()
-                writer.put([make_row(e, v, info, now) for e, v, info in zip(batch.entries, vectors, batch.info)])
-                log.debug(
-                    "batch %d: %d images, decode %.0f ms (summed), waited %.0f ms, embed %.0f ms",
-                    n,
-                    len(batch.entries),
-                    1000 * batch.decode_seconds,
-                    1000 * (t - waited),
-                    1000 * embed_s,
-                )
-            progress.advance(len(batch.entries) + len(batch.unchanged) + len(batch.failures))
-            waited = time.perf_counter()
-    finally:
-        progress.close()
-        try:
-            writer.close()
-        finally:
-            report.indexed = writer.written
-            report.write_seconds = writer.seconds
+    return job.run(root)
 
 
 def refreshed(store: Store, entries: list[FileEntry]) -> list[dict[str, Any]]:
@@ -401,15 +272,6 @@ def changed(
         progress.found(len(todo))
         log.debug("looked up %d paths: %d to read", len(chunk), len(todo))
         yield from todo
-
-
-def _prune(root: str, store: Store) -> int:
-    """Delete the rows under ``root`` whose path is no longer a regular file (gone, a folder,
-    a socket; links are followed, as the scan does)."""
-    gone = [r["path"] for r in store.iter_rows(["path"], folder=root) if not _is_file(r["path"])]
-    for start in range(0, len(gone), LOOKUP_CHUNK):
-        store.delete(gone[start : start + LOOKUP_CHUNK])
-    return len(gone)
 
 
 def _is_file(path: str) -> bool:
