@@ -231,6 +231,7 @@ def make_row(entry: FileEntry, vector, info: dict[str, Any], now: float) -> dict
 
 
 def chunks(items: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
+    """``items`` in lists of ``size`` (the last one shorter), consumed as they are asked for."""
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
