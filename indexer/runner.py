@@ -165,7 +165,7 @@ def index_folder(
     a folder, a socket) are deleted. A file that cannot be read or decoded is reported to
     ``on_failure(path, reason)``, recorded in the report and skipped. Memory stays bounded on any
     folder size: the scan is streamed, and only a few batches are in flight at a time. One run at
-    a time writes to a collection (:func:`~vitsearch.search.lease.writer_lease`); a collection of
+    a time writes to a collection (:func:`~vitsearch.search.store.lease.writer_lease`); a collection of
     an older schema is upgraded first (:meth:`~vitsearch.search.store.Store.upgrade`).
 
     Every row is complete when written (vector and metadata in one upsert keyed by path), so a
