@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -54,7 +55,13 @@ def run_as_server_binary(data_dir: Path) -> subprocess.Popen:
     binary = data_dir / "server" / "bin" / "milvus"
     binary.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(shutil.which("sleep"), binary)
-    return subprocess.Popen([str(binary), "60"])
+    proc = subprocess.Popen([str(binary), "60"])
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while str(binary).encode() not in cmdline.read_bytes():  # the exec may not have happened yet
+        assert time.monotonic() < deadline, "the stand-in server did not start"
+        time.sleep(0.01)
+    return proc
 
 
 @pytest.fixture
