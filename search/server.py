@@ -230,7 +230,7 @@ class LocalServer:
         """Stop the recorded server: SIGTERM, which makes Milvus stop its components (its gRPC
         port closes, its log says "All cleanup done"); then SIGKILL, a second after the port
         closed or after ``grace_s`` seconds, because the 2.3.5 binary does not exit by itself
-        after its cleanup (measured here: still running 30 s later). What Milvus acknowledged
+        after its cleanup (it is still running 30 s later). What Milvus acknowledged
         is in its write-ahead log (rocksmq) and is kept, as after a crash. Commands go back to
         Milvus Lite afterwards.
 
