@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from ..errors import CollectionBusyError, CollectionNotFoundError, StoreError
-from .collection import _OLD, _UPGRADING, GENERATION, SPACE_SUFFIX, Store, _generation, is_internal
+from .collection import Store
+from .generations import GENERATION, SPACE_SUFFIX, generation_of, is_internal
 from .lease import busy_message, live_holder, writer_lease
+from .migration import OLD, UPGRADING
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ def _owner(name: str) -> str | None:
     whitening matrices' collection (it holds no images and is no collection on its own)."""
     if not is_internal(name):
         return name
-    for suffix in (_UPGRADING, _OLD):
+    for suffix in (UPGRADING, OLD):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     base, _, number = name.rpartition(GENERATION)
@@ -56,8 +58,8 @@ def _owner(name: str) -> str | None:
 
 def _behind(names: set[str], collection: str) -> list[str]:
     """The Milvus collections of ``names`` that are ``collection`` or kept behind its name."""
-    internal = {collection, collection + _UPGRADING, collection + _OLD, collection + SPACE_SUFFIX}
-    return sorted(n for n in names if n in internal or _generation(collection, n) is not None)
+    internal = {collection, collection + UPGRADING, collection + OLD, collection + SPACE_SUFFIX}
+    return sorted(n for n in names if n in internal or generation_of(collection, n) is not None)
 
 
 def collection_names(store: Store) -> list[str]:

@@ -32,10 +32,7 @@ from .expr import paths_in
 from .generations import GENERATION as GENERATION
 from .generations import SPACE_SUFFIX as SPACE_SUFFIX
 from .generations import CollectionMoved as CollectionMoved
-from .generations import generation_of as _generation  # noqa: F401 (for .catalog)
 from .generations import is_internal as is_internal
-from .migration import OLD as _OLD  # noqa: F401 (for .catalog)
-from .migration import UPGRADING as _UPGRADING  # noqa: F401 (for .catalog)
 from .profile import SEARCH_CONSISTENCY as SEARCH_CONSISTENCY
 from .profile import BackendProfile, profile_for
 from .profile import is_server_uri as is_server_uri
