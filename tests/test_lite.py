@@ -147,6 +147,35 @@ def test_a_process_that_does_not_share_the_database_gives_a_clear_error(db_uri):
         holder.communicate("\n", timeout=60)
 
 
+# Holds the database (Lite's lock) and publishes an endpoint nothing answers on, for a few seconds.
+SILENT_HOLDER = textwrap.dedent("""
+    import json, os, sys, time
+    from milvus_lite.db import MilvusLite
+    lite = MilvusLite(sys.argv[1])
+    endpoint = {"pid": os.getpid(), "uri": "unix:" + sys.argv[1] + "/nobody.sock"}
+    open(sys.argv[1] + "/vitsearch-endpoint.json", "w").write(json.dumps(endpoint))
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[2]))
+""")
+
+
+def test_a_first_connection_that_is_not_answered_is_tried_again(tmp_path):
+    """A published endpoint that does not answer (a sharing process exiting, or one too busy to
+    answer within pymilvus' 10 s) is tried again, and the database is served from here once its
+    holder has gone, instead of failing the first open."""
+    db = tmp_path / "milvus.db"
+    db.mkdir(mode=0o700)
+    holder = subprocess.Popen([sys.executable, "-c", SILENT_HOLDER, str(db), "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with Store(str(db), "images") as store:  # its first tries find no one at the endpoint
+            assert holder.poll() is not None  # it answered only after the holder had gone
+            assert store._served_here and not store.exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+
+
 def test_a_stale_endpoint_file_is_replaced(db_uri, tmp_path):
     from pathlib import Path
 

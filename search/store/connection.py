@@ -96,25 +96,49 @@ class Connection:
         """``collection 'NAME' at URI``, for messages."""
         return f"collection {self.collection!r} at {self.uri}"
 
-    def connect(self, names: Naming | None = None) -> None:
+    def connect(self, names: Naming | None = None, *, patient: bool = True) -> None:
         """Open the client (serving or joining a Lite database), then let ``names`` (kept for the
         reconnections) look the collection up.
+
+        A Lite database is on this machine, so a first connection that it does not answer (a
+        machine too busy to answer within pymilvus' 10 s, a sharing process that is exiting) is
+        tried again, ``patient`` (the first connection of a store), with backoff (0.5 s doubling to
+        8 s) for up to ``retry_s``: each try serves the database from here if its holder has gone.
 
         Raises:
             StoreError: Milvus cannot be opened or reached.
         """
         self.names = names or self.names
-        target = self.uri
-        if self.lite is not None:
-            target, self.served_here = lite_uri(self.lite, self.lite_wait_s)
-        try:
-            self.client = MilvusClient(uri=target, token=self.token, grpc_options=GRPC_OPTIONS)
-        except Exception as exc:  # pymilvus raises assorted types
-            raise StoreError(f"cannot open Milvus at {self.uri}: {type(exc).__name__}: {exc}") from exc
+        deadline, delay = time.monotonic() + self.retry_s, _FIRST_DELAY_S
+        while True:
+            try:
+                self.client = self._open_client()
+                break
+            except StoreError as exc:
+                retry = patient and self.lite is not None and _unreachable(exc.__cause__)
+                if not retry or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("Milvus Lite database %s did not answer (%s); retrying in %.1f s", self.lite, exc, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, _MAX_DELAY_S)
         try:  # a collection reopened by Milvus Lite (or released on a server) is not searchable until loaded
             self.names.opened()
         except MilvusException as exc:
             raise self.error("load_collection", exc) from exc
+
+    def _open_client(self) -> MilvusClient:
+        """One try at a client of :attr:`uri` (of a Lite database: served here or where published).
+
+        Raises:
+            StoreError: from the MilvusClient's error, its ``__cause__``.
+        """
+        target = self.uri
+        if self.lite is not None:
+            target, self.served_here = lite_uri(self.lite, self.lite_wait_s)
+        try:
+            return MilvusClient(uri=target, token=self.token, grpc_options=GRPC_OPTIONS)
+        except Exception as exc:  # pymilvus raises assorted types
+            raise StoreError(f"cannot open Milvus at {self.uri}: {type(exc).__name__}: {exc}") from exc
 
     def call(self, method: str | Callable, *args, **kwargs):
         """``client.<method>(*args, **kwargs)`` (or ``method(*args, **kwargs)``) with Milvus errors
@@ -182,7 +206,7 @@ class Connection:
     def _reconnect(self) -> StoreError | None:
         """:meth:`connect` again; the error where it failed, else None."""
         try:
-            self.connect()
+            self.connect(patient=False)  # the call that reconnects has its own retries
         except StoreError as exc:
             return exc
         return None
@@ -221,6 +245,8 @@ def _released(exc: MilvusException) -> bool:
     return "call load()" in message or "not loaded" in message
 
 
-def _unreachable(exc: MilvusException) -> bool:
+def _unreachable(exc: BaseException | None) -> bool:
     """Whether ``exc`` says Milvus could not be reached (as opposed to refusing the request)."""
-    return isinstance(exc, MilvusUnavailableException) or exc.code == Status.CONNECT_FAILED
+    return isinstance(exc, MilvusUnavailableException) or (
+        isinstance(exc, MilvusException) and exc.code == Status.CONNECT_FAILED
+    )
