@@ -28,6 +28,7 @@ SERVER = Path(os.environ.get("VITSEARCH_MILVUS_SERVER", Path(sys.executable).par
 # here (~100 s on the server): its Milvus calls are the store's, which tests/test_store.py covers.
 SUITES = [
     "tests/test_store.py",
+    "tests/test_store_contract.py",
     "tests/test_client.py",
     "tests/test_names.py",
     "tests/test_duplicates.py",
