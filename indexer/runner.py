@@ -23,7 +23,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from vitsearch.search.config import DEFAULT_BATCH_SIZE, Settings
 from vitsearch.search.encoder import Encoder, EncoderInfo, batch_size_for
@@ -39,9 +39,7 @@ from .writer import Writer
 __all__ = ["index_folder", "LocalExecutor", "IndexReport", "IndexInterrupted", "Progress"]
 
 log = logging.getLogger(__name__)
-
-#: Paths compared with the collection per request.
-LOOKUP_CHUNK = 1000
+T = TypeVar("T")
 
 
 class LocalExecutor:
@@ -135,8 +133,8 @@ class LocalExecutor:
         if not self.prune:
             return
         gone = [r["path"] for r in job.store.iter_rows(["path"], folder=run.source) if not _is_file(r["path"])]
-        for start in range(0, len(gone), LOOKUP_CHUNK):
-            job.store.delete(gone[start : start + LOOKUP_CHUNK])
+        for chunk in chunks(gone, job.store.profile.lookup_paths):
+            job.store.delete(chunk)
         run.report.removed = len(gone)
 
 
@@ -230,7 +228,7 @@ def make_row(entry: FileEntry, vector, info: dict[str, Any], now: float) -> dict
     }
 
 
-def chunks(items: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     """``items`` in lists of ``size`` (the last one shorter), consumed as they are asked for."""
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
@@ -258,7 +256,7 @@ def changed(
     differs in :data:`UNCHANGED_IF_EQUAL` (all of them with ``verify``), the latter with the
     row's sha256 so that the reader embeds them only if their bytes changed. Counts the others
     as unchanged."""
-    for chunk in chunks(found, LOOKUP_CHUNK):
+    for chunk in chunks(found, store.profile.lookup_paths):
         rows = store.get([e.path for e in chunk], fields=[*UNCHANGED_IF_EQUAL, "sha256"])
         todo = []
         for e in chunk:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -145,6 +146,22 @@ def db_uri(tmp_path) -> str:
         client.drop_collection(name)
     client.close()
     return MILVUS_SERVER_URI
+
+
+@contextlib.contextmanager
+def milvus_client(uri: str):
+    """A pymilvus ``MilvusClient`` of the database at ``uri``, opened as another tool would (a
+    Lite database through the endpoint its vitsearch server shares, or served from here): for
+    making the states other tools and older versions leave, and for looking at what Milvus holds."""
+    from pymilvus import MilvusClient
+
+    from vitsearch.search.store.lite import lite_uri
+
+    client = MilvusClient(uri=uri if MILVUS_SERVER_URI else lite_uri(Path(uri), 10)[0])
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def stored_vectors(uri: str, collection: str = "images") -> dict:

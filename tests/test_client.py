@@ -54,7 +54,7 @@ def test_search_similar_uses_the_stored_vector_and_leaves_the_item_out(indexed):
     cat = str(photos / "cat.jpg")
     with SearchClient(uri=uri) as client:
         similar = client.search_similar(cat, k=3)
-        assert client._encoder is None  # no model was needed
+        assert not client.encoder_loaded  # no model was needed
         by_image = client.search(cat, k=4)
         assert [h.path for h in similar] == [h.path for h in by_image[1:]]
         with_self = client.search_similar(cat, k=1, exclude_self=False)
@@ -68,7 +68,7 @@ def test_search_vectors_answers_each_query_as_alone_and_leaves_each_path_out(ind
     paths = [str(photos / n) for n in ("cat.jpg", "coffee.jpg", "sub/rocket.jpg")]
     with SearchClient(uri=uri) as client:
         stored = client.stored_vectors(paths + [str(photos / "nope.jpg")])
-        assert sorted(stored) == sorted(paths) and client._encoder is None
+        assert sorted(stored) == sorted(paths) and not client.encoder_loaded
         assert all(v.shape == (32,) and v.dtype == np.float32 for v in stored.values())
         vectors = np.stack([stored[p] for p in paths])
         for k in (1, 4, 11):

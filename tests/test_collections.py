@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from conftest import milvus_client
 from test_space import varied_photos
 from test_store import INFO
 
@@ -48,8 +49,8 @@ def one_line(out) -> str:
 
 
 def physical(uri: str) -> list[str]:
-    with Store(uri, "images") as store:
-        return sorted(store._client.list_collections())
+    with milvus_client(uri) as client:
+        return sorted(client.list_collections())
 
 
 def test_listed_by_name_and_dropped_with_everything_behind_it(tmp_path, db_uri, photos, tiny_model):
@@ -59,7 +60,8 @@ def test_listed_by_name_and_dropped_with_everything_behind_it(tmp_path, db_uri, 
         assert report.space == "learned"
     with Store(db_uri, "examples") as store:
         index_folder(str(photos), encoder=encoder, store=store, workers=0)
-        store._client.create_collection("other", dimension=4)  # made by another tool
+    with milvus_client(db_uri) as client:
+        client.create_collection("other", dimension=4)  # made by another tool
     names = physical(db_uri)
     assert {"images__vitsearch_space", "other"} <= set(names) and len([n for n in names if is_internal(n)]) == 3
 
@@ -76,7 +78,8 @@ def test_listed_by_name_and_dropped_with_everything_behind_it(tmp_path, db_uri, 
         dropped = drop_collection(store)
         assert not store.exists()
         assert [c.name for c in list_collections(store)] == ["examples", "other"]
-        assert "images" not in store._client.list_aliases().get("aliases", [])
+    with milvus_client(db_uri) as client:
+        assert "images" not in client.list_aliases().get("aliases", [])
     assert len(dropped) == 2 and "images__vitsearch_space" in dropped and all(n.startswith("images__") for n in dropped)
     assert not [n for n in physical(db_uri) if n.startswith("images")]
     with SearchClient(uri=db_uri, collection="examples", model=str(tiny_model), runtime="torch") as client:
@@ -157,8 +160,9 @@ def test_vitsearch_drop_asks_first_and_says_what_is_wrong_in_one_line(db_uri, tm
 def test_a_drop_cut_short_is_finished_by_running_it_again(db_uri):
     with Store(db_uri, "images") as store:
         store.ensure(INFO)
-        store._client.create_collection("images__vitsearch_space", dimension=4)
-        store._client.drop_alias("images")  # a drop killed after its first steps
+        with milvus_client(db_uri) as client:
+            client.create_collection("images__vitsearch_space", dimension=4)
+            client.drop_alias("images")  # a drop killed after its first steps
         store.drop_physical(store.physical)
     with Store(db_uri, "images") as store:
         assert not store.exists() and collection_names(store) == []  # nothing a user can use is left...

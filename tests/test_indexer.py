@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from vitsearch.indexer.scan import scan
 from vitsearch.search.config import Settings
 from vitsearch.search.encoder import Encoder, encoder_for
 from vitsearch.search.errors import EncoderMismatchError
-from vitsearch.search.store import META_FIELDS, Store
+from vitsearch.search.store import META_FIELDS, Store, profile_for
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,6 @@ def test_the_scan_streams_and_memory_stays_bounded(many, db_uri, tiny, monkeypat
     import vitsearch.indexer.runner as runner
     from vitsearch.indexer import reader, writer
 
-    monkeypatch.setattr(runner, "LOOKUP_CHUNK", 20)
     scanned = [0]
     real_scan = runner.scan
 
@@ -160,7 +160,7 @@ def test_the_scan_streams_and_memory_stays_bounded(many, db_uri, tiny, monkeypat
 
     monkeypatch.setattr(runner, "scan", counting_scan)
     at_first_write = []
-    with Store(db_uri, "images") as store:
+    with Store(db_uri, "images", profile=replace(profile_for(db_uri), lookup_paths=20)) as store:
         real_upsert = store.upsert
         monkeypatch.setattr(store, "upsert", lambda rows: at_first_write.append(scanned[0]) or real_upsert(rows))
         report = index_folder(str(many), encoder=tiny, store=store, batch_size=4, workers=2)
@@ -218,11 +218,9 @@ def test_an_interrupted_run_writes_what_it_embedded(photos, db_uri, tiny, monkey
 
 
 def test_an_error_while_scanning_reaches_the_caller(photos, db_uri, tiny, monkeypatch):
-    import vitsearch.indexer.runner as runner
     from vitsearch.search.errors import StoreError
 
-    monkeypatch.setattr(runner, "LOOKUP_CHUNK", 4)
-    with Store(db_uri, "images") as store:
+    with Store(db_uri, "images", profile=replace(profile_for(db_uri), lookup_paths=4)) as store:
         real_get, calls = store.get, []
 
         def failing_get(paths, fields):

@@ -44,7 +44,7 @@ OTHER = textwrap.dedent("""
     store.upsert([{"path": f"/other/{i}.jpg", "vector": v[i], "folder": "/other", "size": i,
                    "mtime": 0.0, "ctime_ns": 0, "inode": i, "width": 1, "height": 1, "sha256": "0" * 64, "indexed_at": 0.0}
                   for i in range(n)])
-    print(json.dumps({"served_here": store._served_here, "count": store.count()}), flush=True)
+    print(json.dumps({"served_here": store.served_here, "count": store.count()}), flush=True)
     sys.stdin.readline()
 """)
 
@@ -69,7 +69,7 @@ def test_a_second_process_shares_the_database_both_ways(db_uri):
     with Store(db_uri, "images") as store:
         store.ensure(INFO)
         store.upsert(rows)
-        assert store._served_here
+        assert store.served_here
         proc, seen = start_other(db_uri, 5)
         try:
             assert seen == {"served_here": False, "count": 17}  # it saw our 12 rows and wrote 5
@@ -110,7 +110,7 @@ def test_when_the_serving_process_goes_the_next_call_takes_over(db_uri, how):
     try:
         assert seen["served_here"] is True
         store = Store(db_uri, "images")
-        assert not store._served_here and store.count() == 6
+        assert not store.served_here and store.count() == 6
         rows, _ = make_rows(4)
         store.upsert(rows)
     finally:
@@ -121,7 +121,7 @@ def test_when_the_serving_process_goes_the_next_call_takes_over(db_uri, how):
             proc.wait(timeout=60)
     # The server is gone with its process: this call reconnects, now serving from here.
     assert store.count() == 10
-    assert store._served_here
+    assert store.served_here
     assert sorted(store.get(["/other/0.jpg", rows[0]["path"]])) == sorted(["/other/0.jpg", rows[0]["path"]])
     store.close()
 
@@ -170,7 +170,7 @@ def test_a_first_connection_that_is_not_answered_is_tried_again(tmp_path):
         assert holder.stdout.readline().strip() == "holding"
         with Store(str(db), "images") as store:  # its first tries find no one at the endpoint
             assert holder.poll() is not None  # it answered only after the holder had gone
-            assert store._served_here and not store.exists()
+            assert store.served_here and not store.exists()
     finally:
         holder.kill()
         holder.wait(timeout=60)
@@ -183,7 +183,7 @@ def test_a_stale_endpoint_file_is_replaced(db_uri, tmp_path):
     db.mkdir()
     (db / ENDPOINT_FILE).write_text(json.dumps({"pid": 999_999_999, "uri": "http://127.0.0.1:1"}))
     with Store(db_uri, "images") as store:
-        assert store._served_here and not store.exists()
+        assert store.served_here and not store.exists()
     record = json.loads((db / ENDPOINT_FILE).read_text())
     assert record["uri"] != "http://127.0.0.1:1" and record["pid"] > 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, milvus_client
 from PIL import Image
 
 from vitsearch.indexer import index_folder
@@ -52,8 +52,8 @@ def index(folder: Path, encoder: Encoder, uri: str, **kw):
 
 
 def collections(uri: str) -> list[str]:
-    with Store(uri, "images") as store:
-        return sorted(store._client.list_collections())
+    with milvus_client(uri) as client:
+        return sorted(client.list_collections())
 
 
 def test_learned_once_recorded_reused_relearned_removed(tmp_path, db_uri, encoder):
@@ -160,7 +160,8 @@ def test_a_reader_on_a_generation_being_dropped_follows_the_move(tmp_path, db_ur
         old = reader.store.physical
 
         def empty_instead_of_drop(store, name):  # what a concurrent reader of Lite sees mid-drop
-            store._client.delete(name, filter='path != ""')
+            with milvus_client(db_uri) as client:
+                client.delete(name, filter='path != ""')
 
         monkeypatch.setattr(Store, "drop_physical", empty_instead_of_drop)
         with Store(db_uri, "images") as writer:
@@ -280,11 +281,11 @@ def test_collections_of_1_11_and_5000_images(tmp_path, db_uri, encoder, photos):
 def test_a_collection_of_an_older_vitsearch_is_moved_behind_its_name(db_uri, encoder, tmp_path):
     """A plain collection named as the user named it (no alias, as vitsearch made them before
     generations) keeps working, and its first rewrite puts it behind an alias."""
-    with Store(db_uri, "images") as store:
-        store._client.create_collection(
+    with Store(db_uri, "images") as store, milvus_client(db_uri) as client:
+        client.create_collection(
             "images",
             schema=collection_schema(encoder.dim),
-            index_params=index_params(store._client),
+            index_params=index_params(client),
             consistency_level="Strong",
             properties={"vitsearch.encoder": encoder.info.to_json(), "vitsearch.schema_version": SCHEMA_VERSION},
         )

@@ -7,9 +7,10 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from conftest import examples
+from conftest import examples, milvus_client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pymilvus import MilvusClient
 
 from vitsearch.search.encoder_info import EncoderInfo
 from vitsearch.search.errors import BadQueryError, CollectionNotFoundError, EncoderMismatchError, StoreError
@@ -120,8 +121,10 @@ def test_large_upserts_are_split(db_uri, monkeypatch):
     with Store(db_uri, "images", profile=replace(profile_for(db_uri), upsert_bytes=1000)) as store:  # ~4 rows a request
         store.ensure(INFO)
         calls = []
-        real = store._client.upsert
-        monkeypatch.setattr(store._client, "upsert", lambda name, batch: calls.append(len(batch)) or real(name, batch))
+        real = MilvusClient.upsert  # every upsert request, as the store sends them
+        monkeypatch.setattr(
+            MilvusClient, "upsert", lambda c, name, batch: calls.append(len(batch)) or real(c, name, batch)
+        )
         store.upsert(rows)
         assert sum(calls) == 25 and len(calls) > 1 and max(calls) * 150 < 1500
         assert store.count() == 25
@@ -219,13 +222,13 @@ def test_a_filter_that_is_not_one_balanced_expression_is_refused(db_uri, bad):
 
 
 def test_a_schema_1_collection_is_searchable_and_upgraded_without_losing_rows(db_uri):
-    from pymilvus import DataType, MilvusClient
+    from pymilvus import DataType
 
     from vitsearch.search.store import SCHEMA_VERSION
 
     rows, v = make_rows(40)
-    with Store(db_uri, "images") as store:
-        client = store._client  # a collection exactly as vitsearch 0.1 (schema 1) made it
+    with Store(db_uri, "images") as store, milvus_client(db_uri) as client:
+        # a collection exactly as vitsearch 0.1 (schema 1) made it
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("path", DataType.VARCHAR, is_primary=True, max_length=4096)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=INFO.dim)
@@ -310,29 +313,26 @@ class _TooLarge(grpc.RpcError):
         return "grpc: trying to send message larger than max (98104627 vs. 67108864)"
 
 
-def test_a_reply_over_the_grpc_limit_halves_the_rows_a_query_asks(db_uri):
+def test_a_reply_over_the_grpc_limit_halves_the_rows_a_query_asks(db_uri, monkeypatch):
     """A Milvus 2.3 server refused a 4,096-row read of a 1M collection (98 MB over its 64 MB);
-    a real store here, its ``query`` refusing more than 5 rows as that server did."""
+    a real store here, pymilvus' ``query`` refusing more than 5 rows as that server did."""
     rows, _ = make_rows(23)
     with Store(db_uri, "images") as store:
         store.ensure(INFO)
         store.upsert(rows)
-        client, asked = store._client, []
-        real = client.query
+        asked, real = [], MilvusClient.query
 
-        def query(*args, limit, **kwargs):
+        def query(client, *args, limit, **kwargs):
             asked.append(limit)
             if limit > 5:
                 raise _TooLarge()
-            return real(*args, limit=limit, **kwargs)
+            return real(client, *args, limit=limit, **kwargs)
 
-        client.query = query
-        try:
-            read = [r["path"] for r in store.iter_rows(batch_size=20)]
-            client.query = lambda *a, **k: (_ for _ in ()).throw(_TooLarge())
-            with pytest.raises(StoreError, match="RESOURCE_EXHAUSTED"):
-                list(store.iter_rows(batch_size=1))
-        finally:
-            client.query = real
+        monkeypatch.setattr(MilvusClient, "query", query)
+        read = [r["path"] for r in store.iter_rows(batch_size=20)]
+        monkeypatch.setattr(MilvusClient, "query", lambda *a, **k: (_ for _ in ()).throw(_TooLarge()))
+        with pytest.raises(StoreError, match="RESOURCE_EXHAUSTED"):
+            list(store.iter_rows(batch_size=1))
+        monkeypatch.setattr(MilvusClient, "query", real)
     assert sorted(read) == sorted(r["path"] for r in rows) and len(read) == 23
     assert asked[:3] == [20, 10, 5] and set(asked[3:]) == {5}  # halved once, then kept

@@ -70,8 +70,9 @@ class CollectionBase:
         return self._conn.client
 
     @property
-    def _served_here(self) -> bool:
-        """Whether this process serves the Lite database."""
+    def served_here(self) -> bool:
+        """Whether this process serves the Lite database (other processes share it through this
+        one; see :mod:`.lite`); False on a server."""
         return self._conn.served_here
 
     def _call(self, method: str | Callable, *args, **kwargs):

@@ -30,6 +30,8 @@ class BackendProfile:
             duplicate scan (:func:`~vitsearch.search.duplicates.neighbours`).
         search_consistency: Milvus consistency level of searches and their lookups.
         upsert_bytes: upper bound of one upsert request, in bytes.
+        lookup_paths: paths one lookup or delete by path names (the indexer's comparison with
+            the collection, and its pruning), so that a scan's results stream in chunks.
         bulk_import: whether Parquet bulk import (:mod:`.bulk`) is available.
     """
 
@@ -38,6 +40,7 @@ class BackendProfile:
     search_queries: int
     search_consistency: str = SEARCH_CONSISTENCY
     upsert_bytes: int = UPSERT_BYTES
+    lookup_paths: int = 1000
     bulk_import: bool = False
 
 
