@@ -257,6 +257,7 @@ def test_similar_vector_stats_health_and_docs(api):
     assert {"/search", "/search/similar", "/search/vector", "/stats", "/healthz", "/readyz", "/thumbnail"} <= set(paths)
 
 
+@pytest.mark.slow
 def test_every_bad_input_is_a_json_400_404_or_413(api):
     base, photos, _, _ = api
     data = (photos / "cat.jpg").read_bytes()
@@ -312,6 +313,7 @@ def test_every_bad_input_is_a_json_400_404_or_413(api):
     assert httpx.get(f"{base}/healthz").status_code == 200  # still serving
 
 
+@pytest.mark.slow
 def test_the_token_guards_every_data_route_and_not_health_or_the_api_description(indexed):
     photos, uri = indexed
     with serving(uri, token="s3cret-token") as (base, _):
@@ -403,6 +405,7 @@ def test_a_thumbnail_is_only_of_a_row_and_of_its_indexed_bytes(api, tmp_path, mo
     assert httpx.get(f"{base}/thumbnail").status_code == 400  # no path
 
 
+@pytest.mark.slow
 def test_a_path_that_is_not_utf8_comes_back_exactly(photos, db_uri, tiny_model):
     from vitsearch.indexer import index_folder
     from vitsearch.search.encoder import Encoder
@@ -454,6 +457,7 @@ def test_collapse_shows_exact_duplicates_as_one_hit(photos, db_uri, tiny_model):
         assert len(kept["copies"]) == 1 and kept["copies"][0] != kept["path"]  # issue 16's Hit.copies
 
 
+@pytest.mark.slow
 def test_503_with_retry_after_while_milvus_is_unreachable(indexed, milvus_process, tiny_model):
     # Nobody listens: the server starts, answers /healthz, and 503 everywhere else.
     with serving(f"http://127.0.0.1:{free_port()}", wait_ready=False) as (base, _):
@@ -486,6 +490,7 @@ def test_503_with_retry_after_while_milvus_is_unreachable(indexed, milvus_proces
         assert r.status_code == 200 and len(r.json()["hits"]) == 2, r.text
 
 
+@pytest.mark.slow
 def test_not_indexed_yet_is_503_until_it_is(photos, db_uri, tiny_model):
     from vitsearch.indexer import index_folder
     from vitsearch.search.encoder import Encoder
@@ -500,6 +505,7 @@ def test_not_indexed_yet_is_503_until_it_is(photos, db_uri, tiny_model):
         assert httpx.get(f"{base}/stats").json()["count"] == 11
 
 
+@pytest.mark.slow
 def test_vitsearch_serve_with_two_workers_shares_the_lite_file(indexed, tmp_path):
     photos, uri = indexed
     port = free_port()
@@ -558,6 +564,7 @@ def test_vitsearch_serve_with_two_workers_shares_the_lite_file(indexed, tmp_path
     assert "2 workers, token required" in (tmp_path / "serve.log").read_text()
 
 
+@pytest.mark.slow
 def test_the_real_model_finds_the_photo_a_crop_was_cut_from(tmp_path, db_uri, real_model):
     from conftest import EXAMPLES
 

@@ -75,6 +75,7 @@ def test_allowed_hosts_setting_is_comma_separated_and_checked(monkeypatch):
         Settings()
 
 
+@pytest.mark.slow
 def test_a_request_for_another_host_is_refused_on_every_route(indexed):
     photos, uri = indexed
     cat, data = str(photos / "cat.jpg"), (photos / "cat.jpg").read_bytes()
@@ -116,6 +117,7 @@ def test_a_request_for_another_host_is_refused_on_every_route(indexed):
         assert status.startswith("HTTP/1.1 400 ") and "exactly one Host header, this one has 0" in text
 
 
+@pytest.mark.slow
 def test_vitsearch_serve_answers_its_host_and_allowed_hosts_only(db_uri, tmp_path):
     bad = subprocess.run(
         [*VITSEARCH, "serve", "--uri", db_uri, "--allowed-hosts", "photos.lan,http://evil.example"],
@@ -174,6 +176,7 @@ def test_vitsearch_serve_answers_its_host_and_allowed_hosts_only(db_uri, tmp_pat
     assert "answers to Host localhost, 127.0.0.1, [::1], photos.lan" in (tmp_path / "serve.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_filter_too_long_or_nested_too_deep_is_a_400_not_a_503(indexed):
     photos, uri = indexed
     cat = str(photos / "cat.jpg")
@@ -243,6 +246,7 @@ def test_a_json_body_over_the_limit_is_413_before_it_is_read(indexed):
         assert len(image) > 8 * 1024 and upload(base, image).status_code == 200
 
 
+@pytest.mark.slow
 def test_a_body_that_does_not_arrive_gets_408_after_the_timeout(indexed):
     _, uri = indexed
     with serving(uri, body_timeout_s=1.0) as (base, _):

@@ -10,6 +10,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 STATE = """
 import json, logging, os, warnings
 from PIL import Image
@@ -37,6 +39,7 @@ def run(code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_importing_the_library_changes_no_process_wide_state():
     got = run(
         "import pymilvus, torch, transformers, milvus_lite.server_manager  # their own import-time state\n"
@@ -49,6 +52,7 @@ def test_importing_the_library_changes_no_process_wide_state():
     assert before == after
 
 
+@pytest.mark.slow
 def test_configure_quiets_third_party_logs_and_follows_a_raised_pixel_limit():
     before, after = run(
         "before = state()\n"
@@ -63,6 +67,7 @@ def test_configure_quiets_third_party_logs_and_follows_a_raised_pixel_limit():
     assert after["env"]["GRPC_VERBOSITY"] == "ERROR"
 
 
+@pytest.mark.slow
 def test_configure_holds_whatever_is_imported_after_it():
     """pymilvus sets its loggers up when first imported (dictConfig): configure() called first,
     as the page and the commands do, must still leave them quiet."""

@@ -185,6 +185,7 @@ def test_a_failed_job_is_a_store_error_with_its_reason(server, store):
     assert "job-7" in str(err.value) and server.uri in str(err.value)
 
 
+@pytest.mark.slow
 def test_a_job_that_does_not_finish_in_time_is_a_store_error(server, store):
     server.replies = {CREATE: [job("Pending")], DESCRIBE: [job("Importing", progress=10)]}
     started = time.monotonic()

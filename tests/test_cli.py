@@ -23,6 +23,7 @@ def cli(*args, ok=True, **env):
     return out
 
 
+@pytest.mark.slow
 def test_help_explains_every_command():
     top = cli("--help").stdout
     for command in ("index", "search", "stats", "ui", "model"):
@@ -33,6 +34,7 @@ def test_help_explains_every_command():
     assert "--similar" in cli("search", "--help").stdout
 
 
+@pytest.mark.slow
 def test_index_search_stats(photos, db_uri, tiny_model):
     (photos / "broken.jpg").write_text("nope")
     out = cli("index", photos, "--model", tiny_model, "--uri", db_uri, "--workers", "1", "--verbose")
@@ -72,6 +74,7 @@ def test_index_search_stats(photos, db_uri, tiny_model):
     assert set(again["stage_seconds"]) == {"decode", "embed", "write", "wait"}
 
 
+@pytest.mark.slow
 def test_env_settings(photos, tmp_path, tiny_model):
     uri = str(tmp_path / "env.db")
     cli("index", photos, VITSEARCH_URI=uri, VITSEARCH_MODEL=str(tiny_model), VITSEARCH_COLLECTION="mine")
@@ -88,6 +91,7 @@ def test_env_settings(photos, tmp_path, tiny_model):
         (["stats"], 1, "index a folder first"),
     ],
 )
+@pytest.mark.slow
 def test_errors_are_one_clear_line(args, code, message, photos, db_uri):
     out = cli(*[a.format(photos=photos) for a in args], "--uri", db_uri, ok=False)
     assert out.returncode == code
@@ -110,6 +114,7 @@ def test_errors_are_one_clear_line(args, code, message, photos, db_uri):
         ("cat.jpg", ["--collection", "other"], 1, "index a folder first"),
     ],
 )
+@pytest.mark.slow
 def test_bad_searches_are_one_clear_line(query, args, code, message, indexed):
     photos, uri = indexed
     (photos / "notes.jpg").write_text("not an image")
@@ -119,6 +124,7 @@ def test_bad_searches_are_one_clear_line(query, args, code, message, indexed):
     assert message in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_an_empty_collection_gives_no_results(db_uri, tiny_model, tmp_path):
     (tmp_path / "none").mkdir()
     cli("index", tmp_path / "none", "--model", tiny_model, "--uri", db_uri)  # creates the collection, no rows
@@ -126,6 +132,7 @@ def test_an_empty_collection_gives_no_results(db_uri, tiny_model, tmp_path):
     assert out.stdout.strip() == "no results"
 
 
+@pytest.mark.slow
 def test_image_size_is_recorded_and_another_size_refused(photos, tmp_path, tiny_model):
     db = tmp_path / "sized.db"
     cli("index", photos, "--model", tiny_model, "--uri", db, "--image-size", 48, "--workers", 0)
@@ -135,6 +142,7 @@ def test_image_size_is_recorded_and_another_size_refused(photos, tmp_path, tiny_
     assert out.returncode == 1 and "48x48, not 32x32" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_engine_ray_without_ray_installed_says_how_to_get_it(photos, tmp_path, tiny_model):
     # The core install has no Ray: `import ray` fails as it would there (sys.modules entry None).
     no_ray = "import sys; sys.modules['ray'] = None; from vitsearch.cli import main; main()"
@@ -212,6 +220,7 @@ def test_index_verify_and_the_rehashed_count(photos, db_uri, tiny_model):
     assert "--verify" in run_in_process("index", "--help").stdout
 
 
+@pytest.mark.slow
 def test_no_third_party_log_lines_reach_the_terminal(photos, db_uri, tiny_model):
     """The command sets the process up (search/application.py) before pymilvus loads gRPC: no gRPC
     line per forked decode worker ("fork_posix.cc ... skipping fork() handlers") and no

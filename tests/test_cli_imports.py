@@ -58,6 +58,7 @@ def onnx_indexed(photos, tmp_path, tiny_model):
     return photos, uri
 
 
+@pytest.mark.slow
 def test_an_onnx_search_imports_neither_torch_nor_transformers(onnx_indexed, tiny_model):
     photos, uri = onnx_indexed
     seen, text = probe("search", EXAMPLES / "queries" / "cat-crop.jpg", "--uri", uri, "-k", "5", "--json")

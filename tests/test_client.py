@@ -196,6 +196,7 @@ def test_an_unbalanced_filter_cannot_undo_the_exclusion_of_the_query_itself(inde
         assert cat not in {h.path for h in hits} and len(hits) == 10
 
 
+@pytest.mark.slow
 def test_a_query_is_decoded_like_an_indexed_file(tmp_path, db_uri, real_model):
     """One bytes-to-model-input path: a large JPEG query (decoded at reduced scale, like the
     indexer does) gives exactly the vector stored for the same file."""

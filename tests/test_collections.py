@@ -53,6 +53,7 @@ def physical(uri: str) -> list[str]:
         return sorted(client.list_collections())
 
 
+@pytest.mark.slow
 def test_listed_by_name_and_dropped_with_everything_behind_it(tmp_path, db_uri, photos, tiny_model):
     encoder = Encoder.load(str(tiny_model), runtime="torch")
     with Store(db_uri, "images") as store:  # whitened: a new generation and the matrices' collection
@@ -97,6 +98,7 @@ def test_listed_by_name_and_dropped_with_everything_behind_it(tmp_path, db_uri, 
             drop_collection(store)
 
 
+@pytest.mark.slow
 def test_refused_while_a_run_writes_and_kept_unless_confirmed(db_uri):
     with Store(db_uri, "images") as store:
         store.ensure(INFO)
@@ -124,6 +126,7 @@ def test_refused_while_a_run_writes_and_kept_unless_confirmed(db_uri):
         assert drop_collection(store) and not store.exists()
 
 
+@pytest.mark.slow
 def test_vitsearch_drop_asks_first_and_says_what_is_wrong_in_one_line(db_uri, tmp_path):
     with Store(db_uri, "images") as store:
         store.ensure(INFO)

@@ -108,6 +108,7 @@ def run_json(cmd) -> dict:
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 def test_killed_at_any_stage_then_rerun_equals_a_clean_run(folder, tmp_path, vit_ti):
     total = 297
     clean_uri, uri = str(tmp_path / "clean.db"), str(tmp_path / "killed.db")
@@ -146,6 +147,7 @@ def test_killed_at_any_stage_then_rerun_equals_a_clean_run(folder, tmp_path, vit
     assert min(cosines) > 0.999
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_what_was_embedded_and_exits_130(folder, tmp_path, vit_ti):
     uri = str(tmp_path / "db.db")
     proc = start(index_cmd(folder, uri, vit_ti))
@@ -161,6 +163,7 @@ def test_ctrl_c_writes_what_was_embedded_and_exits_130(folder, tmp_path, vit_ti)
     assert (again["indexed"], again["unchanged"]) == (297 - indexed, indexed)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_collection_is_refused(folder, tmp_path, vit_ti):
     uri = str(tmp_path / "db.db")
     first = start(index_cmd(folder, uri, vit_ti))
@@ -177,6 +180,7 @@ def test_a_second_run_on_the_same_collection_is_refused(folder, tmp_path, vit_ti
     assert run_json(index_cmd(folder, uri, vit_ti))["unchanged"] == 297  # the lease was given back
 
 
+@pytest.mark.slow
 def test_a_milvus_server_that_goes_away_stops_the_run_and_a_later_run_resumes(folder, vit_ti, milvus_process):
     uri = milvus_process.uri
     proc = start(index_cmd(folder, uri, vit_ti), VITSEARCH_RETRY_S="3")

@@ -120,6 +120,7 @@ def test_folder_limits_both_images_of_every_pair(planted):
     assert inside_b.groups == () and prefix.images == 0 and prefix.groups == ()
 
 
+@pytest.mark.slow
 def test_cli_json_and_csv_shapes_with_hostile_names(planted, tmp_path):
     root, uri = planted
     out = json.loads(cli("duplicates", "--threshold", "0.98", "--json", "--uri", uri).stdout)
@@ -150,6 +151,7 @@ def test_cli_json_and_csv_shapes_with_hostile_names(planted, tmp_path):
     assert both.returncode == 2 and "not both" in both.stderr
 
 
+@pytest.mark.slow
 def test_collapse_shows_identical_bytes_as_one_hit_and_still_k_distinct(planted):
     root, uri = planted
     a = root / "a"
@@ -173,6 +175,7 @@ def test_collapse_shows_identical_bytes_as_one_hit_and_still_k_distinct(planted)
     assert "(+1 copy)" in table and len(table.strip().splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_pixels_keep_look_alike_products_apart_and_a_crop_and_a_darker_copy_together(tmp_path, real_model):
     """Two distinct catalogue products (black trousers on white, item-0036 and item-0263) that the
     embedding puts closer (cosine ~0.99) than a 90 % crop of one of them: the embedding alone
@@ -207,6 +210,7 @@ def test_pixels_keep_look_alike_products_apart_and_a_crop_and_a_darker_copy_toge
     assert group_names(gone) == [["crop.jpg", "darker.jpg", "item-0036.jpg", "item-0263.jpg"]]
 
 
+@pytest.mark.slow
 def test_a_chain_of_look_alikes_is_not_one_group(tmp_path, real_model):
     """Two distinct black trousers (catalogue items 0114 and 0257, pixel score 0.87, below the
     threshold) and a JPEG-30 copy of 0114 (its original is older: the keeper), which scores 0.95
@@ -238,6 +242,7 @@ def test_a_chain_of_look_alikes_is_not_one_group(tmp_path, real_model):
     ]
 
 
+@pytest.mark.slow
 def test_an_empty_collection_and_a_collection_of_one_image(tmp_path, tiny_model):
     uri = str(tmp_path / "milvus.db")
     encoder = Encoder.load(str(tiny_model))

@@ -73,6 +73,7 @@ def reference(vectors: dict[str, np.ndarray], queries: dict[str, set[str]], ks) 
     )
 
 
+@pytest.mark.slow
 def test_holidays_map_matches_a_brute_force_reference(real_model, tmp_path):
     root = shared_path("data", "holidays-dev")
     uri = str(tmp_path / "eval.db")
@@ -115,6 +116,7 @@ def classes(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_class_folders_match_the_reference_and_recall_grows_with_k(classes, tmp_path, tiny_model):
     ks = (1, 2, 5, 10, 20, 40)
     data = load_dataset(classes)
@@ -150,6 +152,7 @@ def test_evaluate_is_callable_from_python_and_leaves_nothing_behind(classes, tin
     assert not list(tmp_path.glob("vitsearch-eval-*"))  # the temporary database is gone
 
 
+@pytest.mark.slow
 def test_linked_class_folders_are_not_classes_and_undecodable_files_are_counted_failed(classes, tiny_model, tmp_path):
     """`all -> .` and `c2link -> class-2` are not read as classes (the indexer does not follow links
     to folders either); a truncated JPEG and a text file named .jpg are counted in `failed` and
@@ -185,6 +188,7 @@ def test_linked_class_folders_are_not_classes_and_undecodable_files_are_counted_
         ("flat", ["--pooling", "max"], "Invalid value for '--pooling'"),
     ],
 )
+@pytest.mark.slow
 def test_bad_datasets_and_options_are_one_clear_line(layout, args, message, tmp_path, photos, tiny_model):
     root = tmp_path / layout
     if layout == "flat":

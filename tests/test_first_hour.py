@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, shared_path
 
 from vitsearch.search.models import DINOV2_SMALL_9L_SHA256
@@ -53,6 +54,7 @@ def main_job() -> list[list[str]]:
     return commands
 
 
+@pytest.mark.slow
 def test_the_main_job_keeps_the_examples_apart_and_a_collection_can_be_dropped(tmp_path):
     real = shared_path("models", "dinov2-small-9l")
     catalog = shared_path("data", "catalog")

@@ -20,6 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VITSEARCH_SHARED", REPO.parent / "shared"))
 PARTS = ("model_only", "index", "train", "cosine", "eval")
+#: One run of the whole check (~40 s) behind every test here.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -96,6 +96,7 @@ def test_first_frames_are_embedded(corpus_run, tiny_model):
         assert float(rows[str(root / name)] @ reference) > 0.99999, name
 
 
+@pytest.mark.slow
 def test_the_report_can_be_csv(tmp_path, photos, tiny_model):
     (photos / "bad.jpg").write_bytes(b"nope")
     report = tmp_path / "failures.csv"
@@ -112,6 +113,7 @@ def test_the_report_can_be_csv(tmp_path, photos, tiny_model):
     ]
 
 
+@pytest.mark.slow
 def test_a_folder_without_images_is_not_an_error(tmp_path, tiny_model):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
@@ -125,6 +127,7 @@ def test_a_folder_without_images_is_not_an_error(tmp_path, tiny_model):
     assert f"no image files under {tmp_path / 'empty'} (extensions: .bmp, .gif" in out.stdout
 
 
+@pytest.mark.slow
 def test_an_exif_rotated_photo_is_embedded_upright(tmp_path, real_model):
     hostile.exif_rotated(tmp_path)
     encoder = Encoder.load(str(real_model))
@@ -174,6 +177,7 @@ def _check_permissions(queries: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(p, r) for p, r in queries if p != locked]
 
 
+@pytest.mark.slow
 def test_every_bad_query_is_one_line_and_exit_2(indexed, hostile_queries, tmp_path):
     """`vitsearch search` with a folder, a FIFO, a device, a socket, an unreadable, empty,
     missing, non-image or damaged file: `error: PATH: reason` on one line, exit 2, no traceback;

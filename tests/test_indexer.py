@@ -129,6 +129,7 @@ def test_rerun_without_model_uses_the_collections_model(photos, db_uri, tiny_mod
         assert encoder_for(store.recorded_encoder(), settings).info.model == str(tiny_model)
 
 
+@pytest.mark.slow
 def test_indexed_vectors_equal_plain_transformers(photos, db_uri, real_model):
     from test_encoder import plain_cls
 
@@ -146,6 +147,7 @@ def many(linked_photos):
     return linked_photos(30)
 
 
+@pytest.mark.slow
 def test_the_scan_streams_and_memory_stays_bounded(many, db_uri, tiny, monkeypatch):
     import vitsearch.indexer.runner as runner
     from vitsearch.indexer import reader, writer
@@ -217,6 +219,7 @@ def test_an_interrupted_run_writes_what_it_embedded(photos, db_uri, tiny, monkey
     assert (again.indexed, again.unchanged) == (11 - sum(embedded), sum(embedded))
 
 
+@pytest.mark.slow
 def test_an_error_while_scanning_reaches_the_caller(photos, db_uri, tiny, monkeypatch):
     from vitsearch.search.errors import StoreError
 
@@ -247,6 +250,7 @@ def test_batch_size_for_memory():
 # --- bytes you can trust: what a user (or a sync tool) can set back is not trusted --------------
 
 
+@pytest.mark.slow
 def test_a_file_swapped_keeping_size_and_mtime_is_re_embedded(tmp_path, db_uri, tiny):
     folder = tmp_path / "swap"
     folder.mkdir()

@@ -64,6 +64,7 @@ def start_other(db_uri: str, n: int) -> tuple[subprocess.Popen, dict]:
     return proc, json.loads(line)
 
 
+@pytest.mark.slow
 def test_a_second_process_shares_the_database_both_ways(db_uri):
     rows, v = make_rows(12)
     with Store(db_uri, "images") as store:
@@ -91,6 +92,7 @@ IDLE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_an_idle_lite_client_sends_no_keepalive_pings(tmp_path):
     """Lite's Python gRPC server answers a client that pings an idle connection every 10 s (pymilvus'
     default) with GOAWAY "too_many_pings" after a few pings; under load the next connection then
@@ -105,6 +107,7 @@ def test_an_idle_lite_client_sends_no_keepalive_pings(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
+@pytest.mark.slow
 def test_when_the_serving_process_goes_the_next_call_takes_over(db_uri, how):
     proc, seen = start_other(db_uri, 6)
     try:
@@ -126,6 +129,7 @@ def test_when_the_serving_process_goes_the_next_call_takes_over(db_uri, how):
     store.close()
 
 
+@pytest.mark.slow
 def test_a_process_that_does_not_share_the_database_gives_a_clear_error(db_uri):
     holder = subprocess.Popen(
         [
@@ -159,6 +163,7 @@ SILENT_HOLDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_first_connection_that_is_not_answered_is_tried_again(tmp_path):
     """A published endpoint that does not answer (a sharing process exiting, or one too busy to
     answer within pymilvus' 10 s) is tried again, and the database is served from here once its
@@ -240,6 +245,7 @@ def run_without_root_file_access(code: str, *args: str) -> subprocess.CompletedP
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, preexec_fn=without_root_file_access)
 
 
+@pytest.mark.slow
 def test_a_read_only_database_says_why(db_uri):
     import os
     from pathlib import Path
@@ -285,6 +291,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_leaves_no_temp_files_and_reads_still_work(small_disk, photos, tiny_model):
     vitsearch = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
     db = small_disk / "milvus.db"
@@ -369,6 +376,7 @@ def shared_tmp():
     shutil.rmtree(folder)
 
 
+@pytest.mark.slow
 def test_another_user_can_neither_read_the_endpoint_nor_connect(shared_tmp):
     db = shared_tmp / "milvus.db"
     with Store(str(db), "images") as store:
@@ -389,6 +397,7 @@ def test_another_user_can_neither_read_the_endpoint_nor_connect(shared_tmp):
     release(db)  # closed before the folder is removed (Lite writes at close)
 
 
+@pytest.mark.slow
 def test_a_second_process_of_the_owner_still_connects_over_the_socket(db_uri):
     """The same check's positive side: the owner's other process, given the same endpoint."""
     with Store(db_uri, "images") as store:
@@ -414,6 +423,7 @@ def test_a_database_folder_opened_to_others_is_made_private_again(db_uri):
     assert stat.S_IMODE(db.stat().st_mode) == 0o700
 
 
+@pytest.mark.slow
 def test_a_path_too_long_for_a_socket_serves_from_a_private_temporary_folder(tmp_path):
     deep = tmp_path / ("d" * 60) / ("e" * 60)  # over the ~107 bytes of a socket address
     db = deep / "milvus.db"

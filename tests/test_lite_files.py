@@ -85,6 +85,7 @@ def refused(out: subprocess.CompletedProcess, db: Path) -> str:
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated", "overwritten"])
+@pytest.mark.slow
 def test_a_damaged_manifest_is_refused_and_no_file_is_deleted(db, damage):
     manifest = generation(db) / "manifest.json"
     good = manifest.read_bytes()
@@ -105,6 +106,7 @@ def test_a_damaged_manifest_is_refused_and_no_file_is_deleted(db, damage):
     assert count(db) == 22
 
 
+@pytest.mark.slow
 def test_both_manifests_gone_is_refused_by_every_command(db):
     folder = generation(db)
     (folder / "manifest.json").unlink()
@@ -119,6 +121,7 @@ def test_both_manifests_gone_is_refused_by_every_command(db):
     assert files(db) == before
 
 
+@pytest.mark.slow
 def test_a_deleted_schema_is_refused_not_taken_for_a_missing_collection(db, tiny_model, photos):
     schema = generation(db) / "schema.json"
     schema.unlink()
@@ -153,6 +156,7 @@ def test_a_listed_data_file_that_is_gone_cut_short_or_outside_is_refused(db, dam
     assert files(db) == before
 
 
+@pytest.mark.slow
 def test_every_collection_folder_is_checked(db):
     """Damage in another collection's folder (here ``other``) refuses the database, also for
     ``images``: Lite would open that collection, and run its recovery, in the same process."""

@@ -8,6 +8,7 @@ import hashlib
 import subprocess
 import sys
 
+import pytest
 from conftest import SHARED
 
 from vitsearch.search.config import Settings
@@ -15,6 +16,7 @@ from vitsearch.search.encoder import Encoder
 from vitsearch.search.models import DINOV2_SMALL_9L_SHA256, list_pulled, resolve_model
 
 
+@pytest.mark.slow
 def test_pull_builds_the_published_weights(data_dir):
     out = subprocess.run(
         [sys.executable, "-c", "from vitsearch.cli import main; main()", "model", "pull", "dinov2-small-9l"],

@@ -50,6 +50,7 @@ def index(root, uri, encoder, collection="images", **kw):
         return index_folder(str(root), encoder=encoder, store=store, workers=0, **kw)
 
 
+@pytest.mark.slow
 def test_every_hostile_name_is_indexed_found_and_returned_exactly(tmp_path, db_uri, tiny):
     root = tmp_path / "names"
     paths = hostile.build_names(root)
@@ -69,6 +70,7 @@ def test_every_hostile_name_is_indexed_found_and_returned_exactly(tmp_path, db_u
     assert (again.indexed, again.unchanged, again.failed) == (0, len(paths), 0)
 
 
+@pytest.mark.slow
 def test_the_cli_returns_every_name_exactly(tmp_path, db_uri, tiny_model):
     from typer.testing import CliRunner
 
@@ -94,6 +96,7 @@ def test_the_cli_returns_every_name_exactly(tmp_path, db_uri, tiny_model):
     assert table.exit_code == 0 and len(lines) == 1 + 61  # one line per hit
 
 
+@pytest.mark.slow
 def test_each_name_is_pruned_only_by_itself(tmp_path, db_uri, tiny):
     root = tmp_path / "names"
     paths = hostile.build_names(root)
@@ -188,6 +191,7 @@ file_spec = st.tuples(st.lists(name_bytes, max_size=2).map(tuple), name_bytes, e
     delete=st.lists(st.integers(0, 5), max_size=3),
     as_folder=st.booleans(),
 )
+@pytest.mark.slow
 def test_property_the_collection_equals_the_file_system(files, delete, as_folder, db_uri, tiny):
     """One collection for every example, each in a folder of its own, emptied by pruning."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -46,6 +46,7 @@ def processors():
         pass
 
 
+@pytest.mark.slow
 def test_same_input_as_auto_image_processor_on_real_photos():
     photos = real_photos()
     for name, processor in processors():
@@ -70,6 +71,7 @@ def test_a_processor_it_does_not_implement_is_called_as_it_is():
     assert np.array_equal(pre(img), processor(images=[img], return_tensors="np")["pixel_values"][0])
 
 
+@pytest.mark.slow
 def test_draft_decoding_of_a_large_jpeg_gives_the_same_embedding(real_model):
     from vitsearch.search.encoder import Encoder
 

@@ -45,6 +45,7 @@ def cli(*args, **env):
     )
 
 
+@pytest.mark.slow
 def test_index_is_quiet_unless_verbose_and_counts_unsupported_files(photos, tmp_path, tiny_model):
     for name, data in (
         ("clip.mp4", b"\0" * 10),
@@ -68,6 +69,7 @@ def test_index_is_quiet_unless_verbose_and_counts_unsupported_files(photos, tmp_
     assert json.loads(verbose.stdout)["unsupported"] == {".heic": 3, "": 1, ".mp4": 1}
 
 
+@pytest.mark.slow
 def test_a_folder_without_indexed_images_is_refused(indexed, tmp_path):
     photos, uri = indexed
     query = photos / "cat.jpg"
@@ -95,6 +97,7 @@ def test_help_has_no_type_artefacts_nor_second_spellings(command):
     assert "{" not in usage and "}" not in usage, usage
 
 
+@pytest.mark.slow
 def test_the_default_model_is_stated_once_and_the_same_everywhere():
     helps = {" ".join(c): cli(*c, "--help").stdout for c in (["index"], ["eval"], ["duplicates"])}
     flat = {k: " ".join(v.replace("│", " ").split()) for k, v in helps.items()}
@@ -103,6 +106,7 @@ def test_the_default_model_is_stated_once_and_the_same_everywhere():
     assert "the default model" not in flat["duplicates"]  # it names the model its threshold was chosen for
 
 
+@pytest.mark.slow
 def test_hints_name_the_offline_model_where_the_default_one_is_not_here(tmp_path, tiny_model):
     lacking = cli("stats", "--uri", tmp_path / "a.db", HF_HUB_OFFLINE="1")
     assert lacking.returncode == 1
@@ -113,6 +117,7 @@ def test_hints_name_the_offline_model_where_the_default_one_is_not_here(tmp_path
     assert here.returncode == 1 and here.stderr.rstrip().endswith("index a folder first: vitsearch index DIR")
 
 
+@pytest.mark.slow
 def test_loading_a_model_through_the_library_prints_nothing(indexed):
     """SearchClient in a user's script (no vitsearch application set up) loading its model with
     transformers: no progress bar (`Loading weights`), no processor advice on stderr."""

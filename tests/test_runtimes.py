@@ -54,6 +54,7 @@ def test_the_tiny_model_in_onnx_computes_the_torch_embedding(tiny_model, runtime
 
 @pytest.mark.parametrize("runtime", ["torch", "onnx", "onnx-int8"])
 @pytest.mark.parametrize("model", ["tiny", "real"])
+@pytest.mark.slow
 def test_an_image_gets_the_same_embedding_alone_and_in_any_batch(tiny_model, real_model, model, runtime):
     """Every runtime: an image embedded alone and inside a batch with other images (before or
     after it) gives the same vector, cosine >= 0.9999 (int8 quantizes each token's activations on
@@ -67,6 +68,7 @@ def test_an_image_gets_the_same_embedding_alone_and_in_any_batch(tiny_model, rea
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
+@pytest.mark.slow
 def test_the_real_model_in_onnx_computes_the_torch_embedding(real_model, runtime, monkeypatch, tmp_path):
     before = sorted(os.listdir(real_model))
     cos, encoder = cosines(real_model, runtime)

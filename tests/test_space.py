@@ -56,6 +56,7 @@ def collections(uri: str) -> list[str]:
         return sorted(client.list_collections())
 
 
+@pytest.mark.slow
 def test_learned_once_recorded_reused_relearned_removed(tmp_path, db_uri, encoder):
     photos = varied_photos(tmp_path / "photos", MIN_IMAGES - 1)
     first = index(photos, encoder, db_uri)
@@ -93,6 +94,7 @@ def test_learned_once_recorded_reused_relearned_removed(tmp_path, db_uri, encode
     assert len(generations) == 1, names  # each rewrite dropped the generation it replaced
 
 
+@pytest.mark.slow
 def test_rewrite_keeps_rows_and_recovers_the_raw_embeddings(tmp_path, db_uri, encoder):
     photos = varied_photos(tmp_path / "photos", 2 * MIN_IMAGES, seed=4)
     index(photos, encoder, db_uri, whitening="none")
@@ -114,6 +116,7 @@ def test_rewrite_keeps_rows_and_recovers_the_raw_embeddings(tmp_path, db_uri, en
         assert hits[0].path == files[7] and hits[0].score > 0.9999 and hits[0].match
 
 
+@pytest.mark.slow
 def test_searches_during_a_relearn_stay_in_one_space(tmp_path, db_uri, encoder):
     photos = varied_photos(tmp_path / "photos", 3 * MIN_IMAGES, seed=5)
     index(photos, encoder, db_uri)
@@ -148,6 +151,7 @@ def test_searches_during_a_relearn_stay_in_one_space(tmp_path, db_uri, encoder):
     ]
 
 
+@pytest.mark.slow
 def test_a_reader_on_a_generation_being_dropped_follows_the_move(tmp_path, db_uri, encoder, monkeypatch):
     """Milvus Lite answers a search on a collection being dropped with no hits rather than an
     error: a short reply makes the reader look the name up again and search the new generation."""
@@ -185,6 +189,7 @@ KILLED_RELEARN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_kill_during_relearn_is_finished_by_the_next_run(tmp_path, db_uri, encoder):
     photos = varied_photos(tmp_path / "photos", 2 * MIN_IMAGES, seed=6)
     index(photos, encoder, db_uri)
@@ -218,6 +223,7 @@ def test_a_kill_during_relearn_is_finished_by_the_next_run(tmp_path, db_uri, enc
     assert len([n for n in collections(db_uri) if is_internal(n) and not n.endswith("_space")]) == 1
 
 
+@pytest.mark.slow
 def test_eleven_photos_the_crop_of_the_cat_matches_the_cat_only(db_uri, photos, real_model):
     """The README's main job: 11 photos (too few to whiten), the cropped, mirrored cat as the query."""
     index(photos, Encoder.load(str(real_model)), db_uri)
@@ -228,6 +234,7 @@ def test_eleven_photos_the_crop_of_the_cat_matches_the_cat_only(db_uri, photos, 
         assert not any(h.match for h in hits[1:])  # ten other photos: none the same picture
 
 
+@pytest.mark.slow
 def test_collections_of_1_11_and_5000_images(tmp_path, db_uri, encoder, photos):
     one = tmp_path / "one"
     one.mkdir()

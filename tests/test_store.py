@@ -130,6 +130,7 @@ def test_large_upserts_are_split(db_uri, monkeypatch):
         assert store.count() == 25
 
 
+@pytest.mark.slow
 def test_an_unreachable_server_is_retried_with_backoff_then_reported(milvus_process):
     import threading
     import time
@@ -181,6 +182,7 @@ def test_the_token_is_never_shown(monkeypatch):
         unique=True,
     )
 )
+@pytest.mark.slow
 def test_any_path_is_stored_found_and_deleted_by_itself(names, db_uri):
     prefix = f"/example-{abs(hash(tuple(names)))}"  # one collection for every example, a folder each
     paths = [f"{prefix}/{n}" for n in names]
@@ -221,6 +223,7 @@ def test_a_filter_that_is_not_one_balanced_expression_is_refused(db_uri, bad):
         assert {h.path for h in ok} == {r["path"] for r in rows[1:]}  # parentheses inside a literal are fine
 
 
+@pytest.mark.slow
 def test_a_schema_1_collection_is_searchable_and_upgraded_without_losing_rows(db_uri):
     from pymilvus import DataType
 

@@ -89,6 +89,7 @@ def random_vit(folder: Path, shape: ScratchConfig, seed: int) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_scratch_vit_on_digits_beats_a_random_init_on_held_out_map(digits, tmp_path):
     seen = []
     result = train(digits / "train", tmp_path / "vit", scratch=DIGITS_VIT, epochs=15, on_epoch=seen.append, **DIGITS)
@@ -118,6 +119,7 @@ def test_scratch_vit_on_digits_beats_a_random_init_on_held_out_map(digits, tmp_p
     )
 
 
+@pytest.mark.slow
 def test_fine_tuning_improves_held_out_map_and_the_folder_indexes(digits, tmp_path):
     # "Pretrained" here: a ViT trained from scratch on digits 0-4 only, then fine-tuned on 5-9.
     pretrained = train(
@@ -306,6 +308,7 @@ def test_bad_datasets_and_options_are_one_clear_error(case, message, digits, tmp
         assert (out / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_cli_prints_each_epoch_and_the_saved_folder_indexes(digits, tmp_path):
     import os
     import subprocess

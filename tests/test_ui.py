@@ -333,6 +333,7 @@ def test_a_huge_png_upload_is_refused_from_its_header(indexed, page):
 
 
 @pytest.mark.parametrize("first", ["page", "indexer"])
+@pytest.mark.slow
 def test_the_page_answers_while_an_indexing_run_writes(first, real_model, page, tmp_path):
     """Milvus Lite allows one process per database: whichever of the page and `vitsearch index`
     opens it first serves it to the other (search/lite.py), and the page keeps answering."""

@@ -11,6 +11,7 @@ import sys
 import time
 
 import httpx
+import pytest
 from browser import ui_server
 
 VITSEARCH = [sys.executable, "-c", "from vitsearch.cli import main; main()"]
@@ -65,6 +66,7 @@ def rendered_elements(port: int) -> list[str]:
     return shown
 
 
+@pytest.mark.slow
 def test_the_page_answers_only_the_hosts_it_is_served_on(indexed, tmp_path):
     _, uri = indexed
     with ui_server(uri, tmp_path / "ui.log", "--allowed-hosts", "photos.lan") as url:
