@@ -269,7 +269,7 @@ def _index_summary(
     typer.echo(
         f"indexed {report.indexed}, unchanged {report.unchanged}, removed {report.removed}, "
         f"failed {report.failed} in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s) "
-        f"into {s.collection!r} at {s.resolved_uri()}"
+        f"into {s.where()}"
     )
     if report.rehashed:
         typer.echo(

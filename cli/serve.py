@@ -77,7 +77,7 @@ def serve(
 
     login = "token required" if api.token else "no token"
     typer.echo(
-        f"vitsearch: collection {s.collection!r} at {s.resolved_uri()} on http://{host}:{port} "
+        f"vitsearch: {s.where()} on http://{host}:{port} "
         f"({workers} worker{'s' if workers > 1 else ''}, {login}; OpenAPI at /docs; answers to Host "
         f"{', '.join(hosts)})",
         err=True,

@@ -81,8 +81,7 @@ def ui(
         "viewer",
     ]
     typer.echo(
-        f"vitsearch: collection {s.collection!r} at {s.resolved_uri()} on http://{host}:{port} "
-        f"(answers to Host {', '.join(hosts)})",
+        f"vitsearch: {s.where()} on http://{host}:{port} (answers to Host {', '.join(hosts)})",
         err=True,
     )
     sys.stdout.flush()

@@ -125,6 +125,12 @@ def _checked_host(value: str) -> str:
     return name
 
 
+def where(collection: str, uri: str) -> str:
+    """``collection 'NAME' at URI``: how every message names a collection (the name quoted as
+    Python quotes it, so that a hostile name cannot pass for other text)."""
+    return f"collection {collection!r} at {uri}"
+
+
 class Settings(BaseSettings):
     """vitsearch settings, read from ``VITSEARCH_<NAME>`` environment variables.
 
@@ -227,6 +233,14 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         """Folder of models built or downloaded by ``vitsearch model pull``."""
         return self.data_dir / "models"
+
+    def where(self) -> str:
+        """``collection 'NAME' at URI`` of these settings, for messages (:func:`where`).
+
+        Raises:
+            ServerError: see :meth:`resolved_uri`.
+        """
+        return where(self.collection, self.resolved_uri())
 
     def resolved_uri(self) -> str:
         """The Milvus URI to use: ``uri`` if set, else the server that ``vitsearch server start``

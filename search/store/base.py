@@ -222,7 +222,7 @@ class CollectionBase:
         """
         if self.exists():
             self.schema_version()
-            self.encoder_info().check_same(info, f"collection {self.collection!r} at {self.uri}")
+            self.encoder_info().check_same(info, self.where)
             return False
         first = self.create_generation(info.dim, {ENCODER_KEY: info.to_json()})
         self._call(self.point_alias, first)

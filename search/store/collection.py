@@ -153,8 +153,7 @@ class Store(CollectionBase):
         """
         if self.schema_version() != SCHEMA_VERSION:
             raise StoreError(
-                f"collection {self.collection!r} at {self.uri} has schema version "
-                f"{self._names.schema}: `vitsearch index` upgrades it before writing"
+                f"{self.where} has schema version {self._names.schema}: `vitsearch index` upgrades it before writing"
             )
         self.upsert_stored(self.physical, (to_milvus(row) for row in rows))
 

@@ -16,6 +16,7 @@ from pymilvus import MilvusClient
 from pymilvus.client.types import Status
 from pymilvus.exceptions import MilvusException, MilvusUnavailableException
 
+from ..config import where
 from ..errors import StoreError
 from .lite import lite_uri
 from .lite import release as lite_release
@@ -93,8 +94,8 @@ class Connection:
 
     @property
     def where(self) -> str:
-        """``collection 'NAME' at URI``, for messages."""
-        return f"collection {self.collection!r} at {self.uri}"
+        """``collection 'NAME' at URI``, for messages (:func:`~..config.where`)."""
+        return where(self.collection, self.uri)
 
     def connect(self, names: Naming | None = None, *, patient: bool = True) -> None:
         """Open the client (serving or joining a Lite database), then let ``names`` (kept for the

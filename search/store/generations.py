@@ -192,7 +192,7 @@ class Generations:
         props = self.properties()
         if ENCODER_KEY not in props:
             raise StoreError(
-                f"collection {self.collection!r} at {self.conn.uri} has no vitsearch encoder "
+                f"{self.conn.where} has no vitsearch encoder "
                 f"record: it was not created by vitsearch; use another --collection"
             )
         return EncoderInfo.from_json(props[ENCODER_KEY])
@@ -203,7 +203,7 @@ class Generations:
             version = self.properties().get(SCHEMA_KEY)
             if version not in ("1", SCHEMA_VERSION):
                 raise StoreError(
-                    f"collection {self.collection!r} at {self.conn.uri} has schema version "
+                    f"{self.conn.where} has schema version "
                     f"{version!r}; this vitsearch reads 1 and {SCHEMA_VERSION}: upgrade vitsearch"
                 )
             self.schema = version

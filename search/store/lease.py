@@ -121,7 +121,7 @@ def _alive(holder: dict, expire_s: float) -> bool:
 def _busy(store: Store, holder: dict) -> str:
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("since", 0))))
     return (
-        f"collection {store.collection!r} at {store.uri} is being indexed by another run "
+        f"{store.where} is being indexed by another run "
         f"(pid {holder.get('pid')} on {holder.get('host')}, since {since}); wait for it to finish "
         f"or stop it. A run that crashed on another machine is taken over after {EXPIRE_S:g} s"
     )
