@@ -16,7 +16,7 @@ from vitsearch.search.errors import StoreError
 from vitsearch.search.images import Limits, read_file
 from vitsearch.search.paths import path_from_stored, stored_path
 from vitsearch.search.preprocess import Preprocess
-from vitsearch.search.store import META_FIELDS, Store, is_server_uri
+from vitsearch.search.store import META_FIELDS, Store, profile_for
 from vitsearch.search.whitening import Space
 
 from .reader import Decoded, Failed, read_one
@@ -93,7 +93,7 @@ class EmbedAndWrite:
         import ray
 
         node = ray.util.get_node_ip_address()
-        if not is_server_uri(uri) and node != driver_node:
+        if profile_for(uri).lite and node != driver_node:
             raise StoreError(
                 f"Milvus Lite database {uri} is on {driver_node}, this Ray worker on {node}: "
                 f"a Ray cluster over several machines needs a Milvus server (--uri http://HOST:19530)"
