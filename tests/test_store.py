@@ -112,6 +112,15 @@ def test_search_filter(db_uri):
             store.search(rows[0]["vector"][None, :], k=3, filter="nonsense > 1")
 
 
+def test_a_path_given_twice_in_one_upsert_is_one_row_holding_the_last(db_uri):
+    rows, _ = make_rows(3)
+    with Store(db_uri, "images") as store:
+        store.ensure(INFO)
+        store.upsert([rows[0], rows[1], {**rows[0], "size": 7}, {**rows[0], "size": 9}])
+        assert store.count() == 2
+        assert store.get([rows[0]["path"]])[rows[0]["path"]]["size"] == 9
+
+
 def test_large_upserts_are_split(db_uri, monkeypatch):
     from dataclasses import replace
 

@@ -145,7 +145,8 @@ class Store(CollectionBase):
         ``upsert_bytes``.
 
         Each row has the fields of :data:`META_FIELDS` and ``vector``, a ``(D,) float32`` array
-        or list; ``path`` and ``folder`` are file system paths.
+        or list; ``path`` and ``folder`` are file system paths. A path given more than once: its
+        last row is written (a Milvus 2.3 server keeps every copy of a key sent in one request).
 
         Raises:
             StoreError: Milvus refused (a full disk, a schema-1 collection not yet upgraded) or
@@ -155,7 +156,8 @@ class Store(CollectionBase):
             raise StoreError(
                 f"{self.where} has schema version {self._names.schema}: `vitsearch index` upgrades it before writing"
             )
-        self.upsert_stored(self.physical, (to_milvus(row) for row in rows))
+        last = {row["path"]: row for row in rows}
+        self.upsert_stored(self.physical, (to_milvus(row) for row in last.values()))
 
     def get(
         self, paths: Sequence[str], fields: Sequence[str] = META_FIELDS, *, consistency: str | None = None
