@@ -122,10 +122,7 @@ def test_a_filter_too_long_is_refused_before_it_is_read_and_the_limits_are_argum
         check_filter("x" * 11, max_chars=10)
 
 
-def test_a_folder_is_a_range_of_paths_and_lists_are_bounded(monkeypatch):
-    import vitsearch.search.store.expr as expr
-
+def test_a_folder_is_a_range_of_paths_and_lists_are_bounded():
     assert under("/a/b/") == 'path >= "/a/b/" and path < "/a/b0"' == under("/a/b")
     assert under("/") == 'path >= "/" and path < "0"'
-    monkeypatch.setattr(expr, "PATHS_PER_EXPR", 2)
-    assert list(paths_in(["/x", '/y"', "/z"])) == ['path in ["/x", "/y\\""]', 'path in ["/z"]']
+    assert list(paths_in(["/x", '/y"', "/z"], per_expr=2)) == ['path in ["/x", "/y\\""]', 'path in ["/z"]']

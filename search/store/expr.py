@@ -136,19 +136,20 @@ def path_is_not(paths: Sequence[str]) -> str:
     return " and ".join(f"path != {literal(stored_path(p))}" for p in paths)
 
 
-def paths_in(paths: Sequence[str]) -> Iterator[str]:
+def paths_in(paths: Sequence[str], per_expr: int = PATHS_PER_EXPR) -> Iterator[str]:
     """``path in [...]`` expressions covering ``paths``, each of bounded length."""
-    return values_in("path", [stored_path(p) for p in paths])
+    return values_in("path", [stored_path(p) for p in paths], per_expr)
 
 
-def values_in(field: str, values: Sequence[str]) -> Iterator[str]:
-    """``field in [...]`` expressions covering the string ``values``, each of bounded length
-    (``field`` is one of the product's own field names, never a user's text)."""
+def values_in(field: str, values: Sequence[str], per_expr: int = PATHS_PER_EXPR) -> Iterator[str]:
+    """``field in [...]`` expressions covering the string ``values``, each of at most ``per_expr``
+    values and :data:`EXPR_BYTES` (``field`` is one of the product's own field names, never a
+    user's text)."""
     chunk: list[str] = []
     size = 0
     for v in values:
         item = literal(v)
-        if chunk and (len(chunk) >= PATHS_PER_EXPR or size + len(item) > EXPR_BYTES):
+        if chunk and (len(chunk) >= per_expr or size + len(item) > EXPR_BYTES):
             yield f"{field} in [{', '.join(chunk)}]"
             chunk, size = [], 0
         chunk.append(item)
