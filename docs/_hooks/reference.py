@@ -6,7 +6,7 @@ cannot drift from it.
 - ``reference/settings.md``: every field of :class:`vitsearch.search.config.Settings` and
   :class:`vitsearch.api.settings.ApiSettings`, its environment variable, default and the
   description from the class docstring's ``Attributes:`` (a field without one fails the build);
-- ``reference/http.md`` and ``reference/openapi.json``: the routes of the OpenAPI schema the app of
+- ``reference/http.md`` and ``reference/openapi.json`` (:mod:`http_reference`): the routes of the OpenAPI schema the app of
   ``vitsearch serve`` serves at ``/openapi.json``.
 
 Pages listed in ``nav`` whose file does not exist (a benchmark page still being written) are
@@ -16,12 +16,12 @@ left out of the navigation instead of failing a strict build.
 from __future__ import annotations
 
 import inspect
-import json
 import re
 from pathlib import Path
-from typing import Any
 
+from http_reference import http_markdown, openapi_json
 from mkdocs.structure.files import File
+from tables import cell, code
 
 GENERATED = ("reference/openapi.json",)
 
@@ -73,17 +73,6 @@ def on_page_markdown(markdown, page, config, files, **kwargs):
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def _cell(text: Any) -> str:
-    """Text for one Markdown table cell."""
-    text = "" if text is None else str(text)
-    return " ".join(text.split()).replace("|", "\\|")
-
-
-def _code(text: Any) -> str:
-    text = str(text)
-    return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 
 def attributes(cls: type) -> dict[str, str]:
@@ -144,7 +133,7 @@ def _default(param) -> str:
         return ""
     if hasattr(default, "value"):  # an Enum
         default = default.value
-    return _code(default)
+    return code(default)
 
 
 def cli_markdown() -> str:
@@ -181,13 +170,13 @@ def cli_markdown() -> str:
             metavar = param.metavar or ""
             if not param.help:
                 raise DocsError(f"`{path}` option {param.opts[0]} has no help text")
-            rows.append((names, _code(metavar) if metavar else "", param.help, _default(param)))
+            rows.append((names, code(metavar) if metavar else "", param.help, _default(param)))
         help_option = command.get_help_option(ctx)
         if help_option is not None:
             rows.append(("`--help`", "", "Show the help and exit.", ""))
         if rows:
             out += ["| name | value | what it does | default |", "|---|---|---|---|"]
-            out += [f"| {a} | {b} | {_cell(c)} | {d} |" for a, b, c, d in rows]
+            out += [f"| {a} | {b} | {cell(c)} | {d} |" for a, b, c, d in rows]
             out.append("")
         if getattr(command, "commands", None):
             subs = [
@@ -221,7 +210,7 @@ def _setting_default(field) -> str:
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
         return f"`{value:,}`"
-    return _code(value)
+    return code(value)
 
 
 def _type_name(annotation) -> str:
@@ -241,8 +230,8 @@ def settings_table(cls: type, prefix: str) -> list[str]:
                 f"{cls.__module__}.{cls.__qualname__}.{name} has no entry in the class docstring's Attributes: section"
             )
         rows.append(
-            f"| `{name}` | `{prefix}{name.upper()}` | {_cell(_type_name(field.annotation))} | "
-            f"{_setting_default(field)} | {_cell(_rst_to_md(described[name]))} |"
+            f"| `{name}` | `{prefix}{name.upper()}` | {cell(_type_name(field.annotation))} | "
+            f"{_setting_default(field)} | {cell(_rst_to_md(described[name]))} |"
         )
     return rows
 
@@ -276,147 +265,6 @@ def settings_markdown() -> str:
     out += settings_table(ApiSettings, "VITSEARCH_API_")
     out.append("")
     return "\n".join(out)
-
-
-# ---------------------------------------------------------------------------------------------
-# the HTTP API
-
-
-def openapi_schema() -> dict:
-    from vitsearch.api.app import create_app
-    from vitsearch.api.settings import ApiSettings
-    from vitsearch.search.config import Settings
-
-    # A token makes the schema say that the routes take a bearer token, as a served API with one does.
-    app = create_app(Settings(), ApiSettings(token="documentation"))
-    return app.openapi()
-
-
-_SCHEMA: dict | None = None
-
-
-def _schema() -> dict:
-    global _SCHEMA
-    if _SCHEMA is None:
-        _SCHEMA = openapi_schema()
-    return _SCHEMA
-
-
-def openapi_json() -> str:
-    return json.dumps(_schema(), indent=2, ensure_ascii=False) + "\n"
-
-
-def _resolve(schema: dict, node: dict) -> dict:
-    while "$ref" in node:
-        ref = node["$ref"].removeprefix("#/").split("/")
-        node = schema
-        for part in ref:
-            node = node[part]
-    return node
-
-
-def _schema_type(schema: dict, node: dict) -> str:
-    if "$ref" in node:
-        return node["$ref"].rsplit("/", 1)[-1]
-    if "anyOf" in node:
-        return " or ".join(_schema_type(schema, n) for n in node["anyOf"])
-    if node.get("type") == "array":
-        return f"array of {_schema_type(schema, node.get('items', {}))}"
-    return node.get("type", "any")
-
-
-def http_markdown() -> str:
-    schema = _schema()
-    info = schema.get("info", {})
-    out = [
-        "# HTTP API",
-        "",
-        f"Generated when the site is built from the OpenAPI schema that `vitsearch serve` serves at "
-        f"`/openapi.json` (version {info.get('version', '?')}); the whole schema is "
-        "[openapi.json](openapi.json), and a running server renders it at `/docs` and `/redoc`. "
-        "How to run and secure the server: [the HTTP API guide](../guides/http-api.md).",
-        "",
-    ]
-    if info.get("description"):
-        out += [info["description"], ""]
-    out += ["| method | path | what it does |", "|---|---|---|"]
-    routes = [(path, method, op) for path, ops in schema["paths"].items() for method, op in ops.items()]
-    for path, method, op in routes:
-        out.append(
-            f"| {method.upper()} | [`{path}`](#{_route_anchor(method, path)}) | {_cell(op.get('summary', ''))} |"
-        )
-    out.append("")
-    for path, method, op in routes:
-        out += [f"## {method.upper()} `{path}` {{#{_route_anchor(method, path)}}}", ""]
-        if op.get("description"):
-            out += [op["description"], ""]
-        elif op.get("summary"):
-            out += [op["summary"], ""]
-        params = op.get("parameters", [])
-        if params:
-            out += ["| parameter | in | type | required | default | description |", "|---|---|---|---|---|---|"]
-            for p in params:
-                s = p.get("schema", {})
-                default = s.get("default")
-                out.append(
-                    f"| `{p['name']}` | {p['in']} | {_cell(_schema_type(schema, s))} | "
-                    f"{'yes' if p.get('required') else 'no'} | "
-                    f"{_code(json.dumps(default)) if default is not None else ''} | "
-                    f"{_cell(p.get('description') or s.get('description', ''))} |"
-                )
-            out.append("")
-        body = op.get("requestBody")
-        if body:
-            for media, content in body.get("content", {}).items():
-                body_schema = _resolve(schema, content.get("schema", {}))
-                out += [
-                    f"Request body: `{media}`"
-                    + (f", {body_schema.get('title')}" if body_schema.get("title") else "")
-                    + ".",
-                    "",
-                ]
-                props = body_schema.get("properties", {})
-                if props:
-                    required = set(body_schema.get("required", []))
-                    out += ["| field | type | required | description |", "|---|---|---|---|"]
-                    for name, prop in props.items():
-                        out.append(
-                            f"| `{name}` | {_cell(_schema_type(schema, prop))} | "
-                            f"{'yes' if name in required else 'no'} | {_cell(prop.get('description', ''))} |"
-                        )
-                    out.append("")
-        responses = op.get("responses", {})
-        if responses:
-            out += ["| status | answer |", "|---|---|"]
-            for code, resp in responses.items():
-                kinds = []
-                for media, content in resp.get("content", {}).items():
-                    s = content.get("schema", {})
-                    kinds.append(f"`{media}`" + (f" ({_schema_type(schema, s)})" if s else ""))
-                out.append(f"| {code} | {_cell(resp.get('description', ''))} {', '.join(kinds)} |")
-            out.append("")
-    models = schema.get("components", {}).get("schemas", {})
-    if models:
-        out += ["## Schemas", ""]
-        for name, model in models.items():
-            out += [f"### {name}", ""]
-            if model.get("description"):
-                out += [model["description"], ""]
-            props = model.get("properties", {})
-            if props:
-                required = set(model.get("required", []))
-                out += ["| field | type | required | description |", "|---|---|---|---|"]
-                for field, prop in props.items():
-                    out.append(
-                        f"| `{field}` | {_cell(_schema_type(schema, prop))} | "
-                        f"{'yes' if field in required else 'no'} | {_cell(prop.get('description', ''))} |"
-                    )
-                out.append("")
-    return "\n".join(out)
-
-
-def _route_anchor(method: str, path: str) -> str:
-    return f"{method}-" + re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")
 
 
 def on_page_content(html, page, config, files, **kwargs):
