@@ -66,8 +66,14 @@ class CollectionBase:
 
     @property
     def _client(self) -> MilvusClient:
-        """The pymilvus client (for :mod:`.space` and tests; calls go through :meth:`_call`)."""
+        """The pymilvus client (for :mod:`.space`; calls go through :meth:`_call`)."""
         return self._conn.client
+
+    @property
+    def token(self) -> str:
+        """The token the store connects with (``""``: none), for Milvus' REST calls that pymilvus'
+        client does not make itself (:mod:`.bulk`'s import jobs)."""
+        return self._token
 
     @property
     def served_here(self) -> bool:

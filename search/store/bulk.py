@@ -36,7 +36,7 @@ def bulk_import(store: Store, files: Sequence[str], timeout_s: float = 24 * 3600
         raise StoreError(f"bulk import needs a Milvus server, not Milvus Lite ({store.uri})")
     with _refusals(store, f"the bulk import of {len(files)} files"):
         reply = start(
-            url=store.uri, collection_name=store.physical, api_key=store._token, files=[[f] for f in files]
+            url=store.uri, collection_name=store.physical, api_key=store.token, files=[[f] for f in files]
         ).json()
     job = (reply.get("data") or {}).get("jobId")
     if not job:
@@ -46,7 +46,7 @@ def bulk_import(store: Store, files: Sequence[str], timeout_s: float = 24 * 3600
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with _refusals(store, f"bulk import job {job}"):
-            state = get_import_progress(url=store.uri, job_id=job, api_key=store._token).json().get("data") or {}
+            state = get_import_progress(url=store.uri, job_id=job, api_key=store.token).json().get("data") or {}
         if state.get("state") == "Completed":
             return int(state.get("importedRows") or 0)
         if state.get("state") == "Failed":
