@@ -51,10 +51,19 @@ class LocalExecutor:
         prune: delete the rows under the folder whose path is no longer a regular file.
         verify: hash every file, also those whose size, mtime, ctime and inode match their row.
         limits: what reading and decoding one file may cost; None: the encoder's.
+        lister: what finds the files under the folder, ``lister(folder, on_error(path, reason),
+            on_unsupported(path))`` yielding :class:`~.scan.FileEntry`; default :func:`~.scan.scan`.
     """
 
-    def __init__(self, workers: int = 2, prune: bool = False, verify: bool = False, limits: Limits | None = None):
-        self.workers, self.prune, self.verify, self.limits = workers, prune, verify, limits
+    def __init__(
+        self,
+        workers: int = 2,
+        prune: bool = False,
+        verify: bool = False,
+        limits: Limits | None = None,
+        lister: Callable[..., Iterable[FileEntry]] = scan,
+    ):
+        self.workers, self.prune, self.verify, self.limits, self.lister = workers, prune, verify, limits, lister
 
     def encoder_settings(self, settings: Settings, recorded: EncoderInfo | None) -> Settings:
         """The settings as they are: the encoder runs here."""
@@ -82,7 +91,7 @@ class LocalExecutor:
             ext = os.path.splitext(path)[1].lower()
             report.unsupported[ext] = report.unsupported.get(ext, 0) + 1
 
-        found = storable(scan(run.source, run.failed, unsupported), run.failed)
+        found = storable(self.lister(run.source, run.failed, unsupported), run.failed)
         todo = changed(found, job.store, report, job.progress, self.verify)
         writer = Writer(job.store)
         try:

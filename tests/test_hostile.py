@@ -143,20 +143,19 @@ def test_an_exif_rotated_photo_is_embedded_upright(tmp_path, real_model):
     assert float(upright @ sideways) < float(upright @ rotated) - 0.05  # the rotation matters to the model
 
 
-def test_a_file_that_vanishes_between_scan_and_read_is_reported(photos, db_uri, tiny_model, monkeypatch):
-    import vitsearch.indexer.runner as runner
-
-    real_scan = runner.scan
+def test_a_file_that_vanishes_between_scan_and_read_is_reported(photos, db_uri, tiny_model):
+    from vitsearch.indexer import IndexJob, LocalExecutor
+    from vitsearch.indexer.scan import scan
 
     def scan_then_delete(root, on_error, *rest):
-        for entry in real_scan(root, on_error, *rest):
+        for entry in scan(root, on_error, *rest):
             if entry.path.endswith("cat.jpg"):
                 os.unlink(entry.path)  # gone after the scan saw it, before a worker reads it
             yield entry
 
-    monkeypatch.setattr(runner, "scan", scan_then_delete)
     with Store(db_uri, "images") as store:
-        report = index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=2)
+        job = IndexJob(store, Encoder.load(str(tiny_model)), LocalExecutor(workers=2, lister=scan_then_delete), 32)
+        report = job.run(str(photos))
     assert report.indexed == 10
     assert dict(report.failures) == {str(photos / "cat.jpg"): "No such file or directory"}
 

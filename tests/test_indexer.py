@@ -149,23 +149,21 @@ def many(linked_photos):
 
 @pytest.mark.slow
 def test_the_scan_streams_and_memory_stays_bounded(many, db_uri, tiny, monkeypatch):
-    import vitsearch.indexer.runner as runner
-    from vitsearch.indexer import reader, writer
+    from vitsearch.indexer import IndexJob, LocalExecutor, reader, writer
+    from vitsearch.indexer.scan import scan
 
     scanned = [0]
-    real_scan = runner.scan
 
     def counting_scan(root, on_error, *rest):
-        for entry in real_scan(root, on_error, *rest):
+        for entry in scan(root, on_error, *rest):
             scanned[0] += 1
             yield entry
 
-    monkeypatch.setattr(runner, "scan", counting_scan)
     at_first_write = []
     with Store(db_uri, "images", profile=replace(profile_for(db_uri), lookup_paths=20)) as store:
         real_upsert = store.upsert
         monkeypatch.setattr(store, "upsert", lambda rows: at_first_write.append(scanned[0]) or real_upsert(rows))
-        report = index_folder(str(many), encoder=tiny, store=store, batch_size=4, workers=2)
+        report = IndexJob(store, tiny, LocalExecutor(workers=2, lister=counting_scan), 4).run(str(many))
     assert report.indexed == 330 and scanned[0] == 330
     # Files in flight are bounded: a lookup chunk, the workers' queue, their prefetched batches,
     # the batch being embedded and the writer's pending batches.
