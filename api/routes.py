@@ -47,7 +47,7 @@ def _json(content: Any, status: int = 200) -> AsciiJSONResponse:
 )
 async def search(
     request: Request,
-    image: UploadFile = File(..., description="The query image (JPEG, PNG, WebP, BMP, GIF, TIFF)."),
+    image: UploadFile = File(..., description="The query image (JPEG, PNG, WebP, BMP, GIF, TIFF, HEIC/HEIF, AVIF)."),
     k: Annotated[int, Query(ge=1, le=MAX_K, description=f"Number of results, 1 to {MAX_K}.")] = 10,
     folder: str | None = Query(None, description="Only images in this folder or below it."),
     filter: str | None = Query(

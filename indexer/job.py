@@ -53,7 +53,7 @@ class IndexReport:
         rewritten: rows whose vectors were rewritten into the new space (no image embedded).
         rewrite_seconds: wall time of that rewrite (learning included), within ``seconds``.
         unsupported: files under the folder that are not of an image type vitsearch reads,
-            skipped unread, counted by extension in lower case (``{".heic": 12, ".mp4": 3}``;
+            skipped unread, counted by extension in lower case (``{".mov": 12, ".mp4": 3}``;
             ``""`` for a name without one); hidden files are not counted.
     """
 

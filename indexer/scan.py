@@ -49,7 +49,7 @@ def scan(
     to ``on_error(path, reason)`` and skipped, as is a pipe, socket or device with an image
     extension (never opened: reading a pipe could block forever). Every other regular file (or
     link to one) that is not hidden is passed to ``on_unsupported(path)``, if given: a file of a
-    kind vitsearch does not index (a video, HEIC...), for the summary to count.
+    kind vitsearch does not index (a video, a RAW file...), for the summary to count.
     """
     stack = [os.path.abspath(root)]
     while stack:

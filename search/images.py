@@ -7,6 +7,12 @@ refused from its header. A query is decoded exactly like an indexed file when bo
 model's ``draft_px`` (:meth:`~vitsearch.search.preprocess.Preprocess.load`). Pillow's own guard
 (``Image.MAX_IMAGE_PIXELS``, ~179 megapixels in the file) also applies; an application raises it
 with :func:`~vitsearch.search.application.configure`.
+
+HEIC/HEIF is decoded by pillow-heif (libheif, registered with Pillow here), AVIF by Pillow's own
+plugin (libavif). Both read the size from the file's header when it is opened, so the pixel
+limit is checked before anything is decoded, and both give the orientation of the file's
+``irot``/``imir`` boxes (pillow-heif applies it while decoding, Pillow's AVIF plugin as the EXIF
+orientation that :func:`to_rgb` applies). Neither decodes at reduced scale: only JPEG does.
 """
 
 from __future__ import annotations
@@ -19,13 +25,20 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import pillow_heif
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from .config import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_IMAGE_PIXELS
 from .errors import BadImageError, ImageTooLargeError
 
+# HEIC/HEIF files open through Pillow from here on (a HEIC's embedded thumbnail is never decoded
+# instead of its image: decode_sized drafts JPEG only).
+pillow_heif.register_heif_opener()
+
 #: File extensions the indexer picks up (compared in lower case).
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
 
 _ORIENTATION = 0x0112  # EXIF tag
 #: File signatures, to tell a damaged image from a file that is not an image at all.
@@ -38,6 +51,11 @@ _SIGNATURES = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
 )
+#: ISO base media files (HEIF, AVIF) start with an ``ftyp`` box at offset 4: its major brand, then
+#: (after a minor version) its compatible brands, tell the format.
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+_HEIF_BRANDS = frozenset({b"mif1", b"msf1"})
 
 ImageLike = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -80,16 +98,18 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def decode_bytes(data: bytes, source: str, draft_px: int | None = None, limits: Limits = Limits()) -> Image.Image:
-    """Decode an encoded image (JPEG, PNG, WebP, BMP, GIF, TIFF) to an upright RGB image.
+    """Decode an encoded image (JPEG, PNG, WebP, BMP, GIF, TIFF, HEIC/HEIF, AVIF) to an upright
+    RGB image.
 
-    EXIF orientation is applied, the first frame of an animation or multi-page file is used and
-    transparent pixels are composited onto white.
+    EXIF orientation (HEIF and AVIF: the ``irot``/``imir`` boxes) is applied, the first frame of an
+    animation or multi-page file (HEIF: the primary image) is used and transparent pixels are
+    composited onto white.
 
     Args:
         draft_px: if given, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (Pillow's
             ``Image.draft``, the DCT scaling of libjpeg) as long as both sides stay at least
             ``draft_px`` pixels: several times faster for large photos. Other formats decode at
-            full size.
+            full size (AVIF has no reduced-scale decode; a HEIC's embedded thumbnail is not used).
         limits: refuse more bytes than ``limits.max_file_bytes``, and an image that would decode
             to more than ``limits.max_pixels`` pixels (checked from its header).
 
@@ -113,10 +133,11 @@ def decode_sized(
         raise BadImageError(source, "empty file (0 bytes)")
     limits.check_size(len(data), source)
     with _image_errors(data, source), Image.open(io.BytesIO(data)) as img:
-        img.seek(0)
-        width, height = img.size
-        if draft_px is not None:
-            img.draft("RGB", (draft_px, draft_px))  # a no-op but for JPEG
+        if img.format != "HEIF":  # a HEIF file opens at its primary image, not always its first
+            img.seek(0)
+        width, height = img.size  # from the header: nothing is decoded before the limit is checked
+        if draft_px is not None and img.format == "JPEG":  # pillow-heif's draft decodes a thumbnail
+            img.draft("RGB", (draft_px, draft_px))
         decoded = img.size[0] * img.size[1]
         if decoded > limits.max_pixels:
             scaled = f" ({img.size[0]}x{img.size[1]} at reduced scale)" if img.size != (width, height) else ""
@@ -160,16 +181,34 @@ def _image_errors(data: bytes, source: str):
         raise _unidentified(data, source) from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(source, f"image too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadImageError(source, f"corrupt or truncated image data ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as exc:  # RuntimeError: libavif's
+        raise BadImageError(source, f"corrupt or truncated image data ({' '.join(str(exc).split())})") from None
 
 
 def _unidentified(data: bytes, source: str) -> BadImageError:
     """The error for bytes Pillow does not recognise: a damaged file of a known signature, or none."""
-    kind = next((k for magic, k in _SIGNATURES if data.startswith(magic)), None)
+    kind = next((k for magic, k in _SIGNATURES if data.startswith(magic)), None) or _media_kind(data)
+    if kind == "AVIF" and not features.check("avif"):
+        return BadImageError(source, "an AVIF file, and this Pillow was built without AVIF support (libavif)")
     if kind:
         return BadImageError(source, f"corrupt {kind} file: its header or first chunks are damaged")
     return BadImageError(source, "not a recognised image format")
+
+
+def _media_kind(data: bytes) -> str | None:
+    """``"AVIF"``, ``"HEIC"`` or ``"HEIF"`` for bytes that start with an ISO base media ``ftyp`` box
+    of one of their brands (a generic HEIF major brand is told apart by the compatible brands),
+    else None."""
+    if data[4:8] != b"ftyp":
+        return None
+    size = int.from_bytes(data[:4], "big")
+    major = data[8:12]
+    compatible = {data[i : i + 4] for i in range(16, min(size, len(data), 1024) - 3, 4)}
+    if major in _AVIF_BRANDS or (major in _HEIF_BRANDS and compatible & _AVIF_BRANDS):
+        return "AVIF"
+    if major in _HEIC_BRANDS or (major in _HEIF_BRANDS and compatible & _HEIC_BRANDS):
+        return "HEIC"
+    return "HEIF" if major in _HEIF_BRANDS else None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -124,7 +124,7 @@ def test_a_folder_without_images_is_not_an_error(tmp_path, tiny_model):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert f"no image files under {tmp_path / 'empty'} (extensions: .bmp, .gif" in out.stdout
+    assert f"no image files under {tmp_path / 'empty'} (extensions: .avif, .bmp, .gif" in out.stdout
 
 
 @pytest.mark.slow

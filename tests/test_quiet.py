@@ -49,24 +49,24 @@ def cli(*args, **env):
 def test_index_is_quiet_unless_verbose_and_counts_unsupported_files(photos, tmp_path, tiny_model):
     for name, data in (
         ("clip.mp4", b"\0" * 10),
-        ("a.heic", b"x"),
-        ("b.HEIC", b"x"),
+        ("a.mov", b"x"),
+        ("b.MOV", b"x"),
         ("notes", b"x"),
         (".DS_Store", b"x"),
-        ("sub/c.heic", b"x"),
+        ("sub/c.mov", b"x"),
     ):
         (photos / name).write_bytes(data)
     uri = tmp_path / "db.db"
     first = cli("index", photos, "--model", tiny_model, "--uri", uri, "--workers", "0")
     assert first.returncode == 0, first.stderr
     assert "indexed 11, unchanged 0" in first.stdout
-    assert "3 .heic, 1 (no extension), 1 .mp4 skipped: not supported" in first.stdout  # hidden files not counted
+    assert "3 .mov, 1 (no extension), 1 .mp4 skipped: not supported" in first.stdout  # hidden files not counted
     assert "time:" not in first.stdout and "decode" not in first.stdout
     again = cli("index", photos, "--uri", uri, "--workers", "0")
     assert again.returncode == 0 and "indexed 0, unchanged 11" in again.stdout
     assert "embedding" not in again.stderr and "img" not in again.stderr  # no empty bar
     verbose = cli("index", photos, "--uri", uri, "--json")
-    assert json.loads(verbose.stdout)["unsupported"] == {".heic": 3, "": 1, ".mp4": 1}
+    assert json.loads(verbose.stdout)["unsupported"] == {".mov": 3, "": 1, ".mp4": 1}
 
 
 @pytest.mark.slow
