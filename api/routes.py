@@ -4,16 +4,18 @@ batchers (:mod:`.batching`), shared with the requests that arrive together."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, File, HTTPException, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from vitsearch.search.config import MAX_K
 from vitsearch.search.errors import BadImageError, BadQueryError, ImageTooLargeError, StoreError
+from vitsearch.search.query import Box, Stored
 from vitsearch.search.ranking import MAX_EXPAND
 
 from .backend import Backend
@@ -64,25 +66,26 @@ async def search(
             "with the query averaged with its N nearest results (αQE); 0: off.",
         ),
     ] = 0,
+    box: str | None = Query(
+        None,
+        description="Search for this region of the image only: `x,y,w,h` in pixels of the image as "
+        "displayed (after its EXIF orientation).",
+    ),
 ):
-    """The `k` indexed images most similar to the uploaded one, best first (score: cosine
-    similarity). The upload is decoded as the indexer decodes a file (same size and pixel limits);
-    the forward passes and the searches of concurrent requests are batched."""
+    """The `k` indexed images most similar to the uploaded one (or to a `box` of it), best first
+    (score: cosine similarity). The upload is decoded as the indexer decodes a file (same size and
+    pixel limits); the forward passes and the searches of concurrent requests are batched."""
     backend = _backend(request)
+    region = Box.of(box) if box else None
     data = await image.read()
     started = time.perf_counter()
     client = await backend.opened("client")
     name = image.filename or "upload"
-    if len(data) > backend.settings.max_upload_mb * 2**20:
-        raise ImageTooLargeError(
-            name,
-            f"upload is {len(data) / 2**20:.1f} MB, over the limit of "
-            f"{backend.settings.max_upload_mb} MB (vitsearch serve --max-upload-mb)",
-        )
+    _check_upload(backend, name, data)
     batcher = await backend.opened("batcher")
 
     def model_input():
-        picture = client.load(data, name)  # bounded decode; a decompression bomb is refused from its header
+        picture = client.load(data, name, region)  # bounded decode; a decompression bomb is refused from its header
         return batcher.encoder.preprocess([picture])[0]
 
     pixels = await run_in_threadpool(model_input)
@@ -92,6 +95,69 @@ async def search(
     else:
         hits = await batcher.search(pixels, SearchQuery(k, filter, folder or None, expand=expand))
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), min_score))
+
+
+@router.post(
+    "/search/examples",
+    response_model=SearchOut,
+    summary="Search by several examples",
+    responses={
+        **_ERRORS,
+        404: {"description": "An example path is not indexed"},
+        413: {"description": "An upload over --max-upload-mb, or an image over the decoded-pixel limit"},
+    },
+)
+async def search_examples(
+    request: Request,
+    positive: list[UploadFile] = File([], description="Images to find more of."),
+    negative: list[UploadFile] = File([], description="Images of what not to find."),
+    positive_path: list[str] = Form([], description="Indexed files to find more of (their stored vectors)."),
+    negative_path: list[str] = Form([], description="Indexed files of what not to find."),
+    weights: str | None = Form(
+        None,
+        description="A JSON list of numbers above 0, one per example in this order: positive files, "
+        "positive paths, negative files, negative paths. Default: all 1.",
+    ),
+    k: Annotated[int, Query(ge=1, le=MAX_K, description=f"Number of results, 1 to {MAX_K}.")] = 10,
+    folder: str | None = Query(None, description="Only images in this folder or below it."),
+    filter: str | None = Query(None, description="Milvus boolean expression on the stored fields."),
+    min_score: float | None = Query(None, description="Leave out hits scoring below this."),
+    expand: Annotated[int, Query(ge=0, le=MAX_EXPAND, description="Query expansion (αQE); 0: off.")] = 0,
+):
+    """The images most like the positive examples and least like the negative ones: the weighted
+    sum of the examples minus a fifth of that of the negatives, in the collection's space (see the Python
+    reference of `vitsearch.search.query`). Indexed examples are left out of the results."""
+    backend = _backend(request)
+    started = time.perf_counter()
+    try:
+        weight_list = json.loads(weights) if weights else None
+    except ValueError:
+        raise BadQueryError("weights must be a JSON list of numbers") from None
+    if weight_list is not None and not isinstance(weight_list, list):
+        raise BadQueryError("weights must be a JSON list of numbers")
+    uploads = [(f.filename or "upload", await f.read()) for f in [*positive, *negative]]
+    for name, data in uploads:
+        _check_upload(backend, name, data)
+    client = await backend.opened("client")
+
+    def run():
+        images = [client.load(data, name) for name, data in uploads]
+        pos = images[: len(positive)] + [Stored(p) for p in positive_path]
+        neg = images[len(positive) :] + [Stored(p) for p in negative_path]
+        return client.search_examples(pos, neg, weight_list, k, filter, folder or None, expand=expand)
+
+    hits = await run_in_threadpool(run)
+    return _json(search_json(hits, 1000 * (time.perf_counter() - started), min_score))
+
+
+def _check_upload(backend: Backend, name: str, data: bytes) -> None:
+    """Refuse an upload over ``--max-upload-mb`` (413)."""
+    if len(data) > backend.settings.max_upload_mb * 2**20:
+        raise ImageTooLargeError(
+            name,
+            f"upload is {len(data) / 2**20:.1f} MB, over the limit of "
+            f"{backend.settings.max_upload_mb} MB (vitsearch serve --max-upload-mb)",
+        )
 
 
 @router.post(

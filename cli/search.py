@@ -10,6 +10,7 @@ import typer
 from vitsearch.search.config import MAX_K
 from vitsearch.search.errors import BadImageError, BadQueryError, VitsearchError
 from vitsearch.search.paths import absolute, printable
+from vitsearch.search.query import weighted
 
 from .common import (
     COLLECTION,
@@ -30,7 +31,21 @@ from .common import (
 
 @app.command(epilog="Docs: docs/guides/searching.md")
 def search(
-    image: str = typer.Argument(..., help="Query image file (or, with --similar, an indexed file's path)."),
+    images: list[str] = typer.Argument(
+        ...,
+        metavar="IMAGE...",
+        help="Query image file (or, with --similar, an indexed file's path). Several: images like all of them; "
+        "WEIGHT:IMAGE (2:a.jpg) weighs one more.",
+    ),
+    negative: list[str] = typer.Option(
+        [], "--not", metavar="IMAGE", help="An example of what not to find (repeat for more; WEIGHT:IMAGE too)."
+    ),
+    box: str | None = typer.Option(
+        None,
+        "--box",
+        metavar="X,Y,W,H",
+        help="Search for this region of IMAGE only: pixels of the image as displayed (after EXIF orientation).",
+    ),
     k: int = typer.Option(10, "-k", min=1, max=MAX_K, help="Number of results."),
     filter: str | None = typer.Option(
         None,
@@ -55,7 +70,11 @@ def search(
     expand: int = EXPAND,
     as_json: bool = JSON,
 ) -> None:
-    """Find the indexed images most similar to IMAGE, best first.
+    """Find the indexed images most similar to IMAGE (or a --box of it), best first.
+
+    With several images, and --not: the images most like the examples and least like the
+    negatives (their weighted sum minus a fifth of the negatives', in the collection's space); with
+    --similar, each example that is indexed uses its stored vector and is left out of the results.
 
     Score: cosine similarity in the collection's space (whitened once it holds 50 images:
     unrelated images score near 0). "match": a close match, the same object, scene or product
@@ -69,7 +88,13 @@ def search(
     s = parsed_settings(
         uri=uri, collection=collection, device=device, image_size=image_size, runtime=runtime and runtime.value
     )
-    query = None if similar else _read_query(image, s)  # a bad file is said before any model or Milvus loads
+    examples = [weighted(a) for a in images] + [weighted(a) for a in negative]
+    several = len(examples) > 1
+    if several and box:
+        fail("--box takes one IMAGE, not several examples", code=2)
+    image = examples[0][1] if not several else None
+    # a bad file is said before any model or Milvus loads
+    files = {} if similar else {name: _read_query(name, s) for _, name in (examples if several else [(1, image)])}
     ready(s)
     try:
         from vitsearch.search.client import SearchClient
@@ -82,19 +107,13 @@ def search(
                     f"(see `vitsearch stats`)",
                     code=2,
                 )
-            if similar:
-                hits = client.search_similar(
-                    image, k=k, filter=filter, folder=folder, collapse_duplicates=collapse, expand=expand
-                )
+            common = {"k": k, "filter": filter, "folder": folder, "collapse_duplicates": collapse, "expand": expand}
+            if several:
+                hits = _search_examples(client, examples, len(images), files, similar, s, common)
+            elif similar:
+                hits = client.search_similar(image, **common)
             else:
-                hits = client.search(
-                    client.load(query, name=image),
-                    k=k,
-                    filter=filter,
-                    folder=folder,
-                    collapse_duplicates=collapse,
-                    expand=expand,
-                )
+                hits = client.search(client.load(files[image], name=image, box=box), **common)
     except (BadImageError, BadQueryError) as exc:
         fail(str(exc), code=2)
     except VitsearchError as exc:
@@ -113,6 +132,19 @@ def search(
         typer.echo(f"{rank:>4}  {h.score:.4f}  {'yes' if h.match else '':>5}  {size:>11}  {printable(h.path)}{copies}")
     if not close:
         typer.echo("no close match in this collection: these are only the nearest images")
+
+
+def _search_examples(client, examples, n_positive, files, similar, s, common):
+    """Several examples (``(weight, name)``, positives first): files read, or with ``similar``
+    the indexed ones as stored items (the others read as files)."""
+    from vitsearch.search.query import Stored
+
+    if similar:
+        indexed = client.store.get([absolute(name) for _, name in examples], fields=["path"])
+        files = {name: _read_query(name, s) for _, name in examples if absolute(name) not in indexed}
+    items = [Stored(name) if name not in files else client.load(files[name], name=name) for _, name in examples]
+    weights = [w for w, _ in examples]
+    return client.search_examples(items[:n_positive], items[n_positive:], weights, **common)
 
 
 def _read_query(image: str, s) -> bytes:

@@ -10,6 +10,8 @@ from importlib import import_module
 _EXPORTS = {
     "SearchClient": "client",
     "Hit": "hit",
+    "Stored": "query",
+    "Box": "query",
     "Settings": "config",
     "Encoder": "encoder",
     "EncoderInfo": "encoder",

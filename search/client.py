@@ -15,8 +15,10 @@ from PIL import Image
 
 from .config import Settings
 from .encoder import Encoder, check_image_size, encoder_for
-from .images import ImageLike, Limits
-from .paths import absolute
+from .errors import NotIndexedError
+from .images import ImageLike, Limits, decode_bytes, load_image
+from .paths import absolute, printable
+from .query import Box, Examples, Stored, combine
 from .searcher import Searcher, check_k, raw_queries
 from .store import Hit, Store
 from .stored_items import StoredItems
@@ -109,16 +111,25 @@ class SearchClient(StoredItems):
         """What decoding one query may cost (the same limits as indexing, from the settings)."""
         return Limits.from_settings(self.settings)
 
-    def load(self, image: ImageLike, name: str | None = None) -> Image.Image:
+    def load(
+        self, image: ImageLike, name: str | None = None, box: Box | str | Sequence[int] | None = None
+    ) -> Image.Image:
         """A query as the encoder takes it: an upright RGB image, a file or bytes decoded exactly as
         the indexer decodes a file (a JPEG at reduced scale, the same size and pixel limits).
 
         Args:
             name: what to call bytes in an error (an upload's file name); default ``<bytes>``.
+            box: only this region (:class:`~.query.Box`, in pixels of the image as displayed):
+                the file is then decoded at full size, so that a small region keeps its detail.
 
         Raises:
             BadImageError: not an image, corrupt, over the file-size or pixel limit.
+            BadQueryError: ``box`` is empty or not inside the image.
         """
+        if box is not None:
+            if isinstance(image, (bytes, bytearray, memoryview)):
+                return Box.of(box).crop(decode_bytes(bytes(image), name or "<bytes>", None, self.limits))
+            return Box.of(box).crop(load_image(image, None, self.limits))
         preprocess = self.encoder.preprocessor
         if name is not None and isinstance(image, (bytes, bytearray, memoryview)):
             return preprocess.decode(bytes(image), name, self.limits)[0]
@@ -143,8 +154,9 @@ class SearchClient(StoredItems):
         folder: str | None = None,
         collapse_duplicates: bool = False,
         expand: int = 0,
+        box: Box | str | Sequence[int] | None = None,
     ) -> list[Hit]:
-        """The ``k`` indexed images most similar to ``image``, best first.
+        """The ``k`` indexed images most similar to ``image`` (or to a region of it), best first.
 
         Args:
             image: a path, encoded bytes, a PIL image or an ``(H, W, 3) uint8`` RGB array;
@@ -161,6 +173,9 @@ class SearchClient(StoredItems):
                 ``k`` (the search goes deeper, up to ``MAX_K`` rows).
             expand: query expansion with this many nearest neighbours (αQE,
                 :mod:`~.ranking`; 0, the default: none), from 0 to :data:`~.ranking.MAX_EXPAND`.
+            box: search for this region of the image only: ``(x, y, w, h)`` or ``"x,y,w,h"``
+                in pixels of the image as displayed (after its EXIF orientation); the region,
+                decoded at full size, is embedded as a picture of its own (:class:`~.query.Box`).
 
         Returns:
             Up to ``k`` hits (fewer only if the collection or the filter holds fewer); each says
@@ -171,11 +186,12 @@ class SearchClient(StoredItems):
         Raises:
             BadImageError: ``image`` is not an image, is corrupt, or is over the size or pixel limit.
             BadQueryError: ``k`` is not an integer from 1 to ``MAX_K``, ``expand`` is out of
-                range, or ``filter`` is not one valid Milvus expression on the stored fields.
+                range, ``filter`` is not one valid Milvus expression on the stored fields, or
+                ``box`` is empty or not inside the image.
             StoreError: Milvus refused the search or stayed unreachable.
         """
         check_k(k, expand)
-        picture = self.load(image)
+        picture = self.load(image, box=box)
         encoder = self.encoder
         return self.search_vector(
             encoder.embed_pixels(encoder.preprocessor.array([picture]))[0],
@@ -185,6 +201,63 @@ class SearchClient(StoredItems):
             collapse_duplicates,
             expand,
         )
+
+    def search_examples(
+        self,
+        positive: Sequence[ImageLike | Stored],
+        negative: Sequence[ImageLike | Stored] = (),
+        weights: Sequence[float] | None = None,
+        k: int = 10,
+        filter: str | None = None,
+        folder: str | None = None,
+        collapse_duplicates: bool = False,
+        expand: int = 0,
+    ) -> list[Hit]:
+        """The images most like the ``positive`` examples and least like the ``negative`` ones,
+        best first: the examples' weighted sum minus a fifth of the negatives', in the collection's space
+        (:mod:`~.query`, where the formula and its sources are).
+
+        Args:
+            positive, negative: images as :meth:`search` takes them, or :class:`~.query.Stored`
+                items (an indexed file's stored vector; left out of the results).
+            weights: one number above 0 per example, positives first; default all 1.
+            k, filter, folder, collapse_duplicates, expand: as in :meth:`search`.
+
+        Raises:
+            BadQueryError: no positive, more than :data:`~.query.MAX_EXAMPLES` examples, bad
+                weights, examples that cancel out, or ``k``, ``expand``, ``filter`` as in :meth:`search`.
+            NotIndexedError: a :class:`~.query.Stored` example is not indexed.
+            BadImageError: an example image cannot be decoded.
+        """
+        check_k(k, expand)
+        examples = Examples.of(positive, negative, weights)
+        items = [*examples.positive, *examples.negative]
+        stored = [absolute(e.path) for e in items if isinstance(e, Stored)]
+        pictures = {i: self.load(e) for i, e in enumerate(items) if not isinstance(e, Stored)}
+        embedded: dict[int, np.ndarray] = {}
+        if pictures:
+            encoder = self.encoder
+            embedded = dict(zip(pictures, encoder.embed_pixels(encoder.preprocessor.array(list(pictures.values())))))
+
+        def run(space: Space) -> list[Hit]:
+            rows = self._searcher.rows(stored, ["vector"]) if stored else {}
+            for path in stored:
+                if path not in rows:
+                    raise NotIndexedError(f"{printable(path)} is not indexed in {self.store.where}")
+            raw = np.stack(
+                [
+                    space.to_raw(np.asarray(rows[absolute(e.path)]["vector"], np.float32))[0]
+                    if isinstance(e, Stored)
+                    else normalise(np.asarray(embedded[i], np.float32)[None, :])[0]
+                    for i, e in enumerate(items)
+                ]
+            )
+            query = combine(space.to_search(raw), examples.signs())
+            return self._searcher.one(
+                space, query, combine(raw, examples.signs()), k, filter, folder, stored, expand, collapse_duplicates
+            )
+
+        return self._searcher.consistent(run)
 
     def search_similar(
         self,
