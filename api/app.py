@@ -17,6 +17,7 @@ from . import errors
 from .auth import BearerToken
 from .backend import Backend
 from .hosts import AllowedHosts
+from .indexing import router as indexing_router
 from .routes import router
 from .schemas import AsciiJSONResponse
 from .settings import ApiSettings
@@ -24,9 +25,9 @@ from .uploads import BodyLimit
 
 DESCRIPTION = """Image similarity search over a vitsearch collection: upload a photo (`POST /search`),
 search with an indexed file's stored vector (`POST /search/similar`) or with an embedding
-(`POST /search/vector`). Scores are cosine similarities of the Vision Transformer's CLS embeddings
+(`POST /search/vector`); index a file or a folder under an allowed root (`POST /index`). Scores are cosine similarities of the Vision Transformer's CLS embeddings
 (higher is closer). Errors are `{"detail": "..."}`: 400 bad input (or a Host this server is not
-served on), 401 token, 404 not indexed, 408 body too slow, 413 too large, 503 Milvus unreachable
+served on), 401 token, 403 indexing not allowed, 404 not indexed, 409 another indexing run, 408 body too slow, 413 too large, 503 Milvus unreachable
 (with `Retry-After`)."""
 
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     )
     app.state.backend = backend
     app.include_router(router)
+    app.include_router(indexing_router)
     errors.install(app, api.retry_after_s)
     # Middleware added last runs first: the Host check, CORS (answers preflights), the token, the body limits.
     app.add_middleware(

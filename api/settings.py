@@ -3,6 +3,7 @@ the collection, the model and the image limits are the library's :class:`~vitsea
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
@@ -35,6 +36,10 @@ class ApiSettings(BaseSettings):
         body_timeout_s: seconds a request body may take to arrive, counted from the server's
             first read of it; 408 after that (a client announcing more than it sends no longer
             holds a connection forever). Default 60: a 20 MB upload at 2.7 Mbit/s.
+        index_roots: folders under which ``POST /index`` may index a file or a folder, separated
+            by the OS's path separator (``:`` on Linux and macOS; ``vitsearch serve --index-root
+            DIR``, repeatable); a path is checked with symlinks and ``..`` resolved. Default none:
+            indexing over HTTP is off. It also needs ``token``.
     """
 
     model_config = SettingsConfigDict(env_prefix="VITSEARCH_API_", extra="ignore")
@@ -47,12 +52,20 @@ class ApiSettings(BaseSettings):
     retry_after_s: int = Field(default=5, ge=1)
     max_json_kb: int = Field(default=256, ge=1)
     body_timeout_s: float = Field(default=60.0, gt=0)
+    index_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split(cls, value):
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("index_roots", mode="before")
+    @classmethod
+    def _split_paths(cls, value):
+        if isinstance(value, str):
+            return [p for p in value.split(os.pathsep) if p.strip()]
         return value
 
     @field_validator("token", mode="before")

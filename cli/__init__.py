@@ -1,7 +1,7 @@
 """The ``vitsearch`` command: the only code that prints for users and exits the process.
 
 One module per command group, each only parsing, calling the library and printing:
-:mod:`.index`, :mod:`.search` (``search``, ``stats``), :mod:`.collections` (``collections``,
+:mod:`.index`, :mod:`.watch`, :mod:`.search` (``search``, ``stats``), :mod:`.collections` (``collections``,
 ``drop``), :mod:`.duplicates`, :mod:`.export`, :mod:`.ui`,
 :mod:`.serve` (the HTTP API), :mod:`.evaluate` (``eval``), :mod:`.train`, :mod:`.model`
 (``model pull``, ``model list``), :mod:`.server` (``server start|stop|status``); :mod:`.common` holds what they share. Settings resolve as
@@ -12,7 +12,7 @@ for bad input). Heavy imports (torch, transformers, pymilvus) happen inside the 
 """
 
 # Each module registers its commands on ``app``, in the order --help lists them.
-from . import collections, duplicates, evaluate, export, index, model, search, serve, server, train, ui  # noqa: E402,F401,I001
+from . import collections, duplicates, evaluate, export, index, model, search, serve, server, train, ui, watch  # noqa: E402,F401,I001
 from .common import app
 
 __all__ = ["app", "main"]

@@ -37,9 +37,18 @@ def serve(
         help="Largest query image accepted, in MB (413 above). (env VITSEARCH_MAX_UPLOAD_MB; default: 20)",
     ),
     allowed_hosts: str | None = ALLOWED_HOSTS,
+    index_roots: list[str] | None = typer.Option(
+        None,
+        "--index-root",
+        help="Allow POST /index to index files and folders under DIR (repeatable); it also needs "
+        "VITSEARCH_API_TOKEN. (env VITSEARCH_API_INDEX_ROOTS, separated by ':'; default: none, indexing over "
+        "HTTP off)",
+        metavar="DIR",
+    ),
 ) -> None:
     """Serve the HTTP search API: POST /search (multipart `image`), /search/similar, /search/vector;
-    GET /stats, /healthz, /readyz, /thumbnail; OpenAPI at /docs.
+    GET /stats, /healthz, /readyz, /thumbnail; POST /index, GET /index/status with --index-root;
+    OpenAPI at /docs.
 
     Image searches of concurrent requests are embedded in one forward pass (a few-ms window,
     VITSEARCH_API_BATCH_WINDOW_MS, up to VITSEARCH_API_MAX_BATCH images), and the searches of
@@ -61,6 +70,13 @@ def serve(
     except ValidationError as exc:
         error = exc.errors()[0]
         fail(f"VITSEARCH_API_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}", code=2)
+    if index_roots:
+        missing = [r for r in index_roots if not os.path.isdir(r)]
+        if missing:
+            fail(f"--index-root {missing[0]} is not a folder", code=2)
+        if api.token is None:
+            fail("--index-root needs VITSEARCH_API_TOKEN: indexing over HTTP is never open", code=2)
+        os.environ["VITSEARCH_API_INDEX_ROOTS"] = os.pathsep.join(os.path.realpath(r) for r in index_roots)
     hosts = served_hosts(host, s.allowed_hosts)
     # The worker processes build the app from the environment (uvicorn imports the factory in each).
     os.environ.update(

@@ -24,6 +24,7 @@ from typing import Protocol
 from vitsearch.search.config import Settings
 from vitsearch.search.encoder import Encoder, EncoderInfo, encoder_for
 from vitsearch.search.store import Store, writer_lease
+from vitsearch.search.store.lease import WATCH_WAIT_S
 from vitsearch.search.store.space import read_space, resume_rewrite, update_space
 from vitsearch.search.whitening import Space
 
@@ -41,6 +42,8 @@ class IndexReport:
         rehashed: files with a row that were read to compare their bytes with its sha256 (their
             metadata changed, or ``verify``); each is then counted as unchanged or indexed.
         removed: rows deleted because their path is no longer a regular file (``prune``).
+        moved: rows given a new path without embedding, their file renamed or moved with the
+            same bytes (``vitsearch watch``).
         failures: ``(path, reason)`` of files that could not be read or decoded.
         seconds: wall time of the run, model loading excluded.
         decode_seconds: read + decode + preprocess CPU time, summed over the worker processes.
@@ -61,6 +64,7 @@ class IndexReport:
     unchanged: int = 0
     rehashed: int = 0
     removed: int = 0
+    moved: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     decode_seconds: float = 0.0
@@ -196,6 +200,9 @@ class IndexJob:
         relearn: learn the whitening again at the end of each run.
         release: :meth:`close` releases a Milvus Lite database (so that its folder can be removed).
         model_seconds: time :meth:`open` took to load the encoder (0 for a job built directly).
+        lease_kind: what the writer lease says holds it (:func:`~vitsearch.search.store.writer_lease`):
+            ``"index"``, or ``"watch"`` for a watcher's batch (which then does not wait for
+            another watcher's lease).
     """
 
     store: Store
@@ -208,6 +215,7 @@ class IndexJob:
     relearn: bool = False
     release: bool = False
     model_seconds: float = 0.0
+    lease_kind: str = "index"
 
     @classmethod
     def open(
@@ -271,7 +279,8 @@ class IndexJob:
         started = time.perf_counter()
         self.executor.prepare(self, run)
         self.store.ensure(self.encoder.info)
-        with writer_lease(self.store):
+        wait_s = 0.0 if self.lease_kind == "watch" else WATCH_WAIT_S
+        with writer_lease(self.store, kind=self.lease_kind, wait_s=wait_s):
             run.space = self._begin(run.report)
             log.debug("scanning %s", run.source)
             try:

@@ -20,7 +20,6 @@ import dataclasses
 import itertools
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -33,7 +32,7 @@ from vitsearch.search.store import MAX_PATH_BYTES, META_FIELDS, Store
 
 from .job import IndexInterrupted, IndexJob, IndexReport, Progress, Run
 from .reader import read_batches
-from .scan import FileEntry, scan
+from .scan import FileEntry, is_regular_file, scan
 from .writer import Writer
 
 __all__ = ["index_folder", "LocalExecutor", "IndexReport", "IndexInterrupted", "Progress"]
@@ -141,7 +140,7 @@ class LocalExecutor:
         file (gone, a folder, a socket; links are followed, as the scan does)."""
         if not self.prune:
             return
-        gone = [r["path"] for r in job.store.iter_rows(["path"], folder=run.source) if not _is_file(r["path"])]
+        gone = [r["path"] for r in job.store.iter_rows(["path"], folder=run.source) if not is_regular_file(r["path"])]
         for chunk in chunks(gone, job.store.profile.lookup_paths):
             job.store.delete(chunk)
         run.report.removed = len(gone)
@@ -280,10 +279,3 @@ def changed(
         progress.found(len(todo))
         log.debug("looked up %d paths: %d to read", len(chunk), len(todo))
         yield from todo
-
-
-def _is_file(path: str) -> bool:
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -35,6 +36,23 @@ class FileEntry:
         """The entry of ``path`` from its ``os.stat`` (links followed)."""
         inode = st.st_ino - 2**64 if st.st_ino >= 2**63 else st.st_ino  # Milvus INT64 is signed
         return cls(path, st.st_size, st.st_mtime, st.st_ctime_ns, inode)
+
+    @classmethod
+    def at(cls, path: str) -> FileEntry | None:
+        """The entry of the regular file (or link to one) at ``path``; None when there is none."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return cls.of(path, st) if stat.S_ISREG(st.st_mode) else None
+
+
+def is_regular_file(path: str) -> bool:
+    """Whether ``path`` is a regular file, or a link to one (False when it cannot be stat'ed)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def scan(

@@ -46,7 +46,10 @@ SKIP: dict[str, str] = {
     r"(\.venv/bin/)?pip install .+": "installs from PyPI: the test runs in the installed venv, with its extras",
     r"\.venv/bin/python -m pytest": "runs the test suite, of which this test is a part",
     r"(IMAGES=\S+ )?docker compose .+": "needs Docker, not here (the compose files: tests/test_compose.py)",
-    r"(VITSEARCH_API_TOKEN=\S+ )?vitsearch serve": "serves the HTTP API until stopped (tests/test_api.py)",
+    r"(VITSEARCH_API_TOKEN=\S+ )?vitsearch serve( --index-root \S+)?": "serves the HTTP API until stopped "
+    "(tests/test_api.py; --index-root: tests/test_api_index.py)",
+    r"vitsearch watch .+": "follows the folders until stopped (tests/test_watch.py)",
+    r"sudo sysctl .+": "changes a kernel limit, as root",
     r"vitsearch ui": "serves the page until stopped (tests/test_ui.py, tests/test_ui_browser.py)",
     r"vitsearch server start": "starts a Milvus 2.3.5 server that outlives the command (tests/test_local_server.py)",
     r"curl .+": "a request to a running `vitsearch serve` (its routes: tests/test_api.py)",

@@ -139,10 +139,11 @@ def test_every_route_is_in_the_http_reference(site):
 
     from fastapi.routing import APIRoute
 
+    from vitsearch.api.indexing import router as indexing
     from vitsearch.api.routes import router
 
     text = page(site, "reference/http")
-    routes = [r for r in router.routes if isinstance(r, APIRoute) and r.include_in_schema]
+    routes = [r for r in [*router.routes, *indexing.routes] if isinstance(r, APIRoute) and r.include_in_schema]
     assert len(routes) >= 6
     for route in routes:
         for method in route.methods:

@@ -9,6 +9,11 @@ The lease lives in Milvus, so it works alike for Milvus Lite and a server, acros
 
 Two runs starting in the same instant both write their lease; the one whose lease is not the
 one read back afterwards steps aside.
+
+``vitsearch watch`` takes the lease for each batch of changes it writes (a second or so), not
+for as long as it runs, and marks it ``"kind": "watch"``: a run that finds such a lease waits
+for it (up to :data:`WATCH_WAIT_S`) instead of refusing, and the watcher, finding the lease
+taken, keeps its changes and writes them once the run is over.
 """
 
 from __future__ import annotations
@@ -34,11 +39,26 @@ KEY = "vitsearch.writer"
 RENEW_S = 10.0
 #: Seconds without renewal after which a lease from another host is considered dead.
 EXPIRE_S = 60.0
+#: Seconds a run waits for a lease held by a watcher's batch (``"kind": "watch"``) before refusing.
+WATCH_WAIT_S = 60.0
 
 
 @contextlib.contextmanager
-def writer_lease(store: Store, renew_s: float = RENEW_S, expire_s: float = EXPIRE_S) -> Iterator[None]:
+def writer_lease(
+    store: Store,
+    renew_s: float = RENEW_S,
+    expire_s: float = EXPIRE_S,
+    *,
+    kind: str = "index",
+    wait_s: float = WATCH_WAIT_S,
+) -> Iterator[None]:
     """Hold the collection's writer lease for the duration of the ``with`` block.
+
+    Args:
+        kind: what holds it, recorded in the lease: ``"index"`` (a run) or ``"watch"`` (one
+            batch of ``vitsearch watch``, held a short while).
+        wait_s: seconds to wait for a live lease of kind ``"watch"`` to be given back before
+            refusing (a watcher does not wait for another watcher: pass 0).
 
     Raises:
         CollectionBusyError: another live run holds it.
@@ -50,8 +70,15 @@ def writer_lease(store: Store, renew_s: float = RENEW_S, expire_s: float = EXPIR
         "pid": os.getpid(),
         "since": time.time(),
         "renewed": time.time(),
+        "kind": kind,
     }
     holder = _holder(store)
+    deadline = time.monotonic() + wait_s
+    while holder is not None and holder.get("kind") == "watch" and _alive(holder, expire_s):
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)  # a watcher's batch: a second or so
+        holder = _holder(store)
     if holder is not None and _alive(holder, expire_s):
         raise CollectionBusyError(_busy(store, holder))
     if holder is not None:
