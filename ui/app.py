@@ -1,5 +1,5 @@
-"""The vitsearch app: two pages, Search (:mod:`.search_page`, the default) and Duplicates
-(:mod:`.duplicates_page`, at ``/duplicates``).
+"""The vitsearch app: three pages, Search (:mod:`.search_page`, the default), Duplicates
+(:mod:`.duplicates_page`, at ``/duplicates``) and Map (:mod:`.map_page`, at ``/map``).
 
 Started by ``vitsearch ui`` (``streamlit run`` on this file), which passes the collection through
 ``VITSEARCH_URI``, ``VITSEARCH_COLLECTION`` and ``VITSEARCH_MAX_UPLOAD_MB``. This file only sets
@@ -23,5 +23,6 @@ st.navigation(
     [
         st.Page(HERE / "search_page.py", title="Search", icon=":material/search:", default=True),
         st.Page(HERE / "duplicates_page.py", title="Duplicates", icon=":material/content_copy:", url_path="duplicates"),
+        st.Page(HERE / "map_page.py", title="Map", icon=":material/scatter_plot:", url_path="map"),
     ]
 ).run()

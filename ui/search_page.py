@@ -6,7 +6,8 @@ identical bytes are shown as one result with a "+N copies" count unless the side
 otherwise (``collapse_duplicates``).
 
 Session state: ``similar`` holds the path of the indexed item that "More like this" asked for
-(None when the query is the uploaded or camera image).
+(None when the query is the uploaded or camera image); ``examples`` the paths of indexed items
+searched with together (the Map page's "Search with these"), which take precedence.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vitsearch.search.config import Settings
 from vitsearch.search.errors import BadImageError
 from vitsearch.search.images import IMAGE_EXTENSIONS
 from vitsearch.search.paths import printable
+from vitsearch.search.query import Stored
 from vitsearch.search.thumbnails import THUMB_PX, to_jpeg
 from vitsearch.ui.common import (
     GRID_COLUMNS,
@@ -43,6 +45,7 @@ VIEW_PX = 1600
 
 def show_similar(path: str | None) -> None:
     st.session_state["similar"] = path
+    st.session_state["examples"] = None
 
 
 def sidebar(client: SearchClient) -> tuple[int, float, str, bool, int]:
@@ -202,9 +205,15 @@ def main() -> None:
     k, min_score, folder, collapse, expand = sidebar(client)
 
     query = query_image(Settings().max_upload_mb)  # always drawn, so the upload survives "More like this"
-    similar = st.session_state.get("similar")
+    similar, examples = st.session_state.get("similar"), st.session_state.get("examples")
     started = time.perf_counter()
-    if similar:
+    if examples:
+        with st.container(horizontal=True, vertical_alignment="center"):
+            st.markdown(f"Like the {len(examples)} images selected on the map")
+            st.button("Back to my photo", on_click=show_similar, args=(None,))
+        positive = [Stored(p) for p in examples]
+        hits = client.search_examples(positive, k=k, folder=folder or None, collapse_duplicates=collapse, expand=expand)
+    elif similar:
         with st.container(horizontal=True, vertical_alignment="center"):
             st.markdown(
                 f"More like {literal_markdown(os.path.basename(similar))} "

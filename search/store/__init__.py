@@ -6,7 +6,8 @@ writes and search (:mod:`.reads`), and the backend's sizes (:mod:`.profile`); it
 its files (:mod:`.lite_files`), one indexing run per collection (:mod:`.lease`) and bulk import
 (:mod:`.bulk`).
 
-Only those store parts, :mod:`.space` (the whitening matrices' collection), :mod:`.bulk` and
+Only those store parts, :mod:`.space` (the whitening matrices' collection), :mod:`.map_rows`
+(the map's companion collections), :mod:`.bulk` and
 :mod:`.lite` (pymilvus' generated gRPC service, on which it serves Lite) import pymilvus;
 nothing here imports torch.
 """

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 GENERATION = "__vitsearch_"
 #: The collection that holds the whitening matrices of ``<name>`` is ``<name><SPACE_SUFFIX>``.
 SPACE_SUFFIX = "__vitsearch_space"
+#: The collections that hold the 2-D maps of ``<name>`` are ``<name><MAP_PREFIX><map id>``
+#: (:mod:`.map_rows`).
+MAP_PREFIX = "__vitsearch_map_"
 #: Property of a generation: ``"copying"`` while its rows are written, ``"done"`` once whole.
 STATE_KEY = "vitsearch.state"
 
@@ -258,6 +261,7 @@ class Generations:
             self.collection + SPACE_SUFFIX,
         }
         for name in names:
-            if name in internal or generation_of(self.collection, name) is not None:
+            maps = name.startswith(self.collection + MAP_PREFIX)
+            if name in internal or maps or generation_of(self.collection, name) is not None:
                 self.conn.call("drop_collection", name)
         self.physical = self.schema = None

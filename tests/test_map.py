@@ -1,0 +1,205 @@
+"""`vitsearch map`, search/embedding_map.py and the Map page (issue 35): the layout has a position
+per image and is the same for the same seed; it is kept with the collection (a companion Milvus
+collection and a record, dropped with it) and reused until the collection changes by 10% or on
+--recompute; sample-and-place positions every row; clusters recover planted groups; the page draws
+the map and a selection's CSV holds the selected paths."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+from test_cli import run_in_process
+from test_ui import page  # noqa: F401 (the fixture)
+
+from vitsearch.search.embedding_map import compute_map, embedding_map, place
+from vitsearch.search.encoder_info import EncoderInfo
+from vitsearch.search.paths import path_from_stored
+from vitsearch.search.store import Store
+
+DIM, GROUPS, PER_GROUP = 32, 3, 100
+
+
+def planted(store: Store, start: int = 0, n: int = GROUPS * PER_GROUP, seed: int = 0) -> None:
+    """``n`` unit vectors around 3 random centres (row i in group ``i % 3``), as Store.upsert takes them."""
+    store.ensure(EncoderInfo("bench", "0" * 64, DIM, "cls", (224, 224), "torch"))
+    centres = np.random.default_rng(0).normal(size=(GROUPS, DIM)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    ids = np.arange(start, start + n)
+    vectors = centres[ids % GROUPS] + rng.normal(scale=0.3, size=(n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store.upsert(
+        [
+            {
+                "path": f"/photos/g{i % GROUPS}/IMG_{i:05d}.jpg",
+                "vector": v,
+                "folder": f"/photos/g{i % GROUPS}",
+                "size": 1000 + i,
+                "mtime": 1.7e9,
+                "ctime_ns": 1,
+                "inode": i,
+                "width": 64,
+                "height": 48,
+                "sha256": f"{i:064x}",
+                "indexed_at": 1.7e9,
+            }
+            for i, v in zip(ids.tolist(), vectors)
+        ]
+    )
+    store.flush()
+
+
+def group_of(path: str) -> int:
+    return int(path.split("/")[2][1:])
+
+
+def map_collections(store: Store) -> list[str]:
+    return [n for n in store._call("list_collections") if "__vitsearch_map_" in n]
+
+
+@pytest.fixture
+def groups(db_uri) -> str:
+    with Store(db_uri, "images") as store:
+        planted(store)
+    return db_uri
+
+
+@pytest.mark.slow
+def test_the_map_positions_every_image_clusters_the_planted_groups_and_is_the_same_for_a_seed(groups):
+    with Store(groups, "images") as store:
+        first = embedding_map(store)
+        again = compute_map(store)
+    assert first.computed and first.record["method"] == "full" and first.record["rows"] == 300
+    assert first.xy.shape == (300, 2) and first.xy.dtype == np.float32 and np.isfinite(first.xy).all()
+    assert first.paths == sorted(first.paths) and len(set(first.paths)) == 300
+    assert adjusted_rand_score([group_of(p) for p in first.paths], first.cluster) == 1.0
+    assert first.record["clusters"] == 3 and sorted(first.labels) == [0, 1, 2]
+    for c, labels in first.labels.items():  # the labels are members of their cluster, one group each
+        assert len(labels) == 4 and len({group_of(p) for p in labels}) == 1
+        assert all(first.cluster[first.paths.index(p)] == c for p in labels)
+    np.testing.assert_array_equal(again.xy, first.xy)  # the same seed, the same layout
+    np.testing.assert_array_equal(again.cluster, first.cluster)
+    assert again.record["id"] != first.record["id"]
+
+
+@pytest.mark.slow
+def test_the_map_is_kept_reused_and_made_again_when_the_collection_changed_enough(groups):
+    with Store(groups, "images") as store:
+        made = embedding_map(store)
+    with Store(groups, "images") as store:  # read back through another store: kept in Milvus
+        kept = embedding_map(store)
+        assert not kept.computed and kept.record == made.record
+        assert kept.paths == made.paths and kept.labels == made.labels
+        np.testing.assert_array_equal(kept.xy, made.xy)
+        np.testing.assert_array_equal(kept.cluster, made.cluster)
+        planted(store, start=300, n=20, seed=1)  # 20 more: under 10%, still fresh
+        assert embedding_map(store).record["id"] == made.record["id"]
+        planted(store, start=320, n=20, seed=2)  # 40 more: 13%, stale
+        grown = embedding_map(store)
+        assert grown.computed and grown.record["id"] != made.record["id"] and grown.record["rows"] == 340
+        asked = embedding_map(store, recompute=True)
+        assert asked.computed and asked.record["id"] != grown.record["id"]
+        assert len(map_collections(store)) == 1  # the older maps were dropped
+        store.drop()
+        assert map_collections(store) == []  # and the last one with the collection
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["knn", "transform"])
+def test_sample_and_place_positions_every_row_in_the_cluster_of_its_group(groups, how):
+    with Store(groups, "images") as store:
+        emap = compute_map(store, sample_size=90, place=how)
+    assert emap.record["method"] == f"sample+{how}" and emap.record["sampled"] == 90
+    assert emap.record["rows"] == len(emap.paths) == 300 and np.isfinite(emap.xy).all()
+    assert adjusted_rand_score([group_of(p) for p in emap.paths], emap.cluster) > 0.95
+
+
+def test_place_puts_a_copy_of_a_sampled_vector_at_its_position():
+    rng = np.random.default_rng(0)
+    sample = rng.normal(size=(50, 8)).astype(np.float32)
+    sample /= np.linalg.norm(sample, axis=1, keepdims=True)
+    xy = rng.normal(size=(50, 2)).astype(np.float32)
+    clusters = np.arange(50, dtype=np.int32) % 3
+    where, which = place(sample[:5], sample, xy, clusters, k=1)
+    np.testing.assert_allclose(where, xy[:5], atol=1e-6)
+    assert which.tolist() == clusters[:5].tolist()
+
+
+@pytest.mark.slow
+def test_the_command_computes_reuses_recomputes_and_writes_a_csv(groups, tmp_path):
+    out = run_in_process("map", "--uri", groups, "--json")
+    assert out.exit_code == 0, out.stderr
+    first = json.loads(out.stdout)
+    assert first["computed"] and first["clusters"] == 3 and sum(c["size"] for c in first["cluster_list"]) == 300
+    out = run_in_process("map", "--uri", groups, "--csv", tmp_path / "map.csv")
+    assert out.exit_code == 0, out.stderr
+    assert out.stdout.startswith("300 images, 3 clusters (kept map, reused; full")
+    with open(tmp_path / "map.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 300 and {path_from_stored(r["path"]) for r in rows} == {r for r in map(_path, range(300))}
+    again = json.loads(run_in_process("map", "--uri", groups, "--json", "--recompute").stdout)
+    assert again["computed"] and again["id"] != first["id"]
+
+
+def points(x) -> int:
+    """Values of a plotly array: a list, or plotly's binary form ``{"dtype", "bdata"}`` (base64)."""
+    return len(x) if isinstance(x, list) else len(base64.b64decode(x["bdata"])) // np.dtype(x["dtype"]).itemsize
+
+
+def _path(i: int) -> str:
+    return f"/photos/g{i % GROUPS}/IMG_{i:05d}.jpg"
+
+
+def test_the_command_says_what_is_wrong(db_uri):
+    out = run_in_process("map", "--uri", db_uri)
+    assert out.exit_code == 1 and "index a folder first" in out.stderr, out.stderr
+    assert run_in_process("map", "--uri", db_uri, "--sample-size", "1").exit_code == 2
+    assert "Docs: docs/guides/map.md" in run_in_process("map", "--help").stdout
+
+
+@pytest.mark.slow
+def test_the_map_page_draws_the_map_shows_a_point_and_downloads_a_selection(indexed, page):  # noqa: F811
+    photos, uri = indexed
+    at = page(uri)
+    at.switch_page("map_page.py").run()
+    assert not at.exception and not at.error
+    assert at.caption[0].value.startswith("11 images, ")
+    chart = at.get("plotly_chart")[0]
+    spec = json.loads(chart.proto.spec)
+    assert {t["type"] for t in spec["data"]} == {"scattergl"}
+    assert sum(points(t["x"]) for t in spec["data"]) == 11
+    with Store(uri, "images") as store:
+        emap = embedding_map(store)
+    assert not emap.computed  # the page kept it
+    at.session_state["map_selected"] = [2]  # what a click leaves (the chart's selection callback)
+    at.run()
+    assert not at.exception and len(at.get("image")) >= 1
+    assert at.code[0].value == emap.paths[2]
+    at.button(key="map-more").click().run()
+    assert not at.exception and at.session_state["similar"] == emap.paths[2]
+    at.switch_page("map_page.py").run()
+    at.session_state["map_selected"] = [0, 3, 5]  # a lasso
+    at.run()
+    assert not at.exception and at.markdown[0].value == "**3 images selected**"
+    button = at.get("download_button")[0]
+    assert button.proto.label == "Download CSV" and not button.proto.disabled
+    from vitsearch.ui.map_page import selection_csv
+
+    rows = list(csv.DictReader(io.StringIO(selection_csv(emap, [0, 3, 5]).decode())))
+    assert [path_from_stored(r["path"]) for r in rows] == [emap.paths[i] for i in (0, 3, 5)]
+    at.radio(key="map_colour").set_value("Folder").run()
+    assert not at.exception
+    at.button(key="map-examples").click().run()  # the selection as search examples
+    chosen = [emap.paths[i] for i in (0, 3, 5)]
+    assert not at.exception and at.session_state["examples"] == chosen
+    at.switch_page("search_page.py").run()
+    assert not at.exception and not at.error
+    assert any(m.value == "Like the 3 images selected on the map" for m in at.markdown)
+    shown = [t.value for t in at.text]  # the results' file names
+    assert len(shown) >= 5 and not set(shown) & {os.path.basename(p) for p in chosen}  # the examples left out

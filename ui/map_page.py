@@ -1,0 +1,234 @@
+"""The Map page: the whole collection as a 2-D scatter (:mod:`~vitsearch.search.embedding_map`),
+similar images close together, coloured by cluster or folder.
+
+A page of the app (:mod:`vitsearch.ui.app`, at ``/map``). The map is read as kept with the
+collection (computed first, once, when there is none or it is stale: ``vitsearch map`` does it
+ahead). The scatter is WebGL (plotly ``scattergl``); hovering names the file and its cluster
+(plotly's hover labels are text: no thumbnail there); clicking a point shows its thumbnail with
+"More like this" (on the Search page); a box or lasso selection is listed, downloadable as
+CSV, and searched with as examples ("Search with these", up to
+:data:`~vitsearch.search.query.MAX_EXAMPLES`: the Search page's ``examples``). Each cluster is labelled on the plot by its number and, under it, by its most central image.
+
+Session state: ``map_selected`` holds the row indices of the selection (set by the chart's
+selection callback); ``similar`` is the Search page's (see :mod:`.search_page`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+
+import numpy as np
+import streamlit as st
+
+from vitsearch.search.config import Settings
+from vitsearch.search.embedding_map import EmbeddingMap
+from vitsearch.search.errors import BadImageError
+from vitsearch.search.paths import printable, stored_path
+from vitsearch.search.query import MAX_EXAMPLES
+from vitsearch.search.thumbnails import THUMB_PX
+from vitsearch.ui.common import GRID_COLUMNS, collection_client, guarded
+
+#: Folders coloured apart (the most populous); the others share one colour.
+FOLDERS_COLOURED = 20
+#: Clusters whose most central image is shown under the map (largest first).
+CLUSTERS_SHOWN = 12
+#: Rows of a selection listed on the page (the CSV holds them all).
+SELECTION_LISTED = 200
+#: Marker size in pixels (smaller for large maps).
+MARKER_PX = (6, 3)
+
+
+@st.cache_data(max_entries=4, show_spinner="Computing the map (once; `vitsearch map` does it ahead)…")
+def load_map(uri: str, collection: str, recompute: int) -> EmbeddingMap:
+    """The collection's map (kept, or computed and kept), per server process; ``recompute``
+    counts the "Recompute" clicks (a new count computes it again)."""
+    from vitsearch.search.embedding_map import embedding_map
+    from vitsearch.ui.common import open_client
+
+    return embedding_map(open_client(uri, collection).store, recompute=recompute > 0)
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def map_thumbnail(uri: str, collection: str, path: str) -> bytes | None:
+    """A thumbnail of an indexed file (only the indexed bytes), or None where it changed or is gone."""
+    from vitsearch.ui.common import open_client
+
+    try:
+        return open_client(uri, collection).thumbnail(path, THUMB_PX)
+    except BadImageError:
+        return None
+
+
+def selection_csv(emap: EmbeddingMap, rows: list[int]) -> bytes:
+    """The selected rows as CSV: path (stored form, as ``vitsearch export`` writes it), folder,
+    x, y, cluster."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "folder", "x", "y", "cluster"])
+    for i in rows:
+        path = emap.paths[i]
+        x, y = emap.xy[i].tolist()
+        w.writerow(
+            [stored_path(path), stored_path(os.path.dirname(path)), f"{x:.5f}", f"{y:.5f}", int(emap.cluster[i])]
+        )
+    return buf.getvalue().encode("utf-8")
+
+
+def groups(emap: EmbeddingMap, colour: str) -> list[tuple[str, np.ndarray]]:
+    """``(legend name, row indices)`` of each trace: clusters (noise last), or the most populous
+    folders (the rest as "other folders")."""
+    if colour == "Cluster":
+        ids = sorted(set(emap.cluster.tolist()), key=lambda c: (c < 0, c))
+        return [("noise" if c < 0 else f"cluster {c}", np.flatnonzero(emap.cluster == c)) for c in ids]
+    folders = np.asarray(emap.folders, dtype=object)
+    names, counts = np.unique(folders, return_counts=True)
+    top = [str(n) for n in names[np.argsort(-counts, kind="stable")][:FOLDERS_COLOURED]]
+    out = [(printable(f) or "/", np.flatnonzero(folders == f)) for f in top]
+    rest = np.flatnonzero(~np.isin(folders, top))
+    return out + ([("other folders", rest)] if len(rest) else [])
+
+
+def figure(emap: EmbeddingMap, colour: str):
+    """The plotly figure: one ``scattergl`` trace per group, ``customdata`` the row index, and
+    each cluster's number at its members' median position."""
+    import plotly.graph_objects as go
+
+    names = np.asarray([printable(os.path.basename(p)) for p in emap.paths], dtype=object)
+    size = MARKER_PX[0] if len(emap.paths) <= 20_000 else MARKER_PX[1]
+    fig = go.Figure()
+    for name, rows in groups(emap, colour):
+        fig.add_trace(
+            go.Scattergl(
+                x=emap.xy[rows, 0],
+                y=emap.xy[rows, 1],
+                mode="markers",
+                name=name,
+                marker={"size": size, "opacity": 0.8},
+                customdata=np.column_stack([rows, emap.cluster[rows]]),
+                hovertext=names[rows],
+                hovertemplate="%{hovertext}<br>cluster %{customdata[1]}<extra></extra>",
+            )
+        )
+    for c in emap.labels:
+        x, y = np.median(emap.xy[emap.cluster == c], axis=0).tolist()
+        fig.add_annotation(x=x, y=y, text=str(c), showarrow=False, font={"size": 14, "color": "black"})
+    fig.update_layout(
+        height=700,
+        margin={"l": 0, "r": 0, "t": 10, "b": 0},
+        dragmode="lasso",
+        legend={"itemsizing": "constant"},
+        xaxis={"visible": False},
+        yaxis={"visible": False, "scaleanchor": "x"},
+    )
+    return fig
+
+
+def remember_selection() -> None:
+    """The chart's selection callback: its points' row indices into ``map_selected``."""
+    event = st.session_state.get("map_chart") or {}
+    points = (event.get("selection") or {}).get("points") or []
+    st.session_state["map_selected"] = sorted({int(p["customdata"][0]) for p in points if p.get("customdata")})
+
+
+def more_like(path: str) -> None:
+    st.session_state["similar"] = path
+    st.session_state["examples"] = None
+
+
+def search_with(paths: list[str]) -> None:
+    st.session_state["examples"] = paths
+
+
+def show_selection(emap: EmbeddingMap, uri: str, collection: str) -> None:
+    rows = [i for i in st.session_state.get("map_selected") or [] if 0 <= i < len(emap.paths)]
+    if not rows:
+        st.caption("Click a point to see it; draw a lasso or a box to list a group and download it.")
+        return
+    if len(rows) == 1:
+        path = emap.paths[rows[0]]
+        picture, facts = st.columns([1, 2])
+        thumb = map_thumbnail(uri, collection, path)
+        if thumb is None:
+            picture.warning("changed since it was indexed, or gone: run vitsearch index again")
+        else:
+            picture.image(thumb, width="content")
+        with facts:
+            st.code(printable(path), language=None, wrap_lines=True)
+            st.caption(f"cluster {int(emap.cluster[rows[0]])}")
+            if st.button("More like this", key="map-more", type="primary", on_click=more_like, args=(path,)):
+                st.switch_page("search_page.py")
+        return
+    st.markdown(f"**{len(rows):,} images selected**")
+    st.dataframe(
+        {
+            "path": [printable(emap.paths[i]) for i in rows[:SELECTION_LISTED]],
+            "cluster": [int(emap.cluster[i]) for i in rows[:SELECTION_LISTED]],
+        },
+        hide_index=True,
+        width="stretch",
+    )
+    with st.container(horizontal=True):
+        st.download_button("Download CSV", selection_csv(emap, rows), "selection.csv", "text/csv", key="map-csv")
+        many = len(rows) > MAX_EXAMPLES
+        if st.button(
+            "Search with these",
+            key="map-examples",
+            disabled=many,
+            help=f"Select at most {MAX_EXAMPLES} images to search with them together"
+            if many
+            else "The images most like all of these, on the Search page",
+            on_click=search_with,
+            args=([emap.paths[i] for i in rows],),
+        ):
+            st.switch_page("search_page.py")
+
+
+def show_clusters(emap: EmbeddingMap, uri: str, collection: str) -> None:
+    """The most central image of the largest clusters, in a grid."""
+    sizes = {c: int((emap.cluster == c).sum()) for c in emap.labels}
+    shown = sorted(sizes, key=lambda c: -sizes[c])[:CLUSTERS_SHOWN]
+    if not shown:
+        return
+    st.subheader("Clusters")
+    for start in range(0, len(shown), GRID_COLUMNS):
+        for col, c in zip(st.columns(GRID_COLUMNS), shown[start : start + GRID_COLUMNS]):
+            with col.container(border=True):
+                thumb = map_thumbnail(uri, collection, emap.labels[c][0])
+                if thumb is not None:
+                    st.image(thumb, width="stretch")
+                st.caption(f"cluster {c} · {sizes[c]:,} images")
+
+
+def main() -> None:
+    st.title("Map")
+    client = collection_client()
+    if client is None:
+        return
+    settings = Settings()
+    uri, collection = settings.resolved_uri(), settings.collection
+    with st.sidebar:
+        st.header("Map")
+        colour = st.radio("Colour by", ["Cluster", "Folder"], key="map_colour", horizontal=True)
+        if st.button("Recompute", help="Lay the collection out again now (minutes for a large one)."):
+            st.session_state["map_recompute"] = st.session_state.get("map_recompute", 0) + 1
+            st.session_state["map_selected"] = []
+    emap = load_map(uri, collection, st.session_state.get("map_recompute", 0))
+    r = emap.record
+    st.caption(
+        f"{r['rows']:,} images, {r['clusters']} clusters ({r['method']}, {r['sampled']:,} laid out); "
+        f"similar images lie close together. Hover for the name, click for the image."
+    )
+    st.plotly_chart(
+        figure(emap, colour),
+        key="map_chart",
+        on_select=remember_selection,
+        selection_mode=("points", "box", "lasso"),
+        width="stretch",
+    )
+    show_selection(emap, uri, collection)
+    show_clusters(emap, uri, collection)
+
+
+guarded(main)
