@@ -36,6 +36,8 @@ FOLDERS_COLOURED = 20
 CLUSTERS_SHOWN = 12
 #: Rows of a selection listed on the page (the CSV holds them all).
 SELECTION_LISTED = 200
+#: Colour of the points of no cluster (noise), and of the folders not coloured apart.
+NOISE_COLOUR = "#b0b0b0"
 #: Marker size in pixels (smaller for large maps).
 MARKER_PX = (6, 3)
 
@@ -94,6 +96,7 @@ def figure(emap: EmbeddingMap, colour: str):
     """The plotly figure: one ``scattergl`` trace per group, ``customdata`` the row index, and
     each cluster's number at its members' median position."""
     import plotly.graph_objects as go
+    from plotly.colors import qualitative
 
     names = np.asarray([printable(os.path.basename(p)) for p in emap.paths], dtype=object)
     size = MARKER_PX[0] if len(emap.paths) <= 20_000 else MARKER_PX[1]
@@ -105,7 +108,11 @@ def figure(emap: EmbeddingMap, colour: str):
                 y=emap.xy[rows, 1],
                 mode="markers",
                 name=name,
-                marker={"size": size, "opacity": 0.8},
+                marker={
+                    "size": size,
+                    "opacity": 0.8,
+                    **({"color": NOISE_COLOUR} if name in ("noise", "other folders") else {}),
+                },
                 customdata=np.column_stack([rows, emap.cluster[rows]]),
                 hovertext=names[rows],
                 hovertemplate="%{hovertext}<br>cluster %{customdata[1]}<extra></extra>",
@@ -118,6 +125,7 @@ def figure(emap: EmbeddingMap, colour: str):
         height=700,
         margin={"l": 0, "r": 0, "t": 10, "b": 0},
         dragmode="lasso",
+        colorway=qualitative.Alphabet,  # 26 colours: clusters 0 and 10 apart
         legend={"itemsizing": "constant"},
         xaxis={"visible": False},
         yaxis={"visible": False, "scaleanchor": "x"},
