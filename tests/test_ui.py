@@ -152,6 +152,31 @@ def test_more_like_this_searches_with_the_stored_vector(indexed, page):
     assert at.session_state["similar"] is None and result_names(at)[0] == "cat.jpg"
 
 
+def test_plus_and_minus_on_results_search_with_examples_and_negatives(indexed, page):
+    from vitsearch.search.query import Stored
+
+    photos, uri = indexed
+    at = page(uri)
+    upload(at, photos / "cat.jpg")
+    names = result_names(at)
+    liked = photos / names[1]
+    at.button(key="plus-2").click().run()  # the results are now those of the photo and the example
+    assert not at.exception and liked.name not in result_names(at)
+    disliked = photos / result_names(at)[2]
+    at.button(key="minus-3").click().run()
+    assert not at.exception and not at.error
+    assert at.session_state["examples"] == [str(liked)] and at.session_state["negatives"] == [str(disliked)]
+    with SearchClient(uri=uri) as client:
+        expected = client.search_examples([photos / "cat.jpg", Stored(str(liked))], [Stored(str(disliked))], k=12)
+    assert result_names(at) == [os.path.basename(h.path) for h in expected]
+    assert liked.name not in result_names(at) and disliked.name not in result_names(at)
+    assert at.button(key=f"drop-+-{liked}") and at.button(key=f"drop-−-{disliked}")  # the strip
+    at.button(key=f"drop-−-{disliked}").click().run()  # taken out of the query
+    assert at.session_state["negatives"] == [] and at.session_state["examples"] == [str(liked)]
+    at.button(key="clear-examples").click().run()
+    assert not at.session_state["examples"] and result_names(at)[0] == "cat.jpg"
+
+
 def test_a_result_opens_a_full_size_view_with_its_path_size_date_and_more_like_this(indexed, page):
     photos, uri = indexed
     at = page(uri)

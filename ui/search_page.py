@@ -5,9 +5,13 @@ A page of the app (:mod:`vitsearch.ui.app`). All searching goes through
 identical bytes are shown as one result with a "+N copies" count unless the sidebar says
 otherwise (``collapse_duplicates``).
 
+Relevance feedback: "+" on a result adds it to the examples, "−" to the negatives; the query is
+then the photo (or the "More like this" item) and the examples together, minus the negatives
+(``SearchClient.search_examples``), shown as a strip above the results, each removable.
+
 Session state: ``similar`` holds the path of the indexed item that "More like this" asked for
-(None when the query is the uploaded or camera image); ``examples`` the paths of indexed items
-searched with together (the Map page's "Search with these"), which take precedence.
+(None when the query is the uploaded or camera image); ``examples`` and ``negatives`` the paths of
+indexed items added with "+" and "−" (or the Map page's "Search with these").
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from vitsearch.search.config import Settings
 from vitsearch.search.errors import BadImageError
 from vitsearch.search.images import IMAGE_EXTENSIONS
 from vitsearch.search.paths import printable
-from vitsearch.search.query import Stored
+from vitsearch.search.query import MAX_EXAMPLES, Stored
 from vitsearch.search.thumbnails import THUMB_PX, to_jpeg
 from vitsearch.ui.common import (
     GRID_COLUMNS,
@@ -44,8 +48,41 @@ VIEW_PX = 1600
 
 
 def show_similar(path: str | None) -> None:
+    """A new query (an item's "More like this", or back to the photo): the examples are cleared."""
     st.session_state["similar"] = path
-    st.session_state["examples"] = None
+    st.session_state["examples"] = st.session_state["negatives"] = None
+
+
+def add_example(path: str, key: str) -> None:
+    """ "+" or "−" on a result: ``path`` into ``examples`` or ``negatives`` (out of the other)."""
+    other = "negatives" if key == "examples" else "examples"
+    st.session_state[other] = [p for p in st.session_state.get(other) or [] if p != path]
+    chosen = st.session_state.get(key) or []
+    if path not in chosen and len(chosen) < MAX_EXAMPLES - 1:
+        st.session_state[key] = [*chosen, path]
+
+
+def drop_example(path: str) -> None:
+    for key in ("examples", "negatives"):
+        st.session_state[key] = [p for p in st.session_state.get(key) or [] if p != path]
+
+
+def examples_strip(examples: list[str], negatives: list[str], query: str | None) -> None:
+    """What the query is made of: the photo or item, each example ("+") and negative ("−"),
+    each with a button that takes it out."""
+    with st.container(horizontal=True, vertical_alignment="center"):
+        if query:
+            st.markdown(f"Like {literal_markdown(query)}")
+        for sign, paths in (("+", examples), ("−", negatives)):
+            for path in paths:
+                st.button(
+                    f"{sign} {literal_markdown(os.path.basename(path))}  ✕",
+                    key=f"drop-{sign}-{path}",
+                    help=f"{printable(path)}: click to take it out of the query",
+                    on_click=drop_example,
+                    args=(path,),
+                )
+        st.button("Clear", key="clear-examples", on_click=show_similar, args=(st.session_state.get("similar"),))
 
 
 def sidebar(client: SearchClient) -> tuple[int, float, str, bool, int]:
@@ -195,6 +232,20 @@ def results_grid(hits: list[Hit]) -> None:
                     if st.button("View", key=f"view-{rank}", help="Full size, path, size and date"):
                         full_view(hit)
                     st.button("More like this", key=f"more-{rank}", on_click=show_similar, args=(hit.path,))
+                    st.button(
+                        "+",
+                        key=f"plus-{rank}",
+                        help="Like this: add it to the query",
+                        on_click=add_example,
+                        args=(hit.path, "examples"),
+                    )
+                    st.button(
+                        "−",
+                        key=f"minus-{rank}",
+                        help="Not like this: push what resembles it down",
+                        on_click=add_example,
+                        args=(hit.path, "negatives"),
+                    )
 
 
 def main() -> None:
@@ -205,14 +256,28 @@ def main() -> None:
     k, min_score, folder, collapse, expand = sidebar(client)
 
     query = query_image(Settings().max_upload_mb)  # always drawn, so the upload survives "More like this"
-    similar, examples = st.session_state.get("similar"), st.session_state.get("examples")
+    similar = st.session_state.get("similar")
+    examples, negatives = st.session_state.get("examples") or [], st.session_state.get("negatives") or []
     started = time.perf_counter()
-    if examples:
-        with st.container(horizontal=True, vertical_alignment="center"):
-            st.markdown(f"Like the {len(examples)} images selected on the map")
-            st.button("Back to my photo", on_click=show_similar, args=(None,))
-        positive = [Stored(p) for p in examples]
-        hits = client.search_examples(positive, k=k, folder=folder or None, collapse_duplicates=collapse, expand=expand)
+    picture = None
+    if query is not None and not similar:
+        name, data = query
+        picture = client.load(data, name)  # decoded as the indexer decodes: reduced scale, same limits
+        st.image(to_jpeg(picture, 2 * THUMB_PX), width=min(THUMB_PX, picture.width))  # never blown up
+        st.text(printable(name))
+    options = {"k": k, "folder": folder or None, "collapse_duplicates": collapse, "expand": expand}
+    if examples or negatives:
+        label = os.path.basename(similar) if similar else (query[0] if picture is not None else None)
+        examples_strip(examples, negatives, label)
+        positive = [picture] if picture is not None else [Stored(similar)] if similar else []
+        positive += [Stored(p) for p in examples]
+        if not positive:
+            st.info('Add a photo, or "+" a result: a query needs something to be like.')
+            return
+        if picture is not None:
+            ensure_encoder(client)
+        with st.spinner("Searching…"):
+            hits = client.search_examples(positive, [Stored(p) for p in negatives], **options)
     elif similar:
         with st.container(horizontal=True, vertical_alignment="center"):
             st.markdown(
@@ -220,15 +285,11 @@ def main() -> None:
                 f"({literal_markdown(os.path.dirname(similar))})"
             )
             st.button("Back to my photo", on_click=show_similar, args=(None,))
-        hits = client.search_similar(similar, k=k, folder=folder or None, collapse_duplicates=collapse, expand=expand)
-    elif query is not None:
-        name, data = query
-        picture = client.load(data, name)  # decoded as the indexer decodes: reduced scale, same limits
-        st.image(to_jpeg(picture, 2 * THUMB_PX), width=min(THUMB_PX, picture.width))  # never blown up
-        st.text(printable(name))
+        hits = client.search_similar(similar, **options)
+    elif picture is not None:
         ensure_encoder(client)
         with st.spinner("Searching…"):
-            hits = client.search(picture, k=k, folder=folder or None, collapse_duplicates=collapse, expand=expand)
+            hits = client.search(picture, **options)
     else:
         return
     elapsed_ms = 1000 * (time.perf_counter() - started)
