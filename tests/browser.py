@@ -102,12 +102,14 @@ def result_names(page) -> list[str]:
 
 def results_shown(page, first: str, count: int | None = None, timeout_ms: float = 120_000) -> None:
     """Wait until the grid is complete: ``first`` is the first result, there are as many cells
-    as the "N results in … ms" caption says (and ``count``, if given), every thumbnail loaded."""
+    as the "N results in … ms" caption says (and ``count``, if given), every thumbnail loaded, and
+    no element is left from the previous run (Streamlit's ``data-stale``)."""
     page.wait_for_function(
         """([first, count, names, thumbs]) => {
             const caption = [...document.querySelectorAll('[data-testid=stCaptionContainer]')]
                 .map(c => c.innerText.match(/^(\\d+) results? in/)).find(m => m);
             if (!caption) return false;
+            if (document.querySelector('[data-stale=true]')) return false;  // a rerun still drawing
             const n = Number(caption[1]);
             if (count !== null && n !== count) return false;
             const cells = [...document.querySelectorAll(names)];

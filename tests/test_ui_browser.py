@@ -142,3 +142,43 @@ def test_the_duplicates_page_in_chromium(photos, db_uri, tiny_model, tmp_path):
             page.get_by_role("button", name="Download CSV").click()
         assert download.value.suggested_filename == "duplicates.csv"
         assert open(download.value.path(), "rb").read() == expected.csv_bytes()
+
+
+def test_plus_and_minus_build_a_strip_of_examples_in_chromium(indexed, tmp_path):
+    """ "+" and "−" on results: the strip of example thumbnails above the results, the results of
+    the photo with the example minus the negative, an example taken out, "Back to my photo"."""
+    from vitsearch.search.query import Stored
+
+    photos, uri = indexed
+    with SearchClient(uri=uri) as client:
+        first = [h.path.rsplit("/", 1)[1] for h in client.search(photos / "coffee.jpg", k=12)]
+        liked = photos / first[1]
+        second = [
+            h.path.rsplit("/", 1)[1] for h in client.search_examples([photos / "coffee.jpg", Stored(str(liked))], k=12)
+        ]
+        disliked = photos / second[2]
+        both = client.search_examples([photos / "coffee.jpg", Stored(str(liked))], [Stored(str(disliked))], k=12)
+        both = [h.path.rsplit("/", 1)[1] for h in both]
+
+    with ui_server(uri, tmp_path / "ui.log") as url, chromium_page() as page:
+        page.goto(url)
+        page.get_by_text("Drop a photo to find similar images").wait_for(timeout=120_000)
+        upload_and_wait(page, photos / "coffee.jpg")
+        page.get_by_role("button", name="+", exact=True).nth(1).click()  # the second result
+        page.get_by_role("button", name="Back to my photo").wait_for(timeout=60_000)
+        results_shown(page, second[0], count=len(second))
+        assert result_names(page) == second and liked.name not in second
+        page.get_by_role("button", name="−", exact=True).nth(2).click()  # the third result now
+        results_shown(page, both[0], count=len(both))
+        assert result_names(page) == both and disliked.name not in both
+        strip = page.get_by_role("button", name="✕")
+        assert strip.count() == 2  # one example, one negative, each with its thumbnail
+        page.evaluate("document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })")
+        page.mouse.move(1, 1)  # no tooltip over the results
+        page.screenshot(path=tmp_path / "examples.png")  # the strip and the first row of results
+        page.get_by_role("button", name="− ✕").click()  # the negative taken out
+        results_shown(page, second[0], count=len(second))
+        assert result_names(page) == second
+        page.get_by_role("button", name="Back to my photo").click()
+        results_shown(page, "coffee.jpg", count=len(first))
+        assert result_names(page) == first

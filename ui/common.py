@@ -16,7 +16,7 @@ from vitsearch.search.errors import BadImageError, CollectionNotFoundError, Vits
 from vitsearch.search.images import Limits
 from vitsearch.search.models import index_hint
 from vitsearch.search.paths import printable
-from vitsearch.search.thumbnails import thumbnail
+from vitsearch.search.thumbnails import THUMB_PX, thumbnail
 
 log = logging.getLogger("vitsearch.ui")
 
@@ -65,6 +65,16 @@ def cached_thumbnail(path: str, size: int, sha256: str) -> bytes | None:
         return thumbnail({"path": path, "size": size, "sha256": sha256}, limits=Limits.from_settings(Settings()))
     except BadImageError as exc:
         log.warning("no thumbnail: %s", printable(str(exc)))
+        return None
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def indexed_thumbnail(uri: str, collection: str, path: str) -> bytes | None:
+    """A JPEG thumbnail (at most ``THUMB_PX``) of an indexed file by its path alone, only from the
+    indexed bytes (``SearchClient.thumbnail``); None where the file changed or is gone."""
+    try:
+        return open_client(uri, collection).thumbnail(path, THUMB_PX)
+    except BadImageError:
         return None
 
 

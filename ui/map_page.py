@@ -24,11 +24,9 @@ import streamlit as st
 
 from vitsearch.search.config import Settings
 from vitsearch.search.embedding_map import EmbeddingMap
-from vitsearch.search.errors import BadImageError
 from vitsearch.search.paths import printable, stored_path
 from vitsearch.search.query import MAX_EXAMPLES
-from vitsearch.search.thumbnails import THUMB_PX
-from vitsearch.ui.common import GRID_COLUMNS, collection_client, guarded
+from vitsearch.ui.common import GRID_COLUMNS, collection_client, guarded, indexed_thumbnail
 
 #: Folders coloured apart (the most populous); the others share one colour.
 FOLDERS_COLOURED = 20
@@ -50,17 +48,6 @@ def load_map(uri: str, collection: str, recompute: int) -> EmbeddingMap:
     from vitsearch.ui.common import open_client
 
     return embedding_map(open_client(uri, collection).store, recompute=recompute > 0)
-
-
-@st.cache_data(max_entries=1024, show_spinner=False)
-def map_thumbnail(uri: str, collection: str, path: str) -> bytes | None:
-    """A thumbnail of an indexed file (only the indexed bytes), or None where it changed or is gone."""
-    from vitsearch.ui.common import open_client
-
-    try:
-        return open_client(uri, collection).thumbnail(path, THUMB_PX)
-    except BadImageError:
-        return None
 
 
 def selection_csv(emap: EmbeddingMap, rows: list[int]) -> bytes:
@@ -157,7 +144,7 @@ def show_selection(emap: EmbeddingMap, uri: str, collection: str) -> None:
     if len(rows) == 1:
         path = emap.paths[rows[0]]
         picture, facts = st.columns([1, 2])
-        thumb = map_thumbnail(uri, collection, path)
+        thumb = indexed_thumbnail(uri, collection, path)
         if thumb is None:
             picture.warning("changed since it was indexed, or gone: run vitsearch index again")
         else:
@@ -203,7 +190,7 @@ def show_clusters(emap: EmbeddingMap, uri: str, collection: str) -> None:
     for start in range(0, len(shown), GRID_COLUMNS):
         for col, c in zip(st.columns(GRID_COLUMNS), shown[start : start + GRID_COLUMNS]):
             with col.container(border=True):
-                thumb = map_thumbnail(uri, collection, emap.labels[c][0])
+                thumb = indexed_thumbnail(uri, collection, emap.labels[c][0])
                 if thumb is not None:
                     st.image(thumb, width="stretch")
                 st.caption(f"cluster {c} · {sizes[c]:,} images")

@@ -36,6 +36,7 @@ from vitsearch.ui.common import (
     ensure_encoder,
     folder_count,
     guarded,
+    indexed_thumbnail,
     literal_markdown,
 )
 
@@ -45,6 +46,8 @@ K_DEFAULT, K_MAX = 12, 100
 EXPAND_N = 2
 #: Longest side of the full-size view, in pixels.
 VIEW_PX = 1600
+#: Width of an example's thumbnail in the strip above the results, in pixels.
+STRIP_PX = 72
 
 
 def show_similar(path: str | None) -> None:
@@ -68,21 +71,27 @@ def drop_example(path: str) -> None:
 
 
 def examples_strip(examples: list[str], negatives: list[str], query: str | None) -> None:
-    """What the query is made of: the photo or item, each example ("+") and negative ("−"),
-    each with a button that takes it out."""
-    with st.container(horizontal=True, vertical_alignment="center"):
+    """What the query is made of: the photo or item, then each example ("+") and negative ("−")
+    as a small thumbnail with a button that takes it out; "Back to my photo" resets."""
+    settings = Settings()
+    uri, collection = settings.resolved_uri(), settings.collection
+    with st.container(horizontal=True, vertical_alignment="bottom"):
         if query:
             st.markdown(f"Like {literal_markdown(query)}")
         for sign, paths in (("+", examples), ("−", negatives)):
             for path in paths:
-                st.button(
-                    f"{sign} {literal_markdown(os.path.basename(path))}  ✕",
-                    key=f"drop-{sign}-{path}",
-                    help=f"{printable(path)}: click to take it out of the query",
-                    on_click=drop_example,
-                    args=(path,),
-                )
-        st.button("Clear", key="clear-examples", on_click=show_similar, args=(st.session_state.get("similar"),))
+                with st.container(width=STRIP_PX + 16, gap="small"):
+                    thumb = indexed_thumbnail(uri, collection, path)
+                    if thumb is not None:
+                        st.image(thumb, width=STRIP_PX)
+                    st.button(
+                        f"{sign} ✕",
+                        key=f"drop-{sign}-{path}",
+                        help=f"{'Like' if sign == '+' else 'Not like'} {printable(path)}: click to take it out",
+                        on_click=drop_example,
+                        args=(path,),
+                    )
+        st.button("Back to my photo", key="clear-examples", on_click=show_similar, args=(None,))
 
 
 def sidebar(client: SearchClient) -> tuple[int, float, str, bool, int]:
