@@ -65,7 +65,9 @@ def make_collection(args, uri: str) -> int:
             fill(store, args.rows, 384, 1.0, 20)
         started = time.perf_counter()
         emap = embedding_map(store)
-        print(f"map: {len(emap.paths):,} rows, {emap.record['clusters']} clusters, {time.perf_counter() - started:.1f} s")
+        print(
+            f"map: {len(emap.paths):,} rows, {emap.record['clusters']} clusters, {time.perf_counter() - started:.1f} s"
+        )
         store.close(release=True)  # the page's server serves the database now
         return len(emap.paths)
 
