@@ -203,3 +203,21 @@ def test_the_map_page_draws_the_map_shows_a_point_and_downloads_a_selection(inde
     assert all(at.button(key=f"drop-+-{p}") for p in chosen)  # the strip of examples
     shown = [t.value for t in at.text]  # the results' file names
     assert len(shown) >= 5 and not set(shown) & {os.path.basename(p) for p in chosen}  # the examples left out
+
+
+def test_names_reach_the_plot_as_text_not_html():
+    """Plotly renders <b>, <a href>... in hover labels and legends: file and folder names are
+    escaped, so a hostile name is shown as it is."""
+    from vitsearch.search.embedding_map import EmbeddingMap
+    from vitsearch.ui.map_page import figure
+
+    hostile = '/p/<a href="javascript:alert(1)">x<a>/<b>bold<b>.jpg'
+    emap = EmbeddingMap({}, [hostile, "/p/plain.jpg"], np.zeros((2, 2), np.float32), np.full(2, -1, np.int32))
+    for colour in ("Cluster", "Folder"):
+        fig = figure(emap, colour)
+        text = json.dumps([list(t.hovertext) for t in fig.data] + [t.name for t in fig.data])
+        assert "<b>" not in text and "<a " not in text
+    hover = [h for t in figure(emap, "Cluster").data for h in t.hovertext]
+    assert "&lt;b&gt;bold&lt;b&gt;.jpg" in hover
+    legend = [t.name for t in figure(emap, "Folder").data]
+    assert any("&lt;a href=&quot;javascript:alert(1)&quot;&gt;x&lt;a&gt;" in n for n in legend)

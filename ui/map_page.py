@@ -16,6 +16,7 @@ selection callback); ``similar`` is the Search page's (see :mod:`.search_page`).
 from __future__ import annotations
 
 import csv
+import html
 import io
 import os
 
@@ -85,7 +86,8 @@ def figure(emap: EmbeddingMap, colour: str):
     import plotly.graph_objects as go
     from plotly.colors import qualitative
 
-    names = np.asarray([printable(os.path.basename(p)) for p in emap.paths], dtype=object)
+    # Plotly renders a subset of HTML in hover labels and legends (<b>, <a href>...): names escaped.
+    names = np.asarray([html.escape(printable(os.path.basename(p))) for p in emap.paths], dtype=object)
     size = MARKER_PX[0] if len(emap.paths) <= 20_000 else MARKER_PX[1]
     fig = go.Figure()
     for name, rows in groups(emap, colour):
@@ -94,7 +96,7 @@ def figure(emap: EmbeddingMap, colour: str):
                 x=emap.xy[rows, 0],
                 y=emap.xy[rows, 1],
                 mode="markers",
-                name=name,
+                name=html.escape(name),
                 marker={
                     "size": size,
                     "opacity": 0.8,
