@@ -177,6 +177,33 @@ def test_plus_and_minus_on_results_search_with_examples_and_negatives(indexed, p
     assert not at.session_state["examples"] and result_names(at)[0] == "cat.jpg"
 
 
+def test_a_box_drawn_on_the_photo_searches_that_region(indexed, page, tmp_path):
+    """The region picker's box (what the chart's box selection leaves in ``box``) makes the
+    results those of ``SearchClient.search(box=)``; "Whole photo" goes back; a box selection is
+    turned into full-size pixels, clipped to the photo."""
+    from vitsearch.search.query import Box
+    from vitsearch.ui.region import box_of
+
+    photos, uri = indexed
+    composite = Image.new("RGB", (1200, 600), "white")  # the rocket pasted on the right of a page of grass
+    composite.paste(Image.open(photos / "grass.jpg").convert("RGB").resize((600, 600)), (0, 0))
+    composite.paste(Image.open(photos / "sub" / "rocket.jpg").convert("RGB").resize((600, 600)), (600, 0))
+    composite.save(tmp_path / "both.jpg")
+    at = upload(page(uri), tmp_path / "both.jpg")
+    whole = result_names(at)
+    box = Box(600, 0, 600, 600)
+    at.session_state["box"] = box
+    at.run()
+    assert not at.exception and not at.error
+    with SearchClient(uri=uri) as client:
+        expected = [os.path.basename(h.path) for h in client.search(tmp_path / "both.jpg", k=12, box=box)]
+    assert result_names(at) == expected and expected[0] == "rocket.jpg" and whole != expected
+    at.button(key="whole-photo").click().run()
+    assert at.session_state["box"] is None and result_names(at) == whole
+    assert box_of({"x": [700.4, 99.6], "y": [-20, 300.2]}, (1200, 600)) == Box(100, 0, 600, 300)
+    assert box_of({"x": [1300, 1400], "y": [0, 10]}, (1200, 600)) is None  # outside the photo
+
+
 def test_a_result_opens_a_full_size_view_with_its_path_size_date_and_more_like_this(indexed, page):
     photos, uri = indexed
     at = page(uri)

@@ -182,3 +182,37 @@ def test_plus_and_minus_build_a_strip_of_examples_in_chromium(indexed, tmp_path)
         page.get_by_role("button", name="Back to my photo").click()
         results_shown(page, "coffee.jpg", count=len(first))
         assert result_names(page) == first
+
+
+def test_a_box_dragged_on_the_photo_searches_that_region_in_chromium(indexed, tmp_path):
+    """ "Search a region": a box dragged with the mouse on the right half of a photo of grass and
+    a rocket gives the results of that region (the rocket first), drawn on the photo."""
+    photos, uri = indexed
+    composite = Image.new("RGB", (1200, 600), "white")
+    composite.paste(Image.open(photos / "grass.jpg").convert("RGB").resize((600, 600)), (0, 0))
+    composite.paste(Image.open(photos / "sub" / "rocket.jpg").convert("RGB").resize((600, 600)), (600, 0))
+    composite.save(tmp_path / "both.jpg")
+    with SearchClient(uri=uri) as client:
+        whole = [h.path.rsplit("/", 1)[1] for h in client.search(tmp_path / "both.jpg", k=12)]
+
+    with ui_server(uri, tmp_path / "ui.log") as url, chromium_page() as page:
+        page.goto(url)
+        page.get_by_text("Drop a photo to find similar images").wait_for(timeout=120_000)
+        page.set_input_files("[data-testid=stFileUploaderDropzone] input[type=file]", str(tmp_path / "both.jpg"))
+        results_shown(page, whole[0], count=len(whole))
+        page.get_by_text("Search a region").click()
+        plot = page.locator(".js-plotly-plot .nsewdrag").first
+        plot.wait_for(timeout=60_000)
+        b = plot.bounding_box()
+        page.mouse.move(b["x"] + b["width"] * 0.55, b["y"] + b["height"] * 0.05)
+        page.mouse.down()
+        page.mouse.move(b["x"] + b["width"] * 0.75, b["y"] + b["height"] * 0.5, steps=5)
+        page.mouse.move(b["x"] + b["width"] * 0.95, b["y"] + b["height"] * 0.95, steps=5)
+        page.mouse.up()
+        page.get_by_role("button", name="Whole photo").wait_for(timeout=60_000)
+        results_shown(page, "rocket.jpg")
+        assert result_names(page) != whole
+        page.screenshot(path=tmp_path / "region.png")
+        page.get_by_role("button", name="Whole photo").click()
+        results_shown(page, whole[0], count=len(whole))
+        assert result_names(page) == whole

@@ -11,7 +11,8 @@ then the photo (or the "More like this" item) and the examples together, minus t
 
 Session state: ``similar`` holds the path of the indexed item that "More like this" asked for
 (None when the query is the uploaded or camera image); ``examples`` and ``negatives`` the paths of
-indexed items added with "+" and "−" (or the Map page's "Search with these").
+indexed items added with "+" and "−" (or the Map page's "Search with these"); ``box`` the region
+drawn on the photo (:mod:`.region`), which the photo's searches are then for.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from vitsearch.ui.common import (
     indexed_thumbnail,
     literal_markdown,
 )
+from vitsearch.ui.region import clear_box, region_picker
 
 UPLOAD_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 K_DEFAULT, K_MAX = 12, 100
@@ -53,7 +55,7 @@ STRIP_PX = 72
 def show_similar(path: str | None) -> None:
     """A new query (an item's "More like this", or back to the photo): the examples are cleared."""
     st.session_state["similar"] = path
-    st.session_state["examples"] = st.session_state["negatives"] = None
+    st.session_state["examples"] = st.session_state["negatives"] = st.session_state["box"] = None
 
 
 def add_example(path: str, key: str) -> None:
@@ -274,6 +276,12 @@ def main() -> None:
         picture = client.load(data, name)  # decoded as the indexer decodes: reduced scale, same limits
         st.image(to_jpeg(picture, 2 * THUMB_PX), width=min(THUMB_PX, picture.width))  # never blown up
         st.text(printable(name))
+        with st.expander("Search a region", expanded=st.session_state.get("box") is not None):
+            st.caption("Drag a box on the photo: the results are then for what is inside it.")
+            box = region_picker(data, name, client.limits)
+            if box is not None:
+                st.button(f"Whole photo (box {box.text()})", key="whole-photo", on_click=clear_box)
+                picture = client.load(data, name, box=box)  # the region cut from the full-size photo
     options = {"k": k, "folder": folder or None, "collapse_duplicates": collapse, "expand": expand}
     if examples or negatives:
         label = os.path.basename(similar) if similar else (query[0] if picture is not None else None)
