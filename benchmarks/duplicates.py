@@ -387,6 +387,9 @@ def fill(uri: str, vectors: np.ndarray, chunk: int = 5000) -> float:
                         "height": 10,
                         "sha256": f"{i:064x}",
                         "indexed_at": 0.0,
+                        "taken_at": 0.0,
+                        "date_source": "mtime",
+                        "camera": "",
                     }
                     for i in range(start, min(start + chunk, len(vectors)))
                 ]

@@ -61,6 +61,9 @@ def fill(store: Store, n: int, dim: int, chunk: int = 5000) -> float:
                     "height": 3024,
                     "sha256": f"{i:064x}",
                     "indexed_at": 1.7e9,
+                    "taken_at": 1.7e9,
+                    "date_source": "mtime",
+                    "camera": "",
                 }
                 for i, v in zip(range(start, start + len(vectors)), vectors)
             ]

@@ -69,6 +69,9 @@ def fill(store: Store, n: int, dim: int, noise: float, centres: int, chunk: int 
                     "height": 3024,
                     "sha256": f"{i:064x}",
                     "indexed_at": 1.7e9,
+                    "taken_at": 1.7e9,
+                    "date_source": "mtime",
+                    "camera": "",
                 }
                 for i, v in zip(ids.tolist(), vectors)
             ]

@@ -88,6 +88,9 @@ def fill(store: Store, info: EncoderInfo, vectors: np.ndarray, chunk: int = 5000
                     "height": 1,
                     "sha256": "",
                     "indexed_at": 0.0,
+                    "taken_at": 0.0,
+                    "date_source": "mtime",
+                    "camera": "",
                 }
                 for i in range(start, min(start + chunk, len(vectors)))
             ]

@@ -231,6 +231,9 @@ def fill(store, info, vectors: np.ndarray, chunk: int = 20_000) -> None:
                     "height": 1,
                     "sha256": f"{start + i:064x}",
                     "indexed_at": 0.0,
+                    "taken_at": 0.0,
+                    "date_source": "mtime",
+                    "camera": "",
                 }
                 for i, v in enumerate(vectors[start : start + chunk])
             ]

@@ -48,6 +48,8 @@ DTYPE = typer.Option(
     "--dtype",
     help="bfloat16, float16 or float32. (env VITSEARCH_DTYPE; default: bfloat16 on CUDA, float32 elsewhere)",
 )
+#: The progress bar's label of each rewrite of a collection (:meth:`IndexJob` progress ``rewriting``).
+_REWRITES = {"resuming": "finishing a stopped rewrite", "upgrading": "upgrading the collection (capture dates)"}
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 ALLOWED_HOSTS = typer.Option(
     None,
@@ -196,7 +198,7 @@ def progress_bar():
             self.rewrite = tqdm(
                 total=rows,
                 unit="row",
-                desc=f"{kind} whitening" if kind != "resuming" else "finishing a stopped rewrite",
+                desc=_REWRITES.get(kind, f"{kind} whitening"),
                 dynamic_ncols=True,
             )
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+from enum import StrEnum
 
 import typer
 
@@ -11,6 +13,7 @@ from vitsearch.search.config import MAX_K
 from vitsearch.search.errors import BadImageError, BadQueryError, VitsearchError
 from vitsearch.search.paths import absolute, printable
 from vitsearch.search.query import weighted
+from vitsearch.search.when import SORTS
 
 from .common import (
     COLLECTION,
@@ -27,6 +30,9 @@ from .common import (
     parsed_settings,
     ready,
 )
+
+#: ``--sort``'s choices: :data:`~vitsearch.search.when.SORTS`.
+Sort = StrEnum("Sort", {name.replace("-", "_"): name for name in SORTS})
 
 
 @app.command(epilog="Docs: docs/guides/searching.md")
@@ -53,6 +59,21 @@ def search(
         help="Milvus boolean expression on stored fields, e.g. 'width >= 500 and folder == \"/photos/2024\"'.",
     ),
     folder: str | None = typer.Option(None, "--folder", help="Only images in this folder or below it."),
+    after: str | None = typer.Option(
+        None,
+        "--after",
+        metavar="DATE",
+        help="Only images taken at or after DATE (EXIF capture time, else the file's mtime): 2024, 2024-05, "
+        "2024-05-01, 2024-05-01T18:30, +02:00 or Z for a zone (default: local time).",
+    ),
+    before: str | None = typer.Option(
+        None, "--before", metavar="DATE", help="Only images taken before DATE (--after 2024-05 --before 2024-06: May)."
+    ),
+    sort: Sort = typer.Option(
+        Sort.score,
+        "--sort",
+        help="score: best first; date / date-asc: the close matches newest / oldest first, then the rest by score.",
+    ),
     similar: bool = typer.Option(False, "--similar", help="IMAGE is an indexed file: use its stored vector."),
     collapse: bool = typer.Option(
         False,
@@ -79,11 +100,12 @@ def search(
     Score: cosine similarity in the collection's space (whitened once it holds 50 images:
     unrelated images score near 0). "match": a close match, the same object, scene or product
     rather than merely the nearest image; when none qualifies, "no close match in this
-    collection" is said after the results (JSON: "close_match": false).
+    collection" is said after the results (JSON: "close_match": false). Taken: the capture time
+    from EXIF, local time; "~" where the file has no EXIF date and its mtime stands in.
 
     Exit codes: 0 results (or none), 1 Milvus, model or collection trouble, 2 a bad query (not an
     image, a corrupt image, an unknown --similar path, a --folder without indexed images, a
-    malformed --filter, k out of range).
+    malformed --filter, k out of range, a bad --after/--before).
     """
     s = parsed_settings(
         uri=uri, collection=collection, device=device, image_size=image_size, runtime=runtime and runtime.value
@@ -107,7 +129,16 @@ def search(
                     f"(see `vitsearch stats`)",
                     code=2,
                 )
-            common = {"k": k, "filter": filter, "folder": folder, "collapse_duplicates": collapse, "expand": expand}
+            common = {
+                "k": k,
+                "filter": filter,
+                "folder": folder,
+                "collapse_duplicates": collapse,
+                "expand": expand,
+                "after": after,
+                "before": before,
+                "sort": sort.value,
+            }
             if several:
                 hits = _search_examples(client, examples, len(images), files, similar, s, common)
             elif similar:
@@ -125,13 +156,29 @@ def search(
     if not hits:
         typer.echo("no results")
         return
-    typer.echo(f"{'rank':>4}  {'score':>6}  {'match':>5}  {'size':>11}  path")
+    typer.echo(f"{'rank':>4}  {'score':>6}  {'match':>5}  {'size':>11}  {'taken':<16}  path")
     for rank, h in enumerate(hits, 1):
         size = f"{h.metadata.get('width')}x{h.metadata.get('height')}"
         copies = f"  (+{len(h.copies)} {'copy' if len(h.copies) == 1 else 'copies'})" if h.copies else ""
-        typer.echo(f"{rank:>4}  {h.score:.4f}  {'yes' if h.match else '':>5}  {size:>11}  {printable(h.path)}{copies}")
+        typer.echo(
+            f"{rank:>4}  {h.score:.4f}  {'yes' if h.match else '':>5}  {size:>11}  {taken_label(h.metadata):<16}  "
+            f"{printable(h.path)}{copies}"
+        )
     if not close:
         typer.echo("no close match in this collection: these are only the nearest images")
+
+
+def taken_label(metadata: dict) -> str:
+    """A hit's capture time as local ``YYYY-MM-DD HH:MM``, ``~`` before it where it is the file's
+    mtime (no EXIF date), ``""`` where unknown (a collection not yet upgraded)."""
+    source, taken = metadata.get("date_source"), metadata.get("taken_at", -1.0)
+    if not source or taken is None or taken < 0:
+        return ""
+    try:
+        text = datetime.datetime.fromtimestamp(taken).strftime("%Y-%m-%d %H:%M")
+    except (OverflowError, OSError, ValueError):
+        return ""
+    return ("~" if source == "mtime" else "") + text
 
 
 def _search_examples(client, examples, n_positive, files, similar, s, common):

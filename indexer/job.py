@@ -21,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from vitsearch.search.capture import with_capture
 from vitsearch.search.config import Settings
 from vitsearch.search.encoder import Encoder, EncoderInfo, encoder_for
-from vitsearch.search.store import Store, writer_lease
+from vitsearch.search.store import SCHEMA_VERSION, Store, writer_lease
 from vitsearch.search.store.lease import WATCH_WAIT_S
 from vitsearch.search.store.space import read_space, resume_rewrite, update_space
 from vitsearch.search.whitening import Space
@@ -122,7 +123,8 @@ class Progress:
     def rewriting(self, kind: str, rows: int) -> None:
         """The collection's ``rows`` vectors are being rewritten into a new space (``kind``:
         ``"learning"``, ``"re-learning"`` or ``"removing"`` whitening, ``"resuming"`` a rewrite
-        a stopped run left; see :mod:`vitsearch.search.store.space`)."""
+        a stopped run left; see :mod:`vitsearch.search.store.space`), or copied to the current
+        schema (``"upgrading"``: :meth:`~vitsearch.search.store.Store.upgrade`)."""
 
     def rewritten(self, n: int) -> None:
         """``n`` more rows are rewritten."""
@@ -306,10 +308,13 @@ class IndexJob:
         self.close()
 
     def _begin(self, report: IndexReport) -> Space:
-        """What a run does first, holding the lease: upgrade an older schema, finish a rewrite a
+        """What a run does first, holding the lease: upgrade an older schema (its rows given the
+        capture facts of their files, :func:`~vitsearch.search.capture.with_capture`), finish a rewrite a
         stopped run left (:func:`~vitsearch.search.store.space.resume_rewrite`); the space to
         write the run's vectors in."""
-        self.store.upgrade()
+        if self.store.schema_version() != SCHEMA_VERSION:
+            self.progress.rewriting("upgrading", self.store.count())
+            self.store.upgrade(on_rows=self.progress.rewritten, complete=with_capture)
         started = time.perf_counter()
         resumed = resume_rewrite(self.store, on_rows=self.progress.rewritten, on_start=self.progress.rewriting)
         if resumed:

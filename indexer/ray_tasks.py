@@ -19,7 +19,7 @@ from vitsearch.search.preprocess import Preprocess
 from vitsearch.search.store import META_FIELDS, Store, profile_for
 from vitsearch.search.whitening import Space
 
-from .reader import Decoded, Failed, read_one
+from .reader import INFO_FIELDS, Decoded, Failed, read_one
 from .runner import make_row, refreshed
 from .scan import FileEntry
 from .sources import is_uri, read_uri
@@ -28,6 +28,9 @@ from .sources import is_uri, read_uri
 STATUS = ["path", "error", "same", "cpu_s", "embed_s", "write_s"]
 #: The columns of a file to read (a :class:`~.scan.FileEntry`; ``sha256`` "" for none).
 ENTRY = ["path", "size", "mtime", "ctime_ns", "inode", "sha256"]
+#: The info of a file not decoded, and the Python type of each info column of a batch.
+_NO_INFO = {"width": 0, "height": 0, "sha256": "", "taken_at": 0.0, "date_source": "", "camera": ""}
+_INFO_TYPES = {"width": int, "height": int, "sha256": str, "taken_at": float, "date_source": str, "camera": str}
 
 
 def decode(
@@ -39,13 +42,13 @@ def decode(
     row's sha256, zero pixels) or failed (zero pixels, the reason in ``error``).
     """
     pixels = np.zeros((len(batch["path"]), *shape), np.float32)
-    out: dict[str, list] = {"width": [], "height": [], "sha256": [], "error": [], "same": [], "cpu_s": []}
+    out: dict[str, list] = {key: [] for key in (*INFO_FIELDS, "error", "same", "cpu_s")}
     for i, entry in enumerate(_entries(batch)):
         result = read_one(entry, preprocess, limits, read=read_uri if is_uri(entry.path) else read_file)
-        info = result.info if isinstance(result, Decoded) else {"width": 0, "height": 0, "sha256": ""}
+        info = result.info if isinstance(result, Decoded) else _NO_INFO
         if isinstance(result, Decoded):
             pixels[i] = result.pixels
-        for key in ("width", "height", "sha256"):
+        for key in INFO_FIELDS:
             out[key].append(info[key])
         out["error"].append(result.reason if isinstance(result, Failed) else "")
         out["same"].append(not isinstance(result, (Decoded, Failed)))
@@ -126,11 +129,7 @@ class EmbedAndWrite:
                 make_row(
                     entries[i],
                     v,
-                    {
-                        "width": int(batch["width"][i]),
-                        "height": int(batch["height"][i]),
-                        "sha256": str(batch["sha256"][i]),
-                    },
+                    {key: _INFO_TYPES[key](batch[key][i]) for key in INFO_FIELDS},
                     now,
                 )
                 for i, v in zip(good, vectors)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from vitsearch.search.capture import capture_from_bytes
 from vitsearch.search.errors import BadImageError
 from vitsearch.search.images import Limits, read_file
 from vitsearch.search.preprocess import Preprocess
@@ -38,6 +39,9 @@ from .scan import FileEntry
 QUEUED_BATCHES = 2
 #: Batches each worker prepares ahead (DataLoader ``prefetch_factor``).
 PREFETCH = 2
+#: What is read from a file beside its pixels: the upright image's size in pixels, the sha256 of
+#: its bytes, its capture facts (:mod:`vitsearch.search.capture`).
+INFO_FIELDS = ("width", "height", "sha256", "taken_at", "date_source", "camera")
 #: Scheduling niceness added to worker processes (see :func:`_init_worker`).
 WORKER_NICENESS = 10
 
@@ -49,7 +53,7 @@ class Batch:
     Attributes:
         pixel_values: ``(B, 3, H, W) float32`` model input.
         entries: the B files, in the same order.
-        info: per file ``{"width", "height", "sha256"}`` of the original image (upright).
+        info: per file :data:`INFO_FIELDS` of the original image (upright).
         unchanged: files whose bytes still hash to their row's sha256 (not decoded).
         failures: ``(path, reason)`` of files of this batch that could not be used.
         decode_seconds: CPU time the worker spent reading, decoding and preprocessing these files.
@@ -70,8 +74,8 @@ class Batch:
 
 @dataclass(frozen=True)
 class Decoded:
-    """A file read and turned into model input: ``pixels`` ``(3, H, W) float32``, ``info``
-    ``{"width", "height", "sha256"}``, ``cpu_s`` the CPU seconds it took."""
+    """A file read and turned into model input: ``pixels`` ``(3, H, W) float32``, ``info`` its
+    :data:`INFO_FIELDS`, ``cpu_s`` the CPU seconds it took."""
 
     entry: FileEntry
     pixels: np.ndarray
@@ -112,11 +116,13 @@ def read_one(
             return Unchanged(entry, time.thread_time() - started)
         image, (width, height) = preprocess.decode(data, entry.path, limits)
         pixels = preprocess(image)
+        taken = capture_from_bytes(data, entry.mtime)
     except BadImageError as exc:
         return Failed(entry, exc.reason, time.thread_time() - started)
     except (ValueError, OSError) as exc:  # a checkpoint's own processor refusing an odd image
         return Failed(entry, f"preprocessing failed: {type(exc).__name__}: {exc}", time.thread_time() - started)
-    return Decoded(entry, pixels, {"width": width, "height": height, "sha256": sha256}, time.thread_time() - started)
+    info = {"width": width, "height": height, "sha256": sha256, **taken.fields()}
+    return Decoded(entry, pixels, info, time.thread_time() - started)
 
 
 class _Files(IterableDataset):

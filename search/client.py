@@ -15,13 +15,14 @@ from PIL import Image
 
 from .config import Settings
 from .encoder import Encoder, check_image_size, encoder_for
-from .errors import NotIndexedError
+from .errors import BadQueryError, NotIndexedError
 from .images import ImageLike, Limits, decode_bytes, load_image
 from .paths import absolute, printable
 from .query import Box, Examples, Stored, combine
-from .searcher import Searcher, check_k, raw_queries
-from .store import Hit, Store
+from .searcher import Searcher, Where, check_k, raw_queries
+from .store import SCHEMA_VERSION, Hit, Store
 from .stored_items import StoredItems
+from .when import DateLike, check_sort, date_range, ordered
 from .whitening import Space, normalise
 
 __all__ = ["SearchClient", "Hit"]
@@ -155,6 +156,9 @@ class SearchClient(StoredItems):
         collapse_duplicates: bool = False,
         expand: int = 0,
         box: Box | str | Sequence[int] | None = None,
+        after: DateLike | None = None,
+        before: DateLike | None = None,
+        sort: str = "score",
     ) -> list[Hit]:
         """The ``k`` indexed images most similar to ``image`` (or to a region of it), best first.
 
@@ -176,6 +180,13 @@ class SearchClient(StoredItems):
             box: search for this region of the image only: ``(x, y, w, h)`` or ``"x,y,w,h"``
                 in pixels of the image as displayed (after its EXIF orientation); the region,
                 decoded at full size, is embedded as a picture of its own (:class:`~.query.Box`).
+            after, before: only images taken at or after ``after`` and before ``before``
+                (capture time: EXIF, else the file's mtime, :mod:`~.capture`): ISO 8601 dates
+                such as ``"2024-05"``, ``"2024-05-01"``, ``"2024-05-01T18:30+02:00"``, a
+                ``datetime``/``date`` or Unix seconds; one without a time zone is local time
+                (:mod:`~.when`).
+            sort: ``"score"`` (default), or ``"date"``/``"date-asc"``: the close matches first,
+                newest/oldest first, then the other hits by score (:func:`~.when.ordered`).
 
         Returns:
             Up to ``k`` hits (fewer only if the collection or the filter holds fewer); each says
@@ -186,11 +197,14 @@ class SearchClient(StoredItems):
         Raises:
             BadImageError: ``image`` is not an image, is corrupt, or is over the size or pixel limit.
             BadQueryError: ``k`` is not an integer from 1 to ``MAX_K``, ``expand`` is out of
-                range, ``filter`` is not one valid Milvus expression on the stored fields, or
-                ``box`` is empty or not inside the image.
+                range, ``filter`` is not one valid Milvus expression on the stored fields,
+                ``box`` is empty or not inside the image, ``after``/``before`` are not dates in
+                order, ``sort`` is unknown, or dates are asked of a collection indexed before
+                vitsearch stored them (``vitsearch index`` upgrades it in place).
             StoreError: Milvus refused the search or stayed unreachable.
         """
         check_k(k, expand)
+        self.where(folder, after, before, sort)  # a bad date fails before the image is embedded
         picture = self.load(image, box=box)
         encoder = self.encoder
         return self.search_vector(
@@ -200,6 +214,9 @@ class SearchClient(StoredItems):
             folder,
             collapse_duplicates,
             expand,
+            after,
+            before,
+            sort,
         )
 
     def search_examples(
@@ -212,6 +229,9 @@ class SearchClient(StoredItems):
         folder: str | None = None,
         collapse_duplicates: bool = False,
         expand: int = 0,
+        after: DateLike | None = None,
+        before: DateLike | None = None,
+        sort: str = "score",
     ) -> list[Hit]:
         """The images most like the ``positive`` examples and least like the ``negative`` ones,
         best first: the examples' weighted sum minus a fifth of the negatives', in the collection's space
@@ -221,15 +241,17 @@ class SearchClient(StoredItems):
             positive, negative: images as :meth:`search` takes them, or :class:`~.query.Stored`
                 items (an indexed file's stored vector; left out of the results).
             weights: one number above 0 per example, positives first; default all 1.
-            k, filter, folder, collapse_duplicates, expand: as in :meth:`search`.
+            k, filter, folder, collapse_duplicates, expand, after, before, sort: as in :meth:`search`.
 
         Raises:
             BadQueryError: no positive, more than :data:`~.query.MAX_EXAMPLES` examples, bad
-                weights, examples that cancel out, or ``k``, ``expand``, ``filter`` as in :meth:`search`.
+                weights, examples that cancel out, or ``k``, ``expand``, ``filter``, dates,
+                ``sort`` as in :meth:`search`.
             NotIndexedError: a :class:`~.query.Stored` example is not indexed.
             BadImageError: an example image cannot be decoded.
         """
         check_k(k, expand)
+        where = self.where(folder, after, before, sort)
         examples = Examples.of(positive, negative, weights)
         items = [*examples.positive, *examples.negative]
         stored = [absolute(e.path) for e in items if isinstance(e, Stored)]
@@ -254,10 +276,10 @@ class SearchClient(StoredItems):
             )
             query = combine(space.to_search(raw), examples.signs())
             return self._searcher.one(
-                space, query, combine(raw, examples.signs()), k, filter, folder, stored, expand, collapse_duplicates
+                space, query, combine(raw, examples.signs()), k, filter, where, stored, expand, collapse_duplicates
             )
 
-        return self._searcher.consistent(run)
+        return ordered(self._searcher.consistent(run), sort)
 
     def search_similar(
         self,
@@ -268,29 +290,33 @@ class SearchClient(StoredItems):
         folder: str | None = None,
         collapse_duplicates: bool = False,
         expand: int = 0,
+        after: DateLike | None = None,
+        before: DateLike | None = None,
+        sort: str = "score",
     ) -> list[Hit]:
         """Images similar to an already indexed file, using its stored vector (no model needed).
 
         Args:
             path: the indexed file's path; a relative path is taken from the current folder.
             exclude_self: leave ``path`` itself out of the results (its copies stay).
-            filter, folder, collapse_duplicates, expand: as in :meth:`search`.
+            filter, folder, collapse_duplicates, expand, after, before, sort: as in :meth:`search`.
 
         Raises:
             NotIndexedError: ``path`` is not in the collection.
-            BadQueryError: ``k`` or ``expand`` out of range, or a bad filter.
+            BadQueryError: ``k`` or ``expand`` out of range, a bad filter, dates or sort.
         """
         check_k(k, expand)
+        where = self.where(folder, after, before, sort)
         path = absolute(path)
 
         def run(space: Space) -> list[Hit]:
             query = np.asarray(self._searcher.row(path, ["vector"])["vector"], np.float32)[None, :]
             left_out = [path] if exclude_self else []
             return self._searcher.one(
-                space, query, space.to_raw(query), k, filter, folder, left_out, expand, collapse_duplicates
+                space, query, space.to_raw(query), k, filter, where, left_out, expand, collapse_duplicates
             )
 
-        return self._searcher.consistent(run)
+        return ordered(self._searcher.consistent(run), sort)
 
     def search_vector(
         self,
@@ -300,19 +326,28 @@ class SearchClient(StoredItems):
         folder: str | None = None,
         collapse_duplicates: bool = False,
         expand: int = 0,
+        after: DateLike | None = None,
+        before: DateLike | None = None,
+        sort: str = "score",
     ) -> list[Hit]:
         """The ``k`` nearest rows to a ``(D,) float32`` embedding of the model (raw, as
         :meth:`~.encoder.Encoder.embed` gives it; mapped into the collection's space here), best first.
 
-        ``filter``, ``folder``, ``collapse_duplicates`` and ``expand`` as in :meth:`search`.
+        The other arguments as in :meth:`search`.
         """
         check_k(k, expand)
         raw = normalise(np.asarray(vector, np.float32).reshape(1, -1))
         if collapse_duplicates:
-            return self._searcher.consistent(
-                lambda space: self._searcher.collapsed(space, space.to_search(raw), raw, k, filter, folder, [], expand)
+            where = self.where(folder, after, before, sort)
+            return ordered(
+                self._searcher.consistent(
+                    lambda space: self._searcher.collapsed(
+                        space, space.to_search(raw), raw, k, filter, where, [], expand
+                    )
+                ),
+                sort,
             )
-        return self.search_vectors(raw, k, filter, folder, expand=expand)[0]
+        return self.search_vectors(raw, k, filter, folder, expand=expand, after=after, before=before, sort=sort)[0]
 
     def search_vectors(
         self,
@@ -322,10 +357,13 @@ class SearchClient(StoredItems):
         folder: str | None = None,
         exclude: Sequence[str | None] | None = None,
         expand: int = 0,
+        after: DateLike | None = None,
+        before: DateLike | None = None,
+        sort: str = "score",
     ) -> list[list[Hit]]:
         """The ``k`` nearest rows to each of ``Q`` embeddings of the model, in one Milvus search
         (two with ``expand``): row ``i`` of the answer is what :meth:`search_vector` gives for
-        ``vectors[i]`` (the same ``filter``, ``folder`` and ``expand`` for all; no
+        ``vectors[i]`` (the same ``filter``, ``folder``, ``expand``, dates and ``sort`` for all; no
         ``collapse_duplicates``). What the HTTP API uses to answer the queries of concurrent
         requests with one call.
 
@@ -347,10 +385,35 @@ class SearchClient(StoredItems):
             ValueError: ``vectors`` is not 2-D, or ``exclude`` has not one entry per query.
         """
         check_k(k, expand)
+        where = self.where(folder, after, before, sort)
         raw, left_out = raw_queries(vectors, exclude)
-        return self._searcher.consistent(
-            lambda space: self._searcher.run(space, space.to_search(raw), raw, k, filter, folder, left_out, expand)
+        found = self._searcher.consistent(
+            lambda space: self._searcher.run(space, space.to_search(raw), raw, k, filter, where, left_out, expand)
         )
+        return [ordered(hits, sort) for hits in found]
+
+    def where(
+        self,
+        folder: str | None = None,
+        after: DateLike | None = None,
+        before: DateLike | None = None,
+        sort: str = "score",
+    ) -> Where:
+        """The rows a search with these arguments (as in :meth:`search`) looks at.
+
+        Raises:
+            BadQueryError: bad dates or ``sort``, or dates asked of a collection whose rows
+                have none yet (schema before 3: ``vitsearch index`` upgrades it in place).
+        """
+        check_sort(sort)
+        taken = date_range(after, before)
+        dated = taken != (None, None) or sort != "score"
+        if dated and self.store.schema_version() != SCHEMA_VERSION:
+            raise BadQueryError(
+                f"{self.store.where} was indexed before vitsearch stored capture dates: run "
+                f"`vitsearch index` on its folders once to add them (no image is embedded again)"
+            )
+        return Where(folder, taken if taken != (None, None) else None)
 
     def stats(self) -> dict[str, Any]:
         """Collection facts: ``count``, ``model``, ``dim``, ``pooling``, ``image_size``,

@@ -7,7 +7,8 @@ the collection) and each file is written to a temporary file renamed into place 
 
 Columns: the stored metadata of :data:`~.hit.META_FIELDS` (``path``, ``folder``, ``size`` in
 bytes, ``mtime`` in s since the epoch, ``ctime_ns``, ``inode``, ``width``, ``height`` in pixels,
-``sha256``, ``indexed_at``) and ``vector``. ``path`` and ``folder`` are the stored text
+``sha256``, ``indexed_at``, ``taken_at`` in s since the epoch, ``date_source``, ``camera``:
+:mod:`~.capture`) and ``vector``. ``path`` and ``folder`` are the stored text
 (:func:`~.paths.stored_path`): the path itself, except that a backslash is doubled and a byte
 that is not UTF-8 is spelled ``\\xNN``; :func:`~.paths.path_from_stored` gives the exact name back.
 
@@ -153,8 +154,8 @@ class _ParquetWriter:
         import pyarrow.parquet as pq
 
         self.pa, self.dim = pa, dim
-        types = {"path": pa.string(), "folder": pa.string(), "sha256": pa.string(), "mtime": pa.float64()}
-        types["indexed_at"] = pa.float64()
+        types = {name: pa.string() for name in ("path", "folder", "sha256", "date_source", "camera")}
+        types |= {name: pa.float64() for name in ("mtime", "indexed_at", "taken_at")}
         fields = [pa.field(n, types.get(n, pa.int64())) for n in META_FIELDS]
         fields.append(pa.field("vector", pa.list_(pa.float32(), dim)))
         self.schema = pa.schema(fields, metadata={"vitsearch": json.dumps(description)})

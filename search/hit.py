@@ -8,7 +8,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 #: Fields of a stored row besides the vector, in schema order: what a hit's metadata can hold.
-META_FIELDS = ("path", "folder", "size", "mtime", "ctime_ns", "inode", "width", "height", "sha256", "indexed_at")
+META_FIELDS = (
+    "path",
+    "folder",
+    "size",
+    "mtime",
+    "ctime_ns",
+    "inode",
+    "width",
+    "height",
+    "sha256",
+    "indexed_at",
+    "taken_at",
+    "date_source",
+    "camera",
+)
 _ORDER = {name: i for i, name in enumerate(META_FIELDS)}
 
 
@@ -22,7 +36,10 @@ class Hit:
         score: cosine similarity of the embeddings, in [-1, 1]; higher is closer, 1 is identical.
         metadata: the stored fields asked for: ``folder``, ``size`` (bytes), ``mtime`` (Unix
             seconds), ``ctime_ns`` (Unix nanoseconds), ``inode``, ``width``, ``height`` (pixels),
-            ``sha256``, ``indexed_at`` (Unix seconds).
+            ``sha256``, ``indexed_at`` (Unix seconds), ``taken_at`` (capture time, Unix
+            seconds), ``date_source`` (where ``taken_at`` came from: ``"exif"``, ``"exif-local"``
+            or ``"mtime"``; ``""`` in a collection not yet upgraded, :mod:`~.capture`),
+            ``camera`` (EXIF make and model, or ``""``).
         copies: with ``collapse_duplicates`` (:meth:`SearchClient.search`), the paths of the
             other indexed files with the same bytes (same ``sha256``) that this one hit stands
             for, sorted; empty otherwise.

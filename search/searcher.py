@@ -7,6 +7,7 @@ them here."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,19 @@ from .whitening import Space, normalise
 LABEL_DEPTH = 100
 #: Times a query is run again where the collection's vectors move to a new generation under it.
 MOVES = 3
+
+
+@dataclass(frozen=True)
+class Where:
+    """The rows a search looks at besides a user's filter: files inside ``folder`` (an absolute
+    path, or a relative one taken from the current folder, :meth:`absolute`) taken in ``taken``
+    (``(low, high)`` Unix seconds, :func:`~.when.date_range`); None: all."""
+
+    folder: str | None = None
+    taken: tuple[float | None, float | None] | None = None
+
+    def absolute(self) -> Where:
+        return replace(self, folder=absolute(self.folder) if self.folder else None)
 
 
 class Searcher:
@@ -83,7 +97,7 @@ class Searcher:
         raw: np.ndarray,
         k: int,
         filter: str | None,
-        folder: str | None,
+        where: Where,
         exclude: list[str],
         expand: int,
         collapse_duplicates: bool,
@@ -91,8 +105,8 @@ class Searcher:
         """One ``(1, D)`` query's hits (:meth:`run`), with exact copies collapsed where asked
         (:meth:`collapsed`)."""
         if collapse_duplicates:
-            return self.collapsed(space, query, raw, k, filter, folder, exclude, expand)
-        return self.run(space, query, raw, k, filter, folder, [exclude], expand)[0]
+            return self.collapsed(space, query, raw, k, filter, where, exclude, expand)
+        return self.run(space, query, raw, k, filter, where, [exclude], expand)[0]
 
     def run(
         self,
@@ -101,15 +115,15 @@ class Searcher:
         raw: np.ndarray,
         k: int,
         filter: str | None,
-        folder: str | None,
+        where: Where,
         exclude: list[list[str]],
         expand: int,
     ) -> list[list[Hit]]:
         """Search ``(Q, D)`` queries of ``space`` (``raw``: the same as raw embeddings), each
         leaving its ``exclude`` paths out, expand and search again (``expand``), label."""
-        folder = absolute(folder) if folder else None
+        where = where.absolute()
         if expand:
-            first = self.hits(space, queries, expand, filter, folder, exclude, vectors=True)
+            first = self.hits(space, queries, expand, filter, where, exclude, vectors=True)
             queries_now = np.stack(
                 [
                     ranking.expand(
@@ -122,7 +136,7 @@ class Searcher:
             )
         else:
             queries_now = queries
-        found = self.hits(space, queries_now, k, filter, folder, exclude)
+        found = self.hits(space, queries_now, k, filter, where, exclude)
         return [self.labelled(space, hits[:k], q, r) for hits, q, r in zip(found, queries, raw)]
 
     def hits(
@@ -131,7 +145,7 @@ class Searcher:
         queries: np.ndarray,
         k: int,
         filter: str | None,
-        folder: str | None,
+        where: Where,
         exclude: list[list[str]],
         vectors: bool = False,
     ) -> list[list[Hit]]:
@@ -142,13 +156,15 @@ class Searcher:
         (all hits with ``vectors``)."""
         fields = (*META_FIELDS, "vector") if vectors or (space.whitened and k <= LABEL_DEPTH) else META_FIELDS
         if not any(exclude):
-            return self.store.search(queries, k, filter, folder=folder, fields=fields)
+            return self.store.search(queries, k, filter, folder=where.folder, fields=fields, taken=where.taken)
         if k == MAX_K or any(len(e) > 1 for e in exclude):
             return [
-                self.store.search(q[None, :], k, filter, folder=folder, exclude=e, fields=fields)[0]
+                self.store.search(
+                    q[None, :], k, filter, folder=where.folder, exclude=e, fields=fields, taken=where.taken
+                )[0]
                 for q, e in zip(queries, exclude)
             ]
-        found = self.store.search(queries, k + 1, filter, folder=folder, fields=fields)
+        found = self.store.search(queries, k + 1, filter, folder=where.folder, fields=fields, taken=where.taken)
         return [[h for h in hits if h.path not in e][:k] for hits, e in zip(found, exclude)]
 
     def labelled(self, space: Space, hits: list[Hit], query: np.ndarray, raw: np.ndarray) -> list[Hit]:
@@ -170,22 +186,24 @@ class Searcher:
         raw: np.ndarray,
         k: int,
         filter: str | None,
-        folder: str | None,
+        where: Where,
         exclude: list[str],
         expand: int,
     ) -> list[Hit]:
         """One query's hits with exact copies collapsed (``collapse_duplicates``): searched deeper
         until ``k`` distinct images are found."""
-        folder = absolute(folder) if folder else None
+        where = where.absolute()
         depth = k
         while True:
-            hits = self.run(space, query, raw, depth, filter, folder, [exclude], expand)[0]
+            hits = self.run(space, query, raw, depth, filter, where, [exclude], expand)[0]
             distinct = collapse(hits)
             if len(distinct) >= k or len(hits) < depth or depth == MAX_K:
                 break
             depth = min(MAX_K, 4 * depth)  # copies took places: search deeper for k distinct images
         distinct = distinct[:k]
-        copies = self.store.copies([h.metadata["sha256"] for h in distinct], filter, folder=folder, exclude=exclude)
+        copies = self.store.copies(
+            [h.metadata["sha256"] for h in distinct], filter, folder=where.folder, exclude=exclude, taken=where.taken
+        )
         return collapse(distinct, copies)
 
 

@@ -46,7 +46,7 @@ def test_index_search_stats(photos, db_uri, tiny_model):
 
     table = cli("search", EXAMPLES / "queries" / "cat-crop.jpg", "-k", "3", "--uri", db_uri).stdout
     lines = table.strip().splitlines()
-    assert lines[0].split() == ["rank", "score", "match", "size", "path"] and len(lines) >= 4
+    assert lines[0].split() == ["rank", "score", "match", "size", "taken", "path"] and len(lines) >= 4
     assert lines[1].endswith(str(photos / "cat.jpg"))  # the crop of the cat finds the cat
     assert (lines[-1] == "no close match in this collection: these are only the nearest images") == ("yes" not in table)
 

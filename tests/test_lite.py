@@ -42,7 +42,8 @@ OTHER = textwrap.dedent("""
     v = np.random.default_rng(7).normal(size=(n, info.dim)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     store.upsert([{"path": f"/other/{i}.jpg", "vector": v[i], "folder": "/other", "size": i,
-                   "mtime": 0.0, "ctime_ns": 0, "inode": i, "width": 1, "height": 1, "sha256": "0" * 64, "indexed_at": 0.0}
+                   "mtime": 0.0, "ctime_ns": 0, "inode": i, "width": 1, "height": 1, "sha256": "0" * 64, "indexed_at": 0.0,
+                   "taken_at": 0.0, "date_source": "mtime", "camera": ""}
                   for i in range(n)])
     print(json.dumps({"served_here": store.served_here, "count": store.count()}), flush=True)
     sys.stdin.readline()

@@ -28,7 +28,20 @@ from vitsearch.search.store.bulk import bulk_import  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
-FIELDS = ["size", "mtime", "ctime_ns", "inode", "width", "height", "sha256", "folder", "vector"]
+FIELDS = [
+    "size",
+    "mtime",
+    "ctime_ns",
+    "inode",
+    "width",
+    "height",
+    "sha256",
+    "taken_at",
+    "date_source",
+    "camera",
+    "folder",
+    "vector",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -272,6 +272,9 @@ def test_collections_of_1_11_and_5000_images(tmp_path, db_uri, encoder, photos):
                 "height": 1,
                 "sha256": f"{i:064x}",
                 "indexed_at": 0.0,
+                "taken_at": 0.0,
+                "date_source": "mtime",
+                "camera": "",
             }
             for i, v in enumerate(raw)
         ]

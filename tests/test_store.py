@@ -36,6 +36,9 @@ def make_rows(n: int, seed: int = 0) -> tuple[list[dict], np.ndarray]:
             "height": 50,
             "sha256": f"{i:064x}",
             "indexed_at": 1.8e9,
+            "taken_at": 1.6e9 + 86400 * i,
+            "date_source": "exif",
+            "camera": f"Camera {i % 2}",
         }
         for i in range(n)
     ]
@@ -232,20 +235,23 @@ def test_a_filter_that_is_not_one_balanced_expression_is_refused(db_uri, bad):
         assert {h.path for h in ok} == {r["path"] for r in rows[1:]}  # parentheses inside a literal are fine
 
 
-@pytest.mark.slow
-def test_a_schema_1_collection_is_searchable_and_upgraded_without_losing_rows(db_uri):
+def make_old_collection(db_uri: str, version: str, rows: list[dict], generation: bool = False) -> None:
+    """A collection exactly as vitsearch made it at schema ``version`` ("1": vitsearch 0.1; "2":
+    before the capture facts), holding ``rows``: a plain collection ``images``, or with
+    ``generation`` (as vitsearch made schema 2) the name an alias of ``images__vitsearch_5``."""
     from pymilvus import DataType
 
-    from vitsearch.search.store import SCHEMA_VERSION
-
-    rows, v = make_rows(40)
-    with Store(db_uri, "images") as store, milvus_client(db_uri) as client:
-        # a collection exactly as vitsearch 0.1 (schema 1) made it
+    lacks = {
+        "1": ("ctime_ns", "inode", "taken_at", "date_source", "camera"),
+        "2": ("taken_at", "date_source", "camera"),
+    }
+    with milvus_client(db_uri) as client:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("path", DataType.VARCHAR, is_primary=True, max_length=4096)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=INFO.dim)
         schema.add_field("folder", DataType.VARCHAR, max_length=4096)
-        for name in ("size", "width", "height"):
+        ints = ("size", "width", "height") if version == "1" else ("size", "ctime_ns", "inode", "width", "height")
+        for name in ints:
             schema.add_field(name, DataType.INT64)
         for name in ("mtime", "indexed_at"):
             schema.add_field(name, DataType.DOUBLE)
@@ -254,32 +260,93 @@ def test_a_schema_1_collection_is_searchable_and_upgraded_without_losing_rows(db
         index.add_index(
             field_name="vector", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200}
         )
+        name = "images__vitsearch_5" if generation else "images"
         client.create_collection(
-            "images",
+            name,
             schema=schema,
             index_params=index,
             consistency_level="Strong",
-            properties={"vitsearch.encoder": INFO.to_json(), "vitsearch.schema_version": "1"},
+            properties={"vitsearch.encoder": INFO.to_json(), "vitsearch.schema_version": version},
         )
+        if generation:
+            client.create_alias(name, "images")
         client.insert(
-            "images",
+            name,
             [
-                {k: (val.tolist() if k == "vector" else val) for k, val in r.items() if k not in ("ctime_ns", "inode")}
+                {
+                    k: (np.asarray(val).tolist() if k == "vector" else val)
+                    for k, val in r.items()
+                    if k not in lacks[version]
+                }
                 for r in rows
             ],
         )
+
+
+def dated(rows: list[dict]) -> list[dict]:
+    """What the indexer's upgrade fills in (here: a date from the mtime, a made-up camera)."""
+    return [{**r, "taken_at": r["mtime"] + 1, "date_source": "exif", "camera": "Upgraded"} for r in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version, generation", [("1", False), ("2", False), ("2", True)])
+def test_an_older_collection_is_searchable_and_upgraded_without_losing_rows(db_uri, version, generation):
+    from vitsearch.search.store import SCHEMA_VERSION
+
+    rows, v = make_rows(40)
+    make_old_collection(db_uri, version, rows, generation)
     with Store(db_uri, "images") as store:
         before = store.search(v[:1], k=5)[0]
-        assert before[0].path == rows[0]["path"] and before[0].metadata["inode"] == -1  # readable as it is
-        assert store.upgrade() == 40
+        assert before[0].path == rows[0]["path"]  # readable as it is, what it lacks unknown
+        assert before[0].metadata["taken_at"] == -1 and before[0].metadata["date_source"] == ""
+        assert (before[0].metadata["inode"] == -1) == (version == "1")
+        assert store.upgrade(complete=dated) == 40
         assert store.properties()["vitsearch.schema_version"] == SCHEMA_VERSION
-        got = store.get([r["path"] for r in rows], fields=["vector", "size", "ctime_ns", "inode", "sha256"])
+        got = store.get([r["path"] for r in rows], fields=["vector", "size", "ctime_ns", "taken_at", "camera"])
         assert len(got) == 40 and store.count() == 40
         for r in rows:
             np.testing.assert_allclose(got[r["path"]]["vector"], r["vector"], rtol=1e-6)
-            assert got[r["path"]]["size"] == r["size"] and got[r["path"]]["ctime_ns"] == -1
+            assert got[r["path"]]["size"] == r["size"]
+            assert got[r["path"]]["ctime_ns"] == (-1 if version == "1" else r["ctime_ns"])
+            assert (got[r["path"]]["taken_at"], got[r["path"]]["camera"]) == (r["mtime"] + 1, "Upgraded")
         assert [h.path for h in store.search(v[:1], k=5)[0]] == [h.path for h in before]
         assert store.upgrade() == 0  # already current
+    with milvus_client(db_uri) as client:  # one generation left, under the name
+        assert [n for n in client.list_collections() if n.startswith("images")] == [store.physical]
+
+
+@pytest.mark.slow
+def test_an_upgrade_stopped_half_way_goes_on_where_it_stopped(db_uri, monkeypatch):
+    """A crash while the rows are copied (here: reading a batch's capture facts fails) leaves
+    the old collection searchable under its name; the next upgrade copies only the rows after
+    those the copy holds, and the result holds every row once."""
+    from vitsearch.search.store import space
+
+    monkeypatch.setattr(space, "COPY_BATCH", 10)
+    rows, v = make_rows(35)
+    make_old_collection(db_uri, "2", rows, generation=True)
+    seen: list[str] = []
+    crash = [True]
+
+    def crash_on_third_batch(batch):
+        if len(seen) == 20 and crash.pop():
+            raise OSError("disk gone")
+        seen.extend(r["path"] for r in batch)
+        return dated(batch)
+
+    with Store(db_uri, "images") as store:
+        with pytest.raises(OSError, match="disk gone"):
+            store.upgrade(complete=crash_on_third_batch)
+    with Store(db_uri, "images") as store:
+        assert store.schema_version() == "2" and store.count() == 35
+        crash.append(False)
+        assert store.search(v[:1], k=1)[0][0].path == rows[0]["path"]
+        copied = len(seen)
+        assert store.upgrade(complete=crash_on_third_batch) == 35 - copied  # only the rest
+        assert len(seen) == 35 and len(set(seen)) == 35
+        assert store.schema_version() == "3" and store.count() == 35
+        got = store.get([r["path"] for r in rows], fields=["taken_at"])
+        assert {p: g["taken_at"] for p, g in got.items()} == {r["path"]: r["mtime"] + 1 for r in rows}
 
 
 def test_neighbours_are_batched_searches_of_the_stored_vectors(db_uri):

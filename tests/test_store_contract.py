@@ -83,6 +83,9 @@ def row(path: str, seed: int, digest: int) -> dict:
         "height": 10,
         "sha256": DIGESTS[digest],
         "indexed_at": 1.8e9,
+        "taken_at": 1.7e9 + seed,
+        "date_source": "mtime",
+        "camera": "",
     }
 
 

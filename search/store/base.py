@@ -14,7 +14,7 @@ from pymilvus import MilvusClient
 from ..encoder_info import EncoderInfo
 from .connection import Connection
 from .generations import Generations
-from .migration import upgrade
+from .migration import Complete
 from .profile import BackendProfile
 from .reads import Rows
 from .schema import ENCODER_KEY, SCHEMA_VERSION
@@ -236,26 +236,33 @@ class CollectionBase:
         log.info("created collection %s at %s for %s", self.collection, self.uri, info.model)
         return True
 
-    def upgrade(self, on_rows: Callable[[int], None] | None = None) -> int:
-        """Bring a schema-1 collection to :data:`SCHEMA_VERSION` in place; a no-op on a current one.
+    def upgrade(self, on_rows: Callable[[int], None] | None = None, complete: Complete | None = None) -> int:
+        """Bring a collection of an older schema to :data:`SCHEMA_VERSION` in place; a no-op on a
+        current one.
 
-        The rows are copied, vectors and all, to a new collection of the current schema, which
-        then takes the old one's name (paths re-encoded with :func:`stored_path`; ``ctime_ns``
-        and ``inode`` unknown, -1, so that the next indexing run compares each file's bytes with
-        its sha256 once, without embedding it again). A run stopped at any point leaves either
-        the old collection or the new one under the name: the next open finishes the swap
-        (:func:`.migration.finish_upgrade`). Call it holding the writer lease (:mod:`.lease`).
+        Every row, its vector as it is, is copied into a new generation of the current schema,
+        which then takes the collection's name (:func:`.space.upgrade`: the rewrite that learning
+        whitening does, in the same space). What the old schema lacks is unknown in the copy
+        unless ``complete`` fills it: from schema 1, ``ctime_ns`` and ``inode`` (-1, so that the
+        next indexing run compares each file's bytes with its sha256 once, without embedding it
+        again; paths re-encoded with :func:`stored_path`); from schemas 1 and 2, the capture
+        facts (the indexer reads them from the files' EXIF). Searches answer from the old
+        generation until the copy is whole. A copy stopped by a crash is resumed by the next
+        call, after the last batch it wrote. Call it holding the writer lease (:mod:`.lease`).
 
         Args:
             on_rows: called with the number of rows copied after each batch (a progress bar).
+            complete: fills the missing fields of a batch of rows (:data:`.migration.Complete`).
 
         Returns:
-            the number of rows copied (0 when the collection was current).
+            the number of rows copied by this call (0 when the collection was current).
 
         Raises:
             StoreError: Milvus refused, or the copy does not hold every row.
         """
-        return upgrade(self._names, self._rows, on_rows)
+        from .space import upgrade
+
+        return upgrade(self, on_rows, complete)
 
     def set_properties(self, properties: dict[str, str]) -> None:
         """Add or replace collection properties (to clear one, set it to ``""``: Milvus 2.3

@@ -285,9 +285,10 @@ class Store(CollectionBase):
         *,
         folder: str | None = None,
         exclude: Sequence[str] = (),
+        taken: tuple[float | None, float | None] | None = None,
     ) -> dict[str, list[str]]:
         """The paths of the rows whose file bytes have each of these sha256 digests, under the
-        same conditions as :meth:`search` (``filter``, ``folder``, ``exclude``), sorted.
+        same conditions as :meth:`search` (``filter``, ``folder``, ``exclude``, ``taken``), sorted.
 
         Returns:
             ``{sha256: [path, ...]}`` for the digests that have rows.
@@ -296,7 +297,7 @@ class Store(CollectionBase):
             BadQueryError: ``filter`` is not one valid expression.
             StoreError: Milvus refused or stayed unreachable.
         """
-        return self._rows.copies(sha256s, filter, folder, exclude)
+        return self._rows.copies(sha256s, filter, folder, exclude, taken)
 
     def search(
         self,
@@ -308,11 +309,12 @@ class Store(CollectionBase):
         exclude: Sequence[str] = (),
         fields: Sequence[str] = META_FIELDS,
         ef: int | None = None,
+        taken: tuple[float | None, float | None] | None = None,
     ) -> list[list[Hit]]:
         """Top-``k`` rows by cosine similarity for each query vector.
 
         The conditions are ANDed: ``filter`` (checked by :func:`check_filter` to be one
-        expression, so it cannot undo the others), ``folder`` and ``exclude``.
+        expression, so it cannot undo the others), ``folder``, ``taken`` and ``exclude``.
 
         Args:
             vectors: ``(Q, D) float32`` query embeddings.
@@ -322,6 +324,8 @@ class Store(CollectionBase):
             folder: only files inside this folder (an absolute path), at any depth.
             exclude: paths left out of the results.
             fields: row fields each hit's ``metadata`` holds.
+            taken: ``(low, high)`` Unix seconds: only rows taken in ``[low, high)``
+                (``taken_at``; a None end is open), :func:`~.expr.taken_between`.
             ef: HNSW search beam width; default ``max(64, k)``.
 
         Returns:
@@ -332,7 +336,7 @@ class Store(CollectionBase):
             CollectionMoved: the vectors were rewritten while the search ran (embed again).
             StoreError: Milvus refused the search or cannot be reached.
         """
-        return self._rows.search(vectors, k, filter, folder, exclude, fields, ef)
+        return self._rows.search(vectors, k, filter, folder, exclude, fields, ef, taken)
 
     def index_info(self) -> dict[str, Any]:
         """The vector index as Milvus describes it.

@@ -131,6 +131,17 @@ def under(folder: str) -> str:
     return f"path >= {literal(prefix)} and path < {literal(prefix[:-1] + chr(ord(os.sep) + 1))}"
 
 
+def taken_between(taken: tuple[float | None, float | None] | None) -> str:
+    """Rows whose capture time (``taken_at``, Unix seconds) is in ``[low, high)`` of ``taken =
+    (low, high)``, either end None for open; ``""`` for no range."""
+    low, high = taken or (None, None)
+    parts = [
+        f"taken_at >= {float(low)!r}" if low is not None else "",
+        f"taken_at < {float(high)!r}" if high is not None else "",
+    ]
+    return " and ".join(p for p in parts if p)
+
+
 def path_is_not(paths: Sequence[str]) -> str:
     """Rows of none of ``paths``."""
     return " and ".join(f"path != {literal(stored_path(p))}" for p in paths)

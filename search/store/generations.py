@@ -15,7 +15,7 @@ from ..errors import CollectionNotFoundError, StoreError
 from ..models import index_hint
 from .connection import Connection
 from .migration import OLD, UPGRADING, finish_upgrade
-from .schema import ENCODER_KEY, SCHEMA_KEY, SCHEMA_VERSION, collection_schema, index_params
+from .schema import ENCODER_KEY, KNOWN_VERSIONS, SCHEMA_KEY, SCHEMA_VERSION, collection_schema, index_params
 
 log = logging.getLogger(__name__)
 #: Between a collection's name and the number of one of its generations (:attr:`Store.physical`).
@@ -134,7 +134,7 @@ class Generations:
                 client.create_alias(name, self.collection)
             except MilvusException:  # an alias whose collection is gone (Milvus Lite keeps it)
                 client.alter_alias(name, self.collection)
-        self.physical = name
+        self.physical, self.schema = name, None  # the schema version is read from the new one
 
     def follow(self, name: str, what: str, kwargs: dict[str, Any]) -> bool:
         """The physical collection ``name`` a call was made on is gone, or may be (a reply shorter
@@ -204,10 +204,10 @@ class Generations:
         """The collection's schema version (see :meth:`Store.schema_version`)."""
         if self.schema is None:
             version = self.properties().get(SCHEMA_KEY)
-            if version not in ("1", SCHEMA_VERSION):
+            if version not in KNOWN_VERSIONS:
                 raise StoreError(
                     f"{self.conn.where} has schema version "
-                    f"{version!r}; this vitsearch reads 1 and {SCHEMA_VERSION}: upgrade vitsearch"
+                    f"{version!r}; this vitsearch reads {', '.join(KNOWN_VERSIONS)}: upgrade vitsearch"
                 )
             self.schema = version
         return self.schema

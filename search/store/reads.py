@@ -16,7 +16,7 @@ from ..errors import BadQueryError, StoreError
 from ..hit import META_FIELDS, Hit
 from ..paths import path_from_stored
 from .connection import Connection, ReplyTooLarge
-from .expr import all_of, check_filter, literal, path_is_not, paths_in, under, values_in
+from .expr import all_of, check_filter, literal, path_is_not, paths_in, taken_between, under, values_in
 from .generations import Generations
 from .profile import BackendProfile
 from .schema import from_milvus, readable_fields, request_batches
@@ -132,13 +132,18 @@ class Rows:
             self.conn.call("upsert", name, batch)
 
     def copies(
-        self, sha256s: Sequence[str], filter: str | None, folder: str | None, exclude: Sequence[str]
+        self,
+        sha256s: Sequence[str],
+        filter: str | None,
+        folder: str | None,
+        exclude: Sequence[str],
+        taken: tuple[float | None, float | None] | None = None,
     ) -> dict[str, list[str]]:
         """The paths of the rows with each of these sha256 digests (see :meth:`Store.copies`)."""
         user = check_filter(filter or "", *self.filter_limits)
         found: dict[str, list[str]] = {}
         for expr in values_in("sha256", sorted(set(sha256s))):
-            cond = all_of(expr, user, under(folder) if folder else "", path_is_not(exclude))
+            cond = all_of(expr, user, under(folder) if folder else "", taken_between(taken), path_is_not(exclude))
             for batch in self.batches(self.names.physical, ["sha256"], cond):
                 for row in batch:
                     found.setdefault(row["sha256"], []).append(path_from_stored(row["path"]))
@@ -162,10 +167,11 @@ class Rows:
         exclude: Sequence[str],
         fields: Sequence[str],
         ef: int | None,
+        taken: tuple[float | None, float | None] | None = None,
     ) -> list[list[Hit]]:
         """Top-``k`` rows by cosine similarity for each query vector (see :meth:`Store.search`)."""
         user = check_filter(filter or "", *self.filter_limits)
-        expr = all_of(user, under(folder) if folder else "", path_is_not(exclude))
+        expr = all_of(user, under(folder) if folder else "", taken_between(taken), path_is_not(exclude))
         asked, fields = fields, self.fields(fields)
         name = self.names.physical
         try:

@@ -10,12 +10,16 @@ from typing import Any
 import numpy as np
 from pymilvus import CollectionSchema, DataType, MilvusClient
 
+from ..capture import MAX_CAMERA_CHARS
 from ..paths import path_from_stored, stored_path
 
 #: Version 2 (vitsearch 0.2) added ``ctime_ns`` and ``inode`` and stores paths with
-#: :func:`stored_path`; a version-1 collection is read as it is and upgraded in place by the
-#: indexer (:meth:`~.collection.Store.upgrade`).
-SCHEMA_VERSION = "2"
+#: :func:`stored_path`; version 3 added the capture facts ``taken_at``, ``date_source`` and
+#: ``camera`` (:mod:`~..capture`). An older collection is read as it is and upgraded in place by
+#: the indexer (:meth:`~.collection.Store.upgrade`).
+SCHEMA_VERSION = "3"
+#: Schema versions this vitsearch reads.
+KNOWN_VERSIONS = ("1", "2", SCHEMA_VERSION)
 #: Collection properties: the encoder's record (:class:`~..encoder_info.EncoderInfo` as JSON) and
 #: the schema version.
 ENCODER_KEY = "vitsearch.encoder"
@@ -28,8 +32,13 @@ HNSW_PARAMS = {"M": 16, "efConstruction": 200}
 #: Fields schema 1 lacks, and the value its rows are read with (-1: unknown, so the indexer
 #: compares the file's bytes with the stored sha256 before trusting the row).
 NEW_IN_2 = {"ctime_ns": -1, "inode": -1}
-#: Bytes of one row's fields besides its vector, path and folder, as :func:`request_batches` counts.
-_ROW_OVERHEAD = 160
+#: Fields schemas 1 and 2 lack, and the value their rows are read with (-1, "": unknown; an
+#: upgrade reads them from the files, :func:`~.migration.upgrade`).
+NEW_IN_3 = {"taken_at": -1.0, "date_source": "", "camera": ""}
+#: Longest ``camera`` value, in bytes of UTF-8 (:data:`~..capture.MAX_CAMERA_CHARS` characters).
+MAX_CAMERA_BYTES = 4 * MAX_CAMERA_CHARS
+#: Bytes of one row's fields besides its vector, path, folder and camera, as :func:`request_batches` counts.
+_ROW_OVERHEAD = 200
 
 
 def collection_schema(dim: int) -> CollectionSchema:
@@ -46,6 +55,9 @@ def collection_schema(dim: int) -> CollectionSchema:
     schema.add_field("height", DataType.INT64)
     schema.add_field("sha256", DataType.VARCHAR, max_length=64)
     schema.add_field("indexed_at", DataType.DOUBLE)
+    schema.add_field("taken_at", DataType.DOUBLE)
+    schema.add_field("date_source", DataType.VARCHAR, max_length=16)
+    schema.add_field("camera", DataType.VARCHAR, max_length=MAX_CAMERA_BYTES)
     return schema
 
 
@@ -56,17 +68,22 @@ def index_params(client: MilvusClient, metric: str = "COSINE"):
     return index
 
 
+def missing_fields(schema_version: str | None) -> dict[str, Any]:
+    """The fields a collection of ``schema_version`` lacks, and the value its rows are read with."""
+    return {"1": {**NEW_IN_2, **NEW_IN_3}, "2": NEW_IN_3}.get(schema_version or SCHEMA_VERSION, {})
+
+
 def readable_fields(fields: Sequence[str], schema_version: str | None) -> list[str]:
     """``path`` and ``fields``, less those that a collection of ``schema_version`` lacks."""
-    if schema_version == "1":
-        fields = [f for f in fields if f not in NEW_IN_2]
-    return list(dict.fromkeys(["path", *fields]))
+    lacks = missing_fields(schema_version)
+    return list(dict.fromkeys(["path", *(f for f in fields if f not in lacks)]))
 
 
 def from_milvus(row: dict[str, Any], asked: Sequence[str]) -> dict[str, Any]:
     """A row as Milvus returns it, with file system paths (schema 1 stored no path that
-    :func:`path_from_stored` changes) and the fields ``asked`` that schema 1 lacks as -1."""
-    row = {**{f: v for f, v in NEW_IN_2.items() if f in asked}, **row}
+    :func:`path_from_stored` changes) and the fields ``asked`` that an older schema lacks as
+    unknown (:data:`NEW_IN_2`, :data:`NEW_IN_3`)."""
+    row = {**{f: v for f, v in {**NEW_IN_2, **NEW_IN_3}.items() if f in asked}, **row}
     row["path"] = path_from_stored(row["path"])
     if "folder" in row:
         row["folder"] = path_from_stored(row["folder"])
@@ -78,10 +95,10 @@ def to_milvus(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "path": stored_path(row["path"]), "folder": stored_path(row["folder"])}
 
 
-def from_schema_1(row: dict[str, Any]) -> dict[str, Any]:
-    """A schema-1 row as Milvus returns it, as a current row in stored form (``ctime_ns`` and
-    ``inode`` unknown)."""
-    return {**NEW_IN_2, **to_milvus(row)}
+def upgraded_row(row: dict[str, Any], schema_version: str) -> dict[str, Any]:
+    """A row of a ``schema_version`` collection as Milvus returns it, as a current row in stored
+    form, the fields it lacks unknown (:func:`missing_fields`)."""
+    return {**missing_fields(schema_version), **to_milvus(row)}
 
 
 def request_batches(rows: Iterable[dict[str, Any]], max_bytes: int) -> Iterator[list[dict[str, Any]]]:
@@ -90,7 +107,8 @@ def request_batches(rows: Iterable[dict[str, Any]], max_bytes: int) -> Iterator[
     batch: list[dict[str, Any]] = []
     size = 0
     for row in rows:
-        row_bytes = 4 * len(row["vector"]) + len(row["path"].encode()) + len(row["folder"].encode()) + _ROW_OVERHEAD
+        text = len(row["path"].encode()) + len(row["folder"].encode()) + len(row.get("camera", "").encode())
+        row_bytes = 4 * len(row["vector"]) + text + _ROW_OVERHEAD
         if batch and size + row_bytes > max_bytes:
             yield batch
             batch, size = [], 0

@@ -20,6 +20,10 @@ whole and consistent, and a search that meets the move is run again in the new s
 (:class:`~.collection.CollectionMoved`). The copy records its progress after each batch: a run
 killed during it is resumed by the next indexing run (:func:`resume_rewrite`) from the last
 batch written.
+
+**Upgrading** a collection of an older schema (:func:`upgrade`) is the same rewrite, into the same
+space: the vectors are copied as they are, and the fields the old schema lacks are filled by the
+caller's ``complete`` (the indexer reads the files' capture facts), resumed the same way.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from pymilvus import DataType, MilvusClient
 from ..errors import StoreError
 from ..whitening import MIN_IMAGES, RELEARN_GROWTH, Moments, Reservoir, ScoreStats, Space, Whitening, new_id, normalise
 from .collection import META_FIELDS, Store
-from .generations import SPACE_SUFFIX, STATE_KEY, generation_name
-from .schema import index_params
+from .generations import SPACE_SUFFIX, STATE_KEY, generation_name, generation_of
+from .migration import Complete
+from .schema import SCHEMA_VERSION, from_milvus, index_params, readable_fields, to_milvus
 
 log = logging.getLogger(__name__)
 
@@ -216,16 +221,38 @@ def _stats_due(stats: ScoreStats | None, count: int) -> bool:
     return count >= RELEARN_GROWTH * stats.count or count * RELEARN_GROWTH <= stats.count
 
 
+def upgrade(store: Store, on_rows: Callable[[int], None] | None = None, complete: Complete | None = None) -> int:
+    """Bring a collection of an older schema to :data:`~.schema.SCHEMA_VERSION` (see
+    :meth:`Store.upgrade`): a copy stopped earlier is resumed (:func:`resume_rewrite`), else
+    every row is copied into a new generation of the current schema, in the collection's space,
+    the fields the old schema lacks filled by ``complete``. Hold the writer lease.
+
+    Returns:
+        rows copied (0 when the collection was current).
+    """
+    copied = 0
+    if store.schema_version() != SCHEMA_VERSION:
+        copied += resume_rewrite(store, on_rows, complete=complete)
+    if store.schema_version() != SCHEMA_VERSION:
+        space = read_space(store)
+        copied += rewrite(store, space, space, on_rows, COPY_BATCH, complete)
+        log.info("upgraded %s to schema %s (%d rows)", store.where, SCHEMA_VERSION, copied)
+    return copied
+
+
 def rewrite(
     store: Store,
     source: Space,
     target: Space,
     on_rows: Callable[[int], None] | None = None,
     batch_size: int = COPY_BATCH,
+    complete: Complete | None = None,
 ) -> int:
     """Copy every row of the collection into a new generation with its vector mapped from
     ``source`` to ``target`` (:meth:`Space.to_raw`, :meth:`Space.to_search`), then make the new
     generation the collection and drop the old (see the module docstring). Hold the writer lease.
+    Rows of an older schema are brought to the current one, the fields they lack filled by
+    ``complete`` (:data:`~.migration.Complete`; None: left unknown).
 
     Returns:
         rows copied.
@@ -248,24 +275,30 @@ def rewrite(
         },
     )
     log.debug("rewriting %s into %s (space %s)", store.where, new, target.id)
-    return _copy(store, old, new, source, target, None, on_rows, batch_size)
+    return _copy(store, old, new, source, target, None, on_rows, batch_size, complete)
 
 
 def resume_rewrite(
-    store: Store, on_rows: Callable[[int], None] | None = None, on_start: Callable[[str, int], None] | None = None
+    store: Store,
+    on_rows: Callable[[int], None] | None = None,
+    on_start: Callable[[str, int], None] | None = None,
+    complete: Complete | None = None,
 ) -> int:
     """Finish a rewrite that a stopped run left: a generation being filled from the current one
     is filled from where its record says it stopped, then takes the collection's name; stale
     generations (neither the current one nor being filled from it) are dropped. Call it before
-    writing anything (hold the writer lease).
+    writing anything (hold the writer lease). ``complete`` fills what the rows of an older schema
+    lack (as :func:`rewrite`).
 
     Returns:
         rows copied now (0 when nothing was pending).
     """
     current = store.physical
     copied = 0
-    for name, state in sorted(store.generations().items()):
-        if name == current:
+    dropped: set[str | None] = set()
+    by_number = sorted(store.generations().items(), key=lambda g: generation_of(store.collection, g[0]) or 0)
+    for name, state in by_number:
+        if name == current or name in dropped:
             continue
         props = store.properties_of(name)
         progress = json.loads(props.get(COPY_KEY) or "{}")
@@ -274,12 +307,12 @@ def resume_rewrite(
             _drop_generation(store, name, props)
             continue
         if on_start:
-            on_start("resuming", store.count())
+            on_start("resuming" if store.schema_version() == SCHEMA_VERSION else "upgrading", store.count())
         target = _space_of(store, props)
         source = read_space(store)
-        copied += _copy(
-            store, current, name, source, target, progress.get("after") if state == "copying" else "", on_rows
-        )
+        after = progress.get("after") if state == "copying" else ""
+        copied += _copy(store, current, name, source, target, after, on_rows, COPY_BATCH, complete)
+        dropped.add(current)
         current = store.physical
     return copied
 
@@ -293,16 +326,25 @@ def _copy(
     after: str | None,
     on_rows: Callable[[int], None] | None,
     batch_size: int = COPY_BATCH,
+    complete: Complete | None = None,
 ) -> int:
-    """Fill ``new`` from ``old`` from after the stored path ``after`` ("": already whole), check
-    it holds every row, then move the collection's name to it and drop ``old``."""
+    """Fill ``new`` from ``old`` (the current generation) from after the stored path ``after``
+    ("": already whole), check it holds every row, then move the collection's name to it and
+    drop ``old``. Rows of an older schema are brought to the current one (``complete``)."""
     copied = 0
     if after != "":
+        version = store.schema_version()
         fields = ["vector", *META_FIELDS[1:]]
-        for rows in store.read_stored(old, fields, after, batch_size):
-            vectors = target.to_search(source.to_raw(np.asarray([r["vector"] for r in rows], np.float32)))
-            store.upsert_stored(new, ({**r, "vector": v} for r, v in zip(rows, vectors)))
-            store.set_properties_of(new, {COPY_KEY: json.dumps({"from": old, "after": rows[-1]["path"]})})
+        for rows in store.read_stored(old, readable_fields(fields, version), after, batch_size):
+            last = rows[-1]["path"]  # as the old generation stores it (read_stored's "after")
+            if version != SCHEMA_VERSION:
+                current = [from_milvus(r, fields) for r in rows]
+                rows = [to_milvus(r) for r in (complete(current) if complete else current)]
+            if source.id != target.id:
+                vectors = target.to_search(source.to_raw(np.asarray([r["vector"] for r in rows], np.float32)))
+                rows = [{**r, "vector": v} for r, v in zip(rows, vectors)]
+            store.upsert_stored(new, rows)
+            store.set_properties_of(new, {COPY_KEY: json.dumps({"from": old, "after": last})})
             copied += len(rows)
             if on_rows:
                 on_rows(len(rows))
@@ -337,6 +379,7 @@ def _drop_generation(store: Store, name: str, props: dict[str, str]) -> None:
 
 __all__ = [
     "SPACE_KEY",
+    "upgrade",
     "read_space",
     "write_space",
     "update_space",
