@@ -18,7 +18,7 @@ and embedding (``/search/vector``) queries; it does not wait for more to come, i
 query queued while its last call ran. For all of them it reads the stored vectors of the
 ``/search/similar`` paths in one query, and runs one multi-vector search
 (:meth:`~vitsearch.search.client.SearchClient.search_vectors`) per distinct ``(k, filter,
-folder, expand)``: each answer is what the same request alone gets from ``SearchClient``. Per request
+folder, expand, after, before, sort)``: each answer is what the same request alone gets from ``SearchClient``. Per request
 this saves a Milvus round trip and, with Milvus Lite (served inside this process, in Python), most
 of its CPU time.
 """
@@ -41,6 +41,7 @@ import torch
 from vitsearch.search.client import Hit, SearchClient
 from vitsearch.search.encoder import Encoder
 from vitsearch.search.paths import absolute
+from vitsearch.search.when import DateLike
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -96,8 +97,10 @@ class _Worker(Generic[T]):
 @dataclass
 class SearchQuery:
     """One request's search: by ``vector`` (``(D,) float32``) or by the stored vector of ``path``
-    (which is then left out of the results), with the request's ``k``, ``filter`` and ``folder``.
-    ``future`` gets its hits, or the exception its search raised."""
+    (which is then left out of the results), with the request's ``k``, ``filter``, ``folder``,
+    ``expand``, capture-date range ``after``/``before`` and ``sort`` (as
+    :meth:`~vitsearch.search.client.SearchClient.search` takes them). ``future`` gets its hits, or
+    the exception its search raised."""
 
     k: int
     filter: str | None = None
@@ -105,6 +108,9 @@ class SearchQuery:
     vector: np.ndarray | None = None
     path: str | None = None
     expand: int = 0
+    after: DateLike | None = None
+    before: DateLike | None = None
+    sort: str = "score"
     future: Future = field(default_factory=Future)
 
     async def hits(self) -> list[Hit]:
@@ -114,7 +120,8 @@ class SearchQuery:
 
 class SearchBatcher:
     """One worker thread that answers the queued :class:`SearchQuery` items together: one Milvus query
-    for the stored vectors they need, one Milvus search per distinct ``(k, filter, folder)``.
+    for the stored vectors they need, one Milvus search per distinct ``(k, filter, folder, expand,
+    after, before, sort)``.
 
     Args:
         client: the served collection's client.
@@ -131,7 +138,8 @@ class SearchBatcher:
         self._worker: _Worker[SearchQuery] = _Worker("vitsearch-search", self._search, 0.0, max_batch)
 
     def submit(self, queries: list[SearchQuery]) -> None:
-        """Queue ``queries`` (answered in the same call where their ``k``, filter and folder agree)."""
+        """Queue ``queries`` (answered in the same call where their ``k``, filter, folder,
+        expansion, dates and sort agree)."""
         self._worker.put(queries)
 
     async def search(self, query: SearchQuery) -> list[Hit]:
@@ -162,8 +170,9 @@ class SearchBatcher:
                 batch = [q for q in batch if q.vector is not None]
         groups: dict[tuple, list[SearchQuery]] = {}
         for q in batch:  # different filters cannot share one call
-            groups.setdefault((q.k, q.filter or "", q.folder or "", q.expand), []).append(q)
-        for (k, filter, folder, expand), group in groups.items():
+            key = (q.k, q.filter or "", q.folder or "", q.expand, q.after, q.before, q.sort)
+            groups.setdefault(key, []).append(q)
+        for (k, filter, folder, expand, after, before, sort), group in groups.items():
             try:
                 found = self.client.search_vectors(
                     np.stack([q.vector for q in group]),
@@ -172,6 +181,9 @@ class SearchBatcher:
                     folder or None,
                     [q.path for q in group],
                     expand,
+                    after=after,
+                    before=before,
+                    sort=sort,
                 )
             except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
                 for q in group:
@@ -184,7 +196,10 @@ class SearchBatcher:
 
     def _alone(self, q: SearchQuery) -> None:
         try:
-            q.future.set_result(self.client.search_similar(q.path, q.k, q.filter, True, q.folder, expand=q.expand))
+            hits = self.client.search_similar(
+                q.path, q.k, q.filter, True, q.folder, expand=q.expand, after=q.after, before=q.before, sort=q.sort
+            )
+            q.future.set_result(hits)
         except BaseException as exc:  # noqa: BLE001 - the request's own answer
             q.future.set_exception(exc)
 

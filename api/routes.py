@@ -13,18 +13,34 @@ import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from vitsearch.search.client import SearchClient
 from vitsearch.search.config import MAX_K
 from vitsearch.search.errors import BadImageError, BadQueryError, ImageTooLargeError, StoreError
 from vitsearch.search.query import Box, Stored
 from vitsearch.search.ranking import MAX_EXPAND
+from vitsearch.search.when import date_range
 
 from .backend import Backend
 from .batching import SearchQuery
-from .schemas import AsciiJSONResponse, SearchOut, SimilarIn, VectorIn, search_json
+from .schemas import (
+    AFTER_DOC,
+    BEFORE_DOC,
+    SORT_DOC,
+    AsciiJSONResponse,
+    SearchOut,
+    SimilarIn,
+    Sort,
+    VectorIn,
+    search_json,
+)
 
 router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": 'Bad image, bad k, bad filter or a malformed request: `{"detail": ...}`'},
+    400: {
+        "description": "Bad image, bad k, bad filter, a date that is not one (`after`, `before`), an unknown "
+        "`sort`, dates asked of a collection indexed before vitsearch stored them, or a malformed request: "
+        '`{"detail": ...}` naming what is wrong'
+    },
     401: {"description": "Missing or wrong bearer token (when VITSEARCH_API_TOKEN is set)"},
     503: {"description": "Milvus unreachable or the collection not ready; see Retry-After"},
 }
@@ -71,15 +87,20 @@ async def search(
         description="Search for this region of the image only: `x,y,w,h` in pixels of the image as "
         "displayed (after its EXIF orientation).",
     ),
+    after: str | None = Query(None, description=AFTER_DOC),
+    before: str | None = Query(None, description=BEFORE_DOC),
+    sort: Sort = Query("score", description=SORT_DOC),
 ):
     """The `k` indexed images most similar to the uploaded one (or to a `box` of it), best first
-    (score: cosine similarity). The upload is decoded as the indexer decodes a file (same size and
-    pixel limits); the forward passes and the searches of concurrent requests are batched."""
+    (score: cosine similarity), or by capture date (`sort`), of those taken between `after` and
+    `before`. The upload is decoded as the indexer decodes a file (same size and pixel limits);
+    the forward passes and the searches of concurrent requests are batched."""
     backend = _backend(request)
     region = Box.of(box) if box else None
     data = await image.read()
     started = time.perf_counter()
     client = await backend.opened("client")
+    low, high = await _dates(client, after, before, sort)  # before the upload is decoded or embedded
     name = image.filename or "upload"
     _check_upload(backend, name, data)
     batcher = await backend.opened("batcher")
@@ -91,9 +112,12 @@ async def search(
     pixels = await run_in_threadpool(model_input)
     if collapse:  # searches deeper, then asks for the copies: on its own, not holding up the others' batch
         vector = await batcher.embed(pixels)
-        hits = await run_in_threadpool(client.search_vector, vector, k, filter, folder or None, True, expand)
+        hits = await run_in_threadpool(
+            client.search_vector, vector, k, filter, folder or None, True, expand, low, high, sort
+        )
     else:
-        hits = await batcher.search(pixels, SearchQuery(k, filter, folder or None, expand=expand))
+        query = SearchQuery(k, filter, folder or None, expand=expand, after=low, before=high, sort=sort)
+        hits = await batcher.search(pixels, query)
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), min_score))
 
 
@@ -123,10 +147,14 @@ async def search_examples(
     filter: str | None = Query(None, description="Milvus boolean expression on the stored fields."),
     min_score: float | None = Query(None, description="Leave out hits scoring below this."),
     expand: Annotated[int, Query(ge=0, le=MAX_EXPAND, description="Query expansion (αQE); 0: off.")] = 0,
+    after: str | None = Query(None, description=AFTER_DOC),
+    before: str | None = Query(None, description=BEFORE_DOC),
+    sort: Sort = Query("score", description=SORT_DOC),
 ):
     """The images most like the positive examples and least like the negative ones: the weighted
     sum of the examples minus a fifth of that of the negatives, in the collection's space (see the Python
-    reference of `vitsearch.search.query`). Indexed examples are left out of the results."""
+    reference of `vitsearch.search.query`). Indexed examples are left out of the results. `after`,
+    `before` and `sort` as in `/search`."""
     backend = _backend(request)
     started = time.perf_counter()
     try:
@@ -139,15 +167,31 @@ async def search_examples(
     for name, data in uploads:
         _check_upload(backend, name, data)
     client = await backend.opened("client")
+    low, high = await _dates(client, after, before, sort)
 
     def run():
         images = [client.load(data, name) for name, data in uploads]
         pos = images[: len(positive)] + [Stored(p) for p in positive_path]
         neg = images[len(positive) :] + [Stored(p) for p in negative_path]
-        return client.search_examples(pos, neg, weight_list, k, filter, folder or None, expand=expand)
+        return client.search_examples(
+            pos, neg, weight_list, k, filter, folder or None, expand=expand, after=low, before=high, sort=sort
+        )
 
     hits = await run_in_threadpool(run)
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), min_score))
+
+
+async def _dates(
+    client: SearchClient, after: str | None, before: str | None, sort: str
+) -> tuple[float | None, float | None]:
+    """``(after, before)`` as Unix seconds (None where not given or empty), checked with ``sort``
+    before any work is done: a value that is not a date, a range that is empty, or dates or a
+    date order asked of a collection indexed before vitsearch stored them is a 400 that names it
+    (:class:`~vitsearch.search.errors.BadQueryError`)."""
+    low, high = date_range(after or None, before or None)
+    if (low, high) != (None, None) or sort != "score":  # the collection's schema: read once, then cached
+        await run_in_threadpool(client.where, None, low, high, sort)
+    return low, high
 
 
 def _check_upload(backend: Backend, name: str, data: bytes) -> None:
@@ -168,12 +212,22 @@ def _check_upload(backend: Backend, name: str, data: bytes) -> None:
 )
 async def search_similar(request: Request, body: SimilarIn):
     """Images similar to an indexed file, by its stored vector (no model runs); the file itself is
-    left out."""
+    left out. `after`, `before` and `sort` as in `/search`."""
     started = time.perf_counter()
-    searches = await _backend(request).opened("searches")
-    hits = await searches.search(
-        SearchQuery(body.k, body.filter, body.folder or None, path=body.path, expand=body.expand)
+    backend = _backend(request)
+    searches = await backend.opened("searches")
+    low, high = await _dates(await backend.opened("client"), body.after, body.before, body.sort)
+    query = SearchQuery(
+        body.k,
+        body.filter,
+        body.folder or None,
+        path=body.path,
+        expand=body.expand,
+        after=low,
+        before=high,
+        sort=body.sort,
     )
+    hits = await searches.search(query)
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), body.min_score))
 
 
@@ -181,7 +235,8 @@ async def search_similar(request: Request, body: SimilarIn):
 async def search_vector(request: Request, body: VectorIn):
     """The `k` rows nearest to an embedding of the collection's dimension: the model's raw
     embedding (made by the same model elsewhere, or a hit's `/search/similar`), which is mapped
-    into the collection's space here; any length but zero."""
+    into the collection's space here; any length but zero. `after`, `before` and `sort` as in
+    `/search`."""
     started = time.perf_counter()
     backend = _backend(request)
     client = await backend.opened("client")
@@ -191,10 +246,19 @@ async def search_vector(request: Request, body: VectorIn):
         raise BadQueryError(f"vector has {vector.size} dimensions; the collection's embeddings have {dim}")
     if not np.isfinite(vector).all() or not np.any(vector):
         raise BadQueryError("vector must be finite and not all zeros (its direction is the query)")
+    low, high = await _dates(client, body.after, body.before, body.sort)
     searches = await backend.opened("searches")
-    hits = await searches.search(
-        SearchQuery(body.k, body.filter, body.folder or None, vector=vector, expand=body.expand)
+    query = SearchQuery(
+        body.k,
+        body.filter,
+        body.folder or None,
+        vector=vector,
+        expand=body.expand,
+        after=low,
+        before=high,
+        sort=body.sort,
     )
+    hits = await searches.search(query)
     return _json(search_json(hits, 1000 * (time.perf_counter() - started), body.min_score))
 
 

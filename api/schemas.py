@@ -11,7 +11,7 @@ parser such as Python's gives back as the same string, so a hit's path can be se
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vitsearch.search.client import Hit
 from vitsearch.search.config import MAX_K
 from vitsearch.search.ranking import MAX_EXPAND
+from vitsearch.search.when import SORTS
 
 K = Annotated[int, Field(ge=1, le=MAX_K, description=f"Number of results, 1 to {MAX_K}.")]
 EXPAND = Annotated[
@@ -29,6 +30,22 @@ EXPAND = Annotated[
         description="Query expansion: search again with the query averaged with its N nearest results (αQE); 0: off.",
     ),
 ]
+#: What ``after``, ``before`` and ``sort`` say, in the query string of the upload routes and in the JSON bodies.
+AFTER_DOC = (
+    "Only images taken at or after this (capture time: EXIF DateTimeOriginal, else the file's "
+    "modification time): an ISO 8601 date or date and time, `2024`, `2024-05`, `2024-05-01`, "
+    "`2024-05-01T18:30`, optionally with `+02:00` or `Z`; without a zone, the server's local time."
+)
+BEFORE_DOC = (
+    "Only images taken before this (the first moment left out; same forms as `after`): "
+    "`after=2024-05&before=2024-06` is May 2024."
+)
+SORT_DOC = (
+    "`score` (best first), or `date` / `date-asc`: the close matches (`match`) first, newest / oldest "
+    "first, then the other hits by score."
+)
+#: The orders of a search's hits (:data:`~vitsearch.search.when.SORTS`).
+Sort = Literal[SORTS]
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -45,7 +62,10 @@ class HitOut(BaseModel):
     identical); ``match`` whether it is a close match (the same object, scene or product, not
     merely the nearest image); ``metadata`` the stored fields (``folder``, ``size`` bytes,
     ``mtime`` Unix seconds, ``ctime_ns``, ``inode``, ``width``, ``height`` pixels, ``sha256``,
-    ``indexed_at``)."""
+    ``indexed_at``, ``taken_at`` capture time in Unix seconds, ``date_source`` where it came
+    from: ``exif``, ``exif-local`` (an EXIF date without zone, read in the indexing machine's
+    local time), ``mtime`` (no EXIF date: the file's modification time), or ``""`` in a
+    collection not yet upgraded; ``camera`` EXIF make and model, or ``""``)."""
 
     model_config = ConfigDict(extra="allow")
     path: str
@@ -55,8 +75,9 @@ class HitOut(BaseModel):
 
 
 class SearchOut(BaseModel):
-    """Hits best first; ``close_match``: whether any of them is a close match (false: "no close
-    match in this collection"); the time the search took on the server in milliseconds."""
+    """Hits best first (or in the order ``sort`` asks); ``close_match``: whether any of them is a
+    close match (false: "no close match in this collection"); the time the search took on the
+    server in milliseconds."""
 
     hits: list[HitOut]
     close_match: bool
@@ -74,6 +95,9 @@ class SimilarIn(BaseModel):
     filter: str | None = Field(None, description='Milvus boolean expression on the stored fields, e.g. "width >= 500".')
     min_score: float | None = Field(None, description="Leave out hits scoring below this.")
     expand: EXPAND = 0
+    after: str | None = Field(None, description=AFTER_DOC)
+    before: str | None = Field(None, description=BEFORE_DOC)
+    sort: Sort = Field("score", description=SORT_DOC)
 
 
 class VectorIn(BaseModel):
@@ -88,6 +112,9 @@ class VectorIn(BaseModel):
     filter: str | None = None
     min_score: float | None = None
     expand: EXPAND = 0
+    after: str | None = Field(None, description=AFTER_DOC)
+    before: str | None = Field(None, description=BEFORE_DOC)
+    sort: Sort = Field("score", description=SORT_DOC)
 
 
 def search_json(hits: list[Hit], took_ms: float, min_score: float | None) -> dict[str, Any]:

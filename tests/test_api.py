@@ -581,3 +581,185 @@ def test_the_real_model_finds_the_photo_a_crop_was_cut_from(tmp_path, db_uri, re
             hits = upload(base, data, k=3).json()["hits"]
             assert hits[0]["path"] == str(EXAMPLES / "images" / source)
             assert_same(hits, client.search(data, k=3))
+
+
+# --- capture dates: after, before, sort --------------------------------------------------------
+
+
+def local(*args) -> float:
+    """Unix seconds of a wall-clock time in this process's (and so the server's) time zone."""
+    import datetime as dt
+
+    return dt.datetime(*args).timestamp()
+
+
+def date_photos(photos) -> dict[str, float]:
+    """The example photos saved again with an EXIF ``DateTimeOriginal`` (no offset: local time),
+    one a month from 2021-01-15 12:00 in name order, and a camera whose model is hostile text;
+    ``cat-2019.jpg`` and ``cat-2023.jpg``, the cat's pixels dated 2019-06-01 and 2023-06-01 (three
+    close matches of the cat, one per year); ``sub/rocket.jpg`` left without EXIF, its mtime
+    2018-03-01. Returns each file's name and the capture time it should get."""
+    from PIL import Image
+
+    def save(img, path, date: str) -> None:
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110] = "Acme", "<b>x</b> [a](javascript:x)"
+        exif.get_ifd(0x8769)[0x9003] = date
+        img.save(path, "JPEG", quality=95, exif=exif)
+
+    taken = {}
+    for i, path in enumerate(sorted(photos.glob("*.jpg"))):
+        img = Image.open(path).convert("RGB")
+        save(img, path, f"2021:{i + 1:02d}:15 12:00:00")
+        taken[path.name] = local(2021, i + 1, 15, 12)
+        if path.name == "cat.jpg":
+            for year in (2019, 2023):
+                save(img, photos / f"cat-{year}.jpg", f"{year}:06:01 08:00:00")
+                taken[f"cat-{year}.jpg"] = local(year, 6, 1, 8)
+    os.utime(photos / "sub" / "rocket.jpg", (local(2018, 3, 1), local(2018, 3, 1)))
+    taken["rocket.jpg"] = local(2018, 3, 1)
+    return taken
+
+
+@pytest.fixture
+def dated_api(photos, db_uri, tiny_model):
+    """The dated photos (:func:`date_photos`) indexed with the tiny ViT and served:
+    ``(base URL, photos folder, URI, {name: taken_at})``."""
+    from vitsearch.indexer import index_folder
+    from vitsearch.search.encoder import Encoder
+    from vitsearch.search.store import Store
+
+    taken = date_photos(photos)
+    with Store(db_uri, "images") as store:
+        index_folder(str(photos), encoder=Encoder.load(str(tiny_model), runtime="torch"), store=store, workers=0)
+    with serving(db_uri, batch_window_ms=20) as (base, _):
+        yield base, photos, db_uri, taken
+
+
+def names(hits: list[dict]) -> list[str]:
+    return [os.path.basename(h["path"]) for h in hits]
+
+
+def test_every_search_route_keeps_only_the_photos_taken_between_after_and_before(dated_api):
+    base, photos, uri, taken = dated_api
+    cat = photos / "cat.jpg"
+    data = cat.read_bytes()
+    spring = {"after": "2021-03", "before": "2021-06-01"}  # March, April, May 2021
+    low, high = local(2021, 3, 1), local(2021, 6, 1)
+    want = {name for name, t in taken.items() if low <= t < high}
+    assert len(want) == 3
+    r = upload(base, data, k=20, **spring)
+    assert r.status_code == 200, r.text
+    hits = r.json()["hits"]
+    assert set(names(hits)) == want and all(low <= h["metadata"]["taken_at"] < high for h in hits)
+    meta = hits[0]["metadata"]
+    assert meta["date_source"] == "exif-local" and meta["camera"] == "Acme <b>x</b> [a](javascript:x)"
+    with SearchClient(uri=uri) as client:
+        assert_same(hits, client.search(data, k=20, **spring))
+        vector = client.stored_vectors([str(cat)])[str(cat)]
+        similar = httpx.post(f"{base}/search/similar", json={"path": str(cat), "k": 20, **spring}).json()["hits"]
+        assert set(names(similar)) == want - {"cat.jpg"}
+        assert_same(similar, client.search_similar(str(cat), k=20, **spring))
+        old = httpx.post(f"{base}/search/vector", json={"vector": vector.tolist(), "k": 20, "before": "2021"})
+        assert sorted(names(old.json()["hits"])) == ["cat-2019.jpg", "rocket.jpg"]
+        rocket = next(h for h in old.json()["hits"] if h["path"].endswith("rocket.jpg"))["metadata"]
+        assert (rocket["date_source"], rocket["taken_at"], rocket["camera"]) == ("mtime", local(2018, 3, 1), "")
+        later = httpx.post(
+            f"{base}/search/examples",
+            params={"k": 20, "after": "2022-01-01T00:00", "folder": str(photos)},
+            data={"positive_path": [str(cat)]},
+        )
+        assert later.status_code == 200, later.text
+        assert names(later.json()["hits"]) == ["cat-2023.jpg"]
+        # an empty value is no bound (what an HTML form sends for a field left blank)
+        assert len(upload(base, data, k=20, after="", before="").json()["hits"]) == len(taken)
+
+
+def test_a_bad_date_or_sort_is_a_400_naming_it_before_anything_is_embedded(dated_api):
+    base, photos, _, _ = dated_api
+    data = (photos / "cat.jpg").read_bytes()
+    cat = str(photos / "cat.jpg")
+    embedded = httpx.get(f"{base}/stats").json()["api"]["images_embedded"]
+
+    def expect(r: httpx.Response, words: str) -> None:
+        assert r.status_code == 400, r.text
+        assert words in r.json()["detail"], r.json()["detail"]
+
+    expect(upload(base, data, after="last spring"), "after 'last spring' is not a date")
+    expect(upload(base, data, before="2021-13-01"), "before '2021-13-01' is not a date")
+    expect(upload(base, data, after="2022", before="2021"), "after (2022) must be earlier than before (2021)")
+    expect(upload(base, data, sort="newest"), "sort")
+    expect(
+        httpx.post(f"{base}/search/examples", params={"after": "soon"}, data={"positive_path": [cat]}),
+        "after 'soon' is not a date",
+    )
+    assert httpx.get(f"{base}/stats").json()["api"]["images_embedded"] == embedded  # refused before the model ran
+    expect(httpx.post(f"{base}/search/similar", json={"path": cat, "before": "31/12/2021"}), "before '31/12/2021'")
+    expect(httpx.post(f"{base}/search/similar", json={"path": cat, "sort": "date-desc"}), "sort")
+    expect(httpx.post(f"{base}/search/vector", json={"vector": [1.0] * 32, "after": "2021-02-30"}), "after")
+    expect(httpx.post(f"{base}/search/vector", json={"vector": [1.0] * 32, "before": 2021}), "before")
+
+
+def test_sort_by_date_lists_the_close_matches_newest_first_then_the_rest_by_score(dated_api):
+    base, photos, uri, taken = dated_api
+    data = (photos / "cat.jpg").read_bytes()
+    by_score = upload(base, data, k=20).json()["hits"]
+    newest = upload(base, data, k=20, sort="date").json()["hits"]
+    oldest = upload(base, data, k=20, sort="date-asc").json()["hits"]
+    cats = ["cat-2023.jpg", "cat.jpg", "cat-2019.jpg"]  # the same pixels: three close matches
+    matched = [h for h in newest if h["match"]]
+    assert names(newest)[: len(matched)] == names(matched) and set(cats) <= set(names(matched))
+    dates = [h["metadata"]["taken_at"] for h in matched]
+    assert dates == sorted(dates, reverse=True) and dates == [taken[n] for n in names(matched)]
+    assert names(oldest)[: len(matched)] == names(matched)[::-1]
+    assert [h for h in newest if not h["match"]] == [h for h in by_score if not h["match"]]  # the rest by score
+    assert sorted(names(newest)) == sorted(names(by_score))
+    cat = str(photos / "cat.jpg")
+    similar = httpx.post(f"{base}/search/similar", json={"path": cat, "k": 20, "sort": "date"}).json()["hits"]
+    with SearchClient(uri=uri) as client:
+        assert_same(newest, client.search(data, k=20, sort="date"))
+        assert_same(similar, client.search_similar(cat, k=20, sort="date"))
+    assert [n for n in names(similar) if n.startswith("cat")] == ["cat-2023.jpg", "cat-2019.jpg"]
+
+
+def test_one_batch_makes_one_milvus_search_per_date_range_and_sort(dated_api):
+    """Queries of the same k, filter and folder but other dates or another sort are searched
+    apart, and each gets what SearchClient gives it."""
+    _, photos, uri, _ = dated_api
+    cat, coffee = str(photos / "cat.jpg"), str(photos / "coffee.jpg")
+    with SearchClient(uri=uri) as client:
+        batcher = SearchBatcher(client)
+        try:
+            asks = [
+                {},
+                {"after": "2021-03"},
+                {"after": "2021-03", "before": "2021-09"},
+                {"sort": "date"},
+                {"sort": "date-asc", "before": "2022"},
+            ]
+            asked = [(ask, SearchQuery(5, path=p, **ask)) for ask in asks for p in (cat, coffee)]
+            queries = [query for _, query in asked]
+            batcher.submit(queries)
+            for ask, query in asked:
+                got, want = query.future.result(30), client.search_similar(query.path, 5, **ask)
+                if query.sort == "score":  # the cat's copies score the same: Milvus may list them either way
+                    got, want = (sorted(hits, key=lambda h: (round(-h.score, 5), h.path)) for hits in (got, want))
+                assert_same(got, want)
+            assert (batcher.calls, batcher.queries) == (len(asks), len(queries))
+        finally:
+            batcher.close()
+
+
+def test_dates_asked_of_a_collection_not_yet_upgraded_are_a_400_saying_what_to_do(db_uri):
+    from test_store import make_old_collection, make_rows
+
+    rows, v = make_rows(5)
+    make_old_collection(db_uri, "2", rows)  # schema 2: no capture facts
+    with serving(db_uri, wait_ready=False) as (base, _):  # its model is made up: never "ready"
+        vector = v[0].tolist()
+        plain = httpx.post(f"{base}/search/vector", json={"vector": vector, "k": 2})
+        assert plain.status_code == 200 and plain.json()["hits"][0]["path"] == rows[0]["path"]
+        for ask in ({"after": "2020"}, {"sort": "date"}):
+            for route, body in (("vector", {"vector": vector}), ("similar", {"path": rows[0]["path"]})):
+                r = httpx.post(f"{base}/search/{route}", json={**body, **ask})
+                assert r.status_code == 400 and "vitsearch index" in r.json()["detail"], (route, ask, r.text)

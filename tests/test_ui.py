@@ -567,3 +567,79 @@ def test_close_matches_get_a_badge_and_a_search_without_one_says_so(indexed, pag
     assert any("No close match in this collection" in i.value for i in at.info) == (not any(badges))
     at.toggle(key="expand").set_value(True).run()  # query expansion: the same page, searched again
     assert not at.exception and len(result_names(at)) == 11
+
+
+HOSTILE_CAMERA = "<b>x</b> [a](javascript:x)"
+
+
+@pytest.fixture
+def dated(photos, db_uri, tiny_model):
+    """The example photos saved again with an EXIF date (local time), one a month from
+    2021-01-15 12:00 in name order, made by a camera whose model is hostile text; sub/rocket.jpg
+    left without EXIF, its mtime 2018-03-01; indexed with the tiny ViT. ``(photos, URI, {name: date})``."""
+    import datetime as dt
+
+    from vitsearch.indexer import index_folder
+    from vitsearch.search.encoder import Encoder
+    from vitsearch.search.store import Store
+
+    taken = {}
+    for i, path in enumerate(sorted(photos.glob("*.jpg"))):
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110] = "Acme", HOSTILE_CAMERA
+        exif.get_ifd(0x8769)[0x9003] = f"2021:{i + 1:02d}:15 12:00:00"
+        Image.open(path).convert("RGB").save(path, "JPEG", quality=95, exif=exif)
+        taken[path.name] = dt.datetime(2021, i + 1, 15, 12)
+    old = dt.datetime(2018, 3, 1).timestamp()
+    os.utime(photos / "sub" / "rocket.jpg", (old, old))
+    with Store(db_uri, "images") as store:
+        index_folder(str(photos), encoder=Encoder.load(str(tiny_model)), store=store, workers=0)
+    return photos, db_uri, taken
+
+
+def test_taken_between_keeps_those_days_and_each_result_shows_its_date_and_camera_escaped(dated, page):
+    import datetime as dt
+
+    from vitsearch.ui.common import literal_markdown
+
+    photos, uri, taken = dated
+    at = page(uri)
+    assert at.date_input(key="taken").value == () and at.selectbox(key="sort").value == "score"  # no date limit
+    at.date_input(key="taken").set_value((dt.date(2021, 3, 15), dt.date(2021, 5, 15)))  # the last day included
+    upload(at, photos / "cat.jpg")
+    want = {name for name, when in taken.items() if dt.datetime(2021, 3, 15) <= when < dt.datetime(2021, 5, 16)}
+    assert len(want) == 3 and set(result_names(at)) == want and "3 results in" in results_caption(at)
+    with SearchClient(uri=uri) as client:
+        hits = client.search(photos / "cat.jpg", k=12, after=dt.date(2021, 3, 15), before=dt.date(2021, 5, 16))
+    assert result_names(at) == [os.path.basename(h.path) for h in hits]
+    cells = [col for col in at.columns if col.text]
+    for cell, name in zip(cells, result_names(at)):
+        text = f"{taken[name]:%Y-%m-%d %H:%M} · Acme {HOSTILE_CAMERA}"
+        assert literal_markdown(text) in [c.value for c in cell.caption]  # escaped: shown as it is, never run
+    rendered = [m.value for m in [*at.markdown, *at.caption, *at.info, *at.warning, *at.error]]
+    assert not any(HOSTILE_CAMERA in value for value in rendered)
+    at.selectbox(key="sort").set_value("date-asc").run()  # the client's order by date
+    with SearchClient(uri=uri) as client:
+        hits = client.search(
+            photos / "cat.jpg", k=12, after=dt.date(2021, 3, 15), before=dt.date(2021, 5, 16), sort="date-asc"
+        )
+    assert result_names(at) == [os.path.basename(h.path) for h in hits]
+    at.button(key="any-date").click().run()  # the range emptied: every photo again
+    assert at.date_input(key="taken").value == () and len(result_names(at)) == 11
+    rocket = next(col for col in at.columns if col.text and col.text[0].value == "rocket.jpg")
+    assert literal_markdown("2018-03-01 00:00 (file date)") in [c.value for c in rocket.caption]
+
+
+def test_dates_asked_of_a_collection_not_yet_upgraded_say_what_to_do(db_uri, page):
+    import datetime as dt
+
+    from test_store import make_old_collection, make_rows
+
+    rows, _ = make_rows(3)
+    make_old_collection(db_uri, "2", rows)  # schema 2: no capture dates
+    at = page(db_uri)
+    at.session_state["similar"] = rows[0]["path"]
+    at.run()
+    assert not at.error and result_names(at)  # searched as it is
+    at.date_input(key="taken").set_value((dt.date(2021, 1, 1), dt.date(2021, 12, 31))).run()
+    assert not at.exception and "vitsearch index" in shown(at.error[0].value)

@@ -9,6 +9,11 @@ Relevance feedback: "+" on a result adds it to the examples, "−" to the negati
 then the photo (or the "More like this" item) and the examples together, minus the negatives
 (``SearchClient.search_examples``), shown as a strip above the results, each removable.
 
+The sidebar's "Taken between" keeps the photos taken in a range of days (both included: capture
+time, EXIF or else the file's modification time, local time), and "Sort" lists the close matches
+by that date; each result shows its capture date ("file date" where it is the modification time)
+and camera.
+
 Session state: ``similar`` holds the path of the indexed item that "More like this" asked for
 (None when the query is the uploaded or camera image); ``examples`` and ``negatives`` the paths of
 indexed items added with "+" and "−" (or the Map page's "Search with these"); ``box`` the region
@@ -19,7 +24,8 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime
+from datetime import date, datetime, timedelta
+from typing import Any
 
 import streamlit as st
 
@@ -50,6 +56,10 @@ EXPAND_N = 2
 VIEW_PX = 1600
 #: Width of an example's thumbnail in the strip above the results, in pixels.
 STRIP_PX = 72
+#: Earliest and latest day the "Taken between" picker offers (the years an EXIF date may have).
+DATE_MIN, DATE_MAX = date(1826, 1, 1), date(2200, 12, 31)
+#: The "Sort" choices: :data:`~vitsearch.search.when.SORTS` as a person reads them.
+SORT_LABELS = {"score": "Score", "date": "Date, newest first", "date-asc": "Date, oldest first"}
 
 
 def show_similar(path: str | None) -> None:
@@ -96,8 +106,40 @@ def examples_strip(examples: list[str], negatives: list[str], query: str | None)
         st.button("Back to my photo", key="clear-examples", on_click=show_similar, args=(None,))
 
 
-def sidebar(client: SearchClient) -> tuple[int, float, str, bool, int]:
-    """Collection facts and the search controls; returns ``(k, min_score, folder, collapse, expand)``."""
+def clear_dates() -> None:
+    """ "Any date": the "Taken between" range emptied."""
+    st.session_state["taken"] = ()
+
+
+def date_bounds(taken: Any) -> tuple[date | None, date | None]:
+    """The "Taken between" picker's days as ``(after, before)`` for the client: the first day
+    at midnight and the day after the last (the last day included); a range still being picked
+    (its first day only) has no end, an empty one no bounds."""
+    days = list(taken) if isinstance(taken, (list, tuple)) else [taken] if isinstance(taken, date) else []
+    after = days[0] if days else None
+    before = days[1] + timedelta(days=1) if len(days) > 1 else None
+    return after, before
+
+
+def capture_text(meta: dict[str, Any]) -> str:
+    """A hit's capture date (local ``YYYY-MM-DD HH:MM``, "file date" where it is the file's
+    modification time) and camera, as plain text: ``""`` for a row without them (a collection
+    indexed before vitsearch stored them). Camera names come from the files' EXIF: show this
+    only as plain text or through :func:`literal_markdown`."""
+    source = meta.get("date_source") or ""
+    parts = []
+    if source and meta.get("taken_at") is not None:
+        when = datetime.fromtimestamp(float(meta["taken_at"])).strftime("%Y-%m-%d %H:%M")
+        parts.append(f"{when} (file date)" if source == "mtime" else when)
+    if meta.get("camera"):
+        parts.append(str(meta["camera"]))
+    return " · ".join(parts)
+
+
+def sidebar(client: SearchClient) -> tuple[float, dict[str, Any]]:
+    """Collection facts and the search controls; returns ``(min_score, options)``, the options
+    being the client's keyword arguments (``k``, ``folder``, ``collapse_duplicates``, ``expand``,
+    ``after``, ``before``, ``sort``)."""
     with st.sidebar:
         st.header("Collection")
         stats = client.stats()
@@ -132,6 +174,25 @@ def sidebar(client: SearchClient) -> tuple[int, float, str, bool, int]:
         folder = st.text_input(
             "Folder", key="folder", placeholder="/photos/2024", help="Only images in this folder or below it."
         )
+        taken = st.date_input(
+            "Taken between",
+            value=[],
+            min_value=DATE_MIN,
+            max_value=DATE_MAX,
+            format="YYYY-MM-DD",
+            key="taken",
+            help="Only photos taken on these days, both included (EXIF date, else the file's "
+            "modification time; local time). Empty: any date.",
+        )
+        if taken:
+            st.button("Any date", key="any-date", on_click=clear_dates)
+        sort = st.selectbox(
+            "Sort",
+            list(SORT_LABELS),
+            format_func=SORT_LABELS.get,
+            key="sort",
+            help="By date: the close matches first, by when they were taken, then the other results by score.",
+        )
         collapse = st.checkbox(
             "Collapse identical copies",
             value=True,
@@ -145,7 +206,17 @@ def sidebar(client: SearchClient) -> tuple[int, float, str, bool, int]:
             help=f"Search again with the query averaged with its {EXPAND_N} nearest results "
             f"(αQE): more results of the same kind of thing.",
         )
-    return k, min_score, folder.strip(), collapse, EXPAND_N if expand else 0
+    after, before = date_bounds(taken)
+    options = {
+        "k": k,
+        "folder": folder.strip() or None,
+        "collapse_duplicates": collapse,
+        "expand": EXPAND_N if expand else 0,
+        "after": after,
+        "before": before,
+        "sort": sort,
+    }
+    return min_score, options
 
 
 def query_image(max_upload_mb: int):
@@ -212,6 +283,9 @@ def _view(hit: Hit) -> None:
             f"{int(meta['width'])} × {int(meta['height'])} pixels, {int(meta['size']) / 2**20:.2f} MB, "
             f"modified {modified}; score {hit.score:.3f}" + (", a close match" if hit.match else "")
         )
+        taken = capture_text(meta)
+        if taken:
+            st.caption(literal_markdown(f"Taken {taken}"))
         if st.button("More like this", key="view-more", type="primary", on_click=show_similar, args=(hit.path,)):
             st.rerun()  # the whole page, not only the dialog: it closes and shows the new results
 
@@ -234,6 +308,9 @@ def results_grid(hits: list[Hit]) -> None:
                 )
                 st.text(printable(os.path.basename(hit.path)), help=printable(hit.path))
                 st.caption(literal_markdown(meta["folder"]))
+                taken = capture_text(meta)
+                if taken:
+                    st.caption(literal_markdown(taken))
                 if hit.copies:
                     st.caption(
                         f"+{len(hit.copies)} {'copy' if len(hit.copies) == 1 else 'copies'}",
@@ -264,7 +341,7 @@ def main() -> None:
     client = collection_client()
     if client is None:
         return
-    k, min_score, folder, collapse, expand = sidebar(client)
+    min_score, options = sidebar(client)
 
     query = query_image(Settings().max_upload_mb)  # always drawn, so the upload survives "More like this"
     similar = st.session_state.get("similar")
@@ -282,7 +359,6 @@ def main() -> None:
             if box is not None:
                 st.button(f"Whole photo (box {box.text()})", key="whole-photo", on_click=clear_box)
                 picture = client.load(data, name, box=box)  # the region cut from the full-size photo
-    options = {"k": k, "folder": folder or None, "collapse_duplicates": collapse, "expand": expand}
     if examples or negatives:
         label = os.path.basename(similar) if similar else (query[0] if picture is not None else None)
         examples_strip(examples, negatives, label)
@@ -316,7 +392,7 @@ def main() -> None:
         + (f" ({len(hits) - len(shown)} below score {min_score:.2f})" if len(shown) < len(hits) else "")
     )
     if not shown:
-        st.info("No indexed image matches: lower the minimum score or clear the folder filter.")
+        st.info("No indexed image matches: lower the minimum score, or clear the folder or the dates.")
     elif not any(h.match for h in hits):
         st.info("No close match in this collection: these are only the nearest images.")
     results_grid(shown)
