@@ -31,7 +31,8 @@ SOURCES = ("exif", "exif-local", "mtime")
 #: Longest camera name stored, in characters.
 MAX_CAMERA_CHARS = 128
 #: Bytes of a file read to find its EXIF where only the metadata is wanted (:func:`read_capture`):
-#: JPEG, PNG, WebP and TIFF put it near the start; HEIF and AVIF files are read whole.
+#: JPEG, PNG and WebP put it near the start; HEIF, AVIF and TIFF, whose metadata may follow the
+#: image data, are read up to 16 times as far.
 HEADER_BYTES = 1 << 20
 #: Earliest and latest capture year taken from EXIF (a camera's unset clock says 0000 or 1904).
 _YEARS = (1826, 2200)
@@ -88,8 +89,8 @@ def capture_from_bytes(data: bytes, mtime: float) -> Capture:
 
 
 def read_capture(path: str, mtime: float, max_bytes: int = HEADER_BYTES) -> Capture:
-    """The capture facts of the file at ``path``, read from its first ``max_bytes`` (HEIF and
-    AVIF, whose metadata may follow the image data, whole up to ``16 * max_bytes``); ``mtime``
+    """The capture facts of the file at ``path``, read from its first ``max_bytes`` (HEIF, AVIF
+    and TIFF, whose metadata may follow the image data, up to ``16 * max_bytes``); ``mtime``
     where it is not a readable regular file or has no date. Opened without blocking and never
     read unless it is a regular file (a FIFO renamed like a photo is not waited on)."""
     try:
@@ -106,7 +107,7 @@ def read_capture(path: str, mtime: float, max_bytes: int = HEADER_BYTES) -> Capt
     with open(fd, "rb", closefd=True) as f:
         try:
             head = f.read(max_bytes)
-            if head[4:8] == b"ftyp":  # ISO base media (HEIF, AVIF): read on, within a bound
+            if head[4:8] == b"ftyp" or head[:4] in (b"II*\x00", b"MM\x00*"):  # HEIF, AVIF, TIFF: read on
                 head += f.read(15 * max_bytes)
         except OSError:
             return Capture(float(mtime), "mtime")
