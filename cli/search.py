@@ -172,7 +172,7 @@ def taken_label(metadata: dict) -> str:
     """A hit's capture time as local ``YYYY-MM-DD HH:MM``, ``~`` before it where it is the file's
     mtime (no EXIF date), ``""`` where unknown (a collection not yet upgraded)."""
     source, taken = metadata.get("date_source"), metadata.get("taken_at", -1.0)
-    if not source or taken is None or taken < 0:
+    if not source or taken is None:  # before 1970 is negative, and a date
         return ""
     try:
         text = datetime.datetime.fromtimestamp(taken).strftime("%Y-%m-%d %H:%M")

@@ -273,3 +273,12 @@ def test_dates_asked_of_a_collection_not_yet_upgraded_say_what_to_do(db_uri, tin
         with pytest.raises(BadQueryError, match="vitsearch index"):
             client.search_vector(v[0], k=2, sort="date")
     assert INFO.dim == v.shape[1]
+
+
+def test_a_photo_from_before_1970_keeps_its_date():
+    from vitsearch.cli.search import taken_label
+
+    taken, placed = exif_time("1950:07:04 09:30:00", None, "+00:00")
+    assert placed and taken == dt.datetime(1950, 7, 4, 9, 30, tzinfo=UTC).timestamp() < 0
+    assert taken_label({"taken_at": taken, "date_source": "exif"}).startswith("1950-07-0")
+    assert taken_label({"taken_at": -1.0, "date_source": ""}) == ""  # unknown: not upgraded yet
