@@ -23,6 +23,9 @@ members' vectors.
 keeps one when there is none, when the collection's space changed (whitening learned), when its
 image count moved by :data:`STALE_FRACTION` or more since, or when asked (``recompute``). Images
 added and removed in equal numbers do not make a map stale; ``vitsearch map --recompute`` does.
+
+**Dates.** :func:`capture_times` reads when each image on the map was taken (the collection's
+``taken_at``, :mod:`~.capture`), for the Map page's colouring by date; the map does not keep them.
 """
 
 from __future__ import annotations
@@ -88,6 +91,38 @@ class EmbeddingMap:
     def folders(self) -> list[str]:
         """Each image's folder (its path's parent), row for row."""
         return [os.path.dirname(p) for p in self.paths]
+
+
+def capture_times(store: Store, emap: EmbeddingMap) -> tuple[np.ndarray, np.ndarray]:
+    """When each image on ``emap`` was taken, from one streamed read of the collection's
+    ``taken_at`` and ``date_source`` (memory: a dict of the map's paths).
+
+    The collection's rows are matched to the map's by path: a map made before rows were added or
+    removed still lines up (an image no longer in the collection has no date).
+
+    Returns:
+        ``(taken, file_date)``, row for row with ``emap.paths``: ``(N,) float64`` capture times
+        (Unix seconds), NaN where unknown (``date_source`` ``""``: a collection of an older schema
+        not yet upgraded by ``vitsearch index``; or the path is no longer in the collection), and
+        ``(N,) bool``, True where the time is the file's modification time standing in for a
+        missing EXIF date (``date_source`` ``mtime``).
+
+    Raises:
+        CollectionNotFoundError: the collection does not exist.
+        StoreError: Milvus refused or stayed unreachable.
+    """
+    from .capture import SOURCES
+
+    row_of = {p: i for i, p in enumerate(emap.paths)}
+    taken = np.full(len(emap.paths), np.nan, np.float64)
+    file_date = np.zeros(len(emap.paths), bool)
+    for batch in store.read_batches(["taken_at", "date_source"]):
+        for row in batch:
+            i = row_of.get(row["path"])
+            if i is not None and row["date_source"] in SOURCES and row["taken_at"] is not None:
+                taken[i] = row["taken_at"]
+                file_date[i] = row["date_source"] == "mtime"
+    return taken, file_date
 
 
 def stale_reason(store: Store, record: dict[str, Any] | None) -> str | None:

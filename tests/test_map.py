@@ -2,15 +2,18 @@
 per image and is the same for the same seed; it is kept with the collection (a companion Milvus
 collection and a record, dropped with it) and reused until the collection changes by 10% or on
 --recompute; sample-and-place positions every row; clusters recover planted groups; the page draws
-the map and a selection's CSV holds the selected paths."""
+the map and a selection's CSV holds the selected paths; coloured by date (issue: "coloured by
+cluster or folder or date"), the points take their capture times, grey where unknown."""
 
 from __future__ import annotations
 
 import base64
 import csv
+import datetime as dt
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -18,7 +21,7 @@ from sklearn.metrics import adjusted_rand_score
 from test_cli import run_in_process
 from test_ui import page  # noqa: F401 (the fixture)
 
-from vitsearch.search.embedding_map import compute_map, embedding_map, place
+from vitsearch.search.embedding_map import EmbeddingMap, capture_times, compute_map, embedding_map, place
 from vitsearch.search.encoder_info import EncoderInfo
 from vitsearch.search.paths import path_from_stored
 from vitsearch.search.store import Store
@@ -48,11 +51,45 @@ def planted(store: Store, start: int = 0, n: int = GROUPS * PER_GROUP, seed: int
                 "height": 48,
                 "sha256": f"{i:064x}",
                 "indexed_at": 1.7e9,
+                "taken_at": 1.7e9,
+                "date_source": "mtime",
+                "camera": "",
             }
             for i, v in zip(ids.tolist(), vectors)
         ]
     )
     store.flush()
+
+
+def dated(store: Store, dates: list[tuple[float, str]], start: int = 0) -> list[str]:
+    """One row per ``(taken_at, date_source)``, numbered from ``start`` (a few rows: their map is
+    made without UMAP); returns their paths."""
+    store.ensure(EncoderInfo("bench", "0" * 64, DIM, "cls", (224, 224), "torch"))
+    vectors = np.random.default_rng(0).normal(size=(len(dates), DIM)).astype(np.float32)
+    paths = [f"/photos/d/IMG_{i:05d}.jpg" for i in range(start, start + len(dates))]
+    store.upsert(
+        [
+            {
+                "path": path,
+                "vector": v,
+                "folder": "/photos/d",
+                "size": 1000,
+                "mtime": 1.7e9,
+                "ctime_ns": 1,
+                "inode": start + i,
+                "width": 64,
+                "height": 48,
+                "sha256": f"{start + i:064x}",
+                "indexed_at": 1.7e9,
+                "taken_at": taken,
+                "date_source": source,
+                "camera": "",
+            }
+            for i, (path, v, (taken, source)) in enumerate(zip(paths, vectors, dates))
+        ]
+    )
+    store.flush()
+    return paths
 
 
 def group_of(path: str) -> int:
@@ -208,12 +245,11 @@ def test_the_map_page_draws_the_map_shows_a_point_and_downloads_a_selection(inde
 def test_names_reach_the_plot_as_text_not_html():
     """Plotly renders <b>, <a href>... in hover labels and legends: file and folder names are
     escaped, so a hostile name is shown as it is."""
-    from vitsearch.search.embedding_map import EmbeddingMap
     from vitsearch.ui.map_page import figure
 
     hostile = '/p/<a href="javascript:alert(1)">x<a>/<b>bold<b>.jpg'
     emap = EmbeddingMap({}, [hostile, "/p/plain.jpg"], np.zeros((2, 2), np.float32), np.full(2, -1, np.int32))
-    for colour in ("Cluster", "Folder"):
+    for colour in ("Cluster", "Folder", "Date"):
         fig = figure(emap, colour)
         text = json.dumps([list(t.hovertext) for t in fig.data] + [t.name for t in fig.data])
         assert "<b>" not in text and "<a " not in text
@@ -221,3 +257,78 @@ def test_names_reach_the_plot_as_text_not_html():
     assert "&lt;b&gt;bold&lt;b&gt;.jpg" in hover
     legend = [t.name for t in figure(emap, "Folder").data]
     assert any("&lt;a href=&quot;javascript:alert(1)&quot;&gt;x&lt;a&gt;" in n for n in legend)
+
+
+def test_coloured_by_date_the_points_take_their_capture_times_on_a_scale_of_dates():
+    from vitsearch.ui.map_page import NOISE_COLOUR, date_labels, date_ticks, figure
+
+    paths = ["/p/<b>bold<b>.jpg", "/p/a.jpg", "/p/b.jpg", "/p/old.jpg", "/p/c.jpg"]
+    taken = np.array([1.6e9, 1.7e9, 1.65e9, np.nan, 1.62e9])
+    file_date = np.array([False, False, True, False, False])
+    cluster = np.array([0, 1, 0, -1, 1], np.int32)
+    emap = EmbeddingMap({}, paths, np.arange(10, dtype=np.float32).reshape(5, 2), cluster)
+    fig = figure(emap, "Date", taken, date_labels(taken, file_date))
+    dates, grey = fig.data
+    rows = np.asarray(dates.customdata)[:, 0].astype(int)
+    assert rows.tolist() == [0, 1, 2, 4]  # row indices, as the selection reads them
+    assert np.asarray(dates.customdata)[:, 1].tolist() == cluster[rows].tolist()
+    np.testing.assert_array_equal(np.asarray(dates.marker.color), taken[rows])
+    np.testing.assert_array_equal(dates.x, emap.xy[rows, 0])
+    assert dates.marker.colorscale and (dates.marker.cmin, dates.marker.cmax) == (1.6e9, 1.7e9)
+    bar = dates.marker.colorbar
+    assert (bar.tickvals[0], bar.tickvals[-1]) == (1.6e9, 1.7e9) and len(bar.ticktext) == len(bar.tickvals) > 1
+    assert all(re.fullmatch(r"\d{4}-\d{2}(-\d{2})?", t) for t in bar.ticktext), bar.ticktext
+    assert bar.ticktext[0] == dt.datetime.fromtimestamp(1.6e9).strftime("%Y-%m")  # local time, as the CLI shows
+    hover = dict(zip(rows.tolist(), dates.text))
+    assert hover[0] == dt.datetime.fromtimestamp(1.6e9).strftime("%Y-%m-%d %H:%M")
+    assert hover[2].endswith(" (file date)") and "file date" not in hover[1]  # an mtime standing in
+    assert list(dates.hovertext)[0] == "&lt;b&gt;bold&lt;b&gt;.jpg" and "%{text}" in dates.hovertemplate
+    assert grey.name == "no date" and grey.marker.color == NOISE_COLOUR  # unknown: grey, apart
+    assert np.asarray(grey.customdata).tolist() == [[3, -1]] and "no date" in grey.hovertemplate
+    # the colour bar names days, then times, where months (days) would not tell its ticks apart
+    _, text = date_ticks(1.7e9, 1.7e9 + 20 * 86400)
+    assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", t) for t in text) and len(set(text)) == len(text)
+    _, text = date_ticks(1.7e9, 1.7e9 + 3600)
+    assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", t) for t in text) and len(set(text)) == len(text)
+    assert date_ticks(1.7e9, 1.7e9) == ([1.7e9], [dt.datetime.fromtimestamp(1.7e9).strftime("%Y-%m-%d")])
+    # no date known: every point grey
+    (only,) = figure(emap, "Date").data
+    assert only.name == "no date" and len(only.x) == 5
+
+
+def test_capture_times_are_read_row_for_row_with_the_map(db_uri):
+    with Store(db_uri, "images") as store:
+        paths = dated(store, [(1.6e9, "exif-local"), (1.65e9, "mtime"), (-1.0, "")])  # 3: no UMAP, quick
+        emap = compute_map(store)
+        assert emap.paths == paths
+        taken, file_date = capture_times(store, emap)
+        assert taken.dtype == np.float64 and taken.shape == (3,) and file_date.dtype == bool
+        np.testing.assert_array_equal(taken, [1.6e9, 1.65e9, np.nan])  # "": not upgraded, unknown
+        assert file_date.tolist() == [False, True, False]
+        store.delete([paths[0]])  # gone since the map was made: no date; one added: not on the map
+        dated(store, [(1.7e9, "exif")], start=3)
+        taken, _ = capture_times(store, emap)
+        np.testing.assert_array_equal(taken, [np.nan, 1.65e9, np.nan])
+
+
+def test_the_map_page_colours_by_date_and_says_where_there_are_no_dates(db_uri, page):  # noqa: F811
+    with Store(db_uri, "images") as store:
+        dated(store, [(1.6e9, "exif"), (1.65e9, "mtime"), (1.7e9, "exif")])
+    from test_store import make_old_collection, make_rows
+
+    old_uri = db_uri.replace(".db", "-old.db")
+    make_old_collection(old_uri, "2", make_rows(3)[0])  # schema 2: no capture dates, not yet upgraded
+    at = page(db_uri)
+    at.switch_page("map_page.py").run()
+    at.radio(key="map_colour").set_value("Date").run()
+    assert not at.exception and not at.error and not at.info
+    (trace,) = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    assert trace["marker"]["colorbar"]["ticktext"][0] == dt.datetime.fromtimestamp(1.6e9).strftime("%Y-%m")
+    assert points(trace["x"]) == 3 and points(trace["marker"]["color"]) == 3
+    at = page(old_uri)
+    at.switch_page("map_page.py").run()
+    at.radio(key="map_colour").set_value("Date").run()
+    assert not at.exception and not at.error
+    assert "no capture dates yet" in at.info[0].value and "vitsearch index" in at.info[0].value
+    (trace,) = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    assert trace["name"] == "no date" and points(trace["x"]) == 3
