@@ -231,9 +231,8 @@ def test_vitsearch_index_upgrades_an_older_collection_with_the_files_dates_witho
     from vitsearch.search.encoder import Encoder
     from vitsearch.search.store import Store
 
-    indexed_uri = db_uri.replace(".db", "-new.db")
-    run_cli("index", str(dated_photos), "--model", str(tiny_model), "--uri", indexed_uri)
-    with Store(indexed_uri, "images") as store:
+    run_cli("index", str(dated_photos), "--model", str(tiny_model), "--uri", db_uri, "--collection", "fresh")
+    with Store(db_uri, "fresh") as store:
         rows = list(store.iter_rows(["vector", "folder", "size", "mtime", "ctime_ns", "inode", "width", "height",
                                      "sha256", "indexed_at"]))  # fmt: skip
         info = store.encoder_info()
