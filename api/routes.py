@@ -18,7 +18,6 @@ from vitsearch.search.config import MAX_K
 from vitsearch.search.errors import BadImageError, BadQueryError, ImageTooLargeError, StoreError
 from vitsearch.search.query import Box, Stored
 from vitsearch.search.ranking import MAX_EXPAND
-from vitsearch.search.when import date_range
 
 from .backend import Backend
 from .batching import SearchQuery
@@ -188,10 +187,8 @@ async def _dates(
     before any work is done: a value that is not a date, a range that is empty, or dates or a
     date order asked of a collection indexed before vitsearch stored them is a 400 that names it
     (:class:`~vitsearch.search.errors.BadQueryError`)."""
-    low, high = date_range(after or None, before or None)
-    if (low, high) != (None, None) or sort != "score":  # the collection's schema: read once, then cached
-        await run_in_threadpool(client.where, None, low, high, sort)
-    return low, high
+    where = await run_in_threadpool(client.where, None, after or None, before or None, sort)
+    return where.taken or (None, None)
 
 
 def _check_upload(backend: Backend, name: str, data: bytes) -> None:

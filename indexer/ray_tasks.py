@@ -19,7 +19,7 @@ from vitsearch.search.preprocess import Preprocess
 from vitsearch.search.store import META_FIELDS, Store, profile_for
 from vitsearch.search.whitening import Space
 
-from .reader import INFO_FIELDS, Decoded, Failed, read_one
+from .reader import INFO_FIELDS, INFO_TYPES, Decoded, Failed, read_one
 from .runner import make_row, refreshed
 from .scan import FileEntry
 from .sources import is_uri, read_uri
@@ -28,9 +28,8 @@ from .sources import is_uri, read_uri
 STATUS = ["path", "error", "same", "cpu_s", "embed_s", "write_s"]
 #: The columns of a file to read (a :class:`~.scan.FileEntry`; ``sha256`` "" for none).
 ENTRY = ["path", "size", "mtime", "ctime_ns", "inode", "sha256"]
-#: The info of a file not decoded, and the Python type of each info column of a batch.
-_NO_INFO = {"width": 0, "height": 0, "sha256": "", "taken_at": 0.0, "date_source": "", "camera": ""}
-_INFO_TYPES = {"width": int, "height": int, "sha256": str, "taken_at": float, "date_source": str, "camera": str}
+#: The info of a file not decoded: each field's empty value (0, 0.0, "").
+_NO_INFO = {key: kind() for key, kind in INFO_TYPES.items()}
 
 
 def decode(
@@ -129,7 +128,7 @@ class EmbedAndWrite:
                 make_row(
                     entries[i],
                     v,
-                    {key: _INFO_TYPES[key](batch[key][i]) for key in INFO_FIELDS},
+                    {key: kind(batch[key][i]) for key, kind in INFO_TYPES.items()},
                     now,
                 )
                 for i, v in zip(good, vectors)

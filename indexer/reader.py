@@ -39,9 +39,10 @@ from .scan import FileEntry
 QUEUED_BATCHES = 2
 #: Batches each worker prepares ahead (DataLoader ``prefetch_factor``).
 PREFETCH = 2
-#: What is read from a file beside its pixels: the upright image's size in pixels, the sha256 of
-#: its bytes, its capture facts (:mod:`vitsearch.search.capture`).
-INFO_FIELDS = ("width", "height", "sha256", "taken_at", "date_source", "camera")
+#: What is read from a file beside its pixels, and each one's type: the upright image's size in
+#: pixels, the sha256 of its bytes, its capture facts (:mod:`vitsearch.search.capture`).
+INFO_TYPES = {"width": int, "height": int, "sha256": str, "taken_at": float, "date_source": str, "camera": str}
+INFO_FIELDS = tuple(INFO_TYPES)
 #: Scheduling niceness added to worker processes (see :func:`_init_worker`).
 WORKER_NICENESS = 10
 

@@ -23,25 +23,13 @@ from vitsearch.indexer.ray_engine import index_with_ray  # noqa: E402
 from vitsearch.search.config import Settings  # noqa: E402
 from vitsearch.search.encoder import Encoder  # noqa: E402
 from vitsearch.search.errors import CollectionNotFoundError, StoreError  # noqa: E402
-from vitsearch.search.store import Store  # noqa: E402
+from vitsearch.search.store import META_FIELDS, Store  # noqa: E402
 from vitsearch.search.store.bulk import bulk_import  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
-FIELDS = [
-    "size",
-    "mtime",
-    "ctime_ns",
-    "inode",
-    "width",
-    "height",
-    "sha256",
-    "taken_at",
-    "date_source",
-    "camera",
-    "folder",
-    "vector",
-]
+#: The fields a row of the local and the Ray engine must agree on (``indexed_at``: the time of the write).
+FIELDS = [*(f for f in META_FIELDS[2:] if f != "indexed_at"), "folder", "vector"]
 
 
 @pytest.fixture(scope="module", autouse=True)

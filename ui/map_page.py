@@ -139,7 +139,6 @@ def date_traces(emap: EmbeddingMap, names: np.ndarray, size: int, taken: np.ndar
     """Colouring by date: one ``scattergl`` trace of the dated points, ``marker.color`` their
     capture times on :data:`DATE_SCALE` with dates on its colour bar, and one grey trace "no
     date" of the others; ``customdata`` ``[row index, cluster]`` as :func:`figure`'s."""
-    import plotly.graph_objects as go
 
     known = np.isfinite(taken)
     traces = []
@@ -148,43 +147,38 @@ def date_traces(emap: EmbeddingMap, names: np.ndarray, size: int, taken: np.ndar
         values = taken[rows]
         low, high = float(values.min()), float(values.max())
         tickvals, ticktext = date_ticks(low, high)
-        traces.append(
-            go.Scattergl(
-                x=emap.xy[rows, 0],
-                y=emap.xy[rows, 1],
-                mode="markers",
-                name="taken",
-                showlegend=False,
-                marker={
-                    "size": size,
-                    "opacity": 0.8,
-                    "color": values,
-                    "colorscale": DATE_SCALE,
-                    "cmin": low,
-                    "cmax": high if high > low else low + 1,
-                    "colorbar": {"title": {"text": "taken"}, "tickvals": tickvals, "ticktext": ticktext},
-                },
-                customdata=np.column_stack([rows, emap.cluster[rows]]),
-                hovertext=names[rows],
-                text=hover[rows],
-                hovertemplate="%{hovertext}<br>cluster %{customdata[1]}<br>%{text}<extra></extra>",
-            )
-        )
+        marker = {
+            "size": size,
+            "color": values,
+            "colorscale": DATE_SCALE,
+            "cmin": low,
+            "cmax": high if high > low else low + 1,
+            "colorbar": {"title": {"text": "taken"}, "tickvals": tickvals, "ticktext": ticktext},
+        }
+        traces.append(points(emap, rows, names, "taken", marker, "<br>%{text}", showlegend=False, text=hover[rows]))
     rows = np.flatnonzero(~known)
     if len(rows):
-        traces.append(
-            go.Scattergl(
-                x=emap.xy[rows, 0],
-                y=emap.xy[rows, 1],
-                mode="markers",
-                name="no date",
-                marker={"size": size, "opacity": 0.8, "color": NOISE_COLOUR},
-                customdata=np.column_stack([rows, emap.cluster[rows]]),
-                hovertext=names[rows],
-                hovertemplate="%{hovertext}<br>cluster %{customdata[1]}<br>no date<extra></extra>",
-            )
-        )
+        traces.append(points(emap, rows, names, "no date", {"size": size, "color": NOISE_COLOUR}, "<br>no date"))
     return traces
+
+
+def points(emap: EmbeddingMap, rows: np.ndarray, names: np.ndarray, name: str, marker: dict, hover: str = "", **kw):
+    """One ``scattergl`` trace of the map's ``rows`` (indices): ``customdata`` ``[row index,
+    cluster]`` (what a click and the selection read), hover the file name (``names``, escaped)
+    and the cluster, then ``hover`` (a plotly template); ``kw`` more of the trace's properties."""
+    import plotly.graph_objects as go
+
+    return go.Scattergl(
+        x=emap.xy[rows, 0],
+        y=emap.xy[rows, 1],
+        mode="markers",
+        name=name,
+        marker={"opacity": 0.8, **marker},
+        customdata=np.column_stack([rows, emap.cluster[rows]]),
+        hovertext=names[rows],
+        hovertemplate="%{hovertext}<br>cluster %{customdata[1]}" + hover + "<extra></extra>",
+        **kw,
+    )
 
 
 def figure(emap: EmbeddingMap, colour: str, taken: np.ndarray | None = None, hover: np.ndarray | None = None):
@@ -207,22 +201,8 @@ def figure(emap: EmbeddingMap, colour: str, taken: np.ndarray | None = None, hov
         fig.add_traces(date_traces(emap, names, size, taken, hover))
     else:
         for name, rows in groups(emap, colour):
-            fig.add_trace(
-                go.Scattergl(
-                    x=emap.xy[rows, 0],
-                    y=emap.xy[rows, 1],
-                    mode="markers",
-                    name=html.escape(name),
-                    marker={
-                        "size": size,
-                        "opacity": 0.8,
-                        **({"color": NOISE_COLOUR} if name in ("noise", "other folders") else {}),
-                    },
-                    customdata=np.column_stack([rows, emap.cluster[rows]]),
-                    hovertext=names[rows],
-                    hovertemplate="%{hovertext}<br>cluster %{customdata[1]}<extra></extra>",
-                )
-            )
+            grey = {"color": NOISE_COLOUR} if name in ("noise", "other folders") else {}
+            fig.add_trace(points(emap, rows, names, html.escape(name), {"size": size, **grey}))
     legend = {"itemsizing": "constant"}
     if colour == "Date":  # the colour bar takes the right: "no date" goes top left
         legend.update(x=0, y=1, xanchor="left", yanchor="top")

@@ -95,12 +95,6 @@ def to_milvus(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "path": stored_path(row["path"]), "folder": stored_path(row["folder"])}
 
 
-def upgraded_row(row: dict[str, Any], schema_version: str) -> dict[str, Any]:
-    """A row of a ``schema_version`` collection as Milvus returns it, as a current row in stored
-    form, the fields it lacks unknown (:func:`missing_fields`)."""
-    return {**missing_fields(schema_version), **to_milvus(row)}
-
-
 def request_batches(rows: Iterable[dict[str, Any]], max_bytes: int) -> Iterator[list[dict[str, Any]]]:
     """Rows in stored form grouped into upsert requests of at most ``max_bytes`` bytes (a row
     over it alone is one request), each ``vector`` a list of float32 values."""
