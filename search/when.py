@@ -24,6 +24,8 @@ DateLike = str | dt.datetime | dt.date | int | float
 #: Orders of a search's results: by score (Milvus's order), or the close matches first, newest
 #: (``date``) or oldest (``date-asc``) first, then the other hits by score.
 SORTS = ("score", "date", "date-asc")
+#: Largest Unix seconds taken (past the year 9999: what ``datetime`` itself can name).
+_MAX_SECONDS = 253_402_300_800.0
 _PARTIAL = re.compile(r"(\d{4})(?:-(\d{2}))?")
 
 
@@ -52,8 +54,8 @@ def to_seconds(value: DateLike, name: str = "date") -> float:
             f"{name} {shown!r} is not a date: use YYYY-MM-DD, YYYY-MM, YYYY or an ISO 8601 "
             f"date and time such as 2024-05-01T18:30 (optionally with +02:00 or Z)"
         ) from None
-    if not math.isfinite(seconds):
-        raise BadQueryError(f"{name} must be a finite time, got {value!r}")
+    if not math.isfinite(seconds) or abs(seconds) > _MAX_SECONDS:
+        raise BadQueryError(f"{name} must be a time between the years 1 and 9999, got {value!r}")
     return seconds
 
 
