@@ -68,8 +68,8 @@ def load_dates(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The capture dates of the map's images (:func:`~vitsearch.search.embedding_map.capture_times`),
     read once per map (``map_id``), image count and physical collection (an upgrade that adds the
-    dates copies the rows to a new one), not on every rerun (a read of 100,000 rows takes seconds
-    on Milvus Lite): ``(taken, hover)``, ``taken`` the ``(N,) float64`` Unix seconds (NaN:
+    dates copies the rows to a new one), not on every rerun (it reads every row of the
+    collection): ``(taken, hover)``, ``taken`` the ``(N,) float64`` Unix seconds (NaN:
     unknown) and ``hover`` their :func:`date_labels`."""
     taken, file_date = capture_times(open_client(uri, collection).store, _emap)
     return taken, date_labels(taken, file_date)
